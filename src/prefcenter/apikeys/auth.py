@@ -1,0 +1,61 @@
+"""Owns bearer authentication: 401 for a missing or bad key, 403 for a key without the scope."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from prefcenter.apikeys.schemas import Caller, Scope
+from prefcenter.apikeys.service import find_caller
+from prefcenter.db import database_of
+from prefcenter.problems import Problem
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `prefcenter api-keys create`.")
+
+
+class Unauthenticated(Problem):
+    status = 401
+    slug = "unauthenticated"
+    title = "Authentication required"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="prefcenter"'})
+
+
+class Forbidden(Problem):
+    status = 403
+    slug = "forbidden"
+    title = "Missing scope"
+
+
+def _authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    if credentials is None:
+        raise Unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
+    # A short read transaction of its own, so that a writer's lock is not held while the key
+    # is looked up.
+    with database_of(request).transaction(write=False) as session:
+        caller = find_caller(session, credentials.credentials)
+    if caller is None:
+        raise Unauthenticated("The API key is unknown or has been revoked.")
+    return caller
+
+
+def requires(scope: Scope) -> Callable[..., Caller]:
+    def _check(caller: Annotated[Caller, Depends(_authenticate)]) -> Caller:
+        if not caller.allows(scope):
+            raise Forbidden(f"This API key lacks the `{scope.value}` scope.", required_scope=scope)
+        return caller
+
+    return _check
+
+
+ConsentWriter = Annotated[Caller, Depends(requires(Scope.CONSENT_WRITE))]
+ConsentReader = Annotated[Caller, Depends(requires(Scope.CONSENT_READ))]
+Admin = Annotated[Caller, Depends(requires(Scope.ADMIN))]
+AnyCaller = Annotated[Caller, Depends(_authenticate)]

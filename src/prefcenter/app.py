@@ -1,0 +1,81 @@
+"""The application shell: `create_app(settings)` wires settings, database, errors and routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+import prefcenter
+from prefcenter import migrations
+from prefcenter.audit.context import parse_trusted_proxies
+from prefcenter.consent.router import router as consent_router
+from prefcenter.db import Database, ReadSession
+from prefcenter.http_limits import BodySizeLimit
+from prefcenter.problems import ServiceUnavailable, install_problem_handlers
+from prefcenter.settings import Settings
+from prefcenter.topics.router import router as topics_router
+
+logger = logging.getLogger(__name__)
+
+STREAMING_PREFIXES: tuple[str, ...] = ()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the service. Fails at once on a configuration that cannot work (no signing key
+    on PostgreSQL, a bad key ring) rather than on the first request."""
+    settings.signing_key_ring()
+    database = Database(settings)
+    head = migrations.head_revision(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        database.dispose()
+
+    app = FastAPI(
+        title="prefcenter",
+        version=prefcenter.__version__,
+        summary="Consent and marketing preferences: who may be emailed about what, and the proof.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
+    install_problem_handlers(app)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
+    )
+    app.include_router(topics_router)
+    app.include_router(consent_router)
+
+    @app.get("/healthz", tags=["health"], summary="The process is up")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="The database answers and its schema is current",
+        responses={503: {"description": "Not ready"}},
+    )
+    def readyz(session: ReadSession) -> JSONResponse:
+        session.execute(text("SELECT 1"))
+        current = migrations.current_revision(session.connection())
+        if current != head:
+            raise ServiceUnavailable(
+                f"The database schema is at {current or 'nothing'}, not {head}: "
+                "run `prefcenter db upgrade`."
+            )
+        return JSONResponse({"status": "ok", "schema": current})
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for `uvicorn --factory` worker processes: settings from the environment."""
+    return create_app(Settings())

@@ -1,0 +1,82 @@
+"""Owns what the service observes about a request for the record: client address (believing
+`X-Forwarded-For` only from configured proxies), user agent and idempotency key."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+MAX_USER_AGENT = 500
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    client_ip: str | None
+    user_agent: str | None
+    idempotency_key: str | None
+
+    def as_evidence(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in (
+                ("client_ip", self.client_ip),
+                ("user_agent", self.user_agent),
+                ("idempotency_key", self.idempotency_key),
+            )
+            if v is not None
+        }
+
+
+def parse_trusted_proxies(value: str) -> tuple[IPNetwork, ...]:
+    return tuple(
+        ipaddress.ip_network(part.strip(), strict=False)
+        for part in value.split(",")
+        if part.strip()
+    )
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]
+) -> str | None:
+    """The nearest address that is not a trusted proxy.
+
+    Walks `X-Forwarded-For` from the right (the hop our own proxy added) and stops at the
+    first address that is not a trusted proxy: anything left of that the client could forge.
+    """
+
+    def is_trusted(text: str) -> bool:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            return False
+        return any(address in net for net in trusted)
+
+    if peer is None or not trusted or not is_trusted(peer) or not forwarded_for:
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage from a proxy we trust: do not record it as an address
+    return peer
+
+
+def _request_context(request: Request) -> RequestContext:
+    trusted: tuple[IPNetwork, ...] = request.app.state.trusted_proxies
+    peer = request.client.host if request.client else None
+    user_agent = request.headers.get("user-agent")
+    return RequestContext(
+        client_ip=client_address(peer, request.headers.get("x-forwarded-for"), trusted),
+        user_agent=user_agent[:MAX_USER_AGENT] if user_agent else None,
+        idempotency_key=request.headers.get("idempotency-key"),
+    )
+
+
+RequestContextDep = Annotated[RequestContext, Depends(_request_context)]

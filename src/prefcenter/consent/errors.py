@@ -1,0 +1,18 @@
+"""Errors of the consent domain, each with its HTTP status."""
+
+from prefcenter.problems import Conflict, Unprocessable
+
+
+class RecipientOptOutProtected(Conflict):
+    slug = "recipient-opt-out"
+    title = "The recipient opted out themselves"
+
+
+class ReasonRequired(Unprocessable):
+    slug = "reason-required"
+    title = "A reason is required"
+
+
+class UnknownTopic(Unprocessable):
+    slug = "unknown-topic"
+    title = "Unknown topic"

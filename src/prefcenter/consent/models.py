@@ -1,0 +1,41 @@
+"""Owns the current consent state: `subscription` (per contact and topic) and `suppression`
+(contact-wide).
+
+Both are derived from the audit trail by the rules in consent.rules; they are kept as rows so
+that eligibility is one indexed read.
+"""
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from prefcenter.db import UtcDateTime
+
+
+class Subscription(SQLModel, table=True):
+    __tablename__ = "subscription"
+
+    contact_id: int = Field(foreign_key="contact.id", primary_key=True)
+    topic_id: int = Field(foreign_key="topic.id", primary_key=True, index=True)
+    status: str = Field(max_length=20)  # consent.rules.Status
+    # When the change that set this state happened (claimed by the caller, clamped to now):
+    # the ordering rule compares against it.
+    occurred_at: datetime = Field(sa_type=UtcDateTime)
+    # When this status was recorded here.
+    since: datetime = Field(sa_type=UtcDateTime)
+    source: str = Field(max_length=64)
+    # True when the person's own act set this state: an API client cannot reverse it.
+    by_recipient: bool = False
+
+
+class Suppression(SQLModel, table=True):
+    """A contact-wide opt-out of all marketing (`suppressed`), or the record that it was lifted."""
+
+    __tablename__ = "suppression"
+
+    contact_id: int = Field(foreign_key="contact.id", primary_key=True)
+    suppressed: bool
+    occurred_at: datetime = Field(sa_type=UtcDateTime)
+    since: datetime = Field(sa_type=UtcDateTime)
+    source: str = Field(max_length=64)
+    by_recipient: bool = False

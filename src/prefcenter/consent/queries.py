@@ -1,0 +1,109 @@
+"""Read side of consent: look contacts up by address, and read one contact with its history.
+
+Set-based: a fixed number of queries per request, whatever the number of addresses.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from sqlmodel import Session, col, select
+
+from prefcenter.audit.service import events_of_contact
+from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.consent.rules import Status
+from prefcenter.consent.schemas import (
+    ContactLookup,
+    ContactOut,
+    LookupOut,
+    SubscriptionOut,
+    SuppressionOut,
+)
+from prefcenter.contacts.addresses import Address
+from prefcenter.contacts.service import find_contact_by_public_id, find_contacts
+from prefcenter.problems import NotFound
+from prefcenter.topics.models import Topic
+
+
+class ContactNotFound(NotFound):
+    slug = "contact-not-found"
+    title = "Unknown contact"
+
+
+def _subscriptions_of(
+    session: Session, contact_ids: Sequence[int]
+) -> dict[int, list[SubscriptionOut]]:
+    found: dict[int, list[SubscriptionOut]] = defaultdict(list)
+    if not contact_ids:
+        return found
+    rows = session.exec(
+        select(Subscription, Topic.key)
+        .join(Topic, col(Topic.id) == col(Subscription.topic_id))
+        .where(col(Subscription.contact_id).in_(contact_ids))
+        .order_by(col(Topic.key))
+    )
+    for subscription, key in rows:
+        found[subscription.contact_id].append(
+            SubscriptionOut(topic=key, status=Status(subscription.status), since=subscription.since)
+        )
+    return found
+
+
+def _suppressions_of(session: Session, contact_ids: Sequence[int]) -> dict[int, Suppression]:
+    if not contact_ids:
+        return {}
+    rows = session.exec(select(Suppression).where(col(Suppression.contact_id).in_(contact_ids)))
+    return {row.contact_id: row for row in rows}
+
+
+def lookup_contacts(session: Session, addresses: Sequence[Address]) -> LookupOut:
+    """One entry per address asked for, in the order asked, echoing each as given."""
+    contacts = find_contacts(session, (a.normalised for a in addresses))
+    ids = [c.id for c in contacts.values() if c.id is not None]
+    subscriptions = _subscriptions_of(session, ids)
+    suppressions = _suppressions_of(session, ids)
+    answers = []
+    for address in addresses:
+        contact = contacts.get(address.normalised)
+        if contact is None or contact.id is None:
+            answers.append(
+                ContactLookup(
+                    email=address.given, contact_id=None, suppressed=False, subscriptions=[]
+                )
+            )
+            continue
+        suppression = suppressions.get(contact.id)
+        answers.append(
+            ContactLookup(
+                email=address.given,
+                contact_id=contact.public_id,
+                suppressed=bool(suppression and suppression.suppressed),
+                subscriptions=subscriptions.get(contact.id, []),
+            )
+        )
+    return LookupOut(contacts=answers)
+
+
+def read_contact(session: Session, public_id: str) -> ContactOut:
+    contact = find_contact_by_public_id(session, public_id) if len(public_id) <= 32 else None
+    if contact is None or contact.id is None:
+        raise ContactNotFound(f"There is no contact {public_id!r}.")
+    suppression = session.get(Suppression, contact.id)
+    return ContactOut(
+        contact_id=contact.public_id,
+        email=contact.address_display,
+        created_at=contact.created_at,
+        erased_at=contact.erased_at,
+        suppressed=bool(suppression and suppression.suppressed),
+        suppression=SuppressionOut(
+            suppressed=suppression.suppressed,
+            since=suppression.since,
+            source=suppression.source,
+            by_recipient=suppression.by_recipient,
+        )
+        if suppression is not None
+        else None,
+        subscriptions=_subscriptions_of(session, [contact.id]).get(contact.id, []),
+        events=events_of_contact(session, contact.public_id),
+    )

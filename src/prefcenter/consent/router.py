@@ -1,0 +1,54 @@
+"""HTTP: `/v1/consents`, `/v1/contacts/lookup`, `/v1/contacts/{contact_id}`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from prefcenter.apikeys.auth import ConsentReader, ConsentWriter
+from prefcenter.audit.context import RequestContextDep
+from prefcenter.consent import queries, service
+from prefcenter.consent.schemas import (
+    ConsentChangeIn,
+    ConsentChangeOut,
+    ContactOut,
+    LookupIn,
+    LookupOut,
+)
+from prefcenter.db import ReadSession, WriteSession
+from prefcenter.idempotency import Idempotency
+
+router = APIRouter(prefix="/v1", tags=["consent"])
+
+
+@router.post("/consents", summary="Record a consent change")
+def post_consent(
+    change: ConsentChangeIn,
+    caller: ConsentWriter,
+    session: WriteSession,
+    idempotency: Idempotency,
+    context: RequestContextDep,
+    response: Response,
+) -> ConsentChangeOut:
+    return idempotency.run(
+        session,
+        owner=caller.owner,
+        response=response,
+        model=ConsentChangeOut,
+        call=lambda: service.record_change(session, change, caller=caller, request=context),
+    )
+
+
+@router.post("/contacts/lookup", summary="Look contacts up by address")
+def lookup_contacts(query: LookupIn, _: ConsentReader, session: ReadSession) -> LookupOut:
+    return queries.lookup_contacts(session, query.emails)
+
+
+@router.get("/contacts/{contact_id}", summary="Read a contact with its whole history")
+def read_contact(
+    contact_id: Annotated[str, Path(description="The contact's opaque id.")],
+    _: ConsentReader,
+    session: ReadSession,
+) -> ContactOut:
+    return queries.read_contact(session, contact_id)

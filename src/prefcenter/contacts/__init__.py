@@ -1,0 +1,1 @@
+"""Contacts: the people behind email addresses, known by an opaque random id."""

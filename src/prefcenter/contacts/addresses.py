@@ -1,0 +1,79 @@
+"""Owns what an email address is here: validation, the one normalised form used for matching,
+and the form it was given in (kept for display)."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+
+# RFC 5321 §4.5.3.1: a path is at most 256 octets including the angle brackets.
+MAX_ADDRESS_OCTETS = 254
+
+
+class InvalidAddress(ValueError):
+    """The text is not a mailbox we can send to; the message says why, for the caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A valid mailbox: `normalised` is what matching uses, `given` is what the caller sent."""
+
+    normalised: str
+    given: str
+
+    def __str__(self) -> str:
+        return self.given
+
+
+def _has_control_character(text: str) -> bool:
+    # Cc covers NUL, CR, LF, TAB and the C1 range; line/paragraph separators would also break
+    # a mail header.
+    return any(unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029\u0085" for ch in text)
+
+
+def parse_address(text: str) -> Address:
+    """Validate and normalise: domain IDNA-checked and lower-cased to its Unicode form, the
+    whole address NFC, and the local part lower-cased so that matching ignores case.
+
+    Control characters are refused before anything else: they would inject into mail headers.
+    """
+    if _has_control_character(text):
+        raise InvalidAddress("contains a control character (such as CR, LF, TAB or NUL)")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_ADDRESS_OCTETS:
+        raise InvalidAddress(f"is longer than {MAX_ADDRESS_OCTETS} octets (RFC 5321)")
+    try:
+        valid = validate_email(text, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidAddress(str(exc)) from None
+    normalised = unicodedata.normalize("NFC", f"{valid.local_part.lower()}@{valid.domain.lower()}")
+    if len(normalised.encode("utf-8")) > MAX_ADDRESS_OCTETS:
+        raise InvalidAddress(f"is longer than {MAX_ADDRESS_OCTETS} octets (RFC 5321)")
+    return Address(normalised=normalised, given=text)
+
+
+def normalise_address(text: str) -> str:
+    return parse_address(text).normalised
+
+
+def _coerce(value: Any) -> Address:
+    if isinstance(value, Address):
+        return value
+    if not isinstance(value, str):
+        raise InvalidAddress("must be a string")
+    try:
+        return parse_address(value)
+    except InvalidAddress as exc:
+        raise InvalidAddress(f"{value!r} is not a valid email address: {exc}") from None
+
+
+EmailAddress = Annotated[
+    Address,
+    BeforeValidator(_coerce),
+    PlainSerializer(lambda address: address.given, return_type=str),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": MAX_ADDRESS_OCTETS}),
+]
+"""An address field: parsed on the way in, echoed as given on the way out."""

@@ -1,0 +1,21 @@
+"""Owns the `contact` table: an opaque public id, the normalised address, the form it came in."""
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from prefcenter.db import UtcDateTime
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contact"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # Random and unguessable: it travels in links and URLs, the row id never does.
+    public_id: str = Field(max_length=32, unique=True)
+    # Normalised for matching (see contacts.addresses); None once the person is erased.
+    address: str | None = Field(default=None, max_length=320, unique=True)
+    # The address as it was first given, for display.
+    address_display: str | None = Field(default=None, max_length=320)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    erased_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -1,0 +1,57 @@
+"""Use cases for contacts: find or create one by address (locked for the change that follows)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from prefcenter.contacts.addresses import Address
+from prefcenter.contacts.models import Contact
+from prefcenter.db import utcnow
+
+PUBLIC_ID_BYTES = 12  # 96 random bits, 16 characters in a URL
+
+
+def new_public_id() -> str:
+    return secrets.token_urlsafe(PUBLIC_ID_BYTES)
+
+
+def lock_contact(session: Session, address: Address) -> Contact:
+    """The contact with this address, created if new, and locked until the transaction ends.
+
+    Creation is `INSERT … ON CONFLICT DO NOTHING` so that two requests racing for a new
+    address both end up with the same row; on PostgreSQL the row lock then serialises every
+    change to one contact (SQLite's write transaction already does).
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(
+        insert(Contact)
+        .values(
+            public_id=new_public_id(),
+            address=address.normalised,
+            address_display=address.given,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["address"])
+    )
+    query = select(Contact).where(Contact.address == address.normalised)
+    if dialect == "postgresql":
+        query = query.with_for_update()
+    return session.exec(query.execution_options(populate_existing=True)).one()
+
+
+def find_contacts(session: Session, addresses: Iterable[str]) -> dict[str, Contact]:
+    """Contacts by normalised address, for those that exist."""
+    wanted = sorted(set(addresses))
+    if not wanted:
+        return {}
+    rows = session.exec(select(Contact).where(col(Contact.address).in_(wanted)))
+    return {c.address: c for c in rows if c.address is not None}
+
+
+def find_contact_by_public_id(session: Session, public_id: str) -> Contact | None:
+    return session.exec(select(Contact).where(Contact.public_id == public_id)).first()

@@ -1,0 +1,185 @@
+"""Owns the database: engines for SQLite and PostgreSQL, the UTC time column, and the one
+transaction boundary (the only place in the code base that commits)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Session, SQLModel
+
+from prefcenter.problems import Conflict, ServiceUnavailable
+from prefcenter.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_WRITE_OPTION = "prefcenter_write"
+
+# Constraint names fixed by convention, identical on both engines, so later migrations can
+# name what they alter.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """One column type for time: stored as UTC, always read back timezone-aware.
+
+    SQLite keeps no zone, so a naive value there is UTC by construction; PostgreSQL uses
+    `timestamptz`. A naive datetime handed in is a bug, not something to guess about.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def make_engine(settings: Settings) -> Engine:
+    if settings.is_sqlite:
+        return _sqlite_engine(settings)
+    return create_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        # A 2xx means committed to disk: never run with asynchronous commit, whatever the
+        # server's default says.
+        connect_args={"options": "-c synchronous_commit=on"},
+    )
+
+
+def _sqlite_engine(settings: Settings) -> Engine:
+    path = settings.sqlite_path()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        settings.database_url,
+        connect_args={"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_s},
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+    )
+    busy_ms = int(settings.sqlite_busy_timeout_s * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module so that BEGIN is ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            f"PRAGMA busy_timeout={busy_ms}",
+            "PRAGMA foreign_keys=ON",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Writers take the write lock up front: a deferred transaction that upgrades later
+        # fails with SQLITE_BUSY at once instead of waiting its turn.
+        if connection.get_execution_options().get(_WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+class Database:
+    """The engine plus the transaction boundary. Services receive a session and never commit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings)
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises.
+
+        Database failures become problems a client can act on: a lock that could not be had
+        or a lost connection is a 503 (retry), a concurrent duplicate is a 409.
+        """
+        try:
+            with Session(self.engine, expire_on_commit=False, autoflush=True) as session:
+                if write:
+                    session.connection(execution_options={_WRITE_OPTION: True})
+                try:
+                    yield session
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
+        except IntegrityError as exc:
+            logger.info("integrity error, rolled back: %s", exc.orig)
+            raise Conflict(
+                "A concurrent request changed the same record; nothing was changed. Retry."
+            ) from exc
+        except OperationalError as exc:
+            logger.warning("database unavailable, rolled back: %s", exc.orig)
+            raise ServiceUnavailable(
+                "The database is busy or unreachable; nothing was changed. Retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise ServiceUnavailable(
+                    "The database connection was lost; nothing was changed. Retry.",
+                    headers={"Retry-After": "1"},
+                ) from exc
+            raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def database_of(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def _read_session(request: Request) -> Iterator[Session]:
+    with database_of(request).transaction(write=False) as session:
+        yield session
+
+
+def _write_session(request: Request) -> Iterator[Session]:
+    with database_of(request).transaction(write=True) as session:
+        yield session
+
+
+# scope="function": the transaction commits when the handler returns, before the response is
+# sent, so a 2xx is only ever sent for a committed change.
+ReadSession = Annotated[Session, Depends(_read_session, scope="function")]
+WriteSession = Annotated[Session, Depends(_write_session, scope="function")]

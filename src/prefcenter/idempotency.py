@@ -1,0 +1,137 @@
+"""Owns `Idempotency-Key` handling: a retried mutating call gets its first answer, and changes
+nothing a second time. Knows nothing of the domain: it stores status codes and JSON bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Header, Request, Response
+from pydantic import BaseModel
+from sqlalchemy import Text
+from sqlmodel import Field, Session, SQLModel, select
+
+from prefcenter.db import UtcDateTime, utcnow
+from prefcenter.problems import Unprocessable
+
+MAX_KEY_LENGTH = 255
+REPLAY_HEADER = "Idempotent-Replayed"
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class IdempotencyKeyReused(Unprocessable):
+    slug = "idempotency-key-reused"
+    title = "Idempotency-Key reused with a different request"
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    __tablename__ = "idempotency_record"
+
+    # Who sent it: keys of different callers never collide.
+    owner: str = Field(max_length=64, primary_key=True)
+    key: str = Field(max_length=MAX_KEY_LENGTH, primary_key=True)
+    request_hash: str = Field(max_length=64)
+    status_code: int
+    response_body: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UtcDateTime, index=True)
+
+
+def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+    """Same method, path, query and JSON value → same fingerprint (key order and spacing of the
+    JSON do not matter)."""
+    try:
+        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        canonical = body
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), query.encode(), canonical):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentCall:
+    """The request's Idempotency-Key (if any) and its fingerprint."""
+
+    key: str | None
+    request_hash: str
+
+    def run(
+        self,
+        session: Session,
+        *,
+        owner: str,
+        response: Response,
+        model: type[ModelT],
+        call: Callable[[], ModelT],
+        status_code: Callable[[ModelT], int] | None = None,
+    ) -> ModelT:
+        """Answer from the stored first response, or run `call` and store its answer in the
+        same transaction as the change it made.
+
+        Must run inside a write transaction: on SQLite that serialises concurrent retries; on
+        PostgreSQL a concurrent duplicate fails on the primary key and is told to retry (409).
+        """
+        if self.key is None:
+            result = call()
+            if status_code is not None:
+                response.status_code = status_code(result)
+            return result
+        stored = session.exec(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.owner == owner, IdempotencyRecord.key == self.key
+            )
+        ).first()
+        if stored is not None:
+            if stored.request_hash != self.request_hash:
+                raise IdempotencyKeyReused(
+                    f"Idempotency-Key {self.key!r} was first used with a different request; "
+                    "use a new key for a new request."
+                )
+            response.status_code = stored.status_code
+            response.headers[REPLAY_HEADER] = "true"
+            return model.model_validate_json(stored.response_body)
+        result = call()
+        code = status_code(result) if status_code is not None else (response.status_code or 200)
+        response.status_code = code
+        session.add(
+            IdempotencyRecord(
+                owner=owner,
+                key=self.key,
+                request_hash=self.request_hash,
+                status_code=code,
+                response_body=result.model_dump_json(),
+                created_at=utcnow(),
+            )
+        )
+        session.flush()
+        return result
+
+
+async def _idempotent_call(
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=MAX_KEY_LENGTH,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Retrying with the same key and body returns the first answer and "
+            "changes nothing; the same key with another body is refused (422).",
+        ),
+    ] = None,
+) -> IdempotentCall:
+    body = await request.body() if idempotency_key is not None else b""
+    return IdempotentCall(
+        key=idempotency_key,
+        request_hash=fingerprint(request.method, request.url.path, request.url.query, body),
+    )
+
+
+Idempotency = Annotated[IdempotentCall, Depends(_idempotent_call)]

@@ -1,0 +1,143 @@
+"""Owns the service's configuration: environment (`PREFCENTER_*`), `.env`, the signing key ring."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+MIN_SECRET_BYTES = 16
+
+
+class ConfigError(Exception):
+    """The configuration cannot run the service; the message says what to set."""
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    kid: str
+    secret: bytes
+
+
+def parse_signing_keys(value: str) -> tuple[SigningKey, ...]:
+    """Parse `kid:secret[,kid:secret…]`; the first key signs, all verify.
+
+    An empty, duplicate or short (< 16 bytes) entry is refused: a weak key would make every
+    unsubscribe link forgeable.
+    """
+    keys: list[SigningKey] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        kid, sep, secret = entry.partition(":")
+        kid, secret = kid.strip(), secret.strip()
+        if not sep or not kid or not secret:
+            raise ConfigError(f"PREFCENTER_SIGNING_KEYS entry {kid or '?'!r} is not kid:secret")
+        if not kid.isalnum() or len(kid) > 16:
+            raise ConfigError(f"signing key id {kid!r} must be 1-16 letters or digits")
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"signing key {kid!r} is too short: use at least {MIN_SECRET_BYTES} bytes "
+                "of random data, e.g. from "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        if any(k.kid == kid for k in keys):
+            raise ConfigError(f"signing key id {kid!r} appears twice")
+        keys.append(SigningKey(kid=kid, secret=secret.encode()))
+    return tuple(keys)
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment, parsed once and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PREFCENTER_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "sqlite:///./prefcenter.db"
+    base_url: str = "http://127.0.0.1:8000"
+    signing_keys: Annotated[str, NoDecode] = ""
+    unsubscribe_mailto: str | None = None
+    # Largest JSON request body accepted, in bytes; larger bodies get a 413 problem.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # How long a SQLite writer waits for the write lock before giving up (a 503 problem).
+    sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
+    db_pool_size: int = Field(default=10, ge=1)
+    # Only these proxies' X-Forwarded-For is believed when recording a client address.
+    trusted_proxies: Annotated[str, NoDecode] = ""
+    log_level: str = "info"
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def sqlite_path(self) -> Path | None:
+        """The database file for a file-backed SQLite URL, else None."""
+        if not self.is_sqlite:
+            return None
+        _, _, path = self.database_url.partition(":///")
+        if not path or path == ":memory:":
+            return None
+        return Path(path.split("?", 1)[0])
+
+    def signing_key_ring(self) -> tuple[SigningKey, ...]:
+        """The configured key ring, or on SQLite one generated once and kept beside the data.
+
+        On PostgreSQL there is no file beside the data that every worker shares, so a missing
+        key is a configuration error rather than something to invent per host.
+        """
+        if self.signing_keys.strip():
+            return parse_signing_keys(self.signing_keys)
+        db_path = self.sqlite_path()
+        if db_path is None:
+            raise ConfigError(
+                "PREFCENTER_SIGNING_KEYS is required with this database: set it to "
+                "kid:secret (at least 16 random bytes), e.g. "
+                "k1:$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return parse_signing_keys(_local_signing_key(db_path))
+
+
+def _local_signing_key(db_path: Path) -> str:
+    """Read, or create once (atomically, mode 0600), the key file beside a SQLite database."""
+    key_path = db_path.with_name(db_path.name + ".signing-keys")
+    try:
+        return key_path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    value = f"local{secrets.token_hex(2)}:{secrets.token_urlsafe(32)}"
+    # Write a private temp file, then hard-link it into place: link() fails if another worker
+    # won the race, and no reader ever sees a half-written key.
+    tmp_path = key_path.with_name(f"{key_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(tmp_path, key_path)
+    except FileExistsError:
+        return key_path.read_text(encoding="utf-8").strip()
+    finally:
+        tmp_path.unlink()
+    logger.warning(
+        "PREFCENTER_SIGNING_KEYS is not set: generated a signing key in %s. Back it up with "
+        "the database; links issued with it stop working if it is lost.",
+        key_path,
+    )
+    return value

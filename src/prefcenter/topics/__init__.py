@@ -1,0 +1,1 @@
+"""Topics: what a contact may be emailed about, and under which consent model."""

@@ -1,0 +1,21 @@
+"""Owns the `topic` table."""
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from prefcenter.db import UtcDateTime
+
+
+class Topic(SQLModel, table=True):
+    __tablename__ = "topic"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=64, unique=True)
+    name: str = Field(max_length=200)
+    description: str | None = Field(default=None, max_length=2000)
+    kind: str = Field(max_length=20)  # TopicKind
+    consent: str = Field(max_length=20)  # ConsentModel
+    double_opt_in: bool = False
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    updated_at: datetime = Field(sa_type=UtcDateTime)

@@ -1,0 +1,54 @@
+"""What goes in and out of the topic endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+TOPIC_KEY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+TopicKey = Annotated[str, StringConstraints(pattern=TOPIC_KEY_PATTERN)]
+
+
+class TopicKind(StrEnum):
+    MARKETING = "marketing"
+    TRANSACTIONAL = "transactional"  # never blocked by unsubscribes, only by hard suppression
+
+
+class ConsentModel(StrEnum):
+    OPT_IN = "opt_in"  # nobody may be mailed until they subscribe
+    OPT_OUT = "opt_out"  # anyone may be mailed until they unsubscribe
+
+
+class TopicIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    kind: TopicKind
+    consent: ConsentModel
+    double_opt_in: bool = False
+
+
+class TopicOut(BaseModel):
+    key: str
+    name: str
+    description: str | None
+    kind: TopicKind
+    consent: ConsentModel
+    double_opt_in: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class TopicPut(BaseModel):
+    """The topic after a PUT, and whether the PUT created it (201) or updated it (200)."""
+
+    topic: TopicOut
+    created: bool = Field(default=False, exclude=True)
+
+
+class TopicList(BaseModel):
+    topics: list[TopicOut]

@@ -1,0 +1,97 @@
+"""Use cases for topics: create or update one (audited), list them, find one by key."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from prefcenter.apikeys.schemas import Caller
+from prefcenter.audit.schemas import EventKind, NewEvent
+from prefcenter.audit.service import append_event
+from prefcenter.db import utcnow
+from prefcenter.topics.errors import TopicModelChange, TopicNotFound
+from prefcenter.topics.models import Topic
+from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind, TopicOut, TopicPut
+
+
+def topic_out(topic: Topic) -> TopicOut:
+    return TopicOut(
+        key=topic.key,
+        name=topic.name,
+        description=topic.description,
+        kind=TopicKind(topic.kind),
+        consent=ConsentModel(topic.consent),
+        double_opt_in=topic.double_opt_in,
+        created_at=topic.created_at,
+        updated_at=topic.updated_at,
+    )
+
+
+def find_topic(session: Session, key: str) -> Topic | None:
+    return session.exec(select(Topic).where(Topic.key == key)).first()
+
+
+def get_topic(session: Session, key: str) -> TopicOut:
+    topic = find_topic(session, key)
+    if topic is None:
+        raise TopicNotFound(f"There is no topic {key!r}.")
+    return topic_out(topic)
+
+
+def list_topics(session: Session) -> list[TopicOut]:
+    return [topic_out(t) for t in session.exec(select(Topic).order_by(col(Topic.key)))]
+
+
+def put_topic(session: Session, key: str, spec: TopicIn, *, caller: Caller) -> TopicPut:
+    """Create the topic, or update its name, description and double opt-in.
+
+    Kind and consent model are fixed once created: turning an `opt_in` topic into `opt_out`
+    would make every known address mailable at once. Create a new topic instead.
+    """
+    now = utcnow()
+    topic = find_topic(session, key)
+    created = topic is None
+    if topic is None:
+        topic = Topic(
+            key=key,
+            name=spec.name,
+            description=spec.description,
+            kind=spec.kind.value,
+            consent=spec.consent.value,
+            double_opt_in=spec.double_opt_in,
+            created_at=now,
+            updated_at=now,
+        )
+    else:
+        if topic.kind != spec.kind.value or topic.consent != spec.consent.value:
+            raise TopicModelChange(
+                f"Topic {key!r} is {topic.kind}/{topic.consent}; its kind and consent model "
+                "cannot change (that would change who may be emailed for every contact). "
+                "Create a new topic instead."
+            )
+        unchanged = (
+            topic.name == spec.name
+            and topic.description == spec.description
+            and topic.double_opt_in == spec.double_opt_in
+        )
+        if unchanged:
+            return TopicPut(topic=topic_out(topic), created=False)
+        topic.name = spec.name
+        topic.description = spec.description
+        topic.double_opt_in = spec.double_opt_in
+        topic.updated_at = now
+    session.add(topic)
+    session.flush()
+    append_event(
+        session,
+        NewEvent(
+            kind=EventKind.TOPIC_CHANGE,
+            occurred_at=now,
+            actor=caller.actor,
+            source="api",
+            outcome="applied",
+            topic=key,
+            evidence={},
+            context={"created": created, "topic": spec.model_dump(mode="json")},
+        ),
+    )
+    return TopicPut(topic=topic_out(topic), created=created)
