@@ -66,9 +66,9 @@ def postgres_database() -> Iterator[URL]:
     url = admin_url.set(database=name)
     migrations.upgrade(make_settings(url.render_as_string(hide_password=False)))
     yield url
-    admin.dispose()
-    with create_engine(admin_url, isolation_level="AUTOCOMMIT").connect() as connection:
+    with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")

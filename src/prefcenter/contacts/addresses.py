@@ -36,8 +36,9 @@ def _has_control_character(text: str) -> bool:
 
 
 def parse_address(text: str) -> Address:
-    """Validate and normalise: domain IDNA-checked and lower-cased to its Unicode form, the
-    whole address NFC, and the local part lower-cased so that matching ignores case.
+    """Validate (strictly, RFC 5321 length limits included) and normalise: the domain
+    IDNA-checked and lower-cased to its Unicode form, the whole address NFC, and the local part
+    lower-cased so that matching ignores case.
 
     Control characters are refused before anything else: they would inject into mail headers.
     """
@@ -46,7 +47,7 @@ def parse_address(text: str) -> Address:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_ADDRESS_OCTETS:
         raise InvalidAddress(f"is longer than {MAX_ADDRESS_OCTETS} octets (RFC 5321)")
     try:
-        valid = validate_email(text, check_deliverability=False)
+        valid = validate_email(text, check_deliverability=False, strict=True)
     except EmailNotValidError as exc:
         raise InvalidAddress(str(exc)) from None
     normalised = unicodedata.normalize("NFC", f"{valid.local_part.lower()}@{valid.domain.lower()}")

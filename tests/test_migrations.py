@@ -1,0 +1,81 @@
+"""Migrations build the schema on both engines, go down and up again, and match the models."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, make_url, text
+
+from prefcenter import migrations
+from prefcenter.settings import Settings
+from prefcenter.tables import metadata
+from tests.conftest import ENGINES, POSTGRES_ADMIN_URL, make_settings
+
+
+@pytest.fixture(params=ENGINES)
+def empty_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings for a database with no schema at all."""
+    if request.param == "sqlite":
+        yield make_settings(f"sqlite:///{tmp_path / 'empty.db'}")
+        return
+    request.getfixturevalue("postgres_database")  # fails the run if PostgreSQL is down
+    admin_url = make_url(POSTGRES_ADMIN_URL)
+    name = f"prefcenter_mig_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_settings(admin_url.set(database=name).render_as_string(hide_password=False))
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def schema_drift(settings: Settings) -> list[object]:
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+def table_names(settings: Settings) -> set[str]:
+    engine = create_engine(settings.database_url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_downgrade_upgrade_leaves_no_drift(empty_settings: Settings) -> None:
+    migrations.upgrade(empty_settings)
+    assert schema_drift(empty_settings) == []
+    assert set(metadata.tables) <= table_names(empty_settings)
+
+    migrations.downgrade(empty_settings, "base")
+    assert table_names(empty_settings) <= {"alembic_version"}
+
+    migrations.upgrade(empty_settings)
+    assert schema_drift(empty_settings) == []
+
+
+def test_audit_head_starts_at_zero(empty_settings: Settings) -> None:
+    migrations.upgrade(empty_settings)
+    engine = create_engine(empty_settings.database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT id, seq FROM audit_head")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [(1, 0)]
+
+
+def test_there_is_a_single_head() -> None:
+    settings = make_settings("sqlite:///unused.db")
+    assert migrations.head_revision(settings) is not None
