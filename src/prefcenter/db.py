@@ -4,12 +4,14 @@ transaction boundary (the only place in the code base that commits)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Request
+from fastapi.concurrency import contextmanager_in_threadpool
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -22,6 +24,9 @@ from prefcenter.settings import Settings
 logger = logging.getLogger(__name__)
 
 _WRITE_OPTION = "prefcenter_write"
+# Request transactions open at once per process: below the 40 worker threads that FastAPI
+# runs sync code in (anyio's default), see _request_transaction.
+_MAX_SESSIONS = 32
 
 # Constraint names fixed by convention, identical on both engines, so later migrations can
 # name what they alter.
@@ -123,6 +128,9 @@ class Database:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = make_engine(settings)
+        # Fewer than the worker threads and the pool (2 × db_pool_size), so that a request
+        # holding a connection always finds a thread, and a key lookup a connection.
+        self.session_slots = anyio.Semaphore(min(settings.db_pool_size, _MAX_SESSIONS))
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[Session]:
@@ -169,13 +177,32 @@ def database_of(request: Request) -> Database:
     return database
 
 
-def _read_session(request: Request) -> Iterator[Session]:
-    with database_of(request).transaction(write=False) as session:
+@asynccontextmanager
+async def _request_transaction(request: Request, *, write: bool) -> AsyncIterator[Session]:
+    """The request's transaction, entered and left in worker threads like any sync dependency,
+    but only once one of the process's session slots is free.
+
+    The slot is awaited in the event loop, holding neither a thread nor a connection. Without
+    it a burst of requests fills every worker thread with waits for a pooled connection or, on
+    SQLite, for the write lock, while the requests that hold those need a thread again to run
+    their handler and validate their answer: nothing moves until the pool and busy timeouts
+    turn the burst into 500s and 503s.
+    """
+    database = database_of(request)
+    async with (
+        database.session_slots,
+        contextmanager_in_threadpool(database.transaction(write=write)) as session,
+    ):
         yield session
 
 
-def _write_session(request: Request) -> Iterator[Session]:
-    with database_of(request).transaction(write=True) as session:
+async def _read_session(request: Request) -> AsyncIterator[Session]:
+    async with _request_transaction(request, write=False) as session:
+        yield session
+
+
+async def _write_session(request: Request) -> AsyncIterator[Session]:
+    async with _request_transaction(request, write=True) as session:
         yield session
 
 

@@ -8,7 +8,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from prefcenter.settings import Settings
 
@@ -28,8 +29,33 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
+# Any fixed number: held while migrating, so that hosts starting together migrate one at a time.
+_MIGRATION_LOCK_ID = 0x70726566  # "pref"
+
+
 def upgrade(settings: Settings, revision: str = "head") -> None:
-    command.upgrade(alembic_config(settings), revision)
+    """Apply migrations. On PostgreSQL an advisory lock makes concurrent starts take turns
+    (the second finds nothing left to do); SQLite's own write lock does the same there."""
+    config = alembic_config(settings)
+    if settings.is_sqlite:
+        command.upgrade(config, revision)
+        return
+    engine = create_engine(settings.database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            try:
+                connection.commit()
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                connection.commit()
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                )
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 def downgrade(settings: Settings, revision: str) -> None:
@@ -42,3 +68,16 @@ def head_revision(settings: Settings) -> str | None:
 
 def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def is_behind(settings: Settings, current: str | None) -> bool:
+    """True when the database lacks migrations this code needs.
+
+    A revision this code does not know is newer (a later release migrated first, as in a
+    rolling deploy with expand-only migrations): not "behind", so older hosts stay ready.
+    """
+    script = ScriptDirectory.from_config(alembic_config(settings))
+    if current is None:
+        return True
+    known = {rev.revision for rev in script.walk_revisions()}
+    return current in known and current != script.get_current_head()

@@ -5,6 +5,7 @@ Set-based: a fixed number of queries per request, whatever the number of address
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -24,6 +25,10 @@ from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.service import find_contact_by_public_id, find_contacts
 from prefcenter.problems import NotFound
 from prefcenter.topics.models import Topic
+
+# What contacts.service.new_public_id makes (URL-safe base64); anything else cannot exist, and
+# text with NUL would not even reach PostgreSQL.
+_PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 class ContactNotFound(NotFound):
@@ -86,7 +91,9 @@ def lookup_contacts(session: Session, addresses: Sequence[Address]) -> LookupOut
 
 
 def read_contact(session: Session, public_id: str) -> ContactOut:
-    contact = find_contact_by_public_id(session, public_id) if len(public_id) <= 32 else None
+    contact = (
+        find_contact_by_public_id(session, public_id) if _PUBLIC_ID.fullmatch(public_id) else None
+    )
     if contact is None or contact.id is None:
         raise ContactNotFound(f"There is no contact {public_id!r}.")
     suppression = session.get(Suppression, contact.id)

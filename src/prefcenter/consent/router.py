@@ -18,11 +18,16 @@ from prefcenter.consent.schemas import (
 )
 from prefcenter.db import ReadSession, WriteSession
 from prefcenter.idempotency import Idempotency
+from prefcenter.problems import problem_responses
 
-router = APIRouter(prefix="/v1", tags=["consent"])
+router = APIRouter(prefix="/v1", tags=["consent"], responses=problem_responses(401, 403, 503))
 
 
-@router.post("/consents", summary="Record a consent change")
+@router.post(
+    "/consents",
+    summary="Record a consent change",
+    responses=problem_responses(400, 409, 413, 422),
+)
 def post_consent(
     change: ConsentChangeIn,
     caller: ConsentWriter,
@@ -40,12 +45,20 @@ def post_consent(
     )
 
 
-@router.post("/contacts/lookup", summary="Look contacts up by address")
+@router.post(
+    "/contacts/lookup",
+    summary="Look contacts up by address",
+    responses=problem_responses(400, 413, 422),
+)
 def lookup_contacts(query: LookupIn, _: ConsentReader, session: ReadSession) -> LookupOut:
     return queries.lookup_contacts(session, query.emails)
 
 
-@router.get("/contacts/{contact_id}", summary="Read a contact with its whole history")
+@router.get(
+    "/contacts/{contact_id}",
+    summary="Read a contact with its whole history",
+    responses=problem_responses(404, 422),
+)
 def read_contact(
     contact_id: Annotated[str, Path(description="The contact's opaque id.")],
     _: ConsentReader,

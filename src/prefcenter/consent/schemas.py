@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core.core_schema import CoreSchema
+from typing_extensions import TypeAliasType
 
 from prefcenter.audit.schemas import AuditEventOut
 from prefcenter.consent.rules import Outcome, Status
@@ -17,9 +30,44 @@ from prefcenter.topics.schemas import TopicKey
 MAX_LOOKUP = 1000
 MAX_EVIDENCE_KEYS = 100
 MAX_EVIDENCE_BYTES = 16 * 1024
+MAX_EVIDENCE_DEPTH = 32
 
 SourceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 PrintableText = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
+
+
+class _EveryKeyMatches:
+    """pydantic documents a dict with a key pattern as `patternProperties`, which leaves keys
+    that do not match unconstrained; document instead that every key must match."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        ((pattern, values),) = json_schema.pop("patternProperties").items()
+        return {
+            **json_schema,
+            "propertyNames": {"pattern": pattern},
+            "additionalProperties": values,
+        }
+
+
+# What evidence may hold, for the OpenAPI document: JSON without NUL in any text (PostgreSQL
+# `jsonb` cannot store it). Validation is `_check_evidence_value`, which names the field.
+EvidenceText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+EvidenceValue = TypeAliasType(
+    "EvidenceValue",
+    "EvidenceText | int | float | bool | list[EvidenceValue] "
+    "| Annotated[dict[EvidenceText, EvidenceValue], _EveryKeyMatches] | None",
+)
+EvidenceDocument = Annotated[dict[EvidenceText, EvidenceValue], _EveryKeyMatches]
+
+
+def _as_given(value: Any) -> Any:
+    """Checks nothing: it lets `json_schema_input_type` document evidence exactly, while
+    `_evidence_fits` does the checking and names `evidence` in its errors."""
+    return value
 
 
 class RequestedStatus(StrEnum):
@@ -40,22 +88,58 @@ class ConsentChangeIn(BaseModel):
     )
     source: SourceName = "api"
     campaign_id: Annotated[PrintableText, StringConstraints(max_length=200)] | None = None
-    evidence: dict[str, Any] = Field(
+    evidence: Annotated[
+        dict[str, Any], BeforeValidator(_as_given, json_schema_input_type=EvidenceDocument)
+    ] = Field(
         default_factory=dict,
         max_length=MAX_EVIDENCE_KEYS,
-        description="Free-form proof: form text version, IP, ticket number…",
+        description="Free-form proof: form text version, IP, ticket number… At most "
+        f"{MAX_EVIDENCE_BYTES} bytes as JSON, nested at most {MAX_EVIDENCE_DEPTH} levels.",
+        json_schema_extra={"maxProperties": MAX_EVIDENCE_KEYS},
     )
     reason: Annotated[PrintableText, StringConstraints(max_length=2000)] | None = Field(
         default=None,
         description="Why (admin keys): required to reverse a person's own opt-out.",
     )
 
+    @field_validator("occurred_at")
+    @classmethod
+    def _occurred_at_in_range(cls, value: datetime | None) -> datetime | None:
+        # 0001-01-01T00:00+14:00 parses but has no UTC time: it would fail on storing (a 500).
+        if value is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("is out of range once converted to UTC") from None
+        return value
+
     @field_validator("evidence")
     @classmethod
     def _evidence_fits(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_evidence_value(value, depth=1)
         if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_EVIDENCE_BYTES:
             raise ValueError(f"must be at most {MAX_EVIDENCE_BYTES} bytes as JSON")
         return value
+
+
+def _check_evidence_value(value: Any, *, depth: int) -> None:
+    """Refuse what one of the engines cannot store or the history cannot render back: NUL in
+    text (PostgreSQL `jsonb`), NaN/Infinity (not JSON), nesting deeper than a serialiser allows."""
+    if isinstance(value, dict | list) and depth > MAX_EVIDENCE_DEPTH:
+        raise ValueError(f"must be nested at most {MAX_EVIDENCE_DEPTH} levels deep")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must not contain NaN or Infinity")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_evidence_value(key, depth=depth)
+            _check_evidence_value(item, depth=depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_evidence_value(item, depth=depth + 1)
 
 
 class ConsentChangeOut(BaseModel):

@@ -75,6 +75,7 @@ EmailAddress = Annotated[
     Address,
     BeforeValidator(_coerce),
     PlainSerializer(lambda address: address.given, return_type=str),
-    WithJsonSchema({"type": "string", "format": "email", "maxLength": MAX_ADDRESS_OCTETS}),
+    # idn-email (RFC 6531): internationalised addresses are accepted and matched in one form.
+    WithJsonSchema({"type": "string", "format": "idn-email", "maxLength": MAX_ADDRESS_OCTETS}),
 ]
 """An address field: parsed on the way in, echoed as given on the way out."""

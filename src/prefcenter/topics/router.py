@@ -9,10 +9,11 @@ from fastapi import APIRouter, Path, Response
 from prefcenter.apikeys.auth import Admin, AnyCaller
 from prefcenter.db import ReadSession, WriteSession
 from prefcenter.idempotency import Idempotency
+from prefcenter.problems import problem_responses
 from prefcenter.topics import service
 from prefcenter.topics.schemas import TOPIC_KEY_PATTERN, TopicIn, TopicList, TopicOut, TopicPut
 
-router = APIRouter(prefix="/v1/topics", tags=["topics"])
+router = APIRouter(prefix="/v1/topics", tags=["topics"], responses=problem_responses(401, 503))
 
 KeyPath = Annotated[str, Path(pattern=TOPIC_KEY_PATTERN, description="The topic's key.")]
 
@@ -20,7 +21,10 @@ KeyPath = Annotated[str, Path(pattern=TOPIC_KEY_PATTERN, description="The topic'
 @router.put(
     "/{key}",
     response_model=TopicOut,
-    responses={201: {"model": TopicOut, "description": "Created"}},
+    responses={
+        201: {"model": TopicOut, "description": "Created"},
+        **problem_responses(400, 403, 409, 413, 422),
+    },
     summary="Create or update a topic",
 )
 def put_topic(
@@ -47,6 +51,6 @@ def list_topics(_: AnyCaller, session: ReadSession) -> TopicList:
     return TopicList(topics=service.list_topics(session))
 
 
-@router.get("/{key}", summary="Read one topic")
+@router.get("/{key}", summary="Read one topic", responses=problem_responses(404, 422))
 def get_topic(key: KeyPath, _: AnyCaller, session: ReadSession) -> TopicOut:
     return service.get_topic(session, key)

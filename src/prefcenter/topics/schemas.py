@@ -6,10 +6,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 TOPIC_KEY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 TopicKey = Annotated[str, StringConstraints(pattern=TOPIC_KEY_PATTERN)]
+# No control characters but TAB, CR and LF: NUL cannot be stored in PostgreSQL text.
+_PRINTABLE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 
 class TopicKind(StrEnum):
@@ -25,11 +27,19 @@ class ConsentModel(StrEnum):
 class TopicIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    name: Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True, min_length=1, max_length=200, pattern=_PRINTABLE_PATTERN
+        ),
+    ]
+    description: (
+        Annotated[str, StringConstraints(max_length=2000, pattern=_PRINTABLE_PATTERN)] | None
+    ) = None
     kind: TopicKind
     consent: ConsentModel
-    double_opt_in: bool = False
+    # Strict: the document says boolean, so 0 or "yes" is refused rather than guessed at.
+    double_opt_in: StrictBool = False
 
 
 class TopicOut(BaseModel):

@@ -1,0 +1,1 @@
+"""Links for outgoing mail: signed tokens, unsubscribe and preference URLs, List-Unsubscribe."""

@@ -1,0 +1,142 @@
+"""Owns server-rendered HTML: Jinja2 with autoescaping, Babel translations, the language of a
+request, and the headers every page for a recipient carries."""
+
+from __future__ import annotations
+
+import gettext
+import io
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from babel import Locale, negotiate_locale
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+LOCALES_DIR = Path(__file__).parent / "locales"
+DEFAULT_LANGUAGE = "en"
+SUPPORTED_LANGUAGES = ("en", "de")
+MAX_ACCEPT_LANGUAGE = 512
+
+# For pages shown to recipients: nothing cached, nothing leaked onward, nothing framed, no
+# script at all, forms only back to us.
+RECIPIENT_PAGE_HEADERS: Mapping[str, str] = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "Permissions-Policy": "interest-cohort=()",
+}
+
+
+@cache
+def translations(language: str) -> gettext.NullTranslations:
+    """The catalog of one language, compiled in memory from its .po file (no build step)."""
+    po_path = LOCALES_DIR / language / "LC_MESSAGES" / "messages.po"
+    if not po_path.exists():
+        return gettext.NullTranslations()
+    with po_path.open("rb") as handle:
+        catalog = read_po(handle, locale=language)
+    buffer = io.BytesIO()
+    write_mo(buffer, catalog)
+    buffer.seek(0)
+    return gettext.GNUTranslations(buffer)
+
+
+def negotiate_language(query_lang: str | None, accept_language: str | None) -> str:
+    """`?lang=` wins when it names a supported language, then Accept-Language, then English."""
+    if query_lang and query_lang.lower() in SUPPORTED_LANGUAGES:
+        return query_lang.lower()
+    if accept_language:
+        preferred = _parse_accept_language(accept_language[:MAX_ACCEPT_LANGUAGE])
+        found = negotiate_locale(preferred, SUPPORTED_LANGUAGES, sep="-")
+        if found:
+            return found.split("-", 1)[0].lower()
+    return DEFAULT_LANGUAGE
+
+
+def _parse_accept_language(header: str) -> list[str]:
+    weighted: list[tuple[float, int, str]] = []
+    for index, part in enumerate(header.split(",")):
+        tag, _, params = part.strip().partition(";")
+        tag = tag.strip()
+        if not tag or tag == "*" or len(tag) > 35:
+            continue
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            weighted.append((-quality, index, tag))
+    ordered = [tag for _, _, tag in sorted(weighted)]
+    # "de-AT" should also match a plain "de" catalog.
+    return ordered + [t.split("-", 1)[0] for t in ordered if "-" in t]
+
+
+class Pages:
+    """Renders a package's templates in the request's language."""
+
+    def __init__(self, template_dirs: Iterable[Path]) -> None:
+        self._loader = ChoiceLoader([FileSystemLoader(str(d)) for d in template_dirs])
+        self._environments: dict[str, Environment] = {}
+
+    def environment(self, language: str) -> Environment:
+        environment = self._environments.get(language)
+        if environment is None:
+            environment = Environment(
+                loader=self._loader,
+                autoescape=select_autoescape(default=True, default_for_string=True),
+                undefined=StrictUndefined,
+                extensions=["jinja2.ext.i18n"],
+                trim_blocks=True,
+                lstrip_blocks=True,
+            )
+            environment.install_gettext_translations(  # type: ignore[attr-defined]
+                translations(language), newstyle=True
+            )
+            self._environments[language] = environment
+        return environment
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        context: Mapping[str, Any],
+        *,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> HTMLResponse:
+        language = language_of(request)
+        locale = Locale.parse(language)
+        body = (
+            self.environment(language)
+            .get_template(template)
+            .render(
+                lang=language,
+                text_direction=locale.text_direction,
+                languages=SUPPORTED_LANGUAGES,
+                **context,
+            )
+        )
+        response_headers = {**RECIPIENT_PAGE_HEADERS, "Content-Language": language}
+        if headers:
+            response_headers.update(headers)
+        return HTMLResponse(body, status_code=status_code, headers=response_headers)
+
+
+def language_of(request: Request) -> str:
+    return negotiate_language(
+        request.query_params.get("lang"), request.headers.get("accept-language")
+    )

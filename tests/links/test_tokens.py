@@ -1,0 +1,125 @@
+"""Signed tokens, without a database: round trip, tampering, purpose, key ring, expiry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prefcenter.links.tokens import (
+    MAX_TOKEN_LENGTH,
+    BadSignature,
+    ExpiredToken,
+    MalformedToken,
+    TokenClaims,
+    TokenError,
+    TokenPurpose,
+    UnknownKey,
+    sign_token,
+    verify_token,
+)
+from prefcenter.settings import parse_signing_keys
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+RING = parse_signing_keys("k2:" + "n" * 32 + ",k1:" + "o" * 32)
+CLAIMS = TokenClaims(
+    contact_id="AbCdEfGhIjKlMnOp", topic="newsletter", campaign_id="spring", issued_at=NOW
+)
+
+
+def manage_token(claims: TokenClaims = CLAIMS) -> str:
+    return sign_token(RING, TokenPurpose.MANAGE, claims)
+
+
+class TestRoundTrip:
+    def test_claims_survive(self) -> None:
+        verified = verify_token(RING, TokenPurpose.MANAGE, manage_token(), now=NOW)
+        assert verified.claims == CLAIMS
+        assert verified.kid == "k2"
+
+    def test_no_address_and_no_row_id_in_the_token(self) -> None:
+        token = manage_token()
+        assert "@" not in token
+        assert token.count(".") == 3
+        assert token.startswith("1.k2.")
+
+    def test_token_for_all_topics(self) -> None:
+        claims = TokenClaims(contact_id="x" * 16, topic=None, campaign_id=None, issued_at=NOW)
+        assert verify_token(RING, TokenPurpose.MANAGE, manage_token(claims), now=NOW).claims == (
+            claims
+        )
+
+    def test_old_key_still_verifies_after_rotation(self) -> None:
+        old_ring = parse_signing_keys("k1:" + "o" * 32)
+        token = sign_token(old_ring, TokenPurpose.MANAGE, CLAIMS)
+        assert verify_token(RING, TokenPurpose.MANAGE, token, now=NOW).kid == "k1"
+
+    def test_retired_key_no_longer_verifies(self) -> None:
+        token = manage_token()
+        with pytest.raises(UnknownKey):
+            verify_token(parse_signing_keys("k1:" + "o" * 32), TokenPurpose.MANAGE, token, now=NOW)
+
+    def test_manage_tokens_do_not_expire(self) -> None:
+        years_later = NOW + timedelta(days=3650)
+        assert verify_token(RING, TokenPurpose.MANAGE, manage_token(), now=years_later)
+
+
+class TestRefusals:
+    def test_wrong_purpose_is_refused(self) -> None:
+        with pytest.raises(BadSignature):
+            verify_token(RING, TokenPurpose.CONFIRM, manage_token(), now=NOW)
+
+    def test_every_single_character_change_is_refused(self) -> None:
+        token = manage_token()
+        for index, char in enumerate(token):
+            for bit in range(7):
+                flipped = chr(ord(char) ^ (1 << bit))
+                tampered = token[:index] + flipped + token[index + 1 :]
+                with pytest.raises(TokenError):
+                    verify_token(RING, TokenPurpose.MANAGE, tampered, now=NOW)
+
+    def test_truncated_tokens_are_refused(self) -> None:
+        token = manage_token()
+        for length in range(len(token)):
+            with pytest.raises(TokenError):
+                verify_token(RING, TokenPurpose.MANAGE, token[:length], now=NOW)
+
+    def test_key_of_another_installation_is_refused(self) -> None:
+        foreign = sign_token(parse_signing_keys("k2:" + "f" * 32), TokenPurpose.MANAGE, CLAIMS)
+        with pytest.raises(BadSignature):
+            verify_token(RING, TokenPurpose.MANAGE, foreign, now=NOW)
+
+    def test_overlong_token_is_refused_before_decoding(self) -> None:
+        with pytest.raises(MalformedToken):
+            verify_token(RING, TokenPurpose.MANAGE, "1.k2." + "A" * MAX_TOKEN_LENGTH, now=NOW)
+
+    def test_confirm_token_expires(self) -> None:
+        token = sign_token(RING, TokenPurpose.CONFIRM, CLAIMS)
+        week = timedelta(days=7)
+        assert verify_token(RING, TokenPurpose.CONFIRM, token, now=NOW + week, max_age=week)
+        with pytest.raises(ExpiredToken):
+            verify_token(
+                RING,
+                TokenPurpose.CONFIRM,
+                token,
+                now=NOW + week + timedelta(seconds=1),
+                max_age=week,
+            )
+
+
+@given(st.text(max_size=2000))
+def test_arbitrary_text_is_refused_with_a_token_error(text: str) -> None:
+    with pytest.raises(TokenError):
+        verify_token(RING, TokenPurpose.MANAGE, text, now=NOW)
+
+
+@given(
+    st.text(
+        alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.", max_size=300
+    )
+)
+def test_token_shaped_text_is_refused_with_a_token_error(text: str) -> None:
+    with pytest.raises(TokenError):
+        verify_token(RING, TokenPurpose.MANAGE, "1.k2." + text, now=NOW)

@@ -1,0 +1,64 @@
+"""`/healthz` (the process) and `/readyz` (the database, with its schema current)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from prefcenter import migrations
+from prefcenter.app import create_app
+from prefcenter.settings import Settings
+from tests.conftest import make_settings
+from tests.factories import assert_problem
+
+
+class TestHealthz:
+    def test_answers_ok_without_a_key(self, client: TestClient) -> None:
+        response = client.get("/healthz")
+
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+    def test_answers_while_the_database_is_down(self) -> None:
+        settings = make_settings("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/healthz").status_code == 200
+
+
+class TestReadyz:
+    def test_migrated_database_is_ready_with_its_revision(
+        self, client: TestClient, settings: Settings
+    ) -> None:
+        response = client.get("/readyz")
+
+        assert response.status_code == 200
+        head = migrations.head_revision(settings)
+        assert head is not None
+        assert response.json() == {"status": "ok", "schema": head}
+
+    def test_database_without_the_schema_is_503(self, tmp_path: Path) -> None:
+        settings = make_settings(f"sqlite:///{tmp_path / 'empty.db'}")
+        with TestClient(create_app(settings)) as client:
+            response = client.get("/readyz")
+
+        problem = assert_problem(response, 503, "unavailable")
+        assert "prefcenter db upgrade" in problem["detail"]
+        assert migrations.head_revision(settings) in problem["detail"]
+
+    def test_database_behind_the_code_is_503(self, tmp_path: Path) -> None:
+        settings = make_settings(f"sqlite:///{tmp_path / 'old.db'}")
+        migrations.upgrade(settings)
+        migrations.downgrade(settings, "base")
+        with TestClient(create_app(settings)) as client:
+            response = client.get("/readyz")
+
+        assert_problem(response, 503, "unavailable")
+
+    def test_unreachable_database_is_503_with_retry_after(self) -> None:
+        settings = make_settings("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+        with TestClient(create_app(settings)) as client:
+            response = client.get("/readyz")
+
+        assert_problem(response, 503, "unavailable")
+        assert response.headers["retry-after"] == "1"
