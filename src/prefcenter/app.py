@@ -16,7 +16,12 @@ from prefcenter.audit.context import parse_trusted_proxies
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
 from prefcenter.http_limits import BodySizeLimit
-from prefcenter.problems import ServiceUnavailable, install_problem_handlers
+from prefcenter.problems import (
+    ServiceUnavailable,
+    document_problems,
+    install_problem_handlers,
+    problem_responses,
+)
 from prefcenter.settings import Settings
 from prefcenter.topics.router import router as topics_router
 
@@ -47,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.database = database
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     install_problem_handlers(app)
+    document_problems(app)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
     )
@@ -61,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         "/readyz",
         tags=["health"],
         summary="The database answers and its schema is current",
-        responses={503: {"description": "Not ready"}},
+        responses=problem_responses(503),
     )
     def readyz(session: ReadSession) -> JSONResponse:
         session.execute(text("SELECT 1"))

@@ -8,12 +8,15 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:prefcenter:problem:"
+PROBLEM_SCHEMA_NAME = "Problem"
 
 
 class Problem(Exception):
@@ -98,6 +101,69 @@ def problem_response(
     )
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="The field, as a dotted path with [index] for list items.")
+    detail: str
+
+
+class ProblemDocument(BaseModel):
+    """What every error answer carries (RFC 9457). Problem types may add members."""
+
+    model_config = ConfigDict(extra="allow", title=PROBLEM_SCHEMA_NAME)
+
+    type: str = Field(description="A URI naming the problem type: `urn:prefcenter:problem:…`.")
+    title: str
+    status: int
+    detail: str = Field(description="What went wrong with this request.")
+    errors: list[FieldError] = Field(
+        default_factory=list, description="On 422: each field that is invalid, and why."
+    )
+
+
+_RESPONSE_DESCRIPTIONS: dict[int, str] = {
+    400: "Malformed request, such as a body that is not JSON",
+    401: "Missing, unknown or revoked API key",
+    403: "The API key lacks the scope",
+    404: "Not found",
+    409: "Conflicts with the current state; nothing was changed",
+    413: "Request body too large",
+    422: "Invalid request; `errors` names each field",
+    503: "The database is busy or unreachable; nothing was changed, retry (see `Retry-After`)",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries declaring these statuses as problem documents."""
+    return {
+        status: {
+            "description": _RESPONSE_DESCRIPTIONS[status],
+            "content": {
+                PROBLEM_MEDIA_TYPE: {
+                    "schema": {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA_NAME}"}
+                }
+            },
+        }
+        for status in statuses
+    }
+
+
+def document_problems(app: FastAPI) -> None:
+    """Add the `Problem` schema that `problem_responses` refers to to the app's OpenAPI
+    document (FastAPI only adds schemas of models it renders itself)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = build()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        if PROBLEM_SCHEMA_NAME not in schemas:
+            problem = ProblemDocument.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(problem.pop("$defs", {}))
+            schemas[PROBLEM_SCHEMA_NAME] = problem
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 _HTTP_TITLES = {
     401: ("unauthorized", "Authentication required"),
     403: ("forbidden", "Not allowed"),
@@ -134,6 +200,28 @@ def validation_problem(exc: RequestValidationError) -> JSONResponse:
     )
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at the request's path. A 405 must list them all in
+    `Allow` (RFC 9110 §15.5.6); the router names only those of the first route that matched
+    the path, so `PUT` and `GET` on one path would each deny the other."""
+    allowed = []
+    for method in _METHODS:
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": request.scope["path"],
+            "root_path": request.scope.get("root_path", ""),
+            "headers": [],
+            "query_string": b"",
+        }
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Render every error, ours or the framework's, as problem JSON in this one place."""
 
@@ -147,13 +235,14 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return validation_problem(exc)
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         slug, title = _HTTP_TITLES.get(exc.status_code, ("http-error", "HTTP error"))
         detail = exc.detail if isinstance(exc.detail, str) else title
-        return problem_response(
-            exc.status_code, slug, title, detail, headers=dict(exc.headers or {})
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return problem_response(exc.status_code, slug, title, detail, headers=headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
