@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: run test lint typecheck check-imports pytest clean
+.PHONY: run test lint typecheck check-imports pytest clean messages
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "prefcenter needs Python 3.11 or newer")'
@@ -36,3 +36,8 @@ pytest: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+## messages: extract page texts and merge them into every language's catalog
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -o src/prefcenter/locales/messages.pot --no-location --omit-header --sort-output .
+	$(BIN)/pybabel update -i src/prefcenter/locales/messages.pot -d src/prefcenter/locales --no-location --omit-header

@@ -69,6 +69,7 @@ def upgrade() -> None:
         sa.Column("since", UtcDateTime(), nullable=False),
         sa.Column("source", sa.String(length=64), nullable=False),
         sa.Column("by_recipient", sa.Boolean(), nullable=False),
+        sa.Column("event_id", sa.String(length=40), nullable=False),
         sa.ForeignKeyConstraint(
             ["contact_id"], ["contact.id"], name="fk_subscription_contact_id_contact"
         ),

@@ -16,6 +16,9 @@ from prefcenter.audit.context import parse_trusted_proxies
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
 from prefcenter.http_limits import BodySizeLimit
+from prefcenter.links.router import router as links_router
+from prefcenter.preference_center.router import install_invalid_link_page
+from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.problems import (
     ServiceUnavailable,
     document_problems,
@@ -33,7 +36,7 @@ STREAMING_PREFIXES: tuple[str, ...] = ()
 def create_app(settings: Settings) -> FastAPI:
     """Build the service. Fails at once on a configuration that cannot work (no signing key
     on PostgreSQL, a bad key ring) rather than on the first request."""
-    settings.signing_key_ring()
+    signing_keys = settings.signing_key_ring()
     database = Database(settings)
     head = migrations.head_revision(settings)
 
@@ -50,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.signing_keys = signing_keys
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     install_problem_handlers(app)
     document_problems(app)
@@ -58,6 +62,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(topics_router)
     app.include_router(consent_router)
+    app.include_router(links_router)
+    app.include_router(recipient_router)
+    install_invalid_link_page(app)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:

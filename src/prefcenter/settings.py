@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+from fastapi import Request
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
 
 MIN_SECRET_BYTES = 16
+_MAILBOX = re.compile(r"[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 
 
 class ConfigError(Exception):
@@ -66,9 +69,15 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./prefcenter.db"
     base_url: str = "http://127.0.0.1:8000"
     signing_keys: Annotated[str, NoDecode] = ""
+    # The mailbox for the `mailto:` part of List-Unsubscribe; unset or empty: no mailto part.
     unsubscribe_mailto: str | None = None
-    # Largest JSON request body accepted, in bytes; larger bodies get a 413 problem.
-    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Shown at the top of recipient pages, e.g. "Example Inc".
+    organization_name: str | None = None
+    # How long a double opt-in confirmation link works.
+    confirm_link_ttl_days: int = Field(default=7, ge=1, le=90)
+    # Largest JSON request body accepted, in bytes; larger bodies get a 413 problem. A batch of
+    # 10,000 links with long campaign ids needs a few MiB.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # How long a SQLite writer waits for the write lock before giving up (a 503 problem).
     sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1)
@@ -80,6 +89,22 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("unsubscribe_mailto", "organization_name")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        value = value.strip() if value is not None else None
+        if value and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must not contain control characters")
+        return value or None
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _plain_mailbox(cls, value: str | None) -> str | None:
+        # It goes into a mail header inside <mailto:…>: a plain mailbox, nothing to escape.
+        if value is not None and not _MAILBOX.fullmatch(value):
+            raise ValueError("must be a plain address such as unsubscribe@example.com")
+        return value
 
     @property
     def is_sqlite(self) -> bool:
@@ -141,3 +166,15 @@ def _local_signing_key(db_path: Path) -> str:
         key_path,
     )
     return value
+
+
+def settings_of(request: Request) -> Settings:
+    """The settings the running app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def signing_keys_of(request: Request) -> tuple[SigningKey, ...]:
+    """The running app's key ring, parsed once at start."""
+    ring: tuple[SigningKey, ...] = request.app.state.signing_keys
+    return ring

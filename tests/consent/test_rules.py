@@ -179,6 +179,17 @@ class TestRecipientOptOutGuard:
         assert decision.outcome is Outcome.SUPERSEDED
 
 
+def confirmed() -> RequestedChange:
+    return RequestedChange(
+        status=Status.SUBSCRIBED,
+        occurred_at=NOW,
+        actor=ActorKind.RECIPIENT,
+        source="confirmation",
+        double_opt_in=True,
+        confirmed=True,
+    )
+
+
 class TestDoubleOptIn:
     def test_api_subscribe_is_pending(self) -> None:
         decision = decide_change(None, change(Status.SUBSCRIBED, double_opt_in=True), now=NOW)
@@ -188,11 +199,19 @@ class TestDoubleOptIn:
         pending = state(Status.PENDING)
         decision = decide_change(
             pending,
-            change(Status.SUBSCRIBED, actor=ActorKind.RECIPIENT, double_opt_in=True),
+            confirmed(),
             now=NOW,
         )
         assert decision.status is Status.SUBSCRIBED
         assert decision.outcome is Outcome.APPLIED
+
+    def test_recipient_ticking_a_box_is_not_a_confirmation(self) -> None:
+        decision = decide_change(
+            None,
+            change(Status.SUBSCRIBED, actor=ActorKind.RECIPIENT, double_opt_in=True),
+            now=NOW,
+        )
+        assert decision.status is Status.PENDING
 
     def test_asking_again_when_confirmed_changes_nothing(self) -> None:
         decision = decide_change(

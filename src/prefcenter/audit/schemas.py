@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -16,6 +17,10 @@ class EventKind(StrEnum):
     CONSENT_CHANGE = "consent_change"  # a topic subscription
     GLOBAL_CONSENT_CHANGE = "global_consent_change"  # the contact-wide marketing opt-out
     TOPIC_CHANGE = "topic_change"
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,8 @@ class NewEvent:
     reason: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    # Known before the event is written, so that the state it records can point at it.
+    id: str = field(default_factory=new_event_id)
 
 
 class AuditEventOut(BaseModel):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
@@ -28,7 +26,7 @@ def append_event(session: Session, new: NewEvent) -> AuditEvent:
     ).scalar_one()
     event = AuditEvent(
         seq=seq,
-        id=str(uuid.uuid4()),
+        id=new.id,
         kind=new.kind.value,
         recorded_at=utcnow(),
         occurred_at=new.occurred_at,

@@ -26,6 +26,9 @@ class Subscription(SQLModel, table=True):
     source: str = Field(max_length=64)
     # True when the person's own act set this state: an API client cannot reverse it.
     by_recipient: bool = False
+    # The audit event that set this status. A confirmation link names the event that made the
+    # subscription pending, so it stops working once anything else has happened since.
+    event_id: str = Field(max_length=40)
 
 
 class Suppression(SQLModel, table=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from prefcenter.apikeys.auth import ConsentReader, ConsentWriter
 from prefcenter.audit.context import RequestContextDep
@@ -19,6 +19,7 @@ from prefcenter.consent.schemas import (
 from prefcenter.db import ReadSession, WriteSession
 from prefcenter.idempotency import Idempotency
 from prefcenter.problems import problem_responses
+from prefcenter.settings import settings_of, signing_keys_of
 
 router = APIRouter(prefix="/v1", tags=["consent"], responses=problem_responses(401, 403, 503))
 
@@ -34,6 +35,7 @@ def post_consent(
     session: WriteSession,
     idempotency: Idempotency,
     context: RequestContextDep,
+    http_request: Request,
     response: Response,
 ) -> ConsentChangeOut:
     return idempotency.run(
@@ -41,7 +43,14 @@ def post_consent(
         owner=caller.owner,
         response=response,
         model=ConsentChangeOut,
-        call=lambda: service.record_change(session, change, caller=caller, request=context),
+        call=lambda: service.record_change(
+            session,
+            change,
+            caller=caller,
+            request=context,
+            settings=settings_of(http_request),
+            ring=signing_keys_of(http_request),
+        ),
     )
 
 

@@ -63,6 +63,8 @@ class RequestedChange:
     source: str
     reason: str | None = None
     double_opt_in: bool = False
+    # The person followed a confirmation link: what double opt-in waits for.
+    confirmed: bool = False
 
     @property
     def by_recipient(self) -> bool:
@@ -93,8 +95,8 @@ def clamp_occurred_at(claimed: datetime, now: datetime) -> datetime:
 def _target_status(current: CurrentState | None, change: RequestedChange) -> Status:
     if change.status is not Status.SUBSCRIBED or not change.double_opt_in:
         return change.status
-    if change.actor is ActorKind.RECIPIENT:
-        return Status.SUBSCRIBED  # the person confirmed it themselves
+    if change.confirmed:
+        return Status.SUBSCRIBED  # the person confirmed it from their mailbox
     if current is not None and current.status is Status.SUBSCRIBED:
         return Status.SUBSCRIBED  # already confirmed: asking again changes nothing
     return Status.PENDING

@@ -150,6 +150,11 @@ class ConsentChangeOut(BaseModel):
     changed: bool
     outcome: Outcome
     event_id: str
+    confirm_url: str | None = Field(
+        default=None,
+        description="Only while a double opt-in subscription is pending: the link to mail to "
+        "the person; it makes the subscription `subscribed` and expires.",
+    )
 
 
 class LookupIn(BaseModel):

@@ -1,7 +1,9 @@
-"""Use cases that change consent: record one change, with its audit event, in one transaction."""
+"""Use cases that change consent: one change, under the ordering rule and the guard, with its
+audit event, in the caller's transaction."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +11,7 @@ from sqlmodel import Session
 
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.context import RequestContext
+from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
 from prefcenter.consent.errors import UnknownTopic
@@ -24,11 +27,35 @@ from prefcenter.consent.rules import (
     decide_change,
 )
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
+from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import lock_contact
 from prefcenter.db import utcnow
+from prefcenter.links.service import confirm_url
+from prefcenter.links.tokens import TokenClaims, TokenPurpose, sign_token
+from prefcenter.settings import Settings, SigningKey
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
 from prefcenter.topics.service import find_topic
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """Who asks for a change and what they show for it, as it goes into the audit event."""
+
+    actor: str
+    source: str
+    campaign_id: str | None = None
+    reason: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedChange:
+    decision: Decision
+    event: AuditEvent
+    # The subscription after the change (None for a contact-wide change).
+    subscription: Subscription | None
 
 
 def subscription_state(row: Subscription | None) -> CurrentState | None:
@@ -45,14 +72,73 @@ def suppression_state(row: Suppression | None) -> CurrentState | None:
     return CurrentState(status, row.occurred_at, row.by_recipient)
 
 
-def record_change(
-    session: Session, change: ConsentChangeIn, *, caller: Caller, request: RequestContext
-) -> ConsentChangeOut:
-    """Record a consent change from an API client under the ordering rule and the guard.
+def apply_change(
+    session: Session,
+    *,
+    contact: Contact,
+    topic: Topic | None,
+    requested: RequestedChange,
+    record: ChangeRecord,
+    now: datetime,
+) -> AppliedChange:
+    """Decide, write the new state and append the audit event, in that order.
 
-    Everything that can fail or read is done before the audit append, which takes the
-    serialising lock last.
+    The contact must be locked by the caller (contacts.service). The audit append takes the
+    lock that serialises all writers, so it comes last, after every read and check.
     """
+    assert contact.id is not None
+    new_event = NewEvent(
+        kind=EventKind.CONSENT_CHANGE if topic else EventKind.GLOBAL_CONSENT_CHANGE,
+        occurred_at=now,  # replaced below by the decided time
+        actor=record.actor,
+        source=record.source,
+        outcome="",
+    )
+    subscription: Subscription | None = None
+    if topic is None:
+        decision = _apply_global(session, contact.id, requested, now=now)
+    else:
+        decision, subscription = _apply_topic(
+            session, contact.id, topic, requested, event_id=new_event.id, now=now
+        )
+    context = {"actor_kind": requested.actor.value, **record.context}
+    if decision.clamped:
+        context["claimed_occurred_at"] = requested.occurred_at.isoformat()
+    event = append_event(
+        session,
+        NewEvent(
+            id=new_event.id,
+            kind=new_event.kind,
+            occurred_at=decision.occurred_at,
+            actor=record.actor,
+            source=record.source,
+            outcome=decision.outcome.value,
+            contact_id=contact.public_id,
+            topic=topic.key if topic else None,
+            from_status=decision.from_status.value if decision.from_status else None,
+            to_status=requested.status.value
+            if decision.outcome is Outcome.SUPERSEDED
+            else decision.status.value,
+            campaign_id=record.campaign_id,
+            reason=record.reason,
+            evidence=record.evidence,
+            context=context,
+        ),
+    )
+    return AppliedChange(decision=decision, event=event, subscription=subscription)
+
+
+def record_change(
+    session: Session,
+    change: ConsentChangeIn,
+    *,
+    caller: Caller,
+    request: RequestContext,
+    settings: Settings,
+    ring: tuple[SigningKey, ...],
+) -> ConsentChangeOut:
+    """Record a consent change from an API client. On a double opt-in topic a subscription is
+    left `pending` and the answer carries the confirmation link for the caller to mail."""
     now = utcnow()
     topic: Topic | None = None
     if change.topic is not None:
@@ -71,49 +157,78 @@ def record_change(
         double_opt_in=topic.double_opt_in if topic is not None else False,
     )
     contact = lock_contact(session, change.email)
-    assert contact.id is not None
-    if topic is None:
-        decision = _apply_global(session, contact.id, requested, now=now)
-    else:
-        decision = _apply_topic(session, contact.id, topic, requested, now=now)
-
-    context: dict[str, Any] = {"actor_kind": requested.actor.value, **request.as_evidence()}
-    if decision.clamped:
-        context["claimed_occurred_at"] = requested.occurred_at.isoformat()
-    event = append_event(
+    applied = apply_change(
         session,
-        NewEvent(
-            kind=EventKind.CONSENT_CHANGE if topic else EventKind.GLOBAL_CONSENT_CHANGE,
-            occurred_at=decision.occurred_at,
+        contact=contact,
+        topic=topic,
+        requested=requested,
+        record=ChangeRecord(
             actor=caller.actor,
             source=change.source,
-            outcome=decision.outcome.value,
-            contact_id=contact.public_id,
-            topic=topic.key if topic else None,
-            from_status=decision.from_status.value if decision.from_status else None,
-            to_status=requested.status.value
-            if decision.outcome is Outcome.SUPERSEDED
-            else decision.status.value,
             campaign_id=change.campaign_id,
             reason=change.reason,
             evidence=change.evidence,
-            context=context,
+            context=request.as_evidence(),
         ),
+        now=now,
     )
+    link: str | None = None
+    if topic is not None and applied.decision.status is Status.PENDING and applied.subscription:
+        link = confirm_link(
+            settings,
+            ring,
+            contact=contact,
+            topic=topic,
+            subscription=applied.subscription,
+            campaign_id=change.campaign_id,
+            now=now,
+        )
     return ConsentChangeOut(
         contact_id=contact.public_id,
         email=change.email.given,
         topic=topic.key if topic else None,
-        status=decision.status,
-        changed=decision.changed,
-        outcome=decision.outcome,
-        event_id=event.id,
+        status=applied.decision.status,
+        changed=applied.decision.changed,
+        outcome=applied.decision.outcome,
+        event_id=applied.event.id,
+        confirm_url=link,
     )
 
 
+def confirm_link(
+    settings: Settings,
+    ring: tuple[SigningKey, ...],
+    *,
+    contact: Contact,
+    topic: Topic,
+    subscription: Subscription,
+    campaign_id: str | None,
+    now: datetime,
+) -> str:
+    """A confirmation link bound to the event that made this subscription pending."""
+    token = sign_token(
+        ring,
+        TokenPurpose.CONFIRM,
+        TokenClaims(
+            contact_id=contact.public_id,
+            topic=topic.key,
+            campaign_id=campaign_id,
+            issued_at=now,
+            pending_event=subscription.event_id,
+        ),
+    )
+    return confirm_url(settings, token)
+
+
 def _apply_topic(
-    session: Session, contact_id: int, topic: Topic, requested: RequestedChange, *, now: datetime
-) -> Decision:
+    session: Session,
+    contact_id: int,
+    topic: Topic,
+    requested: RequestedChange,
+    *,
+    event_id: str,
+    now: datetime,
+) -> tuple[Decision, Subscription | None]:
     if topic.kind == TopicKind.MARKETING and requested.status is Status.SUBSCRIBED:
         # A person who opted out of all marketing themselves is not re-enrolled topic by topic.
         check_reversal_allowed(
@@ -123,7 +238,7 @@ def _apply_topic(
     row = session.get(Subscription, (contact_id, topic.id))
     decision = decide_change(subscription_state(row), requested, now=now)
     if decision.outcome is Outcome.SUPERSEDED:
-        return decision
+        return decision, row
     if row is None:
         row = Subscription(
             contact_id=contact_id,
@@ -132,16 +247,18 @@ def _apply_topic(
             occurred_at=now,
             since=now,
             source="",
+            event_id=event_id,
         )
     if decision.outcome is Outcome.APPLIED:
         row.since = now
+        row.event_id = event_id
     row.status = decision.status.value
     row.occurred_at = decision.occurred_at
     row.source = requested.source
     row.by_recipient = decision.by_recipient
     session.add(row)
     session.flush()
-    return decision
+    return decision, row
 
 
 def _active_suppression(session: Session, contact_id: int) -> Suppression | None:

@@ -55,3 +55,22 @@ def find_contacts(session: Session, addresses: Iterable[str]) -> dict[str, Conta
 
 def find_contact_by_public_id(session: Session, public_id: str) -> Contact | None:
     return session.exec(select(Contact).where(Contact.public_id == public_id)).first()
+
+
+def lock_contact_by_public_id(session: Session, public_id: str) -> Contact | None:
+    """The contact, locked until the transaction ends (PostgreSQL; SQLite's write transaction
+    already excludes other writers), or None if there is none or it was erased."""
+    query = select(Contact).where(Contact.public_id == public_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    contact = session.exec(query.execution_options(populate_existing=True)).first()
+    if contact is None or contact.erased_at is not None:
+        return None
+    return contact
+
+
+def mask_address(address: str) -> str:
+    """`ada.lovelace@example.com` → `a•••@example.com`: enough for the person to recognise it,
+    too little to harvest from a forwarded page."""
+    local, _, domain = address.rpartition("@")
+    return f"{local[:1]}•••@{domain}"

@@ -1,0 +1,80 @@
+"""HTTP: `/v1/links` and `/v1/links/batch`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from prefcenter.apikeys.auth import requires
+from prefcenter.apikeys.schemas import Caller, Scope
+from prefcenter.db import WriteSession, utcnow
+from prefcenter.idempotency import Idempotency
+from prefcenter.links import service
+from prefcenter.links.schemas import LinkBatchIn, LinkBatchOut, LinkRequest, LinkSet
+from prefcenter.problems import problem_responses
+from prefcenter.settings import settings_of, signing_keys_of
+
+router = APIRouter(prefix="/v1/links", tags=["links"])
+
+LinkIssuer = Annotated[Caller, Depends(requires(Scope.LINKS))]
+
+
+@router.post(
+    "",
+    summary="Links and List-Unsubscribe headers for one message",
+    responses=problem_responses(400, 401, 403, 413, 422, 503),
+)
+def issue_link(
+    link: LinkRequest,
+    caller: LinkIssuer,
+    session: WriteSession,
+    idempotency: Idempotency,
+    request: Request,
+    response: Response,
+) -> LinkSet:
+    settings = settings_of(request)
+    return idempotency.run(
+        session,
+        owner=caller.owner,
+        response=response,
+        model=LinkSet,
+        call=lambda: service.issue_links(
+            session,
+            [link],
+            settings=settings,
+            ring=signing_keys_of(request),
+            now=utcnow(),
+        )[0],
+    )
+
+
+@router.post(
+    "/batch",
+    summary="Links and List-Unsubscribe headers for a whole send (up to 10,000)",
+    responses=problem_responses(400, 401, 403, 413, 422, 503),
+)
+def issue_links(
+    batch: LinkBatchIn,
+    caller: LinkIssuer,
+    session: WriteSession,
+    idempotency: Idempotency,
+    request: Request,
+    response: Response,
+) -> LinkBatchOut:
+    settings = settings_of(request)
+    return idempotency.run(
+        session,
+        owner=caller.owner,
+        response=response,
+        model=LinkBatchOut,
+        call=lambda: LinkBatchOut(
+            items=service.issue_links(
+                session,
+                batch.items,
+                settings=settings,
+                ring=signing_keys_of(request),
+                now=utcnow(),
+            )
+        ),
+    )

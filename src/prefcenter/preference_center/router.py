@@ -1,0 +1,251 @@
+"""HTTP for recipients: `/u/{token}`, `/p/{token}`, `/c/{token}`. No auth, no cookies, no
+script; GET and HEAD never change anything; every POST answers 200 with a page, never a
+redirect."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from starlette.datastructures import FormData
+
+from prefcenter.audit.context import RequestContextDep
+from prefcenter.db import ReadSession, WriteSession, utcnow
+from prefcenter.links.service import manage_token, preferences_url
+from prefcenter.links.tokens import TokenPurpose, VerifiedToken
+from prefcenter.preference_center import service
+from prefcenter.preference_center.errors import InvalidLink
+from prefcenter.preference_center.schemas import LinkView, PreferencesView
+from prefcenter.settings import Settings, settings_of, signing_keys_of
+from prefcenter.templating import RECIPIENT_PAGE_HEADERS, Pages
+
+PACKAGE_DIR = Path(__file__).parent
+pages = Pages([PACKAGE_DIR / "templates"])
+router = APIRouter(include_in_schema=True, tags=["recipients"])
+
+HTML: dict[str, Any] = {"content": {"text/html": {}}, "description": "A page for the person"}
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: HTML,
+    400: {**HTML, "description": "The link is not valid; nothing changed"},
+    404: {**HTML, "description": "The link's contact is gone; nothing changed"},
+}
+# Form posts from mail clients and our own pages are tiny.
+MAX_FORM_FIELDS = 200
+
+
+def _manage_token(request: Request, token: str) -> VerifiedToken:
+    return service.read_token(signing_keys_of(request), token, TokenPurpose.MANAGE, now=utcnow())
+
+
+def _confirm_token(request: Request, token: str) -> VerifiedToken:
+    settings = settings_of(request)
+    return service.read_token(
+        signing_keys_of(request),
+        token,
+        TokenPurpose.CONFIRM,
+        now=utcnow(),
+        max_age=timedelta(days=settings.confirm_link_ttl_days),
+    )
+
+
+# Declared before the session in each handler: a bad token is refused before the database.
+ManageToken = Annotated[VerifiedToken, Depends(_manage_token)]
+ConfirmToken = Annotated[VerifiedToken, Depends(_confirm_token)]
+
+
+async def _form(request: Request) -> FormData:
+    """URL-encoded or multipart (RFC 8058 clients send either); anything else is empty."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    return FormData()
+
+
+Form = Annotated[FormData, Depends(_form)]
+
+
+def _page(
+    request: Request, template: str, view: LinkView, token: str, *, action: str
+) -> HTMLResponse:
+    settings: Settings = settings_of(request)
+    return pages.render(
+        request,
+        template,
+        {
+            "organization": settings.organization_name,
+            "masked_address": view.masked_address,
+            "topic_name": view.topic_name,
+            "action": action,
+            "preferences_url": preferences_url(settings, token),
+        },
+    )
+
+
+@router.api_route(
+    "/u/{token:path}",
+    methods=["GET", "HEAD"],
+    response_class=HTMLResponse,
+    responses=PAGE_RESPONSES,
+)
+def show_unsubscribe(
+    token: str, verified: ManageToken, session: ReadSession, request: Request
+) -> HTMLResponse:
+    """The page with one button. Changes nothing: mail scanners fetch every link."""
+    view = service.unsubscribe_view(session, verified)
+    return _page(request, "unsubscribe.html", view, token, action=f"/u/{token}")
+
+
+@router.post("/u/{token:path}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
+def unsubscribe(
+    token: str,
+    verified: ManageToken,
+    form: Form,
+    context: RequestContextDep,
+    session: WriteSession,
+    request: Request,
+) -> HTMLResponse:
+    """RFC 8058 one-click (`List-Unsubscribe=One-Click`) or the page's button: out at once."""
+    channel = (
+        service.Channel.UNSUBSCRIBE_PAGE if form.get("via") == "page" else service.Channel.ONE_CLICK
+    )
+    view = service.unsubscribe(session, verified, channel=channel, request=context, now=utcnow())
+    return _page(request, "unsubscribed.html", view, token, action=f"/u/{token}")
+
+
+def _preferences_page(
+    request: Request, token: str, view: PreferencesView, *, saved: bool
+) -> HTMLResponse:
+    settings = settings_of(request)
+    return pages.render(
+        request,
+        "preferences.html",
+        {
+            "organization": settings.organization_name,
+            "masked_address": view.masked_address,
+            "suppressed": view.suppressed,
+            "topics": view.topics,
+            "pending_topics": ", ".join(view.pending_topics),
+            "saved": saved,
+            "action": f"/p/{token}",
+        },
+    )
+
+
+@router.api_route(
+    "/p/{token:path}",
+    methods=["GET", "HEAD"],
+    response_class=HTMLResponse,
+    responses=PAGE_RESPONSES,
+)
+def show_preferences(
+    token: str, verified: ManageToken, session: ReadSession, request: Request
+) -> HTMLResponse:
+    return _preferences_page(
+        request, token, service.preferences_view(session, verified), saved=False
+    )
+
+
+@router.post("/p/{token:path}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
+def save_preferences(
+    token: str,
+    verified: ManageToken,
+    form: Form,
+    context: RequestContextDep,
+    session: WriteSession,
+    request: Request,
+) -> HTMLResponse:
+    view = service.save_preferences(
+        session,
+        verified,
+        chosen={str(v) for v in form.getlist("topic")},
+        shown={str(v) for v in form.getlist("shown")},
+        unsubscribe_all=form.get("action") == "unsubscribe_all",
+        request=context,
+        now=utcnow(),
+    )
+    return _preferences_page(request, token, view, saved=True)
+
+
+@router.api_route(
+    "/c/{token:path}",
+    methods=["GET", "HEAD"],
+    response_class=HTMLResponse,
+    responses=PAGE_RESPONSES,
+)
+def show_confirm(
+    token: str, verified: ConfirmToken, session: ReadSession, request: Request
+) -> HTMLResponse:
+    view = service.confirm_view(session, verified)
+    return _confirm_page(request, "confirm.html", view, verified, token)
+
+
+@router.post("/c/{token:path}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
+def confirm(
+    token: str,
+    verified: ConfirmToken,
+    context: RequestContextDep,
+    session: WriteSession,
+    request: Request,
+) -> HTMLResponse:
+    view = service.confirm(session, verified, request=context, now=utcnow())
+    return _confirm_page(request, "confirmed.html", view, verified, token)
+
+
+def _confirm_page(
+    request: Request, template: str, view: LinkView, verified: VerifiedToken, token: str
+) -> HTMLResponse:
+    settings = settings_of(request)
+    # The preference link needs a manage token; a confirmation token must not double as one.
+    manage = manage_token(
+        signing_keys_of(request),
+        contact_id=verified.claims.contact_id,
+        campaign_id=verified.claims.campaign_id,
+        now=utcnow(),
+    )
+    return pages.render(
+        request,
+        template,
+        {
+            "organization": settings.organization_name,
+            "masked_address": view.masked_address,
+            "topic_name": view.topic_name,
+            "action": f"/c/{token}",
+            "preferences_url": preferences_url(settings, manage),
+        },
+    )
+
+
+@router.options("/u/{token:path}", include_in_schema=False)
+@router.options("/p/{token:path}", include_in_schema=False)
+@router.options("/c/{token:path}", include_in_schema=False)
+def options(token: str) -> Response:
+    """Answers pre-flight probes; no CORS is offered and nothing is read or changed."""
+    return Response(status_code=204, headers={"Allow": "GET, HEAD, POST", **RECIPIENT_PAGE_HEADERS})
+
+
+@router.get("/assets/pages.css", include_in_schema=False)
+def stylesheet() -> FileResponse:
+    return FileResponse(
+        PACKAGE_DIR / "static" / "pages.css",
+        media_type="text/css",
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def install_invalid_link_page(app: FastAPI) -> None:
+    """A bad link gets a translated page and its status, and reveals nothing about a contact."""
+
+    async def on_invalid_link(request: Request, exc: Exception) -> HTMLResponse:
+        assert isinstance(exc, InvalidLink)
+        settings = settings_of(request)
+        return pages.render(
+            request,
+            "invalid_link.html",
+            {"organization": settings.organization_name, "expired": exc.expired},
+            status_code=exc.status,
+        )
+
+    app.add_exception_handler(InvalidLink, on_invalid_link)

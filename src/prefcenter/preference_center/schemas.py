@@ -1,0 +1,30 @@
+"""What the recipient pages show: plain values for the templates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class TopicChoice:
+    key: str
+    name: str
+    description: str | None
+    on: bool
+    pending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PreferencesView:
+    masked_address: str
+    suppressed: bool
+    topics: list[TopicChoice]
+    pending_topics: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkView:
+    """The unsubscribe or confirmation page for one token."""
+
+    masked_address: str
+    topic_name: str | None  # None: all marketing

@@ -1,0 +1,306 @@
+"""Use cases of the recipient: unsubscribe (page or RFC 8058 one-click), choose topics in the
+preference center, confirm a double opt-in. The token is the only credential."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from prefcenter.audit.context import RequestContext
+from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.consent.rules import ActorKind, RequestedChange, Status
+from prefcenter.consent.service import ChangeRecord, apply_change
+from prefcenter.contacts.models import Contact
+from prefcenter.contacts.service import (
+    find_contact_by_public_id,
+    lock_contact_by_public_id,
+    mask_address,
+)
+from prefcenter.links.tokens import TokenError, TokenPurpose, VerifiedToken, verify_token
+from prefcenter.preference_center.errors import InvalidLink
+from prefcenter.preference_center.schemas import LinkView, PreferencesView, TopicChoice
+from prefcenter.settings import SigningKey
+from prefcenter.topics.models import Topic
+from prefcenter.topics.schemas import ConsentModel, TopicKind
+from prefcenter.topics.service import find_topic
+
+RECIPIENT_ACTOR = "recipient"
+
+
+class Channel(StrEnum):
+    """How the person acted; recorded as the audit event's source. All are the person's own."""
+
+    ONE_CLICK = "one_click"
+    UNSUBSCRIBE_PAGE = "unsubscribe_page"
+    PREFERENCE_CENTER = "preference_center"
+    CONFIRMATION = "confirmation"
+
+
+def read_token(
+    ring: tuple[SigningKey, ...],
+    token: str,
+    purpose: TokenPurpose,
+    *,
+    now: datetime,
+    max_age: timedelta | None = None,
+) -> VerifiedToken:
+    """Checked before any database work: a bad token costs one HMAC."""
+    try:
+        return verify_token(ring, purpose, token, now=now, max_age=max_age)
+    except TokenError as exc:
+        raise InvalidLink(400, expired=purpose is TokenPurpose.CONFIRM) from exc
+
+
+def _contact(session: Session, verified: VerifiedToken, *, lock: bool) -> Contact:
+    public_id = verified.claims.contact_id
+    contact = (
+        lock_contact_by_public_id(session, public_id)
+        if lock
+        else find_contact_by_public_id(session, public_id)
+    )
+    if contact is None or contact.erased_at is not None or contact.address is None:
+        raise InvalidLink(404)
+    return contact
+
+
+def _token_topic(session: Session, verified: VerifiedToken) -> Topic | None:
+    """The token's topic; a topic that no longer exists falls back to all marketing (when in
+    doubt, suppress more)."""
+    if verified.claims.topic is None:
+        return None
+    return find_topic(session, verified.claims.topic)
+
+
+def _record(verified: VerifiedToken, channel: Channel, request: RequestContext) -> ChangeRecord:
+    evidence: dict[str, Any] = {
+        "channel": channel.value,
+        "token_kid": verified.kid,
+        "token_topic": verified.claims.topic,
+        "token_issued_at": verified.claims.issued_at.isoformat(),
+        **request.as_evidence(),
+    }
+    return ChangeRecord(
+        actor=RECIPIENT_ACTOR,
+        source=channel.value,
+        campaign_id=verified.claims.campaign_id,
+        evidence=evidence,
+    )
+
+
+def _recipient_change(status: Status, channel: Channel, now: datetime) -> RequestedChange:
+    return RequestedChange(
+        status=status, occurred_at=now, actor=ActorKind.RECIPIENT, source=channel.value
+    )
+
+
+def unsubscribe_view(session: Session, verified: VerifiedToken) -> LinkView:
+    contact = _contact(session, verified, lock=False)
+    topic = _token_topic(session, verified)
+    assert contact.address is not None
+    return LinkView(
+        masked_address=mask_address(contact.address), topic_name=topic.name if topic else None
+    )
+
+
+def unsubscribe(
+    session: Session,
+    verified: VerifiedToken,
+    *,
+    channel: Channel,
+    request: RequestContext,
+    now: datetime,
+) -> LinkView:
+    """Opt out of the token's topic, or of all marketing. Repeating it changes nothing more.
+
+    The topic comes from the token only: nothing in the request can widen or redirect it.
+    """
+    topic = _token_topic(session, verified)
+    contact = _contact(session, verified, lock=True)
+    apply_change(
+        session,
+        contact=contact,
+        topic=topic,
+        requested=_recipient_change(Status.UNSUBSCRIBED, channel, now),
+        record=_record(verified, channel, request),
+        now=now,
+    )
+    assert contact.address is not None
+    return LinkView(
+        masked_address=mask_address(contact.address), topic_name=topic.name if topic else None
+    )
+
+
+def _marketing_topics(session: Session) -> list[Topic]:
+    return list(
+        session.exec(
+            select(Topic).where(Topic.kind == TopicKind.MARKETING).order_by(col(Topic.name))
+        )
+    )
+
+
+def _is_on(topic: Topic, subscription: Subscription | None) -> bool:
+    """What the checkbox shows: opt-in topics are on once subscribed (or pending), opt-out
+    topics until unsubscribed."""
+    if subscription is None:
+        return topic.consent == ConsentModel.OPT_OUT
+    return subscription.status != Status.UNSUBSCRIBED
+
+
+def _view(session: Session, contact: Contact, pending_topics: list[str]) -> PreferencesView:
+    assert contact.id is not None
+    assert contact.address is not None
+    subscriptions = {
+        s.topic_id: s
+        for s in session.exec(select(Subscription).where(Subscription.contact_id == contact.id))
+    }
+    suppression = session.get(Suppression, contact.id)
+    choices = []
+    for topic in _marketing_topics(session):
+        assert topic.id is not None
+        subscription = subscriptions.get(topic.id)
+        choices.append(
+            TopicChoice(
+                key=topic.key,
+                name=topic.name,
+                description=topic.description,
+                on=_is_on(topic, subscription),
+                pending=subscription is not None and subscription.status == Status.PENDING,
+            )
+        )
+    return PreferencesView(
+        masked_address=mask_address(contact.address),
+        suppressed=bool(suppression and suppression.suppressed),
+        topics=choices,
+        pending_topics=pending_topics,
+    )
+
+
+def preferences_view(session: Session, verified: VerifiedToken) -> PreferencesView:
+    return _view(session, _contact(session, verified, lock=False), [])
+
+
+def save_preferences(
+    session: Session,
+    verified: VerifiedToken,
+    *,
+    chosen: set[str],
+    shown: set[str],
+    unsubscribe_all: bool,
+    request: RequestContext,
+    now: datetime,
+) -> PreferencesView:
+    """Apply what the person chose on the page: only topics that were shown and whose box
+    differs from the current state change. Choosing any topic while opted out of everything
+    lifts that opt-out (the person's own act); a double opt-in topic goes to `pending`."""
+    topics = {t.key: t for t in _marketing_topics(session)}
+    contact = _contact(session, verified, lock=True)
+    assert contact.id is not None
+    record = _record(verified, Channel.PREFERENCE_CENTER, request)
+    if unsubscribe_all:
+        apply_change(
+            session,
+            contact=contact,
+            topic=None,
+            requested=_recipient_change(Status.UNSUBSCRIBED, Channel.PREFERENCE_CENTER, now),
+            record=record,
+            now=now,
+        )
+        return _view(session, contact, [])
+    subscriptions = {
+        s.topic_id: s
+        for s in session.exec(select(Subscription).where(Subscription.contact_id == contact.id))
+    }
+    wanted = {key for key in chosen if key in topics and key in shown}
+    suppression = session.get(Suppression, contact.id)
+    if wanted and suppression is not None and suppression.suppressed:
+        apply_change(
+            session,
+            contact=contact,
+            topic=None,
+            requested=_recipient_change(Status.SUBSCRIBED, Channel.PREFERENCE_CENTER, now),
+            record=record,
+            now=now,
+        )
+    pending: list[str] = []
+    for key in sorted(shown & set(topics)):
+        topic = topics[key]
+        assert topic.id is not None
+        subscription = subscriptions.get(topic.id)
+        want_on = key in wanted
+        if want_on == _is_on(topic, subscription):
+            continue
+        status = Status.SUBSCRIBED if want_on else Status.UNSUBSCRIBED
+        requested = RequestedChange(
+            status=status,
+            occurred_at=now,
+            actor=ActorKind.RECIPIENT,
+            source=Channel.PREFERENCE_CENTER.value,
+            # Ticking a box proves the click, not who owns the mailbox: a double opt-in topic
+            # still needs the confirmation link that the mail tool sends.
+            double_opt_in=topic.double_opt_in,
+        )
+        applied = apply_change(
+            session, contact=contact, topic=topic, requested=requested, record=record, now=now
+        )
+        if applied.decision.status is Status.PENDING:
+            pending.append(topic.name)
+    return _view(session, contact, pending)
+
+
+def _pending_subscription(
+    session: Session, verified: VerifiedToken, contact: Contact
+) -> tuple[Topic, Subscription]:
+    """The subscription this confirmation link was issued for, still pending since the event
+    the link names; anything else (confirmed already, changed since) makes the link stale."""
+    topic = _token_topic(session, verified)
+    if topic is None or topic.id is None or contact.id is None:
+        raise InvalidLink(400, expired=True)
+    subscription = session.get(Subscription, (contact.id, topic.id))
+    if subscription is not None and subscription.status == Status.SUBSCRIBED:
+        return topic, subscription  # confirmed already (a second click): nothing to do
+    if (
+        subscription is None
+        or subscription.status != Status.PENDING
+        or subscription.event_id != verified.claims.pending_event
+    ):
+        raise InvalidLink(400, expired=True)
+    return topic, subscription
+
+
+def confirm_view(session: Session, verified: VerifiedToken) -> LinkView:
+    contact = _contact(session, verified, lock=False)
+    topic, _ = _pending_subscription(session, verified, contact)
+    assert contact.address is not None
+    return LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)
+
+
+def confirm(
+    session: Session, verified: VerifiedToken, *, request: RequestContext, now: datetime
+) -> LinkView:
+    """Turn the pending subscription into `subscribed`: the person's own act, from their
+    mailbox. A link used again afterwards finds nothing pending and changes nothing."""
+    contact = _contact(session, verified, lock=True)
+    topic, subscription = _pending_subscription(session, verified, contact)
+    assert contact.address is not None
+    view = LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)
+    if subscription.status == Status.SUBSCRIBED:
+        return view
+    apply_change(
+        session,
+        contact=contact,
+        topic=topic,
+        requested=RequestedChange(
+            status=Status.SUBSCRIBED,
+            occurred_at=now,
+            actor=ActorKind.RECIPIENT,
+            source=Channel.CONFIRMATION.value,
+            double_opt_in=True,
+            confirmed=True,
+        ),
+        record=_record(verified, Channel.CONFIRMATION, request),
+        now=now,
+    )
+    return view
