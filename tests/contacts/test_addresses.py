@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefcenter.contacts.addresses import (
     MAX_ADDRESS_OCTETS,
     InvalidAddress,
+    _fast_normalise,
     normalise_address,
     parse_address,
 )
@@ -81,3 +83,38 @@ def test_any_text_is_an_address_or_a_clear_refusal(text: str) -> None:
     assert len(address.normalised.encode()) <= MAX_ADDRESS_OCTETS
     assert address.normalised == normalise_address(address.normalised)
     assert not any(ch in address.normalised for ch in "\r\n\x00")
+
+
+# The fast path must give exactly email-validator's answer wherever it answers at all.
+_ATOM_CHARS = "abcXYZ019!#$%&'*+/=?^_`{|}~-."
+_LABEL_CHARS = "abzAZ09-"
+label = st.text(alphabet=_LABEL_CHARS, min_size=1, max_size=70)
+address_like = st.builds(
+    lambda local, labels, tld: f"{local}@{'.'.join([*labels, tld])}",
+    st.text(alphabet=_ATOM_CHARS, min_size=1, max_size=70),
+    st.lists(label, min_size=1, max_size=4),
+    st.one_of(
+        st.text(alphabet="abcdefzXY", min_size=1, max_size=8),
+        st.sampled_from(["test", "local", "localhost", "onion", "arpa", "invalid", "com", "c0m"]),
+    ),
+)
+
+
+@settings(max_examples=400)
+@given(address_like)
+def test_fast_path_agrees_with_email_validator(text: str) -> None:
+    fast = _fast_normalise(text)
+    if fast is None:
+        return  # the fast path declined; the complete path answers
+    try:
+        valid = validate_email(text, check_deliverability=False, strict=True)
+    except EmailNotValidError as exc:
+        pytest.fail(f"fast path accepted {text!r}, email-validator refuses it: {exc}")
+    assert fast == f"{valid.local_part.lower()}@{valid.domain.lower()}"
+
+
+def test_fast_path_answers_the_common_case() -> None:
+    assert _fast_normalise("Ada.Lovelace+news@Example.COM") == "ada.lovelace+news@example.com"
+    assert _fast_normalise("ada@bücher.de") is None
+    assert _fast_normalise("ada@xn--bcher-kva.de") is None
+    assert _fast_normalise("ada@mail.test") is None
