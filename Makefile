@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: run test lint typecheck check-imports pytest clean messages
+.PHONY: run test lint typecheck check-imports pytest browser clean messages
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "prefcenter needs Python 3.11 or newer")'
@@ -31,8 +31,19 @@ typecheck: $(STAMP)
 check-imports: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## browser: Debian's chromium for the real-browser tests, installed with apt when missing
+## (PREFCENTER_SKIP_BROWSER=1 skips those tests instead; without it a missing browser fails)
+browser:
+	@if [ "$$PREFCENTER_SKIP_BROWSER" = 1 ]; then \
+		echo "PREFCENTER_SKIP_BROWSER=1: the real-browser tests will be skipped"; \
+	elif [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+		echo "installing Debian's chromium for the real-browser tests"; \
+		$$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends chromium; \
+	fi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

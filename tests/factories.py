@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 from fastapi.testclient import TestClient
@@ -152,3 +153,19 @@ def revoke_key(database: Database, headers: Headers) -> None:
         key = session.exec(select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret))).one()
         assert key.id is not None
         revoke_api_key(session, key_id=key.id)
+
+
+def issue_links(client: TestClient, headers: Headers, email: str, **fields: Any) -> Json:
+    """`POST /v1/links` for one address (`topic`, `campaign_id` as keywords); the link set."""
+    response = client.post("/v1/links", headers=headers, json={"email": email, **fields})
+    assert response.status_code == 200, response.text
+    links: Json = response.json()
+    return links
+
+
+def token_of(url: str) -> str:
+    """The token of a recipient URL (`…/u/<token>`, `…/p/<token>`, `…/c/<token>`)."""
+    path = urlsplit(url).path
+    kind, _, token = path.removeprefix("/").partition("/")
+    assert kind in {"u", "p", "c"}, url
+    return token

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +66,14 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def _server_env(database_url: str) -> dict[str, str]:
+def _server_env(database_url: str, base_url: str, extra_env: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFCENTER_")}
     env["PREFCENTER_DATABASE_URL"] = database_url
     env["PREFCENTER_SIGNING_KEYS"] = TEST_SIGNING_KEYS
+    # Links it issues point back at this very server, so a browser can follow them.
+    env["PREFCENTER_BASE_URL"] = base_url
     env["PREFCENTER_LOG_LEVEL"] = "info"
+    env.update(extra_env)
     return env
 
 
@@ -108,6 +111,7 @@ def live_server(
     log_dir: Path,
     workers: int = 1,
     extra_args: tuple[str, ...] = (),
+    extra_env: Mapping[str, str] | None = None,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> Iterator[LiveServer]:
     """Run `prefcenter serve --workers N` on a free loopback port until the block ends.
@@ -115,9 +119,11 @@ def live_server(
     The server gets its own session (process group) so that `LiveServer.kill` reaches the
     worker processes too. On exit it is stopped with SIGTERM, then the group is SIGKILLed if
     it has not gone within STOP_TIMEOUT_S. Its stdout and stderr go to a file in `log_dir`
-    (a pipe nobody reads would block the server once full).
+    (a pipe nobody reads would block the server once full). `extra_env` adds `PREFCENTER_*`
+    settings (for example `PREFCENTER_ORGANIZATION_NAME`).
     """
     port = free_port()
+    base_url = f"http://{HOST}:{port}"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"prefcenter-serve-{port}.log"
     command = [
@@ -139,11 +145,11 @@ def live_server(
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=_server_env(database_url),
+            env=_server_env(database_url, base_url, extra_env or {}),
             cwd=log_dir,  # no stray `.env` from the working tree
             start_new_session=True,
         )
-    server = LiveServer(base_url=f"http://{HOST}:{port}", process=process, log_path=log_path)
+    server = LiveServer(base_url=base_url, process=process, log_path=log_path)
     try:
         _wait_until_ready(server, workers=workers, timeout_s=startup_timeout_s)
         yield server

@@ -26,11 +26,13 @@ from prefcenter.problems import (
     problem_responses,
 )
 from prefcenter.settings import Settings
+from prefcenter.templating import RecipientPageHeaders
 from prefcenter.topics.router import router as topics_router
 
 logger = logging.getLogger(__name__)
 
 STREAMING_PREFIXES: tuple[str, ...] = ()
+RECIPIENT_PREFIXES = ("/u/", "/p/", "/c/")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -50,6 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
         version=prefcenter.__version__,
         summary="Consent and marketing preferences: who may be emailed about what, and the proof.",
         lifespan=lifespan,
+        # No trailing-slash redirects: a redirect built from the Host header is an open
+        # redirect, and recipients' links never need one.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.database = database
@@ -57,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     install_problem_handlers(app)
     document_problems(app)
+    app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
     )

@@ -12,9 +12,10 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Depends, Request
 from fastapi.concurrency import contextmanager_in_threadpool
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel
 
@@ -170,6 +171,32 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# Any fixed number: held while migrating, so that hosts starting together migrate one at a time.
+_MIGRATION_LOCK_ID = 0x70726566  # "pref"
+
+
+@contextmanager
+def migration_connection(settings: Settings) -> Iterator[Connection]:
+    """A PostgreSQL connection holding the migration advisory lock; what the block did is
+    committed when it ends, and the lock released either way."""
+    engine = create_engine(settings.database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            connection.commit()
+            try:
+                yield connection
+                connection.commit()
+            finally:
+                connection.rollback()
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                )
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 def database_of(request: Request) -> Database:

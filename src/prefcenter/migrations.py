@@ -8,9 +8,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Connection
 
+from prefcenter.db import migration_connection
 from prefcenter.settings import Settings
 
 
@@ -29,10 +29,6 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
-# Any fixed number: held while migrating, so that hosts starting together migrate one at a time.
-_MIGRATION_LOCK_ID = 0x70726566  # "pref"
-
-
 def upgrade(settings: Settings, revision: str = "head") -> None:
     """Apply migrations. On PostgreSQL an advisory lock makes concurrent starts take turns
     (the second finds nothing left to do); SQLite's own write lock does the same there."""
@@ -40,22 +36,9 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     if settings.is_sqlite:
         command.upgrade(config, revision)
         return
-    engine = create_engine(settings.database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-            try:
-                connection.commit()
-                config.attributes["connection"] = connection
-                command.upgrade(config, revision)
-                connection.commit()
-            finally:
-                connection.execute(
-                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
-                )
-                connection.commit()
-    finally:
-        engine.dispose()
+    with migration_connection(settings) as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
 
 
 def downgrade(settings: Settings, revision: str) -> None:

@@ -147,9 +147,20 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+# FastAPI's own shape for request validation errors, which it documents as the 422 of every
+# route with parameters that declares none; `install_problem_handlers` never sends it.
+_FRAMEWORK_422_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def _is_framework_422(response: dict[str, Any]) -> bool:
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    return bool(schema.get("$ref", "").endswith("/" + _FRAMEWORK_422_SCHEMAS[0]))
+
+
 def document_problems(app: FastAPI) -> None:
     """Add the `Problem` schema that `problem_responses` refers to to the app's OpenAPI
-    document (FastAPI only adds schemas of models it renders itself)."""
+    document (FastAPI only adds schemas of models it renders itself), and document every
+    validation error as the problem document it is answered with."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -159,6 +170,13 @@ def document_problems(app: FastAPI) -> None:
             problem = ProblemDocument.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(problem.pop("$defs", {}))
             schemas[PROBLEM_SCHEMA_NAME] = problem
+            for path_item in document.get("paths", {}).values():
+                for operation in path_item.values():
+                    responses = operation.get("responses", {})
+                    if _is_framework_422(responses.get("422", {})):
+                        responses["422"] = problem_responses(422)[422]
+            for name in _FRAMEWORK_422_SCHEMAS:
+                schemas.pop(name, None)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

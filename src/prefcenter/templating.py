@@ -16,6 +16,7 @@ from babel.messages.pofile import read_po
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOCALES_DIR = Path(__file__).parent / "locales"
 DEFAULT_LANGUAGE = "en"
@@ -140,3 +141,37 @@ def language_of(request: Request) -> str:
     return negotiate_language(
         request.query_params.get("lang"), request.headers.get("accept-language")
     )
+
+
+class RecipientPageHeaders:
+    """Adds RECIPIENT_PAGE_HEADERS to every answer under the recipient paths, whatever
+    produced it (a page, a 405, a 413 or a 503 problem), and drops any Set-Cookie."""
+
+    def __init__(self, app: ASGIApp, *, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.prefixes = prefixes
+        self._headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in RECIPIENT_PAGE_HEADERS.items()
+        ]
+        self._names = {name for name, _ in self._headers} | {b"set-cookie"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(n, v) for n, v in message.get("headers", []) if n not in self._names]
+                message = {**message, "headers": [*kept, *self._headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def keep_language(request: Request, path: str) -> str:
+    """`path` with the page's explicit `?lang=` kept, so a form's answer stays in the language
+    the person picked (without it, Accept-Language decides again)."""
+    lang = request.query_params.get("lang", "").lower()
+    return f"{path}?lang={lang}" if lang in SUPPORTED_LANGUAGES else path

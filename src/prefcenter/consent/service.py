@@ -11,7 +11,6 @@ from sqlmodel import Session
 
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.context import RequestContext
-from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
 from prefcenter.consent.errors import UnknownTopic
@@ -53,7 +52,7 @@ class ChangeRecord:
 @dataclass(frozen=True, slots=True)
 class AppliedChange:
     decision: Decision
-    event: AuditEvent
+    event_id: str
     # The subscription after the change (None for a contact-wide change).
     subscription: Subscription | None
 
@@ -104,7 +103,7 @@ def apply_change(
     context = {"actor_kind": requested.actor.value, **record.context}
     if decision.clamped:
         context["claimed_occurred_at"] = requested.occurred_at.isoformat()
-    event = append_event(
+    event_id = append_event(
         session,
         NewEvent(
             id=new_event.id,
@@ -125,7 +124,7 @@ def apply_change(
             context=context,
         ),
     )
-    return AppliedChange(decision=decision, event=event, subscription=subscription)
+    return AppliedChange(decision=decision, event_id=event_id, subscription=subscription)
 
 
 def record_change(
@@ -190,7 +189,7 @@ def record_change(
         status=applied.decision.status,
         changed=applied.decision.changed,
         outcome=applied.decision.outcome,
-        event_id=applied.event.id,
+        event_id=applied.event_id,
         confirm_url=link,
     )
 

@@ -45,6 +45,7 @@ def issue_link(
             settings=settings,
             ring=signing_keys_of(request),
             now=utcnow(),
+            field_prefix="",
         )[0],
     )
 

@@ -107,9 +107,11 @@ def issue_links(
     settings: Settings,
     ring: tuple[SigningKey, ...],
     now: datetime,
+    field_prefix: str = "items[",
 ) -> list[LinkSet]:
     """One signed, reusable token per recipient, used by both its unsubscribe and its
-    preference link. Answers in request order."""
+    preference link. Answers in request order. Errors name `items[i].…` fields, or plain
+    fields when `field_prefix` is empty (the single-link call)."""
     if len(requests) > MAX_BATCH:
         raise BatchTooLarge(
             f"A batch holds at most {MAX_BATCH:,} items; this one has {len(requests):,}. "
@@ -124,7 +126,11 @@ def issue_links(
                 f"Unknown topic {requests[unknown[0]].topic!r}; create it with "
                 "PUT /v1/topics/{key} first.",
                 errors=[
-                    {"field": f"items[{i}].topic", "detail": "unknown topic"} for i in unknown[:50]
+                    {
+                        "field": f"{field_prefix}{i}].topic" if field_prefix else "topic",
+                        "detail": "unknown topic",
+                    }
+                    for i in unknown[:50]
                 ],
             )
     public_ids = ensure_contacts(session, requests)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.datastructures import FormData
 
 from prefcenter.audit.context import RequestContextDep
@@ -20,9 +21,20 @@ from prefcenter.preference_center import service
 from prefcenter.preference_center.errors import InvalidLink
 from prefcenter.preference_center.schemas import LinkView, PreferencesView
 from prefcenter.settings import Settings, settings_of, signing_keys_of
-from prefcenter.templating import RECIPIENT_PAGE_HEADERS, Pages
+from prefcenter.templating import RECIPIENT_PAGE_HEADERS, Pages, keep_language
 
 PACKAGE_DIR = Path(__file__).parent
+
+
+class _LinkConvertor(PathConvertor):
+    """Starlette's `path`, but across line breaks too: a link mangled into containing one
+    (`/u/%0A…`) must reach the bad-link page, not the API's JSON 404."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("link", _LinkConvertor())
+
 pages = Pages([PACKAGE_DIR / "templates"])
 router = APIRouter(include_in_schema=True, tags=["recipients"])
 
@@ -32,6 +44,8 @@ PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {**HTML, "description": "The link is not valid; nothing changed"},
     404: {**HTML, "description": "The link's contact is gone; nothing changed"},
 }
+# GET and HEAD are declared as two routes on each page: one route with both methods gives
+# both operations the same OpenAPI operationId.
 # Form posts from mail clients and our own pages are tiny.
 MAX_FORM_FIELDS = 200
 
@@ -84,21 +98,19 @@ def _page(
     )
 
 
-@router.api_route(
-    "/u/{token:path}",
-    methods=["GET", "HEAD"],
-    response_class=HTMLResponse,
-    responses=PAGE_RESPONSES,
-)
+@router.get("/u/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
+@router.head("/u/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 def show_unsubscribe(
     token: str, verified: ManageToken, session: ReadSession, request: Request
 ) -> HTMLResponse:
     """The page with one button. Changes nothing: mail scanners fetch every link."""
     view = service.unsubscribe_view(session, verified)
-    return _page(request, "unsubscribe.html", view, token, action=f"/u/{token}")
+    return _page(
+        request, "unsubscribe.html", view, token, action=keep_language(request, f"/u/{token}")
+    )
 
 
-@router.post("/u/{token:path}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
+@router.post("/u/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 def unsubscribe(
     token: str,
     verified: ManageToken,
@@ -112,7 +124,9 @@ def unsubscribe(
         service.Channel.UNSUBSCRIBE_PAGE if form.get("via") == "page" else service.Channel.ONE_CLICK
     )
     view = service.unsubscribe(session, verified, channel=channel, request=context, now=utcnow())
-    return _page(request, "unsubscribed.html", view, token, action=f"/u/{token}")
+    return _page(
+        request, "unsubscribed.html", view, token, action=keep_language(request, f"/u/{token}")
+    )
 
 
 def _preferences_page(
@@ -129,17 +143,13 @@ def _preferences_page(
             "topics": view.topics,
             "pending_topics": ", ".join(view.pending_topics),
             "saved": saved,
-            "action": f"/p/{token}",
+            "action": keep_language(request, f"/p/{token}"),
         },
     )
 
 
-@router.api_route(
-    "/p/{token:path}",
-    methods=["GET", "HEAD"],
-    response_class=HTMLResponse,
-    responses=PAGE_RESPONSES,
-)
+@router.get("/p/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
+@router.head("/p/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 def show_preferences(
     token: str, verified: ManageToken, session: ReadSession, request: Request
 ) -> HTMLResponse:
@@ -148,7 +158,7 @@ def show_preferences(
     )
 
 
-@router.post("/p/{token:path}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
+@router.post("/p/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 def save_preferences(
     token: str,
     verified: ManageToken,
@@ -169,12 +179,8 @@ def save_preferences(
     return _preferences_page(request, token, view, saved=True)
 
 
-@router.api_route(
-    "/c/{token:path}",
-    methods=["GET", "HEAD"],
-    response_class=HTMLResponse,
-    responses=PAGE_RESPONSES,
-)
+@router.get("/c/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
+@router.head("/c/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 def show_confirm(
     token: str, verified: ConfirmToken, session: ReadSession, request: Request
 ) -> HTMLResponse:
@@ -182,7 +188,7 @@ def show_confirm(
     return _confirm_page(request, "confirm.html", view, verified, token)
 
 
-@router.post("/c/{token:path}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
+@router.post("/c/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 def confirm(
     token: str,
     verified: ConfirmToken,
@@ -212,18 +218,24 @@ def _confirm_page(
             "organization": settings.organization_name,
             "masked_address": view.masked_address,
             "topic_name": view.topic_name,
-            "action": f"/c/{token}",
+            "action": keep_language(request, f"/c/{token}"),
             "preferences_url": preferences_url(settings, manage),
         },
     )
 
 
-@router.options("/u/{token:path}", include_in_schema=False)
-@router.options("/p/{token:path}", include_in_schema=False)
-@router.options("/c/{token:path}", include_in_schema=False)
+@router.options("/u/{token:link}", include_in_schema=False)
+@router.options("/p/{token:link}", include_in_schema=False)
+@router.options("/c/{token:link}", include_in_schema=False)
 def options(token: str) -> Response:
     """Answers pre-flight probes; no CORS is offered and nothing is read or changed."""
     return Response(status_code=204, headers={"Allow": "GET, HEAD, POST", **RECIPIENT_PAGE_HEADERS})
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    """Browsers ask for it on every page; there is none to give."""
+    return Response(status_code=204, headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/assets/pages.css", include_in_schema=False)

@@ -157,6 +157,7 @@ def _view(session: Session, contact: Contact, pending_topics: list[str]) -> Pref
         for s in session.exec(select(Subscription).where(Subscription.contact_id == contact.id))
     }
     suppression = session.get(Suppression, contact.id)
+    suppressed = bool(suppression and suppression.suppressed)
     choices = []
     for topic in _marketing_topics(session):
         assert topic.id is not None
@@ -166,13 +167,14 @@ def _view(session: Session, contact: Contact, pending_topics: list[str]) -> Pref
                 key=topic.key,
                 name=topic.name,
                 description=topic.description,
-                on=_is_on(topic, subscription),
+                # Opted out of everything: nothing is sent, so no box may say otherwise.
+                on=not suppressed and _is_on(topic, subscription),
                 pending=subscription is not None and subscription.status == Status.PENDING,
             )
         )
     return PreferencesView(
         masked_address=mask_address(contact.address),
-        suppressed=bool(suppression and suppression.suppressed),
+        suppressed=suppressed,
         topics=choices,
         pending_topics=pending_topics,
     )
@@ -215,7 +217,12 @@ def save_preferences(
     }
     wanted = {key for key in chosen if key in topics and key in shown}
     suppression = session.get(Suppression, contact.id)
-    if wanted and suppression is not None and suppression.suppressed:
+    suppressed = suppression is not None and suppression.suppressed
+    if suppressed and not wanted:
+        # The page showed every box off: saving it as it was chose nothing, and must not
+        # touch the opt-out or the topics behind it.
+        return _view(session, contact, [])
+    if suppressed:
         apply_change(
             session,
             contact=contact,
@@ -257,6 +264,11 @@ def _pending_subscription(
     the link names; anything else (confirmed already, changed since) makes the link stale."""
     topic = _token_topic(session, verified)
     if topic is None or topic.id is None or contact.id is None:
+        raise InvalidLink(400, expired=True)
+    suppression = session.get(Suppression, contact.id)
+    if suppression is not None and suppression.suppressed:
+        # Opted out of all marketing since (or before): confirming would promise mail that
+        # is never sent. The preference center is where the person can lift it.
         raise InvalidLink(400, expired=True)
     subscription = session.get(Subscription, (contact.id, topic.id))
     if subscription is not None and subscription.status == Status.SUBSCRIBED:
