@@ -268,7 +268,9 @@ class TestBadFields:
         subtests: pytest.Subtests,
     ) -> None:
         before = row_counts(database)
+        occurred_at: object
         for occurred_at in [
+            1714564800,  # a Unix time is not RFC 3339 with an offset
             "2024-05-01T12:00:00",  # no offset: ambiguous
             "2024-05-01",
             "yesterday",
@@ -313,6 +315,8 @@ class TestBadFields:
             ("source", "s" * 65),
             ("campaign_id", "spring\x1b[31m"),
             ("campaign_id", "c" * 201),
+            ("campaign_id", "line\nbreak"),
+            ("campaign_id", ""),
             ("reason", "nul\x00"),
             ("evidence", ["not", "an", "object"]),
             ("evidence", {"k": "nul \x00 inside"}),

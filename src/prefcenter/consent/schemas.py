@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from typing_extensions import TypeAliasType
 from prefcenter.audit.schemas import AuditEventOut
 from prefcenter.consent.rules import Outcome, Status
 from prefcenter.contacts.addresses import EmailAddress
+from prefcenter.links.schemas import CampaignId
 from prefcenter.topics.schemas import TopicKey
 
 MAX_LOOKUP = 1000
@@ -70,6 +72,18 @@ def _as_given(value: Any) -> Any:
     return value
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """Only RFC 3339 text with an offset: no Unix times, no dates without a time."""
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-11-25T12:00:00Z")
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 date-time string with an offset")  # noqa: TRY004
+    return value
+
+
 class RequestedStatus(StrEnum):
     SUBSCRIBED = "subscribed"
     UNSUBSCRIBED = "unsubscribed"
@@ -83,11 +97,13 @@ class ConsentChangeIn(BaseModel):
         default=None, description="Omitted: the change applies to all marketing."
     )
     status: RequestedStatus
-    occurred_at: AwareDatetime | None = Field(
-        default=None, description="When the person made the change; defaults to now."
+    occurred_at: Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)] | None = Field(
+        default=None,
+        description="When the person made the change (RFC 3339 with an offset); defaults to "
+        "now, and a time in the future counts as now.",
     )
     source: SourceName = "api"
-    campaign_id: Annotated[PrintableText, StringConstraints(max_length=200)] | None = None
+    campaign_id: CampaignId | None = None
     evidence: Annotated[
         dict[str, Any], BeforeValidator(_as_given, json_schema_input_type=EvidenceDocument)
     ] = Field(
