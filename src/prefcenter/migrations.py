@@ -53,14 +53,19 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def is_behind(settings: Settings, current: str | None) -> bool:
+def known_revisions(settings: Settings) -> frozenset[str]:
+    return frozenset(
+        rev.revision
+        for rev in ScriptDirectory.from_config(alembic_config(settings)).walk_revisions()
+    )
+
+
+def is_behind(current: str | None, *, head: str | None, known: frozenset[str]) -> bool:
     """True when the database lacks migrations this code needs.
 
     A revision this code does not know is newer (a later release migrated first, as in a
     rolling deploy with expand-only migrations): not "behind", so older hosts stay ready.
     """
-    script = ScriptDirectory.from_config(alembic_config(settings))
     if current is None:
         return True
-    known = {rev.revision for rev in script.walk_revisions()}
-    return current in known and current != script.get_current_head()
+    return current in known and current != head
