@@ -15,6 +15,8 @@ from prefcenter import migrations
 from prefcenter.audit.context import parse_trusted_proxies
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
+from prefcenter.eligibility.export_router import router as exports_router
+from prefcenter.eligibility.router import router as eligibility_router
 from prefcenter.http_limits import BodySizeLimit
 from prefcenter.links.router import router as links_router
 from prefcenter.preference_center.router import install_invalid_link_page
@@ -31,7 +33,8 @@ from prefcenter.topics.router import router as topics_router
 
 logger = logging.getLogger(__name__)
 
-STREAMING_PREFIXES: tuple[str, ...] = ()
+# Read incrementally and never held whole: no body limit.
+STREAMING_PREFIXES: tuple[str, ...] = ("/v1/eligibility/stream",)
 RECIPIENT_PREFIXES = ("/u/", "/p/", "/c/")
 
 
@@ -70,6 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(topics_router)
     app.include_router(consent_router)
     app.include_router(links_router)
+    app.include_router(eligibility_router)
+    app.include_router(exports_router)
     app.include_router(recipient_router)
     install_invalid_link_page(app)
 

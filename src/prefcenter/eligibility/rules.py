@@ -1,0 +1,70 @@
+"""Owns the one rule that says whether an address may be mailed about a topic, and why.
+
+Pure: plain values in, an answer out. The read side (SQL) gathers the values; this decides.
+Fail safe: anything unknown answers "not allowed".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from prefcenter.consent.rules import Status
+from prefcenter.topics.schemas import ConsentModel, TopicKind
+
+
+class Reason(StrEnum):
+    """Persisted in exports and integrations: values are only ever added."""
+
+    SUBSCRIBED = "subscribed"
+    OPT_OUT_DEFAULT = "opt_out_default"
+    TRANSACTIONAL = "transactional"
+    UNSUBSCRIBED = "unsubscribed"
+    NOT_SUBSCRIBED = "not_subscribed"
+    PENDING = "pending"
+    SUPPRESSED = "suppressed"
+    UNKNOWN_TOPIC = "unknown_topic"
+    INVALID_EMAIL = "invalid_email"
+
+
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    allowed: bool
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class TopicModel:
+    kind: TopicKind
+    consent: ConsentModel
+
+
+def decide_eligibility(
+    topic: TopicModel,
+    *,
+    erased: bool,
+    suppressed: bool,
+    subscription: Status | None,
+) -> Eligibility:
+    """In order: erasure blocks everything; transactional mail ignores marketing opt-outs;
+    a contact-wide opt-out blocks every marketing topic (opt-out topics included); then the
+    topic's own state; with none, the topic's consent model decides."""
+    if erased:
+        return Eligibility(allowed=False, reason=Reason.SUPPRESSED)
+    if topic.kind is TopicKind.TRANSACTIONAL:
+        return Eligibility(allowed=True, reason=Reason.TRANSACTIONAL)
+    if suppressed:
+        return Eligibility(allowed=False, reason=Reason.SUPPRESSED)
+    if subscription is Status.UNSUBSCRIBED:
+        return Eligibility(allowed=False, reason=Reason.UNSUBSCRIBED)
+    if subscription is Status.PENDING:
+        return Eligibility(allowed=False, reason=Reason.PENDING)
+    if subscription is Status.SUBSCRIBED:
+        return Eligibility(allowed=True, reason=Reason.SUBSCRIBED)
+    if topic.consent is ConsentModel.OPT_OUT:
+        return Eligibility(allowed=True, reason=Reason.OPT_OUT_DEFAULT)
+    return Eligibility(allowed=False, reason=Reason.NOT_SUBSCRIBED)
+
+
+UNKNOWN_TOPIC = Eligibility(allowed=False, reason=Reason.UNKNOWN_TOPIC)
+INVALID_EMAIL = Eligibility(allowed=False, reason=Reason.INVALID_EMAIL)
