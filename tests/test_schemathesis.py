@@ -28,6 +28,7 @@ from prefcenter.app import create_app
 from prefcenter.consent.errors import ReasonRequired, UnknownTopic
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database
+from prefcenter.eligibility.exports import InvalidCursor
 from prefcenter.idempotency import IdempotencyKeyReused
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 from prefcenter.settings import Settings
@@ -191,10 +192,11 @@ def issue_tokens(app: FastAPI, admin: dict[str, str]) -> IssuedTokens:
 
 
 # Schema-valid requests that stored state refuses: an unknown topic, an admin reversal of a
-# recipient's opt-out without a reason, an Idempotency-Key reused with another body.
+# recipient's opt-out without a reason, an Idempotency-Key reused with another body, and an
+# opaque change-feed cursor the service never handed out (no schema can say which are).
 STATE_DEPENDENT_422 = {
     PROBLEM_TYPE_PREFIX + problem.slug
-    for problem in (UnknownTopic, ReasonRequired, IdempotencyKeyReused)
+    for problem in (UnknownTopic, ReasonRequired, IdempotencyKeyReused, InvalidCursor)
 }
 
 

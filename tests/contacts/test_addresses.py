@@ -57,6 +57,10 @@ class TestRejection:
         with pytest.raises(InvalidAddress):
             parse_address(text)
 
+    def test_wrongly_decoded_text_is_refused(self) -> None:
+        with pytest.raises(InvalidAddress, match="U\\+FFFD"):
+            parse_address("\ufffd\ufffd@example.com")
+
     def test_local_part_over_64_octets(self) -> None:
         with pytest.raises(InvalidAddress):
             parse_address("a" * 65 + "@example.com")

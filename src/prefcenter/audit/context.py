@@ -68,7 +68,8 @@ def client_address(
     return peer
 
 
-def _request_context(request: Request) -> RequestContext:
+async def _request_context(request: Request) -> RequestContext:
+    """`async def`: no I/O, so no hand-off to a worker thread."""
     trusted: tuple[IPNetwork, ...] = request.app.state.trusted_proxies
     peer = request.client.host if request.client else None
     user_agent = request.headers.get("user-agent")

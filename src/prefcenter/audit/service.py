@@ -29,7 +29,8 @@ def append_event(session: Session, new: NewEvent) -> str:
     until COMMIT and so serialises every writer. Taking it here instead would hold that lock
     while the request renders its answer and travels between threads; at commit it is held
     for the insert and the COMMIT alone. Still inside the transaction, so `seq` stays
-    gap-free: a transaction that rolls back never took a number.
+    gap-free: a transaction that rolls back never took a number. (A query in the same
+    transaction does not see the event yet.)
     """
     session.info.setdefault(_PENDING, []).append(new)
     return new.id

@@ -73,6 +73,8 @@ def parse_address(text: str) -> Address:
         return Address(normalised=fast, given=text)
     if _has_control_character(text):
         raise InvalidAddress("contains a control character (such as CR, LF, TAB or NUL)")
+    if "\ufffd" in text:
+        raise InvalidAddress("contains U+FFFD, the mark of text that was decoded wrongly")
     if len(text.encode("utf-8", "surrogatepass")) > MAX_ADDRESS_OCTETS:
         raise InvalidAddress(f"is longer than {MAX_ADDRESS_OCTETS} octets (RFC 5321)")
     try:

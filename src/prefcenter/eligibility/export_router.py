@@ -2,6 +2,75 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
 
-router = APIRouter(prefix="/v1", tags=["eligibility"])
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from prefcenter.apikeys.auth import ConsentReader, requires
+from prefcenter.apikeys.schemas import Caller, Scope
+from prefcenter.db import ReadSession, database_of
+from prefcenter.eligibility import exports
+from prefcenter.eligibility.export_schemas import ChangesOut
+from prefcenter.problems import problem_responses
+from prefcenter.topics.schemas import TopicKey
+
+router = APIRouter(prefix="/v1", tags=["eligibility"], responses=problem_responses(401, 403, 503))
+
+EligibilityReader = Annotated[Caller, Depends(requires(Scope.ELIGIBILITY))]
+CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+
+
+def _csv_response(description: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description, "content": {"text/csv": {}}}}
+
+
+@router.get(
+    "/suppressions",
+    summary="Stream every address that must not get marketing",
+    response_class=StreamingResponse,
+    responses=_csv_response("CSV `email,reason,since`, ordered by contact."),
+)
+def export_suppressions(_: ConsentReader, request: Request) -> StreamingResponse:
+    stream = exports.stream_csv(
+        database_of(request), exports.SUPPRESSIONS_HEADER, exports.read_suppressions
+    )
+    return StreamingResponse(stream, media_type=CSV_MEDIA_TYPE)
+
+
+@router.get(
+    "/topics/{key}/audience",
+    summary="Stream every address that may receive a topic",
+    response_class=StreamingResponse,
+    responses={
+        **_csv_response("CSV `email,contact_id`, ordered by contact."),
+        **problem_responses(404, 422),
+    },
+)
+def export_audience(
+    key: Annotated[TopicKey, Path()], _: EligibilityReader, request: Request
+) -> StreamingResponse:
+    database = database_of(request)
+    with database.transaction(write=False) as session:
+        topic = exports.find_audience_topic(session, key)
+    stream = exports.stream_csv(database, exports.AUDIENCE_HEADER, exports.audience_reader(topic))
+    return StreamingResponse(stream, media_type=CSV_MEDIA_TYPE)
+
+
+@router.get(
+    "/changes",
+    summary="Consent events in commit order, from a cursor",
+    responses=problem_responses(422),
+)
+def read_changes(
+    _: ConsentReader,
+    session: ReadSession,
+    after: Annotated[
+        str | None,
+        Query(max_length=64, description="A `next` from an earlier answer; omitted: the start."),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=exports.CHANGES_LIMIT_MAX, description="Events per answer.")
+    ] = exports.CHANGES_LIMIT_DEFAULT,
+) -> ChangesOut:
+    return exports.read_changes(session, after=after, limit=limit)

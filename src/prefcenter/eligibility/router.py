@@ -2,6 +2,88 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
 
-router = APIRouter(prefix="/v1", tags=["eligibility"])
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
+
+from prefcenter.apikeys.auth import requires
+from prefcenter.apikeys.schemas import Caller, Scope
+from prefcenter.db import ReadSession, database_of
+from prefcenter.eligibility import service
+from prefcenter.eligibility.schemas import EligibilityIn, EligibilityOut
+from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_SCHEMA_NAME, problem_responses
+from prefcenter.topics.schemas import TopicKey
+
+router = APIRouter(prefix="/v1", tags=["eligibility"], responses=problem_responses(401, 403, 503))
+
+EligibilityChecker = Annotated[Caller, Depends(requires(Scope.ELIGIBILITY))]
+_CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+_TEXT_BODY: dict[str, Any] = {"schema": {"type": "string"}}
+_STREAM_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "One address per line (`text/plain`), or CSV with a header naming an "
+        "`email` column (`text/csv`). UTF-8; a BOM and CRLF line ends are fine; empty lines "
+        "are skipped.",
+        "content": {"text/plain": _TEXT_BODY, "text/csv": _TEXT_BODY},
+    }
+}
+_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "CSV `email,allowed,reason`, one row per address in input order.",
+        "content": {"text/csv": _TEXT_BODY},
+    },
+    415: {
+        "description": "The body is neither `text/plain` nor `text/csv`",
+        "content": {
+            PROBLEM_MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA_NAME}"}}
+        },
+    },
+    **problem_responses(404, 422),
+}
+
+
+class _BodyStreamingResponse(StreamingResponse):
+    """A streaming answer produced while the request body is still being read.
+
+    Starlette's own, below ASGI 2.4, listens for a disconnect alongside the answer; that
+    listener takes the body's messages from under the iterator that reads them, which then
+    waits forever. A client that goes away ends the body stream instead (ClientDisconnect),
+    which stops the iterator.
+    """
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        await self.stream_response(send)
+
+
+@router.post(
+    "/eligibility",
+    summary="Who of these addresses may be emailed about a topic, and why (up to 10,000)",
+    responses=problem_responses(400, 413, 422),
+)
+def check_eligibility(
+    query: EligibilityIn, _: EligibilityChecker, session: ReadSession
+) -> EligibilityOut:
+    return service.check_eligibility(session, query)
+
+
+@router.post(
+    "/eligibility/stream",
+    summary="Eligibility for any number of addresses, streamed back as CSV in input order",
+    response_class=StreamingResponse,
+    responses=_STREAM_RESPONSES,
+    openapi_extra=_STREAM_BODY,
+)
+async def stream_eligibility(
+    topic: Annotated[TopicKey, Query(description="The topic's key.")],
+    _: EligibilityChecker,
+    request: Request,
+) -> StreamingResponse:
+    csv_body = service.is_csv(request.headers.get("content-type"))
+    database = database_of(request)
+    ref = await service.require_topic(database, topic)
+    stream = await service.open_stream(database, ref, request.stream(), csv_body=csv_body)
+    return _BodyStreamingResponse(stream, media_type=_CSV_MEDIA_TYPE)

@@ -1,0 +1,12 @@
+"""Owns making CSV cells safe to open in a spreadsheet (CSV/formula injection)."""
+
+from __future__ import annotations
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell a spreadsheet would read as a formula gets a leading `'`; others are unchanged."""
+    if cell.startswith(_FORMULA_STARTS):
+        return "'" + cell
+    return cell
