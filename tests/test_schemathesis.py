@@ -25,13 +25,14 @@ from starlette.types import Receive, Scope, Send
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.apikeys.schemas import Scope as ApiScope
 from prefcenter.app import create_app
-from prefcenter.consent.errors import ReasonRequired, UnknownTopic
+from prefcenter.consent.errors import ReasonRequired
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database
 from prefcenter.eligibility.exports import InvalidCursor
 from prefcenter.idempotency import IdempotencyKeyReused
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 from prefcenter.settings import Settings
+from prefcenter.topics.errors import UnknownTopic
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
 from tests.conftest import issue_key, make_settings

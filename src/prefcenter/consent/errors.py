@@ -11,8 +11,3 @@ class RecipientOptOutProtected(Conflict):
 class ReasonRequired(Unprocessable):
     slug = "reason-required"
     title = "A reason is required"
-
-
-class UnknownTopic(Unprocessable):
-    slug = "unknown-topic"
-    title = "Unknown topic"

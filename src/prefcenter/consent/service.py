@@ -13,7 +13,6 @@ from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
-from prefcenter.consent.errors import UnknownTopic
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import (
     ActorKind,
@@ -32,6 +31,7 @@ from prefcenter.db import utcnow
 from prefcenter.links.service import confirm_url
 from prefcenter.links.tokens import TokenClaims, TokenPurpose, sign_token
 from prefcenter.settings import Settings, SigningKey
+from prefcenter.topics.errors import UnknownTopic
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
 from prefcenter.topics.service import find_topic

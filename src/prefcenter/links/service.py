@@ -12,10 +12,11 @@ from sqlmodel import Session, col, select
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import new_public_id
 from prefcenter.db import utcnow
-from prefcenter.links.errors import BatchTooLarge, UnknownLinkTopic
+from prefcenter.links.errors import BatchTooLarge
 from prefcenter.links.schemas import MAX_BATCH, LinkRequest, LinkSet, ListHeaders
 from prefcenter.links.tokens import TokenClaims, TokenPurpose, sign_token
 from prefcenter.settings import Settings, SigningKey
+from prefcenter.topics.errors import UnknownTopic
 from prefcenter.topics.models import Topic
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -122,7 +123,7 @@ def issue_links(
         known = set(session.exec(select(Topic.key).where(col(Topic.key).in_(wanted_topics))))
         unknown = [i for i, r in enumerate(requests) if r.topic and r.topic not in known]
         if unknown:
-            raise UnknownLinkTopic(
+            raise UnknownTopic(
                 f"Unknown topic {requests[unknown[0]].topic!r}; create it with "
                 "PUT /v1/topics/{key} first.",
                 errors=[

@@ -1,10 +1,17 @@
 """Errors of the topic domain."""
 
-from prefcenter.problems import Conflict, NotFound
+from prefcenter.problems import Conflict, NotFound, Unprocessable
 
 
 class TopicNotFound(NotFound):
     slug = "topic-not-found"
+    title = "Unknown topic"
+
+
+class UnknownTopic(Unprocessable):
+    """A request body names a topic that does not exist (422; a path naming one is a 404)."""
+
+    slug = "unknown-topic"
     title = "Unknown topic"
 
 
