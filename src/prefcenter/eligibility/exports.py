@@ -40,9 +40,9 @@ from prefcenter.eligibility.csv_cells import spreadsheet_safe
 from prefcenter.eligibility.export_schemas import ChangesOut
 from prefcenter.eligibility.rules import TopicModel, decide_eligibility
 from prefcenter.problems import Unprocessable
-from prefcenter.topics.errors import TopicNotFound
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import ConsentModel, TopicKind
+from prefcenter.topics.service import require_topic
 
 # Rows per chunk: large enough that a query's round trip is noise, small enough that a chunk
 # (and its CSV text) is a few hundred kilobytes.
@@ -166,10 +166,7 @@ def read_suppressions(session: Session, after_id: int) -> Chunk:
 
 def find_audience_topic(session: Session, key: str) -> Topic:
     """The topic, read before the answer starts so that an unknown one is a 404 problem."""
-    topic = session.exec(sqlmodel_select(Topic).where(col(Topic.key) == key)).first()
-    if topic is None:
-        raise TopicNotFound(f"There is no topic {key!r}.")
-    return topic
+    return require_topic(session, key)
 
 
 def _topic_model(topic: Topic) -> TopicModel:

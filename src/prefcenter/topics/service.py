@@ -30,11 +30,16 @@ def find_topic(session: Session, key: str) -> Topic | None:
     return session.exec(select(Topic).where(Topic.key == key)).first()
 
 
-def get_topic(session: Session, key: str) -> TopicOut:
+def require_topic(session: Session, key: str) -> Topic:
+    """The topic with this key; an unknown one is a 404 problem."""
     topic = find_topic(session, key)
     if topic is None:
         raise TopicNotFound(f"There is no topic {key!r}.")
-    return topic_out(topic)
+    return topic
+
+
+def get_topic(session: Session, key: str) -> TopicOut:
+    return topic_out(require_topic(session, key))
 
 
 def list_topics(session: Session) -> list[TopicOut]:
