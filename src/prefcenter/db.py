@@ -4,10 +4,10 @@ transaction boundary (the only place in the code base that commits)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, Request
@@ -15,6 +15,7 @@ from fastapi.concurrency import contextmanager_in_threadpool
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel
@@ -24,7 +25,12 @@ from prefcenter.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 _WRITE_OPTION = "prefcenter_write"
+# Session.info key: the settings the session's Database was built from, for commit hooks
+# (the audit chain needs its key there).
+_SETTINGS_INFO = "prefcenter.settings"
 # Request transactions open at once per process: below the 40 worker threads that FastAPI
 # runs sync code in (anyio's default), see _request_transaction.
 _MAX_SESSIONS = 32
@@ -38,6 +44,10 @@ SQLModel.metadata.naming_convention = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+class ConnectionLost(ServiceUnavailable):
+    """The pooled connection was dead (e.g. the server restarted): nothing was changed."""
 
 
 def utcnow() -> datetime:
@@ -77,7 +87,10 @@ def make_engine(settings: Settings) -> Engine:
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
+        # No ping before every checkout (a round trip per request). A connection that died
+        # (a server restart) fails its first statement instead; SQLAlchemy then drops every
+        # pooled connection, that transaction is retried once by `run_in_transaction` or
+        # answered 503 + Retry-After by `transaction`, and nothing is half-written either way.
         pool_recycle=1800,
         # A 2xx means committed to disk: never run with asynchronous commit, whatever the
         # server's default says.
@@ -134,16 +147,22 @@ class Database:
         self.session_slots = anyio.Semaphore(min(settings.db_pool_size, _MAX_SESSIONS))
 
     @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[Session]:
+    def transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises.
+
+        `snapshot=True` reads one consistent snapshot throughout (PostgreSQL REPEATABLE READ;
+        a SQLite transaction always does), for reads that span many statements.
 
         Database failures become problems a client can act on: a lock that could not be had
         or a lost connection is a 503 (retry), a concurrent duplicate is a 409.
         """
         try:
             with Session(self.engine, expire_on_commit=False, autoflush=True) as session:
+                session.info[_SETTINGS_INFO] = self.settings
                 if write:
                     session.connection(execution_options={_WRITE_OPTION: True})
+                elif snapshot and not self.settings.is_sqlite:
+                    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
                 try:
                     yield session
                     session.commit()
@@ -155,19 +174,42 @@ class Database:
             raise Conflict(
                 "A concurrent request changed the same record; nothing was changed. Retry."
             ) from exc
-        except OperationalError as exc:
-            logger.warning("database unavailable, rolled back: %s", exc.orig)
-            raise ServiceUnavailable(
-                "The database is busy or unreachable; nothing was changed. Retry shortly.",
-                headers={"Retry-After": "1"},
-            ) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
-                raise ServiceUnavailable(
+                logger.warning("database connection lost, rolled back: %s", exc.orig)
+                raise ConnectionLost(
                     "The database connection was lost; nothing was changed. Retry.",
                     headers={"Retry-After": "1"},
                 ) from exc
+            if isinstance(exc, OperationalError):
+                logger.warning("database unavailable, rolled back: %s", exc.orig)
+                raise ServiceUnavailable(
+                    "The database is busy or unreachable; nothing was changed. Retry shortly.",
+                    headers={"Retry-After": "1"},
+                ) from exc
             raise
+
+    async def run_in_transaction(self, work: Callable[[Session], T], *, write: bool) -> T:
+        """`work(session)` in one transaction, committed before this returns, in one worker
+        thread: one hand-off from the event loop and back, where a `ReadSession` /
+        `WriteSession` dependency costs three (enter, handler, exit). For hot, short requests
+        (recipients' links); waits for a session slot first, like the dependencies.
+
+        A connection found dead on its first use (the server restarted since it was pooled)
+        is retried once on a fresh one. `work` must therefore be safe to run twice, as every
+        recipient action is (the second run sees the first one's state, if it committed).
+        """
+        async with self.session_slots:
+            return await anyio.to_thread.run_sync(self._run_with_retry, work, write)
+
+    def _run_with_retry(self, work: Callable[[Session], T], write: bool) -> T:
+        try:
+            with self.transaction(write=write) as session:
+                return work(session)
+        except ConnectionLost:
+            logger.info("database connection lost; retrying the transaction once")
+        with self.transaction(write=write) as session:
+            return work(session)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -197,6 +239,14 @@ def migration_connection(settings: Settings) -> Iterator[Connection]:
                 connection.commit()
     finally:
         engine.dispose()
+
+
+def settings_of_session(session: OrmSession) -> Settings:
+    """The settings of the Database that opened this session (see Database.transaction)."""
+    settings: Settings | None = session.info.get(_SETTINGS_INFO)
+    if settings is None:
+        raise RuntimeError("session not opened by Database.transaction")
+    return settings
 
 
 def database_of(request: Request) -> Database:

@@ -103,6 +103,8 @@ class Pages:
                 extensions=["jinja2.ext.i18n"],
                 trim_blocks=True,
                 lstrip_blocks=True,
+                # Templates ship with the package: no stat() of every template per render.
+                auto_reload=False,
             )
             environment.install_gettext_translations(  # type: ignore[attr-defined]
                 translations(language), newstyle=True

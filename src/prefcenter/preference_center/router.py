@@ -14,7 +14,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.datastructures import FormData
 
 from prefcenter.audit.context import RequestContextDep
-from prefcenter.db import ReadSession, WriteSession, utcnow
+from prefcenter.db import database_of, utcnow
 from prefcenter.links.service import manage_token, preferences_url
 from prefcenter.links.tokens import TokenPurpose, VerifiedToken
 from prefcenter.preference_center import service
@@ -102,30 +102,32 @@ def _page(
 
 @router.get("/u/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 @router.head("/u/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
-def show_unsubscribe(
-    token: str, verified: ManageToken, session: ReadSession, request: Request
-) -> HTMLResponse:
+async def show_unsubscribe(token: str, verified: ManageToken, request: Request) -> HTMLResponse:
     """The page with one button. Changes nothing: mail scanners fetch every link."""
-    view = service.unsubscribe_view(session, verified)
+    view = await database_of(request).run_in_transaction(
+        lambda session: service.unsubscribe_view(session, verified), write=False
+    )
     return _page(
         request, "unsubscribe.html", view, token, action=keep_language(request, f"/u/{token}")
     )
 
 
 @router.post("/u/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
-def unsubscribe(
-    token: str,
-    verified: ManageToken,
-    form: Form,
-    context: RequestContextDep,
-    session: WriteSession,
-    request: Request,
+async def unsubscribe(
+    token: str, verified: ManageToken, form: Form, context: RequestContextDep, request: Request
 ) -> HTMLResponse:
-    """RFC 8058 one-click (`List-Unsubscribe=One-Click`) or the page's button: out at once."""
+    """RFC 8058 one-click (`List-Unsubscribe=One-Click`) or the page's button: out at once,
+    committed before the answer is sent."""
     channel = (
         service.Channel.UNSUBSCRIBE_PAGE if form.get("via") == "page" else service.Channel.ONE_CLICK
     )
-    view = service.unsubscribe(session, verified, channel=channel, request=context, now=utcnow())
+    now = utcnow()
+    view = await database_of(request).run_in_transaction(
+        lambda session: service.unsubscribe(
+            session, verified, channel=channel, request=context, now=now
+        ),
+        write=True,
+    )
     return _page(
         request, "unsubscribed.html", view, token, action=keep_language(request, f"/u/{token}")
     )
@@ -152,53 +154,53 @@ def _preferences_page(
 
 @router.get("/p/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 @router.head("/p/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
-def show_preferences(
-    token: str, verified: ManageToken, session: ReadSession, request: Request
-) -> HTMLResponse:
-    return _preferences_page(
-        request, token, service.preferences_view(session, verified), saved=False
+async def show_preferences(token: str, verified: ManageToken, request: Request) -> HTMLResponse:
+    view = await database_of(request).run_in_transaction(
+        lambda session: service.preferences_view(session, verified), write=False
     )
+    return _preferences_page(request, token, view, saved=False)
 
 
 @router.post("/p/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
-def save_preferences(
-    token: str,
-    verified: ManageToken,
-    form: Form,
-    context: RequestContextDep,
-    session: WriteSession,
-    request: Request,
+async def save_preferences(
+    token: str, verified: ManageToken, form: Form, context: RequestContextDep, request: Request
 ) -> HTMLResponse:
-    view = service.save_preferences(
-        session,
-        verified,
-        chosen={str(v) for v in form.getlist("topic")},
-        shown={str(v) for v in form.getlist("shown")},
-        unsubscribe_all=form.get("action") == "unsubscribe_all",
-        request=context,
-        now=utcnow(),
+    chosen = {str(v) for v in form.getlist("topic")}
+    shown = {str(v) for v in form.getlist("shown")}
+    unsubscribe_all = form.get("action") == "unsubscribe_all"
+    now = utcnow()
+    view = await database_of(request).run_in_transaction(
+        lambda session: service.save_preferences(
+            session,
+            verified,
+            chosen=chosen,
+            shown=shown,
+            unsubscribe_all=unsubscribe_all,
+            request=context,
+            now=now,
+        ),
+        write=True,
     )
     return _preferences_page(request, token, view, saved=True)
 
 
 @router.get("/c/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 @router.head("/c/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
-def show_confirm(
-    token: str, verified: ConfirmToken, session: ReadSession, request: Request
-) -> HTMLResponse:
-    view = service.confirm_view(session, verified)
+async def show_confirm(token: str, verified: ConfirmToken, request: Request) -> HTMLResponse:
+    view = await database_of(request).run_in_transaction(
+        lambda session: service.confirm_view(session, verified), write=False
+    )
     return _confirm_page(request, "confirm.html", view, verified, token)
 
 
 @router.post("/c/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
-def confirm(
-    token: str,
-    verified: ConfirmToken,
-    context: RequestContextDep,
-    session: WriteSession,
-    request: Request,
+async def confirm(
+    token: str, verified: ConfirmToken, context: RequestContextDep, request: Request
 ) -> HTMLResponse:
-    view = service.confirm(session, verified, request=context, now=utcnow())
+    now = utcnow()
+    view = await database_of(request).run_in_transaction(
+        lambda session: service.confirm(session, verified, request=context, now=now), write=True
+    )
     return _confirm_page(request, "confirmed.html", view, verified, token)
 
 
