@@ -147,11 +147,15 @@ class Database:
         self.session_slots = anyio.Semaphore(min(settings.db_pool_size, _MAX_SESSIONS))
 
     @contextmanager
-    def transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Session]:
+    def transaction(
+        self, *, write: bool, snapshot: bool = False, autocommit: bool = False
+    ) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises.
 
         `snapshot=True` reads one consistent snapshot throughout (PostgreSQL REPEATABLE READ;
         a SQLite transaction always does), for reads that span many statements.
+        `autocommit=True` (reads only) runs each statement on its own on PostgreSQL, without
+        the BEGIN and COMMIT round trips: for a page built from independent lookups.
 
         Database failures become problems a client can act on: a lock that could not be had
         or a lost connection is a 503 (retry), a concurrent duplicate is a 409.
@@ -161,6 +165,8 @@ class Database:
                 session.info[_SETTINGS_INFO] = self.settings
                 if write:
                     session.connection(execution_options={_WRITE_OPTION: True})
+                elif autocommit and not self.settings.is_sqlite:
+                    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 elif snapshot and not self.settings.is_sqlite:
                     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
                 try:
@@ -189,7 +195,9 @@ class Database:
                 ) from exc
             raise
 
-    async def run_in_transaction(self, work: Callable[[Session], T], *, write: bool) -> T:
+    async def run_in_transaction(
+        self, work: Callable[[Session], T], *, write: bool, autocommit: bool = False
+    ) -> T:
         """`work(session)` in one transaction, committed before this returns, in one worker
         thread: one hand-off from the event loop and back, where a `ReadSession` /
         `WriteSession` dependency costs three (enter, handler, exit). For hot, short requests
@@ -200,15 +208,15 @@ class Database:
         recipient action is (the second run sees the first one's state, if it committed).
         """
         async with self.session_slots:
-            return await anyio.to_thread.run_sync(self._run_with_retry, work, write)
+            return await anyio.to_thread.run_sync(self._run_with_retry, work, write, autocommit)
 
-    def _run_with_retry(self, work: Callable[[Session], T], write: bool) -> T:
+    def _run_with_retry(self, work: Callable[[Session], T], write: bool, autocommit: bool) -> T:
         try:
-            with self.transaction(write=write) as session:
+            with self.transaction(write=write, autocommit=autocommit) as session:
                 return work(session)
         except ConnectionLost:
             logger.info("database connection lost; retrying the transaction once")
-        with self.transaction(write=write) as session:
+        with self.transaction(write=write, autocommit=autocommit) as session:
             return work(session)
 
     def dispose(self) -> None:

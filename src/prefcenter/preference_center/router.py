@@ -105,7 +105,7 @@ def _page(
 async def show_unsubscribe(token: str, verified: ManageToken, request: Request) -> HTMLResponse:
     """The page with one button. Changes nothing: mail scanners fetch every link."""
     view = await database_of(request).run_in_transaction(
-        lambda session: service.unsubscribe_view(session, verified), write=False
+        lambda session: service.unsubscribe_view(session, verified), write=False, autocommit=True
     )
     return _page(
         request, "unsubscribe.html", view, token, action=keep_language(request, f"/u/{token}")
