@@ -24,23 +24,30 @@ from prefcenter.settings import Settings
 
 ENGINES = ("sqlite", "postgresql")
 TEST_SIGNING_KEYS = "t1:test-signing-secret-0123456789"
+TEST_AUDIT_KEY = "test-audit-key-0123456789abcdefghijklmnop"
 POSTGRES_ADMIN_URL = os.environ.get(
     "PREFCENTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 # Tables emptied between tests; audit_head is reset rather than emptied.
 _TABLES = (
     "idempotency_record",
+    "audit_evidence",
     "audit_event",
     "subscription",
     "suppression",
     "topic",
     "contact",
+    "erased_address",
     "api_key",
+    "admin_session",
+    "admin_user",
+    "admin_sign_in_attempt",
 )
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     overrides.setdefault("signing_keys", TEST_SIGNING_KEYS)
+    overrides.setdefault("audit_key", TEST_AUDIT_KEY)
     overrides.setdefault("base_url", "http://testserver")
     return Settings(_env_file=None, database_url=database_url, **overrides)
 

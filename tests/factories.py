@@ -14,6 +14,8 @@ from sqlmodel import SQLModel, col, select
 from prefcenter.apikeys.models import ApiKey
 from prefcenter.apikeys.service import hash_secret, revoke_api_key
 from prefcenter.audit.models import AuditEvent, AuditHead
+from prefcenter.audit.schemas import AuditEventOut
+from prefcenter.audit.service import read_events
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
@@ -112,10 +114,10 @@ def error_fields(problem: Json) -> list[str]:
     return [str(error["field"]) for error in problem.get("errors", [])]
 
 
-def audit_events(database: Database) -> list[AuditEvent]:
-    """Every audit event, in `seq` order."""
+def audit_events(database: Database) -> list[AuditEventOut]:
+    """Every audit event, in `seq` order, with its evidence and context."""
     with database.transaction(write=False) as session:
-        return list(session.exec(select(AuditEvent).order_by(col(AuditEvent.seq))))
+        return read_events(session)
 
 
 def audit_head_seq(database: Database) -> int:

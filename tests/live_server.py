@@ -23,7 +23,13 @@ from sqlalchemy.engine import URL
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
-from tests.conftest import TEST_SIGNING_KEYS, issue_key, make_settings, reset_postgres
+from tests.conftest import (
+    TEST_AUDIT_KEY,
+    TEST_SIGNING_KEYS,
+    issue_key,
+    make_settings,
+    reset_postgres,
+)
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0
@@ -70,6 +76,7 @@ def _server_env(database_url: str, base_url: str, extra_env: Mapping[str, str]) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFCENTER_")}
     env["PREFCENTER_DATABASE_URL"] = database_url
     env["PREFCENTER_SIGNING_KEYS"] = TEST_SIGNING_KEYS
+    env["PREFCENTER_AUDIT_KEY"] = TEST_AUDIT_KEY
     # Links it issues point back at this very server, so a browser can follow them.
     env["PREFCENTER_BASE_URL"] = base_url
     env["PREFCENTER_LOG_LEVEL"] = "info"

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from prefcenter.app import create_app
 from prefcenter.cli import cli
 from prefcenter.settings import Settings
-from tests.conftest import TEST_SIGNING_KEYS
+from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
 
 runner = CliRunner()
 
@@ -18,6 +18,7 @@ runner = CliRunner()
 def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Settings:
     monkeypatch.setenv("PREFCENTER_DATABASE_URL", settings.database_url)
     monkeypatch.setenv("PREFCENTER_SIGNING_KEYS", TEST_SIGNING_KEYS)
+    monkeypatch.setenv("PREFCENTER_AUDIT_KEY", TEST_AUDIT_KEY)
     return settings
 
 

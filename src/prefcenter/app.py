@@ -12,12 +12,16 @@ from sqlalchemy import text
 
 import prefcenter
 from prefcenter import migrations
+from prefcenter.admin.router import install_admin_console
 from prefcenter.audit.context import parse_trusted_proxies
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.router import router as audit_router
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
 from prefcenter.eligibility.export_router import router as exports_router
 from prefcenter.eligibility.router import router as eligibility_router
 from prefcenter.http_limits import BodySizeLimit
+from prefcenter.imports.router import router as imports_router
 from prefcenter.links.router import router as links_router
 from prefcenter.preference_center.router import install_invalid_link_page
 from prefcenter.preference_center.router import router as recipient_router
@@ -33,8 +37,9 @@ from prefcenter.topics.router import router as topics_router
 
 logger = logging.getLogger(__name__)
 
-# Read incrementally and never held whole: no body limit.
-STREAMING_PREFIXES: tuple[str, ...] = ("/v1/eligibility/stream",)
+# Read incrementally and never held whole: no body limit here. (Imports spool the body to a
+# temporary file and enforce their own, larger limit: imports.router.MAX_IMPORT_BYTES.)
+STREAMING_PREFIXES: tuple[str, ...] = ("/v1/eligibility/stream", "/v1/imports")
 RECIPIENT_PREFIXES = ("/u/", "/p/", "/c/")
 
 
@@ -64,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.database = database
     app.state.signing_keys = signing_keys
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
+    app.state.audit_keys = AuditKeys.from_settings(settings)
     install_problem_handlers(app)
     document_problems(app)
     app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)
@@ -75,8 +81,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(links_router)
     app.include_router(eligibility_router)
     app.include_router(exports_router)
+    app.include_router(audit_router)
+    app.include_router(imports_router)
     app.include_router(recipient_router)
     install_invalid_link_page(app)
+    install_admin_console(app)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import getpass
+import json
 import logging
+import re
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -12,9 +17,21 @@ from rich.console import Console
 from rich.table import Table
 
 from prefcenter import migrations
+from prefcenter.admin import service as admins
 from prefcenter.apikeys import service as apikeys
 from prefcenter.apikeys.schemas import Scope
-from prefcenter.db import Database
+from prefcenter.audit import console as audit_console
+from prefcenter.audit.checkpoint import (
+    CheckpointInvalid,
+    make_checkpoint,
+    verify_with_checkpoint,
+)
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.verify import verify_chain
+from prefcenter.db import Database, utcnow
+from prefcenter.imports.console import import_with_progress, print_report
+from prefcenter.imports.formats import ImportFormat
+from prefcenter.imports.service import DEFAULT_BATCH_SIZE, ImportRequest
 from prefcenter.problems import Problem
 from prefcenter.settings import ConfigError, Settings
 
@@ -27,6 +44,10 @@ db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 keys_cli = typer.Typer(help="API keys for the JSON API.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(keys_cli, name="api-keys")
+audit_cli = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+cli.add_typer(audit_cli, name="audit")
+admins_cli = typer.Typer(help="Users of the admin console at /admin.", no_args_is_help=True)
+cli.add_typer(admins_cli, name="admins")
 
 stderr = Console(stderr=True)
 
@@ -35,6 +56,7 @@ def _settings() -> Settings:
     try:
         settings = Settings()
         settings.signing_key_ring()
+        settings.audit_secret  # noqa: B018 - fails here, not at the first event, when unset
     except ConfigError as exc:
         stderr.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -138,6 +160,182 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see li
         database.dispose()
     assert info.revoked_at is not None
     stderr.print(f"revoked API key {info.id} ({info.name}) at {info.revoked_at.isoformat()}")
+
+
+@admins_cli.command("create")
+def admins_create(
+    username: Annotated[str, typer.Argument(help="Lower-case letters, digits, '.', '_', '-'.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin's first line.")
+    ] = False,
+) -> None:
+    """Create a console user; the password is asked for twice (hidden), or read from stdin."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    database = Database(_settings())
+    try:
+        with database.transaction(write=True) as session:
+            user = admins.create_admin(session, username=username, password=password, now=utcnow())
+    except Problem as exc:
+        stderr.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(1) from exc
+    finally:
+        database.dispose()
+    stderr.print(f"created admin user {user.username}: sign in at /admin/sign-in")
+
+
+@admins_cli.command("list")
+def admins_list() -> None:
+    """List console users (never their password hashes)."""
+    database = Database(_settings())
+    try:
+        with database.transaction(write=False) as session:
+            users = admins.list_admins(session)
+    finally:
+        database.dispose()
+    table = Table("username", "created", "disabled")
+    for user in users:
+        table.add_row(
+            user.username,
+            user.created_at.isoformat(timespec="seconds"),
+            "yes" if user.disabled else "",
+        )
+    Console().print(table)
+
+
+@admins_cli.command("disable")
+def admins_disable(username: Annotated[str, typer.Argument(help="The user to disable.")]) -> None:
+    """Disable a console user and end their sessions at once."""
+    database = Database(_settings())
+    try:
+        with database.transaction(write=True) as session:
+            user = admins.disable_admin(session, username=username)
+    except Problem as exc:
+        stderr.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(1) from exc
+    finally:
+        database.dispose()
+    stderr.print(f"disabled admin user {user.username}; their sessions are ended")
+
+
+# The same names the API accepts as `source` (consent.schemas.SourceName).
+_IMPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+@cli.command("import")
+def import_file(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="The CSV file.")
+    ],
+    topic: Annotated[str, typer.Option(help="The topic every row applies to.")],
+    source: Annotated[str, typer.Option(help="The import's name, kept in every event.")],
+    file_format: Annotated[
+        ImportFormat, typer.Option("--format", help="The file's layout; auto sniffs the header.")
+    ] = ImportFormat.AUTO,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Rows per transaction (each batch is all-or-nothing).")
+    ] = DEFAULT_BATCH_SIZE,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Decide every row and report; write nothing.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Import subscriptions and opt-outs from a file; never reverses an opt-out or an erasure.
+
+    Exit status 1 when a batch failed (the report says which landed), 2 for an unknown topic
+    or a file that cannot be read.
+    """
+    if not _IMPORT_NAME.fullmatch(source):
+        stderr.print("[red]error:[/red] --source must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+        raise typer.Exit(2)
+    database = Database(_settings())
+    request = ImportRequest(
+        topic=topic,
+        name=source,
+        actor=f"cli:{getpass.getuser()}",
+        format=file_format,
+        file_name=file.name,
+        batch_size=batch_size,
+        dry_run=dry_run,
+    )
+    try:
+        report = import_with_progress(database, file, request, stderr)
+    except Problem as exc:
+        stderr.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2) from exc
+    finally:
+        database.dispose()
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        print_report(report, Console())
+    if not report.complete:
+        raise typer.Exit(1)
+
+
+@audit_cli.command("verify")
+def audit_verify(
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Also check current subscriptions against the events.")
+    ] = False,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="A file from `audit checkpoint`: the chain must still hold it."),
+    ] = None,
+) -> None:
+    """Check the chain; prints {"ok", "checked", "first_bad_seq", …} and exits 1 if it fails."""
+    settings = _settings()
+    keys = AuditKeys.from_settings(settings)
+    statement: dict[str, Any] | None = None
+    if checkpoint is not None:
+        try:
+            statement = json.loads(checkpoint.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            stderr.print(f"[red]error:[/red] cannot read the checkpoint {checkpoint}: {exc}")
+            raise typer.Exit(2) from exc
+    database = Database(settings)
+    try:
+        with audit_console.verify_progress(stderr) as progress:
+            if statement is None:
+                result = verify_chain(database, keys, deep=deep, progress=progress)
+            else:
+                result = verify_with_checkpoint(
+                    database, keys, statement, deep=deep, progress=progress
+                )
+    except CheckpointInvalid as exc:
+        stderr.print(f"[red]checkpoint refused:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        database.dispose()
+    audit_console.print_result(stderr, result)
+    sys.stdout.write(json.dumps(dataclasses.asdict(result)) + "\n")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_cli.command("checkpoint")
+def audit_checkpoint(
+    output: Annotated[
+        Path | None, typer.Option(help="Write it to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print a signed statement of the chain's head (seq, hash, time) to keep elsewhere."""
+    settings = _settings()
+    database = Database(settings)
+    try:
+        statement = make_checkpoint(database, AuditKeys.from_settings(settings), now=utcnow())
+    finally:
+        database.dispose()
+    text = json.dumps(statement, indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        stderr.print(f"checkpoint at seq {statement['seq']} written to {output}")
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ def alembic_config(settings: Settings) -> Config:
     config.set_main_option("script_location", str(_script_location()))
     config.set_main_option("path_separator", "os")
     config.attributes["database_url"] = settings.database_url
+    # Migrations that compute keyed hashes of existing rows (0003) need the audit key.
+    config.attributes["settings"] = settings
     return config
 
 

@@ -1,4 +1,5 @@
-"""Owns the service's configuration: environment (`PREFCENTER_*`), `.env`, the signing key ring."""
+"""Owns the service's configuration: environment (`PREFCENTER_*`), `.env`, the signing key ring
+and the audit key."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +20,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 logger = logging.getLogger(__name__)
 
 MIN_SECRET_BYTES = 16
+# The audit key keys the hash that stands for an address in the chain and derives the
+# Ed25519 key that signs checkpoints and receipts: 256 bits.
+MIN_AUDIT_KEY_BYTES = 32
 _MAILBOX = re.compile(r"[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 
 
@@ -69,10 +75,17 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./prefcenter.db"
     base_url: str = "http://127.0.0.1:8000"
     signing_keys: Annotated[str, NoDecode] = ""
+    # Secret of the audit trail (see audit.keys); like the signing keys, generated beside a
+    # SQLite database when unset and required on PostgreSQL.
+    audit_key: str = ""
     # The mailbox for the `mailto:` part of List-Unsubscribe; unset or empty: no mailto part.
     unsubscribe_mailto: str | None = None
     # Shown at the top of recipient pages, e.g. "Example Inc".
     organization_name: str | None = None
+    # Consent receipts (GET /v1/contacts/{id}/receipt): where the controller is established,
+    # e.g. "DE" or "EU", and the privacy notice the receipts point to.
+    jurisdiction: str | None = None
+    privacy_policy_url: str | None = None
     # How long a double opt-in confirmation link works.
     confirm_link_ttl_days: int = Field(default=7, ge=1, le=90)
     # Largest JSON request body accepted, in bytes; larger bodies get a 413 problem. A batch of
@@ -90,7 +103,9 @@ class Settings(BaseSettings):
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
-    @field_validator("unsubscribe_mailto", "organization_name")
+    @field_validator(
+        "unsubscribe_mailto", "organization_name", "jurisdiction", "privacy_policy_url"
+    )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         value = value.strip() if value is not None else None
@@ -136,16 +151,61 @@ class Settings(BaseSettings):
             )
         return parse_signing_keys(_local_signing_key(db_path))
 
+    @cached_property
+    def audit_secret(self) -> bytes:
+        """The audit key, or on SQLite one generated once and kept beside the data.
+
+        Losing it does not break the chain (verification needs no key), but new events could
+        no longer be matched to old ones by address, nor an erased address kept suppressed.
+        """
+        if self.audit_key.strip():
+            secret = self.audit_key.strip().encode()
+            if len(secret) < MIN_AUDIT_KEY_BYTES:
+                raise ConfigError(
+                    f"PREFCENTER_AUDIT_KEY is too short: use at least {MIN_AUDIT_KEY_BYTES} "
+                    "bytes of random data, e.g. from "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+                )
+            return secret
+        db_path = self.sqlite_path()
+        if db_path is None:
+            raise ConfigError(
+                "PREFCENTER_AUDIT_KEY is required with this database: set it to at least "
+                f"{MIN_AUDIT_KEY_BYTES} random bytes, e.g. "
+                "$(python -c 'import secrets; print(secrets.token_urlsafe(48))'), and keep "
+                "it with your other secrets"
+            )
+        return _local_audit_key(db_path).encode()
+
 
 def _local_signing_key(db_path: Path) -> str:
-    """Read, or create once (atomically, mode 0600), the key file beside a SQLite database."""
-    key_path = db_path.with_name(db_path.name + ".signing-keys")
+    """Read, or create once, the signing key file beside a SQLite database."""
+    return _local_secret(
+        db_path.with_name(db_path.name + ".signing-keys"),
+        lambda: f"local{secrets.token_hex(2)}:{secrets.token_urlsafe(32)}",
+        "PREFCENTER_SIGNING_KEYS is not set: generated a signing key in %s. Back it up with "
+        "the database; links issued with it stop working if it is lost.",
+    )
+
+
+def _local_audit_key(db_path: Path) -> str:
+    """Read, or create once, the audit key file beside a SQLite database."""
+    return _local_secret(
+        db_path.with_name(db_path.name + ".audit-key"),
+        lambda: secrets.token_urlsafe(48),
+        "PREFCENTER_AUDIT_KEY is not set: generated the audit key in %s. Back it up with the "
+        "database; without it an erased address can no longer be recognised.",
+    )
+
+
+def _local_secret(key_path: Path, make_value: Callable[[], str], warning: str) -> str:
+    """Read, or create once (atomically, mode 0600), a secret file beside a SQLite database."""
     try:
         return key_path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         pass
     key_path.parent.mkdir(parents=True, exist_ok=True)
-    value = f"local{secrets.token_hex(2)}:{secrets.token_urlsafe(32)}"
+    value = make_value()
     # Write a private temp file, then hard-link it into place: link() fails if another worker
     # won the race, and no reader ever sees a half-written key.
     tmp_path = key_path.with_name(f"{key_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
@@ -160,11 +220,7 @@ def _local_signing_key(db_path: Path) -> str:
         return key_path.read_text(encoding="utf-8").strip()
     finally:
         tmp_path.unlink()
-    logger.warning(
-        "PREFCENTER_SIGNING_KEYS is not set: generated a signing key in %s. Back it up with "
-        "the database; links issued with it stop working if it is lost.",
-        key_path,
-    )
+    logger.warning(warning, key_path)
     return value
 
 

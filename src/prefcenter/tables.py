@@ -2,9 +2,10 @@
 
 from sqlmodel import SQLModel
 
+from prefcenter.admin.models import AdminSession, AdminSignInAttempt, AdminUser
 from prefcenter.apikeys.models import ApiKey
-from prefcenter.audit.models import AuditEvent, AuditHead
-from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditHead
+from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.idempotency import IdempotencyRecord
 from prefcenter.topics.models import Topic
@@ -12,10 +13,15 @@ from prefcenter.topics.models import Topic
 metadata = SQLModel.metadata
 
 __all__ = [
+    "AdminSession",
+    "AdminSignInAttempt",
+    "AdminUser",
     "ApiKey",
     "AuditEvent",
+    "AuditEvidence",
     "AuditHead",
     "Contact",
+    "ErasedAddress",
     "IdempotencyRecord",
     "Subscription",
     "Suppression",

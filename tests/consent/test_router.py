@@ -301,6 +301,7 @@ class TestPostConsentsGuard:
             "subscribed",
             topic=newsletter,
             reason="Ticket 4711: asked by phone",
+            evidence={"ticket": "4711"},
         )
 
         assert (answer["changed"], answer["status"]) == (True, "subscribed")
@@ -411,7 +412,14 @@ class TestPostConsentsGlobal:
         )
         record_change(client, admin_headers, ADA, "subscribed", expect=422)
 
-        record_change(client, admin_headers, ADA, "subscribed", reason="Written request, case 17")
+        record_change(
+            client,
+            admin_headers,
+            ADA,
+            "subscribed",
+            reason="Written request, case 17",
+            evidence={"letter": "case 17"},
+        )
 
         (ada,) = lookup(client, writer_headers, ADA)
         assert ada["suppressed"] is False

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from prefcenter.consent.errors import ReasonRequired, RecipientOptOutProtected
+from prefcenter.consent.errors import EvidenceRequired, ReasonRequired, RecipientOptOutProtected
 from prefcenter.consent.rules import (
     RECIPIENT_SOURCES,
     ActorKind,
@@ -34,6 +34,7 @@ def change(
     source: str = "api",
     reason: str | None = None,
     double_opt_in: bool = False,
+    with_evidence: bool = False,
 ) -> RequestedChange:
     return RequestedChange(
         status=status,
@@ -42,6 +43,7 @@ def change(
         source=source,
         reason=reason,
         double_opt_in=double_opt_in,
+        with_evidence=with_evidence,
     )
 
 
@@ -135,7 +137,12 @@ class TestRecipientOptOutGuard:
     def test_admin_with_reason_may_resubscribe(self) -> None:
         decision = decide_change(
             self.recipient_opt_out(),
-            change(Status.SUBSCRIBED, actor=ActorKind.ADMIN, reason="ticket 123: asked by phone"),
+            change(
+                Status.SUBSCRIBED,
+                actor=ActorKind.ADMIN,
+                reason="ticket 123: asked by phone",
+                with_evidence=True,
+            ),
             now=NOW,
         )
         assert decision.outcome is Outcome.APPLIED
@@ -249,7 +256,7 @@ def apply_all(changes: list[RequestedChange]) -> CurrentState | None:
     for item in changes:
         try:
             decision = decide_change(current, item, now=NOW)
-        except (RecipientOptOutProtected, ReasonRequired):
+        except (RecipientOptOutProtected, ReasonRequired, EvidenceRequired):
             continue
         if decision.outcome is not Outcome.SUPERSEDED:
             current = CurrentState(decision.status, decision.occurred_at, decision.by_recipient)
@@ -262,7 +269,7 @@ def test_state_never_goes_back_in_time(changes: list[RequestedChange]) -> None:
     for item in changes:
         try:
             decision = decide_change(current, item, now=NOW)
-        except (RecipientOptOutProtected, ReasonRequired):
+        except (RecipientOptOutProtected, ReasonRequired, EvidenceRequired):
             continue
         new = CurrentState(decision.status, decision.occurred_at, decision.by_recipient)
         if current is not None and decision.outcome is not Outcome.SUPERSEDED:
@@ -309,8 +316,9 @@ def test_api_client_never_reverses_a_recipient_opt_out(
 
 @given(requested, st.integers(min_value=-5, max_value=5))
 def test_occurred_at_is_never_in_the_future(item: RequestedChange, skew_days: int) -> None:
+    # With a reason: a support-desk change without one is refused (check_support_reason).
     shifted = RequestedChange(
-        item.status, NOW + timedelta(days=skew_days), item.actor, item.source, item.reason
+        item.status, NOW + timedelta(days=skew_days), item.actor, item.source, "ticket 7"
     )
     decision: Decision = decide_change(None, shifted, now=NOW)
     assert decision.occurred_at <= NOW

@@ -15,9 +15,9 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
+from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
 from prefcenter.eligibility import exports
-from prefcenter.eligibility.csv_cells import spreadsheet_safe
 from prefcenter.eligibility.rules import TopicModel, decide_eligibility
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import ConsentModel, TopicKind

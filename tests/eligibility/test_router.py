@@ -16,8 +16,8 @@ from sqlalchemy import text
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.app import create_app
+from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
-from prefcenter.eligibility.csv_cells import spreadsheet_safe
 from prefcenter.eligibility.schemas import MAX_ELIGIBILITY
 from prefcenter.settings import Settings
 from tests.conftest import issue_key

@@ -25,7 +25,7 @@ from sqlmodel import select
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.app import create_app
-from prefcenter.audit.models import AuditEvent
+from prefcenter.audit.schemas import AuditEventOut
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
 from prefcenter.links.tokens import MAX_TOKEN_LENGTH, TokenClaims, TokenPurpose, sign_token
@@ -303,7 +303,7 @@ def invalid_link_page(client: TestClient) -> httpx2.Response:
     return response
 
 
-def last_event(database: Database) -> AuditEvent:
+def last_event(database: Database) -> AuditEventOut:
     return audit_events(database)[-1]
 
 

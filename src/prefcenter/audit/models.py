@@ -1,19 +1,26 @@
-"""Owns `audit_event` (append-only) and `audit_head` (the one row that hands out the next `seq`)."""
+"""Owns `audit_event` (append-only, hash-chained), `audit_evidence` (its personal part, which
+erasure may delete) and `audit_head` (the one row that hands out the next `seq`)."""
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
 from prefcenter.db import UtcDateTime
 
-JsonDocument = JSON().with_variant(JSONB(), "postgresql")
-
 
 class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_event"
+    # One per `/v1/audit` filter, ending in `seq` so that a page is one index range scan
+    # (migration 0005, audit.queries).
+    __table_args__ = (
+        Index("ix_audit_event_address_hash_seq", "address_hash", "seq"),
+        Index("ix_audit_event_contact_id_seq", "contact_id", "seq"),
+        Index("ix_audit_event_topic_seq", "topic", "seq"),
+        Index("ix_audit_event_source_seq", "source", "seq"),
+        Index("ix_audit_event_actor_seq", "actor", "seq"),
+        Index("ix_audit_event_recorded_at", "recorded_at"),
+    )
 
     # Gap-free, assigned inside the writing transaction from audit_head: 1, 2, 3, …
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
@@ -22,8 +29,8 @@ class AuditEvent(SQLModel, table=True):
     recorded_at: datetime = Field(sa_type=UtcDateTime)
     occurred_at: datetime = Field(sa_type=UtcDateTime)
     # The contact's public id (never the row id): events outlive the address on erasure.
-    contact_id: str | None = Field(default=None, max_length=32, index=True)
-    topic: str | None = Field(default=None, max_length=64, index=True)
+    contact_id: str | None = Field(default=None, max_length=32)
+    topic: str | None = Field(default=None, max_length=64)
     from_status: str | None = Field(default=None, max_length=20)
     to_status: str | None = Field(default=None, max_length=20)
     # applied | unchanged | superseded
@@ -32,11 +39,31 @@ class AuditEvent(SQLModel, table=True):
     source: str = Field(max_length=64)
     campaign_id: str | None = Field(default=None, max_length=200)
     reason: str | None = Field(default=None, max_length=2000)
-    # What the caller gave as proof, as given.
-    evidence: dict[str, Any] = Field(default_factory=dict, sa_type=JsonDocument)
-    # What the service itself observed: client address, user agent, idempotency key, the
-    # claimed time when it was clamped, the channel.
-    context: dict[str, Any] = Field(default_factory=dict, sa_type=JsonDocument)
+    # HMAC (audit key) of the contact's normalised address; kept on erasure, it is how the
+    # chain commits to the address and how an erased address stays recognisable.
+    address_hash: str | None = Field(default=None, max_length=64)
+    # HMAC (audit key) of the `audit_evidence` document; None when the event has none.
+    evidence_digest: str | None = Field(default=None, max_length=64)
+    # The exact RFC 8785 bytes that were hashed: every column above plus "v" (audit.canonical).
+    canonical: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # hex SHA-256(previous event's hash ‖ canonical); 32 zero bytes before seq 1.
+    hash: str = Field(max_length=64)
+
+
+class AuditEvidence(SQLModel, table=True):
+    """What the caller gave as proof and what the service observed (client address, user
+    agent, idempotency key, a clamped claimed time, the channel), as RFC 8785 bytes of
+    `{"context": …, "evidence": …}`. Never updated; erasure deletes a contact's rows, and the
+    chain still verifies through `audit_event.evidence_digest`."""
+
+    __tablename__ = "audit_evidence"
+
+    seq: int = Field(
+        sa_column=Column(
+            BigInteger, ForeignKey("audit_event.seq"), primary_key=True, autoincrement=False
+        )
+    )
+    document: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class AuditHead(SQLModel, table=True):

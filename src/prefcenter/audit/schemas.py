@@ -17,6 +17,8 @@ class EventKind(StrEnum):
     CONSENT_CHANGE = "consent_change"  # a topic subscription
     GLOBAL_CONSENT_CHANGE = "global_consent_change"  # the contact-wide marketing opt-out
     TOPIC_CHANGE = "topic_change"
+    ERASURE = "erasure"  # a contact's personal data erased; its evidence documents go with it
+    ADDRESS_CHANGE = "address_change"  # an admin corrected a contact's address (new one hashed)
 
 
 def new_event_id() -> str:
@@ -38,6 +40,8 @@ class NewEvent:
     reason: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    # The contact's normalised address: not stored in the event, only its keyed hash is.
+    address: str | None = None
     # Known before the event is written, so that the state it records can point at it.
     id: str = field(default_factory=new_event_id)
 
@@ -59,3 +63,15 @@ class AuditEventOut(BaseModel):
     reason: str | None
     evidence: dict[str, Any]
     context: dict[str, Any]
+
+
+class VerifyOut(BaseModel):
+    """The answer of `GET /v1/audit/verify` and `prefcenter audit verify`."""
+
+    ok: bool
+    checked: int
+    first_bad_seq: int | None
+    # With `deep`: the first contact (by public id) whose current state its events do not imply.
+    first_bad_contact: str | None = None
+    # What is wrong, for people; null when ok.
+    detail: str | None = None

@@ -1,24 +1,36 @@
-"""Use cases of the audit trail: append an event (gap-free `seq`) and read a contact's history."""
+"""Use cases of the audit trail: append an event to the hash chain (gap-free `seq`) and read
+events back with their evidence."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, update
+from sqlalchemy import ColumnElement, bindparam, func, insert, update
 from sqlalchemy import event as sa_event
 from sqlalchemy import select as sa_select
 from sqlalchemy.orm import Session as OrmSession
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
-from prefcenter.audit.models import AuditEvent, AuditHead
-from prefcenter.audit.schemas import AuditEventOut, NewEvent
-from prefcenter.db import utcnow
+from prefcenter.audit.canonical import (
+    EventValue,
+    chain_hash,
+    decode_document,
+    encode_document,
+    encode_event,
+    format_time,
+)
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditHead
+from prefcenter.audit.schemas import AuditEventOut, EventKind, NewEvent
+from prefcenter.db import UtcDateTime, settings_of_session, utcnow
 
 HEAD_ID = 1
 # The session's events waiting for its commit (Session.info is per session, i.e. per request).
 _PENDING = "prefcenter.audit.pending"
 _EVENTS = AuditEvent.__table__  # type: ignore[attr-defined]
-_COLUMNS = [c.name for c in _EVENTS.columns if c.name != "seq"]
+_EVIDENCE = AuditEvidence.__table__  # type: ignore[attr-defined]
 
 
 def append_event(session: Session, new: NewEvent) -> str:
@@ -28,7 +40,7 @@ def append_event(session: Session, new: NewEvent) -> str:
     COMMIT (`_write_pending`): that is where it takes the next `seq`, which locks the head row
     until COMMIT and so serialises every writer. Taking it here instead would hold that lock
     while the request renders its answer and travels between threads; at commit it is held
-    for the insert and the COMMIT alone. Still inside the transaction, so `seq` stays
+    for the inserts and the COMMIT alone. Still inside the transaction, so `seq` stays
     gap-free: a transaction that rolls back never took a number. (A query in the same
     transaction does not see the event yet.)
     """
@@ -36,8 +48,20 @@ def append_event(session: Session, new: NewEvent) -> str:
     return new.id
 
 
-def _row(new: NewEvent) -> dict[str, Any]:
-    return {
+@dataclass(slots=True)
+class _Prepared:
+    """An event with everything that does not depend on its place in the chain."""
+
+    values: dict[str, EventValue]  # the canonical object but for seq and recorded_at
+    row: dict[str, Any]  # the insert's parameters but for seq, recorded_at, canonical, hash
+    document: bytes | None
+
+
+def _prepare(keys: AuditKeys, new: NewEvent) -> _Prepared:
+    document = encode_document(new.context, new.evidence)
+    address_hash = keys.address_hash(new.address) if new.address is not None else None
+    evidence_digest = keys.evidence_digest(document) if document is not None else None
+    row: dict[str, Any] = {
         "id": new.id,
         "kind": new.kind.value,
         "occurred_at": new.occurred_at,
@@ -50,50 +74,78 @@ def _row(new: NewEvent) -> dict[str, Any]:
         "source": new.source,
         "campaign_id": new.campaign_id,
         "reason": new.reason,
-        "evidence": new.evidence,
-        "context": new.context,
+        "address_hash": address_hash,
+        "evidence_digest": evidence_digest,
     }
+    values: dict[str, EventValue] = {**row, "occurred_at": format_time(new.occurred_at)}
+    return _Prepared(values=values, row=row, document=document)
 
 
-def _next_seq() -> Any:
+def _take_seqs(count: int, *, postgres: bool) -> Any:
+    """Move the head `count` places, locking its row until COMMIT; returns the new head seq,
+    the hash of the event at the old head and, on PostgreSQL, the time once the lock is held."""
+    returned: list[Any] = [col(AuditHead.seq), col(AuditHead.hash)]
+    if postgres:
+        returned.append(func.clock_timestamp(type_=UtcDateTime()))
     return (
         update(AuditHead)
         .where(col(AuditHead.id) == HEAD_ID)
-        .values(seq=col(AuditHead.seq) + 1)
-        .returning(col(AuditHead.seq))
+        .values(seq=col(AuditHead.seq) + count)
+        .returning(*returned)
     )
 
 
-# PostgreSQL: take the number and insert the event in one statement (one round trip while
-# holding the lock), stamped `recorded_at` by the database clock once the lock is held, so
-# that `recorded_at` never runs backwards along `seq`, whichever host wrote the event.
-_head = _next_seq().cte("head")
-_INSERT_WITH_SEQ = insert(_EVENTS).from_select(
-    ["seq", "recorded_at", *[c for c in _COLUMNS if c != "recorded_at"]],
-    sa_select(
-        _head.c.seq,
-        func.clock_timestamp(),
-        # prefixed: a parameter named like a column of audit_head (`id`) would join its SET
-        *[bindparam(f"ev_{c}", type_=_EVENTS.c[c].type) for c in _COLUMNS if c != "recorded_at"],
-    ),
+_SET_HEAD_HASH = (
+    update(AuditHead).where(col(AuditHead.id) == HEAD_ID).values(hash=bindparam("head_hash"))
 )
 
 
 @sa_event.listens_for(OrmSession, "before_commit")
 def _write_pending(session: OrmSession) -> None:
-    """Write the session's pending events, last thing before its COMMIT."""
+    """Write the session's pending events, last thing before its COMMIT.
+
+    Everything that does not depend on the place in the chain (keyed hashes, evidence
+    documents) is built before the head lock is taken; under the lock: one statement that
+    takes `count` numbers, then the canonical bytes and hashes in Python, then the inserts
+    (set-based, however many events) and the new head hash.
+    """
     pending: list[NewEvent] = session.info.pop(_PENDING, [])
     if not pending:
         return
+    keys = AuditKeys.from_settings(settings_of_session(session))
+    prepared = [_prepare(keys, new) for new in pending]
     session.flush()  # every other change first: the head lock is the last one taken
     postgres = session.get_bind().dialect.name == "postgresql"
-    for new in pending:
-        if postgres:
-            session.execute(_INSERT_WITH_SEQ, {f"ev_{k}": v for k, v in _row(new).items()})
-        else:
-            # SQLite: the write transaction (BEGIN IMMEDIATE) already excludes other writers.
-            seq = session.execute(_next_seq()).scalar_one()
-            session.execute(insert(_EVENTS), {**_row(new), "seq": seq, "recorded_at": utcnow()})
+    head = session.execute(_take_seqs(len(prepared), postgres=postgres)).one()
+    # The time is taken once the lock is held, so `recorded_at` never runs backwards along seq.
+    recorded_at: datetime = head[2] if postgres else utcnow()
+    recorded_text = format_time(recorded_at)
+    seq = head[0] - len(prepared)
+    prev_hash = bytes.fromhex(head[1])
+    events: list[dict[str, Any]] = []
+    documents: list[dict[str, Any]] = []
+    for item in prepared:
+        seq += 1
+        values = item.values
+        values["seq"] = seq
+        values["recorded_at"] = recorded_text
+        canonical = encode_event(values)
+        prev_hash = chain_hash(prev_hash, canonical)
+        events.append(
+            {
+                **item.row,
+                "seq": seq,
+                "recorded_at": recorded_at,
+                "canonical": canonical,
+                "hash": prev_hash.hex(),
+            }
+        )
+        if item.document is not None:
+            documents.append({"seq": seq, "document": item.document})
+    session.execute(insert(_EVENTS), events)
+    if documents:
+        session.execute(insert(_EVIDENCE), documents)
+    session.execute(_SET_HEAD_HASH, {"head_hash": prev_hash.hex()})
 
 
 @sa_event.listens_for(OrmSession, "after_rollback")
@@ -101,13 +153,49 @@ def _forget_pending(session: OrmSession) -> None:
     session.info.pop(_PENDING, None)
 
 
-def event_out(event: AuditEvent) -> AuditEventOut:
-    return AuditEventOut.model_validate(event, from_attributes=True)
+# --- reading ---------------------------------------------------------------------------------
+
+_OUT_COLUMNS = [
+    _EVENTS.c[name]
+    for name in (
+        "id",
+        "seq",
+        "kind",
+        "contact_id",
+        "topic",
+        "from_status",
+        "to_status",
+        "outcome",
+        "occurred_at",
+        "recorded_at",
+        "actor",
+        "source",
+        "campaign_id",
+        "reason",
+    )
+]
+
+
+def read_events(
+    session: Session, *where: ColumnElement[bool], limit: int | None = None
+) -> list[AuditEventOut]:
+    """Events matching `where`, oldest first, with their evidence (empty once erased)."""
+    statement = (
+        sa_select(*_OUT_COLUMNS, _EVIDENCE.c.document)
+        .select_from(_EVENTS.outerjoin(_EVIDENCE, _EVIDENCE.c.seq == _EVENTS.c.seq))
+        .where(*where)
+        .order_by(_EVENTS.c.seq)
+        .limit(limit)
+    )
+    out: list[AuditEventOut] = []
+    for row in session.execute(statement):
+        fields = row._asdict()
+        context, evidence = decode_document(fields.pop("document"))
+        fields["kind"] = EventKind(fields["kind"])
+        out.append(AuditEventOut(**fields, evidence=evidence, context=context))
+    return out
 
 
 def events_of_contact(session: Session, contact_id: str) -> list[AuditEventOut]:
     """The contact's whole history, oldest first."""
-    rows = session.exec(
-        select(AuditEvent).where(AuditEvent.contact_id == contact_id).order_by(col(AuditEvent.seq))
-    )
-    return [event_out(e) for e in rows]
+    return read_events(session, _EVENTS.c.contact_id == contact_id)

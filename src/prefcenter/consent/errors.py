@@ -11,3 +11,8 @@ class RecipientOptOutProtected(Conflict):
 class ReasonRequired(Unprocessable):
     slug = "reason-required"
     title = "A reason is required"
+
+
+class EvidenceRequired(Unprocessable):
+    slug = "evidence-required"
+    title = "Evidence is required"

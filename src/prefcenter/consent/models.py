@@ -1,5 +1,5 @@
-"""Owns the current consent state: `subscription` (per contact and topic) and `suppression`
-(contact-wide).
+"""Owns the current consent state: `subscription` (per contact and topic), `suppression`
+(contact-wide) and `erased_address` (what stays of an erased address: its keyed hash).
 
 Both are derived from the audit trail by the rules in consent.rules; they are kept as rows so
 that eligibility is one indexed read.
@@ -48,3 +48,14 @@ class Suppression(SQLModel, table=True):
     since: datetime = Field(sa_type=UtcDateTime)
     source: str = Field(max_length=64)
     by_recipient: bool = False
+
+
+class ErasedAddress(SQLModel, table=True):
+    """An erased address, kept only as its keyed hash (audit.keys.AuditKeys.address_hash):
+    enough to refuse it again (API, imports) and to answer eligibility `suppressed`, useless to
+    anyone without the audit key. Rows are never deleted."""
+
+    __tablename__ = "erased_address"
+
+    address_hash: str = Field(max_length=64, primary_key=True)
+    erased_at: datetime = Field(sa_type=UtcDateTime)

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 from sqlmodel import Session, col, select
 
+from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.service import events_of_contact
+from prefcenter.consent.erased import erased_among
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Status
 from prefcenter.consent.schemas import (
@@ -29,6 +31,11 @@ from prefcenter.topics.models import Topic
 # What contacts.service.new_public_id makes (URL-safe base64); anything else cannot exist, and
 # text with NUL would not even reach PostgreSQL.
 _PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def is_public_id(text: str) -> bool:
+    """Whether the text could be a contact's public id at all."""
+    return _PUBLIC_ID.fullmatch(text) is not None
 
 
 class ContactNotFound(NotFound):
@@ -62,19 +69,28 @@ def _suppressions_of(session: Session, contact_ids: Sequence[int]) -> dict[int, 
     return {row.contact_id: row for row in rows}
 
 
-def lookup_contacts(session: Session, addresses: Sequence[Address]) -> LookupOut:
-    """One entry per address asked for, in the order asked, echoing each as given."""
+def lookup_contacts(
+    session: Session, addresses: Sequence[Address], *, keys: AuditKeys
+) -> LookupOut:
+    """One entry per address asked for, in the order asked, echoing each as given. An erased
+    address has no contact and is `suppressed`."""
     contacts = find_contacts(session, (a.normalised for a in addresses))
     ids = [c.id for c in contacts.values() if c.id is not None]
     subscriptions = _subscriptions_of(session, ids)
     suppressions = _suppressions_of(session, ids)
+    erased = erased_among(
+        session, keys, (a.normalised for a in addresses if a.normalised not in contacts)
+    )
     answers = []
     for address in addresses:
         contact = contacts.get(address.normalised)
         if contact is None or contact.id is None:
             answers.append(
                 ContactLookup(
-                    email=address.given, contact_id=None, suppressed=False, subscriptions=[]
+                    email=address.given,
+                    contact_id=None,
+                    suppressed=address.normalised in erased,
+                    subscriptions=[],
                 )
             )
             continue
@@ -91,9 +107,7 @@ def lookup_contacts(session: Session, addresses: Sequence[Address]) -> LookupOut
 
 
 def read_contact(session: Session, public_id: str) -> ContactOut:
-    contact = (
-        find_contact_by_public_id(session, public_id) if _PUBLIC_ID.fullmatch(public_id) else None
-    )
+    contact = find_contact_by_public_id(session, public_id) if is_public_id(public_id) else None
     if contact is None or contact.id is None:
         raise ContactNotFound(f"There is no contact {public_id!r}.")
     suppression = session.get(Suppression, contact.id)

@@ -1,27 +1,36 @@
-"""HTTP: `/v1/consents`, `/v1/contacts/lookup`, `/v1/contacts/{contact_id}`."""
+"""HTTP: `/v1/consents`, `/v1/contacts/lookup`, `/v1/contacts/{contact_id}` (read, erase,
+correct) and `/v1/contacts/{contact_id}/receipt`."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 
-from prefcenter.apikeys.auth import ConsentReader, ConsentWriter
+from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
 from prefcenter.audit.context import RequestContextDep
-from prefcenter.consent import queries, service
+from prefcenter.audit.keys import AuditKeys, audit_keys_of
+from prefcenter.consent import erasure, queries, receipts, service, support_desk
 from prefcenter.consent.schemas import (
+    AddressCorrectionIn,
+    AddressCorrectionOut,
     ConsentChangeIn,
     ConsentChangeOut,
     ContactOut,
+    ErasureOut,
     LookupIn,
     LookupOut,
+    SignedReceipt,
 )
-from prefcenter.db import ReadSession, WriteSession
+from prefcenter.db import ReadSession, WriteSession, utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.problems import problem_responses
 from prefcenter.settings import settings_of, signing_keys_of
 
 router = APIRouter(prefix="/v1", tags=["consent"], responses=problem_responses(401, 403, 503))
+
+AuditKeysDep = Annotated[AuditKeys, Depends(audit_keys_of)]
+ContactId = Annotated[str, Path(description="The contact's opaque id.")]
 
 
 @router.post(
@@ -37,6 +46,7 @@ def post_consent(
     context: RequestContextDep,
     http_request: Request,
     response: Response,
+    keys: AuditKeysDep,
 ) -> ConsentChangeOut:
     return idempotency.run(
         session,
@@ -50,6 +60,7 @@ def post_consent(
             request=context,
             settings=settings_of(http_request),
             ring=signing_keys_of(http_request),
+            keys=keys,
         ),
     )
 
@@ -59,8 +70,10 @@ def post_consent(
     summary="Look contacts up by address",
     responses=problem_responses(400, 413, 422),
 )
-def lookup_contacts(query: LookupIn, _: ConsentReader, session: ReadSession) -> LookupOut:
-    return queries.lookup_contacts(session, query.emails)
+def lookup_contacts(
+    query: LookupIn, _: ConsentReader, session: ReadSession, keys: AuditKeysDep
+) -> LookupOut:
+    return queries.lookup_contacts(session, query.emails, keys=keys)
 
 
 @router.get(
@@ -68,9 +81,66 @@ def lookup_contacts(query: LookupIn, _: ConsentReader, session: ReadSession) -> 
     summary="Read a contact with its whole history",
     responses=problem_responses(404, 422),
 )
-def read_contact(
-    contact_id: Annotated[str, Path(description="The contact's opaque id.")],
+def read_contact(contact_id: ContactId, _: ConsentReader, session: ReadSession) -> ContactOut:
+    return queries.read_contact(session, contact_id)
+
+
+@router.delete(
+    "/contacts/{contact_id}",
+    summary="Erase a contact's personal data; the address stays suppressed",
+    description="Deletes the address and the evidence documents of the contact's events, "
+    "removes its subscriptions and keeps it suppressed: a keyed hash of the address refuses it "
+    "in later consent changes and imports, and eligibility answers `suppressed`. The trail "
+    "keeps its events (without the address) and an `erasure` event; `audit verify` still "
+    "passes. A repeat answers as the first erasure did and changes nothing.",
+    responses=problem_responses(404, 422),
+)
+def erase_contact(
+    contact_id: ContactId,
+    caller: Admin,
+    session: WriteSession,
+    keys: AuditKeysDep,
+    context: RequestContextDep,
+) -> ErasureOut:
+    return erasure.erase_contact(session, contact_id, keys=keys, caller=caller, request=context)
+
+
+@router.patch(
+    "/contacts/{contact_id}",
+    summary="Correct a contact's address (support desk)",
+    description="Not part of the integration contract: an admin's correction, with a reason "
+    "for the trail. The contact keeps its id, consents and history; the old address goes into "
+    "no event. 409 when another contact has the address or it was erased.",
+    responses=problem_responses(400, 404, 409, 413, 422),
+)
+def correct_address(
+    contact_id: ContactId,
+    correction: AddressCorrectionIn,
+    caller: Admin,
+    session: WriteSession,
+    keys: AuditKeysDep,
+    context: RequestContextDep,
+) -> AddressCorrectionOut:
+    return support_desk.correct_address(
+        session, contact_id, correction, keys=keys, caller=caller, request=context
+    )
+
+
+@router.get(
+    "/contacts/{contact_id}/receipt",
+    summary="A signed consent receipt of the contact's current consents",
+    description="Kantara Consent Receipt v1.1 fields (ISO/IEC TS 27560) with each topic's "
+    "state and evidence, signed with Ed25519 over the RFC 8785 canonical bytes of `receipt`. "
+    "404 for an erased contact.",
+    responses=problem_responses(404, 422),
+)
+def read_receipt(
+    contact_id: ContactId,
     _: ConsentReader,
     session: ReadSession,
-) -> ContactOut:
-    return queries.read_contact(session, contact_id)
+    keys: AuditKeysDep,
+    http_request: Request,
+) -> SignedReceipt:
+    return receipts.issue_receipt(
+        session, contact_id, settings=settings_of(http_request), keys=keys, now=utcnow()
+    )

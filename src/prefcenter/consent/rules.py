@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from prefcenter.consent.errors import ReasonRequired, RecipientOptOutProtected
+from prefcenter.consent.errors import EvidenceRequired, ReasonRequired, RecipientOptOutProtected
 
 
 class Status(StrEnum):
@@ -43,9 +43,15 @@ RECIPIENT_SOURCES = frozenset(
         "preference_center",
         "confirmation",
         "support",
+        "email",
+        "phone",
         "complaint",
     }
 )
+
+# Sources of a change that the support desk takes down (the person wrote or called): an admin
+# recording one must say why, so the trail shows the request it came from.
+SUPPORT_SOURCES = frozenset({"support", "email", "phone"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,8 @@ class RequestedChange:
     double_opt_in: bool = False
     # The person followed a confirmation link: what double opt-in waits for.
     confirmed: bool = False
+    # The change comes with proof (a non-empty `evidence` document).
+    with_evidence: bool = False
 
     @property
     def by_recipient(self) -> bool:
@@ -102,6 +110,20 @@ def _target_status(current: CurrentState | None, change: RequestedChange) -> Sta
     return Status.PENDING
 
 
+def _has_reason(change: RequestedChange) -> bool:
+    return bool(change.reason and change.reason.strip())
+
+
+def check_support_reason(change: RequestedChange) -> None:
+    """An admin taking down a change the person asked for by mail or phone says why."""
+    support = change.actor is ActorKind.ADMIN and change.source in SUPPORT_SOURCES
+    if support and not _has_reason(change):
+        raise ReasonRequired(
+            f"A change from the support desk (source `{change.source}`) needs a `reason` "
+            "saying how the person asked (for example the ticket or call)."
+        )
+
+
 def check_reversal_allowed(opt_out: CurrentState | None, change: RequestedChange) -> None:
     """Refuse to undo a person's own opt-out unless the person, or an admin with a reason, asks.
 
@@ -112,10 +134,16 @@ def check_reversal_allowed(opt_out: CurrentState | None, change: RequestedChange
     if change.status is Status.UNSUBSCRIBED or change.actor is ActorKind.RECIPIENT:
         return
     if change.actor is ActorKind.ADMIN:
-        if not (change.reason and change.reason.strip()):
+        if not _has_reason(change):
             raise ReasonRequired(
                 "The person opted out themselves; an admin may reverse that only with a "
                 "`reason` saying why (for example the ticket in which they asked)."
+            )
+        if not change.with_evidence:
+            raise EvidenceRequired(
+                "The person opted out themselves; an admin may reverse that only with "
+                "`evidence` of their new consent (for example the signed form or the message "
+                "in which they asked)."
             )
         return
     raise RecipientOptOutProtected(
@@ -129,7 +157,9 @@ def decide_change(
     current: CurrentState | None, change: RequestedChange, *, now: datetime
 ) -> Decision:
     """Apply the ordering rule: an older change is superseded, a tie goes to the opt-out, and
-    a person's own opt-out is guarded against API clients (check_reversal_allowed)."""
+    a person's own opt-out is guarded against API clients (check_reversal_allowed). A support
+    desk change without a reason is refused first (check_support_reason)."""
+    check_support_reason(change)
     occurred_at = clamp_occurred_at(change.occurred_at, now)
     clamped = occurred_at != change.occurred_at
     target = _target_status(current, change)

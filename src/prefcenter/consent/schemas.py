@@ -1,4 +1,5 @@
-"""What goes in and out of `/v1/consents`, `/v1/contacts/lookup` and `/v1/contacts/{id}`."""
+"""What goes in and out of `/v1/consents`, `/v1/contacts/lookup` and `/v1/contacts/{id}`
+(read, erase, correct)."""
 
 from __future__ import annotations
 
@@ -212,3 +213,52 @@ class ContactOut(BaseModel):
     suppression: SuppressionOut | None
     subscriptions: list[SubscriptionOut]
     events: list[AuditEventOut]
+
+
+class ErasureOut(BaseModel):
+    contact_id: str
+    erased_at: datetime
+    event_id: str = Field(description="The erasure's audit event; the same on every repeat.")
+
+
+class AddressCorrectionIn(BaseModel):
+    """A support-desk correction of a contact's address (admin keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: EmailAddress
+    reason: Annotated[PrintableText, StringConstraints(min_length=1, max_length=2000)] = Field(
+        description="Why, for the trail: for example the ticket in which the person asked."
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_says_something(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must say why")
+        return value
+
+
+class AddressCorrectionOut(BaseModel):
+    contact_id: str
+    email: str = Field(description="The new address, as given.")
+    changed: bool
+    event_id: str | None = Field(description="The correction's audit event; null if unchanged.")
+
+
+class ReceiptSignature(BaseModel):
+    algorithm: str = Field(description="`Ed25519`.")
+    canonicalization: str = Field(
+        description="`RFC 8785`: the signature is over the JSON Canonicalization Scheme bytes "
+        "of `receipt`."
+    )
+    key_id: str = Field(description="First 16 hex digits of SHA-256 of the raw public key.")
+    public_key: str = Field(description="The raw 32-byte Ed25519 public key, base64.")
+    value: str = Field(description="The 64-byte signature, base64.")
+
+
+class SignedReceipt(BaseModel):
+    receipt: dict[str, Any] = Field(
+        description="Kantara Consent Receipt v1.1 fields (ISO/IEC TS 27560), times in RFC 3339."
+    )
+    signature: ReceiptSignature

@@ -3,7 +3,7 @@ audit event, in the caller's transaction."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -11,8 +11,10 @@ from sqlmodel import Session
 
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.context import RequestContext
+from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
+from prefcenter.consent.erased import refuse_erased_address
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import (
     ActorKind,
@@ -83,9 +85,11 @@ def apply_change(
     """Decide, write the new state and append the audit event, in that order.
 
     The contact must be locked by the caller (contacts.service). The audit append takes the
-    lock that serialises all writers, so it comes last, after every read and check.
+    lock that serialises all writers, so it comes last, after every read and check. Whether
+    the change comes with proof is read from the record, whatever the caller said.
     """
     assert contact.id is not None
+    requested = replace(requested, with_evidence=bool(record.evidence))
     new_event = NewEvent(
         kind=EventKind.CONSENT_CHANGE if topic else EventKind.GLOBAL_CONSENT_CHANGE,
         occurred_at=now,  # replaced below by the decided time
@@ -113,6 +117,7 @@ def apply_change(
             source=record.source,
             outcome=decision.outcome.value,
             contact_id=contact.public_id,
+            address=contact.address,
             topic=topic.key if topic else None,
             from_status=decision.from_status.value if decision.from_status else None,
             to_status=requested.status.value
@@ -135,9 +140,11 @@ def record_change(
     request: RequestContext,
     settings: Settings,
     ring: tuple[SigningKey, ...],
+    keys: AuditKeys,
 ) -> ConsentChangeOut:
     """Record a consent change from an API client. On a double opt-in topic a subscription is
-    left `pending` and the answer carries the confirmation link for the caller to mail."""
+    left `pending` and the answer carries the confirmation link for the caller to mail. An
+    erased address is refused (consent.erased): recording anything would store it again."""
     now = utcnow()
     topic: Topic | None = None
     if change.topic is not None:
@@ -155,6 +162,7 @@ def record_change(
         reason=change.reason,
         double_opt_in=topic.double_opt_in if topic is not None else False,
     )
+    refuse_erased_address(session, keys, change.email.normalised)
     contact = lock_contact(session, change.email)
     applied = apply_change(
         session,

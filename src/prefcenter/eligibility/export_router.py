@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from prefcenter.apikeys.auth import ConsentReader, requires
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.db import ReadSession, database_of
-from prefcenter.eligibility import exports
+from prefcenter.eligibility import export_streams, exports
 from prefcenter.eligibility.export_schemas import ChangesOut
 from prefcenter.problems import problem_responses
 from prefcenter.topics.schemas import TopicKey
@@ -32,9 +32,7 @@ def _csv_response(description: str) -> dict[int | str, dict[str, Any]]:
     responses=_csv_response("CSV `email,reason,since`, ordered by contact."),
 )
 def export_suppressions(_: ConsentReader, request: Request) -> StreamingResponse:
-    stream = exports.stream_csv(
-        database_of(request), exports.SUPPRESSIONS_HEADER, exports.read_suppressions
-    )
+    stream = export_streams.suppressions_csv(database_of(request))
     return StreamingResponse(stream, media_type=CSV_MEDIA_TYPE)
 
 
@@ -53,7 +51,7 @@ def export_audience(
     database = database_of(request)
     with database.transaction(write=False) as session:
         topic = exports.find_audience_topic(session, key)
-    stream = exports.stream_csv(database, exports.AUDIENCE_HEADER, exports.audience_reader(topic))
+    stream = export_streams.audience_csv(database, topic)
     return StreamingResponse(stream, media_type=CSV_MEDIA_TYPE)
 
 

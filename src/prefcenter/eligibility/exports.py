@@ -27,16 +27,15 @@ import anyio
 from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, true
 from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col
-from sqlmodel import select as sqlmodel_select
 
 from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.schemas import EventKind
-from prefcenter.audit.service import event_out
+from prefcenter.audit.service import read_events
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
+from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
-from prefcenter.eligibility.csv_cells import spreadsheet_safe
 from prefcenter.eligibility.export_schemas import ChangesOut
 from prefcenter.eligibility.rules import TopicModel, decide_eligibility
 from prefcenter.problems import Unprocessable
@@ -295,15 +294,11 @@ def decode_cursor(cursor: str) -> int:
 def read_changes(session: Session, *, after: str | None, limit: int) -> ChangesOut:
     """Consent events after the cursor, oldest first; `next` stays put when caught up."""
     after_seq = 0 if after is None else decode_cursor(after)
-    events = session.exec(
-        sqlmodel_select(AuditEvent)
-        .where(
-            col(AuditEvent.seq) > after_seq,
-            col(AuditEvent.kind).in_([k.value for k in CHANGE_KINDS]),
-        )
-        .order_by(col(AuditEvent.seq))
-        .limit(limit)
+    out = read_events(
+        session,
+        col(AuditEvent.seq) > after_seq,
+        col(AuditEvent.kind).in_([k.value for k in CHANGE_KINDS]),
+        limit=limit,
     )
-    out = [event_out(event) for event in events]
     next_seq = out[-1].seq if out else after_seq
     return ChangesOut(events=out, next=encode_cursor(next_seq))

@@ -11,8 +11,9 @@ from starlette.types import Scope as AsgiScope
 
 from prefcenter.apikeys.auth import requires
 from prefcenter.apikeys.schemas import Caller, Scope
+from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.db import ReadSession, database_of
-from prefcenter.eligibility import service
+from prefcenter.eligibility import service, stream
 from prefcenter.eligibility.schemas import EligibilityIn, EligibilityOut
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_SCHEMA_NAME, problem_responses
 from prefcenter.topics.schemas import TopicKey
@@ -65,9 +66,12 @@ class _BodyStreamingResponse(StreamingResponse):
     responses=problem_responses(400, 413, 422),
 )
 def check_eligibility(
-    query: EligibilityIn, _: EligibilityChecker, session: ReadSession
+    query: EligibilityIn,
+    _: EligibilityChecker,
+    session: ReadSession,
+    keys: Annotated[AuditKeys, Depends(audit_keys_of)],
 ) -> EligibilityOut:
-    return service.check_eligibility(session, query)
+    return service.check_eligibility(session, query, keys=keys)
 
 
 @router.post(
@@ -82,8 +86,10 @@ async def stream_eligibility(
     _: EligibilityChecker,
     request: Request,
 ) -> StreamingResponse:
-    csv_body = service.is_csv(request.headers.get("content-type"))
+    csv_body = stream.is_csv(request.headers.get("content-type"))
     database = database_of(request)
-    ref = await service.require_topic(database, topic)
-    stream = await service.open_stream(database, ref, request.stream(), csv_body=csv_body)
-    return _BodyStreamingResponse(stream, media_type=_CSV_MEDIA_TYPE)
+    ref = await stream.require_topic(database, topic)
+    answer = await stream.open_stream(
+        database, ref, request.stream(), csv_body=csv_body, keys=audit_keys_of(request)
+    )
+    return _BodyStreamingResponse(answer, media_type=_CSV_MEDIA_TYPE)

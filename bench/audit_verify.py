@@ -1,0 +1,352 @@
+"""Audit chain figures (issue 5, "Performance"): verifying 1M events on PostgreSQL and SQLite
+against a floor measured in the same run, and what the hash costs a single-event append.
+
+    .venv/bin/python bench/audit_verify.py                      # both engines, 1M events
+    .venv/bin/python bench/audit_verify.py --engines sqlite --events 200000
+    .venv/bin/python bench/audit_verify.py --append 2000        # append cost only (N txns)
+
+Verify: a fresh, migrated database is seeded with N chained events (each with a contact,
+an address hash and an evidence document, like a consent change), then `verify_chain` runs
+over it. The floor is the least any verifier must do: PostgreSQL, `COPY` the stored canonical
+bytes out (psycopg, binary) and SHA-256-chain them in Python; SQLite, read them with sqlite3
+and chain them. Goals: ≤ 5 s per 1M events on each engine.
+
+Append: N transactions of one event each through `Database.transaction` + `append_event`,
+once with the chain (the service as it is) and once with the plain gap-free sequence it had
+before (no canonical bytes, no hash, no head hash update); goal: ≤ 10% extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy import create_engine, insert, make_url, text
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Session as OrmSession
+
+from prefcenter import migrations
+from prefcenter.audit import service
+from prefcenter.audit.canonical import (
+    GENESIS_HASH,
+    chain_hash,
+    encode_document,
+    encode_event,
+    format_time,
+)
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.schemas import EventKind, NewEvent
+from prefcenter.audit.verify import verify_chain
+from prefcenter.db import Database, utcnow
+from prefcenter.settings import Settings
+
+PG_ADMIN_URL = os.environ.get(
+    "PREFCENTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+SIGNING_KEYS = "bench1:" + "b" * 32
+AUDIT_KEY = "a" * 48
+SEED_BATCH = 50_000
+
+
+def bench_settings(url: str) -> Settings:
+    return Settings(
+        _env_file=None, database_url=url, signing_keys=SIGNING_KEYS, audit_key=AUDIT_KEY
+    )
+
+
+@contextmanager
+def fresh_database(engine: str, tmp: Path) -> Iterator[Settings]:
+    if engine == "sqlite":
+        tmp.mkdir(parents=True, exist_ok=True)
+        settings = bench_settings(f"sqlite:///{tmp / 'audit.db'}")
+        migrations.upgrade(settings)
+        yield settings
+        return
+    admin_url = make_url(PG_ADMIN_URL)
+    name = f"prefcenter_bench_audit_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        settings = bench_settings(admin_url.set(database=name).render_as_string(False))
+        migrations.upgrade(settings)
+        yield settings
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def seed(settings: Settings, count: int) -> None:
+    """Write `count` chained events straight into the tables (set-based, not through the
+    service: this is the data, not what is measured)."""
+    keys = AuditKeys.from_settings(settings)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    prev = GENESIS_HASH
+    database = Database(settings)
+    try:
+        for first in range(1, count + 1, SEED_BATCH):
+            events: list[dict[str, Any]] = []
+            documents: list[dict[str, Any]] = []
+            for seq in range(first, min(first + SEED_BATCH, count + 1)):
+                contact = f"c{seq % 50_000:015d}"
+                when = start + timedelta(milliseconds=seq)
+                document = encode_document(
+                    {"client_ip": "192.0.2.7", "user_agent": "bench"}, {"form": "signup-v3"}
+                )
+                assert document is not None
+                row: dict[str, Any] = {
+                    "id": str(uuid.UUID(int=seq)),
+                    "kind": EventKind.CONSENT_CHANGE.value,
+                    "contact_id": contact,
+                    "topic": "newsletter",
+                    "from_status": None,
+                    "to_status": "subscribed" if seq % 2 else "unsubscribed",
+                    "outcome": "applied",
+                    "actor": "api_key:1:bench",
+                    "source": "api",
+                    "campaign_id": None,
+                    "reason": None,
+                    "address_hash": keys.address_hash(f"{contact}@example.com"),
+                    "evidence_digest": keys.evidence_digest(document),
+                }
+                values = {
+                    **row,
+                    "seq": seq,
+                    "recorded_at": format_time(when),
+                    "occurred_at": format_time(when),
+                }
+                canonical = encode_event(values)
+                prev = chain_hash(prev, canonical)
+                events.append(
+                    {
+                        **row,
+                        "seq": seq,
+                        "recorded_at": when,
+                        "occurred_at": when,
+                        "canonical": canonical,
+                        "hash": prev.hex(),
+                    }
+                )
+                documents.append({"seq": seq, "document": document})
+            _bulk_insert(database, events, documents)
+        with database.transaction(write=True) as session:
+            session.execute(
+                text("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1"),
+                {"seq": count, "hash": prev.hex()},
+            )
+            if not settings.is_sqlite:
+                session.execute(text("ANALYZE audit_event"))
+                session.execute(text("ANALYZE audit_evidence"))
+    finally:
+        database.dispose()
+
+
+_EVENT_COLUMNS = (
+    "seq",
+    "id",
+    "kind",
+    "recorded_at",
+    "occurred_at",
+    "contact_id",
+    "topic",
+    "from_status",
+    "to_status",
+    "outcome",
+    "actor",
+    "source",
+    "campaign_id",
+    "reason",
+    "address_hash",
+    "evidence_digest",
+    "canonical",
+    "hash",
+)
+
+
+def _bulk_insert(
+    database: Database, events: list[dict[str, Any]], documents: list[dict[str, Any]]
+) -> None:
+    """PostgreSQL: COPY; SQLite: executemany."""
+    with database.transaction(write=True) as session:
+        if database.settings.is_sqlite:
+            session.execute(insert(service._EVENTS), events)  # noqa: SLF001
+            session.execute(insert(service._EVIDENCE), documents)  # noqa: SLF001
+            return
+        cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY audit_event ({', '.join(_EVENT_COLUMNS)}) FROM STDIN") as copy:
+            for row in events:
+                copy.write_row([row[c] for c in _EVENT_COLUMNS])
+        with cursor.copy("COPY audit_evidence (seq, document) FROM STDIN") as copy:
+            for doc in documents:
+                copy.write_row((doc["seq"], doc["document"]))
+
+
+def floor(settings: Settings) -> float:
+    """Seconds to read every stored canonical event and SHA-256-chain them, nothing else."""
+    started = time.perf_counter()
+    prev = GENESIS_HASH
+    sha256 = hashlib.sha256
+    if settings.is_sqlite:
+        path = settings.sqlite_path()
+        assert path is not None
+        connection = sqlite3.connect(path)
+        try:
+            for (canonical,) in connection.execute(
+                "SELECT canonical FROM audit_event ORDER BY seq"
+            ):
+                prev = sha256(prev + canonical).digest()
+        finally:
+            connection.close()
+    else:
+        url = make_url(settings.database_url).set(drivername="postgresql")
+        with (
+            psycopg.connect(url.render_as_string(False)) as connection,
+            connection.cursor() as cursor,
+            cursor.copy(
+                "COPY (SELECT canonical FROM audit_event ORDER BY seq) TO STDOUT (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.set_types(["bytea"])
+            for (canonical,) in copy.rows():
+                prev = sha256(prev + canonical).digest()
+    return time.perf_counter() - started
+
+
+def measure_verify(engine: str, count: int, tmp: Path) -> None:
+    with fresh_database(engine, tmp) as settings:
+        t0 = time.perf_counter()
+        seed(settings, count)
+        print(f"[{engine}] seeded {count:,} events in {time.perf_counter() - t0:.1f} s")
+        database = Database(settings)
+        keys = AuditKeys.from_settings(settings)
+        try:
+            floor_s = floor(settings)
+            t0 = time.perf_counter()
+            result = verify_chain(database, keys)
+            verify_s = time.perf_counter() - t0
+        finally:
+            database.dispose()
+        assert result.ok and result.checked == count, result
+        print(
+            f"[{engine}] verify {count:,} events: {verify_s:.2f} s "
+            f"({count / verify_s:,.0f} events/s; goal ≤ 5 s per 1M); "
+            f"floor {floor_s:.2f} s ({count / floor_s:,.0f} events/s); "
+            f"ratio {verify_s / floor_s:.2f}x"
+        )
+
+
+# --- the append path, with and without the hash ----------------------------------------------
+
+
+def _write_plain(session: OrmSession) -> None:
+    """The append as it was before the chain: the gap-free seq and the row, no hash."""
+    pending: list[NewEvent] = session.info.pop(service._PENDING, [])  # noqa: SLF001
+    if not pending:
+        return
+    session.flush()
+    postgres = session.get_bind().dialect.name == "postgresql"
+    head = session.execute(service._take_seqs(len(pending), postgres=postgres)).one()  # noqa: SLF001
+    recorded_at = head[2] if postgres else utcnow()
+    seq = head[0] - len(pending)
+    rows = []
+    for new in pending:
+        seq += 1
+        rows.append(
+            {
+                "seq": seq,
+                "id": new.id,
+                "kind": new.kind.value,
+                "recorded_at": recorded_at,
+                "occurred_at": new.occurred_at,
+                "contact_id": new.contact_id,
+                "topic": new.topic,
+                "outcome": new.outcome,
+                "actor": new.actor,
+                "source": new.source,
+                "canonical": b"",
+                "hash": "",
+            }
+        )
+    session.execute(insert(service._EVENTS), rows)  # noqa: SLF001
+
+
+def _append_run(database: Database, count: int) -> float:
+    started = time.perf_counter()
+    for i in range(count):
+        with database.transaction(write=True) as session:
+            service.append_event(
+                session,
+                NewEvent(
+                    kind=EventKind.CONSENT_CHANGE,
+                    occurred_at=utcnow(),
+                    actor="api_key:1:bench",
+                    source="one_click",
+                    outcome="applied",
+                    contact_id=f"c{i:015d}",
+                    topic="newsletter",
+                    to_status="unsubscribed",
+                    address=f"person{i}@example.com",
+                    context={"client_ip": "192.0.2.7", "user_agent": "bench"},
+                ),
+            )
+    return time.perf_counter() - started
+
+
+def measure_append(engine: str, count: int, tmp: Path, rounds: int) -> None:
+    """Alternate chained and plain runs (`rounds` each) on one database; best of each."""
+    with fresh_database(engine, tmp) as settings:
+        database = Database(settings)
+        try:
+            _append_run(database, min(count, 200))  # warm up pool, caches, JIT-free paths
+            chained: list[float] = []
+            plain: list[float] = []
+            for _ in range(rounds):
+                chained.append(_append_run(database, count))
+                sa_event.remove(OrmSession, "before_commit", service._write_pending)  # noqa: SLF001
+                sa_event.listen(OrmSession, "before_commit", _write_plain)
+                try:
+                    plain.append(_append_run(database, count))
+                finally:
+                    sa_event.remove(OrmSession, "before_commit", _write_plain)
+                    sa_event.listen(OrmSession, "before_commit", service._write_pending)  # noqa: SLF001
+        finally:
+            database.dispose()
+    best_chained, best_plain = min(chained), min(plain)
+    print(
+        f"[{engine}] append, {count:,} single-event transactions (best of {rounds}): "
+        f"chained {best_chained / count * 1e6:,.0f} µs/txn, plain seq "
+        f"{best_plain / count * 1e6:,.0f} µs/txn: the hash costs "
+        f"{(best_chained / best_plain - 1) * 100:+.1f}% (goal ≤ 10%)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engines", nargs="+", default=["postgresql", "sqlite"])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--append", type=int, default=2000, help="transactions per append run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-verify", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="prefcenter-audit-bench-") as tmp:
+        for engine in args.engines:
+            if not args.no_verify:
+                measure_verify(engine, args.events, Path(tmp) / f"{engine}-verify")
+            if args.append:
+                measure_append(engine, args.append, Path(tmp) / f"{engine}-append", args.rounds)
+
+
+if __name__ == "__main__":
+    main()

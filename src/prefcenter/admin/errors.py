@@ -1,0 +1,41 @@
+"""Why the console refused a request. Each is rendered as an HTML page with its status (or, for
+a missing session, a redirect to the sign-in page) by `admin.pages`."""
+
+from __future__ import annotations
+
+from prefcenter.problems import Conflict, NotFound, Problem, Unprocessable
+
+
+class NotSignedIn(Problem):
+    """No live session: the page answers 303 to the sign-in page instead."""
+
+    status = 303
+    slug = "not-signed-in"
+    title = "Sign in first"
+
+
+class CsrfRejected(Problem):
+    status = 403
+    slug = "csrf"
+    title = "The form has expired"
+
+
+class SignInThrottled(Problem):
+    status = 429
+    slug = "sign-in-throttled"
+    title = "Too many failed sign-ins"
+
+
+class AdminUserExists(Conflict):
+    slug = "admin-user-exists"
+    title = "That username is taken"
+
+
+class AdminUserNotFound(NotFound):
+    slug = "admin-user-not-found"
+    title = "Unknown admin user"
+
+
+class InvalidAdminUser(Unprocessable):
+    slug = "invalid-admin-user"
+    title = "Invalid username or password"

@@ -1,0 +1,234 @@
+"""HTML under `/admin`: sign-in and sign-out, the dashboard, contact search, the contact page
+with its support-desk change and erasure forms. Every page needs a live session (else 303 to
+sign-in); every form post needs its CSRF token (else 403, nothing changed)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from prefcenter.admin import service, support
+from prefcenter.admin.access import (
+    Form,
+    SignedIn,
+    SignedInPost,
+    check_sign_in_csrf,
+    clear_session_cookie,
+    clear_sign_in_cookie,
+    form_text,
+    set_session_cookie,
+    set_sign_in_cookie,
+    sign_in_token,
+)
+from prefcenter.admin.errors import SignInThrottled
+from prefcenter.admin.headers import AdminPageHeaders
+from prefcenter.admin.pages import PACKAGE_DIR, AdminRoute, error_page, render, see_other
+from prefcenter.admin.schemas import ContactView, SupportChangeIn, SupportSource, form_errors
+from prefcenter.admin.trail_router import router as trail_router
+from prefcenter.audit.context import RequestContextDep
+from prefcenter.audit.keys import AuditKeys, audit_keys_of
+from prefcenter.db import ReadSession, WriteSession, utcnow
+
+router = APIRouter(prefix="/admin", route_class=AdminRoute, include_in_schema=False)
+router.include_router(trail_router)
+
+ContactId = Annotated[str, Path(max_length=64)]
+AuditKeysDep = Annotated[AuditKeys, Depends(audit_keys_of)]
+
+
+def install_admin_console(app: FastAPI) -> None:
+    """Mount the console, with its headers on every answer under `/admin`."""
+    app.add_middleware(AdminPageHeaders)
+    app.include_router(router)
+
+
+@router.get("/assets/admin.css")
+def stylesheet() -> FileResponse:
+    return FileResponse(PACKAGE_DIR / "static" / "admin.css", media_type="text/css")
+
+
+def _sign_in_page(
+    request: Request, *, error: str | None = None, status_code: int = 200
+) -> HTMLResponse:
+    token = sign_in_token(request)
+    response = render(
+        request,
+        "sign_in.html",
+        {"sign_in_token": token, "error": error},
+        admin=None,
+        status_code=status_code,
+    )
+    set_sign_in_cookie(response, request, token)
+    return response
+
+
+@router.get("/sign-in")
+def show_sign_in(request: Request) -> HTMLResponse:
+    return _sign_in_page(request)
+
+
+@router.post("/sign-in")
+def sign_in(
+    request: Request, form: Form, context: RequestContextDep, session: WriteSession
+) -> Response:
+    """A password or an admin API key. A failure answers 401 and is counted (the transaction
+    commits it); past the limit every attempt answers 429, right or wrong."""
+    check_sign_in_csrf(request, form)
+    now = utcnow()
+    if form_text(form, "method") == "api_key":
+        result = service.sign_in_with_api_key(
+            session, secret=form_text(form, "api_key"), client_ip=context.client_ip, now=now
+        )
+    else:
+        result = service.sign_in_with_password(
+            session,
+            username=form_text(form, "username"),
+            password=form_text(form, "password"),
+            client_ip=context.client_ip,
+            now=now,
+        )
+    if result.outcome is service.SignInOutcome.THROTTLED:
+        return error_page(
+            request,
+            SignInThrottled(
+                "Too many failed sign-ins from here or for this user. Wait 15 minutes and try "
+                "again, or ask another admin."
+            ),
+        )
+    if result.outcome is service.SignInOutcome.REFUSED or result.token is None:
+        return _sign_in_page(
+            request,
+            error="Sign-in failed: wrong username or password, or an API key without the "
+            "admin scope.",
+            status_code=401,
+        )
+    redirect = see_other("/admin")
+    set_session_cookie(redirect, request, result.token)
+    clear_sign_in_cookie(redirect, request)
+    return redirect
+
+
+@router.post("/sign-out")
+def sign_out(request: Request, admin: SignedInPost, session: WriteSession) -> RedirectResponse:
+    service.end_session(session, admin.id)
+    redirect = see_other("/admin/sign-in")
+    clear_session_cookie(redirect, request)
+    return redirect
+
+
+@router.get("")
+def dashboard(request: Request, admin: SignedIn) -> HTMLResponse:
+    return render(request, "dashboard.html", {}, admin=admin)
+
+
+@router.get("/contacts")
+def search_contacts(
+    request: Request,
+    admin: SignedIn,
+    session: ReadSession,
+    q: Annotated[str, Query(max_length=320)] = "",
+) -> Response:
+    """By address or contact id: straight to the contact's page when there is one."""
+    if q.strip():
+        found = support.find_contact_id(session, q)
+        if found is not None:
+            return see_other(f"/admin/contacts/{quote(found)}")
+    return render(
+        request,
+        "search.html",
+        {"q": q, "searched": bool(q.strip())},
+        admin=admin,
+        status_code=404 if q.strip() else 200,
+    )
+
+
+def _contact_page(
+    request: Request,
+    admin: service.ActiveSession,
+    view: ContactView,
+    *,
+    form: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    return render(
+        request,
+        "contact.html",
+        {
+            "view": view,
+            "contact": view.contact,
+            "topic_names": {t.key: t.name for t in view.topics},
+            "sources": [s.value for s in SupportSource],
+            "form": form or {},
+            "errors": errors or {},
+            "recorded": request.query_params.get("recorded"),
+        },
+        admin=admin,
+        status_code=status_code,
+    )
+
+
+@router.get("/contacts/{contact_id}")
+def show_contact(
+    request: Request, contact_id: ContactId, admin: SignedIn, session: ReadSession
+) -> HTMLResponse:
+    return _contact_page(request, admin, support.contact_view(session, contact_id))
+
+
+@router.post("/contacts/{contact_id}/changes")
+def record_change(
+    request: Request,
+    contact_id: ContactId,
+    admin: SignedInPost,
+    form: Form,
+    context: RequestContextDep,
+    session: WriteSession,
+) -> Response:
+    """A support-desk change; a form without a reason (or a subscription without evidence)
+    comes back with the errors marked and nothing recorded."""
+    fields = {
+        name: form_text(form, name) for name in ("topic", "status", "source", "reason", "evidence")
+    }
+    try:
+        change = SupportChangeIn.model_validate(fields)
+    except ValidationError as exc:
+        return _contact_page(
+            request,
+            admin,
+            support.contact_view(session, contact_id),
+            form=fields,
+            errors=form_errors(exc),
+            status_code=422,
+        )
+    applied = support.record_support_change(
+        session, contact_id, change, actor=admin.actor, request=context
+    )
+    return see_other(f"/admin/contacts/{quote(contact_id)}?recorded={applied.event_id}#timeline")
+
+
+@router.get("/contacts/{contact_id}/erase")
+def confirm_erase(
+    request: Request, contact_id: ContactId, admin: SignedIn, session: ReadSession
+) -> HTMLResponse:
+    """The confirmation step: erasure cannot be undone."""
+    view = support.contact_view(session, contact_id)
+    return render(request, "erase.html", {"contact": view.contact}, admin=admin)
+
+
+@router.post("/contacts/{contact_id}/erase")
+def erase(
+    contact_id: ContactId,
+    admin: SignedInPost,
+    form: Form,
+    keys: AuditKeysDep,
+    context: RequestContextDep,
+    session: WriteSession,
+) -> RedirectResponse:
+    if form_text(form, "confirm") != "erase":
+        return see_other(f"/admin/contacts/{quote(contact_id)}/erase")
+    support.erase(session, contact_id, keys=keys, admin=admin, request=context)
+    return see_other(f"/admin/contacts/{quote(contact_id)}?erased=1")

@@ -1,0 +1,80 @@
+"""Owns the keys derived from the audit key: the HMAC key that stands in for addresses and
+evidence in the chain, and the Ed25519 key that signs checkpoints and consent receipts."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+from functools import lru_cache
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from fastapi import Request
+
+from prefcenter.settings import Settings
+
+# HKDF `info` labels: one secret, independent keys for independent uses. Never change them:
+# the address hashes already stored and the published public key depend on them.
+_HMAC_INFO = b"prefcenter audit hmac v1"
+_SIGNING_INFO = b"prefcenter audit ed25519 v1"
+
+
+def _derive(secret: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
+def public_key_b64(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def key_id_of(public_key_b64: str) -> str:
+    """A short, stable name for a public key: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(base64.b64decode(public_key_b64)).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditKeys:
+    hmac_key: bytes
+    signing_key: Ed25519PrivateKey
+    public_key_b64: str
+    key_id: str
+
+    @staticmethod
+    def from_settings(settings: Settings) -> AuditKeys:
+        return _keys_for(settings.audit_secret)
+
+    def address_hash(self, normalised_address: str) -> str:
+        """The keyed hash that stands for an address in the chain and after erasure."""
+        return hmac.digest(self.hmac_key, normalised_address.encode("utf-8"), "sha256").hex()
+
+    def evidence_digest(self, document: bytes) -> str:
+        return hmac.digest(self.hmac_key, document, "sha256").hex()
+
+    def sign(self, message: bytes) -> bytes:
+        return self.signing_key.sign(message)
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self.signing_key.public_key()
+
+
+@lru_cache(maxsize=8)
+def _keys_for(secret: bytes) -> AuditKeys:
+    signing_key = Ed25519PrivateKey.from_private_bytes(_derive(secret, _SIGNING_INFO))
+    public = public_key_b64(signing_key.public_key())
+    return AuditKeys(
+        hmac_key=_derive(secret, _HMAC_INFO),
+        signing_key=signing_key,
+        public_key_b64=public,
+        key_id=key_id_of(public),
+    )
+
+
+def audit_keys_of(request: Request) -> AuditKeys:
+    """The running app's audit keys, derived once at start."""
+    keys: AuditKeys = request.app.state.audit_keys
+    return keys

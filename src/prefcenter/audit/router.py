@@ -1,0 +1,158 @@
+"""HTTP: the audit trail under `/v1/audit` (scope `audit:read`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import AwareDatetime
+
+from prefcenter.apikeys.auth import requires
+from prefcenter.apikeys.schemas import Caller, Scope
+from prefcenter.audit import export, queries
+from prefcenter.audit.keys import AuditKeys, audit_keys_of
+from prefcenter.audit.query_schemas import AuditEventsOut, ExportFormat
+from prefcenter.audit.schemas import VerifyOut
+from prefcenter.audit.verify import verify_chain
+from prefcenter.contacts.addresses import InvalidAddress, parse_address
+from prefcenter.db import ReadSession, database_of
+from prefcenter.problems import Unprocessable, problem_responses
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 503))
+
+AuditReader = Annotated[Caller, Depends(requires(Scope.AUDIT_READ))]
+
+
+# --- the trail: `GET /v1/audit` and `GET /v1/audit/export` ------------------------------------
+
+AuditKeysDep = Annotated[AuditKeys, Depends(audit_keys_of)]
+
+
+def _audit_filters(
+    email: Annotated[
+        str | None,
+        Query(
+            max_length=320,
+            description="Events about this address, also after it was erased or corrected.",
+        ),
+    ] = None,
+    contact_id: Annotated[str | None, Query(max_length=32)] = None,
+    topic: Annotated[str | None, Query(max_length=64)] = None,
+    source: Annotated[str | None, Query(max_length=64)] = None,
+    actor: Annotated[str | None, Query(max_length=200)] = None,
+    since: Annotated[
+        AwareDatetime | None,
+        Query(description="Recorded at or after this time (RFC 3339 with an offset)."),
+    ] = None,
+    until: Annotated[
+        AwareDatetime | None,
+        Query(description="Recorded before this time (RFC 3339 with an offset)."),
+    ] = None,
+) -> queries.AuditFilters:
+    address = None
+    if email is not None:
+        try:
+            address = parse_address(email)
+        except InvalidAddress as exc:
+            raise Unprocessable(
+                f"{email!r} is not a valid email address: {exc}",
+                errors=[{"field": "email", "detail": str(exc)}],
+            ) from None
+    return queries.AuditFilters(
+        email=address,
+        contact_id=contact_id,
+        topic=topic,
+        source=source,
+        actor=actor,
+        since=since,
+        until=until,
+    )
+
+
+Filters = Annotated[queries.AuditFilters, Depends(_audit_filters)]
+
+
+@router.get(
+    "",
+    summary="Audit events matching every filter given, a page at a time",
+    responses=problem_responses(422),
+)
+def list_events(
+    _: AuditReader,
+    session: ReadSession,
+    keys: AuditKeysDep,
+    filters: Filters,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=64, description="A `next` from an earlier page; omitted: the start."),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=queries.LIMIT_MAX, description="Events per page.")
+    ] = queries.LIMIT_DEFAULT,
+) -> AuditEventsOut:
+    query = queries.resolve_filters(session, keys, filters)
+    page = queries.list_events(session, query, cursor=cursor, limit=limit)
+    return AuditEventsOut(events=page.events, next=page.next)
+
+
+_EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Every matching event, oldest first: CSV with a header row, or one JSON "
+        "event per line (the shape of `/v1/audit` events).",
+        "content": {"text/csv": {}, "application/jsonl": {}},
+    },
+    **problem_responses(422),
+}
+
+
+@router.get(
+    "/export",
+    summary="Stream every audit event matching the filters, as CSV or JSON Lines",
+    response_class=StreamingResponse,
+    responses=_EXPORT_RESPONSES,
+)
+def export_events(
+    _: AuditReader,
+    request: Request,
+    keys: AuditKeysDep,
+    filters: Filters,
+    export_format: Annotated[
+        ExportFormat, Query(alias="format", description="`csv` or `jsonl`.")
+    ] = ExportFormat.CSV,
+) -> StreamingResponse:
+    database = database_of(request)
+    # Resolved before the answer starts, so that a bad filter is a problem, not a cut stream.
+    with database.transaction(write=False) as session:
+        query = queries.resolve_filters(session, keys, filters)
+    return StreamingResponse(
+        export.stream_events(database, query, export_format),
+        media_type=export.MEDIA_TYPES[export_format],
+        headers={"Content-Disposition": f'attachment; filename="audit.{export_format.value}"'},
+    )
+
+
+# --- the chain --------------------------------------------------------------------------------
+
+
+@router.get(
+    "/verify",
+    summary="Check the tamper-evident chain; `deep` also checks the current consent state",
+    response_model=VerifyOut,
+)
+def verify_trail(
+    _: AuditReader,
+    request: Request,
+    deep: Annotated[
+        bool, Query(description="Also replay the events against current subscriptions.")
+    ] = False,
+) -> VerifyOut:
+    # Its own snapshot transaction (verify_chain), not the request's: a long read.
+    result = verify_chain(database_of(request), audit_keys_of(request), deep=deep)
+    return VerifyOut(
+        ok=result.ok,
+        checked=result.checked,
+        first_bad_seq=result.first_bad_seq,
+        first_bad_contact=result.first_bad_contact,
+        detail=result.detail,
+    )

@@ -1,0 +1,127 @@
+"""Owns erasure: removing a person's personal data while keeping them suppressed, and the
+check every path that could bring an address back in must make (`erased_among`).
+
+What an erasure keeps, and why:
+- the contact row with its public id and `erased_at`, no address: the trail's events name
+  the contact by that id, and `GET /v1/contacts/{id}` can say it was erased;
+- a contact-wide suppression, so nothing is ever sent to whatever the row still reaches;
+- the address as a keyed hash (`erased_address`), the same HMAC the audit chain commits to:
+  a new contact with that address is refused (API, imports) and eligibility answers
+  `suppressed`, yet the table is useless to anyone without the audit key;
+- the chain's events, which hold no address, only its keyed hash; their evidence documents
+  (`audit_evidence`: what the caller gave as proof and what the service observed, client
+  address included) are deleted, which the chain allows (it commits to their HMAC).
+
+The erasure is a separate table rather than the contact row keeping a hash: one primary-key
+lookup answers "was this address erased?" for every path, whether or not a contact row for
+it still exists, and the contact row keeps nothing derived from the address.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlmodel import Session, col
+from sqlmodel import select as sqlmodel_select
+
+from prefcenter.apikeys.schemas import Caller
+from prefcenter.audit.context import RequestContext
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.models import AuditEvent, AuditEvidence
+from prefcenter.audit.schemas import EventKind, NewEvent
+from prefcenter.audit.service import append_event
+from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
+from prefcenter.consent.queries import ContactNotFound, is_public_id
+from prefcenter.consent.schemas import ErasureOut
+from prefcenter.contacts.models import Contact
+from prefcenter.db import utcnow
+from prefcenter.idempotency import IdempotencyRecord
+
+ERASURE_SOURCE = "erasure"
+
+
+def _lock_contact(session: Session, public_id: str) -> Contact | None:
+    """The contact, erased or not, locked until the transaction ends (PostgreSQL; SQLite's
+    write transaction already excludes other writers)."""
+    if not is_public_id(public_id):
+        return None
+    query = sqlmodel_select(Contact).where(Contact.public_id == public_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return session.exec(query.execution_options(populate_existing=True)).first()
+
+
+def _erasure_event_id(session: Session, public_id: str) -> str:
+    event_id = session.exec(
+        sqlmodel_select(AuditEvent.id)
+        .where(AuditEvent.contact_id == public_id, AuditEvent.kind == EventKind.ERASURE.value)
+        .order_by(col(AuditEvent.seq))
+    ).first()
+    return event_id or ""
+
+
+def erase_contact(
+    session: Session,
+    public_id: str,
+    *,
+    keys: AuditKeys,
+    caller: Caller,
+    request: RequestContext,
+) -> ErasureOut:
+    """Erase the contact's personal data, in the caller's transaction. A repeat changes
+    nothing and answers as the first erasure did."""
+    contact = _lock_contact(session, public_id)
+    if contact is None or contact.id is None:
+        raise ContactNotFound(f"There is no contact {public_id!r}.")
+    if contact.erased_at is not None:
+        return ErasureOut(
+            contact_id=contact.public_id,
+            erased_at=contact.erased_at,
+            event_id=_erasure_event_id(session, contact.public_id),
+        )
+    now = utcnow()
+    address = contact.address
+    event_ids = select(col(AuditEvent.seq)).where(col(AuditEvent.contact_id) == contact.public_id)
+    session.execute(delete(AuditEvidence).where(col(AuditEvidence.seq).in_(event_ids)))
+    session.execute(delete(Subscription).where(col(Subscription.contact_id) == contact.id))
+    # Stored answers to retried requests (`Idempotency-Key`) echo the address.
+    session.execute(
+        delete(IdempotencyRecord).where(
+            col(IdempotencyRecord.response_body).contains(
+                f'"contact_id":"{contact.public_id}"', autoescape=True
+            )
+        )
+    )
+    suppression = session.get(Suppression, contact.id) or Suppression(
+        contact_id=contact.id, suppressed=True, occurred_at=now, since=now, source=""
+    )
+    if not suppression.suppressed:
+        suppression.since = now
+    suppression.suppressed = True
+    suppression.occurred_at = now
+    suppression.source = ERASURE_SOURCE
+    suppression.by_recipient = True
+    session.add(suppression)
+    if address is not None:
+        address_hash = keys.address_hash(address)
+        if session.get(ErasedAddress, address_hash) is None:
+            session.add(ErasedAddress(address_hash=address_hash, erased_at=now))
+    contact.address = None
+    contact.address_display = None
+    contact.erased_at = now
+    session.add(contact)
+    session.flush()
+    event_id = append_event(
+        session,
+        NewEvent(
+            kind=EventKind.ERASURE,
+            occurred_at=now,
+            actor=caller.actor,
+            source=ERASURE_SOURCE,
+            outcome="applied",
+            contact_id=contact.public_id,
+            # Only its keyed hash goes into the event.
+            address=address,
+            context={"actor_kind": "admin", **request.as_evidence()},
+        ),
+    )
+    return ErasureOut(contact_id=contact.public_id, erased_at=now, event_id=event_id)

@@ -1,0 +1,134 @@
+"""Owns reading the stored consent state of many addresses at once, and turning each state into
+what the eligibility rule answers for it.
+
+Set-based and driver-level: one query per chunk of thousands of addresses (contact LEFT JOIN the
+topic's subscription LEFT JOIN suppression), its rows read as plain tuples from the DBAPI
+cursor — no ORM objects, no per-row type processing — because this is the hot path of the
+stream (millions of addresses). The rule is not restated in SQL: `StateTable` asks
+`decide_eligibility` once per state a contact can be in, so a row's answer is one dict lookup.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Collection, Iterator
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection
+
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.rules import Status
+from prefcenter.eligibility.rules import Eligibility, TopicModel, decide_eligibility
+
+# (suppressed, subscription status) as the query returns them; None where no row exists.
+State = tuple[bool | None, str | None]
+
+# Addresses per SQLite query: each is a bound parameter, and SQLite allows 32,766 of them
+# since 3.32 (999 before); one more parameter is the topic.
+SQLITE_CHUNK = 10_000 if sqlite3.sqlite_version_info >= (3, 32, 0) else 900
+
+_POSTGRES_QUERY = (
+    "SELECT c.address, p.suppressed, s.status FROM contact c "
+    "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = %s "
+    "LEFT JOIN suppression p ON p.contact_id = c.id "
+    # One array parameter: the same statement (and plan) whatever the chunk's size.
+    "WHERE c.address = ANY(%s)"
+)
+_SQLITE_QUERY = (
+    "SELECT c.address, p.suppressed, s.status FROM contact c "
+    "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = ? "
+    "LEFT JOIN suppression p ON p.contact_id = c.id "
+    "WHERE c.address IN ({marks})"
+)
+_POSTGRES_ERASED = "SELECT address_hash FROM erased_address WHERE address_hash = ANY(%s)"
+_SQLITE_ERASED = "SELECT address_hash FROM erased_address WHERE address_hash IN ({marks})"
+
+
+T = TypeVar("T")
+
+
+class StateTable(Generic[T]):
+    """What to answer for each state a contact can be in, computed once per topic by the rule
+    and stored as `T` (an `Eligibility`, or the CSV text the stream writes for it)."""
+
+    def __init__(self, model: TopicModel, render: Callable[[Eligibility], T]) -> None:
+        self._by_state: dict[State, T] = {}
+        for suppressed in (None, False, True):
+            for status in (None, *Status):
+                answer = decide_eligibility(
+                    model,
+                    # Erased contacts have no address, so no row of theirs is ever read.
+                    erased=False,
+                    suppressed=bool(suppressed),
+                    subscription=status,
+                )
+                self._by_state[(suppressed, None if status is None else status.value)] = render(
+                    answer
+                )
+        # An address no contact has: no subscription, no suppression.
+        self.unknown: T = self._by_state[(None, None)]
+
+    def __getitem__(self, state: State) -> T:
+        """Fail safe: a status this code does not know (a newer version wrote it) is a
+        KeyError that fails the request, never a guess."""
+        return self._by_state[state]
+
+
+def read_states(
+    connection: Connection, topic_id: int, addresses: Collection[str], table: StateTable[T]
+) -> dict[str, T]:
+    """The answer for each of `addresses` (normalised, distinct) that a contact has; addresses
+    absent from the result are unknown (`table.unknown`)."""
+    if not addresses:
+        return {}
+    dbapi: Any = connection.connection.driver_connection
+    if connection.dialect.name == "postgresql":
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(_POSTGRES_QUERY, (topic_id, list(addresses)))
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        return {address: table[(suppressed, status)] for address, suppressed, status in rows}
+    found: dict[str, T] = {}
+    for chunk in _chunks(list(addresses), SQLITE_CHUNK):
+        marks = ",".join("?" * len(chunk))
+        cursor = dbapi.execute(_SQLITE_QUERY.format(marks=marks), (topic_id, *chunk))
+        try:
+            for address, suppressed, status in cursor:
+                # SQLite stores booleans as 0/1.
+                found[address] = table[(None if suppressed is None else bool(suppressed), status)]
+        finally:
+            cursor.close()
+    return found
+
+
+def read_erased(connection: Connection, keys: AuditKeys, addresses: Collection[str]) -> set[str]:
+    """Which of these normalised addresses (ones no contact has) were erased: the question of
+    consent.erased.erased_among, asked in one query per chunk at driver level."""
+    if not addresses:
+        return set()
+    by_hash = {keys.address_hash(address): address for address in addresses}
+    dbapi: Any = connection.connection.driver_connection
+    found: list[str] = []
+    if connection.dialect.name == "postgresql":
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(_POSTGRES_ERASED, (list(by_hash),))
+            found = [row[0] for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+    else:
+        for chunk in _chunks(list(by_hash), SQLITE_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            cursor = dbapi.execute(_SQLITE_ERASED.format(marks=marks), chunk)
+            try:
+                found.extend(row[0] for row in cursor)
+            finally:
+                cursor.close()
+    return {by_hash[h] for h in found}
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

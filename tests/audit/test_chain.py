@@ -1,0 +1,360 @@
+"""The chain on both engines: every edit, insertion or deletion is named by its seq; the
+database itself refuses UPDATE and DELETE on events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from prefcenter.audit.canonical import CANONICAL_KEYS, chain_hash, encode_event
+from prefcenter.audit.checkpoint import (
+    CheckpointInvalid,
+    make_checkpoint,
+    verify_with_checkpoint,
+)
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.schemas import EventKind, NewEvent
+from prefcenter.audit.service import append_event
+from prefcenter.audit.verify import VerifyResult, verify_chain
+from prefcenter.db import Database, utcnow
+from prefcenter.settings import Settings
+from tests.audit.tampering import fetch, rechain, tamper, triggers_off
+from tests.factories import make_topic, record_change
+
+Headers = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    url: str
+    database: Database
+    keys: AuditKeys
+    seqs: list[int]
+
+    def verify(self, *, deep: bool = False) -> VerifyResult:
+        return verify_chain(self.database, self.keys, deep=deep)
+
+
+@pytest.fixture
+def chain(
+    client: TestClient, admin_headers: Headers, database: Database, settings: Settings
+) -> Iterator[Chain]:
+    """Eight events of every kind, with and without evidence, contact-wide and per topic."""
+    make_topic(client, admin_headers, "news")
+    make_topic(client, admin_headers, "offers", consent="opt_out")
+    record_change(
+        client,
+        admin_headers,
+        "ada@example.com",
+        "subscribed",
+        topic="news",
+        evidence={"form": "signup-v3", "ip": "192.0.2.1", "score": 0.5},
+    )
+    record_change(
+        client,
+        admin_headers,
+        "bob@example.com",
+        "subscribed",
+        topic="news",
+        campaign_id="spring",
+        evidence={"text": 'Zeichen ✓ \u0007 "quoted"'},
+    )
+    record_change(client, admin_headers, "ada@example.com", "unsubscribed", topic="offers")
+    record_change(client, admin_headers, "bob@example.com", "unsubscribed", reason="asked by phone")
+    record_change(
+        client,
+        admin_headers,
+        "cy@example.com",
+        "subscribed",
+        topic="news",
+        occurred_at=utcnow().replace(year=2020),
+    )
+    record_change(client, admin_headers, "ada@example.com", "unsubscribed", topic="news")
+    seqs = [
+        row[0]
+        for row in fetch(database.settings.database_url, "SELECT seq FROM audit_event ORDER BY seq")
+    ]
+    assert seqs == list(range(1, 9))
+    yield Chain(
+        url=settings.database_url,
+        database=database,
+        keys=AuditKeys.from_settings(settings),
+        seqs=seqs,
+    )
+
+
+def flip_byte(data: bytes, position: int) -> bytes:
+    return data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1 :]
+
+
+class TestVerify:
+    def test_an_untouched_chain_verifies(self, chain: Chain) -> None:
+        assert chain.verify(deep=True) == VerifyResult(ok=True, checked=8)
+
+    def test_an_empty_chain_verifies(self, database: Database, settings: Settings) -> None:
+        assert verify_chain(database, AuditKeys.from_settings(settings)).ok
+
+    def test_every_byte_edit_of_canonical_bytes_names_its_seq(self, chain: Chain) -> None:
+        for seq, canonical in fetch(chain.url, "SELECT seq, canonical FROM audit_event"):
+            original = bytes(canonical)
+            # The first, a middle and the last byte of every event.
+            for position in (0, len(original) // 2, len(original) - 1):
+                tamper(
+                    chain.url,
+                    "UPDATE audit_event SET canonical = :c WHERE seq = :seq",
+                    {"c": flip_byte(original, position), "seq": seq},
+                )
+                result = chain.verify()
+                assert (result.ok, result.first_bad_seq) == (False, seq), (seq, position)
+            tamper(
+                chain.url,
+                "UPDATE audit_event SET canonical = :c WHERE seq = :seq",
+                {"c": original, "seq": seq},
+            )
+        assert chain.verify().ok
+
+    def test_every_column_edit_names_its_seq(self, chain: Chain) -> None:
+        columns = [c for c in CANONICAL_KEYS if c != "seq"] + ["hash"]
+        for seq in chain.seqs:
+            (row,) = fetch(
+                chain.url,
+                f"SELECT {', '.join(columns)} FROM audit_event WHERE seq = :seq",
+                {"seq": seq},
+            )
+            for name, value in zip(columns, row, strict=True):
+                if isinstance(value, datetime):  # PostgreSQL; SQLite keeps times as text
+                    edited: object = value.replace(microsecond=(value.microsecond + 1) % 10**6)
+                elif value is None:
+                    edited = "x"
+                else:
+                    edited = value[:-1] + ("0" if value[-1] != "0" else "1")
+                tamper(
+                    chain.url,
+                    f"UPDATE audit_event SET {name} = :v WHERE seq = :seq",
+                    {"v": edited, "seq": seq},
+                )
+                result = chain.verify()
+                assert (result.ok, result.first_bad_seq) == (False, seq), (seq, name)
+                tamper(
+                    chain.url,
+                    f"UPDATE audit_event SET {name} = :v WHERE seq = :seq",
+                    {"v": value, "seq": seq},
+                )
+        assert chain.verify().ok
+
+    def test_an_edited_evidence_document_names_its_seq(self, chain: Chain) -> None:
+        for seq, document in fetch(chain.url, "SELECT seq, document FROM audit_evidence"):
+            original = bytes(document)
+            tamper(
+                chain.url,
+                "UPDATE audit_evidence SET document = :d WHERE seq = :seq",
+                {"d": flip_byte(original, len(original) // 2), "seq": seq},
+            )
+            result = chain.verify()
+            assert (result.ok, result.first_bad_seq) == (False, seq)
+            tamper(
+                chain.url,
+                "UPDATE audit_evidence SET document = :d WHERE seq = :seq",
+                {"d": original, "seq": seq},
+            )
+        assert chain.verify().ok
+
+    def test_a_missing_document_is_bad_unless_its_contact_was_erased(self, chain: Chain) -> None:
+        (seq, contact_id), *_ = fetch(
+            chain.url,
+            "SELECT e.seq, e.contact_id FROM audit_event e JOIN audit_evidence d ON d.seq = e.seq "
+            "WHERE e.contact_id IS NOT NULL ORDER BY e.seq",
+        )
+        tamper(chain.url, "DELETE FROM audit_evidence WHERE seq = :seq", {"seq": seq})
+        result = chain.verify()
+        assert (result.ok, result.first_bad_seq) == (False, seq)
+
+        tamper(
+            chain.url,
+            "UPDATE contact SET erased_at = :now WHERE public_id = :id",
+            {"now": utcnow().replace(tzinfo=None), "id": contact_id},
+        )
+        assert chain.verify().ok
+
+    def test_a_document_added_to_an_event_without_one_names_its_seq(self, chain: Chain) -> None:
+        with chain.database.transaction(write=True) as session:
+            append_event(
+                session,
+                NewEvent(
+                    kind=EventKind.TOPIC_CHANGE,
+                    occurred_at=utcnow(),
+                    actor="test",
+                    source="test",
+                    outcome="applied",
+                ),
+            )
+        assert chain.verify().ok
+        seq = 9
+        tamper(
+            chain.url,
+            "INSERT INTO audit_evidence (seq, document) VALUES (:seq, :d)",
+            {"seq": seq, "d": b'{"context":{},"evidence":{"forged":true}}'},
+        )
+        result = chain.verify()
+        assert (result.ok, result.first_bad_seq) == (False, seq)
+
+    def test_a_forged_event_appended_past_the_head_is_named(self, chain: Chain) -> None:
+        (last_hash, canonical) = fetch(
+            chain.url, "SELECT hash, canonical FROM audit_event WHERE seq = 8"
+        )[0]
+        forged = forged_event(
+            chain, seq=9, prev_hash=bytes.fromhex(last_hash), template=bytes(canonical)
+        )
+        tamper(chain.url, INSERT_EVENT, forged)
+        result = chain.verify()
+        assert (result.ok, result.first_bad_seq) == (False, 9)
+
+    def test_a_forged_event_in_a_gap_is_named(self, chain: Chain) -> None:
+        """Whoever forges an event in the middle must move the later ones: a gap, or a hash
+        that does not follow."""
+        tamper(chain.url, "DELETE FROM audit_evidence WHERE seq = 5")
+        tamper(chain.url, "DELETE FROM audit_event WHERE seq = 5")
+        assert (chain.verify().first_bad_seq) == 5
+        (prev_hash, canonical) = fetch(
+            chain.url, "SELECT hash, canonical FROM audit_event WHERE seq = 4"
+        )[0]
+        tamper(
+            chain.url,
+            INSERT_EVENT,
+            forged_event(
+                chain, seq=5, prev_hash=bytes.fromhex(prev_hash), template=bytes(canonical)
+            ),
+        )
+        result = chain.verify()
+        # The forged event chains onto seq 4; seq 6 no longer chains onto it.
+        assert (result.ok, result.first_bad_seq) == (False, 6)
+
+    def test_a_deleted_tail_is_named_by_the_head(self, chain: Chain) -> None:
+        tamper(chain.url, "DELETE FROM audit_evidence WHERE seq >= 7")
+        tamper(chain.url, "DELETE FROM audit_event WHERE seq >= 7")
+        result = chain.verify()
+        assert (result.ok, result.first_bad_seq) == (False, 7)
+
+    def test_a_deleted_tail_with_its_head_moved_back_is_caught_by_a_checkpoint(
+        self, chain: Chain
+    ) -> None:
+        checkpoint = make_checkpoint(chain.database, chain.keys, now=utcnow())
+        tamper(chain.url, "DELETE FROM audit_evidence WHERE seq >= 7")
+        tamper(chain.url, "DELETE FROM audit_event WHERE seq >= 7")
+        rechain(chain.url)
+        assert chain.verify().ok  # on its own, a truncated chain is a valid chain
+
+        result = verify_with_checkpoint(chain.database, chain.keys, checkpoint)
+        assert (result.ok, result.first_bad_seq) == (False, 7)
+
+    def test_a_rewritten_tail_is_caught_by_a_checkpoint(self, chain: Chain) -> None:
+        checkpoint = make_checkpoint(chain.database, chain.keys, now=utcnow())
+        (canonical,) = fetch(chain.url, "SELECT canonical FROM audit_event WHERE seq = 8")[0]
+        rewritten = bytes(canonical).replace(b'"unsubscribed"', b'"subscribed"')
+        tamper(
+            chain.url,
+            "UPDATE audit_event SET canonical = :c, to_status = 'subscribed' WHERE seq = 8",
+            {"c": rewritten},
+        )
+        rechain(chain.url)
+        assert chain.verify().ok
+
+        result = verify_with_checkpoint(chain.database, chain.keys, checkpoint)
+        assert (result.ok, result.first_bad_seq) == (False, 8)
+        with pytest.raises(CheckpointInvalid, match="signature"):  # it covers the seq
+            verify_with_checkpoint(chain.database, chain.keys, {**checkpoint, "seq": 7})
+
+    def test_an_edited_subscription_is_caught_by_the_deep_verify_only(self, chain: Chain) -> None:
+        tamper(
+            chain.url, "UPDATE subscription SET status = 'subscribed' WHERE status = 'unsubscribed'"
+        )
+        assert chain.verify().ok
+        result = chain.verify(deep=True)
+        (ada,) = fetch(
+            chain.url, "SELECT public_id FROM contact WHERE address = 'ada@example.com'"
+        )[0]
+        assert (result.ok, result.first_bad_seq, result.first_bad_contact) == (False, None, ada)
+
+    def test_an_edited_suppression_is_caught_by_the_deep_verify(self, chain: Chain) -> None:
+        tamper(chain.url, "DELETE FROM suppression")
+        result = chain.verify(deep=True)
+        (bob,) = fetch(
+            chain.url, "SELECT public_id FROM contact WHERE address = 'bob@example.com'"
+        )[0]
+        assert (result.ok, result.first_bad_contact) == (False, bob)
+
+
+INSERT_EVENT = (
+    "INSERT INTO audit_event (seq, id, kind, recorded_at, occurred_at, contact_id, topic, "
+    "from_status, to_status, outcome, actor, source, campaign_id, reason, address_hash, "
+    "evidence_digest, canonical, hash) VALUES (:seq, :id, :kind, :recorded_at, :occurred_at, "
+    ":contact_id, :topic, :from_status, :to_status, :outcome, :actor, :source, :campaign_id, "
+    ":reason, :address_hash, :evidence_digest, :canonical, :hash)"
+)
+
+
+def forged_event(chain: Chain, *, seq: int, prev_hash: bytes, template: bytes) -> dict[str, object]:
+    """A well-formed event that chains onto `prev_hash`, as a forger without the key makes it:
+    a copy of the event before it (`template`) under a new seq and id."""
+    values = orjson.loads(template)
+    values.pop("v")
+    values.update(seq=seq, id=f"forged-{seq}", evidence_digest=None)
+    canonical = encode_event(values)
+    ((recorded_at, occurred_at),) = fetch(
+        chain.url,
+        "SELECT recorded_at, occurred_at FROM audit_event WHERE seq = :seq",
+        {"seq": seq - 1},
+    )
+    return {
+        **values,
+        "recorded_at": recorded_at,
+        "occurred_at": occurred_at,
+        "canonical": canonical,
+        "hash": chain_hash(prev_hash, canonical).hex(),
+    }
+
+
+class TestAppendOnly:
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "UPDATE audit_event SET actor = 'someone else' WHERE seq = 1",
+            "DELETE FROM audit_event WHERE seq = 8",
+            "DELETE FROM audit_event",
+            "UPDATE audit_evidence SET document = X'7B7D'",
+        ],
+    )
+    def test_the_database_refuses_to_edit_the_trail(self, chain: Chain, sql: str) -> None:
+        engine = create_engine(chain.url)
+        try:
+            with pytest.raises(DBAPIError, match="audit trail is append-only"), engine.begin() as c:
+                c.execute(text(sql.replace("X'7B7D'", "'{}'") if "postgres" in chain.url else sql))
+        finally:
+            engine.dispose()
+        assert chain.verify().ok
+
+    def test_erasure_may_delete_evidence_documents(self, chain: Chain) -> None:
+        engine = create_engine(chain.url)
+        try:
+            with engine.begin() as connection:
+                deleted = connection.execute(text("DELETE FROM audit_evidence WHERE seq = 3"))
+        finally:
+            engine.dispose()
+        assert deleted.rowcount == 1
+
+    def test_triggers_are_back_after_tampering(self, chain: Chain) -> None:
+        with triggers_off(chain.url) as connection:
+            connection.execute(text("UPDATE audit_event SET actor = actor WHERE seq = 1"))
+        engine = create_engine(chain.url)
+        try:
+            with pytest.raises(DBAPIError), engine.begin() as connection:
+                connection.execute(text("DELETE FROM audit_event WHERE seq = 1"))
+        finally:
+            engine.dispose()

@@ -1,0 +1,122 @@
+"""Migration 0003 chains the events written before it, moves their evidence out, and goes
+back down without losing any."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from prefcenter import migrations
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.service import read_events
+from prefcenter.audit.verify import verify_chain
+from prefcenter.db import Database, UtcDateTime
+from prefcenter.settings import Settings
+from tests.test_migrations import empty_settings  # noqa: F401 - the fixture
+
+JsonDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+_events_0002 = sa.table(
+    "audit_event",
+    *[
+        sa.column(name, sa.String())
+        for name in ("id", "kind", "contact_id", "topic", "to_status", "outcome", "actor", "source")
+    ],
+    sa.column("seq", sa.BigInteger()),
+    sa.column("recorded_at", UtcDateTime()),
+    sa.column("occurred_at", UtcDateTime()),
+    sa.column("evidence", JsonDocument),
+    sa.column("context", JsonDocument),
+)
+_contact = sa.table(
+    "contact",
+    sa.column("public_id", sa.String()),
+    sa.column("address", sa.String()),
+    sa.column("address_display", sa.String()),
+    sa.column("created_at", UtcDateTime()),
+)
+START = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+EVENTS = 12
+
+
+def old_event(seq: int) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "id": f"event-{seq}",
+        "kind": "consent_change",
+        "contact_id": "c0000000000000001",
+        "topic": "news",
+        "to_status": "subscribed" if seq % 2 else "unsubscribed",
+        "outcome": "applied",
+        "actor": "api_key:1:crm",
+        "source": "api",
+        "recorded_at": START + timedelta(seconds=seq),
+        "occurred_at": START + timedelta(seconds=seq),
+        "evidence": {"ip": "192.0.2.1", "score": seq / 4} if seq % 3 else {},
+        "context": {"user_agent": "curl"} if seq % 4 else {},
+    }
+
+
+@pytest.fixture
+def at_0002(empty_settings: Settings) -> Iterator[Settings]:  # noqa: F811
+    migrations.upgrade(empty_settings, "0002")
+    engine = sa.create_engine(empty_settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(_contact),
+            [
+                {
+                    "public_id": "c0000000000000001",
+                    "address": "ada@example.com",
+                    "address_display": "Ada@Example.com",
+                    "created_at": START,
+                }
+            ],
+        )
+        connection.execute(sa.insert(_events_0002), [old_event(s) for s in range(1, EVENTS + 1)])
+        connection.execute(sa.text("UPDATE audit_head SET seq = :n"), {"n": EVENTS})
+    engine.dispose()
+    yield empty_settings
+
+
+def test_existing_events_are_chained_and_keep_their_evidence(
+    at_0002: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrations.upgrade(at_0002)
+    database = Database(at_0002)
+    keys = AuditKeys.from_settings(at_0002)
+    try:
+        assert verify_chain(database, keys, deep=False).ok
+        with database.transaction(write=False) as session:
+            events = read_events(session)
+        assert [(e.evidence, e.context) for e in events] == [
+            (old_event(s)["evidence"], old_event(s)["context"]) for s in range(1, EVENTS + 1)
+        ]
+        assert {e.seq for e in events} == set(range(1, EVENTS + 1))
+
+        migrations.downgrade(at_0002, "0002")
+        engine = sa.create_engine(at_0002.database_url)
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(_events_0002.c.evidence, _events_0002.c.context).order_by(
+                    _events_0002.c.seq
+                )
+            ).all()
+        engine.dispose()
+        assert [tuple(r) for r in rows] == [
+            (old_event(s)["evidence"], old_event(s)["context"]) for s in range(1, EVENTS + 1)
+        ]
+
+        migrations.upgrade(at_0002)
+        assert verify_chain(database, keys, deep=False).ok
+        with database.transaction(write=False) as session:
+            (address_hash,) = session.execute(
+                sa.text("SELECT DISTINCT address_hash FROM audit_event")
+            ).one()
+        assert address_hash == keys.address_hash("ada@example.com")
+    finally:
+        database.dispose()
