@@ -64,6 +64,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 HOST = "127.0.0.1"
 SIGNING_KEYS = "bench1:" + "b" * 32
+AUDIT_KEY = "bench-audit-key-" + "a" * 32
 TOPIC = "newsletter"
 BATCH = 10_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -390,7 +391,9 @@ def throwaway_database(args: argparse.Namespace, work_dir: Path) -> Iterator[Tar
 
 def prepare(target: Target) -> dict[str, str]:
     """Migrate, then an API key (links) and the topic, straight through the services."""
-    settings = Settings(_env_file=None, database_url=target.url, signing_keys=SIGNING_KEYS)
+    settings = Settings(
+        _env_file=None, database_url=target.url, signing_keys=SIGNING_KEYS, audit_key=AUDIT_KEY
+    )
     migrations.upgrade(settings)
     database = Database(settings)
     try:
@@ -537,6 +540,7 @@ def server_env(target: Target, port: int) -> dict[str, str]:
     env.update(
         PREFCENTER_DATABASE_URL=target.url,
         PREFCENTER_SIGNING_KEYS=SIGNING_KEYS,
+        PREFCENTER_AUDIT_KEY=AUDIT_KEY,
         PREFCENTER_BASE_URL=f"http://{HOST}:{port}",
         # no access log line per request (the floor runs with the same level)
         PREFCENTER_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 
+from sqlalchemy import bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -53,17 +54,26 @@ def find_contacts(session: Session, addresses: Iterable[str]) -> dict[str, Conta
     return {c.address: c for c in rows if c.address is not None}
 
 
+# Built once: every recipient's click runs these, and building a statement costs more than
+# SQLAlchemy's cached compilation of it.
+_BY_PUBLIC_ID = select(Contact).where(col(Contact.public_id) == bindparam("public_id"))
+_LOCK_BY_PUBLIC_ID = _BY_PUBLIC_ID.execution_options(populate_existing=True)
+_LOCK_BY_PUBLIC_ID_FOR_UPDATE = _LOCK_BY_PUBLIC_ID.with_for_update()
+
+
 def find_contact_by_public_id(session: Session, public_id: str) -> Contact | None:
-    return session.exec(select(Contact).where(Contact.public_id == public_id)).first()
+    return session.exec(_BY_PUBLIC_ID, params={"public_id": public_id}).first()
 
 
 def lock_contact_by_public_id(session: Session, public_id: str) -> Contact | None:
     """The contact, locked until the transaction ends (PostgreSQL; SQLite's write transaction
     already excludes other writers), or None if there is none or it was erased."""
-    query = select(Contact).where(Contact.public_id == public_id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    contact = session.exec(query.execution_options(populate_existing=True)).first()
+    query = (
+        _LOCK_BY_PUBLIC_ID_FOR_UPDATE
+        if session.get_bind().dialect.name == "postgresql"
+        else _LOCK_BY_PUBLIC_ID
+    )
+    contact = session.exec(query, params={"public_id": public_id}).first()
     if contact is None or contact.erased_at is not None:
         return None
     return contact

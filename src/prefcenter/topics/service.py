@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from prefcenter.apikeys.schemas import Caller
@@ -26,8 +27,12 @@ def topic_out(topic: Topic) -> TopicOut:
     )
 
 
+# Built once: every recipient's click looks its topic up.
+_BY_KEY = select(Topic).where(col(Topic.key) == bindparam("key"))
+
+
 def find_topic(session: Session, key: str) -> Topic | None:
-    return session.exec(select(Topic).where(Topic.key == key)).first()
+    return session.exec(_BY_KEY, params={"key": key}).first()
 
 
 def require_topic(session: Session, key: str) -> Topic:
