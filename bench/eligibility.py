@@ -1,9 +1,9 @@
 """Benchmark: eligibility and the marketing exports at ten-million scale (issue 4), against a real
 `prefcenter serve`, each figure beside a raw floor measured in the same run.
 
-    .venv/bin/python bench/eligibility.py                         # PostgreSQL, 5M contacts, 1M addresses
-    .venv/bin/python bench/eligibility.py --big                   # also 10M addresses, RSS sampled
-    .venv/bin/python bench/eligibility.py --sqlite                # SQLite
+    .venv/bin/python bench/eligibility.py            # PostgreSQL, 5M contacts, 1M addresses
+    .venv/bin/python bench/eligibility.py --big      # also 10M addresses, RSS sampled
+    .venv/bin/python bench/eligibility.py --sqlite   # SQLite
     .venv/bin/python bench/eligibility.py --contacts 1000000 --addresses 200000   # quick
     .venv/bin/python bench/eligibility.py --keep-db               # seed once ...
     .venv/bin/python bench/eligibility.py --reuse-db NAME         # ... and reuse it
@@ -58,6 +58,7 @@ from one_click import (
     HOST,
     SIGNING_KEYS,
     Server,
+    cpu_seconds,
     free_port,
     load_note,
     server_env,
@@ -121,11 +122,11 @@ def bench_database(args: argparse.Namespace, work: Path) -> Iterator[tuple[Targe
     if args.sqlite:
         if args.reuse_db:
             path = Path(args.reuse_db)
-            yield Target(f"sqlite:///{path}", True, str(path)), not path.exists()
+            yield Target(f"sqlite:///{path}", is_sqlite=True, name=str(path)), not path.exists()
             return
         keep_dir = Path(tempfile.mkdtemp(prefix="prefcenter-bench-")) if args.keep_db else work
         path = keep_dir / "bench.db"
-        yield Target(f"sqlite:///{path}", True, str(path)), True
+        yield Target(f"sqlite:///{path}", is_sqlite=True, name=str(path)), True
         if args.keep_db:
             print(f"kept database {path} (--reuse-db {path})")
         return
@@ -140,7 +141,7 @@ def bench_database(args: argparse.Namespace, work: Path) -> Iterator[tuple[Targe
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = admin_url.set(database=name).render_as_string(hide_password=False)
     try:
-        yield Target(url, False, name), not exists
+        yield Target(url, is_sqlite=False, name=name), not exists
     finally:
         if args.keep_db or args.reuse_db:
             print(f"kept database {name} (--reuse-db {name})")
@@ -234,7 +235,7 @@ def seed_postgres(target: Target, contacts: int) -> None:
             "NOT IN (SELECT conname FROM pg_constraint)",
             (list(tables),),
         ).fetchall()
-        for table, name, _, contype in sorted(constraints, key=lambda c: c[3] != "f"):
+        for table, name, _, _kind in sorted(constraints, key=lambda c: c[3] != "f"):
             connection.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
         for name, _ in indexes:
             connection.execute(f'DROP INDEX "{name}"')
@@ -242,7 +243,7 @@ def seed_postgres(target: Target, contacts: int) -> None:
         series = f"generate_series(1, {contacts}) g"
         for statement in _seed_statements(contacts, series, at, "md5(g::text)"):
             started = time.monotonic()
-            connection.execute(statement)  # type: ignore[arg-type]
+            connection.execute(statement)
             print(f"  seeded in {time.monotonic() - started:.1f} s: {statement[:60]}…")
         connection.execute(
             "SELECT setval(pg_get_serial_sequence('contact', 'id'), %s)", (contacts,)
@@ -392,6 +393,10 @@ class Answer:
     allowed: int
     peak_rss_mb: float | None = None
     base_rss_mb: float | None = None
+    # CPU seconds spent meanwhile by the server's processes and by PostgreSQL (all of it): on
+    # a shared machine the steadier figure.
+    server_cpu_s: float | None = None
+    postgres_cpu_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -402,6 +407,8 @@ def floor_postgres(target: Target, addresses: AddressFile) -> Answer:
             "SELECT id FROM topic WHERE key = %s", (STREAM_TOPIC,)
         ).fetchone()
         assert topic_id is not None
+        (backend,) = connection.execute("SELECT pg_backend_pid()").fetchone() or (0,)
+        pg_before = cpu_seconds([backend])
         started = time.monotonic()
         connection.execute(
             "CREATE TEMP TABLE floor_in (n bigint GENERATED ALWAYS AS IDENTITY, line text)"
@@ -422,8 +429,9 @@ def floor_postgres(target: Target, addresses: AddressFile) -> Answer:
                 rows += 1
                 allowed += bytes(data).count(b"\ttrue,")
         seconds = time.monotonic() - started
+        pg_cpu = cpu_seconds([backend]) - pg_before
         connection.rollback()
-    return Answer(seconds, rows, allowed)
+    return Answer(seconds, rows, allowed, postgres_cpu_s=pg_cpu)
 
 
 def floor_sqlite(target: Target, addresses: AddressFile) -> Answer:
@@ -494,7 +502,42 @@ class RssSampler:
         self.peak = max(self.peak, rss_mb(self.pids))
 
 
-def stream_answer(server: Server, headers: dict[str, str], addresses: AddressFile) -> Answer:
+def database_backends(target: Target) -> list[int]:
+    """The PostgreSQL backends connected to the bench database (the server's pool), not those
+    of other databases on a shared server."""
+    if target.is_sqlite:
+        return []
+    with psycopg.connect(target.libpq_url) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [int(pid) for (pid,) in rows]
+
+
+class CpuMeter:
+    """CPU seconds used by the server's processes and by the PostgreSQL backends serving the
+    bench database during the block (backends opened meanwhile are missed: the pool keeps its
+    connections, so after a first request there are none)."""
+
+    def __init__(self, server: Server, target: Target) -> None:
+        self.server_pids = server.pids()
+        self.postgres_pids = database_backends(target)
+        self.server_s = self.postgres_s = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self._server0 = cpu_seconds(self.server_pids)
+        self._postgres0 = cpu_seconds(self.postgres_pids)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server_s = cpu_seconds(self.server_pids) - self._server0
+        self.postgres_s = cpu_seconds(self.postgres_pids) - self._postgres0
+
+
+def stream_answer(
+    server: Server, target: Target, headers: dict[str, str], addresses: AddressFile
+) -> Answer:
     """Upload and download at the same time, as a mailer would: the answer streams while the
     body is still being sent. (httpx sends the whole body before reading anything; against a
     server that answers as it reads, both sides then wait on full socket buffers.)"""
@@ -506,7 +549,11 @@ def stream_answer(server: Server, headers: dict[str, str], addresses: AddressFil
         + f"Content-Type: text/plain\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
     ).encode()
     rows = allowed = 0
-    with RssSampler(server) as rss, socket.create_connection((HOST, port)) as sock:
+    with (
+        RssSampler(server) as rss,
+        CpuMeter(server, target) as cpu,
+        socket.create_connection((HOST, port)) as sock,
+    ):
         started = time.monotonic()
 
         def send() -> None:
@@ -540,19 +587,30 @@ def stream_answer(server: Server, headers: dict[str, str], addresses: AddressFil
             allowed += lines.count(b",true,")
         seconds = time.monotonic() - started
         sender.join()
-    return Answer(seconds, rows - 1, allowed, peak_rss_mb=rss.peak, base_rss_mb=rss.base)
+    return Answer(
+        seconds,
+        rows - 1,
+        allowed,
+        peak_rss_mb=rss.peak,
+        base_rss_mb=rss.base,
+        server_cpu_s=cpu.server_s,
+        postgres_cpu_s=cpu.postgres_s,
+    )
 
 
-def download(server: Server, headers: dict[str, str], path: str) -> Answer:
+def download(server: Server, target: Target, headers: dict[str, str], path: str) -> Answer:
     rows = 0
-    with httpx.Client(base_url=server.base_url, headers=headers, timeout=None) as client:
+    with (
+        httpx.Client(base_url=server.base_url, headers=headers, timeout=None) as client,
+        CpuMeter(server, target) as cpu,
+    ):
         started = time.monotonic()
         with client.stream("GET", path) as response:
             response.raise_for_status()
             for block in response.iter_raw():
                 rows += block.count(b"\n")
         seconds = time.monotonic() - started
-    return Answer(seconds, rows - 1, 0)
+    return Answer(seconds, rows - 1, 0, server_cpu_s=cpu.server_s, postgres_cpu_s=cpu.postgres_s)
 
 
 def eligibility_calls(
@@ -657,8 +715,14 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
                     print(
                         f"floor, {addresses.lines:,} addresses: {floor_answer.seconds:.2f} s "
                         f"({floor_answer.rows:,} rows, {floor_answer.allowed:,} allowed)"
+                        + (
+                            ""
+                            if floor_answer.postgres_cpu_s is None
+                            else f"; CPU s: its backend {floor_answer.postgres_cpu_s:.1f} "
+                            "(parallel workers not counted)"
+                        )
                     )
-                    answer = stream_answer(server, headers, addresses)
+                    answer = stream_answer(server, target, headers, addresses)
                     ratio = answer.seconds / floor_answer.seconds
                     same = answer.rows == addresses.lines and answer.allowed == floor_answer.allowed
                     print(
@@ -666,7 +730,8 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
                         f"({addresses.lines / answer.seconds:,.0f}/s; {answer.rows:,} rows, "
                         f"{answer.allowed:,} allowed: {'same as' if same else 'DIFFERENT FROM'} "
                         f"the floor), {ratio:.2f}× the floor; server RSS {answer.base_rss_mb:.0f} "
-                        f"MB before, peak {answer.peak_rss_mb:.0f} MB"
+                        f"MB before, peak {answer.peak_rss_mb:.0f} MB; CPU s: server "
+                        f"{answer.server_cpu_s:.1f}, postgres {answer.postgres_cpu_s:.1f}"
                     )
                     ok: bool | None = answer.seconds <= goal_s and same
                     if not target.is_sqlite and label == "stream":
@@ -699,10 +764,11 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
             with extra_suppressions(target, min(SUPPRESSED_FOR_EXPORT, counts["contact"])) as n:
                 goal_s = GOAL_SUPPRESSIONS_S * n / SUPPRESSED_FOR_EXPORT
                 for attempt in range(args.repeat):
-                    answer = download(server, headers, "/v1/suppressions")
+                    answer = download(server, target, headers, "/v1/suppressions")
                     print(
                         f"suppressions ({n:,} suppressed): {answer.seconds:.2f} s, "
-                        f"{answer.rows:,} rows ({answer.rows / answer.seconds:,.0f}/s)"
+                        f"{answer.rows:,} rows ({answer.rows / answer.seconds:,.0f}/s); CPU s: "
+                        f"server {answer.server_cpu_s:.1f}, postgres {answer.postgres_cpu_s:.1f}"
                     )
                     figures.append(
                         Figure(
@@ -717,11 +783,12 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
                     record.setdefault("suppressions", []).append(vars(answer))
             goal_s = GOAL_AUDIENCE_S * counts["contact"] / REFERENCE_CONTACTS
             for attempt in range(args.repeat):
-                answer = download(server, headers, f"/v1/topics/{AUDIENCE_TOPIC}/audience")
+                answer = download(server, target, headers, f"/v1/topics/{AUDIENCE_TOPIC}/audience")
                 print(
                     f"audience of {AUDIENCE_TOPIC} ({counts['contact']:,} contacts): "
                     f"{answer.seconds:.2f} s, {answer.rows:,} rows "
-                    f"({answer.rows / answer.seconds:,.0f}/s)"
+                    f"({answer.rows / answer.seconds:,.0f}/s); CPU s: server "
+                    f"{answer.server_cpu_s:.1f}, postgres {answer.postgres_cpu_s:.1f}"
                 )
                 figures.append(
                     Figure(

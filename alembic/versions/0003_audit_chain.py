@@ -89,6 +89,8 @@ _SQLITE_TRIGGERS = (
 
 
 def upgrade() -> None:
+    # The time of the event at the head's seq, stamped by the append that moves the head.
+    op.add_column("audit_head", sa.Column("recorded_at", UtcDateTime(), nullable=True))
     op.create_table(
         "audit_evidence",
         sa.Column("seq", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -262,3 +264,5 @@ def downgrade() -> None:
         batch.drop_column("evidence_digest")
         batch.drop_column("address_hash")
     op.drop_table("audit_evidence")
+    with op.batch_alter_table("audit_head") as batch:
+        batch.drop_column("recorded_at")

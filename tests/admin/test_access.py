@@ -105,6 +105,16 @@ class TestSignInWithPassword:
         assert answer.status_code == 401
         assert sessions(database) == []
 
+    def test_a_username_that_cannot_exist_is_refused(
+        self, client: TestClient, database: Database
+    ) -> None:
+        answer = sign_in(client, username="desk\x00<script>", password=PASSWORD)
+
+        assert answer.status_code == 401
+        with database.transaction(write=False) as session:
+            (attempt,) = session.exec(select(AdminSignInAttempt)).all()
+        assert attempt.username is None  # counted against the address only
+
     def test_disabled_user_cannot_sign_in(self, client: TestClient, database: Database) -> None:
         create_user(database, "desk")
         with database.transaction(write=True) as session:

@@ -36,7 +36,7 @@ ENGINES = ("sqlite", "postgresql")
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-output" / "screenshots"
 COMMITTED_SCREENSHOT = REPO / "docs" / "screenshots" / "admin-contact.png"
-VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
+VIEWPORT: ViewportSize = {"width": 1600, "height": 900}
 NEWSLETTER = "Monthly newsletter"
 REASON = "Phoned the desk on 25 Nov and asked for no more newsletters"
 

@@ -3,7 +3,6 @@ database itself refuses UPDATE and DELETE on events."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
+from sqlmodel import col, select
 
 from prefcenter.audit.canonical import CANONICAL_KEYS, chain_hash, encode_event
 from prefcenter.audit.checkpoint import (
@@ -20,8 +20,9 @@ from prefcenter.audit.checkpoint import (
     verify_with_checkpoint,
 )
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.models import AuditEvent, AuditHead
 from prefcenter.audit.schemas import EventKind, NewEvent
-from prefcenter.audit.service import append_event
+from prefcenter.audit.service import append_event, read_events
 from prefcenter.audit.verify import VerifyResult, verify_chain
 from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
@@ -45,7 +46,7 @@ class Chain:
 @pytest.fixture
 def chain(
     client: TestClient, admin_headers: Headers, database: Database, settings: Settings
-) -> Iterator[Chain]:
+) -> Chain:
     """Eight events of every kind, with and without evidence, contact-wide and per topic."""
     make_topic(client, admin_headers, "news")
     make_topic(client, admin_headers, "offers", consent="opt_out")
@@ -82,7 +83,7 @@ def chain(
         for row in fetch(database.settings.database_url, "SELECT seq FROM audit_event ORDER BY seq")
     ]
     assert seqs == list(range(1, 9))
-    yield Chain(
+    return Chain(
         url=settings.database_url,
         database=database,
         keys=AuditKeys.from_settings(settings),
@@ -289,6 +290,51 @@ class TestVerify:
             chain.url, "SELECT public_id FROM contact WHERE address = 'bob@example.com'"
         )[0]
         assert (result.ok, result.first_bad_contact) == (False, bob)
+
+
+class TestAppend:
+    @pytest.mark.parametrize("count", [1, 3, 250])  # 250: PostgreSQL writes them by COPY
+    def test_events_of_one_transaction_are_chained_in_order(self, chain: Chain, count: int) -> None:
+        """One event is one statement on PostgreSQL, many are hashed in Python and inserted
+        set-based: either way the chain verifies and reads back what was appended."""
+        moment = utcnow().replace(year=2024)
+        news = [
+            NewEvent(
+                kind=EventKind.CONSENT_CHANGE,
+                occurred_at=moment,
+                actor="test",
+                source="import",
+                outcome="applied",
+                contact_id=f"c{i}",
+                topic="news",
+                to_status="subscribed",
+                reason=f"Zeile {i} ✓ \u0007" if i % 2 else None,
+                evidence={"line": i, "score": 0.5} if i % 3 == 0 else {"line": i},
+                context={} if i % 5 == 4 else {"actor_kind": "admin"},
+                address=f"p{i}@example.com",
+            )
+            for i in range(count)
+        ]
+        with chain.database.transaction(write=True) as session:
+            for new in news:
+                append_event(session, new)
+        assert chain.verify() == VerifyResult(ok=True, checked=8 + count)
+        with chain.database.transaction(write=False) as session:
+            stored = read_events(session, col(AuditEvent.seq) > 8)
+        assert [e.seq for e in stored] == list(range(9, 9 + count))
+        assert [(e.id, e.reason, e.evidence, e.context, e.occurred_at) for e in stored] == [
+            (n.id, n.reason, n.evidence, n.context, moment) for n in news
+        ]
+        times = [e.recorded_at for e in stored]
+        assert len(set(times)) == 1  # one transaction, one time
+        with chain.database.transaction(write=False) as session:
+            head = session.exec(select(AuditHead)).one()
+        assert (head.seq, head.recorded_at) == (8 + count, times[0])
+
+    def test_recorded_at_never_runs_backwards_along_seq(self, chain: Chain) -> None:
+        with chain.database.transaction(write=False) as session:
+            times = [e.recorded_at for e in read_events(session)]
+        assert times == sorted(times)
 
 
 INSERT_EVENT = (

@@ -3,7 +3,6 @@ back down without losing any."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -62,7 +61,7 @@ def old_event(seq: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def at_0002(empty_settings: Settings) -> Iterator[Settings]:  # noqa: F811
+def at_0002(empty_settings: Settings) -> Settings:  # noqa: F811
     migrations.upgrade(empty_settings, "0002")
     engine = sa.create_engine(empty_settings.database_url)
     with engine.begin() as connection:
@@ -80,7 +79,7 @@ def at_0002(empty_settings: Settings) -> Iterator[Settings]:  # noqa: F811
         connection.execute(sa.insert(_events_0002), [old_event(s) for s in range(1, EVENTS + 1)])
         connection.execute(sa.text("UPDATE audit_head SET seq = :n"), {"n": EVENTS})
     engine.dispose()
-    yield empty_settings
+    return empty_settings
 
 
 def test_existing_events_are_chained_and_keep_their_evidence(

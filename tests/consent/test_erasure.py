@@ -3,6 +3,9 @@ stays suppressed, the chain still verifies, and the address cannot come back by 
 
 from __future__ import annotations
 
+import csv
+import io
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -154,6 +157,22 @@ class TestErase:
             assert response.status_code == 200, (path, response.text)
             assert ADDRESS not in response.text.lower(), path
             assert "203.0.113.9" not in response.text, path
+
+    def test_the_suppression_list_counts_it_without_an_address(
+        self, client: TestClient, admin_headers: Headers, writer_headers: Headers, ada: str
+    ) -> None:
+        record_change(client, writer_headers, "cy@example.com", "unsubscribed")
+        erased = erase(client, admin_headers, ada)
+
+        response = client.get("/v1/suppressions", headers=admin_headers)
+
+        rows = sorted(csv.DictReader(io.StringIO(response.text)), key=lambda r: r["reason"])
+        assert [(r["email"], r["reason"]) for r in rows] == [
+            ("", "erased"),
+            ("cy@example.com", "unsubscribed_all"),
+        ]
+        erased_at = datetime.fromisoformat(erased["erased_at"])
+        assert datetime.fromisoformat(rows[0]["since"]) == erased_at
 
     def test_the_contact_shows_its_erased_state(
         self, client: TestClient, admin_headers: Headers, ada: str

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +22,8 @@ from prefcenter.db import Database
 from prefcenter.eligibility import export_streams, stream
 from prefcenter.eligibility.exports import _timestamp
 from prefcenter.eligibility.lookup import StateTable
-from prefcenter.eligibility.rules import Eligibility, TopicModel, decide_eligibility
+from prefcenter.eligibility.rules import Eligibility, Reason, TopicModel, decide_eligibility
+from prefcenter.eligibility.schemas import EligibilityOut
 from prefcenter.topics.schemas import ConsentModel, TopicKind
 from tests.conftest import issue_key
 from tests.factories import Headers, make_topic, record_change
@@ -157,28 +157,12 @@ def _on_postgres(database: Database) -> None:
 
 
 class TestPostgresCsv:
-    # Not "": COPY writes an empty text as `""` (to tell it from NULL), and no exported cell
-    # is ever empty (addresses and public ids are never).
-    @pytest.mark.parametrize("cell", [cell for cell in AWKWARD_CELLS if cell])
-    def test_copied_cell_is_what_the_csv_module_writes(self, database: Database, cell: str) -> None:
-        """The SQL neutralises, COPY's CSV format quotes: together, Python's csv module (whose
-        CRLF the export puts back for COPY's LF)."""
+    @pytest.mark.parametrize("cell", AWKWARD_CELLS)
+    def test_cell_sql_is_what_the_csv_module_writes(self, database: Database, cell: str) -> None:
         _on_postgres(database)
-        query = select(export_streams.csv_cell_sql(literal(cell)), literal("x"))
         with database.transaction(write=False) as session:
-            connection = session.connection()
-            statement = query.compile(
-                dialect=connection.dialect, compile_kwargs={"literal_binds": True}
-            )
-            dbapi: Any = connection.connection.driver_connection
-            with (
-                dbapi.cursor() as cursor,
-                cursor.copy(f"COPY ({statement}) TO STDOUT (FORMAT csv)") as copy,
-            ):
-                written = b"".join(copy).decode()
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerow((spreadsheet_safe(cell), "x"))
-        assert written == out.getvalue()
+            written = session.execute(select(export_streams.csv_cell_sql(literal(cell)))).scalar()
+        assert f"{written},x\r\n" == python_csv(spreadsheet_safe(cell), "x")
 
     @pytest.mark.parametrize(
         "moment",
@@ -186,6 +170,7 @@ class TestPostgresCsv:
             datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC),
             datetime(2026, 11, 25, 10, 0, 0, 1, tzinfo=UTC),
             datetime(2026, 1, 2, 3, 4, 5, 678900, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 100000, tzinfo=UTC),
         ],
     )
     def test_timestamp_sql_is_what_python_writes(
@@ -226,3 +211,26 @@ class TestPostgresExportRanges:
         assert allowed == [spreadsheet_safe(emails[i]) for i in (0, 3, 4, 6)]
         assert suppressions.text.endswith("\r\n")
         assert audience.text.endswith("\r\n")
+
+
+class TestCheckEligibilityJson:
+    def test_answer_is_the_documented_model(
+        self, client: TestClient, admin_headers: Headers, checker_headers: Headers
+    ) -> None:
+        """The JSON is written without the model: it must still be exactly the model's."""
+        make_topic(client, admin_headers, "news", consent="opt_out")
+        emails = ["ada@example.com", "not an address", "=x@example.com", "ada@example.com"]
+        response = client.post(
+            "/v1/eligibility", headers=checker_headers, json={"topic": "news", "emails": emails}
+        )
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        answer = EligibilityOut.model_validate_json(response.content)
+        assert answer.model_dump(mode="json") == response.json()
+        assert [r.email for r in answer.results] == emails
+        assert [r.reason for r in answer.results] == [
+            Reason.OPT_OUT_DEFAULT,
+            Reason.INVALID_EMAIL,
+            Reason.OPT_OUT_DEFAULT,
+            Reason.OPT_OUT_DEFAULT,
+        ]

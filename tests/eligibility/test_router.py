@@ -35,7 +35,8 @@ GRACE = "grace@example.com"
 STREAM_HEADER = ["email", "allowed", "reason"]
 # Peak RSS growth allowed while 200,000 addresses stream through the app in this process. The
 # request body alone is ~5 MB (the test client reads it whole before sending); the service
-# holds one chunk (5,000 addresses) at a time, so its share is a few MB whatever the size.
+# holds at most two chunks (20,000 addresses each) and the one being read, so its share is a
+# few MB whatever the size.
 MAX_STREAM_RSS_GROWTH_MB = 100
 STREAM_SIZE = 200_000
 

@@ -76,3 +76,6 @@ class AuditHead(SQLModel, table=True):
     seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     # Hash of the event at `seq` (zeros before the first); the hash chain builds on it.
     hash: str = Field(max_length=64)
+    # `recorded_at` of the event at `seq` (None before the first): the head's UPDATE stamps the
+    # time, and the one-statement append (audit.service) builds the event from what it returns.
+    recorded_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -117,6 +117,18 @@ def resolve_filters(session: Session, keys: AuditKeys, filters: AuditFilters) ->
         where.append(col(AuditEvent.actor) == filters.actor)
     if filters.since is not None:
         where.append(col(AuditEvent.recorded_at) >= filters.since)
+        # Where along `seq` the time range starts: `recorded_at` never runs backwards along
+        # `seq` (it is taken under the head lock, audit.service), so this is one probe of
+        # the `recorded_at` index, and the page a range scan of the primary key from there.
+        # Without it the planner walks the key from the start, filtering by time.
+        first = (
+            sqlmodel_select(AuditEvent.seq)
+            .where(col(AuditEvent.recorded_at) >= filters.since)
+            .order_by(col(AuditEvent.recorded_at))
+            .limit(1)
+            .scalar_subquery()
+        )
+        where.append(col(AuditEvent.seq) >= first)
     if filters.until is not None:
         where.append(col(AuditEvent.recorded_at) < filters.until)
     return EventQuery(where=tuple(where))

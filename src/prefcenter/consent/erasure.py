@@ -1,5 +1,5 @@
-"""Owns erasure: removing a person's personal data while keeping them suppressed, and the
-check every path that could bring an address back in must make (`erased_among`).
+"""Owns erasure: removing a person's personal data while keeping them suppressed (the check
+every path that could bring the address back in must make is consent.erased).
 
 What an erasure keeps, and why:
 - the contact row with its public id and `erased_at`, no address: the trail's events name
@@ -10,7 +10,8 @@ What an erasure keeps, and why:
   `suppressed`, yet the table is useless to anyone without the audit key;
 - the chain's events, which hold no address, only its keyed hash; their evidence documents
   (`audit_evidence`: what the caller gave as proof and what the service observed, client
-  address included) are deleted, which the chain allows (it commits to their HMAC).
+  address included) are deleted, which the chain allows (it commits to their HMAC). So are
+  stored answers to `Idempotency-Key` retries that name the contact (they echo the address).
 
 The erasure is a separate table rather than the contact row keeping a hash: one primary-key
 lookup answers "was this address erased?" for every path, whether or not a contact row for

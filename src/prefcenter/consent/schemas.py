@@ -139,14 +139,21 @@ class ConsentChangeIn(BaseModel):
         return value
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _check_evidence_value(value: Any, *, depth: int) -> None:
     """Refuse what one of the engines cannot store or the history cannot render back: NUL in
-    text (PostgreSQL `jsonb`), NaN/Infinity (not JSON), nesting deeper than a serialiser allows."""
+    text (PostgreSQL `jsonb`), lone surrogates (not UTF-8), NaN/Infinity (not JSON), nesting
+    deeper than a serialiser allows."""
     if isinstance(value, dict | list) and depth > MAX_EVIDENCE_DEPTH:
         raise ValueError(f"must be nested at most {MAX_EVIDENCE_DEPTH} levels deep")
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("must not contain NUL characters")
+        # JSON may escape half of a UTF-16 pair alone ("\ud800"): not text, no engine stores it.
+        if not value.isascii() and _LONE_SURROGATE.search(value):
+            raise ValueError("must not contain lone surrogates (\\ud800-\\udfff)")
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("must not contain NaN or Infinity")

@@ -61,8 +61,9 @@ class SuppressionReason(StrEnum):
 
     # The contact opted out of all marketing (a contact-wide `suppression` row in force).
     UNSUBSCRIBED_ALL = "unsubscribed_all"
-    # Erasure (a later issue) adds ERASED = "erased": those rows carry no address (the keyed
-    # hash stays out of the `email` column) and `read_suppressions` will add them.
+    # The person was erased: the row is counted but carries no address (an empty `email`;
+    # only a keyed hash of it is kept, and that stays out of exports), `since` the erasure.
+    ERASED = "erased"
 
 
 class InvalidCursor(Unprocessable):
@@ -135,10 +136,15 @@ def _address() -> ColumnElement[str]:
 
 
 def read_suppressions(session: Session, after_id: int) -> Chunk:
-    """Contacts with a contact-wide opt-out in force, by contact row id. Erased contacts have
-    no address to print: their rows come with erasure (see `SuppressionReason`)."""
+    """Contacts with a contact-wide opt-out in force, by contact row id. Erased contacts are
+    listed without an address (see `SuppressionReason.ERASED`)."""
     rows = session.execute(
-        select(col(Suppression.contact_id), _address(), col(Suppression.since))
+        select(
+            col(Suppression.contact_id),
+            _address(),
+            col(Suppression.since),
+            col(Contact.erased_at),
+        )
         .select_from(Contact)
         .join(Suppression, col(Suppression.contact_id) == col(Contact.id))
         .where(
@@ -147,17 +153,19 @@ def read_suppressions(session: Session, after_id: int) -> Chunk:
             col(Suppression.contact_id) > after_id,
             col(Contact.id) > after_id,
             col(Suppression.suppressed) == true(),
-            col(Contact.erased_at).is_(None),
-            col(Contact.address).is_not(None),
         )
         # The suppression's key, not the contact's (the same value): SQLite then walks it in
         # order instead of sorting every remaining row for each chunk.
         .order_by(col(Suppression.contact_id))
         .limit(CHUNK_ROWS)
     ).all()
-    return _chunk_of(
-        rows, lambda r: (str(r[1]), SuppressionReason.UNSUBSCRIBED_ALL.value, _timestamp(r[2]))
-    )
+    return _chunk_of(rows, _suppression_cells)
+
+
+def _suppression_cells(row: Any) -> tuple[str, ...]:
+    if row[3] is not None:
+        return ("", SuppressionReason.ERASED.value, _timestamp(row[3]))
+    return (str(row[1]), SuppressionReason.UNSUBSCRIBED_ALL.value, _timestamp(row[2]))
 
 
 # --- GET /v1/topics/{key}/audience -----------------------------------------------------------
