@@ -331,6 +331,40 @@ class TestAppend:
             head = session.exec(select(AuditHead)).one()
         assert (head.seq, head.recorded_at) == (8 + count, times[0])
 
+    def test_sqlite_writes_the_columns_as_the_canonical_bytes(self, chain: Chain) -> None:
+        """Verification on SQLite trusts `json_object` to rebuild the canonical bytes from the
+        columns (and looks again in Python where it does not): it must for awkward text."""
+        awkward = "".join(map(chr, range(1, 32))) + '"\\/\x7f\u2028\u00e9✓\U0001f600 '
+        with chain.database.transaction(write=True) as session:
+            for text_value in (awkward, "", " ", "\\u0041"):
+                append_event(
+                    session,
+                    NewEvent(
+                        kind=EventKind.TOPIC_CHANGE,
+                        occurred_at=utcnow(),
+                        actor=text_value or "x",
+                        source="test",
+                        outcome="applied",
+                        topic=text_value,
+                        reason=text_value,
+                    ),
+                )
+        assert chain.verify().ok
+        if not chain.url.startswith("sqlite"):
+            return
+        columns = ", ".join(
+            f"'{name}', replace({name}, ' ', 'T') || 'Z'"
+            if name in ("occurred_at", "recorded_at")
+            else f"'{name}', {name}"
+            for name in sorted(CANONICAL_KEYS)
+        )
+        differing = fetch(
+            chain.url,
+            f"SELECT seq FROM audit_event "
+            f"WHERE CAST(json_object({columns}, 'v', 1) AS BLOB) != canonical",
+        )
+        assert differing == []
+
     def test_recorded_at_never_runs_backwards_along_seq(self, chain: Chain) -> None:
         with chain.database.transaction(write=False) as session:
             times = [e.recorded_at for e in read_events(session)]

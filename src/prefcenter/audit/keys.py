@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -42,17 +42,37 @@ class AuditKeys:
     signing_key: Ed25519PrivateKey
     public_key_b64: str
     key_id: str
+    # HMAC-SHA256 (RFC 2104) with its two padded key blocks hashed once, here: each keyed hash
+    # then costs two SHA-256 of the message's size, some three times less than
+    # `hmac.digest`, which pads and hashes the key again every time (once per event written
+    # and verified).
+    _inner: Any = field(init=False, repr=False, compare=False)
+    _outer: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        block = self.hmac_key.ljust(64, b"\0")  # HKDF gives 32 bytes: no pre-hash needed
+        object.__setattr__(self, "_inner", hashlib.sha256(bytes(b ^ 0x36 for b in block)))
+        object.__setattr__(self, "_outer", hashlib.sha256(bytes(b ^ 0x5C for b in block)))
 
     @staticmethod
     def from_settings(settings: Settings) -> AuditKeys:
         return _keys_for(settings.audit_secret)
 
+    def hmac_sha256(self, message: bytes) -> bytes:
+        """`hmac.digest(self.hmac_key, message, "sha256")`, faster."""
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        digest: bytes = outer.digest()
+        return digest
+
     def address_hash(self, normalised_address: str) -> str:
         """The keyed hash that stands for an address in the chain and after erasure."""
-        return hmac.digest(self.hmac_key, normalised_address.encode("utf-8"), "sha256").hex()
+        return self.hmac_sha256(normalised_address.encode("utf-8")).hex()
 
     def evidence_digest(self, document: bytes) -> str:
-        return hmac.digest(self.hmac_key, document, "sha256").hex()
+        return self.hmac_sha256(document).hex()
 
     def sign(self, message: bytes) -> bytes:
         return self.signing_key.sign(message)

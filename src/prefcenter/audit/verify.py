@@ -5,7 +5,6 @@ last event; streamed in `seq` order in chunks, in constant memory."""
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,54 +47,79 @@ class _Bad(Exception):
 _SORTED_KEYS = tuple(sorted((*CANONICAL_KEYS, "v")))
 _COLUMNS = _SORTED_KEYS[:-1]  # every key but "v" is a column
 _TIMES = tuple(i for i, key in enumerate(_COLUMNS) if key in ("occurred_at", "recorded_at"))
-_SEQ = _COLUMNS.index("seq")
-_CONTACT_ID = _COLUMNS.index("contact_id")
-_EVIDENCE_DIGEST = _COLUMNS.index("evidence_digest")
-_CANONICAL, _HASH, _DOCUMENT = len(_COLUMNS), len(_COLUMNS) + 1, len(_COLUMNS) + 2
-# PostgreSQL: binary COPY of each chunk, typed (times arrive as datetimes; no formatting in
-# SQL). COPY takes no parameters: the one value, an int, is formatted in.
-_PG_TYPES = [
-    "timestamptz" if name in ("occurred_at", "recorded_at") else "int8" if name == "seq" else "text"
-    for name in _COLUMNS
-] + ["bytea", "text", "bytea"]
+# A chunk's row: canonical, hash, document, seq, contact_id, evidence_digest, and whether the
+# database finds the columns to be what the canonical bytes say. It does so by writing them as
+# JSON itself, keys in sorted order, and comparing that with the bytes: PostgreSQL's
+# `to_json(text)` and SQLite's `json_object` escape strings exactly as RFC 8785 does (short
+# escapes for \b \t \n \f \r, `\u00xx` for the other control characters, the rest as it
+# is), and the times are formatted as `format_time` does. An event it finds to differ is
+# checked again in Python (`_check_columns`) before it is called bad: the SQL is the fast
+# path, not the judge. Keyset chunks over the primary key on PostgreSQL (an index range scan
+# and a merge with the evidence); one query read in chunks on SQLite.
 _PG_CHUNK = (
-    "COPY (SELECT {columns}, e.canonical, e.hash, d.document "
+    "SELECT e.canonical, e.hash, d.document, e.seq, e.contact_id, e.evidence_digest, "
+    "convert_to({json}, 'UTF8') = e.canonical "
     "FROM audit_event e LEFT JOIN audit_evidence d ON d.seq = e.seq "
-    "WHERE e.seq > {after} ORDER BY e.seq LIMIT {limit}) TO STDOUT (FORMAT BINARY)"
+    "WHERE e.seq > %s ORDER BY e.seq LIMIT {limit}"
 )
-# SQLite: one query read in chunks; SQLAlchemy keeps times as `YYYY-MM-DD HH:MM:SS.ffffff`
-# UTC text, which `replace` turns into the canonical form at C speed.
 _SQLITE_ALL = (
-    "SELECT {columns}, e.canonical, e.hash, d.document "
+    "SELECT e.canonical, e.hash, d.document, e.seq, e.contact_id, e.evidence_digest, "
+    "CAST(json_object({pairs}, 'v', {version}) AS BLOB) = e.canonical "
     "FROM audit_event e LEFT JOIN audit_evidence d ON d.seq = e.seq "
     "WHERE e.seq > 0 ORDER BY e.seq"
 )
+_ONE = "SELECT {columns} FROM audit_event e WHERE e.seq = {placeholder}"
 
 
 def _column_sql(name: str, dialect: str) -> str:
+    """A column as `_check_columns` compares it: SQLAlchemy keeps SQLite times as
+    `YYYY-MM-DD HH:MM:SS.ffffff` UTC text; PostgreSQL's are datetimes."""
     if dialect != "postgresql" and name in ("occurred_at", "recorded_at"):
         return f"replace(e.{name}, ' ', 'T') || 'Z'"
     return f"e.{name}"
 
 
+def _pg_json_sql() -> str:
+    """The canonical bytes as PostgreSQL writes them from the columns (as text)."""
+    parts = []
+    for name in _COLUMNS:
+        if name in ("occurred_at", "recorded_at"):
+            value = (
+                f"""'"' || to_char(e.{name} AT TIME ZONE 'UTC', """
+                f"""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"'"""
+            )
+        elif name == "seq":
+            value = "e.seq::text"
+        else:
+            value = f"coalesce(to_json(e.{name})::text, 'null')"
+        parts.append(f"""'"{name}":' || {value}""")
+    return "'{' || " + " || ',' || ".join(parts) + f""" || ',"v":{CANONICAL_VERSION}}}'"""
+
+
 def _chunks(cursor: Any, dialect: str) -> Iterator[list[Any]]:
-    """Every event with its evidence document, in seq order, a chunk at a time; a row holds
-    `_COLUMNS`, then canonical, hash and document."""
-    columns = ", ".join(_column_sql(name, dialect) for name in _COLUMNS)
+    """Every event with its evidence document, in seq order, a chunk at a time."""
     if dialect == "postgresql":
+        sql = _PG_CHUNK.format(json=_pg_json_sql(), limit=CHUNK)
         after = 0
         while True:
-            sql = _PG_CHUNK.format(columns=columns, after=int(after), limit=CHUNK)
-            with cursor.copy(sql) as copy:
-                copy.set_types(_PG_TYPES)
-                rows = list(copy.rows())
+            cursor.execute(sql, (after,), binary=True)
+            rows = cursor.fetchall()
             if not rows:
                 return
             yield rows
-            after = rows[-1][_SEQ]
-    cursor.execute(_SQLITE_ALL.format(columns=columns))
+            after = rows[-1][3]
+    pairs = ", ".join(f"'{name}', {_column_sql(name, dialect)}" for name in _COLUMNS)
+    cursor.execute(_SQLITE_ALL.format(pairs=pairs, version=CANONICAL_VERSION))
     while rows := cursor.fetchmany(CHUNK):
         yield rows
+
+
+def _row_columns(cursor: Any, dialect: str, seq: int) -> list[Any]:
+    """The columns of one event, as `_check_columns` compares them."""
+    columns = ", ".join(_column_sql(name, dialect) for name in _COLUMNS)
+    placeholder = "%s" if dialect == "postgresql" else "?"
+    cursor.execute(_ONE.format(columns=columns, placeholder=placeholder), (seq,))
+    return list(cursor.fetchone())
 
 
 def verify_chain(
@@ -177,64 +201,60 @@ def _walk(
 ) -> tuple[int, str]:
     """Check every event; returns the last seq and its hash (hex).
 
-    Per event: SHA-256 onto the previous hash, compared with the stored one; the canonical
-    bytes decoded once and their values compared with the columns (times parsed on
-    PostgreSQL, whose driver hands out datetimes; text on SQLite); the evidence document's
-    keyed digest. Locals, not globals or attributes, in the loop: it runs a million times.
+    Per event: SHA-256 onto the previous hash, compared with the stored one; the columns
+    against the canonical bytes (`_check_columns`; on SQLite only where its SQL said they
+    differ); the evidence document's keyed digest. Locals, not globals, in the loop: it runs a
+    million times.
     """
     sha256 = hashlib.sha256
-    loads = orjson.loads
-    digest = hmac.digest
-    hmac_key = keys.hmac_key
-    parse_times = dialect == "postgresql"
-    from_text = datetime.fromisoformat
-    first_time, second_time = _TIMES
-    n_columns = len(_COLUMNS)
-    sorted_keys = list(_SORTED_KEYS)
-    version = CANONICAL_VERSION
+    hmac_sha256 = keys.hmac_sha256
+    postgres = dialect == "postgresql"
     prev = GENESIS_HASH
     last_hex = GENESIS_HASH.hex()
     expected_seq = 1
+    lookup = cursor.connection.cursor()
     for rows in _chunks(cursor, dialect):
         erased_candidates: list[tuple[int, str | None]] = []
-        for row in rows:
-            seq = row[_SEQ]
+        for canonical, stored_hash, document, seq, contact_id, digest, same in rows:
             if seq != expected_seq:
                 raise _Bad(expected_seq, f"seq {expected_seq} is missing")
-            canonical = row[_CANONICAL]
             prev = sha256(prev + canonical).digest()
             last_hex = prev.hex()
-            if last_hex != row[_HASH]:
+            if last_hex != stored_hash:
                 raise _Bad(seq, "its hash is not SHA-256(previous hash ‖ its canonical bytes)")
-            try:
-                decoded = loads(canonical)
-                values = list(decoded.values())
-                if parse_times:
-                    values[first_time] = from_text(values[first_time])
-                    values[second_time] = from_text(values[second_time])
-            except (ValueError, TypeError, AttributeError, IndexError):
-                raise _Bad(seq, "its canonical bytes are not an event") from None
-            if (
-                list(decoded) != sorted_keys
-                or values[n_columns] != version
-                or values[:n_columns] != list(row[:n_columns])
-            ):
-                raise _Bad(seq, "its columns differ from its canonical bytes")
-            document = row[_DOCUMENT]
-            evidence_digest = row[_EVIDENCE_DIGEST]
-            if document is None:
-                if evidence_digest is not None:
-                    erased_candidates.append((seq, row[_CONTACT_ID]))
-            elif evidence_digest is None or (
-                digest(hmac_key, document, "sha256").hex() != evidence_digest
-            ):
-                raise _Bad(seq, "its evidence document does not match its digest")
+            if not same:  # the database says they differ: look again, in Python
+                columns = _row_columns(lookup, dialect, seq)
+                _check_columns(seq, canonical, columns, parse_times=postgres)
+            if document is not None:
+                if digest is None or hmac_sha256(document).hex() != digest:
+                    raise _Bad(seq, "its evidence document does not match its digest")
+            elif digest is not None:
+                erased_candidates.append((seq, contact_id))
             expected_seq += 1
         if erased_candidates:
             _check_missing_documents(session, erased_candidates)
         if progress is not None:
             progress(expected_seq - 1, head_seq)
     return expected_seq - 1, last_hex
+
+
+_SORTED_KEY_LIST = list(_SORTED_KEYS)
+_FIRST_TIME, _SECOND_TIME = _TIMES
+
+
+def _check_columns(seq: int, canonical: bytes, columns: list[Any], *, parse_times: bool) -> None:
+    """The columns (in `_COLUMNS` order) are the values of the canonical object."""
+    try:
+        decoded = orjson.loads(canonical)
+        values = [*decoded.values()]
+        if parse_times:  # PostgreSQL hands out datetimes
+            values[_FIRST_TIME] = datetime.fromisoformat(values[_FIRST_TIME])
+            values[_SECOND_TIME] = datetime.fromisoformat(values[_SECOND_TIME])
+    except (ValueError, TypeError, AttributeError, IndexError):
+        raise _Bad(seq, "its canonical bytes are not an event") from None
+    columns.append(CANONICAL_VERSION)  # the canonical object's last key, "v"
+    if values != columns or [*decoded] != _SORTED_KEY_LIST:
+        raise _Bad(seq, "its columns differ from its canonical bytes")
 
 
 def _check_missing_documents(session: Session, missing: list[tuple[int, str | None]]) -> None:
