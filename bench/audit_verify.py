@@ -293,9 +293,10 @@ def _write_plain(session: OrmSession) -> None:
             },
         )
         return
-    head = session.execute(
-        service._take_seqs(len(pending), postgres=postgres), {} if postgres else {"now": utcnow()}
-    ).one()
+    if not postgres:
+        _write_plain_sqlite(session, pending, documents)
+        return
+    head = session.execute(service._take_seqs(len(pending), postgres=postgres)).one()
     recorded_at = head[2]
     seq = head[0] - len(pending)
     rows = []
@@ -323,6 +324,53 @@ def _write_plain(session: OrmSession) -> None:
     session.execute(insert(service._EVENTS), rows)
     if evidence:
         session.execute(insert(service._EVIDENCE), evidence)
+
+
+def _write_plain_sqlite(
+    session: OrmSession, pending: list[NewEvent], documents: list[bytes | None]
+) -> None:
+    """SQLite, through the driver as the chained append does: seq, rows, evidence."""
+    dbapi = session.connection().connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        (seq,) = cursor.execute(
+            "UPDATE audit_head SET seq = seq + ? WHERE id = 1 RETURNING seq", (len(pending),)
+        ).fetchone()
+        seq -= len(pending)
+        now = service._sqlite_time(format_time(utcnow()))
+        rows = []
+        evidence = []
+        for new, document in zip(pending, documents, strict=True):
+            seq += 1
+            rows.append(
+                (
+                    seq,
+                    new.id,
+                    new.kind.value,
+                    now,
+                    service._sqlite_time(format_time(new.occurred_at)),
+                    new.contact_id,
+                    new.topic,
+                    new.outcome,
+                    new.actor,
+                    new.source,
+                    b"",
+                    "",
+                )
+            )
+            if document is not None:
+                evidence.append((seq, document))
+        cursor.executemany(
+            "INSERT INTO audit_event (seq, id, kind, recorded_at, occurred_at, contact_id, "
+            "topic, outcome, actor, source, canonical, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        if evidence:
+            cursor.executemany("INSERT INTO audit_evidence (seq, document) VALUES (?, ?)", evidence)
+    finally:
+        cursor.close()
 
 
 def _append_run(database: Database, count: int) -> float:

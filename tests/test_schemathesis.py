@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.apikeys.schemas import Scope as ApiScope
 from prefcenter.app import create_app
+from prefcenter.audit.queries import InvalidAuditCursor, InvalidTimeRange
 from prefcenter.consent.errors import ReasonRequired
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database
@@ -197,7 +198,14 @@ def issue_tokens(app: FastAPI, admin: dict[str, str]) -> IssuedTokens:
 # opaque change-feed cursor the service never handed out (no schema can say which are).
 STATE_DEPENDENT_422 = {
     PROBLEM_TYPE_PREFIX + problem.slug
-    for problem in (UnknownTopic, ReasonRequired, IdempotencyKeyReused, InvalidCursor)
+    for problem in (
+        UnknownTopic,
+        ReasonRequired,
+        IdempotencyKeyReused,
+        InvalidCursor,
+        InvalidAuditCursor,
+        InvalidTimeRange,  # since >= until: across two parameters, which no schema can say
+    )
 }
 
 

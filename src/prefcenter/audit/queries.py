@@ -36,6 +36,11 @@ class InvalidAuditCursor(Unprocessable):
     title = "Invalid cursor"
 
 
+class InvalidTimeRange(Unprocessable):
+    slug = "invalid-time-range"
+    title = "Invalid time range"
+
+
 @dataclass(frozen=True, slots=True)
 class AuditFilters:
     """The filters of `/v1/audit` and its export, as parsed from the query (all optional, all
@@ -93,7 +98,7 @@ def resolve_filters(session: Session, keys: AuditKeys, filters: AuditFilters) ->
     hash of the old address).
     """
     if filters.since is not None and filters.until is not None and filters.since >= filters.until:
-        raise Unprocessable(
+        raise InvalidTimeRange(
             "`since` must be before `until`.",
             errors=[{"field": "until", "detail": "must be after since"}],
         )

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime
 
 from prefcenter.apikeys.auth import requires
 from prefcenter.apikeys.schemas import Caller, Scope
@@ -15,9 +14,10 @@ from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.audit.query_schemas import AuditEventsOut, ExportFormat
 from prefcenter.audit.schemas import VerifyOut
 from prefcenter.audit.verify import verify_chain
-from prefcenter.contacts.addresses import InvalidAddress, parse_address
+from prefcenter.contacts.addresses import MAX_ADDRESS_OCTETS, InvalidAddress, parse_address
 from prefcenter.db import ReadSession, database_of
 from prefcenter.problems import Unprocessable, problem_responses
+from prefcenter.timestamps import Rfc3339DateTime
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 503))
 
@@ -29,24 +29,31 @@ AuditReader = Annotated[Caller, Depends(requires(Scope.AUDIT_READ))]
 AuditKeysDep = Annotated[AuditKeys, Depends(audit_keys_of)]
 
 
+# No control characters (NUL cannot even be stored in PostgreSQL text): a filter holding one
+# matches nothing, so it is refused as a malformed request.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
 def _audit_filters(
     email: Annotated[
         str | None,
         Query(
-            max_length=320,
+            max_length=MAX_ADDRESS_OCTETS,
             description="Events about this address, also after it was erased or corrected.",
+            # The same schema as every address field of the API (contacts.addresses).
+            json_schema_extra={"format": "idn-email"},
         ),
     ] = None,
-    contact_id: Annotated[str | None, Query(max_length=32)] = None,
-    topic: Annotated[str | None, Query(max_length=64)] = None,
-    source: Annotated[str | None, Query(max_length=64)] = None,
-    actor: Annotated[str | None, Query(max_length=200)] = None,
+    contact_id: Annotated[str | None, Query(max_length=32, pattern=_PRINTABLE)] = None,
+    topic: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE)] = None,
+    source: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE)] = None,
+    actor: Annotated[str | None, Query(max_length=200, pattern=_PRINTABLE)] = None,
     since: Annotated[
-        AwareDatetime | None,
+        Rfc3339DateTime | None,
         Query(description="Recorded at or after this time (RFC 3339 with an offset)."),
     ] = None,
     until: Annotated[
-        AwareDatetime | None,
+        Rfc3339DateTime | None,
         Query(description="Recorded before this time (RFC 3339 with an offset)."),
     ] = None,
 ) -> queries.AuditFilters:

@@ -11,7 +11,6 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,6 +27,7 @@ from prefcenter.audit.schemas import AuditEventOut
 from prefcenter.consent.rules import Outcome, Status
 from prefcenter.contacts.addresses import EmailAddress
 from prefcenter.links.schemas import CampaignId
+from prefcenter.timestamps import Rfc3339DateTime
 from prefcenter.topics.schemas import TopicKey
 
 MAX_LOOKUP = 1000
@@ -73,18 +73,6 @@ def _as_given(value: Any) -> Any:
     return value
 
 
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
-
-
-def _rfc3339_text(value: Any) -> Any:
-    """Only RFC 3339 text with an offset: no Unix times, no dates without a time."""
-    if isinstance(value, str) and not _RFC3339.fullmatch(value):
-        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-11-25T12:00:00Z")
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an RFC 3339 date-time string with an offset")  # noqa: TRY004
-    return value
-
-
 class RequestedStatus(StrEnum):
     SUBSCRIBED = "subscribed"
     UNSUBSCRIBED = "unsubscribed"
@@ -98,7 +86,7 @@ class ConsentChangeIn(BaseModel):
         default=None, description="Omitted: the change applies to all marketing."
     )
     status: RequestedStatus
-    occurred_at: Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)] | None = Field(
+    occurred_at: Rfc3339DateTime | None = Field(
         default=None,
         description="When the person made the change (RFC 3339 with an offset); defaults to "
         "now, and a time in the future counts as now.",
