@@ -155,8 +155,9 @@ class Settings(BaseSettings):
     def audit_secret(self) -> bytes:
         """The audit key, or on SQLite one generated once and kept beside the data.
 
-        Losing it does not break the chain (verification needs no key), but new events could
-        no longer be matched to old ones by address, nor an erased address kept suppressed.
+        Never rotate or lose it: verification checks evidence digests with it, new events could
+        no longer be matched to old ones by address, erased addresses would no longer be kept
+        suppressed, and checkpoints and receipts signed with it could no longer be checked.
         """
         if self.audit_key.strip():
             secret = self.audit_key.strip().encode()

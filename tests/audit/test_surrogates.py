@@ -1,5 +1,6 @@
 """A lone surrogate (`"\\ud800"`) is valid JSON but no UTF-8 text: no audit event can hold it.
-It is refused as a 422 where it comes in, never met at COMMIT as a 500."""
+It is refused as a 422 where it comes in, never met at COMMIT as a 500; so is an integer that
+RFC 8785 cannot write."""
 
 from __future__ import annotations
 
@@ -56,5 +57,37 @@ class TestPostConsents:
             "/v1/consents",
             headers={**admin_headers, "Content-Type": "application/json"},
             content=body.encode("ascii"),
+        )
+        assert response.status_code == 200, response.text
+
+
+class TestIntegersBeyondADouble:
+    """Evidence is stored as RFC 8785 JSON, whose numbers are doubles: a larger integer is
+    refused where it comes in, not met at COMMIT as a 500."""
+
+    @pytest.mark.parametrize("number", [2**53, -(2**53), 2**64])
+    def test_an_integer_a_double_cannot_hold_is_refused(
+        self, client: TestClient, admin_headers: Headers, database: Database, number: int
+    ) -> None:
+        make_topic(client, admin_headers, "news")
+        before = row_counts(database)
+        response = client.post(
+            "/v1/consents",
+            headers=admin_headers,
+            json={"email": "ada@example.com", "status": "subscribed", "evidence": {"n": number}},
+        )
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["errors"]
+        assert error["field"] == "evidence"
+        assert row_counts(database) == before
+
+    def test_the_largest_exact_integer_is_accepted(
+        self, client: TestClient, admin_headers: Headers
+    ) -> None:
+        make_topic(client, admin_headers, "news")
+        response = client.post(
+            "/v1/consents",
+            headers=admin_headers,
+            json={"email": "ada@example.com", "status": "subscribed", "evidence": {"n": 2**53 - 1}},
         )
         assert response.status_code == 200, response.text

@@ -34,6 +34,7 @@ MAX_LOOKUP = 1000
 MAX_EVIDENCE_KEYS = 100
 MAX_EVIDENCE_BYTES = 16 * 1024
 MAX_EVIDENCE_DEPTH = 32
+MAX_EXACT_INTEGER = 2**53 - 1
 
 SourceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 PrintableText = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
@@ -59,9 +60,11 @@ class _EveryKeyMatches:
 # What evidence may hold, for the OpenAPI document: JSON without NUL in any text (PostgreSQL
 # `jsonb` cannot store it). Validation is `_check_evidence_value`, which names the field.
 EvidenceText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+# Integers a double holds exactly: the audit trail writes evidence as RFC 8785 JSON.
+EvidenceInteger = Annotated[int, Field(ge=-MAX_EXACT_INTEGER, le=MAX_EXACT_INTEGER)]
 EvidenceValue = TypeAliasType(
     "EvidenceValue",
-    "EvidenceText | int | float | bool | list[EvidenceValue] "
+    "EvidenceText | EvidenceInteger | float | bool | list[EvidenceValue] "
     "| Annotated[dict[EvidenceText, EvidenceValue], _EveryKeyMatches] | None",
 )
 EvidenceDocument = Annotated[dict[EvidenceText, EvidenceValue], _EveryKeyMatches]
@@ -132,8 +135,8 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _check_evidence_value(value: Any, *, depth: int) -> None:
     """Refuse what one of the engines cannot store or the history cannot render back: NUL in
-    text (PostgreSQL `jsonb`), lone surrogates (not UTF-8), NaN/Infinity (not JSON), nesting
-    deeper than a serialiser allows."""
+    text (PostgreSQL `jsonb`), lone surrogates (not UTF-8), NaN/Infinity (not JSON), integers
+    a double cannot hold (RFC 8785), nesting deeper than a serialiser allows."""
     if isinstance(value, dict | list) and depth > MAX_EVIDENCE_DEPTH:
         raise ValueError(f"must be nested at most {MAX_EVIDENCE_DEPTH} levels deep")
     if isinstance(value, str):
@@ -145,6 +148,11 @@ def _check_evidence_value(value: Any, *, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("must not contain NaN or Infinity")
+    elif isinstance(value, int) and not -MAX_EXACT_INTEGER <= value <= MAX_EXACT_INTEGER:
+        # The audit trail stores evidence as RFC 8785 JSON, whose numbers are doubles.
+        raise ValueError(
+            f"integers must be within ±{MAX_EXACT_INTEGER} (send larger ones as strings)"
+        )
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_evidence_value(key, depth=depth)
