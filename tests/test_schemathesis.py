@@ -31,6 +31,7 @@ from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database
 from prefcenter.eligibility.exports import InvalidCursor
 from prefcenter.idempotency import IdempotencyKeyReused
+from prefcenter.imports.errors import UnreadableImport
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 from prefcenter.settings import Settings
 from prefcenter.topics.errors import UnknownTopic
@@ -205,6 +206,7 @@ STATE_DEPENDENT_422 = {
         InvalidCursor,
         InvalidAuditCursor,
         InvalidTimeRange,  # since >= until: across two parameters, which no schema can say
+        UnreadableImport,  # what a CSV file holds: no schema says it
     )
 }
 

@@ -22,9 +22,18 @@ def _rfc3339_text(value: Any) -> Any:
 
 
 def _in_utc(value: datetime) -> datetime:
-    """In UTC. A time at the edge of the calendar whose offset would carry it past year 1 or
-    9999 (`0001-01-01T00:00:00+01:00`) is clamped to the first or last representable instant,
-    which is what it means to every comparison made with it."""
+    """In UTC. `0001-01-01T00:00:00+14:00` parses, but no UTC time exists for it: refused
+    (it would fail on storing, a 500)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+def _in_utc_clamped(value: datetime) -> datetime:
+    """In UTC; a bound at the edge of the calendar whose offset carries it past year 1 or 9999
+    is clamped to the first or last representable instant, which is what it means to every
+    comparison made with it."""
     try:
         return value.astimezone(UTC)
     except OverflowError:
@@ -33,4 +42,10 @@ def _in_utc(value: datetime) -> datetime:
 
 
 Rfc3339DateTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_in_utc)]
-"""A time field or query parameter: RFC 3339 with an offset, read timezone-aware."""
+"""A point in time given to be stored: RFC 3339 with an offset, read in UTC."""
+
+Rfc3339Bound = Annotated[
+    AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_in_utc_clamped)
+]
+"""A bound of a time filter (`since`, `until`): RFC 3339 with an offset, read in UTC, clamped
+to the calendar."""

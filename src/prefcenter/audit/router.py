@@ -17,7 +17,7 @@ from prefcenter.audit.verify import verify_chain
 from prefcenter.contacts.addresses import MAX_ADDRESS_OCTETS, InvalidAddress, parse_address
 from prefcenter.db import ReadSession, database_of
 from prefcenter.problems import Unprocessable, problem_responses
-from prefcenter.timestamps import Rfc3339DateTime
+from prefcenter.timestamps import Rfc3339Bound
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 503))
 
@@ -49,11 +49,11 @@ def _audit_filters(
     source: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE)] = None,
     actor: Annotated[str | None, Query(max_length=200, pattern=_PRINTABLE)] = None,
     since: Annotated[
-        Rfc3339DateTime | None,
+        Rfc3339Bound | None,
         Query(description="Recorded at or after this time (RFC 3339 with an offset)."),
     ] = None,
     until: Annotated[
-        Rfc3339DateTime | None,
+        Rfc3339Bound | None,
         Query(description="Recorded before this time (RFC 3339 with an offset)."),
     ] = None,
 ) -> queries.AuditFilters:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -109,17 +109,6 @@ class ConsentChangeIn(BaseModel):
         default=None,
         description="Why (admin keys): required to reverse a person's own opt-out.",
     )
-
-    @field_validator("occurred_at")
-    @classmethod
-    def _occurred_at_in_range(cls, value: datetime | None) -> datetime | None:
-        # 0001-01-01T00:00+14:00 parses but has no UTC time: it would fail on storing (a 500).
-        if value is not None:
-            try:
-                value.astimezone(UTC)
-            except OverflowError:
-                raise ValueError("is out of range once converted to UTC") from None
-        return value
 
     @field_validator("evidence")
     @classmethod
