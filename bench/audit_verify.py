@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session as OrmSession
 from prefcenter import migrations
 from prefcenter.audit import service
 from prefcenter.audit.canonical import (
+    CANONICAL_KEYS,
     GENESIS_HASH,
     chain_hash,
     encode_document,
@@ -156,26 +157,8 @@ def seed(settings: Settings, count: int) -> None:
         database.dispose()
 
 
-_EVENT_COLUMNS = (
-    "seq",
-    "id",
-    "kind",
-    "recorded_at",
-    "occurred_at",
-    "contact_id",
-    "topic",
-    "from_status",
-    "to_status",
-    "outcome",
-    "actor",
-    "source",
-    "campaign_id",
-    "reason",
-    "address_hash",
-    "evidence_digest",
-    "canonical",
-    "hash",
-)
+# Every stored column of an event: the canonical keys, then what was hashed and the hash.
+_EVENT_COLUMNS = (*CANONICAL_KEYS, "canonical", "hash")
 
 
 def _bulk_insert(
