@@ -10,7 +10,6 @@ CSP would report any attempt as a console error, which fails the test). Screensh
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
@@ -28,7 +27,7 @@ from tests.admin.console import PASSWORD, create_user
 from tests.conftest import make_settings
 from tests.factories import row_counts
 from tests.live_server import LiveServer, fresh_database_url, issue_live_key, live_server
-from tests.preference_center.test_browser import CHROMIUM, CHROMIUM_ARGS, Watch
+from tests.real_browser import Watch, launch_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -72,20 +71,8 @@ class Live:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if os.environ.get("PREFCENTER_SKIP_BROWSER") == "1":
-        pytest.skip("PREFCENTER_SKIP_BROWSER=1: real-browser tests skipped on request")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: run `make browser`, or set PREFCENTER_SKIP_BROWSER=1 to "
-            "skip the real-browser tests on purpose.",
-            pytrace=False,
-        )
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launch_chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module", params=ENGINES)

@@ -12,11 +12,10 @@ Chromium missing is a failure, never a skip (CI must not pass without these test
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,9 @@ import httpx
 import pytest
 from playwright.sync_api import (
     Browser,
-    ConsoleMessage,
     Page,
-    Request,
     ViewportSize,
     expect,
-    sync_playwright,
 )
 
 from prefcenter.apikeys.schemas import Scope
@@ -37,23 +33,11 @@ from prefcenter.db import Database
 from tests.conftest import make_settings
 from tests.factories import row_counts
 from tests.live_server import LiveServer, fresh_database_url, issue_live_key, live_server
+from tests.real_browser import Watch, launch_chromium
 
 pytestmark = pytest.mark.slow
 
 ENGINES = ("sqlite", "postgresql")
-CHROMIUM = "/usr/bin/chromium"
-# Without the background-networking switches chromium phones home on start, which this
-# sandbox (and many CI runners) refuse.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
 VIEWPORTS: dict[str, ViewportSize] = {
     "phone": {"width": 375, "height": 740},
@@ -151,21 +135,8 @@ class Live:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """One chromium for the whole module."""
-    if os.environ.get("PREFCENTER_SKIP_BROWSER") == "1":
-        pytest.skip("PREFCENTER_SKIP_BROWSER=1: real-browser tests skipped on request")
-    executable = Path(CHROMIUM)
-    if not executable.exists():
-        pytest.fail(
-            f"{executable} is missing: run `make browser` (installs Debian's chromium), or set "
-            "PREFCENTER_SKIP_BROWSER=1 to skip the real-browser tests on purpose.",
-            pytrace=False,
-        )
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launch_chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -194,27 +165,6 @@ def live(
 
 def new_address() -> str:
     return f"ada.{uuid.uuid4().hex[:10]}@example.com"
-
-
-@dataclass  # no slots: Playwright caches a wrapper on the object of a bound-method handler
-class Watch:
-    """What the page did besides rendering: console errors (CSP violations land there) and
-    every URL it fetched."""
-
-    errors: list[str] = field(default_factory=list)
-    requests: list[str] = field(default_factory=list)
-
-    def on_console(self, message: ConsoleMessage) -> None:
-        # Chromium asks for /favicon.ico on its own, whatever the page says; the service has
-        # none to give, and that 404 is not the page's doing.
-        if message.type == "error" and not message.location["url"].endswith("/favicon.ico"):
-            self.errors.append(f"{message.text} ({message.location['url']})")
-
-    def on_page_error(self, error: Exception) -> None:
-        self.errors.append(str(error))
-
-    def on_request(self, request: Request) -> None:
-        self.requests.append(request.url)
 
 
 @contextmanager
