@@ -8,6 +8,8 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,6 +65,21 @@ def _settings() -> Settings:
     return settings
 
 
+@contextmanager
+def _database(settings: Settings | None = None, *, refused_exit: int = 1) -> Iterator[Database]:
+    """The configured database for one command, disposed at the end. A refusal from a service
+    (a Problem: a taken name, an unknown key) is printed and ends the command with
+    `refused_exit`, not a traceback."""
+    database = Database(settings or _settings())
+    try:
+        yield database
+    except Problem as exc:
+        stderr.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(refused_exit) from exc
+    finally:
+        database.dispose()
+
+
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -109,15 +126,8 @@ def keys_create(
     scope: Annotated[list[Scope], typer.Option(help="A scope to grant; repeat for several.")],
 ) -> None:
     """Create an API key. The secret is printed once, as the last line of stdout."""
-    database = Database(_settings())
-    try:
-        with database.transaction(write=True) as session:
-            issued = apikeys.create_api_key(session, name=name, scopes=scope)
-    except Problem as exc:
-        stderr.print(f"[red]error:[/red] {exc.detail}")
-        raise typer.Exit(1) from exc
-    finally:
-        database.dispose()
+    with _database() as database, database.transaction(write=True) as session:
+        issued = apikeys.create_api_key(session, name=name, scopes=scope)
     scopes = " ".join(s.value for s in issued.info.scopes)
     stderr.print(f"created API key {issued.info.id} ({issued.info.name}) with scopes: {scopes}")
     stderr.print("Store the secret now: it is not shown again.")
@@ -127,12 +137,8 @@ def keys_create(
 @keys_cli.command("list")
 def keys_list() -> None:
     """List API keys (never their secrets)."""
-    database = Database(_settings())
-    try:
-        with database.transaction(write=False) as session:
-            keys = apikeys.list_api_keys(session)
-    finally:
-        database.dispose()
+    with _database() as database, database.transaction(write=False) as session:
+        keys = apikeys.list_api_keys(session)
     table = Table("id", "name", "prefix", "scopes", "created", "revoked")
     for key in keys:
         table.add_row(
@@ -149,15 +155,8 @@ def keys_list() -> None:
 @keys_cli.command("revoke")
 def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see list).")]) -> None:
     """Revoke an API key at once."""
-    database = Database(_settings())
-    try:
-        with database.transaction(write=True) as session:
-            info = apikeys.revoke_api_key(session, key_id=key_id)
-    except Problem as exc:
-        stderr.print(f"[red]error:[/red] {exc.detail}")
-        raise typer.Exit(1) from exc
-    finally:
-        database.dispose()
+    with _database() as database, database.transaction(write=True) as session:
+        info = apikeys.revoke_api_key(session, key_id=key_id)
     assert info.revoked_at is not None
     stderr.print(f"revoked API key {info.id} ({info.name}) at {info.revoked_at.isoformat()}")
 
@@ -174,27 +173,16 @@ def admins_create(
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    database = Database(_settings())
-    try:
-        with database.transaction(write=True) as session:
-            user = admins.create_admin(session, username=username, password=password, now=utcnow())
-    except Problem as exc:
-        stderr.print(f"[red]error:[/red] {exc.detail}")
-        raise typer.Exit(1) from exc
-    finally:
-        database.dispose()
+    with _database() as database, database.transaction(write=True) as session:
+        user = admins.create_admin(session, username=username, password=password, now=utcnow())
     stderr.print(f"created admin user {user.username}: sign in at /admin/sign-in")
 
 
 @admins_cli.command("list")
 def admins_list() -> None:
     """List console users (never their password hashes)."""
-    database = Database(_settings())
-    try:
-        with database.transaction(write=False) as session:
-            users = admins.list_admins(session)
-    finally:
-        database.dispose()
+    with _database() as database, database.transaction(write=False) as session:
+        users = admins.list_admins(session)
     table = Table("username", "created", "disabled")
     for user in users:
         table.add_row(
@@ -208,15 +196,8 @@ def admins_list() -> None:
 @admins_cli.command("disable")
 def admins_disable(username: Annotated[str, typer.Argument(help="The user to disable.")]) -> None:
     """Disable a console user and end their sessions at once."""
-    database = Database(_settings())
-    try:
-        with database.transaction(write=True) as session:
-            user = admins.disable_admin(session, username=username)
-    except Problem as exc:
-        stderr.print(f"[red]error:[/red] {exc.detail}")
-        raise typer.Exit(1) from exc
-    finally:
-        database.dispose()
+    with _database() as database, database.transaction(write=True) as session:
+        user = admins.disable_admin(session, username=username)
     stderr.print(f"disabled admin user {user.username}; their sessions are ended")
 
 
@@ -252,7 +233,6 @@ def import_file(
     if not _IMPORT_NAME.fullmatch(source):
         stderr.print("[red]error:[/red] --source must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
         raise typer.Exit(2)
-    database = Database(_settings())
     request = ImportRequest(
         topic=topic,
         name=source,
@@ -262,13 +242,8 @@ def import_file(
         batch_size=batch_size,
         dry_run=dry_run,
     )
-    try:
+    with _database(refused_exit=2) as database:
         report = import_with_progress(database, file, request, stderr)
-    except Problem as exc:
-        stderr.print(f"[red]error:[/red] {exc.detail}")
-        raise typer.Exit(2) from exc
-    finally:
-        database.dispose()
     if as_json:
         sys.stdout.write(report.model_dump_json(indent=2) + "\n")
     else:
@@ -325,11 +300,8 @@ def audit_checkpoint(
 ) -> None:
     """Print a signed statement of the chain's head (seq, hash, time) to keep elsewhere."""
     settings = _settings()
-    database = Database(settings)
-    try:
+    with _database(settings) as database:
         statement = make_checkpoint(database, AuditKeys.from_settings(settings), now=utcnow())
-    finally:
-        database.dispose()
     text = json.dumps(statement, indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)

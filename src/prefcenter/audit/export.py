@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import anyio
 import orjson
 
+from prefcenter.audit.canonical import QUERY_COLUMNS
 from prefcenter.audit.queries import EventQuery, read_page
 from prefcenter.audit.query_schemas import ExportFormat
 from prefcenter.audit.schemas import AuditEventOut
@@ -29,24 +30,9 @@ from prefcenter.db import Database
 # Events per chunk: an event's evidence may be up to 16 KiB, so a chunk stays a few MiB at most.
 CHUNK_EVENTS = 1000
 
-CSV_HEADER = (
-    "seq",
-    "id",
-    "kind",
-    "recorded_at",
-    "occurred_at",
-    "contact_id",
-    "topic",
-    "from_status",
-    "to_status",
-    "outcome",
-    "actor",
-    "source",
-    "campaign_id",
-    "reason",
-    "evidence",
-    "context",
-)
+# The query columns in their canonical order (as `_csv_cells` writes them), then the
+# personal part of the event.
+CSV_HEADER = (*QUERY_COLUMNS, "evidence", "context")
 MEDIA_TYPES = {
     ExportFormat.CSV: "text/csv; charset=utf-8",
     ExportFormat.JSONL: "application/jsonl; charset=utf-8",
