@@ -25,6 +25,7 @@ from prefcenter.imports.router import router as imports_router
 from prefcenter.links.router import router as links_router
 from prefcenter.preference_center.router import install_invalid_link_page
 from prefcenter.preference_center.router import router as recipient_router
+from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
 from prefcenter.problems import (
     ServiceUnavailable,
     document_problems,
@@ -75,6 +76,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
+    )
+    # Outermost: the unsubscribe page and one-click POST without the framework's routing,
+    # dependencies and templates per request; anything else it hands on (see the module).
+    app.add_middleware(
+        UnsubscribeLane,
+        settings=settings,
+        database=database,
+        signing_keys=signing_keys,
+        trusted_proxies=app.state.trusted_proxies,
+        audit_keys=app.state.audit_keys,
     )
     app.include_router(topics_router)
     app.include_router(consent_router)

@@ -4,6 +4,7 @@ transaction boundary (the only place in the code base that commits)."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -219,8 +220,59 @@ class Database:
         with self.transaction(write=write, autocommit=autocommit) as session:
             return work(session)
 
+    async def run_on_connection(self, work: Callable[[Any], T]) -> T:
+        """`work(cursor)` on a pooled connection in autocommit mode, each statement its own
+        transaction, in one worker thread: for the hottest paths, whose every statement
+        stands alone (a page's one read; an opt-out's read and its one guarded write,
+        consent.recipient_optout). No ORM and no BEGIN/COMMIT round trips.
+
+        The cursor is the driver's own: SQL in its parameter style (`driver_sql`). A failed
+        connection, or a busy one, raises `ConnectionLost` (503) after dropping it from the
+        pool; the caller may then take its ordinary path, which retries.
+        """
+        async with self.session_slots:
+            return await anyio.to_thread.run_sync(self._on_connection, work)
+
+    def _on_connection(self, work: Callable[[Any], T]) -> T:
+        pooled = self.engine.raw_connection()
+        driver: Any = pooled.driver_connection
+        postgres = not self.settings.is_sqlite  # SQLite's connections are in autocommit already
+        try:
+            if postgres:
+                driver.autocommit = True
+            cursor = driver.cursor()
+            try:
+                result = work(cursor)
+            finally:
+                cursor.close()
+            if postgres:
+                # Back to what the pool hands to sessions.
+                driver.autocommit = False
+        except BaseException as exc:
+            # Whatever state it is in (autocommit, a failed statement), it is not reused.
+            pooled.invalidate()
+            if isinstance(exc, self.engine.dialect.loaded_dbapi.OperationalError):
+                logger.warning("database connection failed on the direct path: %s", exc)
+                raise ConnectionLost(
+                    "The database connection was lost or busy; nothing was changed. Retry.",
+                    headers={"Retry-After": "1"},
+                ) from exc
+            raise
+        finally:
+            pooled.close()
+        return result
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_PYFORMAT_PARAMETER = re.compile(r"%\((\w+)\)s")
+
+
+def driver_sql(pyformat: str, *, sqlite: bool) -> str:
+    """SQL written with `%(name)s` parameters (psycopg's style) in the driver's own style:
+    `:name` for sqlite3. For `Database.run_on_connection`; build it once, at import."""
+    return _PYFORMAT_PARAMETER.sub(r":\1", pyformat) if sqlite else pyformat
 
 
 # Any fixed number: held while migrating, so that hosts starting together migrate one at a time.

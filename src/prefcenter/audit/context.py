@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -68,15 +69,24 @@ def client_address(
     return peer
 
 
+def request_context(
+    peer: str | None, headers: Mapping[str, str], trusted: tuple[IPNetwork, ...]
+) -> RequestContext:
+    """What is recorded of a request made by `peer` with `headers` (lower-case names)."""
+    user_agent = headers.get("user-agent")
+    return RequestContext(
+        client_ip=client_address(peer, headers.get("x-forwarded-for"), trusted),
+        user_agent=user_agent[:MAX_USER_AGENT] if user_agent else None,
+        idempotency_key=headers.get("idempotency-key"),
+    )
+
+
 async def _request_context(request: Request) -> RequestContext:
     """`async def`: no I/O, so no hand-off to a worker thread."""
-    trusted: tuple[IPNetwork, ...] = request.app.state.trusted_proxies
-    peer = request.client.host if request.client else None
-    user_agent = request.headers.get("user-agent")
-    return RequestContext(
-        client_ip=client_address(peer, request.headers.get("x-forwarded-for"), trusted),
-        user_agent=user_agent[:MAX_USER_AGENT] if user_agent else None,
-        idempotency_key=request.headers.get("idempotency-key"),
+    return request_context(
+        request.client.host if request.client else None,
+        request.headers,
+        request.app.state.trusted_proxies,
     )
 
 

@@ -131,14 +131,20 @@ _EVENT_COLUMNS = (
 _CANONICAL_PG = """%(head)s::bytea || convert_to(
     to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
     || '","seq":' || seq, 'UTF8') || %(tail)s::bytea"""
-_APPEND_ONE_PG = f"""
-WITH moved AS (
+
+
+def _append_ctes_pg(*, only_if: str = "") -> str:
+    """The append of one event as two CTEs, `moved` (the head, which RETURNs the event's seq)
+    and `event`. `only_if`: a further SQL condition for moving the head (see
+    `guarded_append_pg`)."""
+    condition = f" AND ({only_if})" if only_if else ""
+    return f"""moved AS (
     UPDATE audit_head AS head SET (seq, recorded_at, hash) = (
         SELECT seq, recorded_at,
             encode(sha256(decode(head.hash, 'hex') || {_CANONICAL_PG}), 'hex')
         FROM (SELECT head.seq + 1 AS seq, clock_timestamp() AS recorded_at OFFSET 0) AS taken
     )
-    WHERE head.id = {HEAD_ID}
+    WHERE head.id = {HEAD_ID}{condition}
     RETURNING head.seq, head.recorded_at, head.hash
 ), event AS (
     INSERT INTO audit_event (seq, recorded_at, canonical, hash, {", ".join(_EVENT_COLUMNS)})
@@ -147,11 +153,42 @@ WITH moved AS (
     FROM moved
 )
 """  # noqa: S608  (built from this module's constants; every value is a bound parameter)
+
+
+_EVIDENCE_CTE_PG = """, evidence AS (
+    INSERT INTO audit_evidence (seq, document) SELECT seq, %(document)s FROM moved
+)
+"""
+_APPEND_ONE_PG = "WITH " + _append_ctes_pg()
 _APPEND_ONE_PG_EVIDENCE = (
     f"{_APPEND_ONE_PG}INSERT INTO audit_evidence (seq, document) "  # noqa: S608
     "SELECT seq, %(document)s FROM moved"
 )
 _APPEND_ONE_PG_BARE = _APPEND_ONE_PG + "SELECT 1"
+
+
+def guarded_append_pg(
+    keys: AuditKeys, new: NewEvent, *, only_if: str
+) -> tuple[str, dict[str, Any]]:
+    """One event's append on PostgreSQL as CTEs for a caller's own statement, with its
+    parameters: `moved AS (…), event AS (…)[, evidence AS (…)]`, to follow the caller's CTEs
+    after a comma. The head moves, and so the event is written, only where the SQL condition
+    `only_if` holds (say `EXISTS (SELECT 1 FROM written)`, the caller's guarded write); the
+    statement can then `SELECT seq FROM moved`, a row only if the event was appended.
+
+    For a statement that writes a state and its event in one round trip outside any explicit
+    transaction (consent.recipient_optout). The head lock is taken when `moved` runs, so
+    everything `only_if` reads runs first, and the lock is held for the event's inserts and
+    the COMMIT alone. The caller's parameter names must not be the event's (`_EVENT_COLUMNS`,
+    `head`, `tail`, `document`). Nothing else may append in the same transaction.
+    """
+    item = _prepare(keys, new)
+    params: dict[str, Any] = {**item.row, "head": item.parts.head, "tail": item.parts.tail}
+    ctes = _append_ctes_pg(only_if=only_if)
+    if item.document is not None:
+        params["document"] = item.document
+        ctes += _EVIDENCE_CTE_PG
+    return ctes, params
 
 
 @sa_event.listens_for(OrmSession, "before_commit")

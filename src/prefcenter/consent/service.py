@@ -12,7 +12,7 @@ from sqlmodel import Session
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.schemas import EventKind, NewEvent
+from prefcenter.audit.schemas import EventKind, NewEvent, new_event_id
 from prefcenter.audit.service import append_event
 from prefcenter.consent.erased import refuse_erased_address
 from prefcenter.consent.models import Subscription, Suppression
@@ -90,46 +90,63 @@ def apply_change(
     """
     assert contact.id is not None
     requested = replace(requested, with_evidence=bool(record.evidence))
-    new_event = NewEvent(
-        kind=EventKind.CONSENT_CHANGE if topic else EventKind.GLOBAL_CONSENT_CHANGE,
-        occurred_at=now,  # replaced below by the decided time
-        actor=record.actor,
-        source=record.source,
-        outcome="",
-    )
+    event_id = new_event_id()  # known first: the state it sets points at it
     subscription: Subscription | None = None
     if topic is None:
         decision = _apply_global(session, contact.id, requested, now=now)
     else:
         decision, subscription = _apply_topic(
-            session, contact.id, topic, requested, event_id=new_event.id, now=now
+            session, contact.id, topic, requested, event_id=event_id, now=now
         )
-    context = {"actor_kind": requested.actor.value, **record.context}
-    if decision.clamped:
-        context["claimed_occurred_at"] = requested.occurred_at.isoformat()
-    event_id = append_event(
+    append_event(
         session,
-        NewEvent(
-            id=new_event.id,
-            kind=new_event.kind,
-            occurred_at=decision.occurred_at,
-            actor=record.actor,
-            source=record.source,
-            outcome=decision.outcome.value,
+        change_event(
+            event_id=event_id,
             contact_id=contact.public_id,
             address=contact.address,
-            topic=topic.key if topic else None,
-            from_status=decision.from_status.value if decision.from_status else None,
-            to_status=requested.status.value
-            if decision.outcome is Outcome.SUPERSEDED
-            else decision.status.value,
-            campaign_id=record.campaign_id,
-            reason=record.reason,
-            evidence=record.evidence,
-            context=context,
+            topic_key=topic.key if topic else None,
+            requested=requested,
+            record=record,
+            decision=decision,
         ),
     )
     return AppliedChange(decision=decision, event_id=event_id, subscription=subscription)
+
+
+def change_event(
+    *,
+    event_id: str,
+    contact_id: str,
+    address: str | None,
+    topic_key: str | None,
+    requested: RequestedChange,
+    record: ChangeRecord,
+    decision: Decision,
+) -> NewEvent:
+    """The audit event of a decided change: what every writer of consent records, whichever
+    path writes the state (apply_change here; consent.recipient_optout's single statement)."""
+    context = {"actor_kind": requested.actor.value, **record.context}
+    if decision.clamped:
+        context["claimed_occurred_at"] = requested.occurred_at.isoformat()
+    return NewEvent(
+        id=event_id,
+        kind=EventKind.CONSENT_CHANGE if topic_key is not None else EventKind.GLOBAL_CONSENT_CHANGE,
+        occurred_at=decision.occurred_at,
+        actor=record.actor,
+        source=record.source,
+        outcome=decision.outcome.value,
+        contact_id=contact_id,
+        address=address,
+        topic=topic_key,
+        from_status=decision.from_status.value if decision.from_status else None,
+        to_status=requested.status.value
+        if decision.outcome is Outcome.SUPERSEDED
+        else decision.status.value,
+        campaign_id=record.campaign_id,
+        reason=record.reason,
+        evidence=record.evidence,
+        context=context,
+    )
 
 
 def record_change(
@@ -227,6 +244,44 @@ def confirm_link(
     return confirm_url(settings, token)
 
 
+def subscription_change(
+    decision: Decision, requested: RequestedChange, *, now: datetime, event_id: str
+) -> dict[str, Any]:
+    """The columns a decided (not superseded) change sets on its subscription row; a new row
+    gets them all (it is always an applied change)."""
+    values: dict[str, Any] = {
+        "status": decision.status.value,
+        "occurred_at": decision.occurred_at,
+        "source": requested.source,
+        "by_recipient": decision.by_recipient,
+    }
+    if decision.outcome is Outcome.APPLIED:
+        values["since"] = now
+        values["event_id"] = event_id
+    return values
+
+
+def suppression_change(
+    decision: Decision, requested: RequestedChange, *, now: datetime, was_suppressed: bool | None
+) -> dict[str, Any]:
+    """The columns a decided (not superseded) contact-wide change sets on the suppression row
+    (`was_suppressed` None: there is none yet, and these make it)."""
+    suppressed = decision.status is Status.UNSUBSCRIBED
+    values: dict[str, Any] = {
+        "suppressed": suppressed,
+        "occurred_at": decision.occurred_at,
+        "source": requested.source,
+        "by_recipient": decision.by_recipient,
+    }
+    if (
+        was_suppressed is None
+        or was_suppressed != suppressed
+        or decision.outcome is Outcome.APPLIED
+    ):
+        values["since"] = now
+    return values
+
+
 def _apply_topic(
     session: Session,
     contact_id: int,
@@ -256,13 +311,8 @@ def _apply_topic(
             source="",
             event_id=event_id,
         )
-    if decision.outcome is Outcome.APPLIED:
-        row.since = now
-        row.event_id = event_id
-    row.status = decision.status.value
-    row.occurred_at = decision.occurred_at
-    row.source = requested.source
-    row.by_recipient = decision.by_recipient
+    for name, value in subscription_change(decision, requested, now=now, event_id=event_id).items():
+        setattr(row, name, value)
     session.add(row)
     session.flush()
     return decision, row
@@ -291,17 +341,13 @@ def _apply_global(
         )
     if decision.outcome is Outcome.SUPERSEDED:
         return decision
-    suppressed = decision.status is Status.UNSUBSCRIBED
+    values = suppression_change(
+        decision, requested, now=now, was_suppressed=None if row is None else row.suppressed
+    )
     if row is None:
-        row = Suppression(
-            contact_id=contact_id, suppressed=suppressed, occurred_at=now, since=now, source=""
-        )
-    if row.suppressed != suppressed or decision.outcome is Outcome.APPLIED:
-        row.since = now
-    row.suppressed = suppressed
-    row.occurred_at = decision.occurred_at
-    row.source = requested.source
-    row.by_recipient = decision.by_recipient
+        row = Suppression(contact_id=contact_id, **values)
+    for name, value in values.items():
+        setattr(row, name, value)
     session.add(row)
     session.flush()
     return decision

@@ -74,7 +74,10 @@ def _token_topic(session: Session, verified: VerifiedToken) -> Topic | None:
     return find_topic(session, verified.claims.topic)
 
 
-def _record(verified: VerifiedToken, channel: Channel, request: RequestContext) -> ChangeRecord:
+def recipient_record(
+    verified: VerifiedToken, channel: Channel, request: RequestContext
+) -> ChangeRecord:
+    """Who acted and the proof of it, as every recipient change records it."""
     evidence: dict[str, Any] = {
         "channel": channel.value,
         "token_kid": verified.kid,
@@ -90,7 +93,8 @@ def _record(verified: VerifiedToken, channel: Channel, request: RequestContext) 
     )
 
 
-def _recipient_change(status: Status, channel: Channel, now: datetime) -> RequestedChange:
+def recipient_change(status: Status, channel: Channel, now: datetime) -> RequestedChange:
+    """The person's own change, made now."""
     return RequestedChange(
         status=status, occurred_at=now, actor=ActorKind.RECIPIENT, source=channel.value
     )
@@ -123,8 +127,8 @@ def unsubscribe(
         session,
         contact=contact,
         topic=topic,
-        requested=_recipient_change(Status.UNSUBSCRIBED, channel, now),
-        record=_record(verified, channel, request),
+        requested=recipient_change(Status.UNSUBSCRIBED, channel, now),
+        record=recipient_record(verified, channel, request),
         now=now,
     )
     assert contact.address is not None
@@ -200,13 +204,13 @@ def save_preferences(
     topics = {t.key: t for t in _marketing_topics(session)}
     contact = _contact(session, verified, lock=True)
     assert contact.id is not None
-    record = _record(verified, Channel.PREFERENCE_CENTER, request)
+    record = recipient_record(verified, Channel.PREFERENCE_CENTER, request)
     if unsubscribe_all:
         apply_change(
             session,
             contact=contact,
             topic=None,
-            requested=_recipient_change(Status.UNSUBSCRIBED, Channel.PREFERENCE_CENTER, now),
+            requested=recipient_change(Status.UNSUBSCRIBED, Channel.PREFERENCE_CENTER, now),
             record=record,
             now=now,
         )
@@ -227,7 +231,7 @@ def save_preferences(
             session,
             contact=contact,
             topic=None,
-            requested=_recipient_change(Status.SUBSCRIBED, Channel.PREFERENCE_CENTER, now),
+            requested=recipient_change(Status.SUBSCRIBED, Channel.PREFERENCE_CENTER, now),
             record=record,
             now=now,
         )
@@ -312,7 +316,7 @@ def confirm(
             double_opt_in=True,
             confirmed=True,
         ),
-        record=_record(verified, Channel.CONFIRMATION, request),
+        record=recipient_record(verified, Channel.CONFIRMATION, request),
         now=now,
     )
     return view

@@ -1,0 +1,243 @@
+"""The fast lane of `/u/{token}`: the unsubscribe page and the RFC 8058 one-click POST served
+by a plain ASGI handler in front of the FastAPI app, for the two requests that come in storms
+(a campaign's opt-outs; link scanners fetching every link of every mail).
+
+It answers only the common case, the same way the app's routes (preference_center.router)
+would, and hands everything else to the app, which answers it the ordinary way:
+
+- GET, HEAD and POST with a valid manage token. A bad token, another method, a `root_path`:
+  the app (its invalid-link page, its 405).
+- POST with an url-encoded body (what Gmail, Yahoo and our page send) or none, with a
+  `Content-Length` within `MAX_FORM_BYTES`; multipart and chunked bodies go to the app.
+- GET/HEAD: one read, on either engine (consent.recipient_optout.read_link_contact). An unknown
+  or erased contact goes to the app (its 404 page).
+- POST on PostgreSQL: one read and one guarded statement that writes the opt-out and its audit
+  event (consent.recipient_optout). If the state moved on between them, the contact is gone,
+  or the database failed, the app's locking path does it instead (the request body is handed
+  on as it came). POST on SQLite: the app.
+
+Pages are filled from frames rendered once (templating.Pages.render_fast), with the headers
+every recipient page carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl
+
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from prefcenter.audit.context import IPNetwork, request_context
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.recipient_optout import (
+    OptOutState,
+    read_link_contact,
+    read_optout_state,
+    write_optout,
+)
+from prefcenter.consent.rules import Status
+from prefcenter.contacts.service import mask_address
+from prefcenter.db import Database, utcnow
+from prefcenter.links.service import preferences_url
+from prefcenter.links.tokens import TokenError, TokenPurpose, VerifiedToken, verify_token
+from prefcenter.preference_center import service
+from prefcenter.preference_center.router import MAX_FORM_FIELDS, pages
+from prefcenter.problems import ServiceUnavailable
+from prefcenter.settings import Settings, SigningKey
+from prefcenter.templating import RECIPIENT_PAGE_HEADERS, negotiate_language, with_language
+
+PREFIX = "/u/"
+# RFC 8058's body is 26 bytes; the page's form a few more.
+MAX_FORM_BYTES = 4096
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_PAGE_HEADERS = [
+    (name.lower().encode("latin-1"), value.encode("latin-1"))
+    for name, value in RECIPIENT_PAGE_HEADERS.items()
+]
+_HTML = (b"content-type", b"text/html; charset=utf-8")
+
+
+class UnsubscribeLane:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        database: Database,
+        signing_keys: tuple[SigningKey, ...],
+        trusted_proxies: tuple[IPNetwork, ...],
+        audit_keys: AuditKeys,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.database = database
+        self.signing_keys = signing_keys
+        self.trusted_proxies = trusted_proxies
+        self.audit_keys = audit_keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not scope["path"].startswith(PREFIX)
+            or scope["method"] not in ("GET", "HEAD", "POST")
+            or scope.get("root_path")
+        ):
+            await self.app(scope, receive, send)
+            return
+        token = scope["path"][len(PREFIX) :]
+        try:
+            verified = verify_token(self.signing_keys, TokenPurpose.MANAGE, token, now=utcnow())
+        except TokenError:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "POST":
+            await self._opt_out(scope, receive, send, token, verified)
+        else:
+            await self._page(scope, receive, send, token, verified)
+
+    async def _page(
+        self, scope: Scope, receive: Receive, send: Send, token: str, verified: VerifiedToken
+    ) -> None:
+        sqlite = self.settings.is_sqlite
+        claims = verified.claims
+        try:
+            contact = await self.database.run_on_connection(
+                lambda cursor: read_link_contact(
+                    cursor, public_id=claims.contact_id, topic_key=claims.topic, sqlite=sqlite
+                )
+            )
+        except ServiceUnavailable:
+            contact = None
+        if contact is None or contact.erased or contact.address is None:
+            await self.app(scope, receive, send)
+            return
+        await self._send_page(
+            scope, send, "unsubscribe.html", token, contact.address, contact.topic_name
+        )
+
+    async def _opt_out(
+        self, scope: Scope, receive: Receive, send: Send, token: str, verified: VerifiedToken
+    ) -> None:
+        headers = Headers(scope=scope)
+        if self.settings.is_sqlite or not _small_form(headers):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client went away before its body arrived: nothing was asked
+        fields = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+        if len(fields) > MAX_FORM_FIELDS:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        via = dict(fields).get("via")
+        channel = service.Channel.UNSUBSCRIBE_PAGE if via == "page" else service.Channel.ONE_CLICK
+        client = scope.get("client")
+        record = service.recipient_record(
+            verified,
+            channel,
+            request_context(client[0] if client else None, headers, self.trusted_proxies),
+        )
+        now = utcnow()
+        requested = service.recipient_change(Status.UNSUBSCRIBED, channel, now)
+        keys = self.audit_keys
+        claims = verified.claims
+
+        def opt_out(cursor: object) -> OptOutState | None:
+            state = read_optout_state(cursor, public_id=claims.contact_id, topic_key=claims.topic)
+            if state is None:
+                return None
+            written = write_optout(
+                cursor, state, requested=requested, record=record, keys=keys, now=now
+            )
+            return state if written is not None else None
+
+        try:
+            state = await self.database.run_on_connection(opt_out)
+        except ServiceUnavailable:
+            state = None
+        if state is None or state.address is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        await self._send_page(
+            scope, send, "unsubscribed.html", token, state.address, state.topic_name
+        )
+
+    async def _send_page(
+        self,
+        scope: Scope,
+        send: Send,
+        template: str,
+        token: str,
+        address: str,
+        topic_name: str | None,
+    ) -> None:
+        query_lang = QueryParams(scope["query_string"]).get("lang")
+        language = negotiate_language(query_lang, Headers(scope=scope).get("accept-language"))
+        text = pages.render_fast(
+            language,
+            template,
+            {
+                "organization": self.settings.organization_name,
+                "masked_address": mask_address(address),
+                "topic_name": topic_name,
+                "action": with_language(query_lang, f"{PREFIX}{token}"),
+                "preferences_url": preferences_url(self.settings, token),
+            },
+        )
+        body = text.encode("utf-8")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    _HTML,
+                    (b"content-length", str(len(body)).encode("latin-1")),
+                    (b"content-language", language.encode("latin-1")),
+                    *_PAGE_HEADERS,
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+
+def _small_form(headers: Headers) -> bool:
+    """An url-encoded body (or none) of a declared, small length: what the lane reads itself."""
+    if "transfer-encoding" in headers:
+        return False
+    content_type = headers.get("content-type")
+    length_text = headers.get("content-length", "0")
+    if not length_text.isdigit() or int(length_text) > MAX_FORM_BYTES:
+        return False
+    if content_type is None:
+        return length_text == "0" or int(length_text) == 0
+    return content_type.split(";", 1)[0].strip().lower() == _FORM_TYPE
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body (its length was checked against `MAX_FORM_BYTES` and the server holds
+    the client to it); None if the client disconnected first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
+    """A `receive` that gives the app the body this lane already read, then the client's."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
