@@ -231,9 +231,10 @@ class Database:
         pool; the caller may then take its ordinary path, which retries.
         """
         async with self.session_slots:
-            return await anyio.to_thread.run_sync(self._on_connection, work)
+            return await anyio.to_thread.run_sync(self.on_connection, work)
 
-    def _on_connection(self, work: Callable[[Any], T]) -> T:
+    def on_connection(self, work: Callable[[Any], T]) -> T:
+        """`run_on_connection` in the calling thread."""
         pooled = self.engine.raw_connection()
         driver: Any = pooled.driver_connection
         postgres = not self.settings.is_sqlite  # SQLite's connections are in autocommit already

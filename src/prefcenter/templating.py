@@ -165,7 +165,8 @@ class Pages:
             language,
             template,
             tuple(sorted(fixed.items())),
-            tuple(sorted((name, not value) for name, value in texts.items())),
+            # An empty text is printed as it is: "" and None differ.
+            tuple(sorted((name, value if not value else True) for name, value in texts.items())),
         )
         frame = self._frames.get(key)
         if frame is None:
