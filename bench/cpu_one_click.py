@@ -172,14 +172,37 @@ def prepare(settings: Settings, count: int) -> list[str]:
     return [link.unsubscribe_url.rsplit("/u/", 1)[1] for link in links]
 
 
-def count_statements(app: Any) -> list[int]:
-    counter = [0]
-    engine = app.state.database.engine
+class _CountingCursor:
+    """The driver's cursor, counting its statements (the direct path bypasses SQLAlchemy)."""
 
-    @event.listens_for(engine, "before_cursor_execute")
+    def __init__(self, cursor: Any, counter: list[int]) -> None:
+        self._cursor = cursor
+        self._counter = counter
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self._counter[0] += 1
+        return self._cursor.execute(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+def count_statements(app: Any) -> list[int]:
+    """Every SQL statement the app sends: through SQLAlchemy, and on the driver's cursor of
+    Database.run_on_connection (the unsubscribe lane)."""
+    counter = [0]
+    database = app.state.database
+
+    @event.listens_for(database.engine, "before_cursor_execute")
     def _count(*_: Any) -> None:
         counter[0] += 1
 
+    direct = database.on_connection
+
+    def counted(work: Any) -> Any:
+        return direct(lambda cursor: work(_CountingCursor(cursor, counter)))
+
+    database.on_connection = counted
     return counter
 
 

@@ -75,6 +75,8 @@ class UnsubscribeLane:
         self.signing_keys = signing_keys
         self.trusted_proxies = trusted_proxies
         self.audit_keys = audit_keys
+        # Never more than the app would take (http_limits.BodySizeLimit answers 413 above).
+        self.max_form_bytes = min(MAX_FORM_BYTES, settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -120,7 +122,7 @@ class UnsubscribeLane:
         self, scope: Scope, receive: Receive, send: Send, token: str, verified: VerifiedToken
     ) -> None:
         headers = Headers(scope=scope)
-        if self.settings.is_sqlite or not _small_form(headers):
+        if self.settings.is_sqlite or not _small_form(headers, self.max_form_bytes):
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
@@ -203,13 +205,13 @@ class UnsubscribeLane:
         )
 
 
-def _small_form(headers: Headers) -> bool:
+def _small_form(headers: Headers, max_bytes: int) -> bool:
     """An url-encoded body (or none) of a declared, small length: what the lane reads itself."""
     if "transfer-encoding" in headers:
         return False
     content_type = headers.get("content-type")
     length_text = headers.get("content-length", "0")
-    if not length_text.isdigit() or int(length_text) > MAX_FORM_BYTES:
+    if not length_text.isdigit() or int(length_text) > max_bytes:
         return False
     if content_type is None:
         return length_text == "0" or int(length_text) == 0
@@ -217,7 +219,7 @@ def _small_form(headers: Headers) -> bool:
 
 
 async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body (its length was checked against `MAX_FORM_BYTES` and the server holds
+    """The whole body (its declared length was checked and the server holds
     the client to it); None if the client disconnected first."""
     chunks: list[bytes] = []
     while True:
