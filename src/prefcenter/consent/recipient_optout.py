@@ -50,13 +50,16 @@ class OptOutState:
     topic_id: int | None  # None: the token names no topic, or one that is gone (all marketing)
     topic_key: str | None
     topic_name: str | None
-    # The subscription (topic) or suppression (all) row: (status-ish, occurred_at, by_recipient)
-    # as read, for the compare-and-set; None when there is none.
+    # The rows as read, in the order the compare-and-set compares them (_EXPECTED_*); None
+    # when there is none. subscription: (status, occurred_at, by_recipient, event_id);
+    # suppression: (suppressed, occurred_at, by_recipient).
     subscription: tuple[str, datetime, bool, str] | None
     suppression: tuple[bool, datetime, bool] | None
 
     @property
     def current(self) -> CurrentState | None:
+        """The state the change is decided against, as consent.service reads it from rows
+        (`subscription_state`, `suppression_state`)."""
         if self.topic_id is not None:
             if self.subscription is None:
                 return None
