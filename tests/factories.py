@@ -14,8 +14,8 @@ from sqlmodel import SQLModel, col, select
 from prefcenter.apikeys.models import ApiKey
 from prefcenter.apikeys.service import hash_secret, revoke_api_key
 from prefcenter.audit.models import AuditEvent, AuditHead
+from prefcenter.audit.reading import read_events
 from prefcenter.audit.schemas import AuditEventOut
-from prefcenter.audit.service import read_events
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database

@@ -21,8 +21,9 @@ from prefcenter.audit.checkpoint import (
 )
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent, AuditHead
+from prefcenter.audit.reading import read_events
 from prefcenter.audit.schemas import EventKind, NewEvent
-from prefcenter.audit.service import append_event, read_events
+from prefcenter.audit.service import append_event
 from prefcenter.audit.verify import VerifyResult, verify_chain
 from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings

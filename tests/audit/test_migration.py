@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql
 
 from prefcenter import migrations
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.service import read_events
+from prefcenter.audit.reading import read_events
 from prefcenter.audit.verify import verify_chain
 from prefcenter.db import Database, UtcDateTime
 from prefcenter.settings import Settings

@@ -20,8 +20,8 @@ from sqlmodel import select as sqlmodel_select
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent
+from prefcenter.audit.reading import read_events
 from prefcenter.audit.schemas import AuditEventOut
-from prefcenter.audit.service import read_events
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
 from prefcenter.problems import Unprocessable

@@ -1,5 +1,5 @@
-"""Use cases of the audit trail: append an event to the hash chain (gap-free `seq`) and read
-events back with their evidence."""
+"""Use cases of the audit trail: append an event to the hash chain (gap-free `seq`). Reading
+events back is audit.reading."""
 
 from __future__ import annotations
 
@@ -8,22 +8,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, insert, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy import event as sa_event
-from sqlalchemy import select as sa_select
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col
 
 from prefcenter.audit.canonical import (
     EventParts,
-    decode_document,
     encode_document,
     event_parts,
     format_time,
 )
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditHead
-from prefcenter.audit.schemas import AuditEventOut, EventKind, NewEvent
+from prefcenter.audit.schemas import NewEvent
 from prefcenter.db import UtcDateTime, settings_of_session, utcnow
 
 HEAD_ID = 1
@@ -355,51 +353,3 @@ def _copy_rows(
 @sa_event.listens_for(OrmSession, "after_rollback")
 def _forget_pending(session: OrmSession) -> None:
     session.info.pop(_PENDING, None)
-
-
-# --- reading ---------------------------------------------------------------------------------
-
-_OUT_COLUMNS = [
-    _EVENTS.c[name]
-    for name in (
-        "id",
-        "seq",
-        "kind",
-        "contact_id",
-        "topic",
-        "from_status",
-        "to_status",
-        "outcome",
-        "occurred_at",
-        "recorded_at",
-        "actor",
-        "source",
-        "campaign_id",
-        "reason",
-    )
-]
-
-
-def read_events(
-    session: Session, *where: ColumnElement[bool], limit: int | None = None
-) -> list[AuditEventOut]:
-    """Events matching `where`, oldest first, with their evidence (empty once erased)."""
-    statement = (
-        sa_select(*_OUT_COLUMNS, _EVIDENCE.c.document)
-        .select_from(_EVENTS.outerjoin(_EVIDENCE, _EVIDENCE.c.seq == _EVENTS.c.seq))
-        .where(*where)
-        .order_by(_EVENTS.c.seq)
-        .limit(limit)
-    )
-    out: list[AuditEventOut] = []
-    for row in session.execute(statement):
-        fields = row._asdict()
-        context, evidence = decode_document(fields.pop("document"))
-        fields["kind"] = EventKind(fields["kind"])
-        out.append(AuditEventOut(**fields, evidence=evidence, context=context))
-    return out
-
-
-def events_of_contact(session: Session, contact_id: str) -> list[AuditEventOut]:
-    """The contact's whole history, oldest first."""
-    return read_events(session, _EVENTS.c.contact_id == contact_id)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.service import events_of_contact
+from prefcenter.audit.reading import events_of_contact
 from prefcenter.consent.erased import erased_among
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Status

@@ -29,8 +29,8 @@ from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col
 
 from prefcenter.audit.models import AuditEvent
+from prefcenter.audit.reading import read_events
 from prefcenter.audit.schemas import EventKind
-from prefcenter.audit.service import read_events
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
