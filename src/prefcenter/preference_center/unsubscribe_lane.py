@@ -115,7 +115,13 @@ class UnsubscribeLane:
             await self.app(scope, receive, send)
             return
         await self._send_page(
-            scope, send, "unsubscribe.html", token, contact.address, contact.topic_name
+            scope,
+            send,
+            Headers(scope=scope),
+            "unsubscribe.html",
+            token,
+            contact.address,
+            contact.topic_name,
         )
 
     async def _opt_out(
@@ -162,20 +168,21 @@ class UnsubscribeLane:
             await self.app(scope, _replay(body, receive), send)
             return
         await self._send_page(
-            scope, send, "unsubscribed.html", token, state.address, state.topic_name
+            scope, send, headers, "unsubscribed.html", token, state.address, state.topic_name
         )
 
     async def _send_page(
         self,
         scope: Scope,
         send: Send,
+        headers: Headers,
         template: str,
         token: str,
         address: str,
         topic_name: str | None,
     ) -> None:
         query_lang = QueryParams(scope["query_string"]).get("lang")
-        language = negotiate_language(query_lang, Headers(scope=scope).get("accept-language"))
+        language = negotiate_language(query_lang, headers.get("accept-language"))
         text = pages.render_fast(
             language,
             template,
@@ -214,7 +221,7 @@ def _small_form(headers: Headers, max_bytes: int) -> bool:
     if not length_text.isdigit() or int(length_text) > max_bytes:
         return False
     if content_type is None:
-        return length_text == "0" or int(length_text) == 0
+        return int(length_text) == 0
     return content_type.split(";", 1)[0].strip().lower() == _FORM_TYPE
 
 
