@@ -74,6 +74,18 @@ class TestApiKeys:
         assert result.exit_code == 1
         assert "no API key with id 999" in result.stderr
 
+    @pytest.mark.parametrize("name", ["ops\udcff", "ops\x00", "tab\there"])
+    def test_a_name_that_is_not_plain_text_is_refused_and_nothing_stored(
+        self, cli_env: Settings, name: str
+    ) -> None:
+        # "\udcff": what Python makes of a non-UTF-8 byte in argv (surrogateescape).
+        result = runner.invoke(cli, ["api-keys", "create", "--name", name, "--scope", "admin"])
+        assert result.exit_code != 0
+        assert "printable characters" in result.stderr
+        listed = runner.invoke(cli, ["api-keys", "list"])
+        assert listed.exit_code == 0
+        assert "ops" not in listed.stdout
+
     def test_unknown_scope_is_refused(self, cli_env: Settings) -> None:
         result = runner.invoke(cli, ["api-keys", "create", "--name", "x", "--scope", "root"])
         assert result.exit_code == 2

@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 from prefcenter.apikeys.models import ApiKey
 from prefcenter.apikeys.schemas import ApiKeyInfo, Caller, IssuedApiKey, Scope
 from prefcenter.db import utcnow
+from prefcenter.plain_text import is_plain_text
 from prefcenter.problems import NotFound, Unprocessable
 
 SECRET_PREFIX = "pck_"  # noqa: S105 - a public marker, not a secret
@@ -35,8 +36,8 @@ def _info(key: ApiKey) -> ApiKeyInfo:
 def create_api_key(session: Session, *, name: str, scopes: list[Scope]) -> IssuedApiKey:
     """Issue a key. The secret is returned once; only its hash is kept."""
     name = name.strip()
-    if not name or len(name) > 100:
-        raise Unprocessable("An API key needs a name of 1-100 characters.")
+    if not name or len(name) > 100 or not is_plain_text(name):
+        raise Unprocessable("An API key needs a name of 1-100 printable characters.")
     if not scopes:
         raise Unprocessable("An API key needs at least one scope.")
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)

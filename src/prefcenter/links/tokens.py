@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from prefcenter.plain_text import is_plain_text
 from prefcenter.settings import SigningKey
 
 VERSION = "1"
@@ -104,19 +105,6 @@ def sign_token(ring: tuple[SigningKey, ...], purpose: TokenPurpose, claims: Toke
     return f"{signed_part}.{_b64encode(_tag(key, purpose, signed_part))}"
 
 
-def _storable(text: str) -> bool:
-    """No control characters (PostgreSQL refuses NUL in text) and no lone surrogates (not
-    UTF-8): a claim goes into queries and audit events as it is. We never sign such text, so
-    only a token signed elsewhere with our key could carry it."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _claims(payload: bytes) -> TokenClaims:
     try:
         body = json.loads(payload)
@@ -132,7 +120,7 @@ def _claims(payload: bytes) -> TokenClaims:
         if optional is not None and not isinstance(optional, str):
             raise MalformedToken("payload field of the wrong type")
     for text in (contact_id, topic, campaign, pending):
-        if text is not None and not _storable(text):
+        if text is not None and not is_plain_text(text):
             raise MalformedToken("payload field is not plain text")
     try:
         issued_at = datetime.fromtimestamp(issued, UTC)
