@@ -9,6 +9,7 @@ test_router.py, which now runs through the lane; this module tests the lane's ow
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -427,3 +428,27 @@ def test_when_the_guarded_write_gives_way_the_app_does_the_opt_out_with_the_same
     assert (events[-1].source, events[-1].to_status) == ("unsubscribe_page", "unsubscribed")
     again = one_click(client, f"/u/{newsletter_token}")
     assert again.status_code == 200
+
+
+def test_one_click_storm_on_one_link_applies_once_and_records_every_click(
+    client: TestClient, database: Database, newsletter_token: str
+) -> None:
+    """Clicks that race on one contact: one applies, every other is recorded as unchanged (or
+    as superseded, when a click stamped earlier commits later), whether the guarded write took
+    it or gave way to the app's locking path; and the chain and state agree."""
+    clicks = 12
+    head = audit_head_seq(database)
+    with ThreadPoolExecutor(max_workers=clicks) as pool:
+        answers = list(
+            pool.map(lambda _: one_click(client, f"/u/{newsletter_token}"), range(clicks))
+        )
+    assert [a.status_code for a in answers] == [200] * clicks
+    events = audit_events(database)[head:]
+    assert len(events) == clicks
+    outcomes = [e.outcome for e in events]
+    assert outcomes.count("applied") == 1
+    assert set(outcomes) <= {"applied", "unchanged", "superseded"}
+    assert {(e.source, e.to_status) for e in events} == {("one_click", "unsubscribed")}
+    assert _state_rows(database, ADA)["subscriptions"][0][:2] == ("newsletter", "unsubscribed")
+    result = verify_chain(database, AuditKeys.from_settings(database.settings), deep=True)
+    assert result.ok, result
