@@ -65,6 +65,47 @@ def test_upgrade_downgrade_upgrade_leaves_no_drift(empty_settings: Settings) -> 
     assert schema_drift(empty_settings) == []
 
 
+def test_the_address_index_carries_the_contact_id_on_postgresql(empty_settings: Settings) -> None:
+    """Migration 0006: what eligibility's index-only probes need, and what alembic's
+    comparison does not see (it ignores INCLUDE); down to 0005 it is the plain constraint."""
+
+    def address_index() -> tuple[str, bool]:
+        engine = create_engine(empty_settings.database_url)
+        try:
+            with engine.connect() as connection:
+                if empty_settings.is_sqlite:
+                    table_sql = connection.execute(
+                        text(
+                            "SELECT sql FROM sqlite_master "
+                            "WHERE type = 'table' AND name = 'contact'"
+                        )
+                    ).scalar_one()
+                    return str(table_sql), "uq_contact_address UNIQUE (address)" in table_sql
+                definition = connection.execute(
+                    text("SELECT indexdef FROM pg_indexes WHERE indexname = 'uq_contact_address'")
+                ).scalar_one()
+                unique = connection.execute(
+                    text(
+                        "SELECT count(*) = 1 FROM pg_constraint "
+                        "WHERE conname = 'uq_contact_address' AND contype = 'u'"
+                    )
+                ).scalar_one()
+                return str(definition), bool(unique)
+        finally:
+            engine.dispose()
+
+    migrations.upgrade(empty_settings)
+    definition, unique = address_index()
+    assert unique
+    if empty_settings.is_sqlite:
+        return  # the constraint as before: SQLite's indexes carry the row id
+    assert definition.endswith("(address) INCLUDE (id)"), definition
+    migrations.downgrade(empty_settings, "0005")
+    definition, unique = address_index()
+    assert unique
+    assert definition.endswith("(address)"), definition
+
+
 def test_audit_head_starts_at_zero(empty_settings: Settings) -> None:
     migrations.upgrade(empty_settings)
     engine = create_engine(empty_settings.database_url)
