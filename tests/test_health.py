@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -62,3 +65,30 @@ class TestReadyz:
 
         assert_problem(response, 503, "unavailable")
         assert response.headers["retry-after"] == "1"
+
+
+def test_a_served_worker_freezes_what_it_built_to_start(tmp_path: Path) -> None:
+    """`app_from_environment` (each `prefcenter serve` worker) moves its start-up objects out
+    of the garbage collector's full collections. In a child process: frozen objects are never
+    collected, which this test process must not inherit."""
+    environment = {
+        **os.environ,
+        "PREFCENTER_DATABASE_URL": f"sqlite:///{tmp_path / 'worker.db'}",
+    }
+    environment.pop("PREFCENTER_SIGNING_KEYS", None)
+    probe = (
+        "import gc; from prefcenter.app import app_from_environment; "
+        "before = gc.get_freeze_count(); app_from_environment(); "
+        "print(before, gc.get_freeze_count())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    before, after = (int(n) for n in result.stdout.split())
+    assert before == 0
+    assert after > 50_000  # the app, its routes and schemas, the modules they came from
