@@ -59,6 +59,8 @@ _HTML = (b"content-type", b"text/html; charset=utf-8")
 
 
 class UnsubscribeLane:
+    """ASGI middleware: answers `/u/{token}`'s common case itself, hands the rest to `app`."""
+
     def __init__(
         self,
         app: ASGIApp,
