@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 
+from prefcenter.audit import verify
 from prefcenter.audit.canonical import CANONICAL_KEYS, chain_hash, encode_event
 from prefcenter.audit.checkpoint import (
     CheckpointInvalid,
@@ -102,6 +103,23 @@ class TestVerify:
 
     def test_an_empty_chain_verifies(self, database: Database, settings: Settings) -> None:
         assert verify_chain(database, AuditKeys.from_settings(settings)).ok
+
+    @pytest.mark.parametrize("chunk", [2, 3, 8])
+    def test_chunk_boundaries_neither_skip_nor_repeat_an_event(
+        self, chain: Chain, chunk: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The chain is read in chunks (on PostgreSQL the next one fetched while the last is
+        checked): partial, exact and single chunks all check every event once."""
+        monkeypatch.setattr(verify, "CHUNK", chunk)
+        assert chain.verify() == VerifyResult(ok=True, checked=8)
+        ((original,),) = fetch(chain.url, "SELECT canonical FROM audit_event WHERE seq = 5")
+        tamper(
+            chain.url,
+            "UPDATE audit_event SET canonical = :c WHERE seq = 5",
+            {"c": flip_byte(bytes(original), 3)},
+        )
+        result = chain.verify()
+        assert (result.ok, result.first_bad_seq) == (False, 5)
 
     def test_every_byte_edit_of_canonical_bytes_names_its_seq(self, chain: Chain) -> None:
         for seq, canonical in fetch(chain.url, "SELECT seq, canonical FROM audit_event"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -99,19 +100,36 @@ def _pg_json_sql() -> str:
 def _chunks(cursor: Any, dialect: str) -> Iterator[list[Any]]:
     """Every event with its evidence document, in seq order, a chunk at a time."""
     if dialect == "postgresql":
-        sql = _PG_CHUNK.format(json=_pg_json_sql(), limit=CHUNK)
-        after = 0
-        while True:
-            cursor.execute(sql, (after,), binary=True)
-            rows = cursor.fetchall()
-            if not rows:
-                return
-            yield rows
-            after = rows[-1][3]
+        yield from _prefetched_chunks(cursor)
+        return
     pairs = ", ".join(f"'{name}', {_column_sql(name, dialect)}" for name in _COLUMNS)
     cursor.execute(_SQLITE_ALL.format(pairs=pairs, version=CANONICAL_VERSION))
     while rows := cursor.fetchmany(CHUNK):
         yield rows
+
+
+def _prefetched_chunks(cursor: Any) -> Iterator[list[Any]]:
+    """PostgreSQL's chunks, the next one asked for while the caller checks the last: the
+    server writes JSON and reads pages on one core while Python hashes on the other. One
+    query in flight at a time on the connection (psycopg serialises any other use of it)."""
+    sql = _PG_CHUNK.format(json=_pg_json_sql(), limit=CHUNK)
+
+    def fetch(after: int) -> list[Any]:
+        cursor.execute(sql, (after,), binary=True)
+        rows: list[Any] = cursor.fetchall()
+        return rows
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-verify") as fetcher:
+        pending = fetcher.submit(fetch, 0)
+        while True:
+            rows = pending.result()
+            if not rows:
+                return
+            if len(rows) == CHUNK:
+                pending = fetcher.submit(fetch, rows[-1][3])
+            yield rows
+            if len(rows) < CHUNK:
+                return
 
 
 def _row_columns(cursor: Any, dialect: str, seq: int) -> list[Any]:
