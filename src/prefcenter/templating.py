@@ -40,6 +40,12 @@ RECIPIENT_PAGE_HEADERS: Mapping[str, str] = {
     "Permissions-Policy": "interest-cohort=()",
 }
 
+# The same, as ASGI header pairs.
+RECIPIENT_PAGE_HEADER_PAIRS: tuple[tuple[bytes, bytes], ...] = tuple(
+    (name.lower().encode("latin-1"), value.encode("latin-1"))
+    for name, value in RECIPIENT_PAGE_HEADERS.items()
+)
+
 
 @cache
 def translations(language: str) -> gettext.NullTranslations:
@@ -212,10 +218,7 @@ class RecipientPageHeaders:
     def __init__(self, app: ASGIApp, *, prefixes: tuple[str, ...]) -> None:
         self.app = app
         self.prefixes = prefixes
-        self._headers = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in RECIPIENT_PAGE_HEADERS.items()
-        ]
+        self._headers = list(RECIPIENT_PAGE_HEADER_PAIRS)
         self._names = {name for name, _ in self._headers} | {b"set-cookie"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

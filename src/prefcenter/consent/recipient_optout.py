@@ -34,6 +34,7 @@ from prefcenter.consent.service import (
     ChangeRecord,
     change_event,
     subscription_change,
+    suppressed_state,
     suppression_change,
 )
 from prefcenter.db import driver_sql
@@ -59,7 +60,7 @@ class OptOutState:
     @property
     def current(self) -> CurrentState | None:
         """The state the change is decided against, as consent.service reads it from rows
-        (`subscription_state`, `suppression_state`)."""
+        (`subscription_state`, `suppressed_state`)."""
         if self.topic_id is not None:
             if self.subscription is None:
                 return None
@@ -67,9 +68,7 @@ class OptOutState:
             return CurrentState(Status(status), occurred_at, by_recipient)
         if self.suppression is None:
             return None
-        suppressed, occurred_at, by_recipient = self.suppression
-        status = Status.UNSUBSCRIBED if suppressed else Status.SUBSCRIBED
-        return CurrentState(status, occurred_at, by_recipient)
+        return suppressed_state(*self.suppression)
 
 
 _READ = """

@@ -66,11 +66,15 @@ def subscription_state(row: Subscription | None) -> CurrentState | None:
 
 
 def suppression_state(row: Suppression | None) -> CurrentState | None:
-    """The contact-wide opt-out seen as a state: suppressed = unsubscribed from all marketing."""
     if row is None:
         return None
-    status = Status.UNSUBSCRIBED if row.suppressed else Status.SUBSCRIBED
-    return CurrentState(status, row.occurred_at, row.by_recipient)
+    return suppressed_state(row.suppressed, row.occurred_at, row.by_recipient)
+
+
+def suppressed_state(suppressed: bool, occurred_at: datetime, by_recipient: bool) -> CurrentState:
+    """The contact-wide opt-out seen as a state: suppressed = unsubscribed from all marketing."""
+    status = Status.UNSUBSCRIBED if suppressed else Status.SUBSCRIBED
+    return CurrentState(status, occurred_at, by_recipient)
 
 
 def apply_change(

@@ -45,16 +45,16 @@ from prefcenter.preference_center import service
 from prefcenter.preference_center.router import MAX_FORM_FIELDS, pages
 from prefcenter.problems import ServiceUnavailable
 from prefcenter.settings import Settings, SigningKey
-from prefcenter.templating import RECIPIENT_PAGE_HEADERS, negotiate_language, with_language
+from prefcenter.templating import (
+    RECIPIENT_PAGE_HEADER_PAIRS,
+    negotiate_language,
+    with_language,
+)
 
 PREFIX = "/u/"
 # RFC 8058's body is 26 bytes; the page's form a few more.
 MAX_FORM_BYTES = 4096
 _FORM_TYPE = "application/x-www-form-urlencoded"
-_PAGE_HEADERS = [
-    (name.lower().encode("latin-1"), value.encode("latin-1"))
-    for name, value in RECIPIENT_PAGE_HEADERS.items()
-]
 _HTML = (b"content-type", b"text/html; charset=utf-8")
 
 
@@ -205,7 +205,7 @@ class UnsubscribeLane:
                     _HTML,
                     (b"content-length", str(len(body)).encode("latin-1")),
                     (b"content-language", language.encode("latin-1")),
-                    *_PAGE_HEADERS,
+                    *RECIPIENT_PAGE_HEADER_PAIRS,
                 ],
             }
         )
