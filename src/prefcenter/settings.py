@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     unsubscribe_mailto: str | None = None
     # Shown at the top of recipient pages, e.g. "Example Inc".
     organization_name: str | None = None
+    # How a person reaches the support desk (an address or a URL), shown where a page cannot
+    # do what they ask without proof that they hold the mailbox.
+    support_contact: str | None = None
     # Consent receipts (GET /v1/contacts/{id}/receipt): where the controller is established,
     # e.g. "DE" or "EU", and the privacy notice the receipts point to.
     jurisdiction: str | None = None
@@ -104,7 +107,11 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @field_validator(
-        "unsubscribe_mailto", "organization_name", "jurisdiction", "privacy_policy_url"
+        "unsubscribe_mailto",
+        "organization_name",
+        "support_contact",
+        "jurisdiction",
+        "privacy_policy_url",
     )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:

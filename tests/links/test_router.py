@@ -25,8 +25,8 @@ from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
 from prefcenter.idempotency import REPLAY_HEADER, IdempotencyRecord
 from prefcenter.links.schemas import MAX_BATCH
-from prefcenter.links.tokens import BadSignature, TokenPurpose, verify_token
 from prefcenter.settings import parse_signing_keys
+from prefcenter.tokens import BadSignature, TokenPurpose, verify_token
 from tests.conftest import TEST_SIGNING_KEYS, issue_key, make_settings
 from tests.factories import (
     Headers,
@@ -158,20 +158,29 @@ class TestPostLinks:
             "List-Unsubscribe-Post": ONE_CLICK,
         }
 
-    def test_both_urls_share_one_verifiable_token(
+    def test_each_url_has_a_token_of_its_own_purpose(
         self, client: TestClient, links_headers: Headers, newsletter: str
     ) -> None:
         link = post_link(
             client, links_headers, {"email": ADA, "topic": newsletter, "campaign_id": "spring-26"}
         )
 
-        token = token_of(link["unsubscribe_url"])
-        assert token_of(link["preferences_url"]) == token
-        verified = verify_token(RING, TokenPurpose.MANAGE, token, now=datetime.now(UTC))
-        assert verified.claims.contact_id == link["contact_id"]
-        assert verified.claims.topic == newsletter
-        assert verified.claims.campaign_id == "spring-26"
-        assert verified.claims.pending_event is None
+        unsubscribe = token_of(link["unsubscribe_url"])
+        manage = token_of(link["preferences_url"])
+        assert unsubscribe != manage
+        assert link["headers"]["List-Unsubscribe"] == f"<{link['unsubscribe_url']}>"
+        now = datetime.now(UTC)
+        for token, purpose, other in (
+            (unsubscribe, TokenPurpose.UNSUBSCRIBE, TokenPurpose.MANAGE),
+            (manage, TokenPurpose.MANAGE, TokenPurpose.UNSUBSCRIBE),
+        ):
+            verified = verify_token(RING, purpose, token, now=now)
+            assert verified.claims.contact_id == link["contact_id"]
+            assert verified.claims.topic == newsletter
+            assert verified.claims.campaign_id == "spring-26"
+            assert verified.claims.pending_event is None
+            with pytest.raises(BadSignature):
+                verify_token(RING, other, token, now=now)
 
     def test_token_is_a_manage_token_not_a_confirmation(
         self, client: TestClient, links_headers: Headers
@@ -189,7 +198,7 @@ class TestPostLinks:
 
         assert link["topic"] is None
         token = token_of(link["unsubscribe_url"])
-        claims = verify_token(RING, TokenPurpose.MANAGE, token, now=datetime.now(UTC)).claims
+        claims = verify_token(RING, TokenPurpose.UNSUBSCRIBE, token, now=datetime.now(UTC)).claims
         assert claims.topic is None
         assert claims.campaign_id is None
 
@@ -358,10 +367,11 @@ class TestPostLinksBatch:
         now = datetime.now(UTC)
         for item, link in zip(items, answer, strict=True):
             token = token_of(link["unsubscribe_url"])
-            assert token_of(link["preferences_url"]) == token
             assert link["headers"]["List-Unsubscribe"] == f"<{link['unsubscribe_url']}>"
             assert link["headers"]["List-Unsubscribe-Post"] == ONE_CLICK
-            claims = verify_token(RING, TokenPurpose.MANAGE, token, now=now).claims
+            claims = verify_token(RING, TokenPurpose.UNSUBSCRIBE, token, now=now).claims
+            manage = token_of(link["preferences_url"])
+            assert verify_token(RING, TokenPurpose.MANAGE, manage, now=now).claims == claims
             assert claims.contact_id == link["contact_id"]
             assert claims.topic == item.get("topic")
             assert claims.campaign_id == item.get("campaign_id")

@@ -28,8 +28,8 @@ from prefcenter.app import create_app
 from prefcenter.audit.schemas import AuditEventOut
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
-from prefcenter.links.tokens import MAX_TOKEN_LENGTH, TokenClaims, TokenPurpose, sign_token
 from prefcenter.settings import Settings, parse_signing_keys
+from prefcenter.tokens import MAX_TOKEN_LENGTH, TokenClaims, TokenPurpose, sign_token
 from tests.conftest import TEST_SIGNING_KEYS, issue_key, make_settings
 from tests.factories import (
     Headers,
@@ -262,9 +262,15 @@ class Tokens:
     """One valid token of each kind for ADA, subscribed to the newsletter and pending on the
     digest."""
 
-    manage: str
+    unsubscribe: str  # the `/u` link of ADA's newsletter (unsubscribe purpose)
+    unsubscribe_all: str
+    manage: str  # the `/p` link (manage purpose)
     manage_all: str
     confirm: str
+
+    def for_page(self, prefix: str) -> str:
+        """The token each page takes: `u`, `p` or `c`."""
+        return {"u": self.unsubscribe, "p": self.manage, "c": self.confirm}[prefix]
 
 
 @pytest.fixture
@@ -277,15 +283,22 @@ def tokens(
 ) -> Tokens:
     pending = record_change(client, writer_headers, ADA, "subscribed", topic=digest)
     assert pending["status"] == "pending"
+    newsletter_links = issue_links(client, links_headers, ADA, topic=subscribed_ada["topic"])
+    all_links = issue_links(client, links_headers, ADA)
     return Tokens(
-        manage=token_of(
-            issue_links(client, links_headers, ADA, topic=subscribed_ada["topic"])[
-                "unsubscribe_url"
-            ]
-        ),
-        manage_all=token_of(issue_links(client, links_headers, ADA)["unsubscribe_url"]),
+        unsubscribe=token_of(newsletter_links["unsubscribe_url"]),
+        unsubscribe_all=token_of(all_links["unsubscribe_url"]),
+        manage=token_of(newsletter_links["preferences_url"]),
+        manage_all=token_of(all_links["preferences_url"]),
         confirm=token_of(pending["confirm_url"]),
     )
+
+
+PURPOSE_OF_PAGE = {
+    "u": TokenPurpose.UNSUBSCRIBE,
+    "p": TokenPurpose.MANAGE,
+    "c": TokenPurpose.CONFIRM,
+}
 
 
 def signed(purpose: TokenPurpose, **claims: Any) -> str:
@@ -376,7 +389,10 @@ class TestOneClickUnsubscribe:
         assert "Newsletter" in page.text
         assert "a•••@example.com" in page.text
         assert ADA not in response.text
-        assert links["preferences_url"] in page.urls
+        # No way from the unsubscribe link to the preference center: that token only ever
+        # unsubscribes, and whoever saw the List-Unsubscribe header must not get further.
+        assert not [url for url in page.urls if "/p/" in url or "/u/" in url]
+        assert "use the preferences link at the foot of any of our emails" in page.text
 
     def test_token_without_topic_opts_out_of_all_marketing(
         self,
@@ -532,8 +548,8 @@ class TestReadingChangesNothing:
         digest: str,
     ) -> None:
         urls = [
-            f"/u/{tokens.manage}",
-            f"/u/{tokens.manage_all}",
+            f"/u/{tokens.unsubscribe}",
+            f"/u/{tokens.unsubscribe_all}",
             f"/p/{tokens.manage}",
             f"/p/{tokens.manage_all}",
             f"/c/{tokens.confirm}",
@@ -578,11 +594,11 @@ class TestReadingChangesNothing:
     def test_unsubscribe_page_offers_one_button_and_no_script(
         self, client: TestClient, tokens: Tokens
     ) -> None:
-        response = visit(client, "GET", f"/u/{tokens.manage}")
+        response = visit(client, "GET", f"/u/{tokens.unsubscribe}")
 
         page = parse_page(response)
         (form,) = page.forms
-        assert form == {"method": "post", "action": f"/u/{tokens.manage}"}
+        assert form == {"method": "post", "action": f"/u/{tokens.unsubscribe}"}
         assert response.text.count("<button") == 1
         assert "Stop emails about Newsletter to a•••@example.com?" in page.text
         assert ADA not in response.text
@@ -590,7 +606,7 @@ class TestReadingChangesNothing:
     def test_unsubscribe_page_for_all_marketing_says_so(
         self, client: TestClient, tokens: Tokens
     ) -> None:
-        page = parse_page(visit(client, "GET", f"/u/{tokens.manage_all}"))
+        page = parse_page(visit(client, "GET", f"/u/{tokens.unsubscribe_all}"))
 
         assert "Stop all marketing emails to a•••@example.com?" in page.text
 
@@ -615,7 +631,7 @@ class TestBadTokens:
         statuses: set[int] = set()
 
         for prefix, token in (
-            ("u", tokens.manage),
+            ("u", tokens.unsubscribe),
             ("p", tokens.manage_all),
             ("c", tokens.confirm),
         ):
@@ -637,8 +653,15 @@ class TestBadTokens:
         for url in (
             f"/c/{tokens.manage}",
             f"/c/{tokens.manage_all}",
+            f"/c/{tokens.unsubscribe}",
             f"/u/{tokens.confirm}",
             f"/p/{tokens.confirm}",
+            # The List-Unsubscribe token only unsubscribes: it opens no preference center
+            # (from which it could subscribe), and a preference token does not one-click.
+            f"/p/{tokens.unsubscribe}",
+            f"/p/{tokens.unsubscribe_all}",
+            f"/u/{tokens.manage}",
+            f"/u/{tokens.manage_all}",
         ):
             assert visit(client, "GET", url).status_code == 400
             assert visit(client, "HEAD", url).status_code == 400
@@ -653,7 +676,7 @@ class TestBadTokens:
         before = row_counts(database)
 
         for prefix in TOKEN_PREFIXES:
-            purpose = TokenPurpose.CONFIRM if prefix == "c" else TokenPurpose.MANAGE
+            purpose = PURPOSE_OF_PAGE[prefix]
             token = signed(
                 purpose,
                 contact_id=subscribed_ada["contact_id"],
@@ -672,7 +695,7 @@ class TestBadTokens:
         before = row_counts(database)
 
         for prefix in TOKEN_PREFIXES:
-            token = tokens.confirm if prefix == "c" else tokens.manage
+            token = tokens.for_page(prefix)
             for suffix in (
                 "",
                 "a/b",
@@ -707,7 +730,7 @@ class TestBadTokens:
             {"contact_id": contact_id + "\n"},
         ):
             for prefix in TOKEN_PREFIXES:
-                purpose = TokenPurpose.CONFIRM if prefix == "c" else TokenPurpose.MANAGE
+                purpose = PURPOSE_OF_PAGE[prefix]
                 path = f"/{prefix}/{signed(purpose, **claims)}"
                 assert visit(client, "GET", path).status_code == 400, claims
                 assert act(client, path).status_code == 400, claims
@@ -718,10 +741,10 @@ class TestBadTokens:
         self, client: TestClient, database: Database, subscribed_ada: Json
     ) -> None:
         expected = invalid_link_page(client).text
-        made_up = signed(TokenPurpose.MANAGE, contact_id="Zz9_made-up-cont")
         before = row_counts(database)
 
-        for url in (f"/u/{made_up}", f"/p/{made_up}"):
+        for prefix in ("u", "p"):
+            url = f"/{prefix}/{signed(PURPOSE_OF_PAGE[prefix], contact_id='Zz9_made-up-cont')}"
             for response in (visit(client, "GET", url), act(client, url)):
                 assert response.status_code == 404
                 assert response.text == expected
@@ -744,7 +767,8 @@ class TestBadTokens:
     def test_erased_contact_gets_the_same_page_as_an_unknown_one(
         self, client: TestClient, database: Database, tokens: Tokens
     ) -> None:
-        unknown = visit(client, "GET", f"/u/{signed(TokenPurpose.MANAGE, contact_id='Zz9_gone')}")
+        gone = signed(TokenPurpose.UNSUBSCRIBE, contact_id="Zz9_gone")
+        unknown = visit(client, "GET", f"/u/{gone}")
         with database.transaction(write=True) as session:
             contact = session.exec(select(Contact)).one()
             contact.address = None
@@ -753,7 +777,11 @@ class TestBadTokens:
             session.add(contact)
         before = row_counts(database)
 
-        for prefix, token in (("u", tokens.manage), ("p", tokens.manage), ("c", tokens.confirm)):
+        for prefix, token in (
+            ("u", tokens.unsubscribe),
+            ("p", tokens.manage),
+            ("c", tokens.confirm),
+        ):
             for method in ("GET", "POST"):
                 response = visit(client, method, f"/{prefix}/{token}", content=ONE_CLICK)
                 assert response.status_code == 404
@@ -843,7 +871,7 @@ class TestPreferenceCenter:
         (form,) = page.forms
         assert form == {"method": "post", "action": preferences_url}
 
-    def test_turning_a_topic_off_and_on_records_the_persons_own_changes(
+    def test_turning_a_topic_off_is_immediate_and_on_again_is_not(
         self,
         client: TestClient,
         reader_headers: Headers,
@@ -872,20 +900,46 @@ class TestPreferenceCenter:
             assert event.campaign_id == "march"
             assert event.evidence["channel"] == "preference_center"
 
+        before = row_counts(database)
         again = parse_page(submit(client, saved, on={newsletter}))
 
-        assert again.boxes == {"newsletter": True, "offers": False, "digest": False}
+        # Turning it back on would reverse the person's own opt-out: whoever holds the link
+        # could do that, so it needs proof of the mailbox and nothing changes here.
+        assert again.boxes == {"newsletter": False, "offers": False, "digest": False}
+        assert "Newsletter stay off: you turned them off yourself" in again.text
+        assert "reply to one of our emails" in again.text
         (ada,) = lookup(client, reader_headers, ADA)
-        assert subscription_status(ada, newsletter) == "subscribed"
-        assert subscription_status(ada, offers) == "unsubscribed"
+        assert subscription_status(ada, newsletter) == "unsubscribed"
+        assert row_counts(database) == before
+
+    def test_turning_on_a_topic_the_person_never_refused_is_immediate(
+        self,
+        client: TestClient,
+        reader_headers: Headers,
+        writer_headers: Headers,
+        database: Database,
+        preferences_url: str,
+        digest: str,
+        offers: str,
+    ) -> None:
+        # `offers` was turned off by an API client (a CRM sync), not by the person.
+        record_change(client, writer_headers, ADA, "unsubscribed", topic=offers)
+        page = parse_page(visit(client, "GET", preferences_url))
+
+        saved = parse_page(submit(client, page, on={offers}))
+
+        assert saved.boxes["offers"] is True
+        (ada,) = lookup(client, reader_headers, ADA)
+        assert subscription_status(ada, offers) == "subscribed"
         on_event = last_event(database)
         assert (on_event.topic, on_event.source, on_event.actor, on_event.to_status) == (
-            newsletter,
+            offers,
             "preference_center",
             "recipient",
             "subscribed",
         )
         assert on_event.evidence["user_agent"] == "testclient"
+        assert "stay off" not in saved.text
 
     def test_saving_without_changes_changes_nothing(
         self, client: TestClient, database: Database, preferences_url: str
@@ -966,36 +1020,36 @@ class TestPreferenceCenter:
         assert row_counts(database) == before
         assert "You are unsubscribed from all marketing emails" in saved.text
 
-    def test_choosing_a_topic_after_a_global_opt_out_lifts_it(
+    def test_choosing_a_topic_after_a_global_opt_out_changes_nothing(
         self,
         client: TestClient,
         reader_headers: Headers,
         database: Database,
+        settings: Settings,
         preferences_url: str,
         newsletter: str,
         offers: str,
-        digest: str,
     ) -> None:
         page = parse_page(visit(client, "GET", preferences_url))
         page = parse_page(submit(client, page, action="unsubscribe_all"))
         assert lookup(client, reader_headers, ADA)[0]["suppressed"] is True
+        before = row_counts(database)
+        state = lookup(client, reader_headers, ADA)
 
-        after = parse_page(submit(client, page, on={newsletter}))
+        # The boxes are disabled; a hand-made post ticks them anyway.
+        after = parse_page(submit(client, page, on={newsletter, offers}))
 
-        (ada,) = lookup(client, reader_headers, ADA)
-        assert ada["suppressed"] is False
-        # Only what the person chose: the opt-out topic they did not tick stays off.
-        assert subscription_status(ada, newsletter) == "subscribed"
-        assert subscription_status(ada, offers) == "unsubscribed"
-        assert subscription_status(ada, digest) is None
-        assert after.boxes == {"newsletter": True, "offers": False, "digest": False}
-        assert "You are unsubscribed from all marketing emails" not in after.text
-        lifted = [e for e in audit_events(database) if e.kind == "global_consent_change"][-1]
-        assert (lifted.source, lifted.actor, lifted.to_status) == (
-            "preference_center",
-            "recipient",
-            "subscribed",
-        )
+        assert lookup(client, reader_headers, ADA) == state
+        assert row_counts(database) == before
+        assert after.boxes == {"newsletter": False, "offers": False, "digest": False}
+        assert "Newsletter, Offers stay off" in after.text
+        assert "You are unsubscribed from all marketing emails" in after.text
+        with TestClient(
+            create_app(settings.model_copy(update={"support_contact": "privacy@example.com"}))
+        ) as desk_client:
+            named = parse_page(submit(desk_client, page, on={newsletter}))
+        assert "To receive them again, contact privacy@example.com." in named.text
+        assert lookup(client, reader_headers, ADA) == state
 
     def test_api_client_cannot_lift_a_global_opt_out_made_here(
         self,
@@ -1203,7 +1257,7 @@ class TestLanguage:
         response = visit(
             client,
             "GET",
-            f"/u/{tokens.manage}",
+            f"/u/{tokens.unsubscribe}",
             headers={"Accept-Language": "de-DE,de;q=0.9,en;q=0.5"},
         )
 
@@ -1215,7 +1269,7 @@ class TestLanguage:
 
     def test_query_overrides_accept_language(self, client: TestClient, tokens: Tokens) -> None:
         response = visit(
-            client, "GET", f"/u/{tokens.manage}?lang=en", headers={"Accept-Language": "de"}
+            client, "GET", f"/u/{tokens.unsubscribe}?lang=en", headers={"Accept-Language": "de"}
         )
 
         page = parse_page(response)
@@ -1249,11 +1303,11 @@ class TestLanguage:
     def test_every_page_exists_in_german(self, client: TestClient, tokens: Tokens) -> None:
         german = {"Accept-Language": "de"}
         pages = [
-            visit(client, "GET", f"/u/{tokens.manage}", headers=german),
+            visit(client, "GET", f"/u/{tokens.unsubscribe}", headers=german),
             visit(client, "GET", f"/p/{tokens.manage}", headers=german),
             visit(client, "GET", f"/c/{tokens.confirm}", headers=german),
             visit(client, "POST", f"/c/{tokens.confirm}", headers=german),
-            visit(client, "POST", f"/u/{tokens.manage}", headers=german, data={"via": "page"}),
+            visit(client, "POST", f"/u/{tokens.unsubscribe}", headers=german, data={"via": "page"}),
             visit(client, "POST", f"/p/{tokens.manage}", headers=german, data={"action": "save"}),
         ]
 
@@ -1281,13 +1335,13 @@ class TestNoRedirects:
     ) -> None:
         evil = "?next=https://evil.example/&redirect=//evil.example&return_to=https%3A%2F%2Fevil.example"
         responses = [
-            visit(client, "GET", f"/u/{tokens.manage}{evil}"),
+            visit(client, "GET", f"/u/{tokens.unsubscribe}{evil}"),
             visit(client, "GET", f"/p/{tokens.manage_all}{evil}"),
             visit(client, "GET", f"/c/{tokens.confirm}{evil}"),
             visit(client, "GET", f"/u/broken{evil}"),
             visit(client, "POST", f"/p/{tokens.manage}{evil}", data={"action": "save"}),
             visit(client, "POST", f"/c/{tokens.confirm}{evil}"),
-            visit(client, "POST", f"/u/{tokens.manage}{evil}", content=ONE_CLICK),
+            visit(client, "POST", f"/u/{tokens.unsubscribe}{evil}", content=ONE_CLICK),
         ]
 
         for response in responses:
@@ -1308,7 +1362,7 @@ class TestNoRedirects:
         before = row_counts(database)
 
         for prefix in TOKEN_PREFIXES:
-            token = tokens.confirm if prefix == "c" else tokens.manage
+            token = tokens.for_page(prefix)
             for path in (
                 f"/{prefix}/{token}",
                 f"/{prefix}/{token}/",
@@ -1325,16 +1379,24 @@ class TestNoRedirects:
 # --- arbitrary tokens ---------------------------------------------------------------------------
 
 
-def _signed_garbage(contact_id: str, topic: str | None, campaign: str | None) -> str:
-    return signed(TokenPurpose.MANAGE, contact_id=contact_id, topic=topic, campaign_id=campaign)
+def _signed_garbage(
+    purpose: TokenPurpose, contact_id: str, topic: str | None, campaign: str | None
+) -> str:
+    return signed(purpose, contact_id=contact_id, topic=topic, campaign_id=campaign)
 
 
 TOKENS = st.one_of(
     st.text(max_size=300),
     st.text(max_size=300).map(lambda t: quote(t, safe="")),
-    st.builds(lambda a, b: f"1.{RING[0].kid}.{a}.{b}", st.text(max_size=80), st.text(max_size=40)),
+    st.builds(
+        lambda v, a, b: f"{v}.{RING[0].kid}.{a}.{b}",
+        st.sampled_from(["1", "2"]),
+        st.text(max_size=80),
+        st.text(max_size=40),
+    ),
     st.builds(
         _signed_garbage,
+        st.sampled_from(list(TokenPurpose)),
         st.text(max_size=60),
         st.none() | st.text(max_size=60),
         st.none() | st.text(max_size=60),

@@ -27,10 +27,10 @@ from prefcenter.audit.verify import verify_chain
 from prefcenter.consent.recipient_optout import read_optout_state, write_optout
 from prefcenter.consent.rules import Status
 from prefcenter.db import Database, utcnow
-from prefcenter.links.tokens import TokenPurpose, VerifiedToken, verify_token
 from prefcenter.preference_center import service, unsubscribe_lane
 from prefcenter.preference_center.unsubscribe_lane import MAX_FORM_BYTES, UnsubscribeLane
 from prefcenter.settings import Settings, parse_signing_keys
+from prefcenter.tokens import TokenPurpose, VerifiedToken, sign_token, verify_token
 from tests.conftest import TEST_SIGNING_KEYS, issue_key
 from tests.factories import (
     Headers,
@@ -42,9 +42,11 @@ from tests.factories import (
     token_of,
 )
 from tests.preference_center.test_router import ONE_CLICK, one_click
+from tests.test_tokens import legacy_manage_token
 
 RING = parse_signing_keys(TEST_SIGNING_KEYS)
 ADA = "ada@example.com"
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 # --- the lane in front of a recorder: what it answers itself, what it hands on -------------
@@ -110,6 +112,48 @@ def test_the_lane_serves_a_valid_page_itself_and_head_without_a_body(
     assert head.content == b""
     assert head.headers["content-length"] == str(len(page.content))
     assert recorder.calls == []
+
+
+def test_a_mailed_version_1_link_is_still_served_by_the_lane(
+    lane: tuple[TestClient, Recorder], newsletter_token: str, database: Database
+) -> None:
+    """Links mailed before purposes were split carry one MANAGE token on /u: they keep
+    unsubscribing (as the law expects of a link already sent)."""
+    lane_client, recorder = lane
+    claims = _verified(newsletter_token).claims
+    legacy = legacy_manage_token(claims, RING)
+    assert lane_client.get(f"/u/{legacy}").status_code == 200
+    assert recorder.calls == []
+    if database.settings.is_sqlite:
+        return  # SQLite's opt-out is the app's; test_router covers it
+    answer = lane_client.post(
+        f"/u/{legacy}", content=ONE_CLICK, headers={"Content-Type": FORM_TYPE}
+    )
+    assert answer.status_code == 200
+    assert recorder.calls == []
+    with database.transaction(write=False) as session:
+        status = session.execute(text("SELECT status FROM subscription")).scalar_one()
+    assert status == "unsubscribed"
+
+
+def test_a_preference_token_is_not_the_lanes_and_the_app_refuses_it(
+    lane: tuple[TestClient, Recorder], newsletter_token: str, client: TestClient
+) -> None:
+    claims = _verified(newsletter_token).claims
+    manage = sign_token(RING, TokenPurpose.MANAGE, claims)
+    lane_client, recorder = lane
+    for method in ("GET", "POST"):
+        response = lane_client.request(
+            method, f"/u/{manage}", content=ONE_CLICK, headers={"Content-Type": FORM_TYPE}
+        )
+        assert response.status_code == 299  # handed to the app
+        assert (
+            client.request(
+                method, f"/u/{manage}", content=ONE_CLICK, headers={"Content-Type": FORM_TYPE}
+            ).status_code
+            == 400
+        )
+    assert [c[0] for c in recorder.calls] == ["GET", "POST"]
 
 
 @pytest.mark.parametrize(
@@ -194,7 +238,7 @@ def test_an_erased_contact_goes_to_the_app(
     admin_headers: Headers,
 ) -> None:
     lane_client, recorder = lane
-    contact_id = verify_token(RING, TokenPurpose.MANAGE, newsletter_token, now=utcnow())
+    contact_id = verify_token(RING, TokenPurpose.UNSUBSCRIBE, newsletter_token, now=utcnow())
     erased = client.delete(f"/v1/contacts/{contact_id.claims.contact_id}", headers=admin_headers)
     assert erased.status_code in (200, 204), erased.text
     for method in ("GET", "POST"):
@@ -218,7 +262,7 @@ def _postgres_only(database: Database) -> None:
 
 
 def _verified(token: str) -> VerifiedToken:
-    return verify_token(RING, TokenPurpose.MANAGE, token, now=utcnow())
+    return verify_token(RING, TokenPurpose.UNSUBSCRIBE, token, now=utcnow())
 
 
 def _opt_out_fast(

@@ -73,14 +73,16 @@ def lookup_contacts(
     session: Session, addresses: Sequence[Address], *, keys: AuditKeys
 ) -> LookupOut:
     """One entry per address asked for, in the order asked, echoing each as given. An erased
-    address has no contact and is `suppressed`."""
-    contacts = find_contacts(session, (a.normalised for a in addresses))
+    address has no contact and is `suppressed`, even where a contact row came back for it."""
+    erased = erased_among(session, keys, (a.normalised for a in addresses))
+    contacts = {
+        address: contact
+        for address, contact in find_contacts(session, (a.normalised for a in addresses)).items()
+        if address not in erased
+    }
     ids = [c.id for c in contacts.values() if c.id is not None]
     subscriptions = _subscriptions_of(session, ids)
     suppressions = _suppressions_of(session, ids)
-    erased = erased_among(
-        session, keys, (a.normalised for a in addresses if a.normalised not in contacts)
-    )
     answers = []
     for address in addresses:
         contact = contacts.get(address.normalised)

@@ -153,6 +153,15 @@ def check_reversal_allowed(opt_out: CurrentState | None, change: RequestedChange
     )
 
 
+def needs_mailbox_proof(current: CurrentState | None) -> bool:
+    """Whether turning a topic back on from a page opened by a link reverses the person's own
+    opt-out. Whoever holds the link can open the page (a forwarded mail, a mailbox provider
+    that saw the header, a log), so that needs proof that the person holds the mailbox: a
+    confirmation mail, or the support desk. Turning on a topic the person never opted out of
+    themselves does not (design promise 3: links only ever reduce what the person refused)."""
+    return current is not None and current.status is Status.UNSUBSCRIBED and current.by_recipient
+
+
 def decide_change(
     current: CurrentState | None, change: RequestedChange, *, now: datetime
 ) -> Decision:

@@ -23,10 +23,9 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core.core_schema import CoreSchema
 from typing_extensions import TypeAliasType
 
-from prefcenter.audit.schemas import AuditEventOut
+from prefcenter.audit.schemas import AuditEventOut, CampaignId
 from prefcenter.consent.rules import Outcome, Status
 from prefcenter.contacts.addresses import EmailAddress
-from prefcenter.links.schemas import CampaignId
 from prefcenter.timestamps import Rfc3339DateTime
 from prefcenter.topics.schemas import TopicKey
 

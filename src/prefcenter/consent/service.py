@@ -14,7 +14,7 @@ from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import EventKind, NewEvent, new_event_id
 from prefcenter.audit.service import append_event
-from prefcenter.consent.erased import refuse_erased_address
+from prefcenter.consent.contact_creation import lock_new_contact
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import (
     ActorKind,
@@ -28,11 +28,9 @@ from prefcenter.consent.rules import (
 )
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
 from prefcenter.contacts.models import Contact
-from prefcenter.contacts.service import lock_contact
 from prefcenter.db import utcnow
-from prefcenter.links.service import confirm_url
-from prefcenter.links.tokens import TokenClaims, TokenPurpose, sign_token
 from prefcenter.settings import Settings, SigningKey
+from prefcenter.tokens import TokenClaims, TokenPurpose, confirm_url, sign_token
 from prefcenter.topics.errors import UnknownTopic
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
@@ -183,8 +181,7 @@ def record_change(
         reason=change.reason,
         double_opt_in=topic.double_opt_in if topic is not None else False,
     )
-    refuse_erased_address(session, keys, change.email.normalised)
-    contact = lock_contact(session, change.email)
+    contact = lock_new_contact(session, keys, change.email)
     applied = apply_change(
         session,
         contact=contact,
@@ -245,7 +242,7 @@ def confirm_link(
             pending_event=subscription.event_id,
         ),
     )
-    return confirm_url(settings, token)
+    return confirm_url(settings.base_url, token)
 
 
 def subscription_change(

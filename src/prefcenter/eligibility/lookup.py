@@ -119,7 +119,7 @@ def read_states(
 
 
 def read_erased(connection: Connection, keys: AuditKeys, addresses: Collection[str]) -> set[str]:
-    """Which of these normalised addresses (ones no contact has) were erased: the question of
+    """Which of these normalised addresses were erased: the question of
     consent.erased.erased_among, asked in one query per chunk at driver level."""
     if not addresses:
         return set()

@@ -65,8 +65,9 @@ def normalise(text: str) -> str | None:
 def decide_addresses(
     session: Session, topic: TopicRef | None, emails: Sequence[str], *, keys: AuditKeys
 ) -> list[Eligibility]:
-    """One answer per text, in order; duplicates each get the same answer. An address with no
-    contact may have been erased: those are looked up by keyed hash, in the same query count."""
+    """One answer per text, in order; duplicates each get the same answer. Every address is
+    also looked up by keyed hash among the erased, in the same query count: an erased address
+    is suppressed for good, even if a contact row came back for it."""
     if topic is None:
         return [UNKNOWN_TOPIC] * len(emails)
     normalised = [normalise(text) for text in emails]
@@ -74,7 +75,7 @@ def decide_addresses(
     table = StateTable(topic.model, lambda answer: answer)
     connection = session.connection()
     found = read_states(connection, topic.id, wanted, table)
-    erased = read_erased(connection, keys, [a for a in wanted if a not in found])
+    erased = read_erased(connection, keys, wanted)
     erased_answer = decide_eligibility(
         topic.model, erased=True, suppressed=False, subscription=None
     )

@@ -187,8 +187,9 @@ def answer_chunk(database: Database, answers: _Answers, texts: list[str]) -> byt
     with database.transaction(write=False) as session:
         connection = session.connection()
         found = read_states(connection, answers.topic_id, wanted, answers.by_state)
-        unmatched = [address for address in wanted if address not in found]
-        for address in read_erased(connection, answers.keys, unmatched):
+        # Every address, not only those no contact has: an erased address is suppressed for
+        # good even if a contact row came back for it (one written before that was refused).
+        for address in read_erased(connection, answers.keys, wanted):
             found[address] = answers.erased
     unknown, invalid = answers.by_state.unknown, answers.invalid
     rows: list[str] = []

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from prefcenter.apikeys.auth import requires
 from prefcenter.apikeys.schemas import Caller, Scope
+from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.db import WriteSession, utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.links import service
@@ -18,16 +19,18 @@ from prefcenter.settings import settings_of, signing_keys_of
 router = APIRouter(prefix="/v1/links", tags=["links"])
 
 LinkIssuer = Annotated[Caller, Depends(requires(Scope.LINKS))]
+AuditKeysDep = Annotated[AuditKeys, Depends(audit_keys_of)]
 
 
 @router.post(
     "",
     summary="Links and List-Unsubscribe headers for one message",
-    responses=problem_responses(400, 401, 403, 413, 422, 503),
+    responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
 )
 def issue_link(
     link: LinkRequest,
     caller: LinkIssuer,
+    keys: AuditKeysDep,
     session: WriteSession,
     idempotency: Idempotency,
     request: Request,
@@ -39,14 +42,14 @@ def issue_link(
         owner=caller.owner,
         response=response,
         model=LinkSet,
-        call=lambda: service.issue_links(
+        call=lambda: service.issue_link(
             session,
-            [link],
+            link,
             settings=settings,
             ring=signing_keys_of(request),
+            keys=keys,
             now=utcnow(),
-            field_prefix="",
-        )[0],
+        ),
     )
 
 
@@ -58,6 +61,7 @@ def issue_link(
 def issue_links(
     batch: LinkBatchIn,
     caller: LinkIssuer,
+    keys: AuditKeysDep,
     session: WriteSession,
     idempotency: Idempotency,
     request: Request,
@@ -75,6 +79,7 @@ def issue_links(
                 batch.items,
                 settings=settings,
                 ring=signing_keys_of(request),
+                keys=keys,
                 now=utcnow(),
             )
         ),

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
+from prefcenter.audit.schemas import CampaignId
 from prefcenter.contacts.addresses import EmailAddress
 from prefcenter.topics.schemas import TopicKey
 
 MAX_BATCH = 10_000
-
-# Travels inside tokens, audit events and CSV exports: printable, no control characters.
-CampaignId = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
 
 
 class LinkRequest(BaseModel):
@@ -57,7 +53,15 @@ class LinkSet(BaseModel):
     headers: ListHeaders
 
 
+class LinkProblem(BaseModel):
+    """A batch item that gets no links (an erased address), with its problem document."""
+
+    problem: dict[str, Any] = Field(description="RFC 9457 problem document of this item.")
+
+
 class LinkBatchOut(BaseModel):
     model_config = ConfigDict(serialize_by_alias=True)
 
-    items: list[LinkSet]
+    items: list[LinkSet | LinkProblem] = Field(
+        description="In request order: the links, or the item's problem (`address-erased`)."
+    )

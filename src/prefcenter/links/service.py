@@ -1,4 +1,10 @@
-"""Use cases for links: issue the signed unsubscribe and preference links for outgoing mail."""
+"""Use cases for links: issue the signed unsubscribe and preference links for outgoing mail.
+
+Each recipient gets two tokens: an UNSUBSCRIBE token behind the `List-Unsubscribe` header and
+the unsubscribe URL (it can only ever unsubscribe), and a MANAGE token behind the preference
+URL. Contacts are created through consent.contact_creation, so an erased address is never
+stored again: it gets the `address-erased` problem instead of links.
+"""
 
 from __future__ import annotations
 
@@ -6,83 +12,52 @@ from collections.abc import Sequence
 from datetime import datetime
 from urllib.parse import quote
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from prefcenter.contacts.models import Contact
-from prefcenter.contacts.service import new_public_id
-from prefcenter.db import utcnow
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.contact_creation import create_contacts
+from prefcenter.consent.erased import AddressErased
 from prefcenter.links.errors import BatchTooLarge
-from prefcenter.links.schemas import MAX_BATCH, LinkRequest, LinkSet, ListHeaders
-from prefcenter.links.tokens import TokenClaims, TokenPurpose, sign_token
+from prefcenter.links.schemas import MAX_BATCH, LinkProblem, LinkRequest, LinkSet, ListHeaders
 from prefcenter.settings import Settings, SigningKey
+from prefcenter.tokens import (
+    TokenClaims,
+    TokenPurpose,
+    preferences_url,
+    sign_token,
+    unsubscribe_url,
+)
 from prefcenter.topics.errors import UnknownTopic
 from prefcenter.topics.models import Topic
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
-# Inserting and selecting contacts in chunks keeps every statement under SQLite's limit on
-# bound parameters.
-_CHUNK = 2000
-
-
-def unsubscribe_url(settings: Settings, token: str) -> str:
-    return f"{settings.base_url}/u/{token}"
-
-
-def preferences_url(settings: Settings, token: str) -> str:
-    return f"{settings.base_url}/p/{token}"
-
-
-def confirm_url(settings: Settings, token: str) -> str:
-    return f"{settings.base_url}/c/{token}"
 
 
 def list_headers(settings: Settings, token: str) -> ListHeaders:
     """`List-Unsubscribe` with our HTTPS link first (the one RFC 8058 clients POST to) and the
     optional mailto: second; the token in its subject lets an inbox handler act on it."""
-    value = f"<{unsubscribe_url(settings, token)}>"
+    value = f"<{unsubscribe_url(settings.base_url, token)}>"
     if settings.unsubscribe_mailto:
         subject = quote(f"unsubscribe {token}", safe="")
         value += f", <mailto:{settings.unsubscribe_mailto}?subject={subject}>"
     return ListHeaders(list_unsubscribe=value, list_unsubscribe_post=ONE_CLICK)
 
 
-def ensure_contacts(session: Session, requests: Sequence[LinkRequest]) -> dict[str, str]:
-    """Public ids by normalised address; unknown addresses get a contact (and nothing else:
-    having a link implies no subscription). Set-based: one insert and one select per chunk."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    given: dict[str, str] = {}
-    for request in requests:
-        given.setdefault(request.email.normalised, request.email.given)
-    addresses = sorted(given)
-    public_ids: dict[str, str] = {}
-    created_at = utcnow()
-    for start in range(0, len(addresses), _CHUNK):
-        chunk = addresses[start : start + _CHUNK]
-        rows = session.exec(
-            select(Contact.address, Contact.public_id).where(col(Contact.address).in_(chunk))
-        ).all()
-        public_ids.update({address: public_id for address, public_id in rows if address})
-        missing = [a for a in chunk if a not in public_ids]
-        if missing:
-            new_rows = [
-                {
-                    "public_id": new_public_id(),
-                    "address": a,
-                    "address_display": given[a],
-                    "created_at": created_at,
-                }
-                for a in missing
-            ]
-            session.execute(
-                insert(Contact).on_conflict_do_nothing(index_elements=["address"]), new_rows
-            )
-            rows = session.exec(
-                select(Contact.address, Contact.public_id).where(col(Contact.address).in_(missing))
-            ).all()
-            public_ids.update({address: public_id for address, public_id in rows if address})
-    return public_ids
+def recipient_token(
+    ring: tuple[SigningKey, ...],
+    purpose: TokenPurpose,
+    *,
+    contact_id: str,
+    campaign_id: str | None,
+    now: datetime,
+    topic: str | None = None,
+) -> str:
+    """A reusable token for one of a contact's links (UNSUBSCRIBE or MANAGE)."""
+    return sign_token(
+        ring,
+        purpose,
+        TokenClaims(contact_id=contact_id, topic=topic, campaign_id=campaign_id, issued_at=now),
+    )
 
 
 def manage_token(
@@ -93,12 +68,40 @@ def manage_token(
     now: datetime,
     topic: str | None = None,
 ) -> str:
-    """The reusable token behind a contact's unsubscribe and preference links."""
-    return sign_token(
+    """The reusable token behind a contact's preference link."""
+    return recipient_token(
         ring,
         TokenPurpose.MANAGE,
-        TokenClaims(contact_id=contact_id, topic=topic, campaign_id=campaign_id, issued_at=now),
+        contact_id=contact_id,
+        campaign_id=campaign_id,
+        now=now,
+        topic=topic,
     )
+
+
+def erased_problem(field: str) -> AddressErased:
+    return AddressErased(
+        "This address was erased at the person's request and stays suppressed for good: "
+        "no links are issued for it, and nothing was stored. Do not send to it.",
+        errors=[{"field": field, "detail": "was erased"}],
+    )
+
+
+def issue_link(
+    session: Session,
+    request: LinkRequest,
+    *,
+    settings: Settings,
+    ring: tuple[SigningKey, ...],
+    keys: AuditKeys,
+    now: datetime,
+) -> LinkSet:
+    """The links of one message; an erased address is the `address-erased` problem."""
+    (links,) = issue_links(
+        session, [request], settings=settings, ring=ring, keys=keys, now=now, field_prefix=""
+    )
+    assert isinstance(links, LinkSet)  # the single form raises instead of answering a problem
+    return links
 
 
 def issue_links(
@@ -107,12 +110,13 @@ def issue_links(
     *,
     settings: Settings,
     ring: tuple[SigningKey, ...],
+    keys: AuditKeys,
     now: datetime,
     field_prefix: str = "items[",
-) -> list[LinkSet]:
-    """One signed, reusable token per recipient, used by both its unsubscribe and its
-    preference link. Answers in request order. Errors name `items[i].…` fields, or plain
-    fields when `field_prefix` is empty (the single-link call)."""
+) -> list[LinkSet | LinkProblem]:
+    """The links of each recipient, in request order. Errors name `items[i].…` fields, or
+    plain fields when `field_prefix` is empty (the single-link call, which raises the
+    `address-erased` problem where a batch answers it per item)."""
     if len(requests) > MAX_BATCH:
         raise BatchTooLarge(
             f"A batch holds at most {MAX_BATCH:,} items; this one has {len(requests):,}. "
@@ -134,25 +138,39 @@ def issue_links(
                     for i in unknown[:50]
                 ],
             )
-    public_ids = ensure_contacts(session, requests)
-    links = []
+    given: dict[str, str] = {}
     for request in requests:
-        contact_id = public_ids[request.email.normalised]
-        token = manage_token(
-            ring,
-            contact_id=contact_id,
-            campaign_id=request.campaign_id,
-            now=now,
-            topic=request.topic,
+        given.setdefault(request.email.normalised, request.email.given)
+    created = create_contacts(session, keys, given)
+    links: list[LinkSet | LinkProblem] = []
+    for index, request in enumerate(requests):
+        if request.email.normalised in created.erased:
+            if not field_prefix:
+                raise erased_problem("email")
+            links.append(
+                LinkProblem(problem=erased_problem(f"{field_prefix}{index}].email").body())
+            )
+            continue
+        contact_id = created.public_ids[request.email.normalised]
+        unsubscribe, manage = (
+            recipient_token(
+                ring,
+                purpose,
+                contact_id=contact_id,
+                campaign_id=request.campaign_id,
+                now=now,
+                topic=request.topic,
+            )
+            for purpose in (TokenPurpose.UNSUBSCRIBE, TokenPurpose.MANAGE)
         )
         links.append(
             LinkSet(
                 email=request.email.given,
                 contact_id=contact_id,
                 topic=request.topic,
-                unsubscribe_url=unsubscribe_url(settings, token),
-                preferences_url=preferences_url(settings, token),
-                headers=list_headers(settings, token),
+                unsubscribe_url=unsubscribe_url(settings.base_url, unsubscribe),
+                preferences_url=preferences_url(settings.base_url, manage),
+                headers=list_headers(settings, unsubscribe),
             )
         )
     return links

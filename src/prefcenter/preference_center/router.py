@@ -15,13 +15,13 @@ from starlette.datastructures import FormData
 
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.db import database_of, utcnow
-from prefcenter.links.service import manage_token, preferences_url
-from prefcenter.links.tokens import TokenPurpose, VerifiedToken
+from prefcenter.links.service import manage_token
 from prefcenter.preference_center import service
 from prefcenter.preference_center.errors import InvalidLink
 from prefcenter.preference_center.schemas import LinkView, PreferencesView
 from prefcenter.settings import Settings, settings_of, signing_keys_of
 from prefcenter.templating import RECIPIENT_PAGE_HEADERS, Pages, keep_language
+from prefcenter.tokens import TokenPurpose, VerifiedToken, preferences_url
 
 PACKAGE_DIR = Path(__file__).parent
 
@@ -52,6 +52,12 @@ MAX_FORM_FIELDS = 200
 
 # The token checks are `async def`: one HMAC, no I/O, so they run on the event loop instead of
 # costing each request a hand-off to a worker thread and back.
+async def _unsubscribe_token(request: Request, token: str) -> VerifiedToken:
+    return service.read_token(
+        signing_keys_of(request), token, TokenPurpose.UNSUBSCRIBE, now=utcnow()
+    )
+
+
 async def _manage_token(request: Request, token: str) -> VerifiedToken:
     return service.read_token(signing_keys_of(request), token, TokenPurpose.MANAGE, now=utcnow())
 
@@ -68,6 +74,7 @@ async def _confirm_token(request: Request, token: str) -> VerifiedToken:
 
 
 # Declared before the session in each handler: a bad token is refused before the database.
+UnsubscribeToken = Annotated[VerifiedToken, Depends(_unsubscribe_token)]
 ManageToken = Annotated[VerifiedToken, Depends(_manage_token)]
 ConfirmToken = Annotated[VerifiedToken, Depends(_confirm_token)]
 
@@ -83,9 +90,7 @@ async def _form(request: Request) -> FormData:
 Form = Annotated[FormData, Depends(_form)]
 
 
-def _page(
-    request: Request, template: str, view: LinkView, token: str, *, action: str
-) -> HTMLResponse:
+def _page(request: Request, template: str, view: LinkView, *, action: str) -> HTMLResponse:
     settings: Settings = settings_of(request)
     return pages.render(
         request,
@@ -95,26 +100,25 @@ def _page(
             "masked_address": view.masked_address,
             "topic_name": view.topic_name,
             "action": action,
-            "preferences_url": preferences_url(settings, token),
         },
     )
 
 
 @router.get("/u/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 @router.head("/u/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
-async def show_unsubscribe(token: str, verified: ManageToken, request: Request) -> HTMLResponse:
+async def show_unsubscribe(
+    token: str, verified: UnsubscribeToken, request: Request
+) -> HTMLResponse:
     """The page with one button. Changes nothing: mail scanners fetch every link."""
     view = await database_of(request).run_in_transaction(
         lambda session: service.unsubscribe_view(session, verified), write=False, autocommit=True
     )
-    return _page(
-        request, "unsubscribe.html", view, token, action=keep_language(request, f"/u/{token}")
-    )
+    return _page(request, "unsubscribe.html", view, action=keep_language(request, f"/u/{token}"))
 
 
 @router.post("/u/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 async def unsubscribe(
-    token: str, verified: ManageToken, form: Form, context: RequestContextDep, request: Request
+    token: str, verified: UnsubscribeToken, form: Form, context: RequestContextDep, request: Request
 ) -> HTMLResponse:
     """RFC 8058 one-click (`List-Unsubscribe=One-Click`) or the page's button: out at once,
     committed before the answer is sent."""
@@ -128,9 +132,7 @@ async def unsubscribe(
         ),
         write=True,
     )
-    return _page(
-        request, "unsubscribed.html", view, token, action=keep_language(request, f"/u/{token}")
-    )
+    return _page(request, "unsubscribed.html", view, action=keep_language(request, f"/u/{token}"))
 
 
 def _preferences_page(
@@ -146,6 +148,8 @@ def _preferences_page(
             "suppressed": view.suppressed,
             "topics": view.topics,
             "pending_topics": ", ".join(view.pending_topics),
+            "refused_topics": ", ".join(view.refused_topics),
+            "support_contact": settings.support_contact,
             "saved": saved,
             "action": keep_language(request, f"/p/{token}"),
         },
@@ -223,7 +227,7 @@ def _confirm_page(
             "masked_address": view.masked_address,
             "topic_name": view.topic_name,
             "action": keep_language(request, f"/c/{token}"),
-            "preferences_url": preferences_url(settings, manage),
+            "preferences_url": preferences_url(settings.base_url, manage),
         },
     )
 

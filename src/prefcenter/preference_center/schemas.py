@@ -20,6 +20,9 @@ class PreferencesView:
     suppressed: bool
     topics: list[TopicChoice]
     pending_topics: list[str] = field(default_factory=list)
+    # Asked for on the page but left as they were: turning them on reverses the person's own
+    # opt-out (or lifts "unsubscribe from all"), which needs proof of the mailbox first.
+    refused_topics: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,18 +11,18 @@ from sqlmodel import Session, col, select
 
 from prefcenter.audit.context import RequestContext
 from prefcenter.consent.models import Subscription, Suppression
-from prefcenter.consent.rules import ActorKind, RequestedChange, Status
-from prefcenter.consent.service import ChangeRecord, apply_change
+from prefcenter.consent.rules import ActorKind, RequestedChange, Status, needs_mailbox_proof
+from prefcenter.consent.service import ChangeRecord, apply_change, subscription_state
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import (
     find_contact_by_public_id,
     lock_contact_by_public_id,
     mask_address,
 )
-from prefcenter.links.tokens import TokenError, TokenPurpose, VerifiedToken, verify_token
 from prefcenter.preference_center.errors import InvalidLink
 from prefcenter.preference_center.schemas import LinkView, PreferencesView, TopicChoice
 from prefcenter.settings import SigningKey
+from prefcenter.tokens import TokenError, TokenPurpose, VerifiedToken, verify_token
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import ConsentModel, TopicKind
 from prefcenter.topics.service import find_topic
@@ -153,7 +153,12 @@ def _is_on(topic: Topic, subscription: Subscription | None) -> bool:
     return subscription.status != Status.UNSUBSCRIBED
 
 
-def _view(session: Session, contact: Contact, pending_topics: list[str]) -> PreferencesView:
+def _view(
+    session: Session,
+    contact: Contact,
+    pending_topics: list[str],
+    refused_topics: list[str] | None = None,
+) -> PreferencesView:
     assert contact.id is not None
     assert contact.address is not None
     subscriptions = {
@@ -181,6 +186,7 @@ def _view(session: Session, contact: Contact, pending_topics: list[str]) -> Pref
         suppressed=suppressed,
         topics=choices,
         pending_topics=pending_topics,
+        refused_topics=refused_topics or [],
     )
 
 
@@ -199,8 +205,11 @@ def save_preferences(
     now: datetime,
 ) -> PreferencesView:
     """Apply what the person chose on the page: only topics that were shown and whose box
-    differs from the current state change. Choosing any topic while opted out of everything
-    lifts that opt-out (the person's own act); a double opt-in topic goes to `pending`."""
+    differs from the current state change. Turning a topic off, or on where the person never
+    opted out themselves, takes effect at once (a double opt-in topic goes to `pending`).
+    Reversing the person's own opt-out, or lifting "unsubscribe from all", is not done from a
+    link: whoever holds the link could do it (see rules.needs_mailbox_proof). Those topics are
+    left as they were and named on the page, with how to reach the support desk."""
     topics = {t.key: t for t in _marketing_topics(session)}
     contact = _contact(session, verified, lock=True)
     assert contact.id is not None
@@ -221,27 +230,23 @@ def save_preferences(
     }
     wanted = {key for key in chosen if key in topics and key in shown}
     suppression = session.get(Suppression, contact.id)
-    suppressed = suppression is not None and suppression.suppressed
-    if suppressed and not wanted:
-        # The page showed every box off: saving it as it was chose nothing, and must not
-        # touch the opt-out or the topics behind it.
-        return _view(session, contact, [])
-    if suppressed:
-        apply_change(
-            session,
-            contact=contact,
-            topic=None,
-            requested=recipient_change(Status.SUBSCRIBED, Channel.PREFERENCE_CENTER, now),
-            record=record,
-            now=now,
-        )
+    if suppression is not None and suppression.suppressed:
+        # Every box showed off. Ticking any asks to lift the opt-out from all marketing: that
+        # needs the mailbox's proof, so nothing changes (saving the page as it was chose
+        # nothing at all).
+        refused = [topics[key].name for key in sorted(wanted)]
+        return _view(session, contact, [], refused)
     pending: list[str] = []
+    refused = []
     for key in sorted(shown & set(topics)):
         topic = topics[key]
         assert topic.id is not None
         subscription = subscriptions.get(topic.id)
         want_on = key in wanted
         if want_on == _is_on(topic, subscription):
+            continue
+        if want_on and needs_mailbox_proof(subscription_state(subscription)):
+            refused.append(topic.name)
             continue
         status = Status.SUBSCRIBED if want_on else Status.UNSUBSCRIBED
         requested = RequestedChange(
@@ -258,7 +263,7 @@ def save_preferences(
         )
         if applied.decision.status is Status.PENDING:
             pending.append(topic.name)
-    return _view(session, contact, pending)
+    return _view(session, contact, pending, refused)
 
 
 def _pending_subscription(

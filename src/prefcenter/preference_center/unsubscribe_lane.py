@@ -5,7 +5,7 @@ by a plain ASGI handler in front of the FastAPI app, for the two requests that c
 It answers only the common case, the same way the app's routes (preference_center.router)
 would, and hands everything else to the app, which answers it the ordinary way:
 
-- GET, HEAD and POST with a valid manage token. A bad token, another method, a `root_path`:
+- GET, HEAD and POST with a valid unsubscribe token. A bad token, another method, a `root_path`:
   the app (its invalid-link page, its 405).
 - POST with an url-encoded body (what Gmail, Yahoo and our page send) or none, with a
   `Content-Length` within `MAX_FORM_BYTES`; multipart and chunked bodies go to the app.
@@ -39,8 +39,6 @@ from prefcenter.consent.recipient_optout import (
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.service import mask_address
 from prefcenter.db import Database, utcnow
-from prefcenter.links.service import preferences_url
-from prefcenter.links.tokens import TokenError, TokenPurpose, VerifiedToken, verify_token
 from prefcenter.preference_center import service
 from prefcenter.preference_center.router import MAX_FORM_FIELDS, pages
 from prefcenter.problems import ServiceUnavailable
@@ -50,6 +48,7 @@ from prefcenter.templating import (
     negotiate_language,
     with_language,
 )
+from prefcenter.tokens import TokenError, TokenPurpose, VerifiedToken, verify_token
 
 PREFIX = "/u/"
 # RFC 8058's body is 26 bytes; the page's form a few more.
@@ -91,7 +90,9 @@ class UnsubscribeLane:
             return
         token = scope["path"][len(PREFIX) :]
         try:
-            verified = verify_token(self.signing_keys, TokenPurpose.MANAGE, token, now=utcnow())
+            verified = verify_token(
+                self.signing_keys, TokenPurpose.UNSUBSCRIBE, token, now=utcnow()
+            )
         except TokenError:
             await self.app(scope, receive, send)
             return
@@ -193,7 +194,6 @@ class UnsubscribeLane:
                 "masked_address": mask_address(address),
                 "topic_name": topic_name,
                 "action": with_language(query_lang, f"{PREFIX}{token}"),
-                "preferences_url": preferences_url(self.settings, token),
             },
         )
         body = text.encode("utf-8")

@@ -1,8 +1,14 @@
-"""Owns the signed token format: `<version>.<kid>.<payload>.<tag>`, base64url, HMAC-SHA256.
+"""Owns the signed token format: `<version>.<kid>.<payload>.<tag>`, base64url, HMAC-SHA256,
+and the recipient URLs that carry tokens.
 
 Pure code: no database, no clock of its own. A token carries the contact's opaque public id
 (never the address, never a row id), the topic or none for "all", an optional campaign id and
 the issue time. The purpose is inside the MAC, so a token of one purpose never works as another.
+
+Version 2 gives the `List-Unsubscribe`/`/u` link its own purpose (UNSUBSCRIBE), which only
+unsubscribes; the preference link keeps MANAGE. Version 1 had one MANAGE token behind both
+links: those already mailed keep working, on `/u` (where they can only unsubscribe) and on `/p`.
+It sits below consent and links, which both make tokens (a confirmation link; mail links).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from enum import StrEnum
 from prefcenter.plain_text import is_plain_text
 from prefcenter.settings import SigningKey
 
-VERSION = "1"
+VERSION = "2"
+# Tokens issued before purposes were split: one MANAGE token for both /u and /p.
+LEGACY_VERSION = "1"
 TAG_BYTES = 16  # HMAC-SHA256 truncated to 128 bits
 # Longer than any token we issue (campaign ids are at most 200 characters): anything longer
 # is refused before it is decoded or reaches the database.
@@ -28,8 +36,9 @@ MAX_TOKEN_LENGTH = 1024
 
 
 class TokenPurpose(StrEnum):
-    MANAGE = "manage"  # unsubscribe and preference pages: reusable, no expiry
-    CONFIRM = "confirm"  # double opt-in confirmation: expires
+    UNSUBSCRIBE = "unsubscribe"  # `/u` and List-Unsubscribe: only ever unsubscribes; reusable
+    MANAGE = "manage"  # the preference center `/p`: reusable, no expiry
+    CONFIRM = "confirm"  # a confirmation from the mailbox (`/c`): expires
 
 
 class TokenError(Exception):
@@ -154,17 +163,34 @@ def verify_token(
     if len(parts) != 4:
         raise MalformedToken("not four parts")
     version, kid, payload_text, tag_text = parts
-    if version != VERSION:
+    if version not in (VERSION, LEGACY_VERSION):
         raise MalformedToken("unknown version")
+    signed_purpose = purpose
+    if version == LEGACY_VERSION and purpose is TokenPurpose.UNSUBSCRIBE:
+        # A version-1 link already mailed: its MANAGE token was the unsubscribe link too. The
+        # version is inside the MAC, so a version-2 MANAGE token cannot pass for one.
+        signed_purpose = TokenPurpose.MANAGE
     key = next((k for k in ring if hmac.compare_digest(k.kid, kid)), None)
     if key is None:
         raise UnknownKey("unknown key id")
     # Compare the text, not decoded bytes: base64 has several spellings of the same bytes (the
     # unused low bits of the last character), and only the one we issued is valid.
-    expected = _b64encode(_tag(key, purpose, f"{version}.{kid}.{payload_text}"))
+    expected = _b64encode(_tag(key, signed_purpose, f"{version}.{kid}.{payload_text}"))
     if not hmac.compare_digest(tag_text, expected):
         raise BadSignature("signature does not match")
     claims = _claims(_b64decode(payload_text))
     if max_age is not None and now - claims.issued_at > max_age:
         raise ExpiredToken("expired")
     return VerifiedToken(purpose=purpose, kid=key.kid, claims=claims)
+
+
+def unsubscribe_url(base_url: str, token: str) -> str:
+    return f"{base_url}/u/{token}"
+
+
+def preferences_url(base_url: str, token: str) -> str:
+    return f"{base_url}/p/{token}"
+
+
+def confirm_url(base_url: str, token: str) -> str:
+    return f"{base_url}/c/{token}"

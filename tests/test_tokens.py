@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefcenter.links.tokens import (
+from prefcenter.settings import SigningKey, parse_signing_keys
+from prefcenter.tokens import (
+    LEGACY_VERSION,
     MAX_TOKEN_LENGTH,
     BadSignature,
     ExpiredToken,
@@ -17,10 +19,11 @@ from prefcenter.links.tokens import (
     TokenError,
     TokenPurpose,
     UnknownKey,
+    _b64encode,
+    _tag,
     sign_token,
     verify_token,
 )
-from prefcenter.settings import parse_signing_keys
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 RING = parse_signing_keys("k2:" + "n" * 32 + ",k1:" + "o" * 32)
@@ -43,7 +46,7 @@ class TestRoundTrip:
         token = manage_token()
         assert "@" not in token
         assert token.count(".") == 3
-        assert token.startswith("1.k2.")
+        assert token.startswith("2.k2.")
 
     def test_token_for_all_topics(self) -> None:
         claims = TokenClaims(contact_id="x" * 16, topic=None, campaign_id=None, issued_at=NOW)
@@ -64,6 +67,50 @@ class TestRoundTrip:
     def test_manage_tokens_do_not_expire(self) -> None:
         years_later = NOW + timedelta(days=3650)
         assert verify_token(RING, TokenPurpose.MANAGE, manage_token(), now=years_later)
+
+
+def legacy_manage_token(claims: TokenClaims = CLAIMS, ring: tuple[SigningKey, ...] = RING) -> str:
+    """A version-1 token as issued before purposes were split: one MANAGE token behind both the
+    unsubscribe and the preference link (built here: the service no longer makes them)."""
+    payload = sign_token(ring, TokenPurpose.MANAGE, claims).split(".")[2]
+    signed_part = f"{LEGACY_VERSION}.{ring[0].kid}.{payload}"
+    return f"{signed_part}.{_b64encode(_tag(ring[0], TokenPurpose.MANAGE, signed_part))}"
+
+
+class TestPurposes:
+    @pytest.mark.parametrize("signed", list(TokenPurpose))
+    @pytest.mark.parametrize("asked", list(TokenPurpose))
+    def test_a_token_works_only_for_its_own_purpose(
+        self, signed: TokenPurpose, asked: TokenPurpose
+    ) -> None:
+        token = sign_token(RING, signed, CLAIMS)
+        if signed is asked:
+            assert verify_token(RING, asked, token, now=NOW).claims == CLAIMS
+        else:
+            with pytest.raises(BadSignature):
+                verify_token(RING, asked, token, now=NOW)
+
+    def test_a_mailed_version_1_link_still_unsubscribes_and_opens_preferences(self) -> None:
+        token = legacy_manage_token()
+        assert token.startswith("1.k2.")
+        for purpose in (TokenPurpose.UNSUBSCRIBE, TokenPurpose.MANAGE):
+            assert verify_token(RING, purpose, token, now=NOW).claims == CLAIMS
+        with pytest.raises(BadSignature):
+            verify_token(RING, TokenPurpose.CONFIRM, token, now=NOW)
+
+    def test_a_version_2_manage_token_relabelled_version_1_is_refused(self) -> None:
+        """The version is inside the MAC: a preference token cannot pass for a legacy link."""
+        token = sign_token(RING, TokenPurpose.MANAGE, CLAIMS)
+        relabelled = "1" + token[1:]
+        with pytest.raises(BadSignature):
+            verify_token(RING, TokenPurpose.UNSUBSCRIBE, relabelled, now=NOW)
+        with pytest.raises(BadSignature):
+            verify_token(RING, TokenPurpose.MANAGE, relabelled, now=NOW)
+
+    def test_an_unknown_version_is_refused(self) -> None:
+        token = sign_token(RING, TokenPurpose.MANAGE, CLAIMS)
+        with pytest.raises(MalformedToken):
+            verify_token(RING, TokenPurpose.MANAGE, "3" + token[1:], now=NOW)
 
 
 class TestRefusals:

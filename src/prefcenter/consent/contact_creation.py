@@ -1,0 +1,80 @@
+"""Owns bringing an address into the ledger: the one place that creates contacts, and so the one
+place that asks whether the address was erased first.
+
+Every path that can create a contact (a consent change, links for a send, imports, address
+correction, the console) goes through `lock_new_contact` (one address, locked for the change
+that follows) or `create_contacts` (many, set-based). An erased address is never stored again:
+the single form refuses it with `address-erased`, the bulk form leaves it out and names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.erased import erased_among, refuse_erased_address
+from prefcenter.contacts.addresses import Address
+from prefcenter.contacts.models import Contact
+from prefcenter.contacts.service import lock_contact, new_public_id
+from prefcenter.db import utcnow
+
+# Inserting and selecting contacts in chunks keeps every statement under SQLite's limit on
+# bound parameters.
+_CHUNK = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedContacts:
+    public_ids: dict[str, str]  # by normalised address, for every address not erased
+    erased: frozenset[str]  # normalised addresses that were erased: nothing was created
+
+
+def lock_new_contact(session: Session, keys: AuditKeys, address: Address) -> Contact:
+    """The contact with this address, created if new, locked until the transaction ends; an
+    erased address is refused (`AddressErased`) before anything is written."""
+    refuse_erased_address(session, keys, address.normalised)
+    return lock_contact(session, address)
+
+
+def create_contacts(
+    session: Session, keys: AuditKeys, given_by_address: Mapping[str, str]
+) -> CreatedContacts:
+    """Public ids by normalised address (`given_by_address` maps each to its form as given);
+    unknown addresses get a contact and nothing else. Erased addresses get nothing. Set-based:
+    one erased check, one insert and one select per chunk."""
+    erased = erased_among(session, keys, given_by_address)
+    addresses = sorted(a for a in given_by_address if a not in erased)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    public_ids: dict[str, str] = {}
+    created_at = utcnow()
+    for start in range(0, len(addresses), _CHUNK):
+        chunk = addresses[start : start + _CHUNK]
+        public_ids.update(_public_ids(session, chunk))
+        missing = [a for a in chunk if a not in public_ids]
+        if missing:
+            new_rows = [
+                {
+                    "public_id": new_public_id(),
+                    "address": a,
+                    "address_display": given_by_address[a],
+                    "created_at": created_at,
+                }
+                for a in missing
+            ]
+            session.execute(
+                insert(Contact).on_conflict_do_nothing(index_elements=["address"]), new_rows
+            )
+            public_ids.update(_public_ids(session, missing))
+    return CreatedContacts(public_ids=public_ids, erased=frozenset(erased))
+
+
+def _public_ids(session: Session, addresses: list[str]) -> dict[str, str]:
+    rows = session.exec(
+        select(Contact.address, Contact.public_id).where(col(Contact.address).in_(addresses))
+    ).all()
+    return {address: public_id for address, public_id in rows if address}
