@@ -38,14 +38,47 @@ ISSUE_2: set[Endpoint] = {
 }
 # In the contract, built by a later issue. Each must be absent until it lands: then delete
 # its line here.
-NOT_YET: set[Endpoint] = set()
+NOT_YET: set[Endpoint] = {
+    # The border with mail, going out: "email me my link", outgoing webhooks.
+    ("GET", "/p"),
+    ("POST", "/p"),
+    ("POST", "/v1/webhooks"),
+    ("GET", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/{}"),
+    ("PATCH", "/v1/webhooks/{}"),
+    ("DELETE", "/v1/webhooks/{}"),
+    ("POST", "/v1/webhooks/{}/rotate-secret"),
+    ("GET", "/v1/webhooks/{}/deliveries"),
+    ("POST", "/v1/webhooks/{}/replay"),
+    # The border with mail, coming in.
+    ("POST", "/v1/inbound/ses"),
+    ("POST", "/v1/inbound/sendgrid"),
+    ("POST", "/v1/inbound/mailgun"),
+    ("POST", "/v1/inbound/postmark"),
+    ("POST", "/v1/inbound/email"),
+    # Notices.
+    ("PUT", "/v1/notices/{}"),
+    ("POST", "/v1/notices/{}/versions"),
+    ("GET", "/v1/notices"),
+    ("GET", "/v1/notices/{}/versions"),
+    ("GET", "/v1/notices/{}/in-force"),
+    ("GET", "/v1/notices/{}/versions/{}/notification"),
+    # Speed: batch writes for syncs.
+    ("POST", "/v1/consents/batch"),
+    # Running it in production.
+    ("GET", "/metrics"),
+}
 # Paths the contract names without a method.
 PATHS_NOT_YET: set[str] = set()
 API_PREFIX = "/v1"  # "JSON API under `/v1`": a prefix, not a resource
 
 _METHOD = r"(?:GET|HEAD|POST|PUT|PATCH|DELETE)"
-# `PUT /v1/topics/{key}`, `GET`/`HEAD /u/{token}`, `GET /v1/changes?after=<cursor>&limit=N`
-_ENDPOINT = re.compile(rf"`({_METHOD}(?:`/`{_METHOD})*) (/[^`\s]*)`")
+# `PUT /v1/topics/{key}`, `GET`/`HEAD /u/{token}`, `GET|PATCH /v1/webhooks/{id}`,
+# `GET /v1/changes?after=<cursor>&limit=N`, `POST /v1/webhooks/{id}/replay {"after_seq": n}`
+_ENDPOINT = re.compile(rf"`({_METHOD}(?:(?:`/`|\|){_METHOD})*) (/[^`\s]*)(?: [^`]*)?`")
+_METHOD_SEPARATOR = re.compile(r"`/`|\|")
+# Where the contract names a method of someone else's server: a webhook delivery's `POST url`.
+_FOREIGN = re.compile(rf"`{_METHOD} url`")
 _BARE_PATH = re.compile(r"`(/[^`\s]+)`")
 _PARAMETER = re.compile(r"\{[^}/]*\}")
 
@@ -64,7 +97,7 @@ def contract_endpoints(text: str) -> set[Endpoint]:
     return {
         (method, normalise(path))
         for methods, path in _ENDPOINT.findall(text)
-        for method in methods.split("`/`")
+        for method in _METHOD_SEPARATOR.split(methods)
     }
 
 
@@ -115,9 +148,12 @@ class TestContractSurface:
 
     def test_no_method_escapes_the_parser(self) -> None:
         text = contract_text()
-        parsed = sum(len(methods.split("`/`")) for methods, _ in _ENDPOINT.findall(text))
+        parsed = sum(
+            len(_METHOD_SEPARATOR.split(methods)) for methods, _ in _ENDPOINT.findall(text)
+        )
+        foreign = len(_FOREIGN.findall(text))
 
-        assert parsed == len(re.findall(rf"\b{_METHOD}\b", text))
+        assert parsed + foreign == len(re.findall(rf"\b{_METHOD}\b", text))
 
     def test_every_endpoint_is_served_or_not_yet_built(self, openapi: dict[str, Any]) -> None:
         unaccounted = contract_endpoints(contract_text()) - served_endpoints(openapi) - NOT_YET
