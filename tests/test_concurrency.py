@@ -3,12 +3,15 @@
 Issue 2 asks for two things: on PostgreSQL, 50 concurrent opposite changes on one contact ×
 topic end in the state the ordering rule says, with exactly one audit event each; on SQLite, a
 multi-worker server takes 200 concurrent writes with no 5xx ("database is locked") and applies
-them all. Both tests run on both engines: each property is promised on each.
+them all. Both tests run on both engines: each property is promised on each. So does the
+console's sign-in throttle: parallel wrong passwords cannot all pass one count.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,8 +22,15 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from prefcenter.admin import rules
+from prefcenter.admin.access import SIGN_IN_COOKIE
+from prefcenter.admin.users import create_admin
 from prefcenter.apikeys.schemas import Scope
+from prefcenter.db import Database, utcnow
+from tests.admin.console import PASSWORD, form_token
+from tests.conftest import make_settings
 from tests.live_server import (
+    REQUEST_TIMEOUT_S,
     LiveServer,
     fresh_database_url,
     issue_live_key,
@@ -290,3 +300,60 @@ def test_many_writers_at_once_are_all_applied_without_a_5xx(live: Live) -> None:
     assert len(set(answer_ids)) == len(answer_ids)
     assert sorted(stored) == sorted(answer_ids), "not exactly one audit event per write"
     assert_gap_free(live.database_url)
+
+
+async def _post_forms(
+    base_url: str, cookies: dict[str, str], path: str, forms: list[dict[str, str]]
+) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(forms), max_keepalive_connections=0)
+    async with httpx.AsyncClient(
+        base_url=base_url, cookies=cookies, limits=limits, timeout=REQUEST_TIMEOUT_S
+    ) as client:
+        return list(await asyncio.gather(*(client.post(path, data=form) for form in forms)))
+
+
+def test_parallel_wrong_passwords_are_checked_only_as_the_throttle_allows(live: Live) -> None:
+    """The review's finding, over HTTP and across the workers: 12 wrong passwords at once all
+    got checked on PostgreSQL, each counting before any had recorded its failure. Only the
+    free failures may be checked (each checked one is recorded); the rest wait (429)."""
+    username = f"race{uuid.uuid4().hex[:10]}"
+    database = Database(make_settings(live.database_url))
+    try:
+        with database.transaction(write=True) as session:
+            create_admin(session, username=username, password=PASSWORD, now=utcnow())
+    finally:
+        database.dispose()
+    with httpx.Client(base_url=live.server.base_url, timeout=30) as client:
+        page = client.get("/admin/sign-in")
+        assert page.status_code == 200, page.text
+        form_cookie = client.cookies.get(SIGN_IN_COOKIE)
+        assert form_cookie
+    guess = {
+        "csrf_token": form_token(page.text),
+        "method": "password",
+        "username": username,
+        "password": "a wrong password",
+    }
+    guesses = 12
+    free = rules.FREE_FAILURES[rules.ThrottleScope.CLIENT]
+
+    answers = asyncio.run(
+        _post_forms(
+            live.server.base_url,
+            {SIGN_IN_COOKIE: form_cookie},
+            "/admin/sign-in",
+            [guess] * guesses,
+        )
+    )
+
+    assert Counter(a.status_code for a in answers) == {401: free, 429: guesses - free}
+    engine = create_engine(live.database_url)
+    try:
+        with engine.connect() as connection:
+            recorded = connection.scalar(
+                text("SELECT count(*) FROM admin_sign_in_attempt WHERE username = :name"),
+                {"name": username},
+            )
+    finally:
+        engine.dispose()
+    assert recorded == free

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prefcenter import migrations
-from prefcenter.admin import service as admins
+from prefcenter.admin import users as admins
 from prefcenter.apikeys import service as apikeys
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit import console as audit_console

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import select
 
 from prefcenter.admin.models import AdminSession
-from prefcenter.admin.service import create_admin
+from prefcenter.admin.users import create_admin
 from prefcenter.db import Database, utcnow
 
 PASSWORD = "correct horse battery staple"

@@ -1,10 +1,14 @@
-"""The console's pure rules: session expiry, the sign-in throttle, cookie security, CSRF."""
+"""The console's pure rules: session expiry, the sign-in throttle and the networks it counts
+by, cookie security, CSRF."""
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from prefcenter.admin import rules
 
@@ -35,21 +39,122 @@ class TestSessionAlive:
         assert rules.needs_touch(NOW, NOW + rules.LAST_SEEN_RESOLUTION)
 
 
-class TestThrottle:
-    @pytest.mark.parametrize(
-        ("username", "address", "throttled"),
-        [
-            (0, 0, False),
-            (rules.MAX_FAILURES_PER_USERNAME - 1, rules.MAX_FAILURES_PER_ADDRESS - 1, False),
-            (rules.MAX_FAILURES_PER_USERNAME, 0, True),
-            (0, rules.MAX_FAILURES_PER_ADDRESS, True),
-        ],
-    )
-    def test_either_count_reaching_its_limit_throttles(
-        self, username: int, address: int, throttled: bool
+FREE = rules.FREE_FAILURES[rules.ThrottleScope.CLIENT]
+SCOPES = st.sampled_from(list(rules.ThrottleScope))
+
+
+def recent(count: int, latest_at: datetime | None = NOW) -> rules.RecentFailures:
+    return rules.RecentFailures(count=count, latest_at=latest_at)
+
+
+class TestFailureDelay:
+    def test_the_free_failures_cost_nothing(self) -> None:
+        assert rules.failure_delay(FREE - 1, free=FREE) == timedelta(0)
+
+    def test_the_delay_starts_small_and_doubles_up_to_its_cap(self) -> None:
+        delays = [rules.failure_delay(FREE + extra, free=FREE) for extra in range(6)]
+
+        assert delays == [
+            timedelta(minutes=1),
+            timedelta(minutes=2),
+            timedelta(minutes=4),
+            timedelta(minutes=8),
+            rules.MAX_DELAY,
+            rules.MAX_DELAY,
+        ]
+        assert timedelta(minutes=15) == rules.MAX_DELAY
+
+    @given(failures=st.integers(min_value=0, max_value=10**12), scope=SCOPES)
+    def test_more_failures_never_wait_less_and_never_past_the_cap(
+        self, failures: int, scope: rules.ThrottleScope
     ) -> None:
-        failures = rules.RecentFailures(for_username=username, for_address=address)
-        assert rules.sign_in_throttled(failures) is throttled
+        free = rules.FREE_FAILURES[scope]
+        delay = rules.failure_delay(failures, free=free)
+
+        assert timedelta(0) <= delay <= rules.MAX_DELAY
+        assert rules.failure_delay(failures + 1, free=free) >= delay
+
+
+class TestSignInWait:
+    def test_no_failures_no_wait(self) -> None:
+        assert rules.sign_in_wait({}, NOW) == timedelta(0)
+        assert rules.sign_in_wait({rules.ThrottleScope.CLIENT: recent(0, None)}, NOW) == (
+            timedelta(0)
+        )
+
+    def test_counted_from_the_latest_failure(self) -> None:
+        failures = {rules.ThrottleScope.CLIENT: recent(FREE + 1)}  # waits 2 minutes
+
+        assert rules.sign_in_wait(failures, NOW + timedelta(seconds=30)) == timedelta(seconds=90)
+        assert rules.sign_in_wait(failures, NOW + timedelta(minutes=2)) == timedelta(0)
+
+    def test_the_longest_wait_of_any_scope_counts(self) -> None:
+        failures = {
+            rules.ThrottleScope.CLIENT: recent(FREE),  # 1 minute
+            rules.ThrottleScope.NETWORK: recent(
+                rules.FREE_FAILURES[rules.ThrottleScope.NETWORK] + 2  # 4 minutes
+            ),
+            rules.ThrottleScope.USERNAME: recent(0, None),
+        }
+
+        assert rules.sign_in_wait(failures, NOW) == timedelta(minutes=4)
+
+    @given(
+        counts=st.dictionaries(SCOPES, st.integers(min_value=0, max_value=10**6)),
+        ago=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=1)),
+    )
+    def test_never_a_lock_the_wait_ends_within_the_cap(
+        self, counts: dict[rules.ThrottleScope, int], ago: timedelta
+    ) -> None:
+        """What the review asked: however many failures, a try is at most MAX_DELAY away."""
+        failures = {scope: recent(count, NOW - ago) for scope, count in counts.items()}
+
+        wait = rules.sign_in_wait(failures, NOW)
+
+        assert timedelta(0) <= wait <= rules.MAX_DELAY
+        assert rules.sign_in_wait(failures, NOW + rules.MAX_DELAY) == timedelta(0)
+
+    @pytest.mark.parametrize(
+        ("wait", "seconds"),
+        [(timedelta(microseconds=1), 1), (timedelta(seconds=59.2), 60), (rules.MAX_DELAY, 900)],
+    )
+    def test_retry_after_is_whole_seconds_rounded_up(self, wait: timedelta, seconds: int) -> None:
+        assert rules.retry_after_seconds(wait) == seconds
+
+
+class TestClientNetwork:
+    def test_an_ipv4_address_is_its_own_network(self) -> None:
+        assert rules.client_network("203.0.113.7") == "203.0.113.7"
+        assert rules.client_network("::ffff:203.0.113.7") == "203.0.113.7"
+
+    def test_an_ipv6_address_counts_as_its_64(self) -> None:
+        assert rules.client_network("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+        assert rules.client_network("2001:DB8:1:2::ffff%eth0") == "2001:db8:1:2::/64"
+
+    @given(host_bits=st.integers(min_value=0, max_value=2**64 - 1))
+    def test_every_address_of_a_64_shares_one_count(self, host_bits: int) -> None:
+        address = ipaddress.IPv6Address((0x20010DB8_00010002 << 64) | host_bits)
+
+        assert rules.client_network(str(address)) == "2001:db8:1:2::/64"
+
+    @given(
+        prefixes=st.lists(st.integers(1, 2**64 - 1), min_size=2, max_size=2, unique=True),
+        hosts=st.lists(st.integers(0, 2**64 - 1), min_size=2, max_size=2),
+    )
+    def test_addresses_in_different_64s_never_share_one(
+        self, prefixes: list[int], hosts: list[int]
+    ) -> None:
+        first, second = (
+            str(ipaddress.IPv6Address(prefix << 64 | host))
+            for prefix, host in zip(prefixes, hosts, strict=True)
+        )
+
+        assert rules.client_network(first) != rules.client_network(second)
+
+    def test_a_peer_that_is_no_address_is_counted_by_its_name(self) -> None:
+        assert rules.client_network("testclient") == "testclient"
+        assert rules.client_network("x" * 100) == "x" * rules.MAX_NETWORK_LENGTH
+        assert rules.client_network(None) is None
 
 
 class TestCookieSecure:

@@ -1,26 +1,31 @@
 """Owns who is signed in to the console: the session cookie, the dependencies that require a
-live session (and, on a form post, its CSRF token), and the sign-in form's own CSRF cookie."""
+live session (and, on a form post, its CSRF token), the sign-in form's own CSRF cookie, and the
+device cookie of a browser that signed in before."""
 
 from __future__ import annotations
 
 import ipaddress
 import secrets
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from starlette.datastructures import FormData
 
 from prefcenter.admin import rules
+from prefcenter.admin.devices import DEVICE_MAX_AGE, Device, device_cookie, read_device_cookie
 from prefcenter.admin.errors import CsrfRejected, NotSignedIn
-from prefcenter.admin.service import ActiveSession, find_session, touch_session
+from prefcenter.admin.sessions import ActiveSession, find_session, touch_session
 from prefcenter.audit.context import IPNetwork
 from prefcenter.db import database_of, utcnow
-from prefcenter.settings import settings_of
+from prefcenter.settings import settings_of, signing_keys_of
 
 SESSION_COOKIE = "prefcenter_admin"
 # Before there is a session the sign-in form is protected by a double-submit token: the same
 # random value in this cookie and in the form (a login CSRF would sign a victim in as us).
 SIGN_IN_COOKIE = "prefcenter_admin_sign_in"
+# That this browser signed in as a user before (admin.devices): only the sign-in form sees it.
+DEVICE_COOKIE = "prefcenter_admin_device"
 COOKIE_PATH = "/admin"
 SIGN_IN_PATH = "/admin/sign-in"
 SIGN_IN_COOKIE_MAX_AGE = 3600
@@ -94,6 +99,25 @@ def clear_sign_in_cookie(response: Response, request: Request) -> None:
     response.delete_cookie(
         SIGN_IN_COOKIE,
         path=SIGN_IN_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=is_https(request),
+    )
+
+
+def known_device(request: Request, *, now: datetime) -> Device | None:
+    """The device the browser's device cookie proves, or None (none, forged, or expired)."""
+    return read_device_cookie(signing_keys_of(request), request.cookies.get(DEVICE_COOKIE), now=now)
+
+
+def set_device_cookie(response: Response, request: Request, device: Device, now: datetime) -> None:
+    """Issued afresh at each password sign-in, for as long as the server believes it;
+    Strict, so no other site's form ever sends it along."""
+    response.set_cookie(
+        DEVICE_COOKIE,
+        device_cookie(signing_keys_of(request), device, now=now),
+        path=SIGN_IN_PATH,
+        max_age=int(DEVICE_MAX_AGE.total_seconds()),
         httponly=True,
         samesite="strict",
         secure=is_https(request),

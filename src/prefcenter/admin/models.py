@@ -1,9 +1,10 @@
 """Owns the console's tables: `admin_user` (staff who sign in with a password),
 `admin_session` (server-side sessions, kept only as a hash of their token) and
-`admin_sign_in_attempt` (failed sign-ins, for a rate limit that holds across workers)."""
+`admin_sign_in_attempt` (failed sign-ins, for a throttle that holds across workers)."""
 
 from datetime import datetime
 
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from prefcenter.db import UtcDateTime
@@ -42,13 +43,23 @@ class AdminSession(SQLModel, table=True):
 
 
 class AdminSignInAttempt(SQLModel, table=True):
-    """One failed sign-in. Counted per username and per client address over a sliding window;
-    rows older than the window are deleted as new failures arrive."""
+    """One failed sign-in. Counted per scope (`rules.ThrottleScope`) over a sliding window:
+    a device's own rows by `device_id`; every other client's rows (no `device_id`) per username
+    and network, per username, per network. Rows older than the window are deleted as new
+    failures arrive."""
 
     __tablename__ = "admin_sign_in_attempt"
+    __table_args__ = (
+        Index("ix_admin_sign_in_attempt_username_attempted_at", "username", "attempted_at"),
+        Index("ix_admin_sign_in_attempt_network_attempted_at", "network", "attempted_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    # The username tried (lower-cased), or None for an API key.
-    username: str | None = Field(default=None, max_length=64, index=True)
-    client_ip: str | None = Field(default=None, max_length=64, index=True)
+    # The username tried (lower-cased), or None for an API key or a name that cannot exist.
+    username: str | None = Field(default=None, max_length=64)
+    # The client's IPv4 address or IPv6 /64 (`rules.client_network`).
+    network: str | None = Field(default=None, max_length=64)
+    # Set when the try came from a browser that had signed in as `username` before: it then
+    # counts against that device only.
+    device_id: str | None = Field(default=None, max_length=32)
     attempted_at: datetime = Field(sa_type=UtcDateTime, index=True)

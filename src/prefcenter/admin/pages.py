@@ -13,9 +13,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 
 from prefcenter.admin.access import CSRF_FIELD, SIGN_IN_PATH
-from prefcenter.admin.errors import NotSignedIn, SignInThrottled
-from prefcenter.admin.rules import ATTEMPT_WINDOW
-from prefcenter.admin.service import ActiveSession
+from prefcenter.admin.errors import NotSignedIn
+from prefcenter.admin.sessions import ActiveSession
 from prefcenter.problems import Problem
 from prefcenter.templating import Pages
 
@@ -68,16 +67,13 @@ def see_other(location: str) -> RedirectResponse:
 def error_page(request: Request, exc: Problem) -> Response:
     if isinstance(exc, NotSignedIn):
         return see_other(SIGN_IN_PATH)
-    headers = dict(exc.headers)
-    if isinstance(exc, SignInThrottled):
-        headers["Retry-After"] = str(int(ATTEMPT_WINDOW.total_seconds()))
     return render(
         request,
         "error.html",
         {"title": exc.title, "detail": exc.detail, "status": exc.status},
         admin=None,
         status_code=exc.status,
-        headers=headers,
+        headers=exc.headers,
     )
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from prefcenter.admin import service, support
+from prefcenter.admin import support
 from prefcenter.admin.access import (
     Form,
     SignedIn,
@@ -20,6 +20,8 @@ from prefcenter.admin.access import (
     clear_session_cookie,
     clear_sign_in_cookie,
     form_text,
+    known_device,
+    set_device_cookie,
     set_session_cookie,
     set_sign_in_cookie,
     sign_in_token,
@@ -28,6 +30,8 @@ from prefcenter.admin.errors import SignInThrottled
 from prefcenter.admin.headers import AdminPageHeaders
 from prefcenter.admin.pages import PACKAGE_DIR, AdminRoute, error_page, render, see_other
 from prefcenter.admin.schemas import ContactView, SupportChangeIn, SupportSource, form_errors
+from prefcenter.admin.sessions import ActiveSession, end_session
+from prefcenter.admin.sign_in import SignInOutcome, sign_in_with_api_key, sign_in_with_password
 from prefcenter.admin.trail_router import router as trail_router
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
@@ -76,30 +80,26 @@ def sign_in(
     request: Request, form: Form, context: RequestContextDep, session: WriteSession
 ) -> Response:
     """A password or an admin API key. A failure answers 401 and is counted (the transaction
-    commits it); past the limit every attempt answers 429, right or wrong."""
+    commits it, since failures are answered, not raised); after too many, a try answers 429
+    with how long to wait, right or wrong, and is not checked."""
     check_sign_in_csrf(request, form)
     now = utcnow()
     if form_text(form, "method") == "api_key":
-        result = service.sign_in_with_api_key(
+        result = sign_in_with_api_key(
             session, secret=form_text(form, "api_key"), client_ip=context.client_ip, now=now
         )
     else:
-        result = service.sign_in_with_password(
+        result = sign_in_with_password(
             session,
             username=form_text(form, "username"),
             password=form_text(form, "password"),
             client_ip=context.client_ip,
+            device=known_device(request, now=now),
             now=now,
         )
-    if result.outcome is service.SignInOutcome.THROTTLED:
-        return error_page(
-            request,
-            SignInThrottled(
-                "Too many failed sign-ins from here or for this user. Wait 15 minutes and try "
-                "again, or ask another admin."
-            ),
-        )
-    if result.outcome is service.SignInOutcome.REFUSED or result.token is None:
+    if result.outcome is SignInOutcome.THROTTLED:
+        return error_page(request, SignInThrottled.waiting(result.wait))
+    if result.outcome is SignInOutcome.REFUSED or result.token is None:
         return _sign_in_page(
             request,
             error="Sign-in failed: wrong username or password, or an API key without the "
@@ -109,12 +109,14 @@ def sign_in(
     redirect = see_other("/admin")
     set_session_cookie(redirect, request, result.token)
     clear_sign_in_cookie(redirect, request)
+    if result.device is not None:
+        set_device_cookie(redirect, request, result.device, now)
     return redirect
 
 
 @router.post("/sign-out")
 def sign_out(request: Request, admin: SignedInPost, session: WriteSession) -> RedirectResponse:
-    service.end_session(session, admin.id)
+    end_session(session, admin.id)
     redirect = see_other("/admin/sign-in")
     clear_session_cookie(redirect, request)
     return redirect
@@ -148,7 +150,7 @@ def search_contacts(
 
 def _contact_page(
     request: Request,
-    admin: service.ActiveSession,
+    admin: ActiveSession,
     view: ContactView,
     *,
     form: dict[str, str] | None = None,

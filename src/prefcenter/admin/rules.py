@@ -1,5 +1,6 @@
-"""Owns the console's pure decisions: when a session has ended, when sign-in is throttled,
-whether a cookie must be Secure, what a username may be, whether a form's CSRF token matches.
+"""Owns the console's pure decisions: when a session has ended, how long a sign-in waits after
+failures, which network a client address counts under, whether a cookie must be Secure, what a
+username may be, whether a form's CSRF token matches.
 
 No database here: plain values in, plain answers out.
 """
@@ -7,9 +8,13 @@ No database here: plain values in, plain answers out.
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 # A session ends after this long without a request, and after SESSION_MAX_AGE in any case.
 SESSION_IDLE_TIMEOUT = timedelta(minutes=30)
@@ -18,12 +23,38 @@ SESSION_MAX_AGE = timedelta(hours=12)
 # SQLite every write takes the one write lock.
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 
-# Failed sign-ins counted over a sliding window. Per username: a password guesser is stopped
-# after a handful of tries. Per client address: one address trying many usernames is stopped
-# too, with more room, since colleagues behind one office NAT share an address.
-ATTEMPT_WINDOW = timedelta(minutes=15)
-MAX_FAILURES_PER_USERNAME = 5
-MAX_FAILURES_PER_ADDRESS = 20
+
+class ThrottleScope(StrEnum):
+    """What a failed sign-in counts against. A browser that signed in as the user before (its
+    device cookie) counts only its own failures (DEVICE); any other client is held up by all
+    three of the others."""
+
+    CLIENT = "client"  # one username from one network: a guesser at the door
+    DEVICE = "device"  # one username from one browser that signed in as it before
+    USERNAME = "username"  # one username from every network: guessing spread over many
+    NETWORK = "network"  # every username from one network: spraying one password at many
+
+
+# Failures are remembered this long; the wait they cause is counted from the latest one.
+ATTEMPT_WINDOW = timedelta(hours=24)
+# Failures within the window that cost nothing; each one past them doubles the wait, from
+# FIRST_DELAY up to MAX_DELAY. Never a lock: a right password is at most MAX_DELAY away, and
+# a device that signed in before is not held up by anyone else's failures at all. A network
+# gets more room than a username, since colleagues behind one office NAT share it.
+FREE_FAILURES: Mapping[ThrottleScope, int] = {
+    ThrottleScope.CLIENT: 5,
+    ThrottleScope.DEVICE: 5,
+    ThrottleScope.USERNAME: 10,
+    ThrottleScope.NETWORK: 20,
+}
+FIRST_DELAY = timedelta(minutes=1)
+MAX_DELAY = timedelta(minutes=15)
+# An IPv6 client holds at least a /64 (one SLAAC subnet, often a whole /56 or /48): counting
+# its single addresses would give it 2^64 fresh counts.
+IPV6_NETWORK_PREFIX = 64
+# Longest network text kept (an IPv6 /64 takes at most 43 characters); a peer that is not an
+# IP address at all (a Unix socket, a test client) is kept as its text, cut to this.
+MAX_NETWORK_LENGTH = 64
 
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MIN_PASSWORD_LENGTH = 12
@@ -52,17 +83,59 @@ def needs_touch(last_seen_at: datetime, now: datetime) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RecentFailures:
-    for_username: int
-    for_address: int
+    """The failures within the window for one scope: how many, and the latest one's time."""
+
+    count: int
+    latest_at: datetime | None
 
 
-def sign_in_throttled(failures: RecentFailures) -> bool:
-    """Refuse any sign-in, right or wrong, once either count is reached: otherwise a guesser
-    learns from the answer when it finally guessed right."""
-    return (
-        failures.for_username >= MAX_FAILURES_PER_USERNAME
-        or failures.for_address >= MAX_FAILURES_PER_ADDRESS
-    )
+def failure_delay(failures: int, *, free: int) -> timedelta:
+    """How long after the latest failure the next try waits: nothing while `failures` is below
+    `free`, FIRST_DELAY at `free`, doubling with each failure past it, never past MAX_DELAY."""
+    if failures < free:
+        return timedelta(0)
+    doublings = failures - free
+    # 2**doublings for an attacker's millions of failures would be a huge integer for nothing.
+    if doublings >= math.ceil(math.log2(MAX_DELAY / FIRST_DELAY)):
+        return MAX_DELAY
+    return min(FIRST_DELAY * (1 << doublings), MAX_DELAY)
+
+
+def sign_in_wait(recent: Mapping[ThrottleScope, RecentFailures], now: datetime) -> timedelta:
+    """How long any sign-in under these scopes waits, right password or wrong (otherwise a
+    guesser learns from the answer when it finally guessed right); zero when it may go ahead.
+    The longest wait of any scope counts."""
+    wait = timedelta(0)
+    for scope, failures in recent.items():
+        if failures.latest_at is None:
+            continue
+        until = failures.latest_at + failure_delay(failures.count, free=FREE_FAILURES[scope])
+        wait = max(wait, until - now)
+    return wait
+
+
+def retry_after_seconds(wait: timedelta) -> int:
+    """The `Retry-After` value for a wait: whole seconds, rounded up, at least one."""
+    return max(1, math.ceil(wait.total_seconds()))
+
+
+def client_network(client_ip: str | None) -> str | None:
+    """What sign-in failures from this address count under: an IPv4 address itself, an IPv6
+    address's /64 (an IPv4-mapped IPv6 address as the IPv4 one). Not an address at all: its
+    text, as the one network it can be counted as."""
+    if client_ip is None:
+        return None
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return client_ip[:MAX_NETWORK_LENGTH]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        # Without the zone (`%eth0`): the same host by any interface is one client.
+        unscoped = ipaddress.IPv6Address(address.packed)
+        return str(ipaddress.IPv6Network((unscoped, IPV6_NETWORK_PREFIX), strict=False))
+    return str(address)
 
 
 def normalise_username(text: str) -> str | None:

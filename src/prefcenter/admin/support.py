@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 
 from prefcenter.admin.schemas import ContactView, SupportChangeIn
-from prefcenter.admin.service import ActiveSession
+from prefcenter.admin.sessions import ActiveSession
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
