@@ -28,8 +28,10 @@ from prefcenter.audit.checkpoint import (
     make_checkpoint,
     verify_with_checkpoint,
 )
+from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.verify import verify_chain
+from prefcenter.consent.erasure import erase_contact, stored_again
 from prefcenter.db import Database, utcnow
 from prefcenter.imports.console import import_with_progress, print_report
 from prefcenter.imports.formats import ImportFormat
@@ -50,6 +52,8 @@ audit_cli = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=
 cli.add_typer(audit_cli, name="audit")
 admins_cli = typer.Typer(help="Users of the admin console at /admin.", no_args_is_help=True)
 cli.add_typer(admins_cli, name="admins")
+contacts_cli = typer.Typer(help="Contacts and their personal data.", no_args_is_help=True)
+cli.add_typer(contacts_cli, name="contacts")
 
 stderr = Console(stderr=True)
 
@@ -250,6 +254,36 @@ def import_file(
         print_report(report, Console())
     if not report.complete:
         raise typer.Exit(1)
+
+
+@contacts_cli.command("re-erase")
+def contacts_re_erase(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count and list them; erase nothing.")
+    ] = False,
+) -> None:
+    """Erase again every contact whose address had been erased and was stored again (before
+    version 0.2, `POST /v1/links` created such contacts). Prints their ids on stdout."""
+    settings = _settings()
+    keys = AuditKeys.from_settings(settings)
+    actor = f"cli:{getpass.getuser()}"
+    with _database(settings) as database:
+        with database.transaction(write=False) as session:
+            found = stored_again(session, keys)
+        stderr.print(f"{len(found):,} contact(s) hold an erased address again")
+        for public_id in found:
+            if not dry_run:
+                with database.transaction(write=True) as session:
+                    erase_contact(
+                        session,
+                        public_id,
+                        keys=keys,
+                        actor=actor,
+                        request=RequestContext(None, "prefcenter contacts re-erase", None),
+                    )
+            sys.stdout.write(public_id + "\n")
+    if found and not dry_run:
+        stderr.print(f"erased {len(found):,} again; each is an erasure event in the trail")
 
 
 @audit_cli.command("verify")

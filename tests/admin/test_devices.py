@@ -19,8 +19,8 @@ from prefcenter.admin.devices import (
     new_device,
     read_device_cookie,
 )
-from prefcenter.links.tokens import TokenClaims, TokenPurpose, sign_token
 from prefcenter.settings import parse_signing_keys
+from prefcenter.tokens import TokenClaims, TokenPurpose, sign_token
 
 RING = parse_signing_keys("k2:second-signing-secret-0123456789,k1:first-signing-secret-0123456789")
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.cli import cli
 from prefcenter.contacts.models import Contact
-from prefcenter.db import Database
+from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
 from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, issue_key
 from tests.consent.test_erasure import stored_text
-from tests.factories import Headers, make_topic, record_change
+from tests.factories import Headers, audit_events, make_topic, record_change
 
 ERASED = "zoë@bücher.example"
 # The same mailbox, written as senders and lists write it.
@@ -244,3 +244,45 @@ def assert_stored_nowhere_but(database: Database, *allowed: str) -> None:
         if needle in unicodedata.normalize("NFC", text).lower()
     ]
     assert leaks == []
+
+
+@pytest.mark.usefixtures("erased")
+def test_re_erase_finds_and_erases_contacts_stored_again_before_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    database: Database,
+    client: TestClient,
+    admin_headers: Headers,
+) -> None:
+    """Before the fix, `POST /v1/links` stored an erased address again as a new contact: the
+    repair command finds such rows by keyed hash and erases them once more."""
+    record_change(client, admin_headers, "bob@example.com", "subscribed", topic="newsletter")
+    with database.transaction(write=True) as session:
+        session.add(
+            Contact(
+                public_id="stored-again-0001",
+                address=ERASED,
+                address_display=VARIANTS[0],
+                created_at=utcnow(),
+            )
+        )
+    monkeypatch.setenv("PREFCENTER_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PREFCENTER_SIGNING_KEYS", TEST_SIGNING_KEYS)
+    monkeypatch.setenv("PREFCENTER_AUDIT_KEY", TEST_AUDIT_KEY)
+
+    dry = CliRunner().invoke(cli, ["contacts", "re-erase", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert dry.stdout.split() == ["stored-again-0001"]
+    with database.transaction(write=False) as session:
+        assert session.exec(select(Contact).where(Contact.address == ERASED)).first()
+
+    done = CliRunner().invoke(cli, ["contacts", "re-erase"])
+
+    assert done.exit_code == 0, done.output
+    assert done.stdout.split() == ["stored-again-0001"]
+    assert_stored_nowhere_but(database, "bob@example.com")
+    again = CliRunner().invoke(cli, ["contacts", "re-erase"])
+    assert again.stdout.split() == []
+    erasures = [e for e in audit_events(database) if e.kind == "erasure"]
+    assert [e.contact_id for e in erasures][-1] == "stored-again-0001"
+    assert erasures[-1].actor.startswith("cli:")

@@ -5,13 +5,11 @@ erase."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
 from prefcenter.admin.schemas import ContactView, SupportChangeIn
 from prefcenter.admin.sessions import ActiveSession
-from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.erasure import erase_contact
@@ -109,18 +107,6 @@ def record_support_change(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class ConsoleCaller(Caller):
-    """The signed-in staff member as the caller the erasure service expects: named in the
-    trail by the session's actor (`admin:<username>`, or the API key it signed in with)."""
-
-    console_actor: str = ""
-
-    @property
-    def actor(self) -> str:
-        return self.console_actor
-
-
 def erase(
     session: Session,
     contact_id: str,
@@ -129,10 +115,4 @@ def erase(
     admin: ActiveSession,
     request: RequestContext,
 ) -> ErasureOut:
-    caller = ConsoleCaller(
-        key_id=0,
-        name=admin.display_name,
-        scopes=frozenset({Scope.ADMIN}),
-        console_actor=admin.actor,
-    )
-    return erase_contact(session, contact_id, keys=keys, caller=caller, request=request)
+    return erase_contact(session, contact_id, keys=keys, actor=admin.actor, request=request)

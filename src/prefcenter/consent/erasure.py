@@ -24,7 +24,6 @@ from sqlalchemy import delete, select
 from sqlmodel import Session, col
 from sqlmodel import select as sqlmodel_select
 
-from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent, AuditEvidence
@@ -65,11 +64,11 @@ def erase_contact(
     public_id: str,
     *,
     keys: AuditKeys,
-    caller: Caller,
+    actor: str,
     request: RequestContext,
 ) -> ErasureOut:
-    """Erase the contact's personal data, in the caller's transaction. A repeat changes
-    nothing and answers as the first erasure did."""
+    """Erase the contact's personal data, in the caller's transaction, as `actor` (how the
+    trail names who asked). A repeat changes nothing and answers as the first erasure did."""
     contact = _lock_contact(session, public_id)
     if contact is None or contact.id is None:
         raise ContactNotFound(f"There is no contact {public_id!r}.")
@@ -116,7 +115,7 @@ def erase_contact(
         NewEvent(
             kind=EventKind.ERASURE,
             occurred_at=now,
-            actor=caller.actor,
+            actor=actor,
             source=ERASURE_SOURCE,
             outcome="applied",
             contact_id=contact.public_id,
@@ -126,3 +125,31 @@ def erase_contact(
         ),
     )
     return ErasureOut(contact_id=contact.public_id, erased_at=now, event_id=event_id)
+
+
+def stored_again(session: Session, keys: AuditKeys) -> list[str]:
+    """Public ids of contacts whose address was erased before and stored again: links issued
+    for an erased address created such contacts until that was refused (security review,
+    2026-12). One pass over the contacts, one keyed hash each, in chunks."""
+    found: list[str] = []
+    last_id = 0
+    while True:
+        rows = session.execute(
+            select(col(Contact.id), col(Contact.public_id), col(Contact.address))
+            .where(col(Contact.id) > last_id, col(Contact.address).is_not(None))
+            .order_by(col(Contact.id))
+            .limit(_SCAN_CHUNK)
+        ).all()
+        if not rows:
+            return found
+        last_id = rows[-1][0]
+        by_hash = {keys.address_hash(address): public_id for _, public_id, address in rows}
+        erased = session.execute(
+            select(col(ErasedAddress.address_hash)).where(
+                col(ErasedAddress.address_hash).in_(list(by_hash))
+            )
+        ).scalars()
+        found.extend(by_hash[h] for h in erased)
+
+
+_SCAN_CHUNK = 900  # hashes per query: SQLite binds each as a parameter

@@ -102,7 +102,9 @@ def erase_contact(
     keys: AuditKeysDep,
     context: RequestContextDep,
 ) -> ErasureOut:
-    return erasure.erase_contact(session, contact_id, keys=keys, caller=caller, request=context)
+    return erasure.erase_contact(
+        session, contact_id, keys=keys, actor=caller.actor, request=context
+    )
 
 
 @router.patch(
