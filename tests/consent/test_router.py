@@ -552,6 +552,30 @@ class TestPostConsentsTopics:
         assert subscription_status(ada, alerts) == "pending"
         assert audit_events(database)[-2].to_status == "pending"
 
+    def test_the_trail_names_the_api_key_that_was_given_the_confirmation_link(
+        self,
+        client: TestClient,
+        writer_headers: Headers,
+        admin_headers: Headers,
+        database: Database,
+    ) -> None:
+        """The service sends no mail yet: the API client mails the link, and so could confirm
+        it itself. The event says who had it."""
+        alerts = make_topic(client, admin_headers, "alerts", double_opt_in=True)["key"]
+        news = make_topic(client, admin_headers, "news")["key"]
+
+        answer = record_change(client, writer_headers, ADA, "subscribed", topic=alerts)
+        again = record_change(client, writer_headers, ADA, "subscribed", topic=alerts)
+        record_change(client, writer_headers, ADA, "subscribed", topic=news)
+
+        assert answer["confirm_url"]
+        pending, repeated, plain = audit_events(database)[-3:]
+        assert pending.context["confirm_link_to"].startswith("api_key:")
+        assert pending.context["confirm_link_to"] == pending.actor
+        assert again["changed"] is False
+        assert "confirm_link_to" not in repeated.context  # nothing newly pending
+        assert "confirm_link_to" not in plain.context
+
     def test_double_opt_in_unsubscribe_applies_at_once(
         self, client: TestClient, writer_headers: Headers, admin_headers: Headers
     ) -> None:

@@ -47,6 +47,9 @@ class ChangeRecord:
     reason: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    # Who is handed the confirmation link if the change leaves a subscription pending (an API
+    # client, while the service sends no mail itself): the trail then says who could confirm.
+    confirm_link_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,12 @@ def change_event(
     context = {"actor_kind": requested.actor.value, **record.context}
     if decision.clamped:
         context["claimed_occurred_at"] = requested.occurred_at.isoformat()
+    if (
+        record.confirm_link_to is not None
+        and decision.outcome is Outcome.APPLIED
+        and decision.status is Status.PENDING
+    ):
+        context["confirm_link_to"] = record.confirm_link_to
     return NewEvent(
         id=event_id,
         kind=EventKind.CONSENT_CHANGE if topic_key is not None else EventKind.GLOBAL_CONSENT_CHANGE,
@@ -194,6 +203,7 @@ def record_change(
             reason=change.reason,
             evidence=change.evidence,
             context=request.as_evidence(),
+            confirm_link_to=caller.actor,
         ),
         now=now,
     )
