@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# The one list: the Python writers, the stream's fast path and the SQL-built exports use it.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def spreadsheet_safe(cell: str) -> str:
     """A cell a spreadsheet would read as a formula gets a leading `'`; others are unchanged."""
-    if cell.startswith(_FORMULA_STARTS):
+    if cell.startswith(FORMULA_STARTS):
         return "'" + cell
     return cell

@@ -40,6 +40,7 @@ from sqlmodel import Session, col
 
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
+from prefcenter.csv_cells import FORMULA_STARTS
 from prefcenter.db import Database
 from prefcenter.eligibility.exports import (
     AUDIENCE_HEADER,
@@ -58,7 +59,7 @@ from prefcenter.topics.models import Topic
 # Contact ids per query: at ~60 bytes a row, a few megabytes of CSV text at most.
 EXPORT_RANGE = 100_000
 _IN_FLIGHT = 2
-_FORMULA_CODES = tuple(ord(start) for start in ("=", "+", "-", "@", "\t", "\r"))
+_FORMULA_CODES = tuple(ord(start) for start in FORMULA_STARTS)
 
 RangeQuery = Callable[[int, int], ClauseElement]
 

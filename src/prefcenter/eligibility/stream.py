@@ -22,7 +22,7 @@ import anyio
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.contacts.addresses import _fast_normalise
-from prefcenter.csv_cells import spreadsheet_safe
+from prefcenter.csv_cells import FORMULA_STARTS, spreadsheet_safe
 from prefcenter.db import Database
 from prefcenter.eligibility.lookup import StateTable, read_erased, read_states
 from prefcenter.eligibility.rules import Eligibility, decide_eligibility
@@ -45,9 +45,9 @@ _IN_FLIGHT = 2
 _MAX_LINE = 4_096
 _CSV_TYPES = frozenset({"text/csv"})
 _PLAIN_TYPES = frozenset({"text/plain", ""})
-# What a fast-path address can start with that a spreadsheet reads as a formula (its alphabet
-# has no `@`, TAB or CR at the start, nor any character that needs CSV quoting).
-_FAST_FORMULA_STARTS = frozenset("=+-")
+# What a cell can start with that a spreadsheet reads as a formula (a fast-path address never
+# needs CSV quoting, so the prefix is all it can need).
+_FAST_FORMULA_STARTS = frozenset(FORMULA_STARTS)
 _CSV_SPECIAL = frozenset(',"\r\n')
 
 
