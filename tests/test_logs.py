@@ -116,6 +116,25 @@ class TestRedact:
         assert TOKEN[:20] not in redacted
         assert TOKEN[-20:] not in redacted
 
+    @pytest.mark.parametrize(
+        ("path", "prefix"),
+        [
+            (f"/u%2F{TOKEN}", "u"),
+            (f"/%75/{TOKEN}", "u"),
+            (f"/%70%2f{TOKEN}", "p"),
+            ("/c/" + "".join(f"%{ord(ch):02X}" for ch in TOKEN), "c"),
+            ("/u/" + TOKEN.replace(".", "%2E"), "u"),
+        ],
+    )
+    def test_escaped_characters_hide_no_link(self, path: str, prefix: str) -> None:
+        """The router decodes these to a recipient path and a token, so the log must too."""
+        redacted = logs.redact(f"GET {path} HTTP/1.1")
+
+        assert redacted == f"GET /{prefix}/{logs.fingerprint(TOKEN)} HTTP/1.1"
+
+    def test_an_escaped_control_character_stays_escaped(self) -> None:
+        assert logs.redact("/v1/topics/a%0Ab%2Bc") == "/v1/topics/a%0Ab%2Bc"
+
     def test_a_token_outside_a_path_is_fingerprinted(self) -> None:
         redacted = logs.redact(f"could not verify token {TOKEN}: bad signature")
 

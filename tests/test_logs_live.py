@@ -120,6 +120,8 @@ async def recipient_storm(base_url: str, recipients: list[Recipient], bad: list[
         async def links_of(r: Recipient) -> None:
             check(await client.get(f"/u/{r.manage}"), 200)
             check(await client.get(f"/u/{r.manage}", params={"lang": "de"}), 200)
+            # The same link with its slash escaped: still the page, still the link.
+            check(await client.get(f"/u%2F{r.manage}"), 200)
             for _ in range(ONE_CLICKS):
                 answer = await client.post(
                     f"/u/{r.manage}", content=b"List-Unsubscribe=One-Click", headers=one_click
@@ -240,7 +242,7 @@ def test_every_recipient_request_is_there_by_its_fingerprint(storm: Storm) -> No
         manage, manage_all = fingerprint(r.manage), fingerprint(r.manage_all)
         confirm = fingerprint(r.confirm)
         assert requests.count(f'"POST /u/{manage} HTTP/1.1" 200') == ONE_CLICKS
-        assert requests.count(f'"GET /u/{manage} HTTP/1.1" 200') == 1
+        assert requests.count(f'"GET /u/{manage} HTTP/1.1" 200') == 2
         assert requests.count(f'"GET /u/{manage}?[redacted] HTTP/1.1" 200') == 1
         assert requests.count(f'"POST /p/{manage_all} HTTP/1.1" 200') == 1
         assert requests.count(f'"POST /u/{manage_all} HTTP/1.1" 200') == 1

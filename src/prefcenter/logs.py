@@ -37,6 +37,10 @@ _DONE = "prefcenter_redacted"
 # path is whatever a caller sends. Each runs only when the character it needs is there, so
 # an ordinary access line costs a few microseconds.
 #
+# A %-escape of a character that needs none (a letter, a digit, `-._~`) or of `/`: the router
+# decodes the path before matching it, so `/u%2F<token>` and `/%75/<token>` are recipient
+# links too, and a token may arrive with any of its characters escaped.
+_PLAIN_ESCAPE = re.compile(r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DEFdef]|5[Ff]|7[Ee])")
 # The whole rest of a recipient path is its token (the routes take it as a `path`), up to the
 # query, the end of the path or a quote; a fingerprint already there is left as it is.
 _RECIPIENT_PATH = re.compile(r"(/[upc]/)(?!tok:[0-9a-f]{8}(?![^\s?#\"'<>]))([^\s?#\"'<>]+)")
@@ -65,6 +69,10 @@ def fingerprint(token: str) -> str:
     return f"tok:{digest[:8]}"
 
 
+def _unescape(match: re.Match[str]) -> str:
+    return chr(int(match[0][1:], 16))
+
+
 def _path_fingerprint(match: re.Match[str]) -> str:
     return match[1] + fingerprint(match[2])
 
@@ -81,6 +89,8 @@ def _address(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """The text without tokens, query strings or addresses (see the module)."""
+    if "%" in text:
+        text = _PLAIN_ESCAPE.sub(_unescape, text)
     if "/" in text:
         text = _RECIPIENT_PATH.sub(_path_fingerprint, text)
     if len(text) >= _SHORTEST_TOKEN and "1." in text:
