@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
-import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from prefcenter import migrations
+from prefcenter import logs, migrations
 from prefcenter.admin import users as admins
 from prefcenter.apikeys import service as apikeys
 from prefcenter.apikeys.schemas import Scope
@@ -95,9 +94,10 @@ def serve(
 ) -> None:
     """Serve the HTTP API and the recipient pages (applies pending migrations first)."""
     settings = _settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    # Redacted (tokens, addresses, query strings) in this process, in uvicorn's own loggers
+    # and in every worker it spawns: a dict, which each worker configures itself from.
+    config = logs.log_config(level=settings.log_level, log_format=settings.log_format)
+    logs.configure_logging(config)
     if not no_migrate:
         migrations.upgrade(settings)
     uvicorn.run(
@@ -106,6 +106,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        log_config=config,
         log_level=settings.log_level,
         proxy_headers=False,  # client addresses are taken from trusted proxies only (settings)
         server_header=False,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Request
 from pydantic import Field, field_validator
@@ -23,6 +23,8 @@ MIN_SECRET_BYTES = 16
 # The audit key keys the hash that stands for an address in the chain and derives the
 # Ed25519 key that signs checkpoints and receipts: 256 bits.
 MIN_AUDIT_KEY_BYTES = 32
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 _MAILBOX = re.compile(r"[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 
 
@@ -99,12 +101,20 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     # Only these proxies' X-Forwarded-For is believed when recording a client address.
     trusted_proxies: Annotated[str, NoDecode] = ""
-    log_level: str = "info"
+    log_level: LogLevel = "info"
+    # `json`: one JSON object per line (see logs.py); either way tokens and addresses are
+    # redacted out of every line.
+    log_format: LogFormat = "text"
 
     @field_validator("base_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator(
         "unsubscribe_mailto",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
@@ -50,18 +51,26 @@ def change_form(token: str, **fields: str) -> dict[str, str]:
     return form
 
 
+def search(client: TestClient, query: str) -> httpx2.Response:
+    """Post the search form of the contacts page, with that page's token."""
+    token = page_token(client, "/admin/contacts")
+    return client.post(
+        "/admin/contacts", data={"csrf_token": token, "q": query}, follow_redirects=False
+    )
+
+
 class TestSearch:
     @pytest.mark.parametrize("query", ["ada@example.com", " ADA@Example.com "])
     def test_by_address_leads_to_the_contact(
         self, signed_in: TestClient, contact_id: str, query: str
     ) -> None:
-        answer = signed_in.get("/admin/contacts", params={"q": query}, follow_redirects=False)
+        answer = search(signed_in, query)
 
         assert answer.status_code == 303
         assert answer.headers["location"] == f"/admin/contacts/{contact_id}"
 
     def test_by_contact_id(self, signed_in: TestClient, contact_id: str) -> None:
-        answer = signed_in.get("/admin/contacts", params={"q": contact_id}, follow_redirects=False)
+        answer = search(signed_in, contact_id)
 
         assert answer.headers["location"] == f"/admin/contacts/{contact_id}"
 
@@ -69,10 +78,48 @@ class TestSearch:
     def test_nothing_found_says_so(
         self, signed_in: TestClient, contact_id: str, query: str
     ) -> None:
-        answer = signed_in.get("/admin/contacts", params={"q": query})
+        answer = search(signed_in, query)
 
         assert answer.status_code == 404
         assert "No contact has the address or id" in answer.text
+        assert f'value="{query}"' in answer.text  # kept in the form to correct it
+
+    def test_the_form_posts_the_address_never_puts_it_in_a_url(
+        self, signed_in: TestClient, contact_id: str
+    ) -> None:
+        for page in ("/admin", "/admin/contacts"):
+            text = signed_in.get(page).text
+
+            assert '<form method="post" action="/admin/contacts"' in text
+            assert 'name="csrf_token"' in text.split('action="/admin/contacts"', 1)[1]
+
+    def test_a_query_string_searches_nothing(self, signed_in: TestClient, contact_id: str) -> None:
+        answer = signed_in.get("/admin/contacts", params={"q": ADA}, follow_redirects=False)
+
+        assert answer.status_code == 200
+        assert ADA not in answer.text
+        assert "No contact has" not in answer.text
+
+    @pytest.mark.parametrize("token", [None, "", "forged-token"])
+    def test_a_search_without_the_right_token_is_refused(
+        self, signed_in: TestClient, contact_id: str, token: str | None
+    ) -> None:
+        form = {"q": ADA} if token is None else {"q": ADA, "csrf_token": token}
+
+        answer = signed_in.post("/admin/contacts", data=form, follow_redirects=False)
+
+        assert answer.status_code == 403
+        assert ADA not in answer.text
+        assert contact_id not in answer.text
+
+    def test_an_overlong_query_is_refused_without_echoing_it(
+        self, signed_in: TestClient, contact_id: str
+    ) -> None:
+        answer = search(signed_in, "y" * 321)
+
+        assert answer.status_code == 422
+        assert "at most 320 characters" in answer.text
+        assert "y" * 321 not in answer.text
 
     def test_unknown_contact_page_is_a_404_page(self, signed_in: TestClient) -> None:
         answer = signed_in.get("/admin/contacts/unknownid")

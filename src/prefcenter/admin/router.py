@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -41,6 +41,8 @@ router = APIRouter(prefix="/admin", route_class=AdminRoute, include_in_schema=Fa
 router.include_router(trail_router)
 
 ContactId = Annotated[str, Path(max_length=64)]
+# The search field's `maxlength`: the longest address with room for spaces around it.
+MAX_QUERY_CHARS = 320
 AuditKeysDep = Annotated[AuditKeys, Depends(audit_keys_of)]
 
 
@@ -127,25 +129,45 @@ def dashboard(request: Request, admin: SignedIn) -> HTMLResponse:
     return render(request, "dashboard.html", {}, admin=admin)
 
 
-@router.get("/contacts")
-def search_contacts(
+def _search_page(
     request: Request,
-    admin: SignedIn,
-    session: ReadSession,
-    q: Annotated[str, Query(max_length=320)] = "",
-) -> Response:
-    """By address or contact id: straight to the contact's page when there is one."""
-    if q.strip():
-        found = support.find_contact_id(session, q)
-        if found is not None:
-            return see_other(f"/admin/contacts/{quote(found)}")
+    admin: ActiveSession,
+    *,
+    q: str = "",
+    searched: bool = False,
+    too_long: bool = False,
+    status_code: int = 200,
+) -> HTMLResponse:
     return render(
         request,
         "search.html",
-        {"q": q, "searched": bool(q.strip())},
+        {"q": q, "searched": searched, "too_long": too_long},
         admin=admin,
-        status_code=404 if q.strip() else 200,
+        status_code=status_code,
     )
+
+
+@router.get("/contacts")
+def show_search(request: Request, admin: SignedIn) -> HTMLResponse:
+    """The empty search form. An address never travels in a URL (a query string lands in
+    access logs, browser history and Referer headers): the form posts it."""
+    return _search_page(request, admin)
+
+
+@router.post("/contacts")
+def search_contacts(
+    request: Request, admin: SignedInPost, form: Form, session: ReadSession
+) -> Response:
+    """By address or contact id: straight to the contact's page when there is one."""
+    q = form_text(form, "q")
+    if len(q) > MAX_QUERY_CHARS:
+        return _search_page(request, admin, too_long=True, status_code=422)
+    if not q.strip():
+        return _search_page(request, admin)
+    found = support.find_contact_id(session, q)
+    if found is not None:
+        return see_other(f"/admin/contacts/{quote(found)}")
+    return _search_page(request, admin, q=q, searched=True, status_code=404)
 
 
 def _contact_page(
