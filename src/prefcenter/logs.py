@@ -44,9 +44,10 @@ _PLAIN_ESCAPE = re.compile(r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DEFdef]|5[
 # The whole rest of a recipient path is its token (the routes take it as a `path`), up to the
 # query, the end of the path or a quote; a fingerprint already there is left as it is.
 _RECIPIENT_PATH = re.compile(r"(/[upc]/)(?!tok:[0-9a-f]{8}(?![^\s?#\"'<>]))([^\s?#\"'<>]+)")
-# A token anywhere else, e.g. in an exception's text: `1.<kid>.<payload>.<tag>`.
+# A token anywhere else, e.g. in an exception's text: `<version>.<kid>.<payload>.<tag>`, of
+# version 1 (links mailed before purposes were split) or 2 (tokens.VERSION).
 _TOKEN = re.compile(
-    r"1\.(?<![A-Za-z0-9_.-]1\.)[A-Za-z0-9]{1,16}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{22}"
+    r"(?<![A-Za-z0-9_.-])[12]\.[A-Za-z0-9]{1,16}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{22}"
     r"(?![A-Za-z0-9_-])"
 )
 _SHORTEST_TOKEN = len("1.k.") + 8 + len(".") + 22
@@ -93,7 +94,7 @@ def redact(text: str) -> str:
         text = _PLAIN_ESCAPE.sub(_unescape, text)
     if "/" in text:
         text = _RECIPIENT_PATH.sub(_path_fingerprint, text)
-    if len(text) >= _SHORTEST_TOKEN and "1." in text:
+    if len(text) >= _SHORTEST_TOKEN and ("2." in text or "1." in text):
         text = _TOKEN.sub(_token_fingerprint, text)
     if "?" in text:
         text = _QUERY.sub(QUERY, text)
