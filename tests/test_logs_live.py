@@ -40,7 +40,8 @@ TIMEOUT_S = 60.0
 class Recipient:
     address: str
     manage: str  # the newsletter's unsubscribe link
-    manage_all: str  # unsubscribe from all marketing, from the batch
+    manage_all: str  # the preference link, from the batch
+    unsubscribe_all: str  # unsubscribe from all marketing, from the batch
     confirm: str  # double opt-in of the digest
 
 
@@ -105,9 +106,12 @@ def prepare(api: httpx.Client, tag: str) -> list[Recipient]:
     batch = api.post("/v1/links/batch", json={"items": [{"email": a} for a in addresses]})
     check(batch, 200)
     manage_all = [token_of(item["preferences_url"]) for item in batch.json()["items"]]
+    unsubscribe_all = [token_of(item["unsubscribe_url"]) for item in batch.json()["items"]]
     return [
-        Recipient(address=a, manage=m, manage_all=p, confirm=c)
-        for a, m, p, c in zip(addresses, manage, manage_all, confirms, strict=True)
+        Recipient(address=a, manage=m, manage_all=p, unsubscribe_all=u, confirm=c)
+        for a, m, p, u, c in zip(
+            addresses, manage, manage_all, unsubscribe_all, confirms, strict=True
+        )
     ]
 
 
@@ -135,7 +139,7 @@ async def recipient_storm(base_url: str, recipients: list[Recipient], bad: list[
                 data={"shown": ["newsletter", "digest"], "topic": ["newsletter"]},
             )
             check(saved, 200)
-            check(await client.post(f"/u/{r.manage_all}", data={"via": "page"}), 200)
+            check(await client.post(f"/u/{r.unsubscribe_all}", data={"via": "page"}), 200)
 
         async def bad_links(token: str) -> None:
             for method in ("GET", "POST"):
@@ -245,7 +249,8 @@ def test_every_recipient_request_is_there_by_its_fingerprint(storm: Storm) -> No
         assert requests.count(f'"GET /u/{manage} HTTP/1.1" 200') == 2
         assert requests.count(f'"GET /u/{manage}?[redacted] HTTP/1.1" 200') == 1
         assert requests.count(f'"POST /p/{manage_all} HTTP/1.1" 200') == 1
-        assert requests.count(f'"POST /u/{manage_all} HTTP/1.1" 200') == 1
+        unsubscribe_all = fingerprint(r.unsubscribe_all)
+        assert requests.count(f'"POST /u/{unsubscribe_all} HTTP/1.1" 200') == 1
         assert requests.count(f'"POST /c/{confirm} HTTP/1.1" 200') == 1
     for token in storm.bad_tokens:
         for method in ("GET", "POST"):
