@@ -12,15 +12,26 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-RUN python -m venv /opt/prefcenter
-
 WORKDIR /src
+# Every package is the version requirements/*.lock pins, checked against its hashes (see
+# "Dependencies" in README.md). The locks come in before the source so that this layer is
+# rebuilt only when they change.
+COPY requirements/runtime.lock requirements/build.lock ./requirements/
+RUN python -m venv /opt/prefcenter \
+    && /opt/prefcenter/bin/pip install --require-hashes -r requirements/runtime.lock
+# The build backend (hatchling) from its lock, in a venv of its own that stays in this stage:
+# pip's default build isolation would fetch whichever hatchling is newest, unchecked.
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes -r requirements/build.lock
+
 # pyproject.toml and README.md are the package metadata; alembic/ is force-included into the
 # wheel, so the image needs no source checkout at run time.
 COPY pyproject.toml README.md ./
 COPY alembic ./alembic
 COPY src ./src
-RUN /opt/prefcenter/bin/pip install . \
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
+    && /opt/prefcenter/bin/pip install --no-deps /tmp/dist/prefcenter-*.whl \
+    && /opt/prefcenter/bin/pip check \
     && /opt/prefcenter/bin/python -c "import importlib.resources as r; \
         assert (r.files('prefcenter') / '_migrations' / 'env.py').is_file(), 'no migrations'"
 
