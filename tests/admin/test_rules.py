@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prefcenter.admin import rules
+from prefcenter.audit.context import client_network
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -124,18 +125,18 @@ class TestSignInWait:
 
 class TestClientNetwork:
     def test_an_ipv4_address_is_its_own_network(self) -> None:
-        assert rules.client_network("203.0.113.7") == "203.0.113.7"
-        assert rules.client_network("::ffff:203.0.113.7") == "203.0.113.7"
+        assert client_network("203.0.113.7") == "203.0.113.7"
+        assert client_network("::ffff:203.0.113.7") == "203.0.113.7"
 
     def test_an_ipv6_address_counts_as_its_64(self) -> None:
-        assert rules.client_network("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
-        assert rules.client_network("2001:DB8:1:2::ffff%eth0") == "2001:db8:1:2::/64"
+        assert client_network("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+        assert client_network("2001:DB8:1:2::ffff%eth0") == "2001:db8:1:2::/64"
 
     @given(host_bits=st.integers(min_value=0, max_value=2**64 - 1))
     def test_every_address_of_a_64_shares_one_count(self, host_bits: int) -> None:
         address = ipaddress.IPv6Address((0x20010DB8_00010002 << 64) | host_bits)
 
-        assert rules.client_network(str(address)) == "2001:db8:1:2::/64"
+        assert client_network(str(address)) == "2001:db8:1:2::/64"
 
     @given(
         prefixes=st.lists(st.integers(1, 2**64 - 1), min_size=2, max_size=2, unique=True),
@@ -149,12 +150,12 @@ class TestClientNetwork:
             for prefix, host in zip(prefixes, hosts, strict=True)
         )
 
-        assert rules.client_network(first) != rules.client_network(second)
+        assert client_network(first) != client_network(second)
 
     def test_a_peer_that_is_no_address_is_counted_by_its_name(self) -> None:
-        assert rules.client_network("testclient") == "testclient"
-        assert rules.client_network("x" * 100) == "x" * rules.MAX_NETWORK_LENGTH
-        assert rules.client_network(None) is None
+        assert client_network("testclient") == "testclient"
+        assert client_network("x" * 100) == "x" * rules.MAX_NETWORK_LENGTH
+        assert client_network(None) is None
 
 
 class TestCookieSecure:

@@ -8,13 +8,14 @@ No database here: plain values in, plain answers out.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+
+from prefcenter.audit import context
 
 # A session ends after this long without a request, and after SESSION_MAX_AGE in any case.
 SESSION_IDLE_TIMEOUT = timedelta(minutes=30)
@@ -49,12 +50,8 @@ FREE_FAILURES: Mapping[ThrottleScope, int] = {
 }
 FIRST_DELAY = timedelta(minutes=1)
 MAX_DELAY = timedelta(minutes=15)
-# An IPv6 client holds at least a /64 (one SLAAC subnet, often a whole /56 or /48): counting
-# its single addresses would give it 2^64 fresh counts.
-IPV6_NETWORK_PREFIX = 64
-# Longest network text kept (an IPv6 /64 takes at most 43 characters); a peer that is not an
-# IP address at all (a Unix socket, a test client) is kept as its text, cut to this.
-MAX_NETWORK_LENGTH = 64
+# How a client is counted: audit.context.client_network (an IPv4 address, an IPv6 /64).
+MAX_NETWORK_LENGTH = context.MAX_NETWORK_LENGTH
 
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MIN_PASSWORD_LENGTH = 12
@@ -117,25 +114,6 @@ def sign_in_wait(recent: Mapping[ThrottleScope, RecentFailures], now: datetime) 
 def retry_after_seconds(wait: timedelta) -> int:
     """The `Retry-After` value for a wait: whole seconds, rounded up, at least one."""
     return max(1, math.ceil(wait.total_seconds()))
-
-
-def client_network(client_ip: str | None) -> str | None:
-    """What sign-in failures from this address count under: an IPv4 address itself, an IPv6
-    address's /64 (an IPv4-mapped IPv6 address as the IPv4 one). Not an address at all: its
-    text, as the one network it can be counted as."""
-    if client_ip is None:
-        return None
-    try:
-        address = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return client_ip[:MAX_NETWORK_LENGTH]
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        # Without the zone (`%eth0`): the same host by any interface is one client.
-        unscoped = ipaddress.IPv6Address(address.packed)
-        return str(ipaddress.IPv6Network((unscoped, IPV6_NETWORK_PREFIX), strict=False))
-    return str(address)
 
 
 def normalise_username(text: str) -> str | None:

@@ -18,6 +18,7 @@ from prefcenter.admin.rules import ThrottleScope
 from prefcenter.admin.sessions import open_session
 from prefcenter.admin.users import find_user, password_matches
 from prefcenter.apikeys.service import find_caller
+from prefcenter.audit.context import client_network
 
 # The first key of `pg_advisory_xact_lock(int, int)` for every throttle scope ("sign"): apart
 # from the migration lock, which takes the one-bigint form.
@@ -168,7 +169,7 @@ def sign_in_with_password(
     # A name that cannot exist is counted against the client network only: it is never a
     # user's, and it may hold anything (a NUL would not even be stored by PostgreSQL).
     name = rules.normalise_username(username)
-    network = rules.client_network(client_ip)
+    network = client_network(client_ip)
     known = device if device is not None and device.username == name else None
     wait = _wait(session, _scopes(username=name, network=network, device=known), now)
     if wait > timedelta(0):
@@ -200,7 +201,7 @@ def sign_in_with_api_key(
 ) -> SignInResult:
     """An API key with the `admin` scope opens a session named after the key. Failures count
     against the client network only: a key names no user, and is too long to guess."""
-    network = rules.client_network(client_ip)
+    network = client_network(client_ip)
     wait = _wait(session, _scopes(username=None, network=network, device=None), now)
     if wait > timedelta(0):
         return _throttled(wait)

@@ -13,6 +13,12 @@ from fastapi import Depends, Request
 MAX_USER_AGENT = 500
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# An IPv6 client holds at least a /64 (one SLAAC subnet, often a whole /56 or /48): counting
+# its single addresses would give it 2^64 fresh counts.
+IPV6_NETWORK_PREFIX = 64
+# Longest network text kept (an IPv6 /64 takes at most 43 characters); a peer that is not an
+# IP address at all (a Unix socket, a test client) is kept as its text, cut to this.
+MAX_NETWORK_LENGTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +97,23 @@ async def _request_context(request: Request) -> RequestContext:
 
 
 RequestContextDep = Annotated[RequestContext, Depends(_request_context)]
+
+
+def client_network(client_ip: str | None) -> str | None:
+    """What a client is counted as by the throttles (console sign-in, "email me my link"): an
+    IPv4 address itself, an IPv6 address's /64 (one subscriber's usual allocation; an
+    IPv4-mapped IPv6 address as the IPv4 one). Not an address at all: its text, as the one
+    network it can be counted as."""
+    if client_ip is None:
+        return None
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return client_ip[:MAX_NETWORK_LENGTH]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        # Without the zone (`%eth0`): the same host by any interface is one client.
+        unscoped = ipaddress.IPv6Address(address.packed)
+        return str(ipaddress.IPv6Network((unscoped, IPV6_NETWORK_PREFIX), strict=False))
+    return str(address)
