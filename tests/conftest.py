@@ -42,6 +42,7 @@ _TABLES = (
     "admin_session",
     "admin_user",
     "admin_sign_in_attempt",
+    "mail_request",
 )
 
 
