@@ -14,6 +14,7 @@ from sqlalchemy import text
 import prefcenter
 from prefcenter import migrations
 from prefcenter.admin.router import install_admin_console
+from prefcenter.api_docs.router import install_api_docs
 from prefcenter.audit.context import parse_trusted_proxies
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.router import router as audit_router
@@ -66,6 +67,9 @@ def create_app(settings: Settings) -> FastAPI:
         # No trailing-slash redirects: a redirect built from the Host header is an open
         # redirect, and recipients' links never need one.
         redirect_slashes=False,
+        # Not the framework's pages: they load their scripts from a CDN (see api_docs).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.database = database
@@ -98,6 +102,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(recipient_router)
     install_invalid_link_page(app)
     install_admin_console(app)
+    if settings.api_docs_enabled:
+        install_api_docs(app)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:
@@ -132,7 +138,7 @@ def app_from_environment() -> FastAPI:
     builds hundreds of apps, and frozen objects are never collected.
     """
     app = create_app(Settings())
-    app.openapi()  # built now, not by the first request for /docs
+    app.openapi()  # built now, not by the first request for it
     gc.collect()
     gc.freeze()
     return app

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # Only these proxies' X-Forwarded-For is believed when recording a client address.
     trusted_proxies: Annotated[str, NoDecode] = ""
     log_level: str = "info"
+    # Swagger UI at /docs and ReDoc at /redoc (/openapi.json is always served). Unset: on with
+    # SQLite (a try-out on one host), off with PostgreSQL (production).
+    api_docs: bool | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -124,6 +127,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        return self.is_sqlite if self.api_docs is None else self.api_docs
 
     def sqlite_path(self) -> Path | None:
         """The database file for a file-backed SQLite URL, else None."""
