@@ -22,10 +22,10 @@ from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
 from prefcenter.eligibility.export_router import router as exports_router
 from prefcenter.eligibility.router import router as eligibility_router
-from prefcenter.http_limits import BodySizeLimit
+from prefcenter.http_limits import BodySizeLimit, BodyTimeout
 from prefcenter.imports.router import router as imports_router
 from prefcenter.links.router import router as links_router
-from prefcenter.preference_center.router import install_invalid_link_page
+from prefcenter.preference_center.router import install_invalid_link_page, request_timeout_page
 from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
 from prefcenter.problems import (
@@ -91,6 +91,14 @@ def create_app(settings: Settings) -> FastAPI:
         signing_keys=signing_keys,
         trusted_proxies=app.state.trusted_proxies,
         audit_keys=app.state.audit_keys,
+    )
+    # Outside the lane too, which reads the one-click body itself.
+    app.add_middleware(
+        BodyTimeout,
+        timeout_s=settings.body_timeout_seconds,
+        streaming_prefixes=STREAMING_PREFIXES,
+        page_prefixes=RECIPIENT_PREFIXES,
+        page=lambda scope: request_timeout_page(settings, scope),
     )
     app.include_router(topics_router)
     app.include_router(consent_router)

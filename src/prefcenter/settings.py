@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # Largest JSON request body accepted, in bytes; larger bodies get a 413 problem. A batch of
     # 10,000 links with long campaign ids needs a few MiB.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # How long a request body may take to arrive, in seconds; a later one gets a 408 and its
+    # connection is closed. Bodies that stream (eligibility stream, imports): how long each
+    # read may wait for data instead.
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
     # How long a SQLite writer waits for the write lock before giving up (a 503 problem).
     sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1)
