@@ -19,7 +19,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
 
-MIN_SECRET_BYTES = 16
+# Of a signing key's secret, as given (its UTF-8 bytes): 256 bits, the size of the HMAC-SHA256
+# key it becomes. Shorter text is most likely a password, not random data; a forged link
+# unsubscribes anybody.
+MIN_SECRET_BYTES = 32
 # The audit key keys the hash that stands for an address in the chain and derives the
 # Ed25519 key that signs checkpoints and receipts: 256 bits.
 MIN_AUDIT_KEY_BYTES = 32
@@ -39,8 +42,8 @@ class SigningKey:
 def parse_signing_keys(value: str) -> tuple[SigningKey, ...]:
     """Parse `kid:secret[,kid:secret…]`; the first key signs, all verify.
 
-    An empty, duplicate or short (< 16 bytes) entry is refused: a weak key would make every
-    unsubscribe link forgeable.
+    An empty, duplicate or short (< MIN_SECRET_BYTES) entry is refused, one kept only to verify
+    old links too: a weak key would make every unsubscribe link forgeable.
     """
     keys: list[SigningKey] = []
     for raw in value.split(","):
@@ -157,7 +160,7 @@ class Settings(BaseSettings):
         if db_path is None:
             raise ConfigError(
                 "PREFCENTER_SIGNING_KEYS is required with this database: set it to "
-                "kid:secret (at least 16 random bytes), e.g. "
+                f"kid:secret (at least {MIN_SECRET_BYTES} random bytes), e.g. "
                 "k1:$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         return parse_signing_keys(_local_signing_key(db_path))
