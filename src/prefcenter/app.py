@@ -17,6 +17,7 @@ from prefcenter.admin.router import install_admin_console
 from prefcenter.api_docs.router import install_api_docs
 from prefcenter.audit.context import parse_trusted_proxies
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.router import new_verify_slot
 from prefcenter.audit.router import router as audit_router
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.signing_keys = signing_keys
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     app.state.audit_keys = AuditKeys.from_settings(settings)
+    app.state.audit_verify_slot = new_verify_slot()
     install_problem_handlers(app)
     document_problems(app)
     app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)

@@ -128,6 +128,7 @@ _RESPONSE_DESCRIPTIONS: dict[int, str] = {
     409: "Conflicts with the current state; nothing was changed",
     413: "Request body too large",
     422: "Invalid request; `errors` names each field",
+    429: "Too many at once; nothing was done, retry after `Retry-After` seconds",
     503: "The database is busy or unreachable; nothing was changed, retry (see `Retry-After`)",
 }
 
