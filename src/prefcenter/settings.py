@@ -104,8 +104,8 @@ class Settings(BaseSettings):
     # Only these proxies' X-Forwarded-For is believed when recording a client address.
     trusted_proxies: Annotated[str, NoDecode] = ""
     log_level: str = "info"
-    # Swagger UI at /docs and ReDoc at /redoc (/openapi.json is always served). Unset: on with
-    # SQLite (a try-out on one host), off with PostgreSQL (production).
+    # Swagger UI at /docs (/openapi.json is always served; ReDoc never). Unset: on with SQLite
+    # (a try-out on one host), off with PostgreSQL (production).
     api_docs: bool | None = None
 
     @field_validator("base_url")
