@@ -53,7 +53,8 @@ RUN groupadd --system --gid 10001 prefcenter \
 COPY --from=build /opt/prefcenter /opt/prefcenter
 
 # The working directory is where a SQLite default (sqlite:///./prefcenter.db) and its
-# generated .signing-keys file would land: mount a volume here if you run without PostgreSQL.
+# generated .signing-keys and .audit-key files would land: mount a volume here if you run
+# without PostgreSQL.
 WORKDIR /var/lib/prefcenter
 USER prefcenter:prefcenter
 

@@ -85,4 +85,4 @@ clean:
 ## messages: extract page texts and merge them into every language's catalog
 messages: $(STAMP)
 	$(BIN)/pybabel extract -F babel.cfg -o src/prefcenter/locales/messages.pot --no-location --omit-header --sort-output .
-	$(BIN)/pybabel update -i src/prefcenter/locales/messages.pot -d src/prefcenter/locales --no-location --omit-header
+	$(BIN)/pybabel update -i src/prefcenter/locales/messages.pot -d src/prefcenter/locales --ignore-obsolete

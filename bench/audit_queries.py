@@ -54,7 +54,7 @@ ADMIN_URL = os.environ.get(
     "PREFCENTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 AUDIT_KEY = "bench-audit-key-" + "0" * 32
-SIGNING_KEYS = "b1:bench-signing-secret-0123456789"
+SIGNING_KEYS = "b1:bench-signing-secret-0123456789abcdefghij"
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 GOAL_P99_MS = 50.0
 

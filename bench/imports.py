@@ -114,7 +114,7 @@ def main() -> None:
     settings = Settings(
         _env_file=None,
         database_url=url.render_as_string(hide_password=False),
-        signing_keys="b1:bench-signing-secret-0123456789",
+        signing_keys="b1:bench-signing-secret-0123456789abcdefghij",
         audit_key="bench-audit-key-0123456789abcdefghijklmnop",
     )
     try:

@@ -23,7 +23,7 @@ from prefcenter.db import Database
 from prefcenter.settings import Settings
 
 ENGINES = ("sqlite", "postgresql")
-TEST_SIGNING_KEYS = "t1:test-signing-secret-0123456789"
+TEST_SIGNING_KEYS = "t1:test-signing-secret-0123456789abcdefghij"
 TEST_AUDIT_KEY = "test-audit-key-0123456789abcdefghijklmnop"
 POSTGRES_ADMIN_URL = os.environ.get(
     "PREFCENTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

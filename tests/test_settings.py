@@ -32,6 +32,30 @@ class TestSigningKeys:
         with pytest.raises(ConfigError, match=message):
             parse_signing_keys(value)
 
+    @pytest.mark.parametrize(
+        "secret",
+        ["password12345678", "p" * 31, "pässwörd-" + "x" * 20],
+        ids=["16", "31", "31-bytes-29-characters"],
+    )
+    def test_a_secret_under_32_bytes_is_refused_saying_how_to_make_one(self, secret: str) -> None:
+        assert len(secret.encode()) < 32
+        with pytest.raises(ConfigError) as refused:
+            parse_signing_keys(f"k1:{secret}")
+
+        message = str(refused.value)
+        assert "'k1' is too short" in message
+        assert "at least 32 bytes" in message
+        assert "secrets.token_urlsafe(32)" in message
+
+    def test_a_weak_key_kept_only_to_verify_is_refused_too(self) -> None:
+        # Any key in the ring verifies links: a weak old one lets links be forged as well.
+        with pytest.raises(ConfigError, match="'old' is too short"):
+            parse_signing_keys("new:" + "n" * 32 + ",old:password12345678")
+
+    def test_a_secret_of_32_bytes_is_accepted(self) -> None:
+        (key,) = parse_signing_keys("k1:" + "s" * 32)
+        assert key.secret == b"s" * 32
+
     def test_postgres_without_keys_refuses_to_start(self) -> None:
         settings = make_settings("postgresql+psycopg://postgres@127.0.0.1/x", signing_keys="")
         with pytest.raises(ConfigError, match="PREFCENTER_SIGNING_KEYS is required"):
@@ -58,3 +82,27 @@ class TestSigningKeys:
     def test_base_url_loses_its_trailing_slash(self) -> None:
         settings = make_settings("sqlite:///x.db", base_url="https://prefs.example.com/")
         assert settings.base_url == "https://prefs.example.com"
+
+
+class TestAuditKey:
+    @pytest.mark.parametrize("secret", ["password12345678", "a" * 31, " " + "a" * 31 + " "])
+    def test_a_key_under_32_bytes_is_refused_saying_how_to_make_one(self, secret: str) -> None:
+        settings = make_settings("postgresql+psycopg://postgres@127.0.0.1/x", audit_key=secret)
+
+        with pytest.raises(ConfigError) as refused:
+            _ = settings.audit_secret
+
+        message = str(refused.value)
+        assert "PREFCENTER_AUDIT_KEY is too short" in message
+        assert "at least 32 bytes" in message
+        assert "secrets.token_urlsafe(" in message
+
+    def test_a_key_of_32_bytes_is_accepted(self) -> None:
+        settings = make_settings("postgresql+psycopg://postgres@127.0.0.1/x", audit_key="a" * 32)
+        assert settings.audit_secret == b"a" * 32
+
+    def test_the_generated_keys_are_long_enough(self, tmp_path: Path) -> None:
+        settings = make_settings(f"sqlite:///{tmp_path / 'data.db'}", signing_keys="", audit_key="")
+        assert len(settings.audit_secret) >= 32
+        (key,) = settings.signing_key_ring()
+        assert len(key.secret) >= 32

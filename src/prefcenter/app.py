@@ -14,17 +14,19 @@ from sqlalchemy import text
 import prefcenter
 from prefcenter import migrations
 from prefcenter.admin.router import install_admin_console
+from prefcenter.api_docs.router import install_api_docs
 from prefcenter.audit.context import parse_trusted_proxies
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.router import new_verify_slot
 from prefcenter.audit.router import router as audit_router
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
 from prefcenter.eligibility.export_router import router as exports_router
 from prefcenter.eligibility.router import router as eligibility_router
-from prefcenter.http_limits import BodySizeLimit
+from prefcenter.http_limits import BodySizeLimit, BodyTimeout
 from prefcenter.imports.router import router as imports_router
 from prefcenter.links.router import router as links_router
-from prefcenter.preference_center.router import install_invalid_link_page
+from prefcenter.preference_center.router import install_invalid_link_page, request_timeout_page
 from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
 from prefcenter.problems import (
@@ -66,12 +68,16 @@ def create_app(settings: Settings) -> FastAPI:
         # No trailing-slash redirects: a redirect built from the Host header is an open
         # redirect, and recipients' links never need one.
         redirect_slashes=False,
+        # Not the framework's pages: they load their scripts from a CDN (see api_docs).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.database = database
     app.state.signing_keys = signing_keys
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     app.state.audit_keys = AuditKeys.from_settings(settings)
+    app.state.audit_verify_slot = new_verify_slot()
     install_problem_handlers(app)
     document_problems(app)
     app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)
@@ -88,6 +94,14 @@ def create_app(settings: Settings) -> FastAPI:
         trusted_proxies=app.state.trusted_proxies,
         audit_keys=app.state.audit_keys,
     )
+    # Outside the lane too, which reads the one-click body itself.
+    app.add_middleware(
+        BodyTimeout,
+        timeout_s=settings.body_timeout_seconds,
+        streaming_prefixes=STREAMING_PREFIXES,
+        page_prefixes=RECIPIENT_PREFIXES,
+        page=lambda scope: request_timeout_page(settings, scope),
+    )
     app.include_router(topics_router)
     app.include_router(consent_router)
     app.include_router(links_router)
@@ -98,6 +112,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(recipient_router)
     install_invalid_link_page(app)
     install_admin_console(app)
+    if settings.api_docs_enabled:
+        install_api_docs(app)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:
@@ -132,7 +148,7 @@ def app_from_environment() -> FastAPI:
     builds hundreds of apps, and frozen objects are never collected.
     """
     app = create_app(Settings())
-    app.openapi()  # built now, not by the first request for /docs
+    app.openapi()  # built now, not by the first request for it
     gc.collect()
     gc.freeze()
     return app

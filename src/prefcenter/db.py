@@ -4,6 +4,7 @@ transaction boundary (the only place in the code base that commits)."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -99,10 +100,25 @@ def make_engine(settings: Settings) -> Engine:
     )
 
 
-def _sqlite_engine(settings: Settings) -> Engine:
+def create_private_sqlite_file(settings: Settings) -> None:
+    """Create a file-backed SQLite database as an empty file of mode 0600 before SQLite opens
+    it, unless it exists.
+
+    SQLite would create it with 0644 under the usual umask: every local user could read every
+    address and the audit trail. It gives its `-wal`, `-shm` and `-journal` files the database
+    file's mode, so they follow. An existing file keeps the mode its operator gave it.
+    """
     path = settings.sqlite_path()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # No O_EXCL: another worker creating it at the same moment is fine (an empty file is an
+    # empty database), and an existing file is opened and left as it is.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _sqlite_engine(settings: Settings) -> Engine:
+    create_private_sqlite_file(settings)
     engine = create_engine(
         settings.database_url,
         connect_args={"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_s},

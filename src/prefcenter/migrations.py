@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from prefcenter.db import migration_connection
+from prefcenter.db import create_private_sqlite_file, migration_connection
 from prefcenter.settings import Settings
 
 
@@ -36,6 +36,7 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     (the second finds nothing left to do); SQLite's own write lock does the same there."""
     config = alembic_config(settings)
     if settings.is_sqlite:
+        create_private_sqlite_file(settings)
         command.upgrade(config, revision)
         return
     with migration_connection(settings) as connection:

@@ -128,6 +128,7 @@ _RESPONSE_DESCRIPTIONS: dict[int, str] = {
     409: "Conflicts with the current state; nothing was changed",
     413: "Request body too large",
     422: "Invalid request; `errors` names each field",
+    429: "Too many at once; nothing was done, retry after `Retry-After` seconds",
     503: "The database is busy or unreachable; nothing was changed, retry (see `Retry-After`)",
 }
 
@@ -187,6 +188,7 @@ _HTTP_TITLES = {
     403: ("forbidden", "Not allowed"),
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
+    408: ("request-timeout", "Request timeout"),
     413: ("payload-too-large", "Request body too large"),
 }
 

@@ -19,7 +19,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
 
-MIN_SECRET_BYTES = 16
+# Of a signing key's secret, as given (its UTF-8 bytes): 256 bits, the size of the HMAC-SHA256
+# key it becomes. Shorter text is most likely a password, not random data; a forged link
+# unsubscribes anybody.
+MIN_SECRET_BYTES = 32
 # The audit key keys the hash that stands for an address in the chain and derives the
 # Ed25519 key that signs checkpoints and receipts: 256 bits.
 MIN_AUDIT_KEY_BYTES = 32
@@ -41,8 +44,8 @@ class SigningKey:
 def parse_signing_keys(value: str) -> tuple[SigningKey, ...]:
     """Parse `kid:secret[,kid:secret…]`; the first key signs, all verify.
 
-    An empty, duplicate or short (< 16 bytes) entry is refused: a weak key would make every
-    unsubscribe link forgeable.
+    An empty, duplicate or short (< MIN_SECRET_BYTES) entry is refused, one kept only to verify
+    old links too: a weak key would make every unsubscribe link forgeable.
     """
     keys: list[SigningKey] = []
     for raw in value.split(","):
@@ -96,6 +99,10 @@ class Settings(BaseSettings):
     # Largest JSON request body accepted, in bytes; larger bodies get a 413 problem. A batch of
     # 10,000 links with long campaign ids needs a few MiB.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # How long a request body may take to arrive, in seconds; a later one gets a 408 and its
+    # connection is closed. Bodies that stream (eligibility stream, imports): how long each
+    # read may wait for data instead.
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
     # How long a SQLite writer waits for the write lock before giving up (a 503 problem).
     sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1)
@@ -105,6 +112,9 @@ class Settings(BaseSettings):
     # `json`: one JSON object per line (see logs.py); either way tokens and addresses are
     # redacted out of every line.
     log_format: LogFormat = "text"
+    # Swagger UI at /docs (/openapi.json is always served; ReDoc never). Unset: on with SQLite
+    # (a try-out on one host), off with PostgreSQL (production).
+    api_docs: bool | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -142,6 +152,10 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    @property
+    def api_docs_enabled(self) -> bool:
+        return self.is_sqlite if self.api_docs is None else self.api_docs
+
     def sqlite_path(self) -> Path | None:
         """The database file for a file-backed SQLite URL, else None."""
         if not self.is_sqlite:
@@ -163,7 +177,7 @@ class Settings(BaseSettings):
         if db_path is None:
             raise ConfigError(
                 "PREFCENTER_SIGNING_KEYS is required with this database: set it to "
-                "kid:secret (at least 16 random bytes), e.g. "
+                f"kid:secret (at least {MIN_SECRET_BYTES} random bytes), e.g. "
                 "k1:$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         return parse_signing_keys(_local_signing_key(db_path))

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
-from prefcenter.audit.schemas import AuditEventOut
 from prefcenter.db import Database
+from prefcenter.eligibility.export_schemas import ChangeEventOut
 from prefcenter.eligibility.exports import START_CURSOR, encode_cursor
 from tests.conftest import issue_key, make_settings
 from tests.factories import (
@@ -60,6 +60,27 @@ def mixed_history(
     return [e.seq for e in events if e.kind in CONSENT_KINDS]
 
 
+SECRET_TICKET = "SUP-48151623"
+SECRET_AGENT = "Mozilla/5.0 (secret-agent)"
+SECRET_IP = "203.0.113.77"
+
+
+@pytest.fixture
+def change_with_evidence(
+    client: TestClient, admin_headers: Headers, writer_headers: Headers
+) -> Json:
+    """One consent change whose evidence and request context hold personal data."""
+    make_topic(client, admin_headers, "news")
+    return record_change(
+        client,
+        {**writer_headers, "User-Agent": SECRET_AGENT},
+        "ada@example.com",
+        "subscribed",
+        topic="news",
+        evidence={"ticket": SECRET_TICKET, "ip": SECRET_IP},
+    )
+
+
 class TestChanges:
     def test_without_after_starts_at_the_beginning_with_consent_events_only(
         self, client: TestClient, reader_headers: Headers, mixed_history: list[int]
@@ -69,7 +90,7 @@ class TestChanges:
         assert [e["seq"] for e in body["events"]] == mixed_history
         assert {e["kind"] for e in body["events"]} == CONSENT_KINDS
         for event in body["events"]:
-            assert AuditEventOut.model_validate(event).model_dump(mode="json") == event
+            assert ChangeEventOut.model_validate(event).model_dump(mode="json") == event
         assert body["next"] == encode_cursor(mixed_history[-1])
 
     def test_pages_follow_next_without_gaps_or_repeats(
@@ -136,6 +157,39 @@ class TestChanges:
 
     def test_limit_of_1000_is_allowed(self, client: TestClient, reader_headers: Headers) -> None:
         assert changes(client, reader_headers, limit=1000)["events"] == []
+
+    def test_a_consent_read_key_gets_no_evidence_or_request_context(
+        self, client: TestClient, reader_headers: Headers, change_with_evidence: Json
+    ) -> None:
+        (event,) = changes(client, reader_headers)["events"]
+
+        assert event["id"] == change_with_evidence["event_id"]
+        assert "evidence" not in event
+        assert "context" not in event
+        assert set(event) == set(ChangeEventOut.model_fields) - {"evidence", "context"}
+        for secret in (SECRET_TICKET, SECRET_AGENT, SECRET_IP):
+            assert secret not in str(event)
+
+    @pytest.mark.parametrize(
+        "scopes", [(Scope.CONSENT_READ, Scope.AUDIT_READ), (Scope.ADMIN,)], ids=["audit", "admin"]
+    )
+    def test_a_key_that_may_read_the_audit_trail_gets_evidence_and_context(
+        self,
+        client: TestClient,
+        database: Database,
+        change_with_evidence: Json,
+        scopes: tuple[Scope, ...],
+    ) -> None:
+        headers = issue_key(database, *scopes, name="auditor")
+
+        (event,) = changes(client, headers)["events"]
+
+        assert event["evidence"]["ticket"] == SECRET_TICKET
+        assert event["context"]["user_agent"] == SECRET_AGENT
+        # The same event as the audit trail shows it.
+        trail = client.get("/v1/audit", headers=headers, params={"email": "ada@example.com"})
+        (audited,) = trail.json()["events"]
+        assert event == audited
 
     def test_needs_the_consent_read_scope(self, client: TestClient, database: Database) -> None:
         headers = issue_key(database, Scope.ELIGIBILITY, name="eligibility-only")

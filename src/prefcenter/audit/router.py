@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -10,10 +12,11 @@ from fastapi.responses import StreamingResponse
 from prefcenter.apikeys.auth import requires
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit import export, queries
+from prefcenter.audit.errors import VerifyInProgress
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.audit.query_schemas import AuditEventsOut, ExportFormat
 from prefcenter.audit.schemas import VerifyOut
-from prefcenter.audit.verify import verify_chain
+from prefcenter.audit.verify import VerifyResult, verify_chain
 from prefcenter.contacts.addresses import MAX_ADDRESS_OCTETS, InvalidAddress, parse_address
 from prefcenter.db import ReadSession, database_of
 from prefcenter.problems import Unprocessable, problem_responses
@@ -142,20 +145,51 @@ def export_events(
 # --- the chain --------------------------------------------------------------------------------
 
 
+def new_verify_slot() -> threading.Lock:
+    """The one verification a process runs at a time (kept in `app.state.audit_verify_slot`)."""
+    return threading.Lock()
+
+
+def _one_verify_at_a_time(request: Request) -> Iterator[None]:
+    slot: threading.Lock = request.app.state.audit_verify_slot
+    # Never waits: a caller queued behind a long verification would hold a worker thread too.
+    if not slot.acquire(blocking=False):
+        raise VerifyInProgress()
+    try:
+        yield
+    finally:
+        slot.release()
+
+
+def chain_check() -> Callable[..., VerifyResult]:
+    """The check the route runs: `verify_chain` (a dependency, so that a test can hold one)."""
+    return verify_chain
+
+
+# scope="function": the slot is free again as soon as the answer is ready.
+VerifySlot = Annotated[None, Depends(_one_verify_at_a_time, scope="function")]
+ChainCheck = Annotated[Callable[..., VerifyResult], Depends(chain_check)]
+
+
 @router.get(
     "/verify",
     summary="Check the tamper-evident chain; `deep` also checks the current consent state",
+    description="One verification per server process at a time: while one runs, another "
+    "request gets 429 with `Retry-After`.",
     response_model=VerifyOut,
+    responses=problem_responses(429),
 )
 def verify_trail(
     _: AuditReader,
+    _slot: VerifySlot,
+    check: ChainCheck,
     request: Request,
     deep: Annotated[
         bool, Query(description="Also replay the events against current subscriptions.")
     ] = False,
 ) -> VerifyOut:
     # Its own snapshot transaction (verify_chain), not the request's: a long read.
-    result = verify_chain(database_of(request), audit_keys_of(request), deep=deep)
+    result = check(database_of(request), audit_keys_of(request), deep=deep)
     return VerifyOut(
         ok=result.ok,
         checked=result.checked,

@@ -51,7 +51,10 @@ class NewEvent:
     id: str = field(default_factory=new_event_id)
 
 
-class AuditEventOut(BaseModel):
+class AuditEventFields(BaseModel):
+    """An audit event without what it holds of the person and their request: the shape a
+    reader without `audit:read` gets (`/v1/changes`)."""
+
     id: str
     seq: int
     kind: EventKind
@@ -66,6 +69,11 @@ class AuditEventOut(BaseModel):
     source: str
     campaign_id: str | None
     reason: str | None
+
+
+class AuditEventOut(AuditEventFields):
+    # Proof given by the caller (ticket ids, form versions, addresses) and what the service
+    # observed of the request (client address, user agent, idempotency key).
     evidence: dict[str, Any]
     context: dict[str, Any]
 

@@ -58,10 +58,12 @@ def export_audience(
 @router.get(
     "/changes",
     summary="Consent events in commit order, from a cursor",
+    description="Each event is shaped as in `/v1/audit`; `evidence` and `context` are left "
+    "out unless the key also has `audit:read` (or `admin`).",
     responses=problem_responses(422),
 )
 def read_changes(
-    _: ConsentReader,
+    caller: ConsentReader,
     session: ReadSession,
     after: Annotated[
         str | None,
@@ -71,4 +73,6 @@ def read_changes(
         int, Query(ge=1, le=exports.CHANGES_LIMIT_MAX, description="Events per answer.")
     ] = exports.CHANGES_LIMIT_DEFAULT,
 ) -> ChangesOut:
-    return exports.read_changes(session, after=after, limit=limit)
+    return exports.read_changes(
+        session, after=after, limit=limit, with_evidence=caller.allows(Scope.AUDIT_READ)
+    )

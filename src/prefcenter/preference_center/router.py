@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.datastructures import FormData
+from starlette.types import Scope
 
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.db import database_of, utcnow
@@ -269,3 +270,14 @@ def install_invalid_link_page(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(InvalidLink, on_invalid_link)
+
+
+def request_timeout_page(settings: Settings, scope: Scope) -> HTMLResponse:
+    """What a recipient sees when their browser's form did not arrive in time
+    (http_limits.BodyTimeout): a page, not a problem document."""
+    return pages.render(
+        Request(scope),
+        "request_timeout.html",
+        {"organization": settings.organization_name},
+        status_code=408,
+    )

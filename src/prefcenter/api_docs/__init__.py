@@ -1,0 +1,1 @@
+"""The interactive API documentation (`/docs`), served without any third-party origin."""
