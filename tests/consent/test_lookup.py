@@ -309,8 +309,16 @@ class TestGetContact:
             (None, "unsubscribed", "applied"),
         ]
         assert [e["source"] for e in events] == ["api", "one_click", "api", "api"]
-        assert events[3]["evidence"] == {"ticket": 17}
+        # A consent reader sees no evidence and no request context (client address, user
+        # agent, ticket ids): those are for readers of the audit trail.
         for event in events:
+            assert "evidence" not in event
+            assert "context" not in event
+        auditor = issue_key(database, Scope.CONSENT_READ, Scope.AUDIT_READ, name="auditor")
+        full = client.get(f"/v1/contacts/{contact_id}", headers=auditor).json()["events"]
+        assert full[3]["evidence"] == {"ticket": 17}
+        assert full[3]["context"]["user_agent"] == "testclient"
+        for event in full:
             assert event["contact_id"] == contact_id
             assert set(event) >= {
                 "id",
@@ -324,6 +332,7 @@ class TestGetContact:
                 "actor",
                 "source",
                 "evidence",
+                "context",
             }
             assert datetime.fromisoformat(event["occurred_at"]).tzinfo is not None
 

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
+from prefcenter.audit.schemas import ScopedAuditEventOut
 from prefcenter.db import Database
-from prefcenter.eligibility.export_schemas import ChangeEventOut
 from prefcenter.eligibility.exports import START_CURSOR, encode_cursor
 from tests.conftest import issue_key, make_settings
 from tests.factories import (
@@ -90,7 +90,7 @@ class TestChanges:
         assert [e["seq"] for e in body["events"]] == mixed_history
         assert {e["kind"] for e in body["events"]} == CONSENT_KINDS
         for event in body["events"]:
-            assert ChangeEventOut.model_validate(event).model_dump(mode="json") == event
+            assert ScopedAuditEventOut.model_validate(event).model_dump(mode="json") == event
         assert body["next"] == encode_cursor(mixed_history[-1])
 
     def test_pages_follow_next_without_gaps_or_repeats(
@@ -166,7 +166,7 @@ class TestChanges:
         assert event["id"] == change_with_evidence["event_id"]
         assert "evidence" not in event
         assert "context" not in event
-        assert set(event) == set(ChangeEventOut.model_fields) - {"evidence", "context"}
+        assert set(event) == set(ScopedAuditEventOut.model_fields) - {"evidence", "context"}
         for secret in (SECRET_TICKET, SECRET_AGENT, SECRET_IP):
             assert secret not in str(event)
 

@@ -53,7 +53,7 @@ def find_contact_id(session: Session, query: str) -> str | None:
 
 
 def contact_view(session: Session, contact_id: str) -> ContactView:
-    contact = read_contact(session, contact_id)
+    contact = read_contact(session, contact_id, with_evidence=True)
     sources = session.exec(
         select(Topic.key, Subscription.source)
         .join(Subscription, col(Subscription.topic_id) == col(Topic.id))

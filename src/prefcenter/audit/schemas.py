@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 # Travels inside tokens, audit events and CSV exports: printable, no control characters.
 CampaignId = Annotated[
@@ -76,6 +76,36 @@ class AuditEventOut(AuditEventFields):
     # observed of the request (client address, user agent, idempotency key).
     evidence: dict[str, Any]
     context: dict[str, Any]
+
+
+def _withheld(value: dict[str, Any] | None) -> bool:
+    return value is None
+
+
+class ScopedAuditEventOut(AuditEventFields):
+    """An event as `/v1/audit` shows it, for a reader who may or may not read the audit trail:
+    `evidence` and `context` are left out (not null, not empty) unless the key has `audit:read`.
+    A feed for mail tools (`/v1/changes`) or a contact's history for a `consent:read` key must
+    not hand every reader each person's client address, user agent and ticket ids."""
+
+    evidence: dict[str, Any] | None = Field(
+        default=None,
+        exclude_if=_withheld,
+        description="Only for a key that also has `audit:read`.",
+    )
+    context: dict[str, Any] | None = Field(
+        default=None,
+        exclude_if=_withheld,
+        description="The request the change came with (client address, user agent, "
+        "idempotency key); only for a key that also has `audit:read`.",
+    )
+
+    @staticmethod
+    def of(event: AuditEventOut, *, with_evidence: bool) -> ScopedAuditEventOut:
+        fields = {name: getattr(event, name) for name in AuditEventFields.model_fields}
+        if with_evidence:
+            return ScopedAuditEventOut(**fields, evidence=event.evidence, context=event.context)
+        return ScopedAuditEventOut(**fields)
 
 
 class VerifyOut(BaseModel):

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.reading import events_of_contact
+from prefcenter.audit.schemas import ScopedAuditEventOut
 from prefcenter.consent.erased import erased_among
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Status
@@ -108,7 +109,9 @@ def lookup_contacts(
     return LookupOut(contacts=answers)
 
 
-def read_contact(session: Session, public_id: str) -> ContactOut:
+def read_contact(session: Session, public_id: str, *, with_evidence: bool) -> ContactOut:
+    """The contact, its state and its history; the events' evidence and request context only
+    `with_evidence` (a reader of the audit trail)."""
     contact = find_contact_by_public_id(session, public_id) if is_public_id(public_id) else None
     if contact is None or contact.id is None:
         raise ContactNotFound(f"There is no contact {public_id!r}.")
@@ -128,5 +131,8 @@ def read_contact(session: Session, public_id: str) -> ContactOut:
         if suppression is not None
         else None,
         subscriptions=_subscriptions_of(session, [contact.id]).get(contact.id, []),
-        events=events_of_contact(session, contact.public_id),
+        events=[
+            ScopedAuditEventOut.of(event, with_evidence=with_evidence)
+            for event in events_of_contact(session, contact.public_id)
+        ],
     )

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request, Response
 
 from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
+from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.consent import erasure, queries, receipts, service, support_desk
@@ -81,8 +82,8 @@ def lookup_contacts(
     summary="Read a contact with its whole history",
     responses=problem_responses(404, 422),
 )
-def read_contact(contact_id: ContactId, _: ConsentReader, session: ReadSession) -> ContactOut:
-    return queries.read_contact(session, contact_id)
+def read_contact(contact_id: ContactId, caller: ConsentReader, session: ReadSession) -> ContactOut:
+    return queries.read_contact(session, contact_id, with_evidence=caller.allows(Scope.AUDIT_READ))
 
 
 @router.delete(

@@ -23,7 +23,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core.core_schema import CoreSchema
 from typing_extensions import TypeAliasType
 
-from prefcenter.audit.schemas import AuditEventOut, CampaignId
+from prefcenter.audit.schemas import CampaignId, ScopedAuditEventOut
 from prefcenter.consent.rules import Outcome, Status
 from prefcenter.contacts.addresses import EmailAddress
 from prefcenter.timestamps import Rfc3339DateTime
@@ -203,7 +203,10 @@ class ContactOut(BaseModel):
     suppressed: bool
     suppression: SuppressionOut | None
     subscriptions: list[SubscriptionOut]
-    events: list[AuditEventOut]
+    events: list[ScopedAuditEventOut] = Field(
+        description="The contact's whole history, oldest first; `evidence` and `context` only "
+        "for a key that also has `audit:read`."
+    )
 
 
 class ErasureOut(BaseModel):

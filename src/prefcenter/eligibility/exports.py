@@ -30,13 +30,13 @@ from sqlmodel import Session, col
 
 from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.reading import read_events
-from prefcenter.audit.schemas import AuditEventFields, AuditEventOut, EventKind
+from prefcenter.audit.schemas import EventKind, ScopedAuditEventOut
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
-from prefcenter.eligibility.export_schemas import ChangeEventOut, ChangesOut
+from prefcenter.eligibility.export_schemas import ChangesOut
 from prefcenter.eligibility.rules import TopicModel, decide_eligibility
 from prefcenter.problems import Unprocessable
 from prefcenter.topics.models import Topic
@@ -299,16 +299,6 @@ def decode_cursor(cursor: str) -> int:
     return int(digits)
 
 
-_SHARED_FIELDS = tuple(AuditEventFields.model_fields)
-
-
-def _change_of(event: AuditEventOut, *, with_evidence: bool) -> ChangeEventOut:
-    fields = {name: getattr(event, name) for name in _SHARED_FIELDS}
-    if with_evidence:
-        return ChangeEventOut(**fields, evidence=event.evidence, context=event.context)
-    return ChangeEventOut(**fields)
-
-
 def read_changes(
     session: Session, *, after: str | None, limit: int, with_evidence: bool
 ) -> ChangesOut:
@@ -324,5 +314,5 @@ def read_changes(
         limit=limit,
     )
     next_seq = out[-1].seq if out else after_seq
-    events = [_change_of(event, with_evidence=with_evidence) for event in out]
+    events = [ScopedAuditEventOut.of(event, with_evidence=with_evidence) for event in out]
     return ChangesOut(events=events, next=encode_cursor(next_seq))
