@@ -22,7 +22,9 @@ from prefcenter.admin.devices import (
 from prefcenter.settings import parse_signing_keys
 from prefcenter.tokens import TokenClaims, TokenPurpose, sign_token
 
-RING = parse_signing_keys("k2:second-signing-secret-0123456789,k1:first-signing-secret-0123456789")
+RING = parse_signing_keys(
+    "k2:second-signing-secret-0123456789abcdef,k1:first-signing-secret-0123456789abcdefg"
+)
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 DEVICE = Device(username="desk", device_id="AAAAAAAAAAAAAAAAAAAAAA")
 
