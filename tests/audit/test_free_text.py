@@ -241,6 +241,34 @@ class TestTampering:
         assert (result.ok, result.first_bad_seq) == (False, seq)
         assert result.detail == f"its {field} does not match the digest in its canonical bytes"
 
+    @pytest.mark.parametrize("chunk", [1, 2, 3, 5])
+    def test_chunk_boundaries_neither_skip_nor_repeat_a_free_text(
+        self,
+        client: TestClient,
+        admin_headers: Headers,
+        database: Database,
+        ada_opted_out: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch,
+        chunk: int,
+    ) -> None:
+        """Each chunk's free text is read apart, by its range of seq: at either end of a
+        chunk, or alone in one, it is checked once."""
+        monkeypatch.setattr(verify, "CHUNK", chunk)
+        record_change(client, admin_headers, BOB, "unsubscribed", reason=BOB_REASON)
+        assert verify_trail(database) == VerifyResult(ok=True, checked=4)
+        url = database.settings.database_url
+        for seq in (3, 4):
+            (row,) = fetch(url, "SELECT reason FROM audit_free_text WHERE seq = :seq", {"seq": seq})
+            tamper(url, "UPDATE audit_free_text SET reason = 'x' WHERE seq = :seq", {"seq": seq})
+            result = verify_trail(database)
+            assert (result.ok, result.first_bad_seq) == (False, seq), (chunk, seq)
+            tamper(
+                url,
+                "UPDATE audit_free_text SET reason = :r WHERE seq = :seq",
+                {"r": row[0], "seq": seq},
+            )
+        assert verify_trail(database).ok
+
     def test_free_text_added_to_an_event_without_any_is_named(
         self, client: TestClient, admin_headers: Headers, database: Database
     ) -> None:
