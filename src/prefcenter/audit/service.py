@@ -35,6 +35,7 @@ _FREE_TEXT = AuditFreeText.__table__  # type: ignore[attr-defined]
 # The columns an append inserts beside seq, recorded_at, canonical and hash: the keys of the
 # format written now (audit.canonical), in that order. The other format's stay null.
 _EVENT_COLUMNS = tuple(k for k in CANONICAL_KEYS if k not in ("seq", "recorded_at"))
+_NO_FREE_TEXT = (None,) * len(FREE_TEXT_FIELDS)
 
 
 def append_event(session: Session, new: NewEvent) -> str:
@@ -66,7 +67,7 @@ class _Prepared:
 
 def _prepare(keys: AuditKeys, new: NewEvent) -> _Prepared:
     document = encode_document(new.context, new.evidence)
-    free_text = (new.campaign_id, new.reason)  # FREE_TEXT_FIELDS
+    free_text = tuple(getattr(new, name) for name in FREE_TEXT_FIELDS)
     row: dict[str, Any] = {
         "id": new.id,
         "kind": new.kind.value,
@@ -94,7 +95,7 @@ def _prepare(keys: AuditKeys, new: NewEvent) -> _Prepared:
         row=row,
         parts=parts,
         document=document,
-        free_text=None if free_text == (None, None) else free_text,
+        free_text=None if free_text == _NO_FREE_TEXT else free_text,
         occurred_text=occurred_text,
     )
 
