@@ -6,7 +6,8 @@ against a floor measured in the same run, and what the hash costs a single-event
     .venv/bin/python bench/audit_verify.py --append 2000        # append cost only (N txns)
 
 Verify: a fresh, migrated database is seeded with N chained events (each with a contact,
-an address hash and an evidence document, like a consent change), then `verify_chain` runs
+an address hash, an evidence document and a campaign id, like a one-click from a campaign's
+link), then `verify_chain` runs
 over it. The floor is the least any verifier must do: PostgreSQL, `COPY` the stored canonical
 bytes out (psycopg, binary) and SHA-256-chain them in Python; SQLite, read them with sqlite3
 and chain them. Goals: ≤ 5 s per 1M events on each engine.
@@ -58,6 +59,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 SIGNING_KEYS = "bench1:" + "b" * 32
 AUDIT_KEY = "a" * 48
+CAMPAIGN: str | None = "spring-2026"  # None: events without free text
 SEED_BATCH = 50_000
 
 
@@ -103,6 +105,7 @@ def seed(settings: Settings, count: int) -> None:
         for first in range(1, count + 1, SEED_BATCH):
             events: list[dict[str, Any]] = []
             documents: list[dict[str, Any]] = []
+            free_texts: list[dict[str, Any]] = []
             for seq in range(first, min(first + SEED_BATCH, count + 1)):
                 contact = f"c{seq % 50_000:015d}"
                 when = start + timedelta(milliseconds=seq)
@@ -120,8 +123,8 @@ def seed(settings: Settings, count: int) -> None:
                     "outcome": "applied",
                     "actor": "api_key:1:bench",
                     "source": "api",
-                    "campaign_id": None,
-                    "reason": None,
+                    "campaign_id_digest": keys.free_text_digest("campaign_id", CAMPAIGN),
+                    "reason_digest": None,
                     "address_hash": keys.address_hash(f"{contact}@example.com"),
                     "evidence_digest": keys.evidence_digest(document),
                 }
@@ -144,7 +147,9 @@ def seed(settings: Settings, count: int) -> None:
                     }
                 )
                 documents.append({"seq": seq, "document": document})
-            _bulk_insert(database, events, documents)
+                if CAMPAIGN is not None:
+                    free_texts.append({"seq": seq, "campaign_id": CAMPAIGN, "reason": None})
+            _bulk_insert(database, events, documents, free_texts)
         with database.transaction(write=True) as session:
             session.execute(
                 text("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1"),
@@ -153,6 +158,7 @@ def seed(settings: Settings, count: int) -> None:
             if not settings.is_sqlite:
                 session.execute(text("ANALYZE audit_event"))
                 session.execute(text("ANALYZE audit_evidence"))
+                session.execute(text("ANALYZE audit_free_text"))
     finally:
         database.dispose()
 
@@ -162,13 +168,18 @@ _EVENT_COLUMNS = (*CANONICAL_KEYS, "canonical", "hash")
 
 
 def _bulk_insert(
-    database: Database, events: list[dict[str, Any]], documents: list[dict[str, Any]]
+    database: Database,
+    events: list[dict[str, Any]],
+    documents: list[dict[str, Any]],
+    free_texts: list[dict[str, Any]],
 ) -> None:
     """PostgreSQL: COPY; SQLite: executemany."""
     with database.transaction(write=True) as session:
         if database.settings.is_sqlite:
             session.execute(insert(service._EVENTS), events)
             session.execute(insert(service._EVIDENCE), documents)
+            if free_texts:
+                session.execute(insert(service._FREE_TEXT), free_texts)
             return
         cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         with cursor.copy(f"COPY audit_event ({', '.join(_EVENT_COLUMNS)}) FROM STDIN") as copy:
@@ -177,6 +188,9 @@ def _bulk_insert(
         with cursor.copy("COPY audit_evidence (seq, document) FROM STDIN") as copy:
             for doc in documents:
                 copy.write_row((doc["seq"], doc["document"]))
+        with cursor.copy("COPY audit_free_text (seq, campaign_id, reason) FROM STDIN") as copy:
+            for row in free_texts:
+                copy.write_row((row["seq"], row["campaign_id"], row["reason"]))
 
 
 def floor(settings: Settings) -> float:

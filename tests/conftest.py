@@ -32,6 +32,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 _TABLES = (
     "idempotency_record",
     "audit_evidence",
+    "audit_free_text",
     "audit_event",
     "subscription",
     "suppression",

@@ -7,7 +7,7 @@ created again rather than converted (after an upgrade or a downgrade, past failu
 counting, once).
 
 Revision ID: 0008_sign_in_throttle
-Revises: 0006
+Revises: 0007_free_text_out_of_chain
 Create Date: 2026-11-26
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 from prefcenter.db import UtcDateTime
 
 revision: str = "0008_sign_in_throttle"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007_free_text_out_of_chain"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -4,7 +4,7 @@ from sqlmodel import SQLModel
 
 from prefcenter.admin.models import AdminSession, AdminSignInAttempt, AdminUser
 from prefcenter.apikeys.models import ApiKey
-from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditHead
+from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditFreeText, AuditHead
 from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.idempotency import IdempotencyRecord
@@ -20,6 +20,7 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "AuditEvidence",
+    "AuditFreeText",
     "AuditHead",
     "Contact",
     "ErasedAddress",

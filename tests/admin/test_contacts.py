@@ -4,6 +4,7 @@ mandatory reason, the CSRF check on every form post, erasure, and escaping."""
 from __future__ import annotations
 
 import html
+import re
 
 import httpx2
 import pytest
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from prefcenter.db import Database
 from tests.admin.console import PASSWORD, create_user, page_token, sign_in, sign_in_with_key
+from tests.audit.tampering import tables_holding
 from tests.factories import Headers, audit_events, lookup, make_topic, record_change, row_counts
 
 ADA = "ada@example.com"
@@ -199,6 +201,20 @@ class TestSupportDeskChange:
         assert "call 2026-11-25 10:14" in page.text
         assert "subscribed → unsubscribed" in page.text
 
+    def test_the_reason_field_warns_against_personal_data(
+        self, signed_in: TestClient, contact_id: str
+    ) -> None:
+        page = signed_in.get(f"/admin/contacts/{contact_id}").text
+
+        field = re.search(r'<textarea id="reason"[^>]*aria-describedby="([^"]*)"', page)
+        assert field is not None
+        assert "reason-hint" in field.group(1).split()
+        hint = re.search(r'<p class="hint" id="reason-hint">(.*?)</p>', page)
+        assert hint is not None
+        assert "Do not write personal data (names, addresses, phone numbers) in a reason" in re.sub(
+            r"<[^>]+>", "", hint.group(1)
+        )
+
     def test_without_a_reason_nothing_is_recorded(
         self, signed_in: TestClient, database: Database, contact_id: str
     ) -> None:
@@ -313,6 +329,26 @@ class TestErase:
         event = audit_events(database)[-1]
         assert event.kind == "erasure"
         assert event.actor.startswith("api_key:")
+
+    def test_erasing_removes_what_staff_typed_into_a_reason(
+        self, signed_in: TestClient, database: Database, contact_id: str
+    ) -> None:
+        phone = "+44 20 7946 0958"
+        token = page_token(signed_in, f"/admin/contacts/{contact_id}")
+        recorded = signed_in.post(
+            f"/admin/contacts/{contact_id}/changes",
+            data=change_form(token, reason=f"She called from {phone}"),
+            follow_redirects=False,
+        )
+        assert recorded.status_code == 303
+        assert tables_holding(database.settings.database_url, phone) == ["audit_free_text.reason"]
+        token = page_token(signed_in, f"/admin/contacts/{contact_id}/erase")
+
+        signed_in.post(
+            f"/admin/contacts/{contact_id}/erase", data={"csrf_token": token, "confirm": "erase"}
+        )
+
+        assert tables_holding(database.settings.database_url, phone) == []
 
     def test_erasing_needs_the_form_token(
         self, signed_in: TestClient, database: Database, contact_id: str

@@ -1,5 +1,6 @@
 """Edits to the audit tables as their owner would make them, around the triggers: what an
-attacker with database access can do, and what verification must catch."""
+attacker with database access can do, and what verification must catch; and what such a
+reader finds in every table."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, text
+import orjson
+from sqlalchemy import Connection, create_engine, inspect, text
 
 from prefcenter.audit.canonical import GENESIS_HASH, chain_hash
 
@@ -68,3 +70,33 @@ def rechain(database_url: str) -> None:
             text("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1"),
             {"seq": rows[-1][0] if rows else 0, "hash": prev.hex()},
         )
+
+
+def tables_holding(database_url: str, needle: str) -> list[str]:
+    """Every `table.column` of the database in which some row holds `needle` (as UTF-8, in
+    text, in bytes, or inside JSON), read as the database's owner reads them."""
+    wanted = needle.encode("utf-8")
+    found: set[str] = set()
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            for table in inspect(connection).get_table_names():
+                result = connection.execute(text(f'SELECT * FROM "{table}"'))
+                columns = list(result.keys())
+                for row in result:
+                    for column, value in zip(columns, row, strict=True):
+                        if wanted in _as_bytes(value):
+                            found.add(f"{table}.{column}")
+    finally:
+        engine.dispose()
+    return sorted(found)
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, dict | list):
+        return orjson.dumps(value)
+    return b""

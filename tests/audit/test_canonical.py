@@ -15,18 +15,23 @@ from hypothesis import strategies as st
 from prefcenter.audit.canonical import (
     CANONICAL_KEYS,
     CANONICAL_VERSION,
+    EVENT_COLUMNS,
+    EVENT_KEYS,
     GENESIS_HASH,
+    QUERY_COLUMNS,
     chain_hash,
     encode_document,
     encode_event,
     event_parts,
     format_time,
 )
+from prefcenter.audit.models import AuditEvent
 
 # Any unicode text but lone surrogates (not encodable as UTF-8, so no column can hold them).
 texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=60)
 values = st.one_of(st.none(), texts, st.integers(min_value=0, max_value=2**53 - 1))
 events = st.fixed_dictionaries(dict.fromkeys(CANONICAL_KEYS, values))
+first_format_events = st.fixed_dictionaries(dict.fromkeys(EVENT_KEYS[1], values))
 
 # Evidence documents as callers send them: any nesting of JSON values.
 exact_integers = st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)
@@ -50,6 +55,36 @@ def json_documents(keys: st.SearchStrategy[str], *, floats: bool) -> st.SearchSt
 @given(events)
 def test_orjson_with_sorted_keys_is_rfc8785_for_events(event: dict[str, str | int | None]) -> None:
     assert encode_event(event) == rfc8785.dumps({**event, "v": CANONICAL_VERSION})
+
+
+@given(first_format_events)
+def test_first_format_events_are_encoded_as_format_1(event: dict[str, str | int | None]) -> None:
+    """Events of format 1 (free text in clear) are what migration 0003 and the releases
+    before 0007 wrote: the keys say which format an event is."""
+    assert encode_event(event) == rfc8785.dumps({**event, "v": 1})
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        (*CANONICAL_KEYS, "reason"),  # a format 2 event with its text in clear
+        tuple(k for k in CANONICAL_KEYS if k != "reason_digest"),
+        (*EVENT_KEYS[1], "v"),
+    ],
+)
+def test_keys_of_no_format_are_refused(keys: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="not the keys of any format"):
+        encode_event(dict.fromkeys(keys))
+
+
+def test_the_event_table_has_a_column_for_every_key_of_every_format() -> None:
+    """One list of an event's columns (audit.canonical): the table, the appends and
+    verification all follow it; `/v1/audit` shows the same fields in either format."""
+    table = {c.name for c in AuditEvent.__table__.columns}  # type: ignore[attr-defined]
+    assert table == {*EVENT_COLUMNS, "canonical", "hash"}
+    assert all(set(keys) <= set(EVENT_COLUMNS) for keys in EVENT_KEYS.values())
+    assert set(QUERY_COLUMNS) <= set(EVENT_COLUMNS)
+    assert max(EVENT_KEYS) == CANONICAL_VERSION
 
 
 @given(st.text(st.characters(max_codepoint=0x7F)))

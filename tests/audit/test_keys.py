@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hmac
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prefcenter.audit.canonical import FREE_TEXT_FIELDS
 from prefcenter.audit.keys import AuditKeys
 from tests.conftest import make_settings
 
@@ -23,3 +26,18 @@ def test_address_hashes_and_evidence_digests_are_hex_hmacs() -> None:
         hmac.digest(KEYS.hmac_key, b"ada@example.com", "sha256").hex()
     )
     assert KEYS.evidence_digest(b"{}") == hmac.digest(KEYS.hmac_key, b"{}", "sha256").hex()
+
+
+def test_free_text_digests_are_hex_hmacs_under_a_key_of_their_own() -> None:
+    """One key per field, derived from the audit key, none of them the address key."""
+    for name in FREE_TEXT_FIELDS:
+        key = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"prefcenter audit free text v1 " + name.encode(),
+        ).derive(make_settings("sqlite://").audit_secret)
+        assert key != KEYS.hmac_key
+        assert KEYS.free_text_digest(name, "Ticket ✓") == (
+            hmac.digest(key, "Ticket ✓".encode(), "sha256").hex()
+        )

@@ -1,5 +1,6 @@
 """Migration 0003 chains the events written before it, moves their evidence out, and goes
-back down without losing any."""
+back down without losing any; migration 0007 leaves the events before it as they were
+hashed."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from sqlalchemy.dialects import postgresql
 from prefcenter import migrations
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.reading import read_events
-from prefcenter.audit.verify import verify_chain
+from prefcenter.audit.schemas import EventKind, NewEvent
+from prefcenter.audit.service import append_event
+from prefcenter.audit.verify import VerifyResult, verify_chain
 from prefcenter.db import Database, UtcDateTime
 from prefcenter.settings import Settings
+from tests.audit.first_format import first_format_event, write_first_format_events
 from tests.test_migrations import empty_settings  # noqa: F401 - the fixture
 
 JsonDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
@@ -117,5 +121,55 @@ def test_existing_events_are_chained_and_keep_their_evidence(
                 sa.text("SELECT DISTINCT address_hash FROM audit_event")
             ).one()
         assert address_hash == keys.address_hash("ada@example.com")
+    finally:
+        database.dispose()
+
+
+def test_first_format_events_keep_their_free_text_and_verify_after_0007(
+    empty_settings: Settings,  # noqa: F811
+) -> None:
+    """Migration 0007 rewrites no event: those it finds keep their bytes (format 1, the free
+    text in clear) and still verify beside the ones written after it. Down again only while
+    no event of the new format exists."""
+    migrations.upgrade(empty_settings, "0006")
+    keys = AuditKeys.from_settings(empty_settings)
+    write_first_format_events(
+        empty_settings.database_url,
+        [
+            first_format_event(keys, 1, address=None, reason="asked by phone", campaign_id="c1"),
+            first_format_event(keys, 2, address="ada@example.com"),
+        ],
+    )
+    migrations.upgrade(empty_settings)
+    database = Database(empty_settings)
+    try:
+        assert verify_chain(database, keys).ok
+        migrations.downgrade(empty_settings, "0006")  # nothing of format 2 yet
+        migrations.upgrade(empty_settings)
+        with database.transaction(write=True) as session:
+            append_event(
+                session,
+                NewEvent(
+                    kind=EventKind.TOPIC_CHANGE,
+                    occurred_at=START,
+                    actor="test",
+                    source="api",
+                    outcome="applied",
+                    reason="renamed, ticket 7",
+                ),
+            )
+        assert verify_chain(database, keys) == VerifyResult(ok=True, checked=3)
+
+        with pytest.raises(RuntimeError, match="from seq 3 on"):
+            migrations.downgrade(empty_settings, "0006")
+
+        assert verify_chain(database, keys).ok
+        with database.transaction(write=False) as session:
+            events = read_events(session)
+        assert [(e.reason, e.campaign_id) for e in events] == [
+            ("asked by phone", "c1"),
+            (None, None),
+            ("renamed, ticket 7", None),
+        ]
     finally:
         database.dispose()

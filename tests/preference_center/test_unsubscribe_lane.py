@@ -320,6 +320,59 @@ def _state_rows(database: Database, address: str) -> dict[str, Any]:
     return {"subscriptions": [tuple(r) for r in subscriptions], "suppression": suppression}
 
 
+def test_the_guarded_opt_out_holds_the_campaign_id_only_as_its_digest(
+    lane: tuple[TestClient, Recorder],
+    client: TestClient,
+    admin_headers: Headers,
+    writer_headers: Headers,
+    database: Database,
+) -> None:
+    """The one-click's event is the format 2 event the ORM path writes: the link's campaign
+    id in `audit_free_text`, its keyed digest in the chain."""
+    _postgres_only(database)
+    lane_client, recorder = lane
+    make_topic(client, admin_headers, "newsletter", name="Newsletter")
+    record_change(client, writer_headers, ADA, "subscribed", topic="newsletter")
+    campaign = "callback +44 20 7946 0958"
+    links = issue_links(
+        client,
+        issue_key(database, Scope.LINKS, name="mailer"),
+        ADA,
+        topic="newsletter",
+        campaign_id=campaign,
+    )
+
+    response = lane_client.post(
+        f"/u/{token_of(links['unsubscribe_url'])}",
+        content=ONE_CLICK,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+    assert response.status_code == 200, response.text
+    assert recorder.calls == []
+    event = audit_events(database)[-1]
+    assert (event.source, event.campaign_id) == ("one_click", campaign)
+    with database.transaction(write=False) as session:
+        canonical, stored = (
+            session.connection()
+            .execute(
+                text(
+                    "SELECT e.canonical, f.campaign_id FROM audit_event e "
+                    "JOIN audit_free_text f ON f.seq = e.seq WHERE e.seq = :seq"
+                ),
+                {"seq": event.seq},
+            )
+            .one()
+        )
+    keys = AuditKeys.from_settings(database.settings)
+    assert stored == campaign
+    assert b"7946" not in bytes(canonical)
+    digest = keys.free_text_digest("campaign_id", campaign)
+    assert digest is not None
+    assert f'"campaign_id_digest":"{digest}"'.encode() in bytes(canonical)
+    assert verify_chain(database, keys, deep=True).ok
+
+
 # Each starting state, set up through the API for two contacts; one then opts out through the
 # guarded statement, the other through the ORM path, at the same instant.
 STARTS: dict[str, list[tuple[str, str | None]]] = {

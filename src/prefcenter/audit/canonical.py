@@ -11,6 +11,11 @@ RFC 8785 writes floats its own way and sorts keys by UTF-16 code units.
 The keys `recorded_at` and `seq` sort next to each other, so an event's bytes are
 `head ‖ recorded_at ‖ '","seq":' ‖ seq ‖ tail` (`EventParts`): everything but the two values
 known only once the writer holds the head of the chain is encoded before it takes the lock.
+
+Two formats, told apart by "v" and their keys (`EVENT_KEYS`): format 1 held an event's free
+text (`reason`, `campaign_id`) in clear, so that text outlived an erasure; format 2, written
+since migration 0007, holds its keyed digests instead. Stored events keep the bytes they were
+hashed as, in whichever format.
 """
 
 from __future__ import annotations
@@ -23,10 +28,9 @@ from typing import Any
 import orjson
 import rfc8785
 
-CANONICAL_VERSION = 1
 GENESIS_HASH = bytes(32)
-# The query columns of `audit_event`, each also a key of the canonical object.
-QUERY_COLUMNS = (
+# What every format of event commits to in clear.
+EVENT_FIELDS = (
     "seq",
     "id",
     "kind",
@@ -39,11 +43,28 @@ QUERY_COLUMNS = (
     "outcome",
     "actor",
     "source",
-    "campaign_id",
-    "reason",
 )
-# Every key of the canonical object, in the order verification reads them from the database.
-CANONICAL_KEYS = (*QUERY_COLUMNS, "address_hash", "evidence_digest")
+# Text that callers and staff write freely, where personal data can slip in (a phone number in
+# a reason). Format 1 holds it in clear; format 2 holds its keyed digest (`reason_digest`, …)
+# and the text lives in `audit_free_text`, which erasure deletes.
+FREE_TEXT_FIELDS = ("campaign_id", "reason")
+FREE_TEXT_DIGESTS = tuple(f"{name}_digest" for name in FREE_TEXT_FIELDS)
+KEYED_HASHES = ("address_hash", "evidence_digest")
+# What `/v1/audit` shows of an event (beside its evidence) and its export writes, in this order.
+QUERY_COLUMNS = (*EVENT_FIELDS, *FREE_TEXT_FIELDS)
+# Every key of the canonical object but "v", per format ("v"), in the order verification reads
+# them from the database. Format 1: events written before migration 0007, kept as they were
+# hashed.
+EVENT_KEYS = {
+    1: (*EVENT_FIELDS, *FREE_TEXT_FIELDS, *KEYED_HASHES),
+    2: (*EVENT_FIELDS, *FREE_TEXT_DIGESTS, *KEYED_HASHES),
+}
+CANONICAL_VERSION = 2  # the format written now
+CANONICAL_KEYS = EVENT_KEYS[CANONICAL_VERSION]
+# The columns of `audit_event` that hold the canonical object's values: every key of every
+# format. Those a format has no key for stay null (verification holds them to it).
+EVENT_COLUMNS = (*EVENT_FIELDS, *FREE_TEXT_FIELDS, *FREE_TEXT_DIGESTS, *KEYED_HASHES)
+_VERSION_OF_KEYS = {frozenset(keys): version for version, keys in EVENT_KEYS.items()}
 EventValue = str | int | None
 
 
@@ -58,12 +79,16 @@ def format_time(value: datetime) -> str:
 
 
 def encode_event(values: dict[str, EventValue]) -> bytes:
-    """The canonical bytes of an event given every key of CANONICAL_KEYS (times formatted).
+    """The canonical bytes of an event given every key of one format's EVENT_KEYS (times
+    formatted); its keys say which format, and "v" is added.
 
     RFC 8785 sorts keys by UTF-16 code units; all our keys are ASCII, where that is the plain
     order orjson uses.
     """
-    return orjson.dumps({**values, "v": CANONICAL_VERSION}, option=orjson.OPT_SORT_KEYS)
+    version = _VERSION_OF_KEYS.get(frozenset(values))
+    if version is None:
+        raise ValueError("not the keys of any format of event")
+    return orjson.dumps({**values, "v": version}, option=orjson.OPT_SORT_KEYS)
 
 
 # Keys that sort before `recorded_at`; those after `seq` are source, to_status, topic and v.
@@ -75,8 +100,8 @@ _SEQ_KEY = b'","seq":'
 class EventParts:
     """The canonical bytes of an event but for its `recorded_at` and `seq`."""
 
-    head: bytes  # `{…,"reason":…,"recorded_at":"`
-    tail: bytes  # `,"source":…,"v":1}`
+    head: bytes  # `{…,"reason_digest":…,"recorded_at":"`
+    tail: bytes  # `,"source":…,"v":2}`
 
     def join(self, recorded_at: str, seq: int) -> bytes:
         """The canonical bytes, `recorded_at` formatted by `format_time`."""
@@ -84,7 +109,8 @@ class EventParts:
 
 
 def event_parts(values: dict[str, EventValue]) -> EventParts:
-    """`values` holds every key of CANONICAL_KEYS but `seq` and `recorded_at`."""
+    """`values` holds every key of CANONICAL_KEYS (the format written now) but `seq` and
+    `recorded_at`."""
     head: dict[str, EventValue] = {}
     tail: dict[str, EventValue] = {"v": CANONICAL_VERSION}
     for key, value in values.items():

@@ -1,5 +1,6 @@
-"""Owns `audit_event` (append-only, hash-chained), `audit_evidence` (its personal part, which
-erasure may delete) and `audit_head` (the one row that hands out the next `seq`)."""
+"""Owns `audit_event` (append-only, hash-chained), `audit_evidence` and `audit_free_text` (its
+personal part, which erasure may delete) and `audit_head` (the one row that hands out the next
+`seq`)."""
 
 from datetime import datetime
 
@@ -37,14 +38,21 @@ class AuditEvent(SQLModel, table=True):
     outcome: str = Field(max_length=20)
     actor: str = Field(max_length=200)
     source: str = Field(max_length=64)
+    # In clear in format 1 events only (audit.canonical); null in later ones, whose text is in
+    # `audit_free_text` and whose chain holds only the digests below.
     campaign_id: str | None = Field(default=None, max_length=200)
     reason: str | None = Field(default=None, max_length=2000)
+    # HMAC (a key per field, audit.keys) of the text in `audit_free_text`; null when there is
+    # none, and in format 1 events.
+    campaign_id_digest: str | None = Field(default=None, max_length=64)
+    reason_digest: str | None = Field(default=None, max_length=64)
     # HMAC (audit key) of the contact's normalised address; kept on erasure, it is how the
     # chain commits to the address and how an erased address stays recognisable.
     address_hash: str | None = Field(default=None, max_length=64)
     # HMAC (audit key) of the `audit_evidence` document; None when the event has none.
     evidence_digest: str | None = Field(default=None, max_length=64)
-    # The exact RFC 8785 bytes that were hashed: every column above plus "v" (audit.canonical).
+    # The exact RFC 8785 bytes that were hashed: the columns above that its format has keys for,
+    # plus "v" (audit.canonical.EVENT_KEYS).
     canonical: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     # hex SHA-256(previous event's hash ‖ canonical); 32 zero bytes before seq 1.
     hash: str = Field(max_length=64)
@@ -64,6 +72,23 @@ class AuditEvidence(SQLModel, table=True):
         )
     )
     document: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class AuditFreeText(SQLModel, table=True):
+    """The free text of an event (format 2 on): its `campaign_id` and `reason` as given, which
+    the chain commits to only by their keyed digests, so that a phone number typed into a
+    reason does not outlive the person's erasure. A row only when the event has either. Never
+    updated; erasure deletes a contact's rows, and the chain still verifies."""
+
+    __tablename__ = "audit_free_text"
+
+    seq: int = Field(
+        sa_column=Column(
+            BigInteger, ForeignKey("audit_event.seq"), primary_key=True, autoincrement=False
+        )
+    )
+    campaign_id: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, max_length=2000)
 
 
 class AuditHead(SQLModel, table=True):

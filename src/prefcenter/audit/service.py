@@ -14,13 +14,15 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col
 
 from prefcenter.audit.canonical import (
+    CANONICAL_KEYS,
+    FREE_TEXT_FIELDS,
     EventParts,
     encode_document,
     event_parts,
     format_time,
 )
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditHead
+from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditFreeText, AuditHead
 from prefcenter.audit.schemas import NewEvent
 from prefcenter.db import UtcDateTime, settings_of_session, utcnow
 
@@ -29,6 +31,11 @@ HEAD_ID = 1
 _PENDING = "prefcenter.audit.pending"
 _EVENTS = AuditEvent.__table__  # type: ignore[attr-defined]
 _EVIDENCE = AuditEvidence.__table__  # type: ignore[attr-defined]
+_FREE_TEXT = AuditFreeText.__table__  # type: ignore[attr-defined]
+# The columns an append inserts beside seq, recorded_at, canonical and hash: the keys of the
+# format written now (audit.canonical), in that order. The other format's stay null.
+_EVENT_COLUMNS = tuple(k for k in CANONICAL_KEYS if k not in ("seq", "recorded_at"))
+_NO_FREE_TEXT = (None,) * len(FREE_TEXT_FIELDS)
 
 
 def append_event(session: Session, new: NewEvent) -> str:
@@ -53,11 +60,14 @@ class _Prepared:
     row: dict[str, Any]  # the insert's parameters but for seq, recorded_at, canonical, hash
     parts: EventParts  # its canonical bytes but for seq and recorded_at
     document: bytes | None
+    # The row of `audit_free_text` but its seq (FREE_TEXT_FIELDS); None when both are None.
+    free_text: tuple[str | None, ...] | None
     occurred_text: str  # `occurred_at` as `format_time` writes it
 
 
 def _prepare(keys: AuditKeys, new: NewEvent) -> _Prepared:
     document = encode_document(new.context, new.evidence)
+    free_text = tuple(getattr(new, name) for name in FREE_TEXT_FIELDS)
     row: dict[str, Any] = {
         "id": new.id,
         "kind": new.kind.value,
@@ -69,15 +79,25 @@ def _prepare(keys: AuditKeys, new: NewEvent) -> _Prepared:
         "outcome": new.outcome,
         "actor": new.actor,
         "source": new.source,
-        "campaign_id": new.campaign_id,
-        "reason": new.reason,
+        # Only keyed digests of the free text go into the chain: a reason may hold personal
+        # data, which must go with an erasure (the text is in `audit_free_text`).
+        **{
+            f"{name}_digest": keys.free_text_digest(name, text)
+            for name, text in zip(FREE_TEXT_FIELDS, free_text, strict=True)
+        },
         "address_hash": keys.address_hash(new.address) if new.address is not None else None,
         "evidence_digest": keys.evidence_digest(document) if document is not None else None,
     }
     parts = event_parts(row)
     occurred_text = row["occurred_at"]
     row["occurred_at"] = new.occurred_at
-    return _Prepared(row=row, parts=parts, document=document, occurred_text=occurred_text)
+    return _Prepared(
+        row=row,
+        parts=parts,
+        document=document,
+        free_text=None if free_text == _NO_FREE_TEXT else free_text,
+        occurred_text=occurred_text,
+    )
 
 
 def _take_seqs(count: int, *, postgres: bool) -> Any:
@@ -110,22 +130,6 @@ _SET_HEAD_HASH = (
 # flattened, which would read the clock twice), and again, with the clock, if the UPDATE had
 # to wait for the lock: `recorded_at` never runs backwards along seq. `to_char` writes the
 # time as `format_time` does.
-_EVENT_COLUMNS = (
-    "id",
-    "kind",
-    "occurred_at",
-    "contact_id",
-    "topic",
-    "from_status",
-    "to_status",
-    "outcome",
-    "actor",
-    "source",
-    "campaign_id",
-    "reason",
-    "address_hash",
-    "evidence_digest",
-)
 _CANONICAL_PG = """%(head)s::bytea || convert_to(
     to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
     || '","seq":' || seq, 'UTF8') || %(tail)s::bytea"""
@@ -157,35 +161,61 @@ _EVIDENCE_CTE_PG = """, evidence AS (
     INSERT INTO audit_evidence (seq, document) SELECT seq, %(document)s FROM moved
 )
 """
-_APPEND_ONE_PG = "WITH " + _append_ctes_pg()
-_APPEND_ONE_PG_EVIDENCE = (
-    f"{_APPEND_ONE_PG}INSERT INTO audit_evidence (seq, document) "  # noqa: S608
-    "SELECT seq, %(document)s FROM moved"
+_FREE_TEXT_CTE_PG = f""", free_text AS (
+    INSERT INTO audit_free_text (seq, {", ".join(FREE_TEXT_FIELDS)})
+    SELECT seq, {", ".join(f"%(text_{name})s" for name in FREE_TEXT_FIELDS)} FROM moved
 )
-_APPEND_ONE_PG_BARE = _APPEND_ONE_PG + "SELECT 1"
+"""  # noqa: S608  (built from audit.canonical's constants; every value is a bound parameter)
+
+
+def _extra_ctes_pg(item: _Prepared, params: dict[str, Any]) -> str:
+    """The CTEs that insert the event's evidence document and free text, if it has them, with
+    their parameters added to `params`."""
+    ctes = ""
+    if item.document is not None:
+        params["document"] = item.document
+        ctes += _EVIDENCE_CTE_PG
+    if item.free_text is not None:
+        params.update(
+            (f"text_{name}", text)
+            for name, text in zip(FREE_TEXT_FIELDS, item.free_text, strict=True)
+        )
+        ctes += _FREE_TEXT_CTE_PG
+    return ctes
+
+
+# One statement text per combination (evidence? free text?): the same texts every time, so
+# psycopg prepares them.
+_APPEND_ONE_PG = {
+    (evidence, free_text): "WITH "
+    + _append_ctes_pg()
+    + (_EVIDENCE_CTE_PG if evidence else "")
+    + (_FREE_TEXT_CTE_PG if free_text else "")
+    + "SELECT 1"
+    for evidence in (False, True)
+    for free_text in (False, True)
+}
 
 
 def guarded_append_pg(
     keys: AuditKeys, new: NewEvent, *, only_if: str
 ) -> tuple[str, dict[str, Any]]:
     """One event's append on PostgreSQL as CTEs for a caller's own statement, with its
-    parameters: `moved AS (…), event AS (…)[, evidence AS (…)]`, to follow the caller's CTEs
-    after a comma. The head moves, and so the event is written, only where the SQL condition
-    `only_if` holds (say `EXISTS (SELECT 1 FROM written)`, the caller's guarded write); the
-    statement can then `SELECT seq FROM moved`, a row only if the event was appended.
+    parameters: `moved AS (…), event AS (…)[, evidence AS (…)][, free_text AS (…)]`, to
+    follow the caller's CTEs after a comma. The head moves, and so the event is written, only
+    where the SQL condition `only_if` holds (say `EXISTS (SELECT 1 FROM written)`, the
+    caller's guarded write); the statement can then `SELECT seq FROM moved`, a row only if the
+    event was appended.
 
     For a statement that writes a state and its event in one round trip outside any explicit
     transaction (consent.recipient_optout). The head lock is taken when `moved` runs, so
     everything `only_if` reads runs first, and the lock is held for the event's inserts and
     the COMMIT alone. The caller's parameter names must not be the event's (`_EVENT_COLUMNS`,
-    `head`, `tail`, `document`). Nothing else may append in the same transaction.
+    `head`, `tail`, `document`, `text_…`). Nothing else may append in the same transaction.
     """
     item = _prepare(keys, new)
     params: dict[str, Any] = {**item.row, "head": item.parts.head, "tail": item.parts.tail}
-    ctes = _append_ctes_pg(only_if=only_if)
-    if item.document is not None:
-        params["document"] = item.document
-        ctes += _EVIDENCE_CTE_PG
+    ctes = _append_ctes_pg(only_if=only_if) + _extra_ctes_pg(item, params)
     return ctes, params
 
 
@@ -210,11 +240,9 @@ def _write_pending(session: OrmSession) -> None:
     if postgres and len(prepared) == 1:
         (item,) = prepared
         params = {**item.row, "head": item.parts.head, "tail": item.parts.tail}
-        if item.document is None:
-            session.connection().exec_driver_sql(_APPEND_ONE_PG_BARE, params)
-        else:
-            params["document"] = item.document
-            session.connection().exec_driver_sql(_APPEND_ONE_PG_EVIDENCE, params)
+        _extra_ctes_pg(item, params)
+        statement = _APPEND_ONE_PG[item.document is not None, item.free_text is not None]
+        session.connection().exec_driver_sql(statement, params)
         return
     if not postgres:
         _append_sqlite(session, prepared)
@@ -229,6 +257,7 @@ def _write_pending(session: OrmSession) -> None:
     sha256 = hashlib.sha256
     events: list[dict[str, Any]] = []
     documents: list[dict[str, Any]] = []
+    free_texts: list[dict[str, Any]] = []
     for item in prepared:
         seq += 1
         canonical = item.parts.join(recorded_text, seq)
@@ -241,12 +270,16 @@ def _write_pending(session: OrmSession) -> None:
         events.append(row)
         if item.document is not None:
             documents.append({"seq": seq, "document": item.document})
+        if item.free_text is not None:
+            free_texts.append(dict(zip(FREE_TEXT_FIELDS, item.free_text, strict=True), seq=seq))
     if postgres and len(events) >= _COPY_FROM:
-        _copy_rows(session, events, documents)
+        _copy_rows(session, events, documents, free_texts)
     else:
         session.execute(insert(_EVENTS), events)
         if documents:
             session.execute(insert(_EVIDENCE), documents)
+        if free_texts:
+            session.execute(insert(_FREE_TEXT), free_texts)
     session.execute(_SET_HEAD_HASH, {"head_hash": prev_hash.hex()})
 
 
@@ -258,6 +291,11 @@ _SQLITE_INSERT_EVENT = (
     f"VALUES ({', '.join(['?'] * (4 + len(_EVENT_COLUMNS)))})"
 )
 _SQLITE_INSERT_EVIDENCE = "INSERT INTO audit_evidence (seq, document) VALUES (?, ?)"
+_SQLITE_INSERT_FREE_TEXT = (
+    f"INSERT INTO audit_free_text (seq, {', '.join(FREE_TEXT_FIELDS)}) "  # noqa: S608
+    f"VALUES ({', '.join(['?'] * (1 + len(FREE_TEXT_FIELDS)))})"
+)
+_OCCURRED = _EVENT_COLUMNS.index("occurred_at")
 
 
 def _sqlite_time(text: str) -> str:
@@ -281,6 +319,7 @@ def _append_sqlite(session: OrmSession, prepared: list[_Prepared]) -> None:
         sha256 = hashlib.sha256
         events: list[tuple[Any, ...]] = []
         documents: list[tuple[int, bytes]] = []
+        free_texts: list[tuple[Any, ...]] = []
         for item in prepared:
             seq += 1
             canonical = item.parts.join(recorded_text, seq)
@@ -292,16 +331,20 @@ def _append_sqlite(session: OrmSession, prepared: list[_Prepared]) -> None:
                     recorded_at,
                     canonical,
                     prev_hash.hex(),
-                    *[row[name] for name in _EVENT_COLUMNS[:2]],
+                    *[row[name] for name in _EVENT_COLUMNS[:_OCCURRED]],
                     _sqlite_time(item.occurred_text),
-                    *[row[name] for name in _EVENT_COLUMNS[3:]],
+                    *[row[name] for name in _EVENT_COLUMNS[_OCCURRED + 1 :]],
                 )
             )
             if item.document is not None:
                 documents.append((seq, item.document))
+            if item.free_text is not None:
+                free_texts.append((seq, *item.free_text))
         cursor.executemany(_SQLITE_INSERT_EVENT, events)
         if documents:
             cursor.executemany(_SQLITE_INSERT_EVIDENCE, documents)
+        if free_texts:
+            cursor.executemany(_SQLITE_INSERT_FREE_TEXT, free_texts)
         cursor.execute(
             f"UPDATE audit_head SET seq = ?, hash = ?, recorded_at = ? WHERE id = {HEAD_ID}",  # noqa: S608
             (seq, prev_hash.hex(), recorded_at),
@@ -319,15 +362,15 @@ _COPY_EVENT_TYPES = (
     "timestamptz",
     "bytea",
     "text",
-    "text",  # id
-    "text",  # kind
-    "timestamptz",  # occurred_at
-    *["text"] * (len(_EVENT_COLUMNS) - 3),
+    *["timestamptz" if name == "occurred_at" else "text" for name in _EVENT_COLUMNS],
 )
 
 
 def _copy_rows(
-    session: OrmSession, events: list[dict[str, Any]], documents: list[dict[str, Any]]
+    session: OrmSession,
+    events: list[dict[str, Any]],
+    documents: list[dict[str, Any]],
+    free_texts: list[dict[str, Any]],
 ) -> None:
     dbapi = session.connection().connection.dbapi_connection
     assert dbapi is not None
@@ -346,6 +389,14 @@ def _copy_rows(
                 copy.set_types(["int8", "bytea"])
                 for document in documents:
                     copy.write_row((document["seq"], document["document"]))
+        if free_texts:
+            columns = ("seq", *FREE_TEXT_FIELDS)
+            with cursor.copy(
+                f"COPY audit_free_text ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int8", *["text"] * len(FREE_TEXT_FIELDS)])
+                for free_text in free_texts:
+                    copy.write_row([free_text[name] for name in columns])
     finally:
         cursor.close()
 

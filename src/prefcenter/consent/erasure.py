@@ -10,8 +10,11 @@ What an erasure keeps, and why:
   `suppressed`, yet the table is useless to anyone without the audit key;
 - the chain's events, which hold no address, only its keyed hash; their evidence documents
   (`audit_evidence`: what the caller gave as proof and what the service observed, client
-  address included) are deleted, which the chain allows (it commits to their HMAC). So are
-  stored answers to `Idempotency-Key` retries that name the contact (they echo the address).
+  address included) and their free text (`audit_free_text`: reason and campaign id, where
+  staff may have typed a phone number) are deleted, which the chain allows (it commits to
+  their HMACs). So are stored answers to `Idempotency-Key` retries that name the contact
+  (they echo the address). Events written before migration 0007 hold their reason and
+  campaign id in the hashed bytes themselves: those stay (docs/operations.md).
 
 The erasure is a separate table rather than the contact row keeping a hash: one primary-key
 lookup answers "was this address erased?" for every path, whether or not a contact row for
@@ -26,7 +29,7 @@ from sqlmodel import select as sqlmodel_select
 
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.models import AuditEvent, AuditEvidence
+from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditFreeText
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
 from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
@@ -82,6 +85,7 @@ def erase_contact(
     address = contact.address
     event_ids = select(col(AuditEvent.seq)).where(col(AuditEvent.contact_id) == contact.public_id)
     session.execute(delete(AuditEvidence).where(col(AuditEvidence.seq).in_(event_ids)))
+    session.execute(delete(AuditFreeText).where(col(AuditFreeText.seq).in_(event_ids)))
     session.execute(delete(Subscription).where(col(Subscription.contact_id) == contact.id))
     # Stored answers to retried requests (`Idempotency-Key`) echo the address.
     session.execute(
