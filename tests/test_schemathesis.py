@@ -104,6 +104,14 @@ def _config(*, max_examples: int, coverage: bool) -> SchemathesisConfig:
                     "generation": {"max-examples": min(max_examples, 15)},
                 },
                 {
+                    # Its only negative case the seed draws is an unknown, empty-named query
+                    # parameter (`?=0`) with the key left out, which the harness adds back:
+                    # every route ignores unknown query parameters, by design (cache busters,
+                    # tracking suffixes), so that answer is a 200, not a bug.
+                    "include-name": "GET /v1/changes",
+                    "checks": {"negative_data_rejection": {"enabled": False}},
+                },
+                {
                     # GET /v1/contacts/{contact_id} serves this URL too (contact "lookup": a
                     # 404), so `Allow: GET, POST` is the truth; the check reads the methods
                     # of this path template alone.
@@ -164,11 +172,13 @@ HYPOTHESIS_SETTINGS = hypothesis.settings(
 class IssuedTokens:
     """Tokens the service signed: random ones only ever reach the "bad link" page."""
 
-    manage: list[str]  # for /u and /p
+    unsubscribe: list[str]  # for /u
+    manage: list[str]  # for /p
     confirm: list[str]  # for /c
 
     def for_path(self, path: str) -> list[str]:
-        return self.confirm if path.startswith("/c/") else self.manage
+        by_page = {"/u/": self.unsubscribe, "/p/": self.manage, "/c/": self.confirm}
+        return by_page[path[:3]]
 
 
 def _token(url: str) -> str:
@@ -177,21 +187,21 @@ def _token(url: str) -> str:
 
 def issue_tokens(app: FastAPI, admin: dict[str, str]) -> IssuedTokens:
     client = TestClient(app)
-    manage = []
+    unsubscribe, manage = [], []
     for link in (
         {"email": KNOWN_ADDRESSES[0]},
         {"email": KNOWN_ADDRESSES[0], "topic": "newsletter"},
     ):
         issued = client.post("/v1/links", json=link, headers=admin)
         assert issued.status_code == 200, issued.text
-        manage += [
-            _token(issued.json()["unsubscribe_url"]),
-            _token(issued.json()["preferences_url"]),
-        ]
+        unsubscribe.append(_token(issued.json()["unsubscribe_url"]))
+        manage.append(_token(issued.json()["preferences_url"]))
     change = {"email": KNOWN_ADDRESSES[2], "topic": "offers", "status": "subscribed"}
     pending = client.post("/v1/consents", json=change, headers=admin)
     assert pending.status_code == 200, pending.text
-    return IssuedTokens(manage=manage, confirm=[_token(pending.json()["confirm_url"])])
+    return IssuedTokens(
+        unsubscribe=unsubscribe, manage=manage, confirm=[_token(pending.json()["confirm_url"])]
+    )
 
 
 # Schema-valid requests that stored state refuses: an unknown topic, an admin reversal of a

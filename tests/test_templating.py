@@ -3,7 +3,10 @@ Jinja renders, for every template it is used with, in every language, whatever t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from babel.messages.pofile import read_po
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -51,3 +54,20 @@ def test_frames_are_kept_apart_by_language_and_by_which_texts_are_empty() -> Non
 )
 def test_the_language_a_form_keeps(lang: str | None, expected: str) -> None:
     assert with_language(lang, "/u/t") == expected
+
+
+def test_every_text_has_its_german_translation() -> None:
+    """A text added to a page or mail without its German line shows in English to German
+    readers; the catalog must hold a translation of every text the templates use."""
+
+    locales = Path(__file__).resolve().parent.parent / "src" / "prefcenter" / "locales"
+    with (locales / "messages.pot").open("rb") as template:
+        wanted = {message.id for message in read_po(template) if message.id}
+    with (locales / "de" / "LC_MESSAGES" / "messages.po").open("rb") as german:
+        catalog = read_po(german)
+    missing = sorted(
+        str(message_id)
+        for message_id in wanted
+        if (found := catalog.get(message_id)) is None or not found.string or found.fuzzy
+    )
+    assert missing == []
