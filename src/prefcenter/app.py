@@ -17,6 +17,7 @@ from prefcenter.admin.router import install_admin_console
 from prefcenter.audit.context import parse_trusted_proxies
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.router import router as audit_router
+from prefcenter.bounces.router import router as bounces_router
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
 from prefcenter.eligibility.export_router import router as exports_router
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(exports_router)
     app.include_router(audit_router)
     app.include_router(imports_router)
+    app.include_router(bounces_router)
     app.include_router(recipient_router)
     install_invalid_link_page(app)
     install_admin_console(app)

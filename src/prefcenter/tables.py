@@ -5,9 +5,11 @@ from sqlmodel import SQLModel
 from prefcenter.admin.models import AdminSession, AdminSignInAttempt, AdminUser
 from prefcenter.apikeys.models import ApiKey
 from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditHead
+from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.idempotency import IdempotencyRecord
+from prefcenter.inbound.models import InboundReceipt
 from prefcenter.topics.models import Topic
 
 metadata = SQLModel.metadata
@@ -20,9 +22,11 @@ __all__ = [
     "AuditEvent",
     "AuditEvidence",
     "AuditHead",
+    "Bounce",
     "Contact",
     "ErasedAddress",
     "IdempotencyRecord",
+    "InboundReceipt",
     "Subscription",
     "Suppression",
     "Topic",

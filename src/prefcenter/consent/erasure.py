@@ -29,6 +29,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent, AuditEvidence
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
+from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
 from prefcenter.consent.queries import ContactNotFound, is_public_id
 from prefcenter.consent.schemas import ErasureOut
@@ -83,6 +84,8 @@ def erase_contact(
     event_ids = select(col(AuditEvent.seq)).where(col(AuditEvent.contact_id) == contact.public_id)
     session.execute(delete(AuditEvidence).where(col(AuditEvidence.seq).in_(event_ids)))
     session.execute(delete(Subscription).where(col(Subscription.contact_id) == contact.id))
+    # Erased is suppressed for good; what the ESPs reported goes with the rest.
+    session.execute(delete(Bounce).where(col(Bounce.contact_id) == contact.id))
     # Stored answers to retried requests (`Idempotency-Key`) echo the address.
     session.execute(
         delete(IdempotencyRecord).where(

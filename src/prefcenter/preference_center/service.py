@@ -37,6 +37,7 @@ class Channel(StrEnum):
     UNSUBSCRIBE_PAGE = "unsubscribe_page"
     PREFERENCE_CENTER = "preference_center"
     CONFIRMATION = "confirmation"
+    MAILTO = "mailto"  # a message to the `mailto:` of List-Unsubscribe (inbound.mailto)
 
 
 def read_token(
