@@ -24,6 +24,7 @@ from prefcenter.eligibility.export_router import router as exports_router
 from prefcenter.eligibility.router import router as eligibility_router
 from prefcenter.http_limits import BodySizeLimit
 from prefcenter.imports.router import router as imports_router
+from prefcenter.inbound.router import install_inbound
 from prefcenter.links.router import router as links_router
 from prefcenter.preference_center.router import install_invalid_link_page
 from prefcenter.preference_center.router import router as recipient_router
@@ -97,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(imports_router)
     app.include_router(bounces_router)
+    install_inbound(app, settings)
     app.include_router(recipient_router)
     install_invalid_link_page(app)
     install_admin_console(app)
