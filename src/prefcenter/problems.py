@@ -125,8 +125,10 @@ _RESPONSE_DESCRIPTIONS: dict[int, str] = {
     401: "Missing, unknown or revoked API key",
     403: "The API key lacks the scope",
     404: "Not found",
+    406: "Refused for good: the sender is not to retry it",
     409: "Conflicts with the current state; nothing was changed",
     413: "Request body too large",
+    415: "The body's media type is not one this route reads",
     422: "Invalid request; `errors` names each field",
     503: "The database is busy or unreachable; nothing was changed, retry (see `Retry-After`)",
 }

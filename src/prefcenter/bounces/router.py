@@ -30,7 +30,7 @@ class ReasonMissing(Unprocessable):
     "into the `bounce_lifted` audit event. Soft bounces counted so far are forgotten, and "
     "bounces the ESPs date at or before the lift no longer count. An address that is not "
     "bounced answers `changed: false`.",
-    responses=problem_responses(400, 404, 422),
+    responses=problem_responses(400, 404, 413, 422),
 )
 def lift_bounce(
     contact_id: Annotated[str, Path(description="The contact's opaque id.", max_length=64)],

@@ -68,7 +68,7 @@ def _raw_body(*media_types: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-_ESP_ERRORS = problem_responses(400, 401, 403, 404)
+_ESP_ERRORS = problem_responses(400, 401, 403, 404, 413, 422)
 
 
 @router.post(
@@ -237,7 +237,7 @@ async def _raw_message(request: Request) -> bytes:
     "`body-mime` field, or JSON `RawEmail`, as forwarders send it). The token is taken from "
     "the subject or the `+tag` of the recipient; the message unsubscribes as a one-click does. "
     "Auto-replies, delivery reports and messages with an empty return path change nothing.",
-    responses=problem_responses(400, 401, 403, 413, 415),
+    responses=problem_responses(400, 401, 403, 413, 415, 422),
     openapi_extra=_raw_body("message/rfc822"),
 )
 async def receive_email(
