@@ -96,7 +96,7 @@ class SnsSigner:
         signed.setdefault("SigningCertURL", CERT_URL)
         fields = _NOTIFICATION_FIELDS if signed["Type"] == "Notification" else _SUBSCRIPTION_FIELDS
         text = "".join(f"{name}\n{signed[name]}\n" for name in fields if name in signed)
-        algorithm = hashes.SHA1() if version == "1" else hashes.SHA256()  # noqa: S303
+        algorithm = hashes.SHA1() if version == "1" else hashes.SHA256()
         signature = self.key.sign(text.encode(), padding.PKCS1v15(), algorithm)
         signed["Signature"] = base64.b64encode(signature).decode()
         return signed

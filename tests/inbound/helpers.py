@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlmodel import select
+from sqlmodel import col, select
 
 from prefcenter.bounces.models import Bounce
 from prefcenter.contacts.models import Contact
@@ -56,6 +56,6 @@ def bounce_row(database: Database, email: str) -> Bounce | None:
     with database.transaction(write=False) as session:
         return session.exec(
             select(Bounce)
-            .join(Contact, Contact.id == Bounce.contact_id)
+            .join(Contact, col(Contact.id) == col(Bounce.contact_id))
             .where(Contact.address == email)
         ).first()

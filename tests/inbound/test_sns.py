@@ -75,16 +75,13 @@ class TestCertificateUrl:
 
 def test_string_to_sign_is_the_documented_one() -> None:
     message = fixture("sns_notification.json")
-    assert (
-        sns.string_to_sign(message)
-        == (
-            "Message\nHello world!\n"
-            "MessageId\n22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324\n"
-            "Subject\nMy First Message\n"
-            "Timestamp\n2012-05-02T00:54:06.655Z\n"
-            "TopicArn\narn:aws:sns:us-west-2:123456789012:MyTopic\n"
-            "Type\nNotification\n"
-        ).encode()
+    assert sns.string_to_sign(message) == (
+        b"Message\nHello world!\n"
+        b"MessageId\n22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324\n"
+        b"Subject\nMy First Message\n"
+        b"Timestamp\n2012-05-02T00:54:06.655Z\n"
+        b"TopicArn\narn:aws:sns:us-west-2:123456789012:MyTopic\n"
+        b"Type\nNotification\n"
     )
     del message["Subject"]
     assert b"Subject" not in sns.string_to_sign(message)
@@ -99,7 +96,7 @@ def post(client: TestClient, message: dict[str, Any] | bytes) -> Any:
 
 
 def complaint_for(email: str) -> dict[str, Any]:
-    content = fixture("ses_complaint.json")
+    content: dict[str, Any] = fixture("ses_complaint.json")
     content["complaint"]["complainedRecipients"] = [{"emailAddress": email}]
     return content
 

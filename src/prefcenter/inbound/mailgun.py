@@ -30,7 +30,7 @@ from prefcenter.inbound.events import (
 
 CLOCK_SKEW = timedelta(minutes=5)
 # The receipts under which signatures' tokens are remembered (a namespace of their own).
-SIGNATURE_RECEIPTS = "mailgun-signature"
+SIGNATURE_RECEIPTS = "mailgun-sig"
 _MAX_FIELD = 200
 
 
