@@ -191,6 +191,16 @@ class TestNotifications:
         assert_problem(post(client, message), 403, "sender-not-allowed")
         assert sns.fetched == []
 
+    def test_a_made_up_certificate_name_is_fetched_once_not_per_message(
+        self, client: TestClient, sns: SnsSigner
+    ) -> None:
+        made_up = CERT_URL.replace("f3ecfb72", "00000000")
+        for _ in range(3):
+            message = sns.notification(fixture("ses_complaint.json"))
+            message["SigningCertURL"] = made_up
+            assert_problem(post(client, message), 401, "signature-invalid")
+        assert sns.fetched == [made_up]
+
     def test_signature_version_must_be_1_or_2(self, client: TestClient, sns: SnsSigner) -> None:
         message = sns.notification(fixture("ses_complaint.json"))
         message["SignatureVersion"] = "3"

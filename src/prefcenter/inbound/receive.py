@@ -23,7 +23,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.db import Database
 from prefcenter.inbound import mailgun, postmark, sendgrid, ses, sns
 from prefcenter.inbound.errors import InboundNotConfigured, NotAcceptable
-from prefcenter.inbound.events import InboundEvent, receipt_key
+from prefcenter.inbound.events import Action, InboundEvent, receipt_key
 from prefcenter.inbound.mailbox import unsubscribe_by_mail
 from prefcenter.inbound.models import RECEIPT_RETENTION
 from prefcenter.inbound.receipts import claim_receipts, forget_receipts
@@ -81,6 +81,16 @@ class InboundState:
             return True
 
 
+def _nothing_to_record(events: Sequence[InboundEvent]) -> InboundReport | None:
+    """The report of a delivery of ignored events only (deliveries, opens: most of them),
+    answered without a transaction; None when there is something to record."""
+    if any(e.action is not Action.IGNORED for e in events):
+        return None
+    return InboundReport(
+        events=len(events), recorded=0, duplicates=0, ignored=len(events), unknown_addresses=0
+    )
+
+
 def _record(
     session: Session,
     state: InboundState,
@@ -115,6 +125,8 @@ def receive_sendgrid(
         tolerance=state.tolerance,
     )
     events = sendgrid.read_events(body, groups=state.sendgrid_groups, now=now)
+    if (ignored := _nothing_to_record(events)) is not None:
+        return ignored
     with database.transaction(write=True) as session:
         return _record(session, state, events, keys=keys, now=now)
 
@@ -149,6 +161,8 @@ def receive_postmark(
         raise InboundNotConfigured("Not found.")
     postmark.verify(authorization, user=user, password=password)
     event = postmark.read_event(body, now=now)
+    if (ignored := _nothing_to_record([event])) is not None:
+        return ignored
     with database.transaction(write=True) as session:
         return _record(session, state, [event], keys=keys, now=now)
 
@@ -184,6 +198,10 @@ def receive_ses(
         logger.warning("SNS says this endpoint was unsubscribed from an allowed topic")
         return empty
     notification = ses.read_notification(message, now=now)
+    if not isinstance(notification, ses.ReceivedMail):
+        ignored = _nothing_to_record(notification)
+        if ignored is not None:
+            return ignored
     with database.transaction(write=True) as session:
         if isinstance(notification, ses.ReceivedMail):
             return _received_mail(session, notification, ring=ring, now=now)

@@ -28,7 +28,8 @@ from prefcenter.problems import problem_responses
 from prefcenter.settings import Settings, signing_keys_of
 
 router = APIRouter(prefix="/v1/inbound", tags=["inbound"], responses=problem_responses(503))
-_bearer = HTTPBearer(auto_error=False, description="An API key with the `inbound` scope.")
+# The same scheme as apikeys.auth declares (one `HTTPBearer` in the OpenAPI document).
+_bearer = HTTPBearer(auto_error=False, description="An API key from `prefcenter api-keys create`.")
 T = TypeVar("T")
 
 # Where forwarders put the raw message: SendGrid Inbound Parse (with "POST the raw, full MIME
@@ -62,10 +63,11 @@ async def _in_thread(database: Database, work: partial[T]) -> T:
         return await anyio.to_thread.run_sync(work)
 
 
-def _raw_body(*media_types: str) -> dict[str, Any]:
-    """OpenAPI for a body the route reads raw (the signature covers its exact bytes)."""
-    content = {t: {"schema": {"type": "string"}} for t in media_types}
-    return {"requestBody": {"required": True, "content": content}}
+def _raw_body(*media_types: str, required: bool = True) -> dict[str, Any]:
+    """OpenAPI for a body the route reads raw, as bytes: whatever they hold (the signature
+    covers them, or the message is read from them), so no schema says more."""
+    content: dict[str, Any] = {t: {} for t in media_types}
+    return {"requestBody": {"required": required, "content": content}}
 
 
 _ESP_ERRORS = problem_responses(400, 401, 403, 404, 413, 422)
@@ -238,7 +240,8 @@ async def _raw_message(request: Request) -> bytes:
     "the subject or the `+tag` of the recipient; the message unsubscribes as a one-click does. "
     "Auto-replies, delivery reports and messages with an empty return path change nothing.",
     responses=problem_responses(400, 401, 403, 413, 415, 422),
-    openapi_extra=_raw_body("message/rfc822"),
+    # An empty message is one without a token: it changes nothing (200, `no_token`).
+    openapi_extra=_raw_body("message/rfc822", "text/plain", required=False),
 )
 async def receive_email(
     request: Request,

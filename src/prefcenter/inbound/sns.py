@@ -62,6 +62,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 # Certificates kept in memory per process: SNS signs with one per region, rotated rarely.
 CACHE_SIZE = 16
 MAX_CERTIFICATE_BYTES = 16 * 1024
+RETRY_AFTER = timedelta(minutes=5)
 FETCH_TIMEOUT_S = 5.0
 
 CertificateFetcher = Callable[[str], bytes]
@@ -124,11 +125,16 @@ def fetch_over_https(url: str) -> bytes:
 
 class SigningCertificates:
     """SNS signing certificates by URL, fetched once and kept (at most `CACHE_SIZE`, the least
-    recently used dropped first). Shared by a process's request threads."""
+    recently used dropped first). Shared by a process's request threads.
+
+    A URL that gave no certificate is not fetched again for `RETRY_AFTER`: topic ARNs are no
+    secret, so anyone may post messages naming an allowed topic and a made-up certificate name
+    on SNS's host, and each would otherwise be a request from us to AWS."""
 
     def __init__(self, fetch: CertificateFetcher = fetch_over_https) -> None:
         self._fetch = fetch
         self._keys: OrderedDict[str, rsa.RSAPublicKey] = OrderedDict()
+        self._failed: OrderedDict[str, datetime] = OrderedDict()
         self._lock = threading.Lock()
 
     def public_key(self, url: str, *, now: datetime) -> rsa.RSAPublicKey:
@@ -137,7 +143,18 @@ class SigningCertificates:
             if key is not None:
                 self._keys.move_to_end(url)
                 return key
-        key = self._load(url, now=now)
+            failed_at = self._failed.get(url)
+            if failed_at is not None and now - failed_at < RETRY_AFTER:
+                raise SignatureInvalid("The SNS signing certificate could not be had.")
+        try:
+            key = self._load(url, now=now)
+        except SignatureInvalid:
+            with self._lock:
+                self._failed[url] = now
+                self._failed.move_to_end(url)
+                while len(self._failed) > CACHE_SIZE:
+                    self._failed.popitem(last=False)
+            raise
         with self._lock:
             self._keys[url] = key
             while len(self._keys) > CACHE_SIZE:
