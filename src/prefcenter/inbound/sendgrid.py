@@ -75,8 +75,14 @@ def verify(
         raise SignatureInvalid(f"{TIMESTAMP_HEADER} is not a Unix time.")
     try:
         raw = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureInvalid("The signature is not base64.") from exc
+    if base64.b64encode(raw).decode() != signature:
+        # One spelling only: base64 has others for the same bytes (the unused low bits).
+        raise SignatureInvalid("The signature is not canonical base64.")
+    try:
         key.verify(raw, timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    except (binascii.Error, ValueError, InvalidSignature) as exc:
+    except (InvalidSignature, ValueError) as exc:
         raise SignatureInvalid("The signature does not match the body and timestamp.") from exc
     signed_at = unix_time(timestamp, default=now)
     if signed_at < now - tolerance or signed_at > now + CLOCK_SKEW:

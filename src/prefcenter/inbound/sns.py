@@ -240,6 +240,9 @@ def verify(
         raw = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SignatureInvalid("The Signature is not base64.") from exc
+    if base64.b64encode(raw).decode() != signature:
+        # One spelling only: base64 has others for the same bytes (the unused low bits).
+        raise SignatureInvalid("The Signature is not canonical base64.")
     signed = string_to_sign(message.body)
     key = certificates.public_key(url, now=now)
     try:
