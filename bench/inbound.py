@@ -334,7 +334,8 @@ def main() -> int:
             f"({len(batches) / seconds:.1f} POSTs/s), statuses {dict(statuses)}"
         )
         print(
-            f"  floor: one COPY of the same {events:,} rows: {floor:.2f} s = {events / floor:,.0f} rows/s"
+            f"  floor: one COPY of the same {events:,} rows: {floor:.2f} s = "
+            f"{events / floor:,.0f} rows/s"
         )
         print(f"  ratio ours/floor (throughput): {(events / seconds) / (events / floor):.2f}")
         print(f"  after: {counts}")

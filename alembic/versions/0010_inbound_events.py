@@ -30,7 +30,9 @@ def upgrade() -> None:
         sa.Column("event_id", sa.String(length=40), nullable=False),
         sa.Column("lifted_at", UtcDateTime(), nullable=True),
         sa.Column("soft_bounces", sa.Text(), nullable=False),
-        sa.ForeignKeyConstraint(["contact_id"], ["contact.id"], name="fk_bounce_contact_id_contact"),
+        sa.ForeignKeyConstraint(
+            ["contact_id"], ["contact.id"], name="fk_bounce_contact_id_contact"
+        ),
         sa.PrimaryKeyConstraint("contact_id", name="pk_bounce"),
     )
     op.create_table(
