@@ -36,6 +36,8 @@ _TABLES = (
     "audit_event",
     "subscription",
     "suppression",
+    "bounce",
+    "inbound_receipt",
     "topic",
     "contact",
     "erased_address",

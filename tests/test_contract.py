@@ -50,12 +50,6 @@ NOT_YET: set[Endpoint] = {
     ("POST", "/v1/webhooks/{}/rotate-secret"),
     ("GET", "/v1/webhooks/{}/deliveries"),
     ("POST", "/v1/webhooks/{}/replay"),
-    # The border with mail, coming in.
-    ("POST", "/v1/inbound/ses"),
-    ("POST", "/v1/inbound/sendgrid"),
-    ("POST", "/v1/inbound/mailgun"),
-    ("POST", "/v1/inbound/postmark"),
-    ("POST", "/v1/inbound/email"),
     # Notices.
     ("PUT", "/v1/notices/{}"),
     ("POST", "/v1/notices/{}/versions"),

@@ -145,6 +145,12 @@ APP_UNDER_TEST = AppUnderTest()
 OPENAPI = create_app(make_settings("postgresql+psycopg://openapi@127.0.0.1:1/unused")).openapi()
 
 
+@schemathesis.serializer("message/rfc822")
+def _raw_message(_: Any, value: Any) -> bytes:
+    """`POST /v1/inbound/email` takes a raw message: the generated text as its bytes."""
+    return str(value).encode("utf-8", "surrogatepass")
+
+
 def _schema(config: SchemathesisConfig) -> BaseSchema:
     loaded = schemathesis.openapi.from_dict(OPENAPI, config=config)
     loaded.app = APP_UNDER_TEST
@@ -152,8 +158,13 @@ def _schema(config: SchemathesisConfig) -> BaseSchema:
 
 
 authenticated = _schema(_config(max_examples=30, coverage=True))
-# Only `/v1` takes keys: recipient pages and health answer everyone alike.
-unauthenticated = _schema(_config(max_examples=10, coverage=False)).exclude(path_regex="^/(?!v1/)")
+# Only `/v1` takes keys: recipient pages and health answer everyone alike. The ESPs' routes
+# take their senders' signatures instead (tests/inbound).
+unauthenticated = (
+    _schema(_config(max_examples=10, coverage=False))
+    .exclude(path_regex="^/(?!v1/)")
+    .exclude(path_regex="^/v1/inbound/(ses|sendgrid|mailgun|postmark)$")
+)
 
 HYPOTHESIS_SETTINGS = hypothesis.settings(
     deadline=None,

@@ -3,7 +3,7 @@ recipient page was asked to send ("email me my link", a resubscribe confirmation
 hash of the address and by client network.
 
 Revision ID: 0011_mail_requests
-Revises: 0008_sign_in_throttle
+Revises: 0010_inbound_events
 Create Date: 2026-12-06
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 from prefcenter.db import UtcDateTime
 
 revision: str = "0011_mail_requests"
-down_revision: str | None = "0008_sign_in_throttle"
+down_revision: str | None = "0010_inbound_events"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

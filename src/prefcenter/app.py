@@ -19,12 +19,14 @@ from prefcenter.audit.context import parse_trusted_proxies
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.router import new_verify_slot
 from prefcenter.audit.router import router as audit_router
+from prefcenter.bounces.router import router as bounces_router
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
 from prefcenter.eligibility.export_router import router as exports_router
 from prefcenter.eligibility.router import router as eligibility_router
 from prefcenter.http_limits import BodySizeLimit, BodyTimeout
 from prefcenter.imports.router import router as imports_router
+from prefcenter.inbound.router import install_inbound
 from prefcenter.links.router import router as links_router
 from prefcenter.preference_center.router import install_invalid_link_page, request_timeout_page
 from prefcenter.preference_center.router import router as recipient_router
@@ -109,6 +111,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(exports_router)
     app.include_router(audit_router)
     app.include_router(imports_router)
+    app.include_router(bounces_router)
+    install_inbound(app, settings)
     app.include_router(recipient_router)
     install_invalid_link_page(app)
     install_admin_console(app)

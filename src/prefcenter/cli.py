@@ -35,7 +35,8 @@ from prefcenter.db import Database, utcnow
 from prefcenter.imports.console import import_with_progress, print_report
 from prefcenter.imports.formats import ImportFormat
 from prefcenter.imports.service import DEFAULT_BATCH_SIZE, ImportRequest
-from prefcenter.problems import Problem
+from prefcenter.inbound.receive import receive_mail
+from prefcenter.problems import Problem, ServiceUnavailable
 from prefcenter.settings import ConfigError, Settings
 
 cli = typer.Typer(
@@ -343,6 +344,38 @@ def audit_checkpoint(
     else:
         output.write_text(text, encoding="utf-8")
         stderr.print(f"checkpoint at seq {statement['seq']} written to {output}")
+
+
+# sysexits.h: what an MTA's pipe takes as "try again later" (the message stays queued).
+EX_TEMPFAIL = 75
+# A message larger than this is no unsubscribe request; an MTA keeps it (exit status 1).
+MAX_MAIL_BYTES = 10 * 1024 * 1024
+
+
+@cli.command("inbound-mail")
+def inbound_mail() -> None:
+    """Read one message sent to the List-Unsubscribe mailto: address from stdin (an MTA pipe,
+    e.g. Postfix) and unsubscribe as its token says. Exit status 0 when it was taken (acted on
+    or ignored), 75 (EX_TEMPFAIL) when the database could not be reached: the MTA retries."""
+    raw = sys.stdin.buffer.read(MAX_MAIL_BYTES + 1)
+    if len(raw) > MAX_MAIL_BYTES:
+        stderr.print("[red]error:[/red] the message is too large to be an unsubscribe request")
+        raise typer.Exit(1)
+    settings = _settings()
+    with _database(settings) as database:
+        try:
+            report = receive_mail(
+                database,
+                raw,
+                ring=settings.signing_key_ring(),
+                request=RequestContext(None, "prefcenter inbound-mail", None),
+                now=utcnow(),
+            )
+        except ServiceUnavailable as exc:
+            stderr.print(f"[red]temporary failure:[/red] {exc.detail}")
+            raise typer.Exit(EX_TEMPFAIL) from exc
+    reason = f" ({report.reason})" if report.reason else ""
+    stderr.print(f"{report.outcome.value}{reason}")
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ MIN_SECRET_BYTES = 32
 MIN_AUDIT_KEY_BYTES = 32
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+_TOPIC_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _MAILBOX = re.compile(r"[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 
 
@@ -116,6 +117,27 @@ class Settings(BaseSettings):
     # (a try-out on one host), off with PostgreSQL (production).
     api_docs: bool | None = None
 
+    # Events coming in (inbound.router): each ESP's route answers 404 until its setting is set.
+    # Amazon SNS topics whose SES notifications are accepted (comma-separated ARNs).
+    ses_topic_arns: Annotated[str, NoDecode] = ""
+    # SendGrid's "Signed Event Webhook" verification key (base64 DER, as its console shows it,
+    # or PEM).
+    sendgrid_public_key: str | None = None
+    # SendGrid group unsubscribes: `group_id:topic[,group_id:topic…]`; a group not listed
+    # opts the address out of all marketing (when in doubt, suppress more).
+    sendgrid_group_topics: Annotated[str, NoDecode] = ""
+    mailgun_signing_key: str | None = None
+    postmark_webhook_user: str | None = None
+    postmark_webhook_password: str | None = None
+    # How old a signed timestamp (SendGrid, Mailgun, SNS) may be. Every accepted event's id is
+    # remembered longer than this (inbound.models.RECEIPT_RETENTION), so a replay within it
+    # changes nothing either.
+    inbound_timestamp_tolerance_s: int = Field(default=86_400, ge=60, le=7 * 86_400)
+    # Soft bounces (a full mailbox, a greylisting server): this many within the window make
+    # the address `bounced`, as one hard bounce does.
+    soft_bounce_limit: int = Field(default=3, ge=1, le=100)
+    soft_bounce_window_days: int = Field(default=7, ge=1, le=365)
+
     @field_validator("base_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
@@ -132,6 +154,9 @@ class Settings(BaseSettings):
         "support_contact",
         "jurisdiction",
         "privacy_policy_url",
+        "mailgun_signing_key",
+        "postmark_webhook_user",
+        "postmark_webhook_password",
     )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
@@ -140,6 +165,12 @@ class Settings(BaseSettings):
             raise ValueError("must not contain control characters")
         return value or None
 
+    @field_validator("sendgrid_public_key")
+    @classmethod
+    def _key_or_unset(cls, value: str | None) -> str | None:
+        # A PEM spans lines; inbound.sendgrid parses it (at start, see create_app).
+        return value.strip() or None if value is not None else None
+
     @field_validator("unsubscribe_mailto")
     @classmethod
     def _plain_mailbox(cls, value: str | None) -> str | None:
@@ -147,6 +178,28 @@ class Settings(BaseSettings):
         if value is not None and not _MAILBOX.fullmatch(value):
             raise ValueError("must be a plain address such as unsubscribe@example.com")
         return value
+
+    def ses_topics(self) -> frozenset[str]:
+        """The SNS topic ARNs whose notifications are accepted; empty: the route is off."""
+        return frozenset(arn.strip() for arn in self.ses_topic_arns.split(",") if arn.strip())
+
+    def sendgrid_groups(self) -> dict[int, str]:
+        """SendGrid unsubscribe group id → topic key, from `id:topic[,id:topic…]`."""
+        groups: dict[int, str] = {}
+        for raw in self.sendgrid_group_topics.split(","):
+            entry = raw.strip()
+            if not entry:
+                continue
+            group, sep, topic = (part.strip() for part in entry.partition(":"))
+            if not sep or not group.isdigit() or not _TOPIC_KEY.fullmatch(topic):
+                raise ConfigError(
+                    f"PREFCENTER_SENDGRID_GROUP_TOPICS entry {entry!r} is not "
+                    "group_id:topic_key (e.g. 12345:newsletter)"
+                )
+            if int(group) in groups:
+                raise ConfigError(f"SendGrid group {group} appears twice")
+            groups[int(group)] = topic
+        return groups
 
     @property
     def is_sqlite(self) -> bool:

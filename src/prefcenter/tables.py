@@ -5,9 +5,11 @@ from sqlmodel import SQLModel
 from prefcenter.admin.models import AdminSession, AdminSignInAttempt, AdminUser
 from prefcenter.apikeys.models import ApiKey
 from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditFreeText, AuditHead
+from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.idempotency import IdempotencyRecord
+from prefcenter.inbound.models import InboundReceipt
 from prefcenter.preference_center.models import MailRequest
 from prefcenter.topics.models import Topic
 
@@ -22,9 +24,11 @@ __all__ = [
     "AuditEvidence",
     "AuditFreeText",
     "AuditHead",
+    "Bounce",
     "Contact",
     "ErasedAddress",
     "IdempotencyRecord",
+    "InboundReceipt",
     "MailRequest",
     "Subscription",
     "Suppression",

@@ -284,6 +284,7 @@ class TestStaysSuppressed:
             "contact_id": None,
             "suppressed": True,
             "subscriptions": [],
+            "bounced": False,
         }
 
     def test_imports_can_ask_in_bulk(

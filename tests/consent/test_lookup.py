@@ -108,6 +108,7 @@ class TestPostContactsLookup:
             "contact_id": None,
             "suppressed": False,
             "subscriptions": [],
+            "bounced": False,
         }
 
     def test_global_opt_out_shows_as_suppressed(

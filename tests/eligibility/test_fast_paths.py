@@ -78,11 +78,17 @@ class TestStateTable:
         table = StateTable(model, lambda answer: answer)
         for suppressed in (None, False, True):
             for status in (None, *Status):
-                expected = decide_eligibility(
-                    model, erased=False, suppressed=bool(suppressed), subscription=status
-                )
-                got: Eligibility = table[(suppressed, None if status is None else status.value)]
-                assert got == expected
+                for bounced in (None, False, True):
+                    expected = decide_eligibility(
+                        model,
+                        erased=False,
+                        suppressed=bool(suppressed),
+                        subscription=status,
+                        bounced=bool(bounced),
+                    )
+                    key = (suppressed, None if status is None else status.value, bounced)
+                    got: Eligibility = table[key]
+                    assert got == expected
         assert table.unknown == decide_eligibility(
             model, erased=False, suppressed=False, subscription=None
         )
@@ -92,7 +98,7 @@ class TestStateTable:
             TopicModel(kind=TopicKind.MARKETING, consent=ConsentModel.OPT_OUT), lambda a: a
         )
         with pytest.raises(KeyError):
-            table[(False, "some_future_status")]
+            table[(False, "some_future_status", None)]
 
 
 class TestStreamChunks:

@@ -25,9 +25,10 @@ def decide(
     erased: bool = False,
     suppressed: bool = False,
     subscription: Status | None = None,
+    bounced: bool = False,
 ) -> Eligibility:
     return decide_eligibility(
-        topic, erased=erased, suppressed=suppressed, subscription=subscription
+        topic, erased=erased, suppressed=suppressed, subscription=subscription, bounced=bounced
     )
 
 
@@ -95,6 +96,24 @@ def test_every_reason_is_in_the_contract() -> None:
         "not_subscribed",
         "pending",
         "suppressed",
+        "bounced",
         "unknown_topic",
         "invalid_email",
     }
+
+
+@pytest.mark.parametrize("topic", EVERY_TOPIC)
+@pytest.mark.parametrize("subscription", SUBSCRIPTIONS)
+@pytest.mark.parametrize("suppressed", [False, True])
+def test_a_bounce_blocks_every_kind_of_mail(
+    topic: TopicModel, subscription: Status | None, suppressed: bool
+) -> None:
+    answer = decide(topic, subscription=subscription, suppressed=suppressed, bounced=True)
+    assert answer == Eligibility(allowed=False, reason=Reason.BOUNCED)
+
+
+@pytest.mark.parametrize("topic", EVERY_TOPIC)
+def test_erasure_is_named_before_a_bounce(topic: TopicModel) -> None:
+    assert decide(topic, erased=True, bounced=True) == Eligibility(
+        allowed=False, reason=Reason.SUPPRESSED
+    )

@@ -35,6 +35,7 @@ from prefcenter.admin.sign_in import SignInOutcome, sign_in_with_api_key, sign_i
 from prefcenter.admin.trail_router import router as trail_router
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
+from prefcenter.bounces.service import lift_bounce as lift_bounce_of
 from prefcenter.db import ReadSession, WriteSession, utcnow
 
 router = APIRouter(prefix="/admin", route_class=AdminRoute, include_in_schema=False)
@@ -232,6 +233,37 @@ def record_change(
         session, contact_id, change, actor=admin.actor, request=context
     )
     return see_other(f"/admin/contacts/{quote(contact_id)}?recorded={applied.event_id}#timeline")
+
+
+@router.post("/contacts/{contact_id}/bounce/lift")
+def lift_bounce(
+    request: Request,
+    contact_id: ContactId,
+    admin: SignedInPost,
+    form: Form,
+    context: RequestContextDep,
+    session: WriteSession,
+) -> Response:
+    """Lift a bounce with the staff member's reason; without one, nothing changes."""
+    reason = form_text(form, "reason").strip()
+    if not reason:
+        return _contact_page(
+            request,
+            admin,
+            support.contact_view(session, contact_id),
+            errors={"lift_reason": "Say why the address may be mailed again."},
+            status_code=422,
+        )
+    lifted = lift_bounce_of(
+        session,
+        contact_id,
+        reason=reason[:2000],
+        actor=admin.actor,
+        context={**context.as_evidence(), "channel": support.CHANNEL},
+        now=utcnow(),
+    )
+    recorded = f"?recorded={quote(lifted.event_id)}" if lifted.event_id else ""
+    return see_other(f"/admin/contacts/{quote(contact_id)}{recorded}#timeline")
 
 
 @router.get("/contacts/{contact_id}/erase")

@@ -15,6 +15,8 @@ class Scope(StrEnum):
     ELIGIBILITY = "eligibility"
     LINKS = "links"
     AUDIT_READ = "audit:read"
+    INBOUND = "inbound"  # hands in messages sent to the List-Unsubscribe mailto: address
+    METRICS = "metrics"  # reads /metrics
     ADMIN = "admin"  # implies every other scope
 
 

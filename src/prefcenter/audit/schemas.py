@@ -24,6 +24,9 @@ class EventKind(StrEnum):
     TOPIC_CHANGE = "topic_change"
     ERASURE = "erasure"  # a contact's personal data erased; its evidence documents go with it
     ADDRESS_CHANGE = "address_change"  # an admin corrected a contact's address (new one hashed)
+    # An ESP reported a bounce (hard, or soft and counted): deliverability, not consent.
+    BOUNCE = "bounce"
+    BOUNCE_LIFTED = "bounce_lifted"  # an admin lifted a bounce, with a reason
 
 
 def new_event_id() -> str:

@@ -32,6 +32,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditFreeText
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
+from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
 from prefcenter.consent.queries import ContactNotFound, is_public_id
 from prefcenter.consent.schemas import ErasureOut
@@ -87,6 +88,8 @@ def erase_contact(
     session.execute(delete(AuditEvidence).where(col(AuditEvidence.seq).in_(event_ids)))
     session.execute(delete(AuditFreeText).where(col(AuditFreeText.seq).in_(event_ids)))
     session.execute(delete(Subscription).where(col(Subscription.contact_id) == contact.id))
+    # Erased is suppressed for good; what the ESPs reported goes with the rest.
+    session.execute(delete(Bounce).where(col(Bounce.contact_id) == contact.id))
     # Stored answers to retried requests (`Idempotency-Key`) echo the address.
     session.execute(
         delete(IdempotencyRecord).where(

@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.reading import events_of_contact
 from prefcenter.audit.schemas import ScopedAuditEventOut
+from prefcenter.bounces.service import bounce_of, bounced_among
 from prefcenter.consent.erased import erased_among
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Status
@@ -84,6 +85,7 @@ def lookup_contacts(
     ids = [c.id for c in contacts.values() if c.id is not None]
     subscriptions = _subscriptions_of(session, ids)
     suppressions = _suppressions_of(session, ids)
+    bounced = bounced_among(session, ids)
     answers = []
     for address in addresses:
         contact = contacts.get(address.normalised)
@@ -104,6 +106,7 @@ def lookup_contacts(
                 contact_id=contact.public_id,
                 suppressed=bool(suppression and suppression.suppressed),
                 subscriptions=subscriptions.get(contact.id, []),
+                bounced=contact.id in bounced,
             )
         )
     return LookupOut(contacts=answers)
@@ -135,4 +138,5 @@ def read_contact(session: Session, public_id: str, *, with_evidence: bool) -> Co
             ScopedAuditEventOut.of(event, with_evidence=with_evidence)
             for event in events_of_contact(session, contact.public_id)
         ],
+        bounce=bounce_of(session, contact.id),
     )

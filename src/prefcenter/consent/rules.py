@@ -46,6 +46,8 @@ RECIPIENT_SOURCES = frozenset(
         "email",
         "phone",
         "complaint",
+        # The person unsubscribed at the ESP (its unsubscribe link or preference page).
+        "esp_unsubscribe",
     }
 )
 

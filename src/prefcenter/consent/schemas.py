@@ -24,6 +24,7 @@ from pydantic_core.core_schema import CoreSchema
 from typing_extensions import TypeAliasType
 
 from prefcenter.audit.schemas import CampaignId, ScopedAuditEventOut
+from prefcenter.bounces.schemas import BounceOut
 from prefcenter.consent.rules import Outcome, Status
 from prefcenter.contacts.addresses import EmailAddress
 from prefcenter.timestamps import Rfc3339DateTime
@@ -182,6 +183,9 @@ class ContactLookup(BaseModel):
     contact_id: str | None
     suppressed: bool
     subscriptions: list[SubscriptionOut]
+    bounced: bool = Field(
+        default=False, description="The address hard-bounced: no mail of any kind is sent to it."
+    )
 
 
 class LookupOut(BaseModel):
@@ -206,6 +210,9 @@ class ContactOut(BaseModel):
     events: list[ScopedAuditEventOut] = Field(
         description="The contact's whole history, oldest first; `evidence` and `context` only "
         "for a key that also has `audit:read`."
+    )
+    bounce: BounceOut | None = Field(
+        default=None, description="What the ESPs reported (null: no bounce ever)."
     )
 
 

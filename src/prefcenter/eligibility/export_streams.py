@@ -33,11 +33,13 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
 )
 from sqlalchemy.orm import Mapped
 from sqlalchemy.sql import ClauseElement
 from sqlmodel import Session, col
 
+from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import FORMULA_STARTS
@@ -51,6 +53,7 @@ from prefcenter.eligibility.exports import (
     _csv_text,
     _topic_model,
     audience_reader,
+    bounced_exists,
     read_suppressions,
     stream_csv,
 )
@@ -116,6 +119,7 @@ def _timestamp_sql(value: Sql) -> ColumnElement[str]:
 
 
 def _suppressions_range(low: int, high: int) -> Select[str]:
+    """The range's opt-outs and bounces, a row each, in contact order (the opt-out first)."""
     # An erased contact is counted without an address (`exports.SuppressionReason.ERASED`).
     erased = col(Contact.erased_at).is_not(None)
     email = case((erased, literal("")), else_=csv_cell_sql(_address()))
@@ -127,8 +131,12 @@ def _suppressions_range(low: int, high: int) -> Select[str]:
         (erased, _timestamp_sql(col(Contact.erased_at))),
         else_=_timestamp_sql(col(Suppression.since)),
     )
-    return (
-        select(_csv_line(email, reason, since))
+    opted_out: Select[int, int, str] = (
+        select(
+            col(Suppression.contact_id).label("contact_id"),
+            literal(0).label("rank"),
+            _csv_line(email, reason, since).label("line"),
+        )
         .select_from(Contact)
         .join(Suppression, col(Suppression.contact_id) == col(Contact.id))
         .where(
@@ -139,8 +147,30 @@ def _suppressions_range(low: int, high: int) -> Select[str]:
             col(Contact.id) <= high,
             col(Suppression.suppressed) == true(),
         )
-        .order_by(col(Suppression.contact_id))
     )
+    bounced: Select[int, int, str] = (
+        select(
+            col(Bounce.contact_id).label("contact_id"),
+            literal(1).label("rank"),
+            _csv_line(
+                csv_cell_sql(_address()),
+                literal(SuppressionReason.BOUNCED.value),
+                _timestamp_sql(col(Bounce.since)),
+            ).label("line"),
+        )
+        .select_from(Contact)
+        .join(Bounce, col(Bounce.contact_id) == col(Contact.id))
+        .where(
+            col(Bounce.contact_id) > low,
+            col(Bounce.contact_id) <= high,
+            col(Contact.id) > low,
+            col(Contact.id) <= high,
+            col(Bounce.bounced) == true(),
+            col(Contact.erased_at).is_(None),
+        )
+    )
+    both = union_all(opted_out, bounced).subquery()
+    return select(both.c.line).order_by(both.c.contact_id, both.c.rank)
 
 
 def _audience_range(topic: Topic) -> RangeQuery:
@@ -158,7 +188,9 @@ def _audience_range(topic: Topic) -> RangeQuery:
             )
             .exists()
         )
-        allowed, needs_no_row = _allowed_where(model, suppressed, col(Subscription.status))
+        allowed, needs_no_row = _allowed_where(
+            model, suppressed, bounced_exists(low, high), col(Subscription.status)
+        )
         on_topic = and_(
             col(Subscription.contact_id) == col(Contact.id),
             col(Subscription.topic_id) == topic.id,

@@ -17,6 +17,7 @@ import base64
 import binascii
 import csv
 import io
+import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from sqlmodel import Session, col
 from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.reading import read_events
 from prefcenter.audit.schemas import EventKind, ScopedAuditEventOut
+from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
@@ -64,6 +66,9 @@ class SuppressionReason(StrEnum):
     # The person was erased: the row is counted but carries no address (an empty `email`;
     # only a keyed hash of it is kept, and that stays out of exports), `since` the erasure.
     ERASED = "erased"
+    # The address hard-bounced (bounces.models.Bounce): no mail of any kind. A contact that is
+    # also opted out of all marketing has a row for each, the opt-out's first.
+    BOUNCED = "bounced"
 
 
 class InvalidCursor(Unprocessable):
@@ -136,9 +141,13 @@ def _address() -> ColumnElement[str]:
 
 
 def read_suppressions(session: Session, after_id: int) -> Chunk:
-    """Contacts with a contact-wide opt-out in force, by contact row id. Erased contacts are
-    listed without an address (see `SuppressionReason.ERASED`)."""
-    rows = session.execute(
+    """Contacts with a contact-wide opt-out or a bounce in force, by contact row id (a row for
+    each; erased contacts are listed once, without an address: `SuppressionReason.ERASED`).
+
+    The two are walked on their own key indexes from the keyset position, a chunk of each;
+    the rows up to the lower of the two chunks' last ids (where one is full) are complete, so
+    the next chunk starts after that id."""
+    suppressions = session.execute(
         select(
             col(Suppression.contact_id),
             _address(),
@@ -159,7 +168,30 @@ def read_suppressions(session: Session, after_id: int) -> Chunk:
         .order_by(col(Suppression.contact_id))
         .limit(CHUNK_ROWS)
     ).all()
-    return _chunk_of(rows, _suppression_cells)
+    bounces = session.execute(
+        select(col(Bounce.contact_id), _address(), col(Bounce.since))
+        .select_from(Contact)
+        .join(Bounce, col(Bounce.contact_id) == col(Contact.id))
+        .where(
+            col(Bounce.contact_id) > after_id,
+            col(Contact.id) > after_id,
+            col(Bounce.bounced) == true(),
+            col(Contact.erased_at).is_(None),
+        )
+        .order_by(col(Bounce.contact_id))
+        .limit(CHUNK_ROWS)
+    ).all()
+    full = [int(rows[-1][0]) for rows in (suppressions, bounces) if len(rows) == CHUNK_ROWS]
+    cut = min(full) if full else None
+    merged = sorted(
+        [(int(r[0]), 0, _suppression_cells(r)) for r in suppressions]
+        + [
+            (int(r[0]), 1, (str(r[1]), SuppressionReason.BOUNCED.value, _timestamp(r[2])))
+            for r in bounces
+        ]
+    )
+    cells = [row for contact_id, _, row in merged if cut is None or contact_id <= cut]
+    return Chunk(rows=cells, last_id=cut)
 
 
 def _suppression_cells(row: Any) -> tuple[str, ...]:
@@ -181,7 +213,10 @@ def _topic_model(topic: Topic) -> TopicModel:
 
 
 def _allowed_where(
-    model: TopicModel, suppressed: ColumnElement[bool], status: Mapped[str]
+    model: TopicModel,
+    suppressed: ColumnElement[bool],
+    bounced: ColumnElement[bool],
+    status: Mapped[str],
 ) -> tuple[ColumnElement[bool], bool]:
     """The SQL condition under which `decide_eligibility` allows a (not erased) contact, built
     by asking the rule itself about every state a contact can be in, so the export cannot
@@ -190,12 +225,16 @@ def _allowed_where(
     states: list[Status | None] = [None, *Status]
     alternatives: list[ColumnElement[bool]] = []
     needs_no_row = False
-    for is_suppressed in (False, True):
+    for is_suppressed, is_bounced in itertools.product((False, True), (False, True)):
         allowed = [
             state
             for state in states
             if decide_eligibility(
-                model, erased=False, suppressed=is_suppressed, subscription=state
+                model,
+                erased=False,
+                suppressed=is_suppressed,
+                subscription=state,
+                bounced=is_bounced,
             ).allowed
         ]
         if not allowed:
@@ -212,10 +251,24 @@ def _allowed_where(
                 parts.append(status.is_(None))
             status_ok = or_(*parts)
         suppression_ok = suppressed if is_suppressed else ~suppressed
-        alternatives.append(and_(suppression_ok, status_ok))
+        bounce_ok = bounced if is_bounced else ~bounced
+        alternatives.append(and_(suppression_ok, bounce_ok, status_ok))
     if not alternatives:
         return false(), needs_no_row
     return or_(*alternatives), needs_no_row
+
+
+def bounced_exists(low: int, high: int | None = None) -> ColumnElement[bool]:
+    """Whether the outer query's contact is bounced, read from the bounce key index within the
+    keyset range (the range repeated here for the reason the other tables repeat it)."""
+    conditions = [
+        col(Bounce.contact_id) == col(Contact.id),
+        col(Bounce.contact_id) > low,
+        col(Bounce.bounced),
+    ]
+    if high is not None:
+        conditions.append(col(Bounce.contact_id) <= high)
+    return select(col(Bounce.contact_id)).where(*conditions).exists()
 
 
 def _audience_query(topic: Topic, after_id: int) -> Select[int | None, str, str]:
@@ -233,7 +286,9 @@ def _audience_query(topic: Topic, after_id: int) -> Select[int | None, str, str]
         )
         .exists()
     )
-    allowed, needs_no_row = _allowed_where(model, suppressed, col(Subscription.status))
+    allowed, needs_no_row = _allowed_where(
+        model, suppressed, bounced_exists(after_id), col(Subscription.status)
+    )
     on_topic = and_(
         col(Subscription.contact_id) == col(Contact.id),
         col(Subscription.topic_id) == topic.id,

@@ -2,9 +2,9 @@
 what the eligibility rule answers for it.
 
 Set-based and driver-level: one query per chunk of thousands of addresses (contact LEFT JOIN the
-topic's subscription LEFT JOIN suppression), its rows read as plain tuples from the DBAPI
-cursor — no ORM objects, no per-row type processing — because this is the hot path of the
-stream (millions of addresses). The rule is not restated in SQL: `StateTable` asks
+topic's subscription LEFT JOIN suppression LEFT JOIN bounce), its rows read as plain tuples
+from the DBAPI cursor — no ORM objects, no per-row type processing — because this is the hot
+path of the stream (millions of addresses). The rule is not restated in SQL: `StateTable` asks
 `decide_eligibility` once per state a contact can be in, so a row's answer is one dict lookup.
 """
 
@@ -20,17 +20,19 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.rules import Status
 from prefcenter.eligibility.rules import Eligibility, TopicModel, decide_eligibility
 
-# (suppressed, subscription status) as the query returns them; None where no row exists.
-State = tuple[bool | None, str | None]
+# (suppressed, subscription status, bounced) as the query returns them; None where no row
+# exists.
+State = tuple[bool | None, str | None, bool | None]
 
 # Addresses per SQLite query: each is a bound parameter, and SQLite allows 32,766 of them
 # since 3.32 (999 before); one more parameter is the topic.
 SQLITE_CHUNK = 10_000 if sqlite3.sqlite_version_info >= (3, 32, 0) else 900
 
 _POSTGRES_QUERY = (
-    "SELECT c.address, p.suppressed, s.status FROM contact c "
+    "SELECT c.address, p.suppressed, s.status, b.bounced FROM contact c "
     "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = %s "
     "LEFT JOIN suppression p ON p.contact_id = c.id "
+    "LEFT JOIN bounce b ON b.contact_id = c.id "
     # One text parameter, the addresses one per line, split by the server: the same statement
     # whatever the chunk's size, and no per-element work in the driver (its list dumper is
     # pure Python). Normalised addresses never contain a line break.
@@ -47,9 +49,10 @@ _POSTGRES_PLAN = (
     "SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off"
 )
 _SQLITE_QUERY = (
-    "SELECT c.address, p.suppressed, s.status FROM contact c "
+    "SELECT c.address, p.suppressed, s.status, b.bounced FROM contact c "
     "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = ? "
     "LEFT JOIN suppression p ON p.contact_id = c.id "
+    "LEFT JOIN bounce b ON b.contact_id = c.id "
     "WHERE c.address IN ({marks})"
 )
 _POSTGRES_ERASED = (
@@ -69,18 +72,19 @@ class StateTable(Generic[T]):
         self._by_state: dict[State, T] = {}
         for suppressed in (None, False, True):
             for status in (None, *Status):
-                answer = decide_eligibility(
-                    model,
-                    # Erased contacts have no address, so no row of theirs is ever read.
-                    erased=False,
-                    suppressed=bool(suppressed),
-                    subscription=status,
-                )
-                self._by_state[(suppressed, None if status is None else status.value)] = render(
-                    answer
-                )
-        # An address no contact has: no subscription, no suppression.
-        self.unknown: T = self._by_state[(None, None)]
+                for bounced in (None, False, True):
+                    answer = decide_eligibility(
+                        model,
+                        # Erased contacts have no address, so no row of theirs is ever read.
+                        erased=False,
+                        suppressed=bool(suppressed),
+                        subscription=status,
+                        bounced=bool(bounced),
+                    )
+                    key = (suppressed, None if status is None else status.value, bounced)
+                    self._by_state[key] = render(answer)
+        # An address no contact has: no subscription, no suppression, no bounce.
+        self.unknown: T = self._by_state[(None, None, None)]
 
     def __getitem__(self, state: State) -> T:
         """Fail safe: a status this code does not know (a newer version wrote it) is a
@@ -104,15 +108,24 @@ def read_states(
             rows = cursor.fetchall()
         finally:
             cursor.close()
-        return {address: table[(suppressed, status)] for address, suppressed, status in rows}
+        return {
+            address: table[(suppressed, status, bounced)]
+            for address, suppressed, status, bounced in rows
+        }
     found: dict[str, T] = {}
     for chunk in _chunks(list(addresses), SQLITE_CHUNK):
         marks = ",".join("?" * len(chunk))
         cursor = dbapi.execute(_SQLITE_QUERY.format(marks=marks), (topic_id, *chunk))
         try:
-            for address, suppressed, status in cursor:
+            for address, suppressed, status, bounced in cursor:
                 # SQLite stores booleans as 0/1.
-                found[address] = table[(None if suppressed is None else bool(suppressed), status)]
+                found[address] = table[
+                    (
+                        None if suppressed is None else bool(suppressed),
+                        status,
+                        None if bounced is None else bool(bounced),
+                    )
+                ]
         finally:
             cursor.close()
     return found

@@ -23,6 +23,7 @@ class Reason(StrEnum):
     NOT_SUBSCRIBED = "not_subscribed"
     PENDING = "pending"
     SUPPRESSED = "suppressed"
+    BOUNCED = "bounced"  # the address hard-bounced: no mail of any kind
     UNKNOWN_TOPIC = "unknown_topic"
     INVALID_EMAIL = "invalid_email"
 
@@ -45,12 +46,17 @@ def decide_eligibility(
     erased: bool,
     suppressed: bool,
     subscription: Status | None,
+    bounced: bool = False,
 ) -> Eligibility:
-    """In order: erasure blocks everything; transactional mail ignores marketing opt-outs;
+    """In order: erasure blocks everything; a bounce blocks every kind of mail (the address
+    does not take any; transactional mail included); transactional mail ignores marketing
+    opt-outs;
     a contact-wide opt-out blocks every marketing topic (opt-out topics included); then the
     topic's own state; with none, the topic's consent model decides."""
     if erased:
         return Eligibility(allowed=False, reason=Reason.SUPPRESSED)
+    if bounced:
+        return Eligibility(allowed=False, reason=Reason.BOUNCED)
     if topic.kind is TopicKind.TRANSACTIONAL:
         return Eligibility(allowed=True, reason=Reason.TRANSACTIONAL)
     if suppressed:

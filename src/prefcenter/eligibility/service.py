@@ -77,7 +77,7 @@ def decide_addresses(
     found = read_states(connection, topic.id, wanted, table)
     erased = read_erased(connection, keys, wanted)
     erased_answer = decide_eligibility(
-        topic.model, erased=True, suppressed=False, subscription=None
+        topic.model, erased=True, suppressed=False, subscription=None, bounced=False
     )
     answers: list[Eligibility] = []
     for address in normalised:

@@ -171,7 +171,9 @@ class _Answers:
         self.keys = keys
         self.by_state = StateTable(topic.model, _csv_row_end)
         self.erased = _csv_row_end(
-            decide_eligibility(topic.model, erased=True, suppressed=False, subscription=None)
+            decide_eligibility(
+                topic.model, erased=True, suppressed=False, subscription=None, bounced=False
+            )
         )
         self.invalid = ",false,invalid_email\r\n"
 

@@ -3,6 +3,8 @@ preference center, confirm a double opt-in. The token is the only credential."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -37,6 +39,7 @@ class Channel(StrEnum):
     UNSUBSCRIBE_PAGE = "unsubscribe_page"
     PREFERENCE_CENTER = "preference_center"
     CONFIRMATION = "confirmation"
+    MAILTO = "mailto"  # a message to the `mailto:` of List-Unsubscribe (inbound.mailto)
 
 
 def read_token(
@@ -116,19 +119,24 @@ def unsubscribe(
     channel: Channel,
     request: RequestContext,
     now: datetime,
+    evidence: Mapping[str, Any] | None = None,
 ) -> LinkView:
     """Opt out of the token's topic, or of all marketing. Repeating it changes nothing more.
 
     The topic comes from the token only: nothing in the request can widen or redirect it.
+    `evidence` adds to what the record keeps (a mailto: message's `Message-ID`).
     """
     topic = _token_topic(session, verified)
     contact = _contact(session, verified, lock=True)
+    record = recipient_record(verified, channel, request)
+    if evidence:
+        record = replace(record, evidence={**record.evidence, **evidence})
     apply_change(
         session,
         contact=contact,
         topic=topic,
         requested=recipient_change(Status.UNSUBSCRIBED, channel, now),
-        record=recipient_record(verified, channel, request),
+        record=record,
         now=now,
     )
     assert contact.address is not None
