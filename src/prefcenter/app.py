@@ -24,6 +24,7 @@ from prefcenter.eligibility.router import router as eligibility_router
 from prefcenter.http_limits import BodySizeLimit
 from prefcenter.imports.router import router as imports_router
 from prefcenter.links.router import router as links_router
+from prefcenter.mail.config import mail_config
 from prefcenter.preference_center.router import install_invalid_link_page
 from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the service. Fails at once on a configuration that cannot work (no signing key
     on PostgreSQL, a bad key ring) rather than on the first request."""
     signing_keys = settings.signing_key_ring()
+    mail = mail_config(settings)  # a bad PREFCENTER_MAIL_URL stops the start, not a request
     database = Database(settings)
     head = migrations.head_revision(settings)
     known_revisions = migrations.known_revisions(settings)
@@ -70,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.signing_keys = signing_keys
+    app.state.mail = mail
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     app.state.audit_keys = AuditKeys.from_settings(settings)
     install_problem_handlers(app)

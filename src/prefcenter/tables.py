@@ -8,6 +8,7 @@ from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditHead
 from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.idempotency import IdempotencyRecord
+from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
 from prefcenter.topics.models import Topic
 
 metadata = SQLModel.metadata
@@ -23,6 +24,8 @@ __all__ = [
     "Contact",
     "ErasedAddress",
     "IdempotencyRecord",
+    "OutboxAttempt",
+    "OutboxMessage",
     "Subscription",
     "Suppression",
     "Topic",

@@ -24,6 +24,7 @@ class EventKind(StrEnum):
     TOPIC_CHANGE = "topic_change"
     ERASURE = "erasure"  # a contact's personal data erased; its evidence documents go with it
     ADDRESS_CHANGE = "address_change"  # an admin corrected a contact's address (new one hashed)
+    MAIL_SENT = "mail_sent"  # the service handed one of its mails to the transport
 
 
 def new_event_id() -> str:
