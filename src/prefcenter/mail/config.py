@@ -8,7 +8,7 @@ import ipaddress
 import re
 import uuid
 from dataclasses import dataclass
-from email.utils import formataddr, parseaddr
+from email.utils import formataddr
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -20,6 +20,7 @@ SMTP_PORT = 587  # submission, STARTTLS
 SMTPS_PORT = 465  # submission over TLS from the first byte
 # A plain mailbox, nothing a header would need quoted; a one-label domain (localhost) allowed.
 _MAILBOX = re.compile(r"[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+_NAMED_MAILBOX = re.compile(r'(?P<name>[^<>@\r\n]*)<(?P<address>[^<>\s]+)>')
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
@@ -192,13 +193,13 @@ def _is_loopback(host: str) -> bool:
 
 def parse_sender(value: str) -> tuple[str, str]:
     """`news@example.com` or `Example <news@example.com>` → (the From header, the address)."""
-    if value.count("@") != 1:
-        raise ConfigError(
-            "PREFCENTER_MAIL_FROM must be one address, e.g. news@example.com, or a name and "
-            "an address, e.g. 'Example <news@example.com>'"
-        )
-    name, address = parseaddr(value)
-    if not address or not _MAILBOX.fullmatch(address) or any(ch in name for ch in "\r\n<>"):
+    value = value.strip()
+    named = _NAMED_MAILBOX.fullmatch(value)
+    if named is not None:
+        name, address = named.group("name").strip().strip('"').strip(), named.group("address")
+    else:
+        name, address = "", value
+    if not _MAILBOX.fullmatch(address):
         raise ConfigError(
             "PREFCENTER_MAIL_FROM must be an address, e.g. news@example.com, or a name and an "
             "address, e.g. 'Example <news@example.com>'"

@@ -96,7 +96,8 @@ def compose(
     message["Message-ID"] = message_id
     message["Auto-Submitted"] = "auto-generated"
     message["X-Auto-Response-Suppress"] = "All"
-    message["Content-Language"] = language
     message.set_content(written.text)
     message.add_alternative(written.html, subtype="html")
+    # After the parts: setting content moves every Content-* header into the first part.
+    message["Content-Language"] = language
     return message
