@@ -11,12 +11,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from prefcenter.settings import Settings
+from tests.conftest import make_settings
 
 HOST = "127.0.0.1"
 WAIT_TIMEOUT_S = 60.0
@@ -93,7 +97,9 @@ class SmtpServer:
 
 
 @contextmanager
-def smtp_server(inbox: Inbox | None = None, *, port: int = 0, **options: Any) -> Iterator[SmtpServer]:
+def smtp_server(
+    inbox: Inbox | None = None, *, port: int = 0, **options: Any
+) -> Iterator[SmtpServer]:
     """Run an SMTP server until the block ends; `port` 0 takes a free one."""
     inbox = inbox or Inbox()
     controller = Controller(inbox, hostname=HOST, port=port or free_port(), **options)
@@ -109,3 +115,24 @@ def free_port() -> int:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+SENDER = "Example Shop <news@example.com>"
+
+
+def mail_settings(database_url: str, server: SmtpServer, **overrides: Any) -> Settings:
+    """Test settings with the service's mail going to `server`."""
+    return make_settings(database_url, mail_url=server.url, mail_from=SENDER, **overrides)
+
+
+@dataclass
+class Clock:
+    """A clock the test moves: the worker's `clock`."""
+
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, by: timedelta) -> None:
+        self.now += by

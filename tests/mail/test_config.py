@@ -41,7 +41,9 @@ class TestMailUrl:
         assert (target.port, target.security) == (465, SmtpSecurity.TLS)
 
     def test_port_and_percent_encoded_credentials(self) -> None:
-        target = parse_mail_url("smtp://AKIA%2Fx:p%40ss%3Aw@email-smtp.eu-west-1.amazonaws.com:2587")
+        target = parse_mail_url(
+            "smtp://AKIA%2Fx:p%40ss%3Aw@email-smtp.eu-west-1.amazonaws.com:2587"
+        )
         assert target == SmtpTarget(
             "email-smtp.eu-west-1.amazonaws.com", 2587, "AKIA/x", "p@ss:w", SmtpSecurity.STARTTLS
         )
@@ -102,7 +104,11 @@ class TestSender:
         ("value", "header", "address"),
         [
             ("news@example.com", "news@example.com", "news@example.com"),
-            ("Example Shop <news@example.com>", "Example Shop <news@example.com>", "news@example.com"),
+            (
+                "Example Shop <news@example.com>",
+                "Example Shop <news@example.com>",
+                "news@example.com",
+            ),
             ("prefcenter@localhost", "prefcenter@localhost", "prefcenter@localhost"),
         ],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -36,7 +37,7 @@ class TestRetryDelay:
 
     @pytest.mark.parametrize(("failed", "draw"), [(0, 0.5), (-1, 0.5), (1, 1.0), (1, -0.1)])
     def test_nonsense_is_refused(self, failed: int, draw: float) -> None:
-        with pytest.raises(ValueError, match="counts from 1|draw"):
+        with pytest.raises(ValueError, match=r"counts from 1|draw"):
             retry_delay(SCHEDULE, failed, draw)
 
     @given(
@@ -51,7 +52,7 @@ class TestRetryDelay:
 
     def test_a_later_wait_is_never_shorter_than_an_earlier_one(self) -> None:
         # With the worst draws on both sides: the schedule grows by more than the jitter spans.
-        for earlier, later in zip(MAIL_RETRY_SCHEDULE, MAIL_RETRY_SCHEDULE[1:], strict=False):
+        for earlier, later in itertools.pairwise(MAIL_RETRY_SCHEDULE):
             assert later * (1 - JITTER) >= earlier * (1 + JITTER) or later == earlier
 
     def test_mail_is_given_up_after_some_days_not_hours_nor_weeks(self) -> None:

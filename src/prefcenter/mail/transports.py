@@ -92,7 +92,13 @@ class SmtpTransport:
             timeout=self._timeout,
             tls_context=self._tls_context,
         )
-        await client.connect()
+        try:
+            await client.connect()
+        except BaseException:
+            # Refused after the TCP connection was made (no STARTTLS, a wrong password):
+            # that connection is closed here, not left to the garbage collector.
+            client.close()
+            raise
         self._client = client
         return client
 
