@@ -58,7 +58,7 @@ class DeliveryReport:
     cancelled: int = 0
     released: int = 0  # claimed, not tried (stopping), given back
     last_error: str | None = None
-    errors: list[str] = field(default_factory=list)  # this round's, at most a few
+    errors: list[str] = field(default_factory=list)  # the last few
 
     def add(self, other: DeliveryReport) -> None:
         self.claimed += other.claimed
@@ -68,6 +68,7 @@ class DeliveryReport:
         self.cancelled += other.cancelled
         self.released += other.released
         self.last_error = other.last_error or self.last_error
+        self.errors = (self.errors + other.errors)[-5:]
 
     def summary(self) -> str:
         return (

@@ -20,7 +20,7 @@ SMTP_PORT = 587  # submission, STARTTLS
 SMTPS_PORT = 465  # submission over TLS from the first byte
 # A plain mailbox, nothing a header would need quoted; a one-label domain (localhost) allowed.
 _MAILBOX = re.compile(r"[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
-_NAMED_MAILBOX = re.compile(r'(?P<name>[^<>@\r\n]*)<(?P<address>[^<>\s]+)>')
+_NAMED_MAILBOX = re.compile(r"(?P<name>[^<>@\r\n]*)<(?P<address>[^<>\s]+)>")
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
