@@ -46,6 +46,8 @@ _TABLES = (
     "admin_user",
     "admin_sign_in_attempt",
     "mail_request",
+    "outbox_attempt",
+    "outbox_message",
 )
 
 
@@ -53,6 +55,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     overrides.setdefault("signing_keys", TEST_SIGNING_KEYS)
     overrides.setdefault("audit_key", TEST_AUDIT_KEY)
     overrides.setdefault("base_url", "http://testserver")
+    # The service's own mail is off unless a test turns it on (on SQLite it would default to
+    # a Maildir beside the database).
+    overrides.setdefault("mail_url", "off")
     return Settings(_env_file=None, database_url=database_url, **overrides)
 
 

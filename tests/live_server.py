@@ -80,6 +80,8 @@ def _server_env(database_url: str, base_url: str, extra_env: Mapping[str, str]) 
     # Links it issues point back at this very server, so a browser can follow them.
     env["PREFCENTER_BASE_URL"] = base_url
     env["PREFCENTER_LOG_LEVEL"] = "info"
+    # No mail of the service's own unless a test asks (SQLite would default to a Maildir).
+    env["PREFCENTER_MAIL_URL"] = "off"
     env.update(extra_env)
     return env
 

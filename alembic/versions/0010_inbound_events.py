@@ -2,7 +2,7 @@
 `inbound_receipt` (ESP event ids, SNS message ids and Mailgun tokens already taken in).
 
 Revision ID: 0010_inbound_events
-Revises: 0008_sign_in_throttle
+Revises: 0009_outbox
 Create Date: 2026-12-02
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 from prefcenter.db import UtcDateTime
 
 revision: str = "0010_inbound_events"
-down_revision: str | None = "0008_sign_in_throttle"
+down_revision: str | None = "0009_outbox"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -28,6 +28,7 @@ from prefcenter.http_limits import BodySizeLimit, BodyTimeout
 from prefcenter.imports.router import router as imports_router
 from prefcenter.inbound.router import install_inbound
 from prefcenter.links.router import router as links_router
+from prefcenter.mail.config import mail_config
 from prefcenter.preference_center.router import install_invalid_link_page, request_timeout_page
 from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the service. Fails at once on a configuration that cannot work (no signing key
     on PostgreSQL, a bad key ring) rather than on the first request."""
     signing_keys = settings.signing_key_ring()
+    mail = mail_config(settings)  # a bad PREFCENTER_MAIL_URL stops the start, not a request
     database = Database(settings)
     head = migrations.head_revision(settings)
     known_revisions = migrations.known_revisions(settings)
@@ -77,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.signing_keys = signing_keys
+    app.state.mail = mail
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     app.state.audit_keys = AuditKeys.from_settings(settings)
     app.state.audit_verify_slot = new_verify_slot()

@@ -1,11 +1,13 @@
-"""The `prefcenter` command: serve, migrate, and manage API keys."""
+"""The `prefcenter` command: serve, migrate, deliver the outbox, and manage API keys."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import getpass
 import json
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,11 +33,20 @@ from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.verify import verify_chain
 from prefcenter.consent.erasure import erase_contact, stored_again
+from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database, utcnow
+from prefcenter.delivery.test_mail import QueuedMail, queue_test_mail
+from prefcenter.delivery.worker import (
+    BackgroundWorker,
+    DeliveryReport,
+    OutboxWorker,
+    run_until_signalled,
+)
 from prefcenter.imports.console import import_with_progress, print_report
 from prefcenter.imports.formats import ImportFormat
 from prefcenter.imports.service import DEFAULT_BATCH_SIZE, ImportRequest
 from prefcenter.inbound.receive import receive_mail
+from prefcenter.mail.config import mail_config
 from prefcenter.problems import Problem, ServiceUnavailable
 from prefcenter.settings import ConfigError, Settings
 
@@ -54,6 +65,8 @@ admins_cli = typer.Typer(help="Users of the admin console at /admin.", no_args_i
 cli.add_typer(admins_cli, name="admins")
 contacts_cli = typer.Typer(help="Contacts and their personal data.", no_args_is_help=True)
 cli.add_typer(contacts_cli, name="contacts")
+mail_cli = typer.Typer(help="The service's own mail.", no_args_is_help=True)
+cli.add_typer(mail_cli, name="mail")
 
 stderr = Console(stderr=True)
 
@@ -63,6 +76,7 @@ def _settings() -> Settings:
         settings = Settings()
         settings.signing_key_ring()
         settings.audit_secret  # noqa: B018 - fails here, not at the first event, when unset
+        mail_config(settings)  # a bad PREFCENTER_MAIL_URL stops every command at once
     except ConfigError as exc:
         stderr.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -92,8 +106,15 @@ def serve(
     no_migrate: Annotated[
         bool, typer.Option("--no-migrate", help="Do not apply pending migrations first.")
     ] = False,
+    no_worker: Annotated[
+        bool,
+        typer.Option(
+            "--no-worker", help="Run no outbox worker inside (run `prefcenter worker` instead)."
+        ),
+    ] = False,
 ) -> None:
-    """Serve the HTTP API and the recipient pages (applies pending migrations first)."""
+    """Serve the HTTP API and the recipient pages (applies pending migrations first), with an
+    outbox worker that sends the service's mail unless --no-worker."""
     settings = _settings()
     # Redacted (tokens, addresses, query strings) in this process, in uvicorn's own loggers
     # and in every worker it spawns: a dict, which each worker configures itself from.
@@ -101,17 +122,115 @@ def serve(
     logs.configure_logging(config)
     if not no_migrate:
         migrations.upgrade(settings)
-    uvicorn.run(
-        "prefcenter.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=config,
-        log_level=settings.log_level,
-        proxy_headers=False,  # client addresses are taken from trusted proxies only (settings)
-        server_header=False,
+    with _outbox_worker_beside(settings, enabled=not no_worker):
+        uvicorn.run(
+            "prefcenter.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=config,
+            log_level=settings.log_level,
+            proxy_headers=False,  # client addresses are taken from trusted proxies only
+            server_header=False,
+        )
+
+
+@contextmanager
+def _outbox_worker_beside(settings: Settings, *, enabled: bool) -> Iterator[None]:
+    """One outbox worker in this process, whatever `--workers` says (the server's worker
+    processes only queue), stopped gracefully once the server has stopped. SIGTERM then ends
+    the command with status 0: uvicorn raises it again after its own shutdown."""
+    if not enabled:
+        yield
+        return
+    database = Database(settings)
+    background = BackgroundWorker(OutboxWorker(database, settings, mail=mail_config(settings)))
+    background.start()
+    previous = signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        background.stop()
+        database.dispose()
+
+
+def _exit_after_shutdown(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+@cli.command("worker")
+def outbox_worker(
+    once: Annotated[
+        bool, typer.Option("--once", help="Deliver what is due now, print the counts, exit.")
+    ] = False,
+) -> None:
+    """Deliver the outbox (the service's mail) until SIGTERM or SIGINT; any number of
+    workers may run on PostgreSQL. Exit status 1 with --once when a delivery failed."""
+    settings = _settings()
+    # Redacted like the server's: a relay's refusal can quote the address it refused.
+    logs.configure_logging(
+        logs.log_config(level=settings.log_level, log_format=settings.log_format)
     )
+    mail = mail_config(settings)
+    if mail is None:
+        stderr.print("mail is off (PREFCENTER_MAIL_URL): nothing to deliver")
+    with _database(settings) as database:
+        worker = OutboxWorker(database, settings, mail=mail)
+        if not once:
+            asyncio.run(run_until_signalled(worker))
+            return
+        report = asyncio.run(_deliver_due_once(worker))
+    stderr.print(report.summary())
+    for error in report.errors:
+        stderr.print(f"[red]error:[/red] {error}")
+    if report.failed or report.retried:
+        raise typer.Exit(1)
+
+
+async def _deliver_due_once(worker: OutboxWorker) -> DeliveryReport:
+    try:
+        return await worker.deliver_due()
+    finally:
+        await worker.aclose()
+
+
+@mail_cli.command("test")
+def mail_test(
+    address: Annotated[str, typer.Argument(help="Where to send the test mail.")],
+) -> None:
+    """Queue one test mail and deliver it at once: prints its Message-ID, or the transport's
+    error (exit status 1). A test mail that fails is not retried."""
+    settings = _settings()
+    mail = mail_config(settings)
+    if mail is None:
+        stderr.print(
+            "[red]error:[/red] mail is off: set PREFCENTER_MAIL_URL (and PREFCENTER_MAIL_FROM)"
+        )
+        raise typer.Exit(2)
+    try:
+        recipient = parse_address(address).normalised
+    except InvalidAddress as exc:
+        stderr.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    with _database(settings) as database:
+        with database.transaction(write=True) as session:
+            queued = queue_test_mail(session, mail, recipient=recipient, now=utcnow())
+        worker = OutboxWorker(database, settings, mail=mail)
+        report = asyncio.run(_deliver_now(worker, queued))
+    if report.sent != 1:
+        stderr.print(f"[red]not sent:[/red] {report.last_error or 'nothing was delivered'}")
+        raise typer.Exit(1)
+    stderr.print(f"sent via {mail.target.describe()}")
+    sys.stdout.write(queued.message_id + "\n")
+
+
+async def _deliver_now(worker: OutboxWorker, queued: QueuedMail) -> DeliveryReport:
+    try:
+        return await worker.deliver_batch(only={queued.id}, final=True)
+    finally:
+        await worker.aclose()
 
 
 @db_cli.command("upgrade")

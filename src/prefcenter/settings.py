@@ -137,6 +137,16 @@ class Settings(BaseSettings):
     # the address `bounced`, as one hard bounce does.
     soft_bounce_limit: int = Field(default=3, ge=1, le=100)
     soft_bounce_window_days: int = Field(default=7, ge=1, le=365)
+    # Outgoing mail (prefcenter.mail.config reads it): smtp://, smtps://, maildir:///path, or
+    # `off`. Unset: a Maildir beside a SQLite database file, no mail on PostgreSQL.
+    mail_url: str | None = None
+    # The From of every mail; required once mail is on, but for the default Maildir.
+    mail_from: str | None = None
+    # How long an idle outbox worker waits before it looks for due messages again.
+    outbox_poll_seconds: float = Field(default=1.0, gt=0, le=300)
+    # How long a worker may hold the messages it claimed before another may take them over
+    # (it died, or hangs): a message is sent again at the earliest this long after a crash.
+    outbox_lease_seconds: float = Field(default=300.0, ge=1, le=86400)
 
     @field_validator("base_url")
     @classmethod
@@ -157,6 +167,8 @@ class Settings(BaseSettings):
         "mailgun_signing_key",
         "postmark_webhook_user",
         "postmark_webhook_password",
+        "mail_url",
+        "mail_from",
     )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
@@ -217,6 +229,14 @@ class Settings(BaseSettings):
         if not path or path == ":memory:":
             return None
         return Path(path.split("?", 1)[0])
+
+    @property
+    def mail_enabled(self) -> bool:
+        """Whether the service sends mail itself: a transport is configured, or the default
+        Maildir beside a SQLite database file applies (mail.config says which)."""
+        if self.mail_url is not None:
+            return self.mail_url.lower() != "off"
+        return self.sqlite_path() is not None
 
     def signing_key_ring(self) -> tuple[SigningKey, ...]:
         """The configured key ring, or on SQLite one generated once and kept beside the data.

@@ -10,6 +10,7 @@ from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.idempotency import IdempotencyRecord
 from prefcenter.inbound.models import InboundReceipt
+from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
 from prefcenter.preference_center.models import MailRequest
 from prefcenter.topics.models import Topic
 
@@ -30,6 +31,8 @@ __all__ = [
     "IdempotencyRecord",
     "InboundReceipt",
     "MailRequest",
+    "OutboxAttempt",
+    "OutboxMessage",
     "Subscription",
     "Suppression",
     "Topic",

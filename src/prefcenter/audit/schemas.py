@@ -27,6 +27,7 @@ class EventKind(StrEnum):
     # An ESP reported a bounce (hard, or soft and counted): deliverability, not consent.
     BOUNCE = "bounce"
     BOUNCE_LIFTED = "bounce_lifted"  # an admin lifted a bounce, with a reason
+    MAIL_SENT = "mail_sent"  # the service handed one of its mails to the transport
 
 
 def new_event_id() -> str:

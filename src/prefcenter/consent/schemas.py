@@ -27,6 +27,7 @@ from prefcenter.audit.schemas import CampaignId, ScopedAuditEventOut
 from prefcenter.bounces.schemas import BounceOut
 from prefcenter.consent.rules import Outcome, Status
 from prefcenter.contacts.addresses import EmailAddress
+from prefcenter.mail.schemas import MailLanguage
 from prefcenter.timestamps import Rfc3339DateTime
 from prefcenter.topics.schemas import TopicKey
 
@@ -109,6 +110,11 @@ class ConsentChangeIn(BaseModel):
         default=None,
         description="Why (admin keys): required to reverse a person's own opt-out.",
     )
+    language: MailLanguage | None = Field(
+        default=None,
+        description="The language of the mail the service sends about this change (the "
+        "double-opt-in confirmation, when it sends mail itself); defaults to en.",
+    )
 
     @field_validator("evidence")
     @classmethod
@@ -161,8 +167,9 @@ class ConsentChangeOut(BaseModel):
     event_id: str
     confirm_url: str | None = Field(
         default=None,
-        description="Only while a double opt-in subscription is pending: the link to mail to "
-        "the person; it makes the subscription `subscribed` and expires.",
+        description="Only while a double opt-in subscription is pending, and only when the "
+        "service sends no mail itself: the link to mail to the person; it makes the "
+        "subscription `subscribed` and expires. With mail on, the service mails it.",
     )
 
 

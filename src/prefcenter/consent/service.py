@@ -14,6 +14,7 @@ from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import EventKind, NewEvent, new_event_id
 from prefcenter.audit.service import append_event
+from prefcenter.consent.confirmation_mail import CONFIRM_BY_MAIL, queue_confirmation
 from prefcenter.consent.contact_creation import lock_new_contact
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import (
@@ -29,6 +30,7 @@ from prefcenter.consent.rules import (
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
 from prefcenter.contacts.models import Contact
 from prefcenter.db import utcnow
+from prefcenter.mail.config import mail_config
 from prefcenter.settings import Settings, SigningKey
 from prefcenter.tokens import TokenClaims, TokenPurpose, confirm_url, sign_token
 from prefcenter.topics.errors import UnknownTopic
@@ -48,7 +50,8 @@ class ChangeRecord:
     evidence: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     # Who is handed the confirmation link if the change leaves a subscription pending (an API
-    # client, while the service sends no mail itself): the trail then says who could confirm.
+    # client while the service sends no mail itself, else `mail`): the trail then says who
+    # could confirm.
     confirm_link_to: str | None = None
 
 
@@ -171,8 +174,9 @@ def record_change(
     keys: AuditKeys,
 ) -> ConsentChangeOut:
     """Record a consent change from an API client. On a double opt-in topic a subscription is
-    left `pending` and the answer carries the confirmation link for the caller to mail. An
-    erased address is refused (consent.erased): recording anything would store it again."""
+    left `pending`: with mail on, the confirmation mail is queued in this transaction; with it
+    off, the answer carries the confirmation link for the caller to mail. An erased address is
+    refused (consent.erased): recording anything would store it again."""
     now = utcnow()
     topic: Topic | None = None
     if change.topic is not None:
@@ -190,6 +194,7 @@ def record_change(
         reason=change.reason,
         double_opt_in=topic.double_opt_in if topic is not None else False,
     )
+    mail = mail_config(settings)
     contact = lock_new_contact(session, keys, change.email)
     applied = apply_change(
         session,
@@ -203,21 +208,35 @@ def record_change(
             reason=change.reason,
             evidence=change.evidence,
             context=request.as_evidence(),
-            confirm_link_to=caller.actor,
+            confirm_link_to=CONFIRM_BY_MAIL if mail is not None else caller.actor,
         ),
         now=now,
     )
     link: str | None = None
     if topic is not None and applied.decision.status is Status.PENDING and applied.subscription:
-        link = confirm_link(
-            settings,
-            ring,
-            contact=contact,
-            topic=topic,
-            subscription=applied.subscription,
-            campaign_id=change.campaign_id,
-            now=now,
-        )
+        if mail is not None:
+            # The service mails the link itself, in this transaction: the caller never sees
+            # it, so only the mailbox can confirm.
+            queue_confirmation(
+                session,
+                mail,
+                contact=contact,
+                topic=topic,
+                pending_event=applied.subscription.event_id,
+                campaign_id=change.campaign_id,
+                language=change.language or "en",
+                now=now,
+            )
+        else:
+            link = confirm_link(
+                settings,
+                ring,
+                contact=contact,
+                topic=topic,
+                subscription=applied.subscription,
+                campaign_id=change.campaign_id,
+                now=now,
+            )
     return ConsentChangeOut(
         contact_id=contact.public_id,
         email=change.email.given,

@@ -21,6 +21,8 @@ from prefcenter.contacts.service import (
     lock_contact_by_public_id,
     mask_address,
 )
+from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
+from prefcenter.outbox.service import latest_for_cause
 from prefcenter.preference_center.errors import InvalidLink
 from prefcenter.preference_center.schemas import LinkView, PreferencesView, TopicChoice
 from prefcenter.settings import SigningKey
@@ -317,6 +319,10 @@ def confirm(
     view = LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)
     if subscription.status == Status.SUBSCRIBED:
         return view
+    record = recipient_record(verified, Channel.CONFIRMATION, request)
+    message_id = _confirmation_message_id(session, subscription.event_id)
+    if message_id is not None:
+        record = replace(record, evidence={**record.evidence, "message_id": message_id})
     apply_change(
         session,
         contact=contact,
@@ -329,7 +335,19 @@ def confirm(
             double_opt_in=True,
             confirmed=True,
         ),
-        record=recipient_record(verified, Channel.CONFIRMATION, request),
+        record=record,
         now=now,
     )
     return view
+
+
+def _confirmation_message_id(session: Session, pending_event: str) -> str | None:
+    """The Message-ID of the mail that carried this confirmation link, when the service sent
+    it: the trail then shows that the link reached that mailbox. When the person asked more
+    than once, the newest sent; none sent yet, a queued one (a worker that sent it and stopped
+    before recording so: the click shows it arrived)."""
+    for status in (OutboxStatus.SENT, OutboxStatus.QUEUED):
+        mail = latest_for_cause(session, pending_event, kind=OutboxKind.MAIL, status=status)
+        if mail is not None:
+            return mail.message_id
+    return None

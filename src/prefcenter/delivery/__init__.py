@@ -1,0 +1,1 @@
+"""Delivering the outbox: the worker that renders, sends and records each message."""

@@ -1,0 +1,397 @@
+"""Owns the outbox worker: claim due messages, write and send them, then record every attempt
+and, for each mail sent, its audit event, in one transaction. `prefcenter worker` runs it,
+`prefcenter serve` runs one in a thread of its own; both stop gracefully (the message being
+sent is finished, the rest of the claim given back).
+
+Delivery is at least once: a worker killed between sending and recording leaves its claim,
+which runs out after `outbox_lease_seconds`; another worker then sends the message again,
+with the same Message-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import threading
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import anyio
+
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.service import append_event
+from prefcenter.db import Database, utcnow
+from prefcenter.delivery.mail import Outgoing, mail_sent_event, write_mail
+from prefcenter.mail.config import MailConfig, MaildirTarget, SmtpSecurity
+from prefcenter.mail.transports import DeliveryFailed, Transport, open_transport
+from prefcenter.outbox import service as outbox
+from prefcenter.outbox.schemas import Attempted, AttemptOutcome, Claimed, OutboxKind
+from prefcenter.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Messages claimed at once: one transaction claims them, one records them all.
+BATCH_SIZE = 50
+# Connections a worker sends over at once: while one waits for the relay's answer, another
+# sends (SMTP has no pipelining here).
+SEND_CONNECTIONS = 2
+# How long `BackgroundWorker.stop` waits for the message being sent.
+STOP_TIMEOUT_S = 40.0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"[:100]
+
+
+@dataclass(slots=True)
+class DeliveryReport:
+    """What one or more rounds of delivery did."""
+
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    released: int = 0  # claimed, not tried (stopping), given back
+    last_error: str | None = None
+    errors: list[str] = field(default_factory=list)  # the last few
+
+    def add(self, other: DeliveryReport) -> None:
+        self.claimed += other.claimed
+        self.sent += other.sent
+        self.retried += other.retried
+        self.failed += other.failed
+        self.cancelled += other.cancelled
+        self.released += other.released
+        self.last_error = other.last_error or self.last_error
+        self.errors = (self.errors + other.errors)[-5:]
+
+    def summary(self) -> str:
+        return (
+            f"sent {self.sent}, to retry {self.retried}, failed {self.failed}, "
+            f"cancelled {self.cancelled}, given back {self.released}"
+        )
+
+
+def transport_name(config: MailConfig) -> str:
+    if isinstance(config.target, MaildirTarget):
+        return "maildir"
+    return "smtps" if config.target.security is SmtpSecurity.TLS else "smtp"
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Messages claimed together, written and ready to send."""
+
+    claim: str
+    claimed_at: datetime
+    outgoing: list[Outgoing]
+
+
+def _set(stop: asyncio.Event | None) -> bool:
+    return stop is not None and stop.is_set()
+
+
+@dataclass(slots=True)
+class _Round:
+    """One round's sending, shared by its connections."""
+
+    deadline: datetime
+    stop: asyncio.Event | None
+    final: bool
+    attempts: list[Attempted] = field(default_factory=list)
+    untried: list[int] = field(default_factory=list)
+    down: DeliveryFailed | None = None  # the transport is unreachable: the rest wait
+
+
+class OutboxWorker:
+    """Delivers the outbox's due messages of the kinds it can send (mail, when it is on)."""
+
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        *,
+        mail: MailConfig | None,
+        connections: int = SEND_CONNECTIONS,
+        clock: Callable[[], datetime] = utcnow,
+        draw: Callable[[], float] = random.random,
+        batch_size: int = BATCH_SIZE,
+        name: str | None = None,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.mail = mail
+        self.kinds = frozenset({OutboxKind.MAIL}) if mail is not None else frozenset()
+        self.clock = clock
+        self.draw = draw
+        self.batch_size = batch_size
+        self.name = name or worker_name()
+        self.lease = timedelta(seconds=settings.outbox_lease_seconds)
+        self._ring = settings.signing_key_ring()
+        self._keys = AuditKeys.from_settings(settings)
+        self._transports: list[Transport | None] = [None] * connections
+
+    def _transport(self, index: int) -> Transport:
+        transport = self._transports[index]
+        if transport is None:
+            assert self.mail is not None
+            transport = self._transports[index] = open_transport(self.mail.target)
+        return transport
+
+    async def aclose(self) -> None:
+        """Close the transports' connections (opened again when there is mail)."""
+        for transport in self._transports:
+            if transport is not None:
+                await transport.close()
+
+    async def deliver_batch(
+        self,
+        *,
+        stop: asyncio.Event | None = None,
+        only: Collection[int] | None = None,
+        final: bool = False,
+    ) -> DeliveryReport:
+        """One round: claim up to a batch of due messages, send them, record what happened.
+        `only`: just these messages; `final`: a temporary error fails them, no retry."""
+        if not self.kinds:
+            return DeliveryReport()
+        batch = await self._prepare(only)
+        if batch is None:
+            return DeliveryReport()
+        attempts, untried = await self._send(batch, stop=stop, final=final)
+        return await self._finish(batch, attempts, untried)
+
+    async def deliver_due(self, *, stop: asyncio.Event | None = None) -> DeliveryReport:
+        """Rounds until nothing is due (or `stop` is set), overlapped: the next batch is
+        claimed and written, and the last one recorded, while this one is being sent."""
+        total = DeliveryReport()
+        if not self.kinds:
+            return total
+        recording: asyncio.Task[DeliveryReport] | None = None
+        following: asyncio.Task[_Batch | None] | None = None
+        try:
+            batch = await self._prepare(None)
+            while batch is not None:
+                following = None if _set(stop) else asyncio.create_task(self._prepare(None))
+                attempts, untried = await self._send(batch, stop=stop, final=False)
+                if recording is not None:
+                    total.add(await recording)
+                recording = asyncio.create_task(self._finish(batch, attempts, untried))
+                batch = await following if following is not None else None
+                following = None
+                if batch is not None and (_set(stop) or untried):
+                    # Stopping (or out of time): what was claimed meanwhile goes back.
+                    total.add(await self._finish(batch, [], [o.claimed.id for o in batch.outgoing]))
+                    batch = None
+        finally:
+            if following is not None:
+                following.cancel()  # its claim, if it made one, runs out by itself
+            if recording is not None:
+                total.add(await recording)
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set, looking again every `outbox_poll_seconds` when idle.
+        A round that fails (the database away) is logged and tried again after the pause."""
+        poll = self.settings.outbox_poll_seconds
+        logger.info(
+            "outbox worker %s started (%s)",
+            self.name,
+            f"mail via {transport_name(self.mail)}" if self.mail else "mail is off",
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    report = await self.deliver_due(stop=stop)
+                except Exception:  # one bad round must not end the worker
+                    logger.exception("outbox round failed; trying again in %.1f s", poll)
+                else:
+                    if report.claimed:
+                        logger.info("outbox: %s", report.summary())
+                    if report.claimed and not stop.is_set():
+                        continue  # more may have become due meanwhile
+                    await self.aclose()  # idle: no connection held open
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=poll)
+        finally:
+            await self.aclose()
+            logger.info("outbox worker %s stopped", self.name)
+
+    async def _prepare(self, only: Collection[int] | None) -> _Batch | None:
+        """Claim a batch and write its mail (in worker threads); None when nothing is due."""
+        now = self.clock()
+        claim = secrets.token_hex(16)
+        claimed = await anyio.to_thread.run_sync(self._claim, now, claim, only)
+        if not claimed:
+            return None
+        assert self.mail is not None
+        outgoing = await anyio.to_thread.run_sync(self._write, claimed, self.mail, now)
+        return _Batch(claim=claim, claimed_at=now, outgoing=outgoing)
+
+    async def _finish(
+        self, batch: _Batch, attempts: list[Attempted], untried: list[int]
+    ) -> DeliveryReport:
+        assert self.mail is not None
+        recorded = await anyio.to_thread.run_sync(self._record, attempts, untried, batch, self.mail)
+        errors = [a.error for a in attempts if a.error][:5]
+        return DeliveryReport(
+            claimed=len(batch.outgoing),
+            sent=len(recorded.marked_sent),
+            retried=recorded.outcomes[AttemptOutcome.RETRY],
+            failed=recorded.outcomes[AttemptOutcome.FAILED],
+            cancelled=recorded.outcomes[AttemptOutcome.CANCELLED],
+            released=len(untried),
+            last_error=errors[-1] if errors else None,
+            errors=errors,
+        )
+
+    def _claim(self, now: datetime, claim: str, only: Collection[int] | None) -> list[Claimed]:
+        if only is None:
+            # A read first: an idle worker on SQLite takes no write lock.
+            with self.database.transaction(write=False) as session:
+                if not outbox.any_due(session, kinds=self.kinds, now=now):
+                    return []
+        with self.database.transaction(write=True) as session:
+            return outbox.claim_due(
+                session,
+                kinds=self.kinds,
+                now=now,
+                limit=self.batch_size,
+                claim=claim,
+                lease=self.lease,
+                only=only,
+            )
+
+    def _write(self, claimed: list[Claimed], mail: MailConfig, now: datetime) -> list[Outgoing]:
+        with self.database.transaction(write=False, snapshot=True) as session:
+            return write_mail(
+                session, claimed, config=mail, settings=self.settings, ring=self._ring, now=now
+            )
+
+    async def _send(
+        self, batch: _Batch, *, stop: asyncio.Event | None, final: bool
+    ) -> tuple[list[Attempted], list[int]]:
+        """Send them over `connections` connections at once, each in turn on its own. Stops
+        early, giving the rest back untried, when asked to stop or when half the claim's time
+        is gone (a slow relay must not outlast the claim)."""
+        state = _Round(deadline=batch.claimed_at + self.lease / 2, stop=stop, final=final)
+        outgoing = batch.outgoing
+        shares = [outgoing[i :: len(self._transports)] for i in range(len(self._transports))]
+        await asyncio.gather(
+            *(self._send_share(share, index, state) for index, share in enumerate(shares) if share)
+        )
+        return state.attempts, state.untried
+
+    async def _send_share(self, share: list[Outgoing], index: int, state: _Round) -> None:
+        assert self.mail is not None
+        for item in share:
+            started = self.clock()
+            if item.skip is not None:
+                outcome = AttemptOutcome.CANCELLED if item.cancel else AttemptOutcome.FAILED
+                state.attempts.append(Attempted(item.claimed, outcome, started, started, item.skip))
+                continue
+            if _set(state.stop) or started >= state.deadline:
+                state.untried.append(item.claimed.id)
+                continue
+            if state.down is not None:
+                state.attempts.append(
+                    Attempted(
+                        item.claimed,
+                        AttemptOutcome.FAILED if state.final else AttemptOutcome.RETRY,
+                        started,
+                        started,
+                        f"not tried, the transport is down: {state.down.detail}",
+                    )
+                )
+                continue
+            assert item.message is not None
+            assert item.envelope_recipient is not None
+            try:
+                await self._transport(index).send(
+                    item.message,
+                    sender=self.mail.envelope_sender,
+                    recipient=item.envelope_recipient,
+                )
+            except DeliveryFailed as exc:
+                permanent = exc.permanent or state.final
+                outcome = AttemptOutcome.FAILED if permanent else AttemptOutcome.RETRY
+                state.attempts.append(
+                    Attempted(item.claimed, outcome, started, self.clock(), exc.detail)
+                )
+                if exc.unreachable:
+                    state.down = exc
+                continue
+            state.attempts.append(
+                Attempted(item.claimed, AttemptOutcome.SENT, started, self.clock())
+            )
+
+    def _record(
+        self, attempts: list[Attempted], untried: list[int], batch: _Batch, mail: MailConfig
+    ) -> outbox.Recorded:
+        by_id = {item.claimed.id: item for item in batch.outgoing}
+        with self.database.transaction(write=True) as session:
+            recorded = outbox.record_attempts(
+                session, attempts, claim=batch.claim, worker=self.name, draw=self.draw
+            )
+            outbox.release(session, untried, claim=batch.claim)
+            for attempted in attempts:
+                if attempted.message.id in recorded.marked_sent:
+                    append_event(
+                        session,
+                        mail_sent_event(
+                            by_id[attempted.message.id],
+                            sent_at=attempted.finished_at,
+                            transport=transport_name(mail),
+                        ),
+                    )
+        return recorded
+
+
+class BackgroundWorker:
+    """An `OutboxWorker` in a thread with its own event loop, beside a server (`prefcenter
+    serve`): started before it, stopped after it."""
+
+    def __init__(self, worker: OutboxWorker) -> None:
+        self.worker = worker
+        self._thread = threading.Thread(target=self._main, name="outbox-worker", daemon=True)
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self.worker.run(self._stop)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop claiming, finish the message being sent, give the rest back."""
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("outbox worker did not stop within %.0f s", timeout)
+
+
+async def run_until_signalled(worker: OutboxWorker) -> None:
+    """`prefcenter worker`: deliver until SIGTERM or SIGINT, then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await worker.run(stop)

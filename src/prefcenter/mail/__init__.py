@@ -1,0 +1,1 @@
+"""Outgoing mail: its configuration, the messages the service writes, and the transports."""

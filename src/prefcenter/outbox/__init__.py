@@ -1,0 +1,1 @@
+"""The outbox: every message to the world, queued in the transaction of its cause."""
