@@ -87,6 +87,14 @@ def _correct_address(client: TestClient, headers: Headers, address: str) -> http
     )
 
 
+def _request_link(client: TestClient, headers: Headers, address: str) -> httpx2.Response:
+    return client.post(
+        "/p",
+        content=f"email={address}".encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+
 # Every mutating route that takes an address, with the calls that try it (each with each
 # variant). Expected: refused (`address-erased`) or answered, and nothing stored either way.
 ADDRESS_ROUTES: dict[tuple[str, str], tuple[Call, ...]] = {
@@ -112,6 +120,7 @@ ADDRESS_ROUTES: dict[tuple[str, str], tuple[Call, ...]] = {
     ),
     ("POST", "/v1/eligibility/stream"): (_stream,),
     ("POST", "/v1/imports"): (_import,),
+    ("POST", "/p"): (_request_link,),  # "email me my link": no key; only a keyed hash is kept
 }
 # Mutating routes that take no address: a topic's definition, an erasure by id, and the
 # recipients' pages, which take a token (an erased contact's token gets the 404 page,

@@ -93,11 +93,14 @@ def test_a_links_key_cannot_lift_a_support_opt_out_by_any_route(
     # Every mutating route of the API, with a body that asks to subscribe.
     subscribe = {"email": EVE, "topic": "newsletter", "status": "subscribed", "source": "x"}
     for method, path in mutating_routes(client):
-        if path.startswith(("/u/", "/p/", "/c/", "/v1/links")):
+        if path == "/p" or path.startswith(("/u/", "/p/", "/c/", "/v1/links")):
             continue
         concrete = path.replace("{key}", "newsletter").replace("{contact_id}", "x")
         answer = client.request(method, concrete, json=subscribe, headers=links_only)
-        assert answer.status_code == 403, (method, path, answer.text)
+        # The ESPs' routes take no key: they answer 404 until configured, 401 for a body
+        # without its ESP's signature.
+        refused = {401, 403, 404} if path.startswith("/v1/inbound/") else {403}
+        assert answer.status_code in refused, (method, path, answer.text)
 
     after = state(client, database, admin_headers)
     assert after[0] == before[0]  # the contact's state: unchanged

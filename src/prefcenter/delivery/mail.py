@@ -134,26 +134,6 @@ def _write_one(
         if contact is None or contact.address is None:
             return Outgoing(claimed, payload, skip="the contact was erased")
         recipient = contact.address
-        topic = topics.get(payload.topic or "")
-        if (
-            topic is None
-            or contact.id is None
-            or topic.id is None
-            or pending.get((contact.id, topic.id)) != payload.pending_event
-        ):
-            # Confirmed, changed or opted out since: a link to confirm would only mislead.
-            return Outgoing(claimed, payload, skip="the subscription is no longer pending")
-        confirm = sign_token(
-            ring,
-            TokenPurpose.CONFIRM,
-            TokenClaims(
-                contact_id=contact.public_id,
-                topic=topic.key,
-                campaign_id=payload.campaign_id,
-                issued_at=now,
-                pending_event=payload.pending_event,
-            ),
-        )
         manage = sign_token(
             ring,
             TokenPurpose.MANAGE,
@@ -164,12 +144,35 @@ def _write_one(
                 issued_at=now,
             ),
         )
-        context.update(
-            topic_name=topic.name,
-            confirm_url=_in_language(confirm_url(settings.base_url, confirm), language),
-            preferences_url=_in_language(preferences_url(settings.base_url, manage), language),
-            link_days=settings.confirm_link_ttl_days,
+        context["preferences_url"] = _in_language(
+            preferences_url(settings.base_url, manage), language
         )
+        if payload.template is MailTemplate.DOUBLE_OPT_IN:
+            topic = topics.get(payload.topic or "")
+            if (
+                topic is None
+                or contact.id is None
+                or topic.id is None
+                or pending.get((contact.id, topic.id)) != payload.pending_event
+            ):
+                # Confirmed, changed or opted out since: a link to confirm would only mislead.
+                return Outgoing(claimed, payload, skip="the subscription is no longer pending")
+            confirm = sign_token(
+                ring,
+                TokenPurpose.CONFIRM,
+                TokenClaims(
+                    contact_id=contact.public_id,
+                    topic=topic.key,
+                    campaign_id=payload.campaign_id,
+                    issued_at=now,
+                    pending_event=payload.pending_event,
+                ),
+            )
+            context.update(
+                topic_name=topic.name,
+                confirm_url=_in_language(confirm_url(settings.base_url, confirm), language),
+                link_days=settings.confirm_link_ttl_days,
+            )
     if not recipient:
         return Outgoing(claimed, payload, skip="no recipient", cancel=False)
     try:

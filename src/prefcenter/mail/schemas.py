@@ -17,6 +17,7 @@ class MailTemplate(StrEnum):
     """Persisted in queued mail: values are only ever added."""
 
     DOUBLE_OPT_IN = "double_opt_in"  # the confirmation link of a pending subscription
+    PREFERENCES_LINK = "preferences_link"  # "email me my link" (GET /p): a preference link
     TEST = "test"  # `prefcenter mail test ADDRESS`
 
 

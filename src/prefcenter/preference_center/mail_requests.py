@@ -18,6 +18,14 @@ from sqlalchemy import delete, func, text
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.context import client_network
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.erased import is_erased_address
+from prefcenter.contacts.addresses import Address
+from prefcenter.contacts.service import find_contacts
+from prefcenter.mail.config import MailConfig, new_message_id
+from prefcenter.mail.schemas import MailLanguage, MailPayload, MailTemplate
+from prefcenter.outbox.schemas import OutboxKind
+from prefcenter.outbox.service import enqueue
 from prefcenter.preference_center.models import MailRequest
 
 WINDOW = timedelta(hours=1)
@@ -94,3 +102,39 @@ def _prune(session: Session, since: datetime) -> None:
 def _lock_key(kind: str, value: str | None) -> int:
     digest = hashlib.sha256(f"{kind}\0{value or ''}".encode()).digest()
     return int.from_bytes(digest[:4], "big", signed=True)
+
+
+def request_preferences_link(
+    session: Session,
+    mail: MailConfig,
+    keys: AuditKeys,
+    *,
+    address: Address,
+    client_ip: str | None,
+    language: MailLanguage,
+    now: datetime,
+) -> Throttled | None:
+    """`POST /p`: queue a mail with a preference link to a known, not erased contact. The
+    answer is the same for any address (None), so the page reveals nothing about who is
+    known; only the throttle shows, and it counts unknown addresses the same way."""
+    refused = allow_mail_request(
+        session, address_hash=keys.address_hash(address.normalised), client_ip=client_ip, now=now
+    )
+    if refused is not None:
+        return refused
+    contact = find_contacts(session, [address.normalised]).get(address.normalised)
+    if contact is None or contact.erased_at is not None or contact.address is None:
+        return None
+    if is_erased_address(session, keys, address.normalised):
+        return None  # a contact row that came back for an erased address gets nothing either
+    payload = MailPayload(
+        template=MailTemplate.PREFERENCES_LINK, language=language, contact_id=contact.public_id
+    )
+    enqueue(
+        session,
+        kind=OutboxKind.MAIL,
+        message_id=new_message_id(mail),
+        payload=payload.model_dump(mode="json", exclude_none=True),
+        now=now,
+    )
+    return None

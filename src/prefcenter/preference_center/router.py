@@ -15,13 +15,16 @@ from starlette.datastructures import FormData
 from starlette.types import Scope
 
 from prefcenter.audit.context import RequestContextDep
+from prefcenter.audit.keys import audit_keys_of
+from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import database_of, utcnow
 from prefcenter.links.service import manage_token
 from prefcenter.preference_center import service
 from prefcenter.preference_center.errors import InvalidLink
+from prefcenter.preference_center.mail_requests import request_preferences_link
 from prefcenter.preference_center.schemas import LinkView, PreferencesView
 from prefcenter.settings import Settings, settings_of, signing_keys_of
-from prefcenter.templating import RECIPIENT_PAGE_HEADERS, Pages, keep_language
+from prefcenter.templating import RECIPIENT_PAGE_HEADERS, Pages, keep_language, language_of
 from prefcenter.tokens import TokenPurpose, VerifiedToken, preferences_url
 
 PACKAGE_DIR = Path(__file__).parent
@@ -155,6 +158,82 @@ def _preferences_page(
             "action": keep_language(request, f"/p/{token}"),
         },
     )
+
+
+def _request_link_page(
+    request: Request,
+    *,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+    **state: bool,
+) -> HTMLResponse:
+    settings = settings_of(request)
+    return pages.render(
+        request,
+        "request_link.html",
+        {
+            "organization": settings.organization_name,
+            "support_contact": settings.support_contact,
+            "mail_on": request.app.state.mail is not None,
+            "action": keep_language(request, "/p"),
+            "sent": False,
+            "throttled": False,
+            "invalid": False,
+            **state,
+        },
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+@router.get("/p", response_class=HTMLResponse, responses={200: HTML})
+@router.head("/p", response_class=HTMLResponse, responses={200: HTML})
+async def show_request_link(request: Request) -> HTMLResponse:
+    """ "Email me a link to my preferences": one field. Changes nothing."""
+    return _request_link_page(request)
+
+
+@router.post(
+    "/p",
+    response_class=HTMLResponse,
+    responses={
+        200: HTML,
+        400: {**HTML, "description": "Not an email address; nothing was sent"},
+        404: {**HTML, "description": "The service sends no mail of its own"},
+        429: {**HTML, "description": "Too many links asked for; try again later"},
+    },
+)
+async def request_link(form: Form, context: RequestContextDep, request: Request) -> HTMLResponse:
+    """Mails a preference link to a known, not erased contact. The page is the same whatever
+    the address, so it reveals nothing about who is known; rate-limited per address and per
+    client network (mail_requests)."""
+    mail = request.app.state.mail
+    if mail is None:
+        return _request_link_page(request, status_code=404)
+    try:
+        address = parse_address(str(form.get("email", "")))
+    except InvalidAddress:
+        return _request_link_page(request, status_code=400, invalid=True)
+    now = utcnow()
+    language = language_of(request)
+    refused = await database_of(request).run_in_transaction(
+        lambda session: request_preferences_link(
+            session,
+            mail,
+            audit_keys_of(request),
+            address=address,
+            client_ip=context.client_ip,
+            language="de" if language == "de" else "en",
+            now=now,
+        ),
+        write=True,
+    )
+    if refused is not None:
+        seconds = str(max(1, int(refused.retry_after.total_seconds())))
+        return _request_link_page(
+            request, status_code=429, headers={"Retry-After": seconds}, throttled=True
+        )
+    return _request_link_page(request, sent=True)
 
 
 @router.get("/p/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
