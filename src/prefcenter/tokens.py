@@ -39,6 +39,8 @@ class TokenPurpose(StrEnum):
     UNSUBSCRIBE = "unsubscribe"  # `/u` and List-Unsubscribe: only ever unsubscribes; reusable
     MANAGE = "manage"  # the preference center `/p`: reusable, no expiry
     CONFIRM = "confirm"  # a confirmation from the mailbox (`/c`): expires
+    # Turning back on what the person refused, from the mailbox (`/c`): expires in 48 hours.
+    RESUBSCRIBE = "resubscribe"
 
 
 class TokenError(Exception):

@@ -99,8 +99,8 @@ def test_a_links_key_cannot_lift_a_support_opt_out_by_any_route(
         answer = client.request(method, concrete, json=subscribe, headers=links_only)
         # The ESPs' routes take no key: they answer 404 until configured, 401 for a body
         # without its ESP's signature.
-        refused = {401, 403, 404} if path.startswith("/v1/inbound/") else {403}
-        assert answer.status_code in refused, (method, path, answer.text)
+        expected = {401, 403, 404} if path.startswith("/v1/inbound/") else {403}
+        assert answer.status_code in expected, (method, path, answer.text)
 
     after = state(client, database, admin_headers)
     assert after[0] == before[0]  # the contact's state: unchanged

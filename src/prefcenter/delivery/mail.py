@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.schemas import EventKind, NewEvent
-from prefcenter.consent.models import Subscription
+from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.consent.opt_out_markers import current_marker
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
 from prefcenter.mail.config import MailConfig
@@ -87,6 +88,7 @@ def write_mail(
             )
         ):
             pending[(row.contact_id, row.topic_id)] = row.event_id
+    markers = _opt_out_markers(session, payloads, contacts, topics)
     written = []
     for claimed, payload in zip(batch, payloads, strict=True):
         if payload is None:
@@ -99,6 +101,7 @@ def write_mail(
                 contacts=contacts,
                 topics=topics,
                 pending=pending,
+                markers=markers,
                 config=config,
                 settings=settings,
                 ring=ring,
@@ -115,6 +118,7 @@ def _write_one(
     contacts: dict[str, Contact],
     topics: dict[str, Topic],
     pending: dict[tuple[int, int], str],
+    markers: dict[tuple[str, str | None], str | None],
     config: MailConfig,
     settings: Settings,
     ring: tuple[SigningKey, ...],
@@ -173,6 +177,28 @@ def _write_one(
                 confirm_url=_in_language(confirm_url(settings.base_url, confirm), language),
                 link_days=settings.confirm_link_ttl_days,
             )
+        elif payload.template is MailTemplate.RESUBSCRIBE:
+            topic = topics.get(payload.topic or "") if payload.topic else None
+            if payload.topic is not None and topic is None:
+                return Outgoing(claimed, payload, skip="the topic no longer exists")
+            if markers.get((payload.contact_id or "", payload.topic)) != payload.pending_event:
+                # Changed since: the link would name an opt-out that is no longer there.
+                return Outgoing(claimed, payload, skip="the opt-out has changed since")
+            token = sign_token(
+                ring,
+                TokenPurpose.RESUBSCRIBE,
+                TokenClaims(
+                    contact_id=contact.public_id,
+                    topic=payload.topic,
+                    campaign_id=None,
+                    issued_at=now,
+                    pending_event=payload.pending_event,
+                ),
+            )
+            context.update(
+                topic_name=topic.name if topic is not None else None,
+                confirm_url=_in_language(confirm_url(settings.base_url, token), language),
+            )
     if not recipient:
         return Outgoing(claimed, payload, skip="no recipient", cancel=False)
     try:
@@ -196,6 +222,34 @@ def _write_one(
         recipient=recipient,
         envelope_recipient=str(message["To"]),
     )
+
+
+def _opt_out_markers(
+    session: Session,
+    payloads: Sequence[MailPayload | None],
+    contacts: dict[str, Contact],
+    topics: dict[str, Topic],
+) -> dict[tuple[str, str | None], str | None]:
+    """The current opt-out of each (contact, topic or None) a resubscribe mail of the batch
+    names (consent.opt_out_markers); a few rows at most, read one by one."""
+    found: dict[tuple[str, str | None], str | None] = {}
+    for payload in payloads:
+        if payload is None or payload.template is not MailTemplate.RESUBSCRIBE:
+            continue
+        contact = contacts.get(payload.contact_id or "")
+        if contact is None or contact.id is None:
+            continue
+        topic = topics.get(payload.topic) if payload.topic else None
+        subscription = (
+            session.get(Subscription, (contact.id, topic.id))
+            if topic is not None and topic.id is not None
+            else None
+        )
+        suppression = session.get(Suppression, contact.id)
+        found[(contact.public_id, payload.topic)] = current_marker(
+            subscription, suppression, topic=payload.topic is not None
+        )
+    return found
 
 
 def _in_language(url: str, language: str) -> str:

@@ -18,6 +18,9 @@ class MailTemplate(StrEnum):
 
     DOUBLE_OPT_IN = "double_opt_in"  # the confirmation link of a pending subscription
     PREFERENCES_LINK = "preferences_link"  # "email me my link" (GET /p): a preference link
+    # The link that turns back on what the person refused (from /p; `topic` None: marketing
+    # as a whole); `pending_event` names the opt-out (consent.opt_out_markers).
+    RESUBSCRIBE = "resubscribe"
     TEST = "test"  # `prefcenter mail test ADDRESS`
 
 
