@@ -9,17 +9,26 @@ is pending meanwhile: the stored state stays the person's own, guarded opt-out.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.consent.opt_out_markers import current_marker
+from prefcenter.consent.rules import ActorKind, RequestedChange, Status
+from prefcenter.consent.service import ChangeRecord, apply_change
 from prefcenter.contacts.models import Contact
+from prefcenter.contacts.service import find_contact_by_public_id, lock_contact_by_public_id
 from prefcenter.mail.config import MailConfig, new_message_id
 from prefcenter.mail.schemas import MailLanguage, MailPayload, MailTemplate
 from prefcenter.outbox.schemas import OutboxKind
 from prefcenter.outbox.service import enqueue, latest_for_cause
 from prefcenter.preference_center.mail_requests import allow_mail_request
+from prefcenter.tokens import VerifiedToken
+from prefcenter.topics.models import Topic
+from prefcenter.topics.service import find_topic
 
 # How long the mailed link works.
 LINK_LIFETIME = timedelta(hours=48)
@@ -71,3 +80,64 @@ def resubscribe_message_id(session: Session, marker: str) -> str | None:
     """The Message-ID of the mail that carried the link: the proof the trail keeps."""
     mail = latest_for_cause(session, marker, kind=OutboxKind.MAIL)
     return mail.message_id if mail is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Reversal:
+    """What a resubscribe link turns back on, once its opt-out is checked to be still there."""
+
+    contact: Contact
+    topic: Topic | None  # None: marketing as a whole ("unsubscribe from all")
+    marker: str
+
+
+def find_reversal(session: Session, verified: VerifiedToken, *, lock: bool) -> Reversal | None:
+    """The opt-out the link names, if it is still the current one (else the link is stale:
+    None). An erased contact, or a topic that no longer exists, is stale too."""
+    claims = verified.claims
+    contact = (
+        lock_contact_by_public_id(session, claims.contact_id)
+        if lock
+        else find_contact_by_public_id(session, claims.contact_id)
+    )
+    if contact is None or contact.id is None or contact.erased_at is not None:
+        return None
+    topic = find_topic(session, claims.topic) if claims.topic is not None else None
+    if claims.topic is not None and (topic is None or topic.id is None):
+        return None
+    subscription = (
+        session.get(Subscription, (contact.id, topic.id))
+        if topic is not None and topic.id is not None
+        else None
+    )
+    suppression = session.get(Suppression, contact.id)
+    marker = current_marker(subscription, suppression, topic=topic is not None)
+    if marker is None or marker != claims.pending_event:
+        return None
+    return Reversal(contact=contact, topic=topic, marker=marker)
+
+
+def reverse_opt_out(
+    session: Session, reversal: Reversal, *, record: ChangeRecord, now: datetime
+) -> None:
+    """The person's own act, from their mailbox: the topic is subscribed again (or the
+    opt-out from all marketing lifted), with the mail's Message-ID as proof."""
+    message_id = resubscribe_message_id(session, reversal.marker)
+    if message_id is not None:
+        record = replace(record, evidence={**record.evidence, "message_id": message_id})
+    apply_change(
+        session,
+        contact=reversal.contact,
+        topic=reversal.topic,
+        requested=RequestedChange(
+            status=Status.SUBSCRIBED,
+            occurred_at=now,
+            actor=ActorKind.RECIPIENT,
+            source="confirmation",
+            # The mailbox confirmed it: a double opt-in topic needs nothing more.
+            double_opt_in=reversal.topic.double_opt_in if reversal.topic is not None else False,
+            confirmed=True,
+        ),
+        record=record,
+        now=now,
+    )

@@ -22,10 +22,17 @@ from prefcenter.links.service import manage_token
 from prefcenter.preference_center import service
 from prefcenter.preference_center.errors import InvalidLink
 from prefcenter.preference_center.mail_requests import request_preferences_link
+from prefcenter.preference_center.resubscribe import LINK_LIFETIME
 from prefcenter.preference_center.schemas import LinkView, PreferencesView
 from prefcenter.settings import Settings, settings_of, signing_keys_of
 from prefcenter.templating import RECIPIENT_PAGE_HEADERS, Pages, keep_language, language_of
-from prefcenter.tokens import TokenPurpose, VerifiedToken, preferences_url
+from prefcenter.tokens import (
+    TokenError,
+    TokenPurpose,
+    VerifiedToken,
+    preferences_url,
+    verify_token,
+)
 
 PACKAGE_DIR = Path(__file__).parent
 
@@ -67,14 +74,26 @@ async def _manage_token(request: Request, token: str) -> VerifiedToken:
 
 
 async def _confirm_token(request: Request, token: str) -> VerifiedToken:
+    """A double opt-in confirmation, or a resubscribe link (48 hours): both come from the
+    mailbox, and `/c` takes either."""
     settings = settings_of(request)
-    return service.read_token(
-        signing_keys_of(request),
-        token,
-        TokenPurpose.CONFIRM,
-        now=utcnow(),
-        max_age=timedelta(days=settings.confirm_link_ttl_days),
-    )
+    ring, now = signing_keys_of(request), utcnow()
+    try:
+        return verify_token(
+            ring,
+            TokenPurpose.RESUBSCRIBE,
+            token,
+            now=now,
+            max_age=LINK_LIFETIME,
+        )
+    except TokenError:
+        return service.read_token(
+            ring,
+            token,
+            TokenPurpose.CONFIRM,
+            now=now,
+            max_age=timedelta(days=settings.confirm_link_ttl_days),
+        )
 
 
 # Declared before the session in each handler: a bad token is refused before the database.
@@ -153,6 +172,8 @@ def _preferences_page(
             "topics": view.topics,
             "pending_topics": ", ".join(view.pending_topics),
             "refused_topics": ", ".join(view.refused_topics),
+            "confirm_all_by_mail": view.confirm_all_by_mail,
+            "mail_on": request.app.state.mail is not None,
             "support_contact": settings.support_contact,
             "saved": saved,
             "action": keep_language(request, f"/p/{token}"),
@@ -253,6 +274,16 @@ async def save_preferences(
     shown = {str(v) for v in form.getlist("shown")}
     unsubscribe_all = form.get("action") == "unsubscribe_all"
     now = utcnow()
+    mail = request.app.state.mail
+    by_mail = (
+        service.ResubscribeByMail(
+            mail=mail,
+            keys=audit_keys_of(request),
+            language="de" if language_of(request) == "de" else "en",
+        )
+        if mail is not None
+        else None
+    )
     view = await database_of(request).run_in_transaction(
         lambda session: service.save_preferences(
             session,
@@ -262,6 +293,7 @@ async def save_preferences(
             unsubscribe_all=unsubscribe_all,
             request=context,
             now=now,
+            by_mail=by_mail,
         ),
         write=True,
     )

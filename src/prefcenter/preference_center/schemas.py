@@ -23,6 +23,8 @@ class PreferencesView:
     # Asked for on the page but left as they were: turning them on reverses the person's own
     # opt-out (or lifts "unsubscribe from all"), which needs proof of the mailbox first.
     refused_topics: list[str] = field(default_factory=list)
+    # "Unsubscribe from all" asked to be lifted: a mail with the link that does it is on its way.
+    confirm_all_by_mail: bool = False
 
 
 @dataclass(frozen=True, slots=True)

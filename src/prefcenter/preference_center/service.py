@@ -4,7 +4,7 @@ preference center, confirm a double opt-in. The token is the only credential."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -12,7 +12,9 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.context import RequestContext
+from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.consent.opt_out_markers import all_marker, topic_marker
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status, needs_mailbox_proof
 from prefcenter.consent.service import ChangeRecord, apply_change, subscription_state
 from prefcenter.contacts.models import Contact
@@ -21,9 +23,17 @@ from prefcenter.contacts.service import (
     lock_contact_by_public_id,
     mask_address,
 )
+from prefcenter.mail.config import MailConfig
+from prefcenter.mail.schemas import MailLanguage
 from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
 from prefcenter.outbox.service import latest_for_cause
 from prefcenter.preference_center.errors import InvalidLink
+from prefcenter.preference_center.resubscribe import (
+    Reversal,
+    find_reversal,
+    queue_resubscribe_mail,
+    reverse_opt_out,
+)
 from prefcenter.preference_center.schemas import LinkView, PreferencesView, TopicChoice
 from prefcenter.settings import SigningKey
 from prefcenter.tokens import TokenError, TokenPurpose, VerifiedToken, verify_token
@@ -42,6 +52,38 @@ class Channel(StrEnum):
     PREFERENCE_CENTER = "preference_center"
     CONFIRMATION = "confirmation"
     MAILTO = "mailto"  # a message to the `mailto:` of List-Unsubscribe (inbound.mailto)
+
+
+@dataclass(frozen=True, slots=True)
+class ResubscribeByMail:
+    """How the preference center asks the mailbox before turning back on what the person
+    refused: the service's mail, the audit keys (the throttle counts by keyed hash) and the
+    language of the page."""
+
+    mail: MailConfig
+    keys: AuditKeys
+    language: MailLanguage
+
+    def queue(
+        self,
+        session: Session,
+        contact: Contact,
+        topic_key: str | None,
+        marker: str,
+        request: RequestContext,
+        now: datetime,
+    ) -> bool:
+        return queue_resubscribe_mail(
+            session,
+            self.mail,
+            self.keys,
+            contact=contact,
+            topic_key=topic_key,
+            marker=marker,
+            client_ip=request.client_ip,
+            language=self.language,
+            now=now,
+        )
 
 
 def read_token(
@@ -168,6 +210,8 @@ def _view(
     contact: Contact,
     pending_topics: list[str],
     refused_topics: list[str] | None = None,
+    *,
+    confirm_all_by_mail: bool = False,
 ) -> PreferencesView:
     assert contact.id is not None
     assert contact.address is not None
@@ -197,6 +241,7 @@ def _view(
         topics=choices,
         pending_topics=pending_topics,
         refused_topics=refused_topics or [],
+        confirm_all_by_mail=confirm_all_by_mail,
     )
 
 
@@ -213,13 +258,16 @@ def save_preferences(
     unsubscribe_all: bool,
     request: RequestContext,
     now: datetime,
+    by_mail: ResubscribeByMail | None = None,
 ) -> PreferencesView:
     """Apply what the person chose on the page: only topics that were shown and whose box
     differs from the current state change. Turning a topic off, or on where the person never
     opted out themselves, takes effect at once (a double opt-in topic goes to `pending`).
     Reversing the person's own opt-out, or lifting "unsubscribe from all", is not done from a
-    link: whoever holds the link could do it (see rules.needs_mailbox_proof). Those topics are
-    left as they were and named on the page, with how to reach the support desk."""
+    link: whoever holds the link could do it (see rules.needs_mailbox_proof). With `by_mail`
+    (the service sends mail), a mail to the address carries the link that does it
+    (preference_center.resubscribe); without, those topics are left as they were and named on
+    the page, with how to reach the support desk."""
     topics = {t.key: t for t in _marketing_topics(session)}
     contact = _contact(session, verified, lock=True)
     assert contact.id is not None
@@ -242,8 +290,11 @@ def save_preferences(
     suppression = session.get(Suppression, contact.id)
     if suppression is not None and suppression.suppressed:
         # Every box showed off. Ticking any asks to lift the opt-out from all marketing: that
-        # needs the mailbox's proof, so nothing changes (saving the page as it was chose
+        # needs the mailbox's proof, so nothing changes now (saving the page as it was chose
         # nothing at all).
+        if wanted and by_mail is not None:
+            sent = by_mail.queue(session, contact, None, all_marker(suppression), request, now)
+            return _view(session, contact, [], [], confirm_all_by_mail=sent)
         refused = [topics[key].name for key in sorted(wanted)]
         return _view(session, contact, [], refused)
     pending: list[str] = []
@@ -256,7 +307,14 @@ def save_preferences(
         if want_on == _is_on(topic, subscription):
             continue
         if want_on and needs_mailbox_proof(subscription_state(subscription)):
-            refused.append(topic.name)
+            assert subscription is not None  # an opt-out is a row
+            marker = topic_marker(subscription)
+            if by_mail is not None and by_mail.queue(
+                session, contact, topic.key, marker, request, now
+            ):
+                pending.append(topic.name)
+            else:
+                refused.append(topic.name)
             continue
         status = Status.SUBSCRIBED if want_on else Status.UNSUBSCRIBED
         requested = RequestedChange(
@@ -301,7 +359,24 @@ def _pending_subscription(
     return topic, subscription
 
 
+def _reversal(session: Session, verified: VerifiedToken, *, lock: bool) -> Reversal:
+    reversal = find_reversal(session, verified, lock=lock)
+    if reversal is None or reversal.contact.address is None:
+        raise InvalidLink(400, expired=True)  # the opt-out it names has moved on
+    return reversal
+
+
+def _reversal_view(reversal: Reversal) -> LinkView:
+    assert reversal.contact.address is not None
+    return LinkView(
+        masked_address=mask_address(reversal.contact.address),
+        topic_name=reversal.topic.name if reversal.topic is not None else None,
+    )
+
+
 def confirm_view(session: Session, verified: VerifiedToken) -> LinkView:
+    if verified.purpose is TokenPurpose.RESUBSCRIBE:
+        return _reversal_view(_reversal(session, verified, lock=False))
     contact = _contact(session, verified, lock=False)
     topic, _ = _pending_subscription(session, verified, contact)
     assert contact.address is not None
@@ -312,7 +387,17 @@ def confirm(
     session: Session, verified: VerifiedToken, *, request: RequestContext, now: datetime
 ) -> LinkView:
     """Turn the pending subscription into `subscribed`: the person's own act, from their
-    mailbox. A link used again afterwards finds nothing pending and changes nothing."""
+    mailbox. A link used again afterwards finds nothing pending and changes nothing. A
+    resubscribe link turns back on what the person refused (preference_center.resubscribe)."""
+    if verified.purpose is TokenPurpose.RESUBSCRIBE:
+        reversal = _reversal(session, verified, lock=True)
+        reverse_opt_out(
+            session,
+            reversal,
+            record=recipient_record(verified, Channel.CONFIRMATION, request),
+            now=now,
+        )
+        return _reversal_view(reversal)
     contact = _contact(session, verified, lock=True)
     topic, subscription = _pending_subscription(session, verified, contact)
     assert contact.address is not None
