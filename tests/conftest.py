@@ -44,6 +44,8 @@ _TABLES = (
     "admin_sign_in_attempt",
     "outbox_attempt",
     "outbox_message",
+    "webhook_endpoint_event",
+    "webhook_endpoint",
 )
 
 

@@ -37,6 +37,7 @@ from prefcenter.problems import (
 from prefcenter.settings import Settings
 from prefcenter.templating import RecipientPageHeaders
 from prefcenter.topics.router import router as topics_router
+from prefcenter.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(imports_router)
     app.include_router(recipient_router)
+    app.include_router(webhooks_router)
     install_invalid_link_page(app)
     install_admin_console(app)
 

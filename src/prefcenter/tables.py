@@ -10,6 +10,7 @@ from prefcenter.contacts.models import Contact
 from prefcenter.idempotency import IdempotencyRecord
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
 from prefcenter.topics.models import Topic
+from prefcenter.webhooks.models import WebhookEndpoint, WebhookEndpointEvent
 
 metadata = SQLModel.metadata
 
@@ -29,5 +30,7 @@ __all__ = [
     "Subscription",
     "Suppression",
     "Topic",
+    "WebhookEndpoint",
+    "WebhookEndpointEvent",
     "metadata",
 ]

@@ -25,6 +25,9 @@ class EventKind(StrEnum):
     ERASURE = "erasure"  # a contact's personal data erased; its evidence documents go with it
     ADDRESS_CHANGE = "address_change"  # an admin corrected a contact's address (new one hashed)
     MAIL_SENT = "mail_sent"  # the service handed one of its mails to the transport
+    # A webhook endpoint created, changed, deleted, its secret rotated, replayed, or disabled
+    # (by a 410 answer or days of failures): where consent data goes is on the record.
+    WEBHOOK_ENDPOINT = "webhook_endpoint"
 
 
 def new_event_id() -> str:
