@@ -29,6 +29,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.service import append_event
 from prefcenter.db import Database, utcnow
 from prefcenter.delivery.mail import Outgoing, mail_sent_event, write_mail
+from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.mail.config import MailConfig, MaildirTarget, SmtpSecurity
 from prefcenter.mail.transports import DeliveryFailed, Transport, open_transport
 from prefcenter.outbox import service as outbox
@@ -97,6 +98,7 @@ class OutboxWorker:
         draw: Callable[[], float] = random.random,
         batch_size: int = BATCH_SIZE,
         name: str | None = None,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
@@ -110,6 +112,10 @@ class OutboxWorker:
         self._ring = settings.signing_key_ring()
         self._keys = AuditKeys.from_settings(settings)
         self._transport = transport
+        # Webhook deliveries, in a loop of their own beside the mail's (run, deliver_due).
+        self.webhooks = webhooks
+        if webhooks is not None and not webhooks.name:
+            webhooks.name = self.name
 
     def transport(self) -> Transport:
         if self._transport is None:
@@ -120,6 +126,8 @@ class OutboxWorker:
     async def aclose(self) -> None:
         if self._transport is not None:
             await self._transport.close()
+        if self.webhooks is not None:
+            await self.webhooks.aclose()
 
     async def deliver_batch(
         self,
@@ -156,7 +164,25 @@ class OutboxWorker:
         return report
 
     async def deliver_due(self, *, stop: asyncio.Event | None = None) -> DeliveryReport:
-        """Rounds until nothing is due (or `stop` is set)."""
+        """Rounds until nothing is due (or `stop` is set), mail first, then webhooks."""
+        total = await self._deliver_mail_due(stop=stop)
+        if self.webhooks is not None:
+            hooks = await self.webhooks.deliver_due(stop=stop)
+            total.add(
+                DeliveryReport(
+                    claimed=hooks.claimed,
+                    sent=hooks.sent,
+                    retried=hooks.retried,
+                    failed=hooks.failed,
+                    cancelled=hooks.cancelled,
+                    released=hooks.released,
+                    last_error=hooks.errors[-1] if hooks.errors else None,
+                    errors=hooks.errors,
+                )
+            )
+        return total
+
+    async def _deliver_mail_due(self, *, stop: asyncio.Event | None) -> DeliveryReport:
         total = DeliveryReport()
         while stop is None or not stop.is_set():
             report = await self.deliver_batch(stop=stop)
@@ -167,7 +193,14 @@ class OutboxWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, looking again every `outbox_poll_seconds` when idle.
-        A round that fails (the database away) is logged and tried again after the pause."""
+        A round that fails (the database away) is logged and tried again after the pause.
+        Webhooks go in a loop of their own, so a slow receiver never holds up mail."""
+        if self.webhooks is None:
+            await self._run_mail(stop)
+            return
+        await asyncio.gather(self._run_mail(stop), self.webhooks.run(stop))
+
+    async def _run_mail(self, stop: asyncio.Event) -> None:
         poll = self.settings.outbox_poll_seconds
         logger.info(
             "outbox worker %s started (%s)",
@@ -177,7 +210,7 @@ class OutboxWorker:
         try:
             while not stop.is_set():
                 try:
-                    report = await self.deliver_due(stop=stop)
+                    report = await self._deliver_mail_due(stop=stop)
                 except Exception:  # one bad round must not end the worker
                     logger.exception("outbox round failed; trying again in %.1f s", poll)
                 else:
@@ -190,7 +223,8 @@ class OutboxWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=poll)
         finally:
-            await self.aclose()
+            if self._transport is not None:
+                await self._transport.close()
             logger.info("outbox worker %s stopped", self.name)
 
     def _claim(self, now: datetime, claim: str, only: Collection[int] | None) -> list[Claimed]:

@@ -292,9 +292,7 @@ def latest_for_cause(
     return session.exec(query.order_by(col(OutboxMessage.id).desc()).limit(1)).first()
 
 
-def newest(
-    session: Session, *, limit: int, kind: OutboxKind | None = None
-) -> list[OutboxMessage]:
+def newest(session: Session, *, limit: int, kind: OutboxKind | None = None) -> list[OutboxMessage]:
     query = select(OutboxMessage)
     if kind is not None:
         query = query.where(col(OutboxMessage.kind) == kind.value)

@@ -505,7 +505,8 @@ def replay(session: Session, public_id: str, *, after_seq: int, actor: Actor) ->
                     endpoint + ":" + cast(events.c.contact_id, String),
                     literal(row.id),
                 ).order_by(events.c.seq, events.c.ord),
-            )
+            ),
+            execution_options={"preserve_rowcount": True},
         )
         queued = int(getattr(result, "rowcount", 0) or 0)
     _record(
