@@ -21,6 +21,7 @@ from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.outbox.rules import WEBHOOK_RETRY_SCHEDULE
 from prefcenter.settings import Settings
 from prefcenter.webhooks.models import WebhookEndpoint
+from prefcenter.webhooks.queue import queue_change_deliveries
 from tests.factories import Headers
 from tests.mail_server import Clock, free_port
 from tests.webhooks.helpers import (
@@ -181,7 +182,7 @@ class TestWhatIsQueued:
     ) -> None:
         """The request fails after the state, the event and the delivery were written."""
         create_endpoint(client, admin, hooks.url)
-        queue = consent_service.queue_change_deliveries
+        queue = queue_change_deliveries
         queued: list[int] = []
 
         def queue_then_fail(*args: Any, **kwargs: Any) -> None:
