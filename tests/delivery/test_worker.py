@@ -15,7 +15,7 @@ from sqlmodel import col, select
 from prefcenter.audit.models import AuditEvent
 from prefcenter.db import Database
 from prefcenter.delivery.test_mail import QueuedMail, queue_test_mail
-from prefcenter.delivery.worker import DeliveryReport, OutboxWorker
+from prefcenter.delivery.worker import SEND_CONNECTIONS, DeliveryReport, OutboxWorker
 from prefcenter.mail.config import MailConfig, mail_config
 from prefcenter.outbox import service as outbox
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
@@ -107,26 +107,28 @@ class TestRetries:
         settings = settings_at(database_url, port)
         database = Database(settings)
         clock = Clock()
-        queue_at(database, settings, clock, "a@example.com", "b@example.com")
+        addresses = [f"p{n}@example.com" for n in range(4)]
+        queue_at(database, settings, clock, *addresses)
         worker = worker_for(database, settings, clock)
         start = clock.now
 
         first = run_batch(worker)
-        assert (first.sent, first.retried) == (0, 2)
+        assert (first.sent, first.retried) == (0, 4)
         for row in rows(database):
             assert row.status == "queued"
             assert row.attempts == 1
             assert row.due_at == start + MAIL_RETRY_SCHEDULE[0]
             assert row.claimed_by is None
             assert row.last_error
-        # The first was tried; the relay being down, the second waits without a try.
-        assert "not tried, the transport is down" in (rows(database)[1].last_error or "")
+        # One per connection was tried; the relay being down, the others wait without a try.
+        errors = [r.last_error or "" for r in rows(database)]
+        assert sum("not tried, the transport is down" in e for e in errors) == 4 - SEND_CONNECTIONS
 
         clock.advance(MAIL_RETRY_SCHEDULE[0] - timedelta(seconds=1))
         assert run_batch(worker).claimed == 0  # not due yet
         clock.advance(timedelta(seconds=1))
         second = run_batch(worker)
-        assert second.retried == 2
+        assert second.retried == 4
         assert {r.due_at for r in rows(database)} == {clock.now + MAIL_RETRY_SCHEDULE[1]}
 
         with smtp_server(port=port) as server:
@@ -134,17 +136,17 @@ class TestRetries:
             assert run_batch(worker).claimed == 0
             clock.advance(timedelta(seconds=1))
             third = run_batch(worker)
-            assert third.sent == 2
-            received = server.inbox.wait_for(2)
+            assert third.sent == 4
+            received = server.inbox.wait_for(4)
 
         assert {m.message_id for m in received} == {r.message_id for r in rows(database)}
-        assert [r.status for r in rows(database)] == ["sent", "sent"]
-        assert [r.attempts for r in rows(database)] == [3, 3]
+        assert [r.status for r in rows(database)] == ["sent"] * 4
+        assert [r.attempts for r in rows(database)] == [3] * 4
         kept = attempts(database)
-        assert [a.outcome for a in kept] == ["retry", "retry", "sent"] * 2
+        assert [a.outcome for a in kept] == ["retry", "retry", "sent"] * 4
         assert all(a.error for a in kept if a.outcome == "retry")
         assert all(a.error is None for a in kept if a.outcome == "sent")
-        assert sent_events(database) == 2
+        assert sent_events(database) == 4
         database.dispose()
 
     def test_after_the_last_retry_the_mail_is_given_up(self, database_url: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from prefcenter.mail.messages import MailTemplates, compose
+from prefcenter.mail.messages import MailTemplates, Written, compose
 
 CONFIRM = "https://prefs.example.com/c/2.k1.payload.tag"
 PREFERENCES = "https://prefs.example.com/p/2.k1.payload.tag"
@@ -130,3 +130,41 @@ class TestTestMail:
         assert "https://p.example" in written.text
         assert "https://p.example" in written.html
         assert "href" not in written.html  # no preference link: it is nobody's contact
+
+
+class TestHeadersAreChecked:
+    def written(self) -> Written:
+        return templates.write(
+            "test", "en", {"organization": None, "preferences_url": None, "base_url": "x"}
+        )
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("recipient", "ada@example.com\r\nBcc: all@example.com"),
+            ("recipient", "ada@example.com\n"),
+            ("message_id", "<a@example.com>\r\nBcc: all@example.com"),
+            ("sender", "news@example.com\nBcc: all@example.com"),
+            ("recipient", "äda@example.com"),
+        ],
+    )
+    def test_a_line_break_or_a_non_ascii_address_is_refused(self, field: str, value: str) -> None:
+        fields = {
+            "sender": "news@example.com",
+            "recipient": "ada@example.com",
+            "message_id": "<a@example.com>",
+        }
+        fields[field] = value
+        with pytest.raises(ValueError, match=r"header value|local part"):
+            compose(self.written(), date=QUEUED_AT, language="en", **fields)
+
+    def test_an_international_domain_is_written_in_its_ascii_form(self) -> None:
+        message = compose(
+            self.written(),
+            sender="news@example.com",
+            recipient="ada@bücher.example",
+            message_id="<a@example.com>",
+            date=QUEUED_AT,
+            language="en",
+        )
+        assert message["To"] == "ada@xn--bcher-kva.example"

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage
+from email.message import Message
 from typing import Any
 
 from pydantic import ValidationError
@@ -46,8 +46,9 @@ class Outgoing:
 
     claimed: Claimed
     payload: MailPayload | None
-    message: EmailMessage | None = None
-    recipient: str | None = None
+    message: Message | None = None
+    recipient: str | None = None  # the address as stored (its keyed hash goes in the trail)
+    envelope_recipient: str | None = None  # as the message's To says it (IDNA domain)
     # Set when there is nothing to send: cancelled (True) or broken for good (False).
     skip: str | None = None
     cancel: bool = True
@@ -185,7 +186,13 @@ def _write_one(
         # write a broken one): no retry makes it better.
         logger.warning("mail %s cannot be written: %s", claimed.message_id, type(exc).__name__)
         return Outgoing(claimed, payload, skip="cannot be written as a mail", cancel=False)
-    return Outgoing(claimed, payload, message=message, recipient=recipient)
+    return Outgoing(
+        claimed,
+        payload,
+        message=message,
+        recipient=recipient,
+        envelope_recipient=str(message["To"]),
+    )
 
 
 def _in_language(url: str, language: str) -> str:

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 # Messages claimed at once: one transaction claims them, one records them all.
 BATCH_SIZE = 50
+# Connections a worker sends over at once: while one waits for the relay's answer, another
+# sends (SMTP has no pipelining here).
+SEND_CONNECTIONS = 2
 # How long `BackgroundWorker.stop` waits for the message being sent.
 STOP_TIMEOUT_S = 40.0
 
@@ -84,6 +87,31 @@ def transport_name(config: MailConfig) -> str:
     return "smtps" if config.target.security is SmtpSecurity.TLS else "smtp"
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Messages claimed together, written and ready to send."""
+
+    claim: str
+    claimed_at: datetime
+    outgoing: list[Outgoing]
+
+
+def _set(stop: asyncio.Event | None) -> bool:
+    return stop is not None and stop.is_set()
+
+
+@dataclass(slots=True)
+class _Round:
+    """One round's sending, shared by its connections."""
+
+    deadline: datetime
+    stop: asyncio.Event | None
+    final: bool
+    attempts: list[Attempted] = field(default_factory=list)
+    untried: list[int] = field(default_factory=list)
+    down: DeliveryFailed | None = None  # the transport is unreachable: the rest wait
+
+
 class OutboxWorker:
     """Delivers the outbox's due messages of the kinds it can send (mail, when it is on)."""
 
@@ -93,7 +121,7 @@ class OutboxWorker:
         settings: Settings,
         *,
         mail: MailConfig | None,
-        transport: Transport | None = None,
+        connections: int = SEND_CONNECTIONS,
         clock: Callable[[], datetime] = utcnow,
         draw: Callable[[], float] = random.random,
         batch_size: int = BATCH_SIZE,
@@ -111,23 +139,30 @@ class OutboxWorker:
         self.lease = timedelta(seconds=settings.outbox_lease_seconds)
         self._ring = settings.signing_key_ring()
         self._keys = AuditKeys.from_settings(settings)
-        self._transport = transport
+        self._transports: list[Transport | None] = [None] * connections
         # Webhook deliveries, in a loop of their own beside the mail's (run, deliver_due).
         self.webhooks = webhooks
         if webhooks is not None and not webhooks.name:
             webhooks.name = self.name
 
-    def transport(self) -> Transport:
-        if self._transport is None:
+    def _transport(self, index: int) -> Transport:
+        transport = self._transports[index]
+        if transport is None:
             assert self.mail is not None
-            self._transport = open_transport(self.mail.target)
-        return self._transport
+            transport = self._transports[index] = open_transport(self.mail.target)
+        return transport
 
     async def aclose(self) -> None:
-        if self._transport is not None:
-            await self._transport.close()
+        """Close the transports' connections (opened again when there is mail), and the
+        webhook sender's."""
+        await self._close_mail()
         if self.webhooks is not None:
             await self.webhooks.aclose()
+
+    async def _close_mail(self) -> None:
+        for transport in self._transports:
+            if transport is not None:
+                await transport.close()
 
     async def deliver_batch(
         self,
@@ -138,33 +173,16 @@ class OutboxWorker:
     ) -> DeliveryReport:
         """One round: claim up to a batch of due messages, send them, record what happened.
         `only`: just these messages; `final`: a temporary error fails them, no retry."""
-        report = DeliveryReport()
         if not self.kinds:
-            return report
-        now = self.clock()
-        claim = secrets.token_hex(16)
-        claimed = await anyio.to_thread.run_sync(self._claim, now, claim, only)
-        if not claimed:
-            return report
-        report.claimed = len(claimed)
-        assert self.mail is not None
-        outgoing = await anyio.to_thread.run_sync(self._write, claimed, self.mail, now)
-        attempts, untried = await self._send(outgoing, stop=stop, final=final, claimed_at=now)
-        by_id = {item.claimed.id: item for item in outgoing}
-        recorded = await anyio.to_thread.run_sync(
-            self._record, attempts, untried, claim, by_id, self.mail
-        )
-        report.sent = len(recorded.marked_sent)
-        report.retried = recorded.outcomes[AttemptOutcome.RETRY]
-        report.failed = recorded.outcomes[AttemptOutcome.FAILED]
-        report.cancelled = recorded.outcomes[AttemptOutcome.CANCELLED]
-        report.released = len(untried)
-        report.errors = [a.error for a in attempts if a.error][:5]
-        report.last_error = report.errors[-1] if report.errors else None
-        return report
+            return DeliveryReport()
+        batch = await self._prepare(only)
+        if batch is None:
+            return DeliveryReport()
+        attempts, untried = await self._send(batch, stop=stop, final=final)
+        return await self._finish(batch, attempts, untried)
 
     async def deliver_due(self, *, stop: asyncio.Event | None = None) -> DeliveryReport:
-        """Rounds until nothing is due (or `stop` is set), mail first, then webhooks."""
+        """Rounds until nothing is due (or `stop` is set): mail, then webhooks."""
         total = await self._deliver_mail_due(stop=stop)
         if self.webhooks is not None:
             hooks = await self.webhooks.deliver_due(stop=stop)
@@ -183,12 +201,32 @@ class OutboxWorker:
         return total
 
     async def _deliver_mail_due(self, *, stop: asyncio.Event | None) -> DeliveryReport:
+        """Mail rounds until nothing is due (or `stop` is set), overlapped: the next batch is
+        claimed and written, and the last one recorded, while this one is being sent."""
         total = DeliveryReport()
-        while stop is None or not stop.is_set():
-            report = await self.deliver_batch(stop=stop)
-            total.add(report)
-            if report.claimed == 0 or report.released:
-                break
+        if not self.kinds:
+            return total
+        recording: asyncio.Task[DeliveryReport] | None = None
+        following: asyncio.Task[_Batch | None] | None = None
+        try:
+            batch = await self._prepare(None)
+            while batch is not None:
+                following = None if _set(stop) else asyncio.create_task(self._prepare(None))
+                attempts, untried = await self._send(batch, stop=stop, final=False)
+                if recording is not None:
+                    total.add(await recording)
+                recording = asyncio.create_task(self._finish(batch, attempts, untried))
+                batch = await following if following is not None else None
+                following = None
+                if batch is not None and (_set(stop) or untried):
+                    # Stopping (or out of time): what was claimed meanwhile goes back.
+                    total.add(await self._finish(batch, [], [o.claimed.id for o in batch.outgoing]))
+                    batch = None
+        finally:
+            if following is not None:
+                following.cancel()  # its claim, if it made one, runs out by itself
+            if recording is not None:
+                total.add(await recording)
         return total
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -218,14 +256,40 @@ class OutboxWorker:
                         logger.info("outbox: %s", report.summary())
                     if report.claimed and not stop.is_set():
                         continue  # more may have become due meanwhile
-                    if self._transport is not None:
-                        await self._transport.close()  # idle: no connection held open
+                    await self._close_mail()  # idle: no connection held open
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=poll)
         finally:
-            if self._transport is not None:
-                await self._transport.close()
+            await self._close_mail()
             logger.info("outbox worker %s stopped", self.name)
+
+    async def _prepare(self, only: Collection[int] | None) -> _Batch | None:
+        """Claim a batch and write its mail (in worker threads); None when nothing is due."""
+        now = self.clock()
+        claim = secrets.token_hex(16)
+        claimed = await anyio.to_thread.run_sync(self._claim, now, claim, only)
+        if not claimed:
+            return None
+        assert self.mail is not None
+        outgoing = await anyio.to_thread.run_sync(self._write, claimed, self.mail, now)
+        return _Batch(claim=claim, claimed_at=now, outgoing=outgoing)
+
+    async def _finish(
+        self, batch: _Batch, attempts: list[Attempted], untried: list[int]
+    ) -> DeliveryReport:
+        assert self.mail is not None
+        recorded = await anyio.to_thread.run_sync(self._record, attempts, untried, batch, self.mail)
+        errors = [a.error for a in attempts if a.error][:5]
+        return DeliveryReport(
+            claimed=len(batch.outgoing),
+            sent=len(recorded.marked_sent),
+            retried=recorded.outcomes[AttemptOutcome.RETRY],
+            failed=recorded.outcomes[AttemptOutcome.FAILED],
+            cancelled=recorded.outcomes[AttemptOutcome.CANCELLED],
+            released=len(untried),
+            last_error=errors[-1] if errors else None,
+            errors=errors,
+        )
 
     def _claim(self, now: datetime, claim: str, only: Collection[int] | None) -> list[Claimed]:
         if only is None:
@@ -251,69 +315,71 @@ class OutboxWorker:
             )
 
     async def _send(
-        self,
-        outgoing: list[Outgoing],
-        *,
-        stop: asyncio.Event | None,
-        final: bool,
-        claimed_at: datetime,
+        self, batch: _Batch, *, stop: asyncio.Event | None, final: bool
     ) -> tuple[list[Attempted], list[int]]:
-        """Send each in turn. Stops early, giving the rest back untried, when asked to stop
-        or when half the claim's time is gone (a slow relay must not outlast the claim)."""
+        """Send them over `connections` connections at once, each in turn on its own. Stops
+        early, giving the rest back untried, when asked to stop or when half the claim's time
+        is gone (a slow relay must not outlast the claim)."""
+        state = _Round(deadline=batch.claimed_at + self.lease / 2, stop=stop, final=final)
+        outgoing = batch.outgoing
+        shares = [outgoing[i :: len(self._transports)] for i in range(len(self._transports))]
+        await asyncio.gather(
+            *(self._send_share(share, index, state) for index, share in enumerate(shares) if share)
+        )
+        return state.attempts, state.untried
+
+    async def _send_share(self, share: list[Outgoing], index: int, state: _Round) -> None:
         assert self.mail is not None
-        attempts: list[Attempted] = []
-        untried: list[int] = []
-        deadline = claimed_at + self.lease / 2
-        down: DeliveryFailed | None = None
-        for item in outgoing:
+        for item in share:
             started = self.clock()
             if item.skip is not None:
                 outcome = AttemptOutcome.CANCELLED if item.cancel else AttemptOutcome.FAILED
-                attempts.append(Attempted(item.claimed, outcome, started, started, item.skip))
+                state.attempts.append(Attempted(item.claimed, outcome, started, started, item.skip))
                 continue
-            if (stop is not None and stop.is_set()) or started >= deadline:
-                untried.append(item.claimed.id)
+            if _set(state.stop) or started >= state.deadline:
+                state.untried.append(item.claimed.id)
                 continue
-            if down is not None:
-                attempts.append(
+            if state.down is not None:
+                state.attempts.append(
                     Attempted(
                         item.claimed,
-                        AttemptOutcome.FAILED if final else AttemptOutcome.RETRY,
+                        AttemptOutcome.FAILED if state.final else AttemptOutcome.RETRY,
                         started,
                         started,
-                        f"not tried, the transport is down: {down.detail}",
+                        f"not tried, the transport is down: {state.down.detail}",
                     )
                 )
                 continue
             assert item.message is not None
-            assert item.recipient is not None
+            assert item.envelope_recipient is not None
             try:
-                await self.transport().send(
-                    item.message, sender=self.mail.envelope_sender, recipient=item.recipient
+                await self._transport(index).send(
+                    item.message,
+                    sender=self.mail.envelope_sender,
+                    recipient=item.envelope_recipient,
                 )
             except DeliveryFailed as exc:
-                permanent = exc.permanent or final
+                permanent = exc.permanent or state.final
                 outcome = AttemptOutcome.FAILED if permanent else AttemptOutcome.RETRY
-                attempts.append(Attempted(item.claimed, outcome, started, self.clock(), exc.detail))
+                state.attempts.append(
+                    Attempted(item.claimed, outcome, started, self.clock(), exc.detail)
+                )
                 if exc.unreachable:
-                    down = exc
+                    state.down = exc
                 continue
-            attempts.append(Attempted(item.claimed, AttemptOutcome.SENT, started, self.clock()))
-        return attempts, untried
+            state.attempts.append(
+                Attempted(item.claimed, AttemptOutcome.SENT, started, self.clock())
+            )
 
     def _record(
-        self,
-        attempts: list[Attempted],
-        untried: list[int],
-        claim: str,
-        by_id: dict[int, Outgoing],
-        mail: MailConfig,
+        self, attempts: list[Attempted], untried: list[int], batch: _Batch, mail: MailConfig
     ) -> outbox.Recorded:
+        by_id = {item.claimed.id: item for item in batch.outgoing}
         with self.database.transaction(write=True) as session:
             recorded = outbox.record_attempts(
-                session, attempts, claim=claim, worker=self.name, draw=self.draw
+                session, attempts, claim=batch.claim, worker=self.name, draw=self.draw
             )
-            outbox.release(session, untried, claim=claim)
+            outbox.release(session, untried, claim=batch.claim)
             for attempted in attempts:
                 if attempted.message.id in recorded.marked_sent:
                     append_event(

@@ -8,7 +8,7 @@ import mailbox
 import os
 import re
 import ssl
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 from typing import Protocol
 
@@ -38,7 +38,7 @@ class DeliveryFailed(Exception):
 class Transport(Protocol):
     def describe(self) -> str: ...
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
+    async def send(self, message: Message, *, sender: str, recipient: str) -> None:
         """Hand the mail over; it is the receiver's once this returns."""
 
     async def close(self) -> None: ...
@@ -102,7 +102,7 @@ class SmtpTransport:
         self._client = client
         return client
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
+    async def send(self, message: Message, *, sender: str, recipient: str) -> None:
         try:
             client = await self._connected()
             await client.send_message(message, sender=sender, recipients=[recipient])
@@ -162,7 +162,7 @@ class MaildirTransport:
     def describe(self) -> str:
         return f"maildir://{self.path}"
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
+    async def send(self, message: Message, *, sender: str, recipient: str) -> None:
         try:
             await anyio.to_thread.run_sync(self._deliver, message)
         except OSError as exc:
@@ -172,7 +172,7 @@ class MaildirTransport:
                 unreachable=True,
             ) from exc
 
-    def _deliver(self, message: EmailMessage) -> None:
+    def _deliver(self, message: Message) -> None:
         box = mailbox.Maildir(self.path, create=True)
         key = box.add(message)
         # A plain message goes to new/ under its key, with no flags after it.
