@@ -37,7 +37,10 @@ def webhooks_cli(open_database: OpenDatabase) -> typer.Typer:
         """List endpoints (never their secrets)."""
         with open_database() as database, database.transaction(write=False) as session:
             endpoints = service.list_endpoints(session)
-        table = Table("id", "url", "events", "enabled", "failing since / disabled")
+        table = Table()
+        table.add_column("id", no_wrap=True, min_width=23)  # whole: it is what commands take
+        for name in ("url", "events", "enabled", "failing since / disabled"):
+            table.add_column(name, overflow="fold")
         for e in endpoints:
             state = (
                 f"{e.disabled_reason} ({e.disabled_at:%Y-%m-%d %H:%M})"
@@ -80,8 +83,7 @@ def webhooks_cli(open_database: OpenDatabase) -> typer.Typer:
     def rotate(
         endpoint_id: Annotated[str, typer.Argument(help="The endpoint's id (see list).")],
     ) -> None:
-        """A new secret (printed once, last line of stdout); the old one signs beside it for
-        24 hours."""
+        """A new secret (printed once, last line of stdout); the old one signs for a day."""
         with open_database() as database, database.transaction(write=True) as session:
             rotated = service.rotate_secret(
                 session, endpoint_id, settings=database.settings, actor=_actor()
