@@ -211,7 +211,7 @@ class TestErrorDocumentation:
         wrong = []
         for name, operation in operations(openapi):
             # Recipients get a page for a bad link; any other error is a problem document.
-            is_page = set(operation["responses"]["200"].get("content", {})) == {"text/html"}
+            is_page = set(operation["responses"].get("200", {}).get("content", {})) == {"text/html"}
             wrong += [
                 f"{name} {status}"
                 for status, response in operation["responses"].items()

@@ -65,7 +65,6 @@ class TestCreate:
     @pytest.mark.parametrize(
         ("events", "field"),
         [
-            (["*", "consent.changed"], "events"),
             (["consent.changed", "nope"], "events[1]"),
             ([], "events"),
         ],
@@ -77,9 +76,13 @@ class TestCreate:
         assert_problem(response, 422)
         assert any(e["field"].startswith("events") for e in response.json()["errors"])
 
-    def test_duplicate_types_are_kept_once(self, client: TestClient, admin: Headers) -> None:
+    def test_duplicate_types_are_kept_once_and_star_means_every_type(
+        self, client: TestClient, admin: Headers
+    ) -> None:
         created = create_endpoint(client, admin, URL, ["contact.erased", "contact.erased"])
         assert created["events"] == ["contact.erased"]
+        every = create_endpoint(client, admin, URL, ["consent.changed", "*"])
+        assert every["events"] == ["*"]
 
     @pytest.mark.parametrize(
         ("url", "why"),

@@ -77,7 +77,9 @@ def create_webhook(
     caller: Admin,
     session: WriteSession,
     request: Request,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", include_in_schema=False)
+    ] = None,
 ) -> WebhookCreated:
     _no_idempotency_key(idempotency_key)
     return service.create_endpoint(
@@ -150,7 +152,9 @@ def rotate_webhook_secret(
     caller: Admin,
     session: WriteSession,
     request: Request,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", include_in_schema=False)
+    ] = None,
 ) -> SecretRotated:
     _no_idempotency_key(idempotency_key)
     return service.rotate_secret(

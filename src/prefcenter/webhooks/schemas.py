@@ -14,6 +14,12 @@ from prefcenter.webhooks.rules import EVERY_TYPE, MAX_URL_LENGTH, EventType
 _PRINTABLE_PATTERN = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"
 ENDPOINT_ID_PATTERN = r"^ep_[a-z0-9]{1,29}$"
 
+# Further checked by webhooks.rules.check_url and where its host resolves (422 problems).
+Url = Annotated[
+    str,
+    StringConstraints(min_length=8, max_length=MAX_URL_LENGTH, pattern=r"^https?://"),
+    Field(description="Where deliveries are POSTed: http or https, no user name or password."),
+]
 Description = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=500, pattern=_PRINTABLE_PATTERN)
 ]
@@ -27,16 +33,21 @@ EventTypes = Annotated[
 ]
 
 
-def _distinct_types(value: list[EventType | Literal["*"]]) -> list[EventType | Literal["*"]]:
-    if EVERY_TYPE in value and len(set(value)) > 1:
-        raise ValueError('"*" stands alone: it already means every type')
+def _distinct_types(
+    value: list[EventType | Literal["*"]] | None,
+) -> list[EventType | Literal["*"]] | None:
+    """Each type once; `*` beside others is `*` alone (it already means every type)."""
+    if value is None:
+        return None
+    if EVERY_TYPE in value:
+        return ["*"]
     return sorted(set(value), key=str)
 
 
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL_LENGTH)]
+    url: Url
     events: EventTypes
     description: Description | None = None
 
@@ -49,7 +60,7 @@ class WebhookPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL_LENGTH)] | None = None
+    url: Url | None = None
     events: EventTypes | None = None
     description: Description | None = None
     enabled: StrictBool | None = None
