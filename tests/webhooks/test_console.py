@@ -128,8 +128,8 @@ class TestCli:
         runner = CliRunner()
         bad = runner.invoke(cli.cli, ["webhooks", "create", "ftp://x", "--event", "nope"])
         assert bad.exit_code == 2
-        url = runner.invoke(cli.cli, ["webhooks", "create", "ftp://example.com/x"])
+        url = runner.invoke(cli.cli, ["webhooks", "create", "https://u:pw@example.com/x"])
         assert url.exit_code == 1
-        assert "http" in url.output
+        assert "password" in url.output
         unknown = runner.invoke(cli.cli, ["webhooks", "rotate", "ep_nope"])
         assert unknown.exit_code == 1

@@ -87,7 +87,6 @@ class TestCreate:
     @pytest.mark.parametrize(
         ("url", "why"),
         [
-            ("ftp://hooks.example.com/x", "http"),
             ("https://user:pw@hooks.example.com/x", "password"),
             ("https://hooks.example.com/x#frag", "fragment"),
             ("https:///x", "host"),
@@ -112,6 +111,16 @@ class TestCreate:
         assert why.lower() in response.json()["detail"].lower()
         with database.transaction(write=False) as session:
             assert session.exec(select(WebhookEndpoint)).all() == []
+
+    def test_other_schemes_are_refused_by_the_schema(
+        self, client: TestClient, admin: Headers
+    ) -> None:
+        for url in ("ftp://hooks.example.com/x", "file:///etc/passwd", "gopher://x.example/"):
+            response = client.post(
+                "/v1/webhooks", headers=admin, json={"url": url, "events": ["*"]}
+            )
+            assert_problem(response, 422)
+            assert response.json()["errors"][0]["field"] == "url"
 
     def test_a_name_that_resolves_inward_is_refused(
         self, client: TestClient, admin: Headers
