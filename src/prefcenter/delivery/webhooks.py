@@ -47,13 +47,18 @@ from prefcenter.webhooks.service import Actor, disable_endpoint, signing_keys, w
 
 logger = logging.getLogger(__name__)
 
-# Deliveries claimed at once, and sent at once at most (across endpoints).
+# Deliveries claimed at once, and sent at once at most (across endpoints), over lanes of
+# LANE_CONNECTIONS connections each: httpcore's pool looks at each of its connections for
+# every request, so a few small pools cost less than one large one.
 BATCH_SIZE = 200
-CONCURRENCY = 64
+CONCURRENCY = 32
+LANE_CONNECTIONS = 8
 # The whole of one attempt: resolving, connecting, sending, the answer's head.
 TIMEOUT_S = 15.0
 # What is kept of a receiver's answer in the attempt's error.
 ANSWER_CHARS = 200
+# An answer's body is read up to this much (then the connection is dropped, not read on).
+MAX_ANSWER_BYTES = 64 * 1024
 USER_AGENT = "prefcenter-webhooks/1"
 SENDER = Actor(name="prefcenter:outbox", channel="webhooks")
 
@@ -148,17 +153,13 @@ class CheckedTransport(httpx.AsyncHTTPTransport):
         )
 
 
-def checked_client(*, resolve: Resolve, allow_private: bool) -> httpx.AsyncClient:
+def checked_transport(*, resolve: Resolve, allow_private: bool) -> CheckedTransport:
     limits = httpx.Limits(
-        max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY, keepalive_expiry=5
+        max_connections=LANE_CONNECTIONS,
+        max_keepalive_connections=LANE_CONNECTIONS,
+        keepalive_expiry=5,
     )
-    return httpx.AsyncClient(
-        transport=CheckedTransport(resolve=resolve, allow_private=allow_private, limits=limits),
-        timeout=httpx.Timeout(TIMEOUT_S),
-        follow_redirects=False,
-        trust_env=False,
-        headers={"User-Agent": USER_AGENT},
-    )
+    return CheckedTransport(resolve=resolve, allow_private=allow_private, limits=limits)
 
 
 # --- one batch ------------------------------------------------------------------------------
@@ -225,40 +226,97 @@ class WebhookSender:
         self.concurrency = concurrency
         self.name = name
         self.lease = timedelta(seconds=settings.outbox_lease_seconds)
-        self._client: httpx.AsyncClient | None = None
+        self.timeout = httpx.Timeout(TIMEOUT_S)
+        # httpx's transport without its client: no cookie jar carried from one receiver to
+        # the next, no redirects, no proxies from the environment, less work per request.
+        self._lanes: list[CheckedTransport] = []
 
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = checked_client(
-                resolve=self.resolve, allow_private=self.settings.webhooks_allow_private
-            )
-        return self._client
+    def lanes(self) -> list[CheckedTransport]:
+        if not self._lanes:
+            self._lanes = [
+                checked_transport(
+                    resolve=self.resolve, allow_private=self.settings.webhooks_allow_private
+                )
+                for _ in range(max(1, -(-self.concurrency // LANE_CONNECTIONS)))
+            ]
+        return self._lanes
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        lanes, self._lanes = self._lanes, []
+        for lane in lanes:
+            await lane.aclose()
 
     async def deliver_batch(self, *, stop: asyncio.Event | None = None) -> BatchReport:
         """One round: claim up to a batch of due deliveries, send them, record the attempts."""
-        report = BatchReport()
+        batch = await self._next()
+        if batch is None:
+            return BatchReport()
+        sent, untried = await self._send_all(batch.outgoing, stop=stop, claimed_at=batch.at)
+        return await self._finish(batch, sent, untried)
+
+    async def deliver_due(self, *, stop: asyncio.Event | None = None) -> BatchReport:
+        """Rounds until nothing is due (or `stop` is set)."""
+        total = BatchReport()
+        while not _set(stop):
+            report = await self._overlapped(stop)
+            _add(total, report)
+            if report.claimed == 0 or report.released:
+                break
+        return total
+
+    async def _overlapped(self, stop: asyncio.Event | None) -> BatchReport:
+        """Rounds overlapped: the next batch is claimed and read, and the last one recorded,
+        while this one is being sent, until a claim finds nothing. (A contact's next delivery
+        is not in the next batch: the one being sent is still queued when that is claimed;
+        `deliver_due` comes back for it.)"""
+        total = BatchReport()
+        recording: asyncio.Task[BatchReport] | None = None
+        following: asyncio.Task[_Batch | None] | None = None
+        try:
+            batch = await self._next()
+            while batch is not None:
+                following = None if _set(stop) else asyncio.create_task(self._next())
+                sent, untried = await self._send_all(batch.outgoing, stop=stop, claimed_at=batch.at)
+                if recording is not None:
+                    _add(total, await recording)
+                recording = asyncio.create_task(self._finish(batch, sent, untried))
+                batch = await following if following is not None else None
+                following = None
+                if batch is not None and (_set(stop) or untried):
+                    # Stopping (or out of time): what was claimed meanwhile goes back.
+                    untouched = [o.claimed.id for o in batch.outgoing]
+                    _add(total, await self._finish(batch, [], untouched))
+                    batch = None
+        finally:
+            if following is not None:
+                following.cancel()  # its claim, if it made one, runs out by itself
+            if recording is not None:
+                _add(total, await recording)
+        return total
+
+    async def _next(self) -> _Batch | None:
         now = self.clock()
         claim = secrets.token_hex(16)
         claimed = await anyio.to_thread.run_sync(self._claim, now, claim)
         if not claimed:
-            return report
-        report.claimed = len(claimed)
+            return None
         outgoing = await anyio.to_thread.run_sync(self._prepare, claimed, now)
-        sent, untried = await self._send_all(outgoing, stop=stop, claimed_at=now)
-        recorded, disabled = await anyio.to_thread.run_sync(self._record, sent, untried, claim)
-        report.sent = len(recorded.marked_sent)
-        report.retried = recorded.outcomes[AttemptOutcome.RETRY]
-        report.failed = recorded.outcomes[AttemptOutcome.FAILED]
-        report.cancelled = recorded.outcomes[AttemptOutcome.CANCELLED]
-        report.released = len(untried)
-        report.disabled = disabled
-        report.errors = [s.attempted.error for s in sent if s.attempted.error][:5]
-        return report
+        return _Batch(claim=claim, at=now, outgoing=outgoing)
+
+    async def _finish(self, batch: _Batch, sent: list[Sent], untried: list[int]) -> BatchReport:
+        recorded, disabled = await anyio.to_thread.run_sync(
+            self._record, sent, untried, batch.claim
+        )
+        return BatchReport(
+            claimed=len(batch.outgoing),
+            sent=len(recorded.marked_sent),
+            retried=recorded.outcomes[AttemptOutcome.RETRY],
+            failed=recorded.outcomes[AttemptOutcome.FAILED],
+            cancelled=recorded.outcomes[AttemptOutcome.CANCELLED],
+            released=len(untried),
+            disabled=disabled,
+            errors=[s.attempted.error for s in sent if s.attempted.error][:5],
+        )
 
     def _claim(self, now: datetime, claim: str) -> list[Claimed]:
         kinds = (OutboxKind.WEBHOOK,)
@@ -321,27 +379,25 @@ class WebhookSender:
     async def _send_all(
         self, outgoing: list[Outgoing], *, stop: asyncio.Event | None, claimed_at: datetime
     ) -> tuple[list[Sent], list[int]]:
-        """Send concurrently (at most `concurrency` at once). Once an endpoint cannot be
-        reached, its deliveries that have not started are retried later without a try; after
-        a stop or half the claim's time, those not started are given back untried."""
-        gate = asyncio.Semaphore(self.concurrency)
+        """Send concurrently: each lane (a pool of its own) sends at most LANE_CONNECTIONS at
+        once. Once an endpoint cannot be reached, its deliveries that have not started are
+        retried later without a try; after a stop or half the claim's time, those not started
+        are given back untried."""
+        lanes = self.lanes()
+        gates = [asyncio.Semaphore(LANE_CONNECTIONS) for _ in lanes]
         down: dict[int, str] = {}
         deadline = claimed_at + self.lease / 2
         sent: list[Sent] = []
         untried: list[int] = []
 
-        async def one(item: Outgoing) -> None:
+        async def one(item: Outgoing, lane: int) -> None:
             started = self.clock()
             endpoint_id = item.claimed.endpoint_id
             if item.skip is not None:
-                sent.append(
-                    Sent(
-                        Attempted(item.claimed, item.skip_outcome, started, started, item.skip),
-                        endpoint_id,
-                    )
-                )
+                attempted = Attempted(item.claimed, item.skip_outcome, started, started, item.skip)
+                sent.append(Sent(attempted, endpoint_id))
                 return
-            async with gate:
+            async with gates[lane]:
                 started = self.clock()
                 if (stop is not None and stop.is_set()) or started >= deadline:
                     untried.append(item.claimed.id)
@@ -353,20 +409,21 @@ class WebhookSender:
                         Sent(Attempted(item.claimed, _RETRY, started, started, error), None)
                     )
                     return
-                result = await self._send(item, started)
+                result = await self._send(item, started, lanes[lane])
                 if result.unreachable is not None:
                     down[endpoint_id] = result.unreachable
                 sent.append(result.sent)
 
         async with anyio.create_task_group() as group:
-            for item in outgoing:
-                group.start_soon(one, item)
+            for number, item in enumerate(outgoing):
+                group.start_soon(one, item, number % len(lanes))
         return sent, untried
 
-    async def _send(self, item: Outgoing, started: datetime) -> _Result:
+    async def _send(self, item: Outgoing, started: datetime, lane: CheckedTransport) -> _Result:
         endpoint_id = item.claimed.endpoint_id
         timestamp = int(self.wall())
         headers = {
+            "user-agent": USER_AGENT,
             "content-type": "application/json",
             "webhook-id": item.webhook_id,
             "webhook-timestamp": str(timestamp),
@@ -374,11 +431,15 @@ class WebhookSender:
         }
         unreachable: str | None = None
         try:
-            with anyio.fail_after(TIMEOUT_S):
-                request = self.client().build_request(
-                    "POST", item.url, content=item.body, headers=headers
+            async with asyncio.timeout(TIMEOUT_S):
+                request = httpx.Request(
+                    "POST",
+                    item.url,
+                    content=item.body,
+                    headers=headers,
+                    extensions={"timeout": self.timeout.as_dict()},
                 )
-                response = await self.client().send(request, stream=True)
+                response = await lane.handle_async_request(request)
                 try:
                     head = await _read_some(response)
                 finally:
@@ -496,16 +557,6 @@ class WebhookSender:
             logger.warning("webhook endpoint disabled: %s", line)
         return recorded, disabled
 
-    async def deliver_due(self, *, stop: asyncio.Event | None = None) -> BatchReport:
-        """Rounds until nothing is due (or `stop` is set)."""
-        total = BatchReport()
-        while stop is None or not stop.is_set():
-            report = await self.deliver_batch(stop=stop)
-            _add(total, report)
-            if report.claimed == 0 or report.released:
-                break
-        return total
-
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, looking again every `outbox_poll_seconds` when idle.
         A round that fails (the database away) is logged and tried again after the pause."""
@@ -513,16 +564,27 @@ class WebhookSender:
         try:
             while not stop.is_set():
                 try:
-                    report = await self.deliver_batch(stop=stop)
+                    report = await self.deliver_due(stop=stop)
                 except Exception:  # one bad round must not end the worker
                     logger.exception("webhook round failed; trying again in %.1f s", poll)
                 else:
                     if report.claimed and not report.released:
-                        continue  # more may be due
+                        continue  # more may have become due meanwhile
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=poll)
         finally:
             await self.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    claim: str
+    at: datetime  # when it was claimed
+    outgoing: list[Outgoing]
+
+
+def _set(stop: asyncio.Event | None) -> bool:
+    return stop is not None and stop.is_set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,13 +638,13 @@ def _body(item: Claimed, events: dict[str, dict[str, Any]]) -> bytes | None:
 
 
 async def _read_some(response: httpx.Response) -> bytes:
-    """The start of an answer's body, for the error; never the whole of a large one."""
-    if answer_of(response.status_code) is Answer.DELIVERED:
-        return b""
+    """The start of an answer's body, for the error. A short body is read to its end, so
+    that the connection is kept for the next delivery; a long one is not read further (the
+    connection is then closed)."""
     head = b""
     async for chunk in response.aiter_raw():
         head += chunk
-        if len(head) >= ANSWER_CHARS:
+        if len(head) > MAX_ANSWER_BYTES:
             break
     return head[:ANSWER_CHARS]
 
