@@ -12,10 +12,10 @@ while changes arrive at a steady rate.
    claim it (`FOR UPDATE SKIP LOCKED`, in order per contact), read its audit event and the
    endpoint's secret, build and sign the body, POST it through the checked transport, and
    record the attempt. Goal: ≥ 2,000/s with 2 workers, at ≥ 0.5× the floor.
-2. Latency: RATE consent changes per second (POST /v1/consents' service function, each in its
-   own transaction, from a pool of threads) for DURATION seconds while the workers run; the
-   receiver takes `arrival - body timestamp` (the event's `recorded_at`, stamped just before
-   the change commits). Goal: p99 ≤ 1 s at 500 changes/s.
+2. Latency: RATE consent changes per second (one-click opt-outs of the imported contacts,
+   through the unsubscribe lane's statements, from a pool of threads) for DURATION seconds
+   while the workers run; the receiver takes `arrival - body timestamp` (the event's
+   `recorded_at`, stamped just before the change commits). Goal: p99 ≤ 1 s at 500/s.
 
 The workers poll every PREFCENTER_OUTBOX_POLL_SECONDS when idle (--poll, 0.05 s here; the
 default of 1 s bounds the latency of a quiet service by about that). Creates its own database
@@ -50,12 +50,13 @@ from sqlalchemy import make_url, text
 
 from prefcenter import migrations
 from prefcenter.apikeys.schemas import Caller, Scope
-from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.consent.schemas import ConsentChangeIn
-from prefcenter.consent.service import record_change
+from prefcenter.consent.recipient_optout import read_optout_state, write_optout
+from prefcenter.consent.rules import Status
+from prefcenter.consent.service import ChangeRecord
 from prefcenter.db import Database
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
+from prefcenter.preference_center.service import Channel, recipient_change
 from prefcenter.settings import Settings
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
@@ -197,8 +198,7 @@ def counts(database: Database) -> dict[str, int]:
     with database.transaction(write=False) as session:
         rows = session.execute(
             text(
-                "SELECT status, count(*) FROM outbox_message WHERE kind = 'webhook' "
-                "GROUP BY status"
+                "SELECT status, count(*) FROM outbox_message WHERE kind = 'webhook' GROUP BY status"
             )
         ).all()
     return {str(status): int(count) for status, count in rows}
@@ -230,41 +230,53 @@ def seed(database: Database, count: int) -> None:
     )
 
 
+def public_ids(database: Database, count: int) -> list[str]:
+    with database.transaction(write=False) as session:
+        return [
+            str(row[0])
+            for row in session.execute(
+                text("SELECT public_id FROM contact ORDER BY id LIMIT :n"), {"n": count}
+            )
+        ]
+
+
 def changes_at(database: Database, settings: Settings, rate: float, duration: float) -> int:
-    """`rate` consent changes per second for `duration` seconds, each in its own transaction,
-    from a pool of threads; returns how many were made."""
-    ring = settings.signing_key_ring()
+    """`rate` one-click opt-outs per second (the unsubscribe lane's two statements, the second
+    writing state, audit event and delivery at once) for `duration` seconds, of contacts the
+    import subscribed, from a pool of threads; returns how many were written."""
     keys = AuditKeys.from_settings(settings)
-    request = RequestContext(None, None, None)
+    contacts = public_ids(database, int(rate * duration))
     made = 0
     lock = threading.Lock()
+    channel = Channel.ONE_CLICK
+    record = ChangeRecord(
+        actor="recipient", source=channel.value, evidence={"channel": channel.value}
+    )
 
-    def one(n: int) -> None:
+    def one(public_id: str) -> None:
         nonlocal made
-        change = ConsentChangeIn.model_validate(
-            {"email": f"live{n}@bench.example", "topic": TOPIC, "status": "subscribed"}
-        )
-        with database.transaction(write=True) as session:
-            record_change(
-                session,
-                change,
-                caller=CALLER,
-                request=request,
-                settings=settings,
-                ring=ring,
-                keys=keys,
-            )
-        with lock:
-            made += 1
+        now = datetime.now(UTC)
+        requested = recipient_change(Status.UNSUBSCRIBED, channel, now)
 
-    total = int(rate * duration)
+        def work(cursor: Any) -> bool:
+            state = read_optout_state(cursor, public_id=public_id, topic_key=TOPIC)
+            assert state is not None
+            written = write_optout(
+                cursor, state, requested=requested, record=record, keys=keys, now=now
+            )
+            return written is not None
+
+        if database.on_connection(work):
+            with lock:
+                made += 1
+
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for n in range(total):
+        for n, public_id in enumerate(contacts):
             wait = started + n / rate - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            pool.submit(one, n)
+            pool.submit(one, public_id)
     return made
 
 
