@@ -26,6 +26,11 @@ from prefcenter.imports.service import ImportRequest, file_sha256, run_import
 from prefcenter.preference_center import service
 from prefcenter.settings import Settings, parse_signing_keys
 from prefcenter.tokens import TokenPurpose, verify_token
+from prefcenter.webhooks.queue import (
+    queue_contact_bounced,
+    queue_contact_complained,
+    queue_notice_published,
+)
 from tests.conftest import TEST_SIGNING_KEYS, issue_key
 from tests.factories import Headers, issue_links, token_of
 from tests.preference_center.test_router import one_click
@@ -325,3 +330,39 @@ class TestGuardedStatement:
         assert rows[-1].message_id.startswith(f"msg_{newest.id}.consent.changed@")
         assert rows[-1].ordering_key is not None
         assert rows[-1].ordering_key.endswith(":" + (newest.contact_id or ""))
+
+
+class TestLaterProducers:
+    """The functions the inbound-mail and notices work calls: deliveries queued now."""
+
+    def test_bounced_complained_and_notice_published(
+        self,
+        client: TestClient,
+        admin: Headers,
+        writer: Headers,
+        topic: str,
+        hooks: Receiver,
+        database: Database,
+        settings: Settings,
+    ) -> None:
+        endpoint = create_endpoint(
+            client, admin, hooks.url, ["contact.bounced", "contact.complained", "notice.published"]
+        )
+        answer = change(client, writer, "ada@example.com", "subscribed")
+        with database.transaction(write=True) as session:
+            now = utcnow()
+            queue_contact_bounced(
+                session, event_id=answer["event_id"], contact_id=answer["contact_id"], now=now
+            )
+            queue_contact_complained(
+                session, event_id=answer["event_id"], contact_id=answer["contact_id"], now=now
+            )
+            queue_notice_published(session, data={"key": "privacy", "version": "2026-12"}, now=now)
+        assert types_of(database) == ["contact.bounced", "contact.complained", "notice.published"]
+        deliver(database, settings)
+        bodies = {
+            b["type"]: b
+            for b in (d.verified_by(endpoint["secret"]) for d in hooks.inbox.received())
+        }
+        assert bodies["contact.bounced"]["data"]["id"] == answer["event_id"]
+        assert bodies["notice.published"]["data"] == {"key": "privacy", "version": "2026-12"}

@@ -286,3 +286,43 @@ def guarded_queue_pg(
 )
 """  # noqa: S608  (built from this module's constants; every value is a bound parameter)
     return cte, params
+
+
+# --- for the producers still to come ---------------------------------------------------
+
+
+def queue_contact_bounced(
+    session: Session, *, event_id: str, contact_id: str, now: datetime
+) -> None:
+    """`contact.bounced`: call in the transaction that appends the bounce's audit event
+    (issue "The border with mail, coming in"), with that event's id; its `data` is the event
+    as `/v1/audit` shows it. Add its audit kind to webhooks.rules.types_of_event and
+    webhooks.service._REPLAYABLE so that replays include it."""
+    queue_event_deliveries(
+        session,
+        event_id=event_id,
+        contact_id=contact_id,
+        types=(EventType.CONTACT_BOUNCED,),
+        now=now,
+    )
+
+
+def queue_contact_complained(
+    session: Session, *, event_id: str, contact_id: str, now: datetime
+) -> None:
+    """`contact.complained`: as `queue_contact_bounced`, for a spam complaint's event (the
+    complaint's opt-out, if it records one as a consent change, is `consent.changed` too)."""
+    queue_event_deliveries(
+        session,
+        event_id=event_id,
+        contact_id=contact_id,
+        types=(EventType.CONTACT_COMPLAINED,),
+        now=now,
+    )
+
+
+def queue_notice_published(session: Session, *, data: dict[str, Any], now: datetime) -> None:
+    """`notice.published` (issue "Notices"): call in the transaction that stores the notice
+    version, with what receivers should know of it (key, version, language, effective_at,
+    material, summary, url and sha256; no text of personal data)."""
+    queue_inline_delivery(session, event_type=EventType.NOTICE_PUBLISHED, data=data, now=now)
