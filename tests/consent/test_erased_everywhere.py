@@ -113,8 +113,8 @@ ADDRESS_ROUTES: dict[tuple[str, str], tuple[Call, ...]] = {
     ("POST", "/v1/eligibility/stream"): (_stream,),
     ("POST", "/v1/imports"): (_import,),
 }
-# Mutating routes that take no address: a topic's definition, an erasure by id, and the
-# recipients' pages, which take a token (an erased contact's token gets the 404 page,
+# Mutating routes that take no address: a topic's definition, an erasure by id, webhook
+# endpoints, and the recipients' pages, which take a token (an erased contact's token gets the 404 page,
 # test_router.TestBadTokens).
 ADDRESS_FREE_ROUTES = {
     ("PUT", "/v1/topics/{key}"),
@@ -122,6 +122,12 @@ ADDRESS_FREE_ROUTES = {
     ("POST", "/u/{token}"),
     ("POST", "/p/{token}"),
     ("POST", "/c/{token}"),
+    # Webhook endpoints: a URL and event types, never a contact's address.
+    ("POST", "/v1/webhooks"),
+    ("PATCH", "/v1/webhooks/{endpoint_id}"),
+    ("DELETE", "/v1/webhooks/{endpoint_id}"),
+    ("POST", "/v1/webhooks/{endpoint_id}/rotate-secret"),
+    ("POST", "/v1/webhooks/{endpoint_id}/replay"),
 }
 
 
