@@ -4,6 +4,7 @@ with a bare FastAPI + psycopg insert app as the floor, measured in the same run.
     .venv/bin/python bench/one_click.py                    # PostgreSQL, --workers 2 and 4
     .venv/bin/python bench/one_click.py --workers 2 --duration 20
     .venv/bin/python bench/one_click.py --sqlite           # the same on SQLite, no goal/floor
+    .venv/bin/python bench/one_click.py --webhook          # with an endpoint for consent.changed
 
 What it does, per worker count W:
   1. a throwaway database (PostgreSQL: `prefcenter_bench_…`, dropped at the end; SQLite: a
@@ -42,7 +43,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +60,13 @@ from prefcenter.db import Database
 from prefcenter.settings import Settings
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
+from prefcenter.webhooks.addresses import system_resolve
+from prefcenter.webhooks.rules import EventType
+from prefcenter.webhooks.schemas import WebhookIn
+from prefcenter.webhooks.service import Actor, create_endpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from webhook_sink import sink as webhook_sink
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -389,8 +397,10 @@ def throwaway_database(args: argparse.Namespace, work_dir: Path) -> Iterator[Tar
         admin.dispose()
 
 
-def prepare(target: Target) -> dict[str, str]:
-    """Migrate, then an API key (links) and the topic, straight through the services."""
+def prepare(target: Target, webhook_url: str | None = None) -> dict[str, str]:
+    """Migrate, then an API key (links) and the topic, straight through the services; with
+    `webhook_url`, a webhook endpoint subscribed to consent.changed, so that every opt-out
+    writes its outbox row in its own statement (and serve's worker delivers it)."""
     settings = Settings(
         _env_file=None, database_url=target.url, signing_keys=SIGNING_KEYS, audit_key=AUDIT_KEY
     )
@@ -408,6 +418,14 @@ def prepare(target: Target) -> dict[str, str]:
                 TopicIn(name="Newsletter", kind=TopicKind.MARKETING, consent=ConsentModel.OPT_IN),
                 caller=caller,
             )
+            if webhook_url is not None:
+                create_endpoint(
+                    session,
+                    WebhookIn(url=webhook_url, events=[EventType.CONSENT_CHANGED]),
+                    settings=settings.model_copy(update={"webhooks_allow_private": True}),
+                    resolve=system_resolve,
+                    actor=Actor(name="bench", channel="bench"),
+                )
     finally:
         database.dispose()
     return {"Authorization": f"Bearer {issued.secret}"}
@@ -544,6 +562,8 @@ def server_env(target: Target, port: int) -> dict[str, str]:
         PREFCENTER_BASE_URL=f"http://{HOST}:{port}",
         # no access log line per request (the floor runs with the same level)
         PREFCENTER_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),
+        # --webhook: the endpoint is a receiver on this machine
+        PREFCENTER_WEBHOOKS_ALLOW_PRIVATE="true",
     )
     # connections (and so session slots) per worker, for prefcenter and the floor alike
     pool = os.environ.get("BENCH_POOL_SIZE")
@@ -581,6 +601,9 @@ def bench_prefcenter(
         "--workers",
         str(workers),
         "--no-migrate",
+        # --webhook measures the opt-outs with their outbox rows; delivering them is
+        # bench/webhooks.py's, with workers of their own
+        *(["--no-worker"] if args.webhook else []),
     ]
     server = start_server(
         f"prefcenter-w{workers}", command, server_env(target, port), port, workers, work
@@ -798,6 +821,12 @@ def main() -> int:
         ),
     )
     parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="a webhook endpoint for consent.changed (a local receiver): each opt-out writes "
+        "its outbox row in its statement (serve --no-worker: they are not delivered meanwhile)",
+    )
     parser.add_argument("--json", type=Path, help="also write all figures here")
     args = parser.parse_args()
     if args.loadgen == "auto":
@@ -816,8 +845,11 @@ def main() -> int:
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory(prefix="prefcenter-bench-") as tmp:
         work = Path(tmp)
-        with throwaway_database(args, work) as target:
-            headers = prepare(target)
+        with (
+            throwaway_database(args, work) as target,
+            webhook_sink(1, work / "sink") if args.webhook else nullcontext() as receiver,
+        ):
+            headers = prepare(target, receiver.url if receiver is not None else None)
             for workers in args.workers:
                 print(f"\n== W = {workers} worker processes ==")
                 oc, verified, verification, scan, before, after = bench_prefcenter(
@@ -827,6 +859,15 @@ def main() -> int:
                 if not args.sqlite and not args.no_floor:
                     current.floor_post, current.floor_get = bench_floor(args, target, workers, work)
                 rounds.append(current)
+            if receiver is not None:
+                with target.engine.connect() as connection:
+                    queued = connection.execute(
+                        text("SELECT count(*) FROM outbox_message WHERE kind = 'webhook'")
+                    ).scalar_one()
+                print(
+                    f"\nwebhook deliveries written with the opt-outs: {queued:,}; "
+                    f"received by the endpoint: {receiver.received:,}"
+                )
     summary(rounds, args.sqlite)
     loadavg_end = os.getloadavg()[0]
     print(f"\nload average at the end: {loadavg_end:.2f}")

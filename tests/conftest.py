@@ -48,6 +48,8 @@ _TABLES = (
     "mail_request",
     "outbox_attempt",
     "outbox_message",
+    "webhook_endpoint_event",
+    "webhook_endpoint",
 )
 
 

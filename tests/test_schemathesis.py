@@ -37,6 +37,7 @@ from prefcenter.settings import Settings
 from prefcenter.topics.errors import UnknownTopic
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
+from prefcenter.webhooks.errors import WebhookUrlRefused
 from tests.conftest import issue_key, make_settings
 
 # Generic over the spec's operation type; any OpenAPI operation here.
@@ -230,6 +231,7 @@ STATE_DEPENDENT_422 = {
         InvalidAuditCursor,
         InvalidTimeRange,  # since >= until: across two parameters, which no schema can say
         UnreadableImport,  # what a CSV file holds: no schema says it
+        WebhookUrlRefused,  # where a URL's host resolves: DNS, not a schema, says it
     )
 }
 

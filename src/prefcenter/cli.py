@@ -36,6 +36,7 @@ from prefcenter.consent.erasure import erase_contact, stored_again
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database, utcnow
 from prefcenter.delivery.test_mail import QueuedMail, queue_test_mail
+from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.delivery.worker import (
     BackgroundWorker,
     DeliveryReport,
@@ -49,6 +50,7 @@ from prefcenter.inbound.receive import receive_mail
 from prefcenter.mail.config import mail_config
 from prefcenter.problems import Problem, ServiceUnavailable
 from prefcenter.settings import ConfigError, Settings
+from prefcenter.webhooks.commands import webhooks_cli
 
 cli = typer.Typer(
     help="prefcenter: consent and marketing preferences, and the proof of them.",
@@ -98,6 +100,9 @@ def _database(settings: Settings | None = None, *, refused_exit: int = 1) -> Ite
         database.dispose()
 
 
+cli.add_typer(webhooks_cli(_database), name="webhooks")
+
+
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -145,7 +150,14 @@ def _outbox_worker_beside(settings: Settings, *, enabled: bool) -> Iterator[None
         yield
         return
     database = Database(settings)
-    background = BackgroundWorker(OutboxWorker(database, settings, mail=mail_config(settings)))
+    background = BackgroundWorker(
+        OutboxWorker(
+            database,
+            settings,
+            mail=mail_config(settings),
+            webhooks=WebhookSender(database, settings),
+        )
+    )
     background.start()
     previous = signal.signal(signal.SIGTERM, _exit_after_shutdown)
     try:
@@ -175,9 +187,11 @@ def outbox_worker(
     )
     mail = mail_config(settings)
     if mail is None:
-        stderr.print("mail is off (PREFCENTER_MAIL_URL): nothing to deliver")
+        stderr.print("mail is off (PREFCENTER_MAIL_URL): delivering webhooks only")
     with _database(settings) as database:
-        worker = OutboxWorker(database, settings, mail=mail)
+        worker = OutboxWorker(
+            database, settings, mail=mail, webhooks=WebhookSender(database, settings)
+        )
         if not once:
             asyncio.run(run_until_signalled(worker))
             return

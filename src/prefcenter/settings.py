@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     # How long a worker may hold the messages it claimed before another may take them over
     # (it died, or hangs): a message is sent again at the earliest this long after a crash.
     outbox_lease_seconds: float = Field(default=300.0, ge=1, le=86400)
+    # Let webhook endpoints resolve to loopback, private, link-local, CGNAT or metadata
+    # addresses (a receiver inside your own network; tests). Off: refused at creation and at
+    # every delivery.
+    webhooks_allow_private: bool = False
 
     @field_validator("base_url")
     @classmethod

@@ -13,6 +13,7 @@ from prefcenter.inbound.models import InboundReceipt
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
 from prefcenter.preference_center.models import MailRequest
 from prefcenter.topics.models import Topic
+from prefcenter.webhooks.models import WebhookEndpoint, WebhookEndpointEvent
 
 metadata = SQLModel.metadata
 
@@ -36,5 +37,7 @@ __all__ = [
     "Subscription",
     "Suppression",
     "Topic",
+    "WebhookEndpoint",
+    "WebhookEndpointEvent",
     "metadata",
 ]

@@ -122,9 +122,9 @@ ADDRESS_ROUTES: dict[tuple[str, str], tuple[Call, ...]] = {
     ("POST", "/v1/imports"): (_import,),
     ("POST", "/p"): (_request_link,),  # "email me my link": no key; only a keyed hash is kept
 }
-# Mutating routes that take no address: a topic's definition, an erasure by id, and the
-# recipients' pages, which take a token (an erased contact's token gets the 404 page,
-# test_router.TestBadTokens).
+# Mutating routes that take no address: a topic's definition, an erasure by id, webhook
+# endpoints, and the recipients' pages, which take a token (an erased contact's token gets the
+# 404 page, test_router.TestBadTokens).
 ADDRESS_FREE_ROUTES = {
     ("PUT", "/v1/topics/{key}"),
     ("DELETE", "/v1/contacts/{contact_id}"),
@@ -140,6 +140,12 @@ ADDRESS_FREE_ROUTES = {
     ("POST", "/v1/inbound/sendgrid"),
     ("POST", "/v1/inbound/mailgun"),
     ("POST", "/v1/inbound/postmark"),
+    # Webhook endpoints: a URL and event types, never a contact's address.
+    ("POST", "/v1/webhooks"),
+    ("PATCH", "/v1/webhooks/{endpoint_id}"),
+    ("DELETE", "/v1/webhooks/{endpoint_id}"),
+    ("POST", "/v1/webhooks/{endpoint_id}/rotate-secret"),
+    ("POST", "/v1/webhooks/{endpoint_id}/replay"),
 }
 
 

@@ -15,7 +15,7 @@ from prefcenter.contacts.service import mask_address
 from prefcenter.mail.config import MailConfig, MaildirTarget
 from prefcenter.mail.maildir import MailSummary, MailText, newest_mail, read_mail
 from prefcenter.outbox.models import OutboxMessage
-from prefcenter.outbox.schemas import OutboxStatus
+from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
 from prefcenter.outbox.service import newest, status_counts
 from prefcenter.problems import NotFound
 
@@ -56,12 +56,12 @@ def maildir_of(mail: MailConfig | None) -> Path | None:
 
 
 def mail_page(session: Session, mail: MailConfig | None) -> MailPage:
-    rows = newest(session, limit=PAGE_SIZE)
+    rows = newest(session, limit=PAGE_SIZE, kind=OutboxKind.MAIL)
     maildir = maildir_of(mail)
     return MailPage(
         transport=mail.target.describe() if mail is not None else None,
         default_maildir=mail is not None and mail.default,
-        counts=status_counts(session),
+        counts=status_counts(session, kind=OutboxKind.MAIL),
         queued=_views(session, rows),
         maildir=newest_mail(maildir, limit=PAGE_SIZE) if maildir is not None else [],
     )

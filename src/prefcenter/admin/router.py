@@ -34,6 +34,7 @@ from prefcenter.admin.schemas import ContactView, SupportChangeIn, SupportSource
 from prefcenter.admin.sessions import ActiveSession, end_session
 from prefcenter.admin.sign_in import SignInOutcome, sign_in_with_api_key, sign_in_with_password
 from prefcenter.admin.trail_router import router as trail_router
+from prefcenter.admin.webhooks_router import router as webhooks_router
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.bounces.service import lift_bounce as lift_bounce_of
@@ -42,6 +43,7 @@ from prefcenter.db import ReadSession, WriteSession, utcnow
 router = APIRouter(prefix="/admin", route_class=AdminRoute, include_in_schema=False)
 router.include_router(trail_router)
 router.include_router(mail_router)
+router.include_router(webhooks_router)
 
 ContactId = Annotated[str, Path(max_length=64)]
 # The search field's `maxlength`: the longest address with room for spaces around it.

@@ -28,6 +28,9 @@ class EventKind(StrEnum):
     BOUNCE = "bounce"
     BOUNCE_LIFTED = "bounce_lifted"  # an admin lifted a bounce, with a reason
     MAIL_SENT = "mail_sent"  # the service handed one of its mails to the transport
+    # A webhook endpoint created, changed, deleted, its secret rotated, replayed, or disabled
+    # (by a 410 answer or days of failures): where consent data goes is on the record.
+    WEBHOOK_ENDPOINT = "webhook_endpoint"
 
 
 def new_event_id() -> str:

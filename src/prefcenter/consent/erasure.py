@@ -39,6 +39,8 @@ from prefcenter.consent.schemas import ErasureOut
 from prefcenter.contacts.models import Contact
 from prefcenter.db import utcnow
 from prefcenter.idempotency import IdempotencyRecord
+from prefcenter.webhooks.queue import queue_event_deliveries
+from prefcenter.webhooks.rules import EventType
 
 ERASURE_SOURCE = "erasure"
 
@@ -130,6 +132,13 @@ def erase_contact(
             address=address,
             context={"actor_kind": "admin", **request.as_evidence()},
         ),
+    )
+    queue_event_deliveries(
+        session,
+        event_id=event_id,
+        contact_id=contact.public_id,
+        types=(EventType.CONTACT_ERASED,),
+        now=now,
     )
     return ErasureOut(contact_id=contact.public_id, erased_at=now, event_id=event_id)
 

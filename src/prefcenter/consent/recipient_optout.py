@@ -11,8 +11,9 @@ driver's cursor (db.Database.run_on_connection), in autocommit mode.
 3. `write_optout`: one statement (autocommit, so its own transaction) that locks the contact
    (still at the address read in 1), compare-and-sets the subscription or suppression row
    against what 1 read, and only if that row was written appends the audit event, taking the
-   head lock last (audit.service.guarded_append_pg). State and event commit together or not
-   at all.
+   head lock last (audit.service.guarded_append_pg), and queues its webhook deliveries
+   (webhooks.queue.guarded_queue_pg). State, event and deliveries commit together or not at
+   all.
 
 If anything changed between 1 and 3 (a concurrent change, a correction, an erasure), the
 statement writes nothing and says so; the caller then takes the locking ORM path
@@ -38,6 +39,8 @@ from prefcenter.consent.service import (
     suppression_change,
 )
 from prefcenter.db import driver_sql
+from prefcenter.webhooks.queue import guarded_queue_pg
+from prefcenter.webhooks.rules import types_of_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +140,10 @@ _EXPECTED_SUBSCRIPTION = ("status", "occurred_at", "by_recipient", "event_id")
 _EXPECTED_SUPPRESSION = ("suppressed", "occurred_at", "by_recipient")
 
 
-def _statement(written: str, append_ctes: str) -> str:
-    # Built from this module's and audit.service's constants; every value is a parameter.
-    return f"WITH {_LOCKED}, {written}, {append_ctes}SELECT seq FROM moved"  # noqa: S608
+def _statement(written: str, append_ctes: str, hooks: str) -> str:
+    # Built from this module's, audit.service's and webhooks.queue's constants; every value
+    # is a parameter.
+    return f"WITH {_LOCKED}, {written}, {append_ctes}{hooks}SELECT seq FROM moved"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +211,16 @@ def write_optout(
     params.update((f"w_{c}", values[c]) for c in columns)
     append_ctes, event_params = guarded_append_pg(keys, event, only_if=_GUARD)
     params.update(event_params)
-    cursor.execute(_statement(written, append_ctes), params)
+    # Its webhook deliveries in the same statement, only if the event was appended.
+    hooks, hook_params = guarded_queue_pg(
+        event_id=event.id,
+        contact_id=state.public_id,
+        types=types_of_event(event.kind.value, outcome=event.outcome, to_status=event.to_status),
+        now=now,
+        only_if="EXISTS (SELECT 1 FROM moved)",
+    )
+    params.update(hook_params)
+    cursor.execute(_statement(written, append_ctes, hooks), params)
     if cursor.fetchone() is None:
         return None
     return OptOutWritten(decision_outcome=decision.outcome, event_id=event.id)

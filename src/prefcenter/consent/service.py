@@ -37,6 +37,7 @@ from prefcenter.topics.errors import UnknownTopic
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
 from prefcenter.topics.service import find_topic
+from prefcenter.webhooks.queue import queue_change_deliveries
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +107,25 @@ def apply_change(
         decision, subscription = _apply_topic(
             session, contact.id, topic, requested, event_id=event_id, now=now
         )
-    append_event(
+    event = change_event(
+        event_id=event_id,
+        contact_id=contact.public_id,
+        address=contact.address,
+        topic_key=topic.key if topic else None,
+        requested=requested,
+        record=record,
+        decision=decision,
+    )
+    append_event(session, event)
+    # Its webhook deliveries, in the same transaction (none when no endpoint wants them).
+    queue_change_deliveries(
         session,
-        change_event(
-            event_id=event_id,
-            contact_id=contact.public_id,
-            address=contact.address,
-            topic_key=topic.key if topic else None,
-            requested=requested,
-            record=record,
-            decision=decision,
-        ),
+        event_id=event.id,
+        kind=event.kind.value,
+        outcome=event.outcome,
+        to_status=event.to_status,
+        contact_id=event.contact_id,
+        now=now,
     )
     return AppliedChange(decision=decision, event_id=event_id, subscription=subscription)
 

@@ -29,6 +29,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.service import append_event
 from prefcenter.db import Database, utcnow
 from prefcenter.delivery.mail import Outgoing, mail_sent_event, write_mail
+from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.mail.config import MailConfig, MaildirTarget, SmtpSecurity
 from prefcenter.mail.transports import DeliveryFailed, Transport, open_transport
 from prefcenter.outbox import service as outbox
@@ -125,6 +126,7 @@ class OutboxWorker:
         draw: Callable[[], float] = random.random,
         batch_size: int = BATCH_SIZE,
         name: str | None = None,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
@@ -138,6 +140,10 @@ class OutboxWorker:
         self._ring = settings.signing_key_ring()
         self._keys = AuditKeys.from_settings(settings)
         self._transports: list[Transport | None] = [None] * connections
+        # Webhook deliveries, in a loop of their own beside the mail's (run, deliver_due).
+        self.webhooks = webhooks
+        if webhooks is not None and not webhooks.name:
+            webhooks.name = self.name
 
     def _transport(self, index: int) -> Transport:
         transport = self._transports[index]
@@ -147,7 +153,13 @@ class OutboxWorker:
         return transport
 
     async def aclose(self) -> None:
-        """Close the transports' connections (opened again when there is mail)."""
+        """Close the transports' connections (opened again when there is mail), and the
+        webhook sender's."""
+        await self._close_mail()
+        if self.webhooks is not None:
+            await self.webhooks.aclose()
+
+    async def _close_mail(self) -> None:
         for transport in self._transports:
             if transport is not None:
                 await transport.close()
@@ -170,7 +182,26 @@ class OutboxWorker:
         return await self._finish(batch, attempts, untried)
 
     async def deliver_due(self, *, stop: asyncio.Event | None = None) -> DeliveryReport:
-        """Rounds until nothing is due (or `stop` is set), overlapped: the next batch is
+        """Rounds until nothing is due (or `stop` is set): mail, then webhooks."""
+        total = await self._deliver_mail_due(stop=stop)
+        if self.webhooks is not None:
+            hooks = await self.webhooks.deliver_due(stop=stop)
+            total.add(
+                DeliveryReport(
+                    claimed=hooks.claimed,
+                    sent=hooks.sent,
+                    retried=hooks.retried,
+                    failed=hooks.failed,
+                    cancelled=hooks.cancelled,
+                    released=hooks.released,
+                    last_error=hooks.errors[-1] if hooks.errors else None,
+                    errors=hooks.errors,
+                )
+            )
+        return total
+
+    async def _deliver_mail_due(self, *, stop: asyncio.Event | None) -> DeliveryReport:
+        """Mail rounds until nothing is due (or `stop` is set), overlapped: the next batch is
         claimed and written, and the last one recorded, while this one is being sent."""
         total = DeliveryReport()
         if not self.kinds:
@@ -200,7 +231,14 @@ class OutboxWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, looking again every `outbox_poll_seconds` when idle.
-        A round that fails (the database away) is logged and tried again after the pause."""
+        A round that fails (the database away) is logged and tried again after the pause.
+        Webhooks go in a loop of their own, so a slow receiver never holds up mail."""
+        if self.webhooks is None:
+            await self._run_mail(stop)
+            return
+        await asyncio.gather(self._run_mail(stop), self.webhooks.run(stop))
+
+    async def _run_mail(self, stop: asyncio.Event) -> None:
         poll = self.settings.outbox_poll_seconds
         logger.info(
             "outbox worker %s started (%s)",
@@ -210,7 +248,7 @@ class OutboxWorker:
         try:
             while not stop.is_set():
                 try:
-                    report = await self.deliver_due(stop=stop)
+                    report = await self._deliver_mail_due(stop=stop)
                 except Exception:  # one bad round must not end the worker
                     logger.exception("outbox round failed; trying again in %.1f s", poll)
                 else:
@@ -218,11 +256,11 @@ class OutboxWorker:
                         logger.info("outbox: %s", report.summary())
                     if report.claimed and not stop.is_set():
                         continue  # more may have become due meanwhile
-                    await self.aclose()  # idle: no connection held open
+                    await self._close_mail()  # idle: no connection held open
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=poll)
         finally:
-            await self.aclose()
+            await self._close_mail()
             logger.info("outbox worker %s stopped", self.name)
 
     async def _prepare(self, only: Collection[int] | None) -> _Batch | None:

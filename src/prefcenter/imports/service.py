@@ -41,6 +41,8 @@ from prefcenter.problems import Problem
 from prefcenter.topics.errors import UnknownTopic
 from prefcenter.topics.schemas import TopicKind
 from prefcenter.topics.service import find_topic
+from prefcenter.webhooks.queue import queue_inline_delivery, queue_many_deliveries
+from prefcenter.webhooks.rules import EventType
 
 DEFAULT_BATCH_SIZE = 10_000
 _HASH_CHUNK = 1 << 20
@@ -181,7 +183,29 @@ def _run(
         _merge(report, tally)
         if on_batch is not None:
             on_batch(result)
+    if not request.dry_run:
+        with database.transaction(write=True) as session:
+            queue_inline_delivery(
+                session,
+                event_type=EventType.IMPORT_FINISHED,
+                data=finished_data(report, actor=request.actor),
+                now=utcnow(),
+            )
     return report
+
+
+def finished_data(report: ImportReport, *, actor: str) -> dict[str, Any]:
+    """The `data` of an `import.finished` delivery: the report's counts, without its sample
+    rows (masked addresses) and batches."""
+    data = report.model_dump(
+        mode="json",
+        exclude={"batches", "superseded", "refused_reversal", "refused_erased", "invalid"},
+    )
+    for name in ("superseded", "refused_reversal", "refused_erased", "invalid"):
+        data[name] = getattr(report, name).count
+    data["batches"] = len(report.batches)
+    data["actor"] = actor
+    return data
 
 
 def _why(exc: Exception) -> str:
@@ -243,6 +267,7 @@ def _apply_batch(
     erased, stored = _read_batch(session, good, topic, dry_run=request.dry_run, now=now)
     states: dict[str, ContactState] = {}
     writes: dict[int, staging.SubscriptionWrite] = {}
+    events: list[tuple[str, str]] = []  # (event id, contact id), in the order appended
     seen: set[str] = set()
     for row in good:
         address = row.address.normalised
@@ -273,10 +298,12 @@ def _apply_batch(
             by_recipient=state.subscription.by_recipient,
             event_id=append_event(session, event),
         )
+        events.append((event.id, contact.public_id))
     if not request.dry_run:
         staging.write_subscriptions(
             session, list(writes.values()), topic_id=topic.id, source=IMPORT_SOURCE, now=now
         )
+        queue_many_deliveries(session, events, event_type=EventType.CONSENT_CHANGED, now=now)
 
 
 def _valid_rows(batch: list[Row], tally: _Tally) -> list[ImportRow]:

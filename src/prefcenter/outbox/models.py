@@ -15,6 +15,10 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (
         # What a worker asks for: queued messages of its kinds, oldest due first.
         Index("ix_outbox_message_status_kind_due_at", "status", "kind", "due_at"),
+        # Whether an earlier message of the same ordering key is still queued (claim_due).
+        Index("ix_outbox_message_ordering_key_status_id", "ordering_key", "status", "id"),
+        # An endpoint's delivery log (webhooks.service).
+        Index("ix_outbox_message_endpoint_id_id", "endpoint_id", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -37,6 +41,19 @@ class OutboxMessage(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # When it was delivered, or given up (failed) or dropped (cancelled).
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # Messages with the same key are delivered one after the other, in id order: one is
+    # claimed only once no earlier one with its key is queued (a webhook endpoint and a
+    # contact: a contact's events reach each endpoint in order). None: no order.
+    ordering_key: str | None = Field(default=None, max_length=80)
+    # A webhook delivery's endpoint; its log goes with it.
+    endpoint_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer,
+            ForeignKey("webhook_endpoint.id", ondelete="CASCADE"),
+            nullable=True,
+        ),
+    )
 
 
 class OutboxAttempt(SQLModel, table=True):

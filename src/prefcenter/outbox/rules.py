@@ -23,6 +23,19 @@ MAIL_RETRY_SCHEDULE: tuple[timedelta, ...] = (
     timedelta(hours=24),
     timedelta(hours=24),
 )
+# A webhook delivery (Standard Webhooks' usual schedule, as the contract fixes it): retried
+# 9 times over some three days; a receiver that answers `Retry-After` is not tried sooner.
+WEBHOOK_RETRY_SCHEDULE: tuple[timedelta, ...] = (
+    timedelta(seconds=5),
+    timedelta(minutes=5),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+    timedelta(hours=5),
+    timedelta(hours=10),
+    timedelta(hours=14),
+    timedelta(hours=20),
+    timedelta(hours=24),
+)
 # Each delay is stretched or shrunk by up to this share, at random: messages that failed
 # together (a relay that was down) do not all come back in the same second.
 JITTER = 0.2

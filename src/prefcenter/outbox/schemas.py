@@ -13,6 +13,7 @@ class OutboxKind(StrEnum):
     """Persisted: values are only ever added."""
 
     MAIL = "mail"
+    WEBHOOK = "webhook"  # a Standard Webhooks delivery to one endpoint (webhooks, delivery)
 
 
 class OutboxStatus(StrEnum):
@@ -44,6 +45,7 @@ class Claimed:
     payload: dict[str, Any]
     created_at: datetime
     attempts: int  # before this one
+    endpoint_id: int | None = None  # a webhook delivery's endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +57,5 @@ class Attempted:
     started_at: datetime
     finished_at: datetime
     error: str | None = None
+    # A retry no sooner than this (a receiver's `Retry-After`), whatever the schedule says.
+    not_before: datetime | None = None

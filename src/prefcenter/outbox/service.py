@@ -16,7 +16,7 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
-from prefcenter.outbox.rules import MAIL_RETRY_SCHEDULE, after_attempt
+from prefcenter.outbox.rules import MAIL_RETRY_SCHEDULE, WEBHOOK_RETRY_SCHEDULE, after_attempt
 from prefcenter.outbox.schemas import (
     Attempted,
     AttemptOutcome,
@@ -30,7 +30,10 @@ _ATTEMPTS = OutboxAttempt.__table__  # type: ignore[attr-defined]
 # What an error may take of a row: a relay's answer is a few lines at most.
 MAX_ERROR_CHARS = 2000
 
-SCHEDULES: dict[OutboxKind, tuple[timedelta, ...]] = {OutboxKind.MAIL: MAIL_RETRY_SCHEDULE}
+SCHEDULES: dict[OutboxKind, tuple[timedelta, ...]] = {
+    OutboxKind.MAIL: MAIL_RETRY_SCHEDULE,
+    OutboxKind.WEBHOOK: WEBHOOK_RETRY_SCHEDULE,
+}
 
 
 def enqueue(
@@ -58,12 +61,25 @@ def enqueue(
     return row
 
 
+_EARLIER = _MESSAGES.alias("earlier")
+
+
 def _due(kinds: Collection[OutboxKind], now: datetime) -> Any:
     return (
         (_MESSAGES.c.status == OutboxStatus.QUEUED.value)
         & _MESSAGES.c.kind.in_([k.value for k in kinds])
         & (_MESSAGES.c.due_at <= now)
         & or_(_MESSAGES.c.claimed_until.is_(None), _MESSAGES.c.claimed_until <= now)
+        # In order per key: while an earlier message of its key is queued (due later, or
+        # claimed by any worker), a message waits. Read from committed rows, so it holds
+        # for any number of workers; NULL keys never match.
+        & ~core_select(_EARLIER.c.id)
+        .where(
+            _EARLIER.c.ordering_key == _MESSAGES.c.ordering_key,
+            _EARLIER.c.status == OutboxStatus.QUEUED.value,
+            _EARLIER.c.id < _MESSAGES.c.id,
+        )
+        .exists()
     )
 
 
@@ -114,6 +130,7 @@ def claim_due(
                 _MESSAGES.c.created_at,
                 _MESSAGES.c.attempts,
                 _MESSAGES.c.due_at,
+                _MESSAGES.c.endpoint_id,
             )
         )
     )
@@ -127,6 +144,7 @@ def claim_due(
             payload=row.payload,
             created_at=row.created_at,
             attempts=row.attempts,
+            endpoint_id=row.endpoint_id,
         )
         for row in rows
     ]
@@ -193,11 +211,14 @@ def record_attempts(
         if step.status is OutboxStatus.SENT:
             sent.append(message.id)
             continue
+        due_at = step.due_at or attempted.finished_at
+        if step.status is OutboxStatus.QUEUED and attempted.not_before is not None:
+            due_at = max(due_at, attempted.not_before)
         others.append(
             {
                 "b_id": message.id,
                 "b_status": step.status.value,
-                "b_due_at": step.due_at or attempted.finished_at,
+                "b_due_at": due_at,
                 "b_error": error,
                 "b_finished_at": None
                 if step.status is OutboxStatus.QUEUED
@@ -271,17 +292,19 @@ def latest_for_cause(
     return session.exec(query.order_by(col(OutboxMessage.id).desc()).limit(1)).first()
 
 
-def newest(session: Session, *, limit: int) -> list[OutboxMessage]:
-    return list(
-        session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id).desc()).limit(limit))
-    )
+def newest(session: Session, *, limit: int, kind: OutboxKind | None = None) -> list[OutboxMessage]:
+    query = select(OutboxMessage)
+    if kind is not None:
+        query = query.where(col(OutboxMessage.kind) == kind.value)
+    return list(session.exec(query.order_by(col(OutboxMessage.id).desc()).limit(limit)))
 
 
-def status_counts(session: Session) -> dict[OutboxStatus, int]:
+def status_counts(session: Session, *, kind: OutboxKind | None = None) -> dict[OutboxStatus, int]:
     counts = dict.fromkeys(OutboxStatus, 0)
-    for status, count in session.execute(
-        core_select(_MESSAGES.c.status, func.count()).group_by(_MESSAGES.c.status)
-    ):
+    query = core_select(_MESSAGES.c.status, func.count())
+    if kind is not None:
+        query = query.where(_MESSAGES.c.kind == kind.value)
+    for status, count in session.execute(query.group_by(_MESSAGES.c.status)):
         counts[OutboxStatus(status)] = count
     return counts
 

@@ -1,0 +1,328 @@
+"""Owns queuing webhook deliveries in the transaction of the change they tell of: one outbox
+row per endpoint that is enabled and subscribed to the type, none when no endpoint is (one
+indexed query), written set-based (one statement per change, per import batch, per replay).
+
+A delivery of an audit event carries only its type; the worker reads the event itself when
+it sends (delivery.webhooks): its `seq` exists only once the change commits. A contact's
+deliveries to an endpoint share an ordering key (`<endpoint>:<contact>`): the outbox hands
+them out one at a time, in the order they were queued, which is `seq` order since every
+writer of a contact's consent holds the contact's lock (or SQLite's one write lock).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, String, bindparam, cast, literal, text, union_all
+from sqlalchemy import insert as core_insert
+from sqlalchemy import select as core_select
+from sqlmodel import Session
+
+from prefcenter.audit.canonical import format_time
+from prefcenter.db import UtcDateTime
+from prefcenter.outbox.models import OutboxMessage
+from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
+from prefcenter.webhooks.models import WebhookEndpoint, WebhookEndpointEvent
+from prefcenter.webhooks.rules import EVERY_TYPE, EventType, types_of_event, webhook_id_of
+
+_MESSAGES = OutboxMessage.__table__  # type: ignore[attr-defined]
+_ENDPOINTS = WebhookEndpoint.__table__  # type: ignore[attr-defined]
+_SUBSCRIBED = WebhookEndpointEvent.__table__  # type: ignore[attr-defined]
+_COLUMNS = (
+    "kind",
+    "message_id",
+    "cause_event_id",
+    "payload",
+    "status",
+    "created_at",
+    "due_at",
+    "attempts",
+    "ordering_key",
+    "endpoint_id",
+)
+
+
+def _endpoint_text() -> Any:
+    return cast(_ENDPOINTS.c.id, String)
+
+
+def _rows_for(wanted: Any, *, cause_event_id: Any, contact_id: Any, now: datetime) -> Any:
+    """SELECT of the outbox rows for `wanted` (rows of ord, type, webhook_id, payload) times
+    the endpoints that want each type, in the order to deliver them."""
+    endpoint = _endpoint_text()
+    ordering_key = endpoint + ":" + contact_id if contact_id is not None else None
+    return (
+        core_select(
+            literal(OutboxKind.WEBHOOK.value),
+            wanted.c.webhook_id + "@" + endpoint,
+            cause_event_id,
+            wanted.c.payload,
+            literal(OutboxStatus.QUEUED.value),
+            literal(now, UtcDateTime()),
+            literal(now, UtcDateTime()),
+            literal(0),
+            ordering_key if ordering_key is not None else literal(None, String()),
+            _ENDPOINTS.c.id,
+        )
+        .select_from(
+            wanted.join(
+                _SUBSCRIBED, _SUBSCRIBED.c.event_type.in_([wanted.c.type, literal(EVERY_TYPE)])
+            ).join(
+                _ENDPOINTS,
+                (_ENDPOINTS.c.id == _SUBSCRIBED.c.endpoint_id) & _ENDPOINTS.c.enabled,
+            )
+        )
+        .order_by(wanted.c.ord, _ENDPOINTS.c.id)
+    )
+
+
+def _wanted(items: Sequence[tuple[EventType, str, dict[str, Any]]]) -> Any:
+    """(type, webhook-id, payload) as a derived table of ord, type, webhook_id, payload."""
+    selects = [
+        core_select(
+            literal(number).label("ord"),
+            literal(event_type.value, String()).label("type"),
+            literal(webhook_id, String()).label("webhook_id"),
+            literal(payload, JSON()).label("payload"),
+        )
+        for number, (event_type, webhook_id, payload) in enumerate(items)
+    ]
+    return (union_all(*selects) if len(selects) > 1 else selects[0]).subquery("wanted")
+
+
+def queue_event_deliveries(
+    session: Session,
+    *,
+    event_id: str,
+    contact_id: str | None,
+    types: Sequence[EventType],
+    now: datetime,
+) -> None:
+    """Queue the deliveries of an audit event (appended in this transaction) as `types`, to
+    every endpoint that wants one, in one statement. For contact.bounced and
+    contact.complained (consent.inbound), call it with the bounce's or complaint's event."""
+    if not types:
+        return
+    wanted = _wanted([(t, webhook_id_of(event_id, t), {"type": t.value}) for t in types])
+    session.execute(
+        core_insert(_MESSAGES).from_select(
+            list(_COLUMNS),
+            _rows_for(
+                wanted,
+                cause_event_id=literal(event_id, String()),
+                contact_id=literal(contact_id, String()) if contact_id is not None else None,
+                now=now,
+            ),
+        )
+    )
+
+
+def queue_change_deliveries(
+    session: Session,
+    *,
+    event_id: str,
+    kind: str,
+    outcome: str,
+    to_status: str | None,
+    contact_id: str | None,
+    now: datetime,
+) -> None:
+    """The deliveries an audit event makes (webhooks.rules.types_of_event)."""
+    queue_event_deliveries(
+        session,
+        event_id=event_id,
+        contact_id=contact_id,
+        types=types_of_event(kind, outcome=outcome, to_status=to_status),
+        now=now,
+    )
+
+
+def queue_inline_delivery(
+    session: Session,
+    *,
+    event_type: EventType,
+    data: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Queue a delivery whose data is not an audit event (`import.finished`, and
+    `notice.published` for issue "Notices"): the body is fixed now, with its own webhook-id.
+    No order among them."""
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    payload = {
+        "type": event_type.value,
+        "webhook_id": webhook_id,
+        "timestamp": format_time(now),
+        "data": data,
+    }
+    wanted = _wanted([(event_type, webhook_id, payload)])
+    session.execute(
+        core_insert(_MESSAGES).from_select(
+            list(_COLUMNS),
+            _rows_for(wanted, cause_event_id=literal(None, String()), contact_id=None, now=now),
+        )
+    )
+
+
+# --- many events at once: an import batch ----------------------------------------------
+
+
+def subscribed(session: Session, event_type: EventType) -> bool:
+    """Whether any enabled endpoint wants `event_type` (one indexed query)."""
+    found = session.execute(
+        core_select(_SUBSCRIBED.c.endpoint_id)
+        .select_from(
+            _SUBSCRIBED.join(
+                _ENDPOINTS,
+                (_ENDPOINTS.c.id == _SUBSCRIBED.c.endpoint_id) & _ENDPOINTS.c.enabled,
+            )
+        )
+        .where(_SUBSCRIBED.c.event_type.in_([event_type.value, EVERY_TYPE]))
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+def queue_many_deliveries(
+    session: Session,
+    events: Sequence[tuple[str, str]],
+    *,
+    event_type: EventType,
+    now: datetime,
+) -> None:
+    """The deliveries of many audit events of one type ((event id, contact id) each, in
+    `seq` order), set-based: the events are staged in a TEMP table (COPY on PostgreSQL) and
+    one INSERT … SELECT joins them with the endpoints that want the type. Nothing at all
+    when none does."""
+    if not events or not subscribed(session, event_type):
+        return
+    postgres = session.get_bind().dialect.name == "postgresql"
+    suffix = "." + event_type.value
+    if postgres:
+        session.execute(
+            text(
+                "CREATE TEMP TABLE webhook_stage (ord integer, event_id text, contact_id text) "
+                "ON COMMIT DROP"
+            )
+        )
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        with (
+            driver.cursor() as cursor,
+            cursor.copy("COPY webhook_stage (ord, event_id, contact_id) FROM STDIN") as copy,
+        ):
+            for number, (event_id, contact_id) in enumerate(events):
+                copy.write_row((number, event_id, contact_id))
+        payload = "CAST(:payload AS JSON)"
+    else:
+        session.execute(text("DROP TABLE IF EXISTS temp.webhook_stage"))
+        session.execute(
+            text("CREATE TEMP TABLE webhook_stage (ord INTEGER, event_id TEXT, contact_id TEXT)")
+        )
+        session.connection().exec_driver_sql(
+            "INSERT INTO temp.webhook_stage (ord, event_id, contact_id) VALUES (?, ?, ?)",
+            [
+                (number, event_id, contact_id)
+                for number, (event_id, contact_id) in enumerate(events)
+            ],
+        )
+        payload = ":payload"
+    session.execute(
+        text(
+            f"INSERT INTO outbox_message ({', '.join(_COLUMNS)}) "  # noqa: S608
+            f"SELECT :kind, 'msg_' || w.event_id || :suffix || '@' || CAST(e.id AS TEXT), "
+            f"w.event_id, {payload}, :status, :now, :now, 0, "
+            "CAST(e.id AS TEXT) || ':' || w.contact_id, e.id "
+            "FROM webhook_stage AS w "
+            "JOIN webhook_endpoint_event AS s ON s.event_type IN (:type, :every) "
+            "JOIN webhook_endpoint AS e ON e.id = s.endpoint_id AND e.enabled "
+            "ORDER BY w.ord, e.id"
+        ).bindparams(bindparam("now", type_=UtcDateTime())),
+        {
+            "kind": OutboxKind.WEBHOOK.value,
+            "suffix": suffix,
+            "payload": orjson.dumps({"type": event_type.value}).decode(),
+            "status": OutboxStatus.QUEUED.value,
+            "now": now,
+            "type": event_type.value,
+            "every": EVERY_TYPE,
+        },
+    )
+    if not postgres:
+        session.execute(text("DROP TABLE IF EXISTS temp.webhook_stage"))
+
+
+# --- in the one-click's single statement (consent.recipient_optout) ------------------------
+
+
+def guarded_queue_pg(
+    *, event_id: str, contact_id: str, types: Sequence[EventType], now: datetime, only_if: str
+) -> tuple[str, dict[str, Any]]:
+    """The deliveries of one audit event as a CTE for a caller's own PostgreSQL statement
+    (`, hooks AS (…)`, to follow its other CTEs), with its parameters (named `h_…`): rows
+    only where the SQL condition `only_if` holds (the event was appended), none when no
+    endpoint wants the types. The same rows `queue_event_deliveries` writes."""
+    values = ", ".join(
+        f"({n}, %(h_type{n})s, %(h_id{n})s, %(h_payload{n})s)" for n in range(len(types))
+    )
+    params: dict[str, Any] = {"h_event": event_id, "h_contact": contact_id, "h_now": now}
+    for n, event_type in enumerate(types):
+        params[f"h_type{n}"] = event_type.value
+        params[f"h_id{n}"] = webhook_id_of(event_id, event_type)
+        params[f"h_payload{n}"] = orjson.dumps({"type": event_type.value}).decode()
+    cte = f""", hooks AS (
+    INSERT INTO outbox_message ({", ".join(_COLUMNS)})
+    SELECT '{OutboxKind.WEBHOOK.value}', t.webhook_id || '@' || e.id, %(h_event)s,
+        t.payload::json, '{OutboxStatus.QUEUED.value}', %(h_now)s, %(h_now)s, 0,
+        e.id || ':' || %(h_contact)s, e.id
+    FROM (VALUES {values}) AS t (ord, type, webhook_id, payload)
+    JOIN webhook_endpoint_event AS s ON s.event_type IN (t.type, '{EVERY_TYPE}')
+    JOIN webhook_endpoint AS e ON e.id = s.endpoint_id AND e.enabled
+    WHERE {only_if}
+    ORDER BY t.ord, e.id
+)
+"""  # noqa: S608  (built from this module's constants; every value is a bound parameter)
+    return cte, params
+
+
+# --- for the producers still to come ---------------------------------------------------
+
+
+def queue_contact_bounced(
+    session: Session, *, event_id: str, contact_id: str, now: datetime
+) -> None:
+    """`contact.bounced`: call in the transaction that appends the bounce's audit event
+    (issue "The border with mail, coming in"), with that event's id; its `data` is the event
+    as `/v1/audit` shows it. Add its audit kind to webhooks.rules.types_of_event and
+    webhooks.service._REPLAYABLE so that replays include it."""
+    queue_event_deliveries(
+        session,
+        event_id=event_id,
+        contact_id=contact_id,
+        types=(EventType.CONTACT_BOUNCED,),
+        now=now,
+    )
+
+
+def queue_contact_complained(
+    session: Session, *, event_id: str, contact_id: str, now: datetime
+) -> None:
+    """`contact.complained`: as `queue_contact_bounced`, for a spam complaint's event (the
+    complaint's opt-out, if it records one as a consent change, is `consent.changed` too)."""
+    queue_event_deliveries(
+        session,
+        event_id=event_id,
+        contact_id=contact_id,
+        types=(EventType.CONTACT_COMPLAINED,),
+        now=now,
+    )
+
+
+def queue_notice_published(session: Session, *, data: dict[str, Any], now: datetime) -> None:
+    """`notice.published` (issue "Notices"): call in the transaction that stores the notice
+    version, with what receivers should know of it (key, version, language, effective_at,
+    material, summary, url and sha256; no text of personal data)."""
+    queue_inline_delivery(session, event_type=EventType.NOTICE_PUBLISHED, data=data, now=now)
