@@ -8,12 +8,15 @@ import json
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlmodel import select
+from sqlmodel import col, select
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.app import create_app
 from prefcenter.audit.models import AuditEvent
 from prefcenter.db import Database
+from prefcenter.inbound.receive import InboundState
+from prefcenter.outbox.models import OutboxMessage
+from prefcenter.settings import Settings
 from tests.conftest import issue_key, make_settings
 from tests.factories import (
     Headers,
@@ -260,3 +263,41 @@ class TestUnknown:
         with TestClient(create_app(make_settings(database_url))) as bare:
             for esp in ("ses", "sendgrid", "mailgun", "postmark"):
                 assert_problem(bare.post(f"/v1/inbound/{esp}", content=b"{}"), 404)
+
+
+class TestAnnouncedByWebhooks:
+    def test_a_complaint_and_a_hard_bounce_queue_their_webhook_deliveries(
+        self,
+        settings: Settings,
+        admin_headers: Headers,
+        database: Database,
+        sns: SnsSigner,
+    ) -> None:
+        """`contact.complained` and `contact.bounced` reach the endpoints that want them, in
+        the transaction that records the complaint or the bounce."""
+        allowing = settings.model_copy(update={"webhooks_allow_private": True})
+        app = create_app(allowing)
+        visited: list[str] = []
+        app.state.inbound = InboundState.from_settings(
+            allowing, fetch=sns.fetch, confirm=visited.append
+        )
+        with TestClient(app) as client:
+            endpoint = client.post(
+                "/v1/webhooks",
+                headers=admin_headers,
+                json={
+                    "url": "http://127.0.0.1:9/hooks",
+                    "events": ["contact.complained", "contact.bounced"],
+                },
+            )
+            assert endpoint.status_code == 201, endpoint.text
+            make_topic(client, admin_headers, "newsletter")
+            subscribe(client, admin_headers, "ada@example.com", "newsletter")
+            subscribe(client, admin_headers, "bob@example.com", "newsletter")
+
+            post_sns(client, sns.notification(complaint_of("ada@example.com")))
+            post_sns(client, sns.notification(bounce_of("bob@example.com")))
+
+        with database.transaction(write=False) as session:
+            rows = session.exec(select(OutboxMessage).order_by(col(OutboxMessage.id))).all()
+        assert [row.payload["type"] for row in rows] == ["contact.complained", "contact.bounced"]

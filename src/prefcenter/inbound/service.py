@@ -33,6 +33,7 @@ from prefcenter.inbound.schemas import InboundReport
 from prefcenter.settings import Settings
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
+from prefcenter.webhooks.queue import queue_contact_bounced, queue_contact_complained
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +54,18 @@ class Announcement:
     occurred_at: datetime
 
 
-def queue_webhook_announcements(session: Session, announcements: Sequence[Announcement]) -> None:
-    """Where `contact.bounced` and `contact.complained` are to be queued for the outgoing
-    webhooks, in this transaction (issue "The border with mail, going out", built apart).
-    Nothing is queued yet: there is no outbox to queue them in on this branch."""
-    del session, announcements
+def queue_webhook_announcements(
+    session: Session, announcements: Sequence[Announcement], *, now: datetime
+) -> None:
+    """`contact.bounced` and `contact.complained` for the outgoing webhooks, queued in this
+    transaction (to the endpoints that want them; nothing when none does)."""
+    for announcement in announcements:
+        queue = (
+            queue_contact_bounced
+            if announcement.type == "contact.bounced"
+            else queue_contact_complained
+        )
+        queue(session, event_id=announcement.event_id, contact_id=announcement.contact_id, now=now)
 
 
 def _lock_contacts(session: Session, addresses: set[str]) -> dict[str, Contact]:
@@ -153,7 +161,7 @@ def record_events(
     report.recorded = len(known)
     announcements = _record_bounces(session, known, settings=settings, now=now)
     announcements += _record_opt_outs(session, known, now=now)
-    queue_webhook_announcements(session, announcements)
+    queue_webhook_announcements(session, announcements, now=now)
     return report
 
 
