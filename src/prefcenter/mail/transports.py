@@ -4,6 +4,7 @@ the mail counts as sent). Errors say whether trying again can help."""
 
 from __future__ import annotations
 
+import asyncio
 import mailbox
 import os
 import re
@@ -82,11 +83,12 @@ class SmtpTransport:
         if self._client is not None and self._client.is_connected:
             return self._client
         target = self.target
+        # The log-in is ours, not `connect()`'s: when `connect()` fails it closes the
+        # connection itself, gently, and over TLS that leaves the socket open until the relay
+        # says goodbye. A log-in refused here is closed at once (`_abandon`).
         client = aiosmtplib.SMTP(
             hostname=target.host,
             port=target.port,
-            username=target.username,
-            password=target.password,
             use_tls=target.security is SmtpSecurity.TLS,
             start_tls=target.security is SmtpSecurity.STARTTLS,
             timeout=self._timeout,
@@ -94,10 +96,10 @@ class SmtpTransport:
         )
         try:
             await client.connect()
+            if target.username is not None:
+                await client.login(target.username, target.password or "")
         except BaseException:
-            # Refused after the TCP connection was made (no STARTTLS, a wrong password):
-            # that connection is closed here, not left to the garbage collector.
-            client.close()
+            _abandon(client)
             raise
         self._client = client
         return client
@@ -141,15 +143,34 @@ class SmtpTransport:
     async def _drop(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            client.close()
+            _abandon(client)
 
     async def close(self) -> None:
         client, self._client = self._client, None
-        if client is not None and client.is_connected:
-            try:
+        if client is None:
+            return
+        transport = client.transport  # `quit()` lets go of it before the socket is closed
+        try:
+            if client.is_connected:
                 await client.quit()
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                client.close()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            _abort(transport)
+            _abandon(client)
+
+
+def _abandon(client: aiosmtplib.SMTP) -> None:
+    """Close the socket now. `SMTP.close()` over TLS only starts the TLS goodbye, and the
+    socket underneath stays open until the peer answers it; a worker that stops (or a loop
+    that ends) before then leaks it. After QUIT, or after an error, nothing is left to say."""
+    _abort(client.transport)
+    client.close()
+
+
+def _abort(transport: asyncio.BaseTransport | None) -> None:
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
 
 
 class MaildirTransport:
