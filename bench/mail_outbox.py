@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,7 @@ def bench_database(engine: str, keep: bool) -> Iterator[str]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def the_messages(count: int) -> list[tuple[str, EmailMessage]]:
+def the_messages(count: int) -> list[tuple[str, Message]]:
     """The mails the workers send, written the same way (the test mail), for the floor."""
     templates = MailTemplates()
     context = {"organization": None, "preferences_url": None, "base_url": "http://127.0.0.1"}
@@ -132,11 +132,11 @@ def the_messages(count: int) -> list[tuple[str, EmailMessage]]:
     return messages
 
 
-async def bare_loop(port: int, messages: list[tuple[str, EmailMessage]], connections: int) -> float:
+async def bare_loop(port: int, messages: list[tuple[str, Message]], connections: int) -> float:
     """The same messages over `connections` plain aiosmtplib connections, one after another on
     each: seconds taken."""
 
-    async def one(share: list[tuple[str, EmailMessage]]) -> None:
+    async def one(share: list[tuple[str, Message]]) -> None:
         client = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=False)
         await client.connect()
         for recipient, message in share:
