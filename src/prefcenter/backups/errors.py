@@ -1,0 +1,7 @@
+"""Why a backup or a restore was refused; the message says what to do instead."""
+
+from __future__ import annotations
+
+
+class BackupRefused(Exception):
+    """Nothing was written, or what was half-written was removed; the target is as it was."""
