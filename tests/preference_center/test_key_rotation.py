@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import pytest
 from fastapi.testclient import TestClient
 
+from prefcenter.apikeys.schemas import Scope
 from prefcenter.app import create_app
 from prefcenter.db import Database
 from prefcenter.settings import ConfigError
-from prefcenter.apikeys.schemas import Scope
 from tests.conftest import issue_key, make_settings
 from tests.factories import issue_links, make_topic, record_change, row_counts, token_of
 from tests.preference_center.test_router import ONE_CLICK, act, visit
@@ -77,9 +77,7 @@ def old_links(database_url: str, headers: dict[str, str]) -> Links:
         make_topic(client, headers, "digest", double_opt_in=True)
         record_change(client, headers, ADA, "subscribed", topic="newsletter")
         links = mail_links(client, headers, ADA)
-    assert {kid_of(url) for url in (links.unsubscribe, links.manage, links.confirm)} == {
-        "k202510"
-    }
+    assert {kid_of(url) for url in (links.unsubscribe, links.manage, links.confirm)} == {"k202510"}
     return links
 
 
@@ -156,9 +154,7 @@ class TestRetiringAKey:
 
     def test_the_expired_page_is_translated(self, database_url: str, old_links: Links) -> None:
         with service(database_url, signing_keys=NEW, retired_signing_keys="k202510") as client:
-            response = visit(
-                client, "GET", old_links.paths()[1], headers={"Accept-Language": "de"}
-            )
+            response = visit(client, "GET", old_links.paths()[1], headers={"Accept-Language": "de"})
         assert response.status_code == 400
         assert EXPIRED_TEXT not in response.text
         assert 'lang="de"' in response.text
