@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.backups.errors import BackupRefused
-from prefcenter.backups.restore import NotForThisDatabase, restore_sqlite
+from prefcenter.backups.errors import BackupRefused, NotForThisDatabase
+from prefcenter.backups.restore import restore_sqlite
 from prefcenter.backups.sqlite_backup import backup_sqlite
 from prefcenter.settings import Settings
 
@@ -59,8 +59,6 @@ def add_backup_commands(group: typer.Typer, load_settings: Callable[[], Settings
                     force=force,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                 )
-        except NotForThisDatabase as exc:
-            raise refused(exc) from exc
         except BackupRefused as exc:
             raise refused(exc) from exc
         stderr.print(f"backed up {report.pages:,} pages ({report.bytes:,} bytes) to {report.path}")

@@ -17,7 +17,7 @@ from sqlmodel import Session
 from prefcenter import migrations
 from prefcenter.audit.key_check import key_matches_trail
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.backups.errors import BackupRefused
+from prefcenter.backups.errors import BackupRefused, NotForThisDatabase
 from prefcenter.backups.files import (
     fsync_directory,
     fsync_file,
@@ -31,10 +31,6 @@ from prefcenter.settings import Settings
 # Tables every prefcenter database has had since its first migration.
 _OUR_TABLES = frozenset({"alembic_version", "contact", "topic", "subscription"})
 PREVIOUS_SUFFIX = ".before-restore"
-
-
-class NotForThisDatabase(BackupRefused):
-    """The configured database is not a SQLite file: PostgreSQL has its own tools."""
 
 
 @dataclass(frozen=True, slots=True)

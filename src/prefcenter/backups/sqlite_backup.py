@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefcenter.backups.errors import BackupRefused
+from prefcenter.backups.errors import BackupRefused, NotForThisDatabase
 from prefcenter.backups.files import (
     fsync_directory,
     fsync_file,
@@ -36,8 +36,8 @@ def database_file(settings: Settings) -> Path:
     path = settings.sqlite_path()
     if path is None:
         if settings.is_sqlite:
-            raise BackupRefused("the database is in memory: there is nothing to back up")
-        raise BackupRefused(
+            raise NotForThisDatabase("the database is in memory: there is nothing to back up")
+        raise NotForThisDatabase(
             "this database is PostgreSQL: back it up with PostgreSQL's own tools "
             "(pg_dump -Fc for a dump, pg_basebackup with WAL archiving for point-in-time "
             "recovery; see docs/operations.md, 'Backup and restore'), and keep the signing "
