@@ -161,7 +161,7 @@ class TestRetiringAKey:
 
 
 class TestRetiredKeySetting:
-    def test_only_key_ids_are_taken(self, tmp_path: object) -> None:
+    def test_only_key_ids_are_taken(self) -> None:
         settings = make_settings("sqlite:///x.db", retired_signing_keys=OLD)
         with pytest.raises(ConfigError, match="key ids only"):
             settings.signing_key_ring()
