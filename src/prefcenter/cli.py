@@ -32,6 +32,7 @@ from prefcenter.audit.checkpoint import (
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.verify import verify_chain
+from prefcenter.backups.commands import add_backup_commands
 from prefcenter.consent.erasure import erase_contact, stored_again
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database, utcnow
@@ -57,7 +58,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_cli = typer.Typer(help="Database schema, backup and restore.", no_args_is_help=True)
 keys_cli = typer.Typer(help="API keys for the JSON API.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(keys_cli, name="api-keys")
@@ -101,6 +102,7 @@ def _database(settings: Settings | None = None, *, refused_exit: int = 1) -> Ite
 
 
 cli.add_typer(webhooks_cli(_database), name="webhooks")
+add_backup_commands(db_cli, _settings)
 
 
 @cli.command()

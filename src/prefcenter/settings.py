@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./prefcenter.db"
     base_url: str = "http://127.0.0.1:8000"
     signing_keys: Annotated[str, NoDecode] = ""
+    # Key ids (no secrets) taken out of the ring on purpose: their links get the "expired link"
+    # page instead of the one for a link that was changed on the way.
+    retired_signing_keys: Annotated[str, NoDecode] = ""
     # Secret of the audit trail (see audit.keys); like the signing keys, generated beside a
     # SQLite database when unset and required on PostgreSQL.
     audit_key: str = ""
@@ -249,15 +252,42 @@ class Settings(BaseSettings):
         key is a configuration error rather than something to invent per host.
         """
         if self.signing_keys.strip():
-            return parse_signing_keys(self.signing_keys)
-        db_path = self.sqlite_path()
-        if db_path is None:
+            ring = parse_signing_keys(self.signing_keys)
+        else:
+            db_path = self.sqlite_path()
+            if db_path is None:
+                raise ConfigError(
+                    "PREFCENTER_SIGNING_KEYS is required with this database: set it to "
+                    f"kid:secret (at least {MIN_SECRET_BYTES} random bytes), e.g. "
+                    "k1:$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
+            ring = parse_signing_keys(_local_signing_key(db_path))
+        both = sorted(self.retired_signing_key_ids & {key.kid for key in ring})
+        if both:
             raise ConfigError(
-                "PREFCENTER_SIGNING_KEYS is required with this database: set it to "
-                f"kid:secret (at least {MIN_SECRET_BYTES} random bytes), e.g. "
-                "k1:$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                f"signing key {both[0]!r} is in PREFCENTER_SIGNING_KEYS and in "
+                "PREFCENTER_RETIRED_SIGNING_KEYS: a key either verifies links or is retired"
             )
-        return parse_signing_keys(_local_signing_key(db_path))
+        return ring
+
+    @cached_property
+    def retired_signing_key_ids(self) -> frozenset[str]:
+        """Ids of signing keys retired from the ring, from `kid[,kid…]`: only the id, the
+        secret of a retired key is not needed (delete it)."""
+        ids: set[str] = set()
+        for raw in self.retired_signing_keys.split(","):
+            kid = raw.strip()
+            if not kid:
+                continue
+            if ":" in kid:
+                raise ConfigError(
+                    "PREFCENTER_RETIRED_SIGNING_KEYS lists key ids only (e.g. k202510,k202409), "
+                    "not kid:secret: a retired key's secret is not needed, delete it"
+                )
+            if not kid.isalnum() or len(kid) > 16:
+                raise ConfigError(f"retired signing key id {kid!r} must be 1-16 letters or digits")
+            ids.add(kid)
+        return frozenset(ids)
 
     @cached_property
     def audit_secret(self) -> bytes:

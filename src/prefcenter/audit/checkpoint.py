@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import text
 
 from prefcenter.audit.canonical import format_time
+from prefcenter.audit.key_check import key_matches_trail, wrong_key_detail
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.verify import Progress, VerifyResult, verify_chain
 from prefcenter.db import Database
@@ -84,6 +85,10 @@ def verify_with_checkpoint(
     the checkpoint's seq (which events changed before it no hash can tell). A truncated chain
     fails at the first missing seq.
     """
+    with database.transaction(write=False) as session:
+        if key_matches_trail(session, keys) is False:
+            # Said before the checkpoint's signature is refused: the key is what is wrong.
+            return VerifyResult(ok=False, checked=0, detail=wrong_key_detail(keys))
     seq, hash_hex = check_signature(checkpoint, keys)
     result = verify_chain(database, keys, deep=deep, progress=progress)
     if not result.ok:

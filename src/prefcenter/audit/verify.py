@@ -22,6 +22,7 @@ from prefcenter.audit.canonical import (
     FREE_TEXT_FIELDS,
     GENESIS_HASH,
 )
+from prefcenter.audit.key_check import key_matches_trail, wrong_key_detail
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.state import first_contact_off_its_events
 from prefcenter.contacts.models import Contact
@@ -222,9 +223,12 @@ def verify_chain(
     beside the bytes says something else than they do, or its evidence document does not match
     its digest (a missing document is fine only for an erased contact). The head must name the
     last event: a head behind the events names the first event past it (inserted), a head
-    ahead of them the first missing seq (a deleted tail).
+    ahead of them the first missing seq (a deleted tail). A trail none of whose first keyed
+    digests checks was written under another audit key: said so, with no seq named.
     """
     with database.transaction(write=False, snapshot=True) as session:
+        if key_matches_trail(session, keys) is False:
+            return VerifyResult(ok=False, checked=0, detail=wrong_key_detail(keys))
         dbapi = session.connection().connection.dbapi_connection
         assert dbapi is not None
         dialect = session.get_bind().dialect.name

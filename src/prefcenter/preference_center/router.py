@@ -65,12 +65,22 @@ MAX_FORM_FIELDS = 200
 # costing each request a hand-off to a worker thread and back.
 async def _unsubscribe_token(request: Request, token: str) -> VerifiedToken:
     return service.read_token(
-        signing_keys_of(request), token, TokenPurpose.UNSUBSCRIBE, now=utcnow()
+        signing_keys_of(request),
+        token,
+        TokenPurpose.UNSUBSCRIBE,
+        now=utcnow(),
+        retired=settings_of(request).retired_signing_key_ids,
     )
 
 
 async def _manage_token(request: Request, token: str) -> VerifiedToken:
-    return service.read_token(signing_keys_of(request), token, TokenPurpose.MANAGE, now=utcnow())
+    return service.read_token(
+        signing_keys_of(request),
+        token,
+        TokenPurpose.MANAGE,
+        now=utcnow(),
+        retired=settings_of(request).retired_signing_key_ids,
+    )
 
 
 async def _confirm_token(request: Request, token: str) -> VerifiedToken:
@@ -93,6 +103,7 @@ async def _confirm_token(request: Request, token: str) -> VerifiedToken:
             TokenPurpose.CONFIRM,
             now=now,
             max_age=timedelta(days=settings.confirm_link_ttl_days),
+            retired=settings.retired_signing_key_ids,
         )
 
 
@@ -376,7 +387,11 @@ def install_invalid_link_page(app: FastAPI) -> None:
         return pages.render(
             request,
             "invalid_link.html",
-            {"organization": settings.organization_name, "expired": exc.expired},
+            {
+                "organization": settings.organization_name,
+                "expired": exc.expired,
+                "retired": exc.retired,
+            },
             status_code=exc.status,
         )
 

@@ -36,7 +36,13 @@ from prefcenter.preference_center.resubscribe import (
 )
 from prefcenter.preference_center.schemas import LinkView, PreferencesView, TopicChoice
 from prefcenter.settings import SigningKey
-from prefcenter.tokens import TokenError, TokenPurpose, VerifiedToken, verify_token
+from prefcenter.tokens import (
+    RetiredKey,
+    TokenError,
+    TokenPurpose,
+    VerifiedToken,
+    verify_token,
+)
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import ConsentModel, TopicKind
 from prefcenter.topics.service import find_topic
@@ -93,10 +99,14 @@ def read_token(
     *,
     now: datetime,
     max_age: timedelta | None = None,
+    retired: frozenset[str] = frozenset(),
 ) -> VerifiedToken:
-    """Checked before any database work: a bad token costs one HMAC."""
+    """Checked before any database work: a bad token costs one HMAC. A link signed with a
+    retired key gets the "expired" page, any other refused one the "does not work" page."""
     try:
-        return verify_token(ring, purpose, token, now=now, max_age=max_age)
+        return verify_token(ring, purpose, token, now=now, max_age=max_age, retired=retired)
+    except RetiredKey as exc:
+        raise InvalidLink(400, retired=True) from exc
     except TokenError as exc:
         raise InvalidLink(400, expired=purpose is TokenPurpose.CONFIRM) from exc
 
