@@ -34,6 +34,7 @@ from prefcenter.preference_center.schemas import LinkView
 from prefcenter.settings import SigningKey
 from prefcenter.tokens import TokenError, TokenPurpose, VerifiedToken, verify_token
 from prefcenter.topics.models import Topic
+from prefcenter.topics.schemas import TopicKind
 from prefcenter.topics.service import find_topic
 
 RECIPIENT_ACTOR = "recipient"
