@@ -170,6 +170,7 @@ def _preferences_page(
             "masked_address": view.masked_address,
             "suppressed": view.suppressed,
             "topics": view.topics,
+            "sharing": view.sharing,
             "pending_topics": ", ".join(view.pending_topics),
             "refused_topics": ", ".join(view.refused_topics),
             "confirm_all_by_mail": view.confirm_all_by_mail,
