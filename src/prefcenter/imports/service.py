@@ -45,6 +45,14 @@ from prefcenter.webhooks.queue import queue_inline_delivery, queue_many_deliveri
 from prefcenter.webhooks.rules import EventType
 
 DEFAULT_BATCH_SIZE = 10_000
+# The report's counts that come with sample rows.
+_SAMPLED = (
+    "superseded",
+    "refused_reversal",
+    "refused_erased",
+    "refused_no_evidence",
+    "invalid",
+)
 _HASH_CHUNK = 1 << 20
 
 
@@ -79,6 +87,7 @@ class _Tally:
     superseded: CountWithSample = field(default_factory=CountWithSample)
     refused_reversal: CountWithSample = field(default_factory=CountWithSample)
     refused_erased: CountWithSample = field(default_factory=CountWithSample)
+    refused_no_evidence: CountWithSample = field(default_factory=CountWithSample)
     invalid: CountWithSample = field(default_factory=CountWithSample)
 
     @property
@@ -199,9 +208,9 @@ def finished_data(report: ImportReport, *, actor: str) -> dict[str, Any]:
     rows (masked addresses) and batches."""
     data = report.model_dump(
         mode="json",
-        exclude={"batches", "superseded", "refused_reversal", "refused_erased", "invalid"},
+        exclude={"batches", *_SAMPLED},
     )
-    for name in ("superseded", "refused_reversal", "refused_erased", "invalid"):
+    for name in _SAMPLED:
         data[name] = getattr(report, name).count
     data["batches"] = len(report.batches)
     data["actor"] = actor
@@ -246,7 +255,7 @@ def _merge(report: ImportReport, tally: _Tally) -> None:
     report.applied.unsubscribed += tally.unsubscribed
     report.unchanged += tally.unchanged
     report.duplicates += tally.duplicates
-    for name in ("superseded", "refused_reversal", "refused_erased", "invalid"):
+    for name in _SAMPLED:
         _merge_sample(getattr(report, name), getattr(tally, name))
 
 
@@ -280,7 +289,12 @@ def _apply_batch(
         else:
             state = states.get(address) or (contact.state if contact else NEW_CONTACT)
         decided = decide_row(
-            state, row.status, row.occurred_at or started, topic_kind=topic.kind, now=now
+            state,
+            row.status,
+            row.occurred_at or started,
+            topic_kind=topic.kind,
+            now=now,
+            with_evidence=row.evidence is not None,
         )
         _count(tally, row.line, mask_address(address), decided.outcome)
         if not decided.applied or decided.decision is None:
@@ -352,6 +366,8 @@ def _count(tally: _Tally, line: int, masked: str, outcome: RowOutcome) -> None:
             tally.refused_reversal.add(line, masked)
         case RowOutcome.REFUSED_ERASED:
             tally.refused_erased.add(line, masked)
+        case RowOutcome.REFUSED_NO_EVIDENCE:
+            tally.refused_no_evidence.add(line, masked)
 
 
 def _event(
@@ -376,7 +392,8 @@ def _event(
         topic=topic.key,
         from_status=decision.from_status.value if decision.from_status else None,
         to_status=decision.status.value,
-        evidence={**evidence, "line": row.line},
+        evidence={**evidence, "line": row.line}
+        | ({"row_evidence": row.evidence} if row.evidence is not None else {}),
         context=context,
         address=row.address.normalised,
     )
