@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from prefcenter.audit.canonical import format_time
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.verify import Progress, VerifyResult, verify_chain
+from prefcenter.audit.verify import Progress, StateReplay, VerifyResult, verify_chain
 from prefcenter.db import Database
 
 CHECKPOINT_VERSION = 1
@@ -75,7 +75,7 @@ def verify_with_checkpoint(
     keys: AuditKeys,
     checkpoint: dict[str, Any],
     *,
-    deep: bool = False,
+    replay: StateReplay | None = None,
     progress: Progress | None = None,
 ) -> VerifyResult:
     """Verify the chain, then that the event at the checkpoint's seq still has its hash.
@@ -85,7 +85,7 @@ def verify_with_checkpoint(
     fails at the first missing seq.
     """
     seq, hash_hex = check_signature(checkpoint, keys)
-    result = verify_chain(database, keys, deep=deep, progress=progress)
+    result = verify_chain(database, keys, replay=replay, progress=progress)
     if not result.ok:
         return result
     if seq == 0:
