@@ -14,12 +14,11 @@ from prefcenter.consent.confirmation_mail import CONFIRM_BY_MAIL, queue_confirma
 from prefcenter.consent.contact_creation import lock_new_contact
 from prefcenter.consent.ledger.changes import ChangeRecord
 from prefcenter.consent.ledger.orm import apply_change
-from prefcenter.consent.models import Subscription
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
-from prefcenter.contacts.models import Contact
 from prefcenter.db import utcnow
 from prefcenter.mail.config import mail_config
+from prefcenter.mail.schemas import MailLanguage
 from prefcenter.settings import Settings, SigningKey
 from prefcenter.tokens import TokenClaims, TokenPurpose, confirm_url, sign_token
 from prefcenter.topics.errors import UnknownTopic
@@ -50,57 +49,28 @@ def record_change(
                 f"There is no topic {change.topic!r}; create it with PUT /v1/topics/{{key}}.",
                 errors=[{"field": "topic", "detail": "unknown topic"}],
             )
-    requested = RequestedChange(
-        status=Status(change.status.value),
-        occurred_at=change.occurred_at or now,
-        actor=ActorKind.ADMIN if caller.is_admin else ActorKind.API_CLIENT,
-        source=change.source,
-        reason=change.reason,
-        double_opt_in=topic.double_opt_in if topic is not None else False,
-    )
-    mail = mail_config(settings)
     contact = lock_new_contact(session, keys, change.email)
     applied = apply_change(
         session,
         contact=contact,
         topic=topic,
-        requested=requested,
-        record=ChangeRecord(
-            actor=caller.actor,
-            source=change.source,
-            campaign_id=change.campaign_id,
-            reason=change.reason,
-            evidence=change.evidence,
-            context=request.as_evidence(),
-            confirm_link_to=CONFIRM_BY_MAIL if mail is not None else caller.actor,
-        ),
+        requested=requested_change(change, topic, caller=caller, now=now),
+        record=api_change_record(change, caller=caller, request=request, settings=settings),
         now=now,
     )
     link: str | None = None
     if topic is not None and applied.decision.status is Status.PENDING and applied.subscription:
-        if mail is not None:
-            # The service mails the link itself, in this transaction: the caller never sees
-            # it, so only the mailbox can confirm.
-            queue_confirmation(
-                session,
-                mail,
-                contact=contact,
-                topic=topic,
-                pending_event=applied.subscription.event_id,
-                campaign_id=change.campaign_id,
-                language=change.language or "en",
-                now=now,
-            )
-        else:
-            link = confirm_link(
-                settings,
-                ring,
-                contact=contact,
-                topic=topic,
-                subscription=applied.subscription,
-                campaign_id=change.campaign_id,
-                now=now,
-            )
+        link = send_confirmation(
+            session,
+            settings,
+            ring,
+            contact_id=contact.public_id,
+            topic=topic,
+            pending_event=applied.subscription.event_id,
+            campaign_id=change.campaign_id,
+            language=change.language or "en",
+            now=now,
+        )
     return ConsentChangeOut(
         contact_id=contact.public_id,
         email=change.email.given,
@@ -113,13 +83,83 @@ def record_change(
     )
 
 
+def requested_change(
+    change: ConsentChangeIn, topic: Topic | None, *, caller: Caller, now: datetime
+) -> RequestedChange:
+    """An API client's change in the rules' terms (an `admin` key acts as an admin)."""
+    return RequestedChange(
+        status=Status(change.status.value),
+        occurred_at=change.occurred_at or now,
+        actor=ActorKind.ADMIN if caller.is_admin else ActorKind.API_CLIENT,
+        source=change.source,
+        reason=change.reason,
+        double_opt_in=topic.double_opt_in if topic is not None else False,
+    )
+
+
+def api_change_record(
+    change: ConsentChangeIn, *, caller: Caller, request: RequestContext, settings: Settings
+) -> ChangeRecord:
+    """What an API client's change puts in its audit event."""
+    mail_on = mail_config(settings) is not None
+    return ChangeRecord(
+        actor=caller.actor,
+        source=change.source,
+        campaign_id=change.campaign_id,
+        reason=change.reason,
+        evidence=change.evidence,
+        context=request.as_evidence(),
+        confirm_link_to=CONFIRM_BY_MAIL if mail_on else caller.actor,
+    )
+
+
+def send_confirmation(
+    session: Session,
+    settings: Settings,
+    ring: tuple[SigningKey, ...],
+    *,
+    contact_id: str,
+    topic: Topic,
+    pending_event: str,
+    campaign_id: str | None,
+    language: MailLanguage,
+    now: datetime,
+) -> str | None:
+    """What an API client's change that left a subscription pending sends: with mail on, the
+    service queues the confirmation mail itself, in this transaction (the caller never sees
+    the link, so only the mailbox can confirm), and returns None; with it off, the link for
+    the caller to mail."""
+    mail = mail_config(settings)
+    if mail is not None:
+        queue_confirmation(
+            session,
+            mail,
+            contact_id=contact_id,
+            topic=topic,
+            pending_event=pending_event,
+            campaign_id=campaign_id,
+            language=language,
+            now=now,
+        )
+        return None
+    return confirm_link(
+        settings,
+        ring,
+        contact_id=contact_id,
+        topic=topic,
+        pending_event=pending_event,
+        campaign_id=campaign_id,
+        now=now,
+    )
+
+
 def confirm_link(
     settings: Settings,
     ring: tuple[SigningKey, ...],
     *,
-    contact: Contact,
+    contact_id: str,
     topic: Topic,
-    subscription: Subscription,
+    pending_event: str,
     campaign_id: str | None,
     now: datetime,
 ) -> str:
@@ -128,11 +168,11 @@ def confirm_link(
         ring,
         TokenPurpose.CONFIRM,
         TokenClaims(
-            contact_id=contact.public_id,
+            contact_id=contact_id,
             topic=topic.key,
             campaign_id=campaign_id,
             issued_at=now,
-            pending_event=subscription.event_id,
+            pending_event=pending_event,
         ),
     )
     return confirm_url(settings.base_url, token)
