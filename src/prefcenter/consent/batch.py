@@ -4,6 +4,7 @@ rules and guard as `/v1/consents` and with its own outcome, written set-based by
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -65,6 +66,8 @@ def record_changes(
             results[index] = _problem(index, _unknown_topic(change.topic))
         else:
             accepted.append((index, change, topic))
+    # Each change at its own instant, a microsecond apart in request order (ledger.batch).
+    instants = [now + timedelta(microseconds=index) for index, _, _ in accepted]
     written = apply_changes(
         session,
         keys,
@@ -72,12 +75,12 @@ def record_changes(
             BatchChange(
                 address=change.email,
                 topic=topic,
-                requested=requested_change(change, topic, caller=caller, now=now),
+                requested=requested_change(change, topic, caller=caller, now=at),
                 record=api_change_record(change, caller=caller, request=request, settings=settings),
+                at=at,
             )
-            for _, change, topic in accepted
+            for (_, change, topic), at in zip(accepted, instants, strict=True)
         ],
-        now=now,
     )
     for (index, change, topic), outcome in zip(accepted, written, strict=True):
         if isinstance(outcome, Problem):

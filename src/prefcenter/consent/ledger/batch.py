@@ -4,9 +4,9 @@ with each change decided in Python under the same rules as one by one (ledger.ch
 
 Changes are decided in the order given, each against the state the earlier ones left: a later
 change of the same contact sees the earlier (its subscription, and its contact-wide opt-out).
-Each change is taken at its own instant, one microsecond after the one before it, as if they
-had arrived one by one: a change without `occurred_at` is then newer than an earlier one, so
-the ordering rule keeps request order instead of its tie going to the opt-out.
+Each change is taken at its own instant (`BatchChange.at`, increasing), as if they had arrived
+one by one: a change whose caller gave no time is then newer than an earlier one, so the
+ordering rule keeps request order instead of its tie going to the opt-out.
 
 A change the rules refuse gets its problem and writes nothing; the others are written. Locks
 are taken as everywhere else: contacts in id order (as imports do), the audit head last, at
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -62,6 +62,8 @@ class BatchChange:
     topic: Topic | None  # None: all marketing
     requested: RequestedChange
     record: ChangeRecord
+    # When the change is taken (its "now"): later than the batch's earlier changes.
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,7 @@ class _Rows:
 
 
 def apply_changes(
-    session: Session, keys: AuditKeys, changes: Sequence[BatchChange], *, now: datetime
+    session: Session, keys: AuditKeys, changes: Sequence[BatchChange]
 ) -> list[BatchWritten | Problem]:
     """Decide and write `changes` in order, with an audit event each; per change what it did,
     or the problem that refused it (an erased address, the guard, a missing reason)."""
@@ -111,7 +113,7 @@ def apply_changes(
     subscriptions = _Rows(_read_rows(session, _SUBSCRIPTION, ids, topic_ids=topic_ids))
     suppressions = _Rows(_read_rows(session, _SUPPRESSION, ids))
     results: list[BatchWritten | Problem] = []
-    for position, change in enumerate(changes):
+    for change in changes:
         contact = contacts.get(change.address.normalised)
         if contact is None:
             results.append(_erased())
@@ -123,7 +125,7 @@ def apply_changes(
                 change,
                 subscriptions,
                 suppressions,
-                now=now + timedelta(microseconds=position),
+                now=change.at,
             )
         except Problem as refused:
             results.append(refused)
@@ -131,7 +133,8 @@ def apply_changes(
         results.append(written)
     _upsert(session, _SUBSCRIPTION, _SUBSCRIPTION_KEY, subscriptions)
     _upsert(session, _SUPPRESSION, _SUPPRESSION_KEY, suppressions)
-    _queue_deliveries(session, results, now=now)
+    if changes:
+        _queue_deliveries(session, results, now=changes[0].at)
     return results
 
 
