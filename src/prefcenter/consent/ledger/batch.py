@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Integer, String, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
@@ -37,6 +37,7 @@ from prefcenter.consent.ledger.changes import (
     subscription_change,
     suppression_change,
 )
+from prefcenter.consent.ledger.sql import among, postgres_session
 from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import CurrentState, Decision, Outcome, RequestedChange
@@ -220,12 +221,16 @@ def _lock_contacts(session: Session, addresses: list[str]) -> dict[str, _Contact
     (PostgreSQL; SQLite's write transaction already excludes other writers)."""
     if not addresses:
         return {}
+    postgres = postgres_session(session)
     query = (
         select(col(Contact.id), col(Contact.public_id), col(Contact.address))
-        .where(col(Contact.address).in_(addresses), col(Contact.erased_at).is_(None))
+        .where(
+            among(col(Contact.address), addresses, String(), postgres=postgres),
+            col(Contact.erased_at).is_(None),
+        )
         .order_by(col(Contact.id))
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if postgres:
         query = query.with_for_update()
     return {
         address: _Contact(id=row_id, public_id=public_id, address=address)
@@ -243,7 +248,10 @@ def _read_rows(
     """The stored rows of these contacts (and topics), whole, by their key."""
     if not contact_ids or topic_ids == set():
         return {}
-    query = select(table).where(table.c.contact_id.in_(contact_ids))
+    postgres = postgres_session(session)
+    query = select(table).where(
+        among(table.c.contact_id, contact_ids, Integer(), postgres=postgres)
+    )
     if topic_ids is not None:
         query = query.where(table.c.topic_id.in_(sorted(topic_ids)))
     key = _SUBSCRIPTION_KEY if topic_ids is not None else _SUPPRESSION_KEY
@@ -259,17 +267,41 @@ def _upsert(
     """Every written row as the batch leaves it, in one INSERT … ON CONFLICT DO UPDATE."""
     if not rows.written:
         return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(table)
     columns = [c.name for c in table.columns]
+    ordered = [rows.by_key[k] for k in sorted(rows.written)]
+    if postgres_session(session):
+        # One statement, one parameter per column (an array each): an executemany would be
+        # one round trip per row.
+        session.connection().exec_driver_sql(
+            _UNNEST_UPSERT[table.name], {c: [row[c] for row in ordered] for c in columns}
+        )
+        return
+    statement = sqlite.insert(table)
     statement = statement.on_conflict_do_update(
         index_elements=list(key),
         set_={c: statement.excluded[c] for c in columns if c not in key},
     )
-    session.execute(
-        statement, [{c: rows.by_key[k][c] for c in columns} for k in sorted(rows.written)]
+    session.execute(statement, [{c: row[c] for c in columns} for row in ordered])
+
+
+def _unnest_upsert(table: Any, key: tuple[str, ...]) -> str:
+    """`INSERT … SELECT FROM unnest(<one array per column>) ON CONFLICT DO UPDATE` of `table`
+    (PostgreSQL), its parameters named after the columns."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    columns = [c.name for c in table.columns]
+    arrays = ", ".join(f"%({c.name})s::{c.type.compile(dialect=dialect)}[]" for c in table.columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608  (the models' names)
+        f"SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
     )
+
+
+_UNNEST_UPSERT = {
+    _SUBSCRIPTION.name: _unnest_upsert(_SUBSCRIPTION, _SUBSCRIPTION_KEY),
+    _SUPPRESSION.name: _unnest_upsert(_SUPPRESSION, _SUPPRESSION_KEY),
+}
 
 
 def _queue_deliveries(
