@@ -1,12 +1,14 @@
 """Owns writing one decided change through the session: the locking path that every writer
-but the unsubscribe lane and batches takes (`apply_change`)."""
+but the unsubscribe lane and batches takes (`apply_change`); and an erasure's end of the
+contact's consent state (`erase_consent_state`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlmodel import Session
+from sqlalchemy import delete
+from sqlmodel import Session, col
 
 from prefcenter.audit.schemas import new_event_id
 from prefcenter.audit.service import append_event
@@ -141,3 +143,19 @@ def _write_global(
     session.add(row)
     session.flush()
     return decision
+
+
+def erase_consent_state(session: Session, contact_id: int, *, source: str, now: datetime) -> None:
+    """An erased contact's consent state: no subscriptions, suppressed for good (as if the
+    person had opted out of everything themselves, now)."""
+    session.execute(delete(Subscription).where(col(Subscription.contact_id) == contact_id))
+    suppression = session.get(Suppression, contact_id) or Suppression(
+        contact_id=contact_id, suppressed=True, occurred_at=now, since=now, source=""
+    )
+    if not suppression.suppressed:
+        suppression.since = now
+    suppression.suppressed = True
+    suppression.occurred_at = now
+    suppression.source = source
+    suppression.by_recipient = True
+    session.add(suppression)
