@@ -48,9 +48,9 @@ from sqlalchemy import make_url, text
 from prefcenter import migrations
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.consent.recipient_optout import read_optout_state, write_optout
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.lane import read_optout_state, write_optout
 from prefcenter.consent.rules import Status
-from prefcenter.consent.service import ChangeRecord
 from prefcenter.db import Database
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
 from prefcenter.preference_center.service import Channel, recipient_change

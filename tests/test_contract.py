@@ -46,8 +46,6 @@ NOT_YET: set[Endpoint] = {
     ("GET", "/v1/notices/{}/versions"),
     ("GET", "/v1/notices/{}/in-force"),
     ("GET", "/v1/notices/{}/versions/{}/notification"),
-    # Speed: batch writes for syncs.
-    ("POST", "/v1/consents/batch"),
     # Running it in production.
     ("GET", "/metrics"),
 }

@@ -20,6 +20,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.router import new_verify_slot
 from prefcenter.audit.router import router as audit_router
 from prefcenter.bounces.router import router as bounces_router
+from prefcenter.consent.ledger.replay import first_contact_off_its_events
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
 from prefcenter.eligibility.export_router import router as exports_router
@@ -84,6 +85,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     app.state.audit_keys = AuditKeys.from_settings(settings)
     app.state.audit_verify_slot = new_verify_slot()
+    # `GET /v1/audit/verify?deep=true` replays the events against the ledger's state.
+    app.state.state_replay = first_contact_off_its_events
     install_problem_handlers(app)
     document_problems(app)
     app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)

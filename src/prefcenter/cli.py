@@ -31,9 +31,9 @@ from prefcenter.audit.checkpoint import (
 )
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.verify import verify_chain
 from prefcenter.backups.commands import add_backup_commands
 from prefcenter.consent.erasure import erase_contact, stored_again
+from prefcenter.consent.ledger.replay import first_contact_off_its_events, verify_ledger
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database, utcnow
 from prefcenter.delivery.test_mail import QueuedMail, queue_test_mail
@@ -447,10 +447,14 @@ def audit_verify(
     try:
         with audit_console.verify_progress(stderr) as progress:
             if statement is None:
-                result = verify_chain(database, keys, deep=deep, progress=progress)
+                result = verify_ledger(database, keys, deep=deep, progress=progress)
             else:
                 result = verify_with_checkpoint(
-                    database, keys, statement, deep=deep, progress=progress
+                    database,
+                    keys,
+                    statement,
+                    replay=first_contact_off_its_events if deep else None,
+                    progress=progress,
                 )
     except CheckpointInvalid as exc:
         stderr.print(f"[red]checkpoint refused:[/red] {exc}")

@@ -240,7 +240,7 @@ class Database:
         """`work(cursor)` on a pooled connection in autocommit mode, each statement its own
         transaction, in one worker thread: for the hottest paths, whose every statement
         stands alone (a page's one read; an opt-out's read and its one guarded write,
-        consent.recipient_optout). No ORM and no BEGIN/COMMIT round trips.
+        consent.ledger.lane). No ORM and no BEGIN/COMMIT round trips.
 
         The cursor is the driver's own: SQL in its parameter style (`driver_sql`). A failed
         connection, or a busy one, raises `ConnectionLost` (503) after dropping it from the

@@ -24,12 +24,15 @@ from prefcenter.audit.canonical import (
 )
 from prefcenter.audit.key_check import key_matches_trail, wrong_key_detail
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.state import first_contact_off_its_events
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
 
 CHUNK = 20_000
 Progress = Callable[[int, int], None]  # (events checked so far, events in the chain)
+# The deep check, run in the verification's snapshot after the chain verified: the first
+# contact whose current state its events do not imply, or None. It lives with the state it
+# checks (consent.ledger.replay), above this layer, and is passed in.
+StateReplay = Callable[[Session], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +216,11 @@ def verify_chain(
     database: Database,
     keys: AuditKeys,
     *,
-    deep: bool = False,
+    replay: StateReplay | None = None,
     progress: Progress | None = None,
 ) -> VerifyResult:
-    """Check the whole chain in one consistent snapshot; names the first bad `seq`.
+    """Check the whole chain in one consistent snapshot; names the first bad `seq`; with
+    `replay` (deep), then the current state against the events, in the same snapshot.
 
     An event is bad when its `seq` is not the next one (a gap names the first missing seq),
     its hash is not SHA-256(previous hash ‖ its canonical bytes), a query column or keyed hash
@@ -267,8 +271,8 @@ def verify_chain(
                 first_bad_seq=checked if checked else None,
                 detail="the head's hash is not the last event's hash",
             )
-        if deep:
-            contact = first_contact_off_its_events(session)
+        if replay is not None:
+            contact = replay(session)
             if contact is not None:
                 return VerifyResult(
                     ok=False,

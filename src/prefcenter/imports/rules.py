@@ -43,7 +43,7 @@ class ContactState:
     """What the import needs to know of a contact before deciding a row."""
 
     erased: bool
-    # The contact-wide marketing opt-out, as consent.service.suppression_state sees it.
+    # The contact-wide marketing opt-out, as consent.ledger.state.suppression_state sees it.
     suppression: CurrentState | None
     subscription: CurrentState | None
 

@@ -14,10 +14,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.schemas import EventKind, NewEvent
+from prefcenter.audit.schemas import NewEvent, new_event_id
 from prefcenter.audit.service import append_event
 from prefcenter.consent.erased import erased_among
-from prefcenter.consent.rules import ActorKind, Decision
+from prefcenter.consent.ledger.changes import ChangeRecord, change_event
+from prefcenter.consent.rules import Decision
 from prefcenter.contacts.service import mask_address, new_public_id
 from prefcenter.db import Database, settings_of_session, utcnow
 from prefcenter.imports import staging
@@ -28,6 +29,7 @@ from prefcenter.imports.rules import (
     ContactState,
     RowOutcome,
     decide_row,
+    requested_change,
     state_after,
 )
 from prefcenter.imports.schemas import (
@@ -379,21 +381,20 @@ def _event(
     evidence: dict[str, Any],
     started: datetime,
 ) -> NewEvent:
-    context = {"actor_kind": ActorKind.ADMIN.value, **request.context}
-    if decision.clamped:
-        context["claimed_occurred_at"] = (row.occurred_at or started).isoformat()
-    return NewEvent(
-        kind=EventKind.CONSENT_CHANGE,
-        occurred_at=decision.occurred_at,
-        actor=request.actor,
-        source=IMPORT_SOURCE,
-        outcome=decision.outcome.value,
+    """The row's audit event, as the ledger writes every consent change's
+    (consent.ledger.changes.change_event)."""
+    return change_event(
+        event_id=new_event_id(),
         contact_id=contact_id,
-        topic=topic.key,
-        from_status=decision.from_status.value if decision.from_status else None,
-        to_status=decision.status.value,
-        evidence={**evidence, "line": row.line}
-        | ({"row_evidence": row.evidence} if row.evidence is not None else {}),
-        context=context,
         address=row.address.normalised,
+        topic_key=topic.key,
+        requested=requested_change(row.status, row.occurred_at or started),
+        record=ChangeRecord(
+            actor=request.actor,
+            source=IMPORT_SOURCE,
+            evidence={**evidence, "line": row.line}
+            | ({"row_evidence": row.evidence} if row.evidence is not None else {}),
+            context=request.context,
+        ),
+        decision=decision,
     )

@@ -10,10 +10,12 @@ from sqlmodel import Session, col, select
 
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.orm import apply_change
+from prefcenter.consent.ledger.state import subscription_state
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.opt_out_markers import all_marker, topic_marker
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status, needs_mailbox_proof
-from prefcenter.consent.service import ChangeRecord, apply_change, subscription_state
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import mask_address
 from prefcenter.mail.config import MailConfig

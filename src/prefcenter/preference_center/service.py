@@ -13,9 +13,10 @@ from typing import Any
 from sqlmodel import Session
 
 from prefcenter.audit.context import RequestContext
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.orm import apply_change
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status
-from prefcenter.consent.service import ChangeRecord, apply_change
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import (
     find_contact_by_public_id,
