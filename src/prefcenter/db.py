@@ -96,8 +96,18 @@ def make_engine(settings: Settings) -> Engine:
         pool_recycle=1800,
         # A 2xx means committed to disk: never run with asynchronous commit, whatever the
         # server's default says.
-        connect_args={"options": "-c synchronous_commit=on"},
+        connect_args={"options": _session_options(settings)},
     )
+
+
+def _session_options(settings: Settings) -> str:
+    """PostgreSQL settings of each of the service's connections. The lock timeout makes a
+    request that waits behind a long-held lock fail (a 503, see `Database.transaction`)
+    instead of holding its pooled connection and worker thread until the lock goes: a stuck
+    session elsewhere must not fill the pool."""
+    lock_ms = round(settings.db_lock_timeout_s * 1000)
+    statement_ms = round(settings.db_statement_timeout_s * 1000)
+    return f"-c synchronous_commit=on -c lock_timeout={lock_ms} -c statement_timeout={statement_ms}"
 
 
 def create_private_sqlite_file(settings: Settings) -> None:
