@@ -261,7 +261,16 @@ class Database:
 
     def on_connection(self, work: Callable[[Any], T]) -> T:
         """`run_on_connection` in the calling thread."""
-        pooled = self.engine.raw_connection()
+        try:
+            pooled = self.engine.raw_connection()
+        except self.engine.dialect.loaded_dbapi.OperationalError as exc:
+            # No connection to be had (the server is down or restarting); the pool raises the
+            # driver's own error here, unwrapped.
+            logger.warning("database unreachable on the direct path: %s", exc)
+            raise ConnectionLost(
+                "The database is unreachable; nothing was changed. Retry.",
+                headers={"Retry-After": "1"},
+            ) from exc
         driver: Any = pooled.driver_connection
         postgres = not self.settings.is_sqlite  # SQLite's connections are in autocommit already
         try:
