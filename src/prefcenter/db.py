@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -171,7 +171,12 @@ class Database:
         self.engine = make_engine(settings)
         # Fewer than the worker threads and the pool (2 × db_pool_size), so that a request
         # holding a connection always finds a thread, and a key lookup a connection.
-        self.session_slots = anyio.Semaphore(min(settings.db_pool_size, _MAX_SESSIONS))
+        slots = min(settings.db_pool_size, _MAX_SESSIONS)
+        self.session_slots = anyio.Semaphore(slots)
+        # Taken before a session slot by API writes: a quarter of the slots (at least one) stay
+        # for reads, so that writes stuck behind a lock (until the lock timeout) never leave
+        # the reads waiting too.
+        self.write_slots = anyio.Semaphore(max(1, slots - max(1, slots // 4)))
 
     @contextmanager
     def transaction(
@@ -363,6 +368,7 @@ async def _request_transaction(request: Request, *, write: bool) -> AsyncIterato
     """
     database = database_of(request)
     async with (
+        database.write_slots if write else nullcontext(),
         database.session_slots,
         contextmanager_in_threadpool(database.transaction(write=write)) as session,
     ):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import make_url
@@ -32,3 +32,20 @@ def private_postgres(private_cluster: PrivatePostgres) -> PrivatePostgres:
     private_cluster.ensure_running()
     reset_postgres(make_url(private_cluster.url))
     return private_cluster
+
+
+# Figures the fault tests measured (recovery times), shown at the end of the run: measured,
+# never asserted beyond a generous bound (speed belongs in bench/).
+_MEASURED: list[str] = []
+
+
+@pytest.fixture
+def measured() -> Callable[[str], None]:
+    return _MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _MEASURED:
+        terminalreporter.section("faults: measured")
+        for line in _MEASURED:
+            terminalreporter.write_line(line)

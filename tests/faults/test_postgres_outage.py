@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.problems import PROBLEM_MEDIA_TYPE
+from tests.factories import token_of
 from tests.faults.cluster import PrivatePostgres
 from tests.faults.load import (
     TOPIC,
@@ -27,7 +29,6 @@ from tests.faults.load import (
     run_jobs,
     stored_opt_outs,
 )
-from tests.factories import token_of
 from tests.live_server import LiveServer, issue_live_key, live_server
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,9 @@ def prepare(server: LiveServer, headers: dict[str, str], run: str) -> list[tuple
         )
         assert answer.status_code == 200, answer.text
         links = answer.json()["items"]
-    return [(a, token_of(link["unsubscribe_url"])) for a, link in zip(addresses, links, strict=True)]
+    return [
+        (a, token_of(link["unsubscribe_url"])) for a, link in zip(addresses, links, strict=True)
+    ]
 
 
 async def storm_through_restart(
@@ -74,7 +77,7 @@ async def storm_through_restart(
 
 
 def test_restart_under_one_click_and_api_storms_loses_nothing(
-    private_postgres: PrivatePostgres, tmp_path: Path
+    private_postgres: PrivatePostgres, tmp_path: Path, measured: Callable[[str], None]
 ) -> None:
     url = private_postgres.url
     headers = issue_live_key(url, Scope.ADMIN)
@@ -86,12 +89,14 @@ def test_restart_under_one_click_and_api_storms_loses_nothing(
         for (address, token), body in zip(clicks, bodies, strict=True):
             jobs.append(Job("one-click", address, one_click(token)))
             jobs.append(Job("api", body["email"], consent_write(body)))
-        record, back_at = asyncio.run(storm_through_restart(server, headers, private_postgres, jobs))
+        record, back_at = asyncio.run(
+            storm_through_restart(server, headers, private_postgres, jobs)
+        )
         log = server.log()
 
     assert 503 in record.statuses(), "the outage interrupted nothing"
     assert_unavailable_answers_are_problems(record)
-    assert "Traceback" not in log.split("outbox")[0] or " 500" not in log
+    assert 'HTTP/1.1" 500' not in log, "a 500 in the access log"
     clicked = record.acknowledged("one-click")
     written = record.acknowledged("api")
     assert clicked == {address for address, _ in clicks}, "a one-click never landed"
@@ -101,12 +106,12 @@ def test_restart_under_one_click_and_api_storms_loses_nothing(
     recovered = record.first_success_after(back_at)
     assert recovered is not None
     recovery_s = recovered - back_at
-    print(f"\nPostgreSQL restart: first write answered 200 {recovery_s:.2f} s after it was back")
+    measured(f"PostgreSQL restart: first write answered 200 {recovery_s:.2f} s after it was back")
     assert recovery_s < RECOVERY_BOUND_S
 
 
 def test_serve_waits_for_a_database_that_is_not_there_yet(
-    private_postgres: PrivatePostgres, tmp_path: Path
+    private_postgres: PrivatePostgres, tmp_path: Path, measured: Callable[[str], None]
 ) -> None:
     url = private_postgres.url
     headers = issue_live_key(url, Scope.ADMIN)
@@ -140,4 +145,4 @@ def test_serve_waits_for_a_database_that_is_not_there_yet(
         ready_s = time.monotonic() - back_at
         topic = {"name": "News", "kind": "marketing", "consent": "opt_out"}
         assert client.put("/v1/topics/news", json=topic).status_code == 201
-    print(f"\nPostgreSQL absent at start: ready {ready_s:.2f} s after it appeared")
+    measured(f"PostgreSQL absent at start: ready {ready_s:.2f} s after it appeared")
