@@ -52,6 +52,26 @@ class ConnectionLost(ServiceUnavailable):
     """The pooled connection was dead (e.g. the server restarted): nothing was changed."""
 
 
+class StorageFull(ServiceUnavailable):
+    """The database's disk is full: nothing was changed, reads still work, writes will again
+    once there is space."""
+
+    slug = "storage-full"
+    title = "Storage full"
+
+
+# PostgreSQL's disk_full; SQLite's SQLITE_FULL.
+_PG_DISK_FULL = "53100"
+_SQLITE_FULL = 13
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    return (
+        getattr(error, "sqlstate", None) == _PG_DISK_FULL
+        or getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL
+    )
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -218,6 +238,13 @@ class Database:
                 raise ConnectionLost(
                     "The database connection was lost; nothing was changed. Retry.",
                     headers={"Retry-After": "1"},
+                ) from exc
+            if _is_disk_full(exc.orig):
+                logger.error("the database's disk is full, rolled back: %s", exc.orig)
+                raise StorageFull(
+                    "The database's disk is full; nothing was changed. Retry once the operator "
+                    "has freed space.",
+                    headers={"Retry-After": "60"},
                 ) from exc
             if isinstance(exc, OperationalError):
                 logger.warning("database unavailable, rolled back: %s", exc.orig)

@@ -22,7 +22,7 @@ from tests.faults.cluster import PrivatePostgres
 from tests.faults.load import TOPIC, audit_seqs_are_gap_free
 from tests.live_server import fresh_database_url, issue_live_key, live_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 JUMP_S = -3600
 WRITES = 20

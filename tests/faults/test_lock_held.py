@@ -28,7 +28,7 @@ from tests.faults.load import (
 from tests.faults.pg_sessions import holding_audit_head, service_sessions
 from tests.live_server import issue_live_key, live_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 POOL_SIZE = 2
 WRITES = 8

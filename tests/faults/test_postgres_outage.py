@@ -31,7 +31,7 @@ from tests.faults.load import (
 )
 from tests.live_server import LiveServer, issue_live_key, live_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 PER_KIND = 150
 CONCURRENCY = 16

@@ -32,7 +32,7 @@ from tests.faults.load import (
 from tests.faults.pg_sessions import holding_audit_head, service_sessions
 from tests.live_server import LiveServer, issue_live_key, live_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 WORKERS = 2
 IN_FLIGHT = 8

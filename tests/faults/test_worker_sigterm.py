@@ -18,7 +18,7 @@ from tests.delivery.test_crash import start_worker
 from tests.live_server import fresh_database_url
 from tests.mail_server import Clock, Inbox, mail_settings, smtp_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 MAILS = 30
 
