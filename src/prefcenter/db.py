@@ -240,7 +240,8 @@ class Database:
                     headers={"Retry-After": "1"},
                 ) from exc
             if _is_disk_full(exc.orig):
-                logger.error("the database's disk is full, rolled back: %s", exc.orig)
+                # The cause is the message: a traceback per refused write would add nothing.
+                logger.error("the database's disk is full, rolled back: %s", exc.orig)  # noqa: TRY400
                 raise StorageFull(
                     "The database's disk is full; nothing was changed. Retry once the operator "
                     "has freed space.",

@@ -13,7 +13,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import prefcenter.app  # every module that reads the clock, loaded before it is replaced
+import prefcenter.cli
+import prefcenter.db
 
 CLOCK_FILE = "PREFCENTER_TEST_CLOCK_FILE"
 
@@ -24,10 +26,6 @@ def shifted_utcnow() -> datetime:
 
 
 def main() -> None:
-    import prefcenter.app  # noqa: F401 - every module that reads the clock, loaded
-    import prefcenter.cli
-    import prefcenter.db
-
     original = prefcenter.db.utcnow
     for name, module in list(sys.modules.items()):
         if name.startswith("prefcenter") and getattr(module, "utcnow", None) is original:
