@@ -68,7 +68,7 @@ check-imports: $(STAMP)
 pytest: $(STAMP) browser
 	$(BIN)/pytest -m 'not faults' $(PYTEST_ARGS)
 
-## test-faults: the fault tests (tests/faults, ~3 min): PostgreSQL restarted, absent, locked;
+## test-faults: the fault tests (tests/faults, 1½–3 min on 2 cores): PostgreSQL restarted, absent, locked;
 ## SIGTERM and kill -9 under load; the clock stepped back; a full disk (docs/operations.md)
 test-faults: $(STAMP)
 	$(BIN)/pytest -m faults tests/faults $(PYTEST_ARGS)
