@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -23,6 +23,7 @@ from prefcenter.bounces.router import router as bounces_router
 from prefcenter.consent.ledger.replay import first_contact_off_its_events
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
+from prefcenter.draining import Drain, drain_on_sigterm
 from prefcenter.eligibility.export_router import router as exports_router
 from prefcenter.eligibility.router import router as eligibility_router
 from prefcenter.http_limits import BodySizeLimit, BodyTimeout
@@ -61,9 +62,14 @@ def create_app(settings: Settings) -> FastAPI:
     head = migrations.head_revision(settings)
     known_revisions = migrations.known_revisions(settings)
 
+    drain = Drain()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        undo = drain_on_sigterm(drain, delay_s=settings.shutdown_drain_s)
         yield
+        if undo is not None:
+            undo()
         database.dispose()
 
     app = FastAPI(
@@ -80,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.drain = drain
     app.state.signing_keys = signing_keys
     app.state.mail = mail
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
@@ -136,6 +143,8 @@ def create_app(settings: Settings) -> FastAPI:
         tags=["health"],
         summary="The database answers and its schema has every migration this code needs",
         responses=problem_responses(503),
+        # Before the session: a draining process answers without touching the database.
+        dependencies=[Depends(_not_draining)],
     )
     def readyz(session: ReadSession) -> JSONResponse:
         session.execute(text("SELECT 1"))
@@ -148,6 +157,15 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "ok", "schema": current})
 
     return app
+
+
+def _not_draining(request: Request) -> None:
+    drain: Drain = request.app.state.drain
+    if drain.started:
+        raise ServiceUnavailable(
+            "The server is shutting down; send requests to another one.",
+            headers={"Retry-After": "1"},
+        )
 
 
 def app_from_environment() -> FastAPI:

@@ -127,9 +127,13 @@ def serve(
     # and in every worker it spawns: a dict, which each worker configures itself from.
     config = logs.log_config(level=settings.log_level, log_format=settings.log_format)
     logs.configure_logging(config)
+    pending = None
     if not no_migrate:
-        migrations.upgrade(settings)
-    with _outbox_worker_beside(settings, enabled=not no_worker):
+        # A database that does not answer yet is waited for while serving (/readyz 503).
+        pending = migrations.upgrade_or_wait(
+            settings, on_failure=lambda: signal.raise_signal(signal.SIGTERM)
+        )
+    with _outbox_worker_beside(settings, enabled=not no_worker), _exit_0_after_shutdown():
         uvicorn.run(
             "prefcenter.app:app_from_environment",
             factory=True,
@@ -140,14 +144,18 @@ def serve(
             log_level=settings.log_level,
             proxy_headers=False,  # client addresses are taken from trusted proxies only
             server_header=False,
+            # In-flight requests get this long after SIGTERM (and the drain), then are cut off.
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
+    if pending is not None and pending.failed:
+        raise typer.Exit(1)
 
 
 @contextmanager
 def _outbox_worker_beside(settings: Settings, *, enabled: bool) -> Iterator[None]:
     """One outbox worker in this process, whatever `--workers` says (the server's worker
-    processes only queue), stopped gracefully once the server has stopped. SIGTERM then ends
-    the command with status 0: uvicorn raises it again after its own shutdown."""
+    processes only queue), stopped gracefully once the server has stopped: the deliveries in
+    hand are finished, within `shutdown_timeout_s`, the rest of its claims given back."""
     if not enabled:
         yield
         return
@@ -161,17 +169,33 @@ def _outbox_worker_beside(settings: Settings, *, enabled: bool) -> Iterator[None
         )
     )
     background.start()
-    previous = signal.signal(signal.SIGTERM, _exit_after_shutdown)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        background.stop()
+        background.stop(timeout=settings.shutdown_timeout_s)
         database.dispose()
 
 
+@contextmanager
+def _exit_0_after_shutdown() -> Iterator[None]:
+    """SIGTERM is how a server is asked to stop: once uvicorn has shut down gracefully it raises
+    the signal again, which would end the process with -15. Here it ends `serve` with status 0
+    instead (after the outbox worker's own graceful stop)."""
+    previous = signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    try:
+        yield
+    except _Stopped:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived after the server had shut down (see _exit_0_after_shutdown)."""
+
+
 def _exit_after_shutdown(_signum: int, _frame: object) -> None:
-    raise SystemExit(0)
+    raise _Stopped
 
 
 @cli.command("worker")

@@ -110,6 +110,18 @@ class Settings(BaseSettings):
     # How long a SQLite writer waits for the write lock before giving up (a 503 problem).
     sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1)
+    # PostgreSQL: how long a statement waits for a lock (another session holding the audit
+    # head, a row being changed) before it gives up, and how long any statement may run (0:
+    # no limit; exports and `audit verify` run long statements); either way the request is
+    # answered 503 + Retry-After and its connection goes back to the pool. (SQLite: the busy
+    # timeout above.)
+    db_lock_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    db_statement_timeout_s: float = Field(default=0.0, ge=0, le=86400)
+    # On SIGTERM: how long the server keeps serving while `/readyz` answers 503 (a load
+    # balancer's time to notice), then how long in-flight requests and the outbox worker's
+    # deliveries may take to finish before they are cut off.
+    shutdown_drain_s: float = Field(default=0.0, ge=0, le=300)
+    shutdown_timeout_s: int = Field(default=30, ge=1, le=3600)
     # Only these proxies' X-Forwarded-For is believed when recording a client address.
     trusted_proxies: Annotated[str, NoDecode] = ""
     log_level: LogLevel = "info"
