@@ -53,7 +53,7 @@ run: $(STAMP)
 	$(BIN)/prefcenter serve
 
 ## test: lint, format check, mypy --strict, import layers, then pytest on SQLite and PostgreSQL
-test: lint typecheck check-imports pytest
+test: lint typecheck check-imports pytest test-faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests alembic bench
