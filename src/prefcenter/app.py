@@ -29,6 +29,7 @@ from prefcenter.imports.router import router as imports_router
 from prefcenter.inbound.router import install_inbound
 from prefcenter.links.router import router as links_router
 from prefcenter.mail.config import mail_config
+from prefcenter.monitoring.router import install_metrics
 from prefcenter.preference_center.router import install_invalid_link_page, request_timeout_page
 from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
@@ -38,6 +39,7 @@ from prefcenter.problems import (
     install_problem_handlers,
     problem_responses,
 )
+from prefcenter.request_log import ObservedFastAPI
 from prefcenter.settings import Settings
 from prefcenter.templating import RecipientPageHeaders
 from prefcenter.topics.router import router as topics_router
@@ -65,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         database.dispose()
 
-    app = FastAPI(
+    app = ObservedFastAPI(  # X-Request-ID, the request log line, the HTTP metrics
         title="prefcenter",
         version=prefcenter.__version__,
         summary="Consent and marketing preferences: who may be emailed about what, and the proof.",
@@ -121,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(webhooks_router)
     install_invalid_link_page(app)
     install_admin_console(app)
+    install_metrics(app, settings)
     if settings.api_docs_enabled:
         install_api_docs(app)
 

@@ -48,6 +48,7 @@ from prefcenter.imports.formats import ImportFormat
 from prefcenter.imports.service import DEFAULT_BATCH_SIZE, ImportRequest
 from prefcenter.inbound.receive import receive_mail
 from prefcenter.mail.config import mail_config
+from prefcenter.monitoring.listener import serve_metrics
 from prefcenter.problems import Problem, ServiceUnavailable
 from prefcenter.settings import ConfigError, Settings
 from prefcenter.webhooks.commands import webhooks_cli
@@ -127,7 +128,7 @@ def serve(
     logs.configure_logging(config)
     if not no_migrate:
         migrations.upgrade(settings)
-    with _outbox_worker_beside(settings, enabled=not no_worker):
+    with serve_metrics(settings), _outbox_worker_beside(settings, enabled=not no_worker):
         uvicorn.run(
             "prefcenter.app:app_from_environment",
             factory=True,
@@ -138,6 +139,7 @@ def serve(
             log_level=settings.log_level,
             proxy_headers=False,  # client addresses are taken from trusted proxies only
             server_header=False,
+            access_log=False,  # the app logs each request itself (request_log)
         )
 
 

@@ -31,6 +31,7 @@ from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
 from prefcenter.contacts.models import Contact
 from prefcenter.db import utcnow
 from prefcenter.mail.config import mail_config
+from prefcenter.metrics import count_consent_change
 from prefcenter.settings import Settings, SigningKey
 from prefcenter.tokens import TokenClaims, TokenPurpose, confirm_url, sign_token
 from prefcenter.topics.errors import UnknownTopic
@@ -117,6 +118,13 @@ def apply_change(
         decision=decision,
     )
     append_event(session, event)
+    # Counted at commit; a recipient's channel names the source, else the actor's kind (an
+    # API client's own source names are no bounded label).
+    count_consent_change(
+        session,
+        source=requested.source if requested.by_recipient else requested.actor.value,
+        outcome=decision.outcome.value,
+    )
     # Its webhook deliveries, in the same transaction (none when no endpoint wants them).
     queue_change_deliveries(
         session,
