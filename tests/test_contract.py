@@ -48,8 +48,6 @@ NOT_YET: set[Endpoint] = {
     ("GET", "/v1/notices/{}/versions/{}/notification"),
     # Speed: batch writes for syncs.
     ("POST", "/v1/consents/batch"),
-    # Running it in production.
-    ("GET", "/metrics"),
 }
 # Paths the contract names without a method.
 PATHS_NOT_YET: set[str] = set()

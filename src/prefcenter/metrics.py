@@ -30,6 +30,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     values,
 )
@@ -63,7 +64,7 @@ class Instruments:
     one_click_optouts: Counter
     eligibility_addresses: Counter
     audit_verify_time: Gauge
-    audit_verify_ok: Gauge
+    audit_verify_failed: Gauge
     db_connections_in_use: Gauge
     db_session_waits: Counter
     db_sessions_waiting: Gauge
@@ -72,6 +73,8 @@ class Instruments:
 @cache
 def instruments() -> Instruments:
     """This process's metrics, built on first use (see the module)."""
+    # No `_created` series: the multiprocess mode has none, so neither does one process.
+    disable_created_metrics()
     registry = CollectorRegistry()
     return Instruments(
         registry=registry,
@@ -113,9 +116,10 @@ def instruments() -> Instruments:
             registry=registry,
             multiprocess_mode="mostrecent",
         ),
-        audit_verify_ok=Gauge(
-            "prefcenter_audit_last_verify_ok",
-            "1 if the last verification of the audit chain passed, 0 if it failed.",
+        audit_verify_failed=Gauge(
+            # Not `_ok`: before the first verify it would read 0, a failure to alert on.
+            "prefcenter_audit_last_verify_failed",
+            "1 if the last verification of the audit chain failed, 0 if it passed or none ran.",
             registry=registry,
             multiprocess_mode="mostrecent",
         ),
@@ -230,7 +234,7 @@ def count_eligibility_addresses(endpoint: str, count: int) -> None:
 def record_verify(*, ok: bool, at: float) -> None:
     metrics = instruments()
     metrics.audit_verify_time.set(at)
-    metrics.audit_verify_ok.set(1 if ok else 0)
+    metrics.audit_verify_failed.set(0 if ok else 1)
 
 
 # Registered once for every session: a count waits for its transaction's commit, so that a

@@ -28,6 +28,7 @@ from tests.factories import (
     record_change,
     token_of,
 )
+from tests.audit.tampering import tamper
 from tests.webhooks.helpers import create_endpoint
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
@@ -261,9 +262,23 @@ class TestWhatIsCounted:
 
         assert sample(text, "prefcenter_audit_head_seq") == audit_head_seq(database)
         assert audit_head_seq(database) > 0
-        assert sample(text, "prefcenter_audit_last_verify_ok") == 1
+        assert sample(text, "prefcenter_audit_last_verify_failed") == 0
         assert sample(text, "prefcenter_audit_last_verify_timestamp_seconds") > 0
         assert sample(text, "prefcenter_database_up") == 1
+
+    def test_a_failed_verify(
+        self,
+        client: TestClient,
+        metrics_headers: Headers,
+        admin_headers: Headers,
+        database_url: str,
+    ) -> None:
+        make_topic(client, admin_headers)
+        record_change(client, admin_headers, "h@example.com", "subscribed", topic="newsletter")
+        tamper(database_url, "UPDATE audit_event SET source = 'import' WHERE seq = 1")
+
+        assert client.get("/v1/audit/verify", headers=admin_headers).json()["ok"] is False
+        assert sample(scrape(client, metrics_headers), "prefcenter_audit_last_verify_failed") == 1
 
     def test_the_outbox_from_the_database(
         self,
