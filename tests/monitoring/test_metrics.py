@@ -18,6 +18,7 @@ from prefcenter.app import create_app
 from prefcenter.db import Database
 from prefcenter.monitoring.listener import metrics_listener
 from prefcenter.settings import Settings
+from tests.audit.tampering import tamper
 from tests.conftest import issue_key
 from tests.factories import (
     Headers,
@@ -28,7 +29,6 @@ from tests.factories import (
     record_change,
     token_of,
 )
-from tests.audit.tampering import tamper
 from tests.webhooks.helpers import create_endpoint
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
