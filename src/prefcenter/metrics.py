@@ -74,7 +74,7 @@ class Instruments:
 def instruments() -> Instruments:
     """This process's metrics, built on first use (see the module)."""
     # No `_created` series: the multiprocess mode has none, so neither does one process.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     return Instruments(
         registry=registry,
