@@ -53,12 +53,14 @@ def scrape(client: TestClient, headers: Headers) -> str:
 
 
 def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample (0 when the series does not exist yet)."""
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return float(found.value)
-    return 0.0
+    """The sum of the samples of `name` with these labels (and any others): 0 when there is
+    none yet."""
+    return sum(
+        float(found.value)
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == name and all(found.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def label_values(text: str) -> set[str]:
@@ -175,6 +177,28 @@ class TestWhatIsCounted:
 
         assert sample(text, name, **applied) == before[0] + 1
         assert sample(text, name, **unchanged) == before[1] + 1
+
+    def test_an_import_counts_its_changes(
+        self, client: TestClient, metrics_headers: Headers, admin_headers: Headers
+    ) -> None:
+        make_topic(client, admin_headers)
+        labels = {"source": "import", "outcome": "applied"}
+        before = sample(
+            scrape(client, metrics_headers), "prefcenter_consent_changes_total", **labels
+        )
+        body = b"email,status\ni1@example.com,subscribed\ni2@example.com,unsubscribed\n"
+
+        response = client.post(
+            "/v1/imports",
+            params={"topic": "newsletter", "source": "crm-export"},
+            headers={**admin_headers, "Content-Type": "text/csv"},
+            content=body,
+        )
+        assert response.status_code == 200, response.text
+        text = scrape(client, metrics_headers)
+
+        assert sample(text, "prefcenter_consent_changes_total", **labels) == before + 2
+        assert "crm-export" not in text
 
     def test_a_change_rolled_back_is_not_counted(
         self, client: TestClient, metrics_headers: Headers, admin_headers: Headers
