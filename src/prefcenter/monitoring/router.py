@@ -30,7 +30,7 @@ def install_metrics(app: FastAPI, settings: Settings) -> None:
         response_class=Response,
         responses={
             200: {"content": {metrics.CONTENT_TYPE: {"schema": {"type": "string"}}}},
-            **problem_responses(401, 403),
+            **problem_responses(401, 403, 503),
         },
     )
     def read_metrics(_: MetricsReader, request: Request) -> Response:
