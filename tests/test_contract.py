@@ -46,8 +46,6 @@ NOT_YET: set[Endpoint] = {
     ("GET", "/v1/notices/{}/versions"),
     ("GET", "/v1/notices/{}/in-force"),
     ("GET", "/v1/notices/{}/versions/{}/notification"),
-    # Running it in production.
-    ("GET", "/metrics"),
 }
 # Paths the contract names without a method.
 PATHS_NOT_YET: set[str] = set()

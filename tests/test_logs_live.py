@@ -19,7 +19,7 @@ import pytest
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
-from prefcenter.logs import fingerprint
+from prefcenter.logs import REQUEST_LOGGER, fingerprint
 from tests.admin.console import PASSWORD, create_user, form_token
 from tests.conftest import make_settings
 from tests.live_server import fresh_database_url, issue_live_key, live_server
@@ -71,8 +71,11 @@ class Storm:
 
     @property
     def requests(self) -> list[str]:
-        """Each access line without its client: `"GET /path HTTP/1.1" 200`."""
-        return [m.split(" - ", 1)[1] for m in self.messages("uvicorn.access")]
+        """Each request line without its client, route, time and id: `"GET /path HTTP/1.1" 200`."""
+        return [
+            m.split(" - ", 1)[1].split('" ', 1)[0] + '" ' + m.split('" ', 1)[1].split(" ", 1)[0]
+            for m in self.messages(REQUEST_LOGGER)
+        ]
 
 
 def token_of(url: str) -> str:
@@ -272,18 +275,26 @@ def test_searches_are_there_without_their_query(storm: Storm) -> None:
 
 def test_lines_are_in_the_format_asked_for(storm: Storm) -> None:
     lines = storm.lines
-    access = [line for line in lines if "uvicorn.access" in line]
+    access = [line for line in lines if REQUEST_LOGGER in line]
     assert len(access) > RECIPIENTS * 10
     if storm.log_format == "json":
         entries = [json.loads(line) for line in lines]  # every line, from every process
         assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
         loggers = {e["logger"] for e in entries}
-        assert {"uvicorn.access", "uvicorn.error"} <= loggers
+        assert {REQUEST_LOGGER, "uvicorn.error"} <= loggers
+        assert "uvicorn.access" not in loggers  # the request line replaces it
+        requests = [e for e in entries if e["logger"] == REQUEST_LOGGER]
+        assert all(
+            {"method", "path", "route", "status", "duration_ms", "request_id"} <= set(e)
+            for e in requests
+        )
+        assert len({e["process"] for e in requests}) <= WORKERS
         ready = [e for e in entries if e["message"] == "Application startup complete."]
         assert len(ready) == WORKERS
     else:
         text_access = re.compile(
-            r'^INFO uvicorn\.access: 127\.0\.0\.1:\d+ - "[A-Z]+ /\S* HTTP/1\.1" \d{3}$'
+            r'^INFO prefcenter\.request: 127\.0\.0\.1:\d+ - "[A-Z]+ /\S* HTTP/1\.1" \d{3} '
+            r"\S+ \d+(\.\d)?ms id=[0-9a-f]{32}$"
         )
         assert all(text_access.match(line) for line in access), access[:3]
         assert (

@@ -31,6 +31,7 @@ from prefcenter.imports.router import router as imports_router
 from prefcenter.inbound.router import install_inbound
 from prefcenter.links.router import router as links_router
 from prefcenter.mail.config import mail_config
+from prefcenter.monitoring.router import install_metrics
 from prefcenter.preference_center.router import install_invalid_link_page, request_timeout_page
 from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
@@ -40,6 +41,7 @@ from prefcenter.problems import (
     install_problem_handlers,
     problem_responses,
 )
+from prefcenter.request_log import ObservedFastAPI
 from prefcenter.settings import Settings
 from prefcenter.templating import RecipientPageHeaders
 from prefcenter.topics.router import router as topics_router
@@ -72,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
             undo()
         database.dispose()
 
-    app = FastAPI(
+    app = ObservedFastAPI(  # X-Request-ID, the request log line, the HTTP metrics
         title="prefcenter",
         version=prefcenter.__version__,
         summary="Consent and marketing preferences: who may be emailed about what, and the proof.",
@@ -96,41 +98,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.state_replay = first_contact_off_its_events
     install_problem_handlers(app)
     document_problems(app)
-    app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)
-    app.add_middleware(
-        BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
-    )
-    # Outermost: the unsubscribe page and one-click POST without the framework's routing,
-    # dependencies and templates per request; anything else it hands on (see the module).
-    app.add_middleware(
-        UnsubscribeLane,
-        settings=settings,
-        database=database,
-        signing_keys=signing_keys,
-        trusted_proxies=app.state.trusted_proxies,
-        audit_keys=app.state.audit_keys,
-    )
-    # Outside the lane too, which reads the one-click body itself.
-    app.add_middleware(
-        BodyTimeout,
-        timeout_s=settings.body_timeout_seconds,
-        streaming_prefixes=STREAMING_PREFIXES,
-        page_prefixes=RECIPIENT_PREFIXES,
-        page=lambda scope: request_timeout_page(settings, scope),
-    )
-    app.include_router(topics_router)
-    app.include_router(consent_router)
-    app.include_router(links_router)
-    app.include_router(eligibility_router)
-    app.include_router(exports_router)
-    app.include_router(audit_router)
-    app.include_router(imports_router)
-    app.include_router(bounces_router)
-    install_inbound(app, settings)
-    app.include_router(recipient_router)
-    app.include_router(webhooks_router)
-    install_invalid_link_page(app)
-    install_admin_console(app)
+    _install_middleware(app, settings, database)
+    _install_routes(app, settings)
     if settings.api_docs_enabled:
         install_api_docs(app)
 
@@ -182,3 +151,47 @@ def app_from_environment() -> FastAPI:
     gc.collect()
     gc.freeze()
     return app
+
+
+def _install_middleware(app: FastAPI, settings: Settings, database: Database) -> None:
+    """Innermost first: the recipient pages' headers, the body size limit, the unsubscribe
+    lane, the body timeout."""
+    app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
+    )
+    # Outermost: the unsubscribe page and one-click POST without the framework's routing,
+    # dependencies and templates per request; anything else it hands on (see the module).
+    app.add_middleware(
+        UnsubscribeLane,
+        settings=settings,
+        database=database,
+        signing_keys=app.state.signing_keys,
+        trusted_proxies=app.state.trusted_proxies,
+        audit_keys=app.state.audit_keys,
+    )
+    # Outside the lane too, which reads the one-click body itself.
+    app.add_middleware(
+        BodyTimeout,
+        timeout_s=settings.body_timeout_seconds,
+        streaming_prefixes=STREAMING_PREFIXES,
+        page_prefixes=RECIPIENT_PREFIXES,
+        page=lambda scope: request_timeout_page(settings, scope),
+    )
+
+
+def _install_routes(app: FastAPI, settings: Settings) -> None:
+    app.include_router(topics_router)
+    app.include_router(consent_router)
+    app.include_router(links_router)
+    app.include_router(eligibility_router)
+    app.include_router(exports_router)
+    app.include_router(audit_router)
+    app.include_router(imports_router)
+    app.include_router(bounces_router)
+    install_inbound(app, settings)
+    app.include_router(recipient_router)
+    app.include_router(webhooks_router)
+    install_invalid_link_page(app)
+    install_admin_console(app)
+    install_metrics(app, settings)

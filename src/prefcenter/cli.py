@@ -49,6 +49,7 @@ from prefcenter.imports.formats import ImportFormat
 from prefcenter.imports.service import DEFAULT_BATCH_SIZE, ImportRequest
 from prefcenter.inbound.receive import receive_mail
 from prefcenter.mail.config import mail_config
+from prefcenter.monitoring.listener import serve_metrics
 from prefcenter.problems import Problem, ServiceUnavailable
 from prefcenter.settings import ConfigError, Settings
 from prefcenter.webhooks.commands import webhooks_cli
@@ -133,7 +134,11 @@ def serve(
         pending = migrations.upgrade_or_wait(
             settings, on_failure=lambda: signal.raise_signal(signal.SIGTERM)
         )
-    with _outbox_worker_beside(settings, enabled=not no_worker), _exit_0_after_shutdown():
+    with (
+        serve_metrics(settings),
+        _outbox_worker_beside(settings, enabled=not no_worker),
+        _exit_0_after_shutdown(),
+    ):
         uvicorn.run(
             "prefcenter.app:app_from_environment",
             factory=True,
@@ -146,6 +151,7 @@ def serve(
             server_header=False,
             # In-flight requests get this long after SIGTERM (and the drain), then are cut off.
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
+            access_log=False,  # the app logs each request itself (request_log)
         )
     if pending is not None and pending.failed:
         raise typer.Exit(1)

@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel
 
+from prefcenter import metrics
 from prefcenter.problems import Conflict, ServiceUnavailable
 from prefcenter.settings import Settings
 
@@ -183,16 +184,40 @@ def _sqlite_engine(settings: Settings) -> Engine:
     return engine
 
 
+class SessionSlots:
+    """`async with` one of a process's session slots (a semaphore), counting the requests that
+    had to wait for one: waits mean the pool is the bottleneck."""
+
+    def __init__(self, slots: int) -> None:
+        self._semaphore = anyio.Semaphore(slots)
+
+    async def __aenter__(self) -> None:
+        if self._semaphore.value > 0:
+            await self._semaphore.acquire()
+            return
+        counted = metrics.instruments()
+        counted.db_session_waits.inc()
+        counted.db_sessions_waiting.inc()
+        try:
+            await self._semaphore.acquire()
+        finally:
+            counted.db_sessions_waiting.dec()
+
+    async def __aexit__(self, *_: object) -> None:
+        self._semaphore.release()
+
+
 class Database:
     """The engine plus the transaction boundary. Services receive a session and never commit."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = make_engine(settings)
+        metrics.watch_pool(self.engine)
         # Fewer than the worker threads and the pool (2 × db_pool_size), so that a request
         # holding a connection always finds a thread, and a key lookup a connection.
         slots = min(settings.db_pool_size, _MAX_SESSIONS)
-        self.session_slots = anyio.Semaphore(slots)
+        self.session_slots = SessionSlots(slots)
         # Taken before a session slot by API writes: a quarter of the slots (at least one) stay
         # for reads, so that writes stuck behind a lock (until the lock timeout) never leave
         # the reads waiting too.

@@ -24,6 +24,8 @@ from typing import Any
 from prefcenter.settings import LogFormat
 
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+# The logger of the one line per request (request_log).
+REQUEST_LOGGER = "prefcenter.request"
 # What uvicorn logs each request with: client, method, path with its query, version, status.
 UVICORN_ACCESS_FORMAT = '%s - "%s %s HTTP/%s" %d'
 ADDRESS = "[address]"
@@ -31,6 +33,9 @@ QUERY = "?[redacted]"
 # uvicorn's own level below DEBUG (`--log-level trace`).
 TRACE = 5
 _DONE = "prefcenter_redacted"
+# A record's attribute (`extra={FIELDS: {...}}`) of fields a JSON line carries beside the
+# message, e.g. the request line's route and status; redacted like the message.
+FIELDS = "fields"
 
 # Each pattern is linear in the text (no quantifier backtracks over more than one run of
 # characters, and a run is only started once): log lines carry request paths, and a request
@@ -42,8 +47,11 @@ _DONE = "prefcenter_redacted"
 # links too, and a token may arrive with any of its characters escaped.
 _PLAIN_ESCAPE = re.compile(r"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DEFdef]|5[Ff]|7[Ee])")
 # The whole rest of a recipient path is its token (the routes take it as a `path`), up to the
-# query, the end of the path or a quote; a fingerprint already there is left as it is.
-_RECIPIENT_PATH = re.compile(r"(/[upc]/)(?!tok:[0-9a-f]{8}(?![^\s?#\"'<>]))([^\s?#\"'<>]+)")
+# query, the end of the path or a quote; a fingerprint already there is left as it is, and so
+# is a route template's placeholder (`/u/{token}`: no token is made of braces).
+_RECIPIENT_PATH = re.compile(
+    r"(/[upc]/)(?!(?:tok:[0-9a-f]{8}|\{[a-z_]+\})(?![^\s?#\"'<>]))([^\s?#\"'<>]+)"
+)
 # A token anywhere else, e.g. in an exception's text: `<version>.<kid>.<payload>.<tag>`, of
 # version 1 (links mailed before purposes were split) or 2 (tokens.VERSION).
 _TOKEN = re.compile(
@@ -134,6 +142,12 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+        fields = record.__dict__.get(FIELDS)
+        if isinstance(fields, dict):
+            record.__dict__[FIELDS] = {
+                name: redact(value) if isinstance(value, str) else value
+                for name, value in fields.items()
+            }
         return True
 
 
@@ -160,16 +174,20 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(TextFormatter):
-    """One JSON object per line: `time` (UTC), `level`, `logger`, `message`, and `exc` or
-    `stack` when the record has one. ASCII only, so a line is a line whatever it holds."""
+    """One JSON object per line: `time` (UTC), `level`, `logger`, `message`, the record's
+    fields (FIELDS) if it has any, and `exc` or `stack` when the record has one. ASCII only,
+    so a line is a line whatever it holds."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, str] = {
+        entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = record.__dict__.get(FIELDS)
+        if isinstance(fields, dict):
+            entry.update((k, v) for k, v in fields.items() if k not in entry)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -217,6 +235,8 @@ def log_config(*, level: str, log_format: LogFormat) -> dict[str, Any]:
             "uvicorn": {"handlers": ["stderr"], "level": number, "propagate": False},
             "uvicorn.error": {"level": number},
             "uvicorn.access": {"handlers": ["stdout"], "level": number, "propagate": False},
+            # The request line (request_log), in place of uvicorn's access log.
+            REQUEST_LOGGER: {"handlers": ["stdout"], "level": number, "propagate": False},
         },
         "root": {"handlers": ["stderr"], "level": number},
     }

@@ -71,6 +71,15 @@ def parse_signing_keys(value: str) -> tuple[SigningKey, ...]:
     return tuple(keys)
 
 
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:9100` for IPv6) as (host, port); ValueError if it is not one."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:9100")
+    return host, int(port)
+
+
 class Settings(BaseSettings):
     """Everything the service reads from its environment, parsed once and passed down."""
 
@@ -128,6 +137,9 @@ class Settings(BaseSettings):
     # `json`: one JSON object per line (see logs.py); either way tokens and addresses are
     # redacted out of every line.
     log_format: LogFormat = "text"
+    # `host:port`: GET /metrics is served there, without authentication, and not on the app
+    # (monitoring.listener). Unset: on the app, for API keys with the `metrics` scope.
+    metrics_listen: str | None = None
     # Swagger UI at /docs (/openapi.json is always served; ReDoc never). Unset: on with SQLite
     # (a try-out on one host), off with PostgreSQL (production).
     api_docs: bool | None = None
@@ -201,6 +213,18 @@ class Settings(BaseSettings):
     def _key_or_unset(cls, value: str | None) -> str | None:
         # A PEM spans lines; inbound.sendgrid parses it (at start, see create_app).
         return value.strip() or None if value is not None else None
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        value = value.strip() if value is not None else None
+        if value:
+            parse_listen_address(value)
+        return value or None
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """PREFCENTER_METRICS_LISTEN as (host, port), or None when /metrics is on the app."""
+        return parse_listen_address(self.metrics_listen) if self.metrics_listen else None
 
     @field_validator("unsubscribe_mailto")
     @classmethod

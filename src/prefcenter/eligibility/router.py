@@ -15,6 +15,7 @@ from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.db import ReadSession, database_of
 from prefcenter.eligibility import service, stream
 from prefcenter.eligibility.schemas import EligibilityIn, EligibilityOut
+from prefcenter.metrics import count_eligibility_addresses
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_SCHEMA_NAME, problem_responses
 from prefcenter.topics.schemas import TopicKey
 
@@ -73,9 +74,9 @@ def check_eligibility(
     session: ReadSession,
     keys: Annotated[AuditKeys, Depends(audit_keys_of)],
 ) -> Response:
-    return Response(
-        service.check_eligibility(session, query, keys=keys), media_type="application/json"
-    )
+    answer = service.check_eligibility(session, query, keys=keys)
+    count_eligibility_addresses("batch", len(query.emails))
+    return Response(answer, media_type="application/json")
 
 
 @router.post(

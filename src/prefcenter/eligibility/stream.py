@@ -32,6 +32,7 @@ from prefcenter.eligibility.service import (
     find_topic_ref,
     normalise_slowly,
 )
+from prefcenter.metrics import count_eligibility_addresses
 from prefcenter.problems import Problem, Unprocessable
 from prefcenter.topics.errors import TopicNotFound
 
@@ -211,7 +212,9 @@ def answer_chunk(database: Database, answers: _Answers, texts: list[str]) -> byt
 async def _answer_in_thread(database: Database, answers: _Answers, texts: list[str]) -> bytes:
     # A session slot, as every request transaction takes one (see db._request_transaction).
     async with database.session_slots:
-        return await anyio.to_thread.run_sync(answer_chunk, database, answers, texts)
+        answered = await anyio.to_thread.run_sync(answer_chunk, database, answers, texts)
+    count_eligibility_addresses("stream", len(texts))
+    return answered
 
 
 async def open_stream(

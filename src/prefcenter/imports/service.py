@@ -39,6 +39,7 @@ from prefcenter.imports.schemas import (
     CountWithSample,
     ImportReport,
 )
+from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem
 from prefcenter.topics.errors import UnknownTopic
 from prefcenter.topics.schemas import TopicKind
@@ -315,6 +316,7 @@ def _apply_batch(
             event_id=append_event(session, event),
         )
         events.append((event.id, contact.public_id))
+        count_consent_change(session, source=IMPORT_SOURCE, outcome=event.outcome)
     if not request.dry_run:
         staging.write_subscriptions(
             session, list(writes.values()), topic_id=topic.id, source=IMPORT_SOURCE, now=now

@@ -39,6 +39,7 @@ from prefcenter.consent.ledger.lane import (
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.service import mask_address
 from prefcenter.db import Database, utcnow
+from prefcenter.metrics import count_consent_change
 from prefcenter.preference_center import service
 from prefcenter.preference_center.router import MAX_FORM_FIELDS, pages
 from prefcenter.problems import ServiceUnavailable
@@ -161,7 +162,11 @@ class UnsubscribeLane:
             written = write_optout(
                 cursor, state, requested=requested, record=record, keys=keys, now=now
             )
-            return state if written is not None else None
+            if written is None:
+                return None
+            # Committed already: one statement in autocommit.
+            count_consent_change(None, source=channel.value, outcome=written.decision_outcome.value)
+            return state
 
         try:
             state = await self.database.run_on_connection(opt_out)

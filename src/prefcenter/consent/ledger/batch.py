@@ -43,6 +43,7 @@ from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import CurrentState, Decision, Outcome, RequestedChange
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
+from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
@@ -186,6 +187,11 @@ def _apply_one(
         decision=decision,
     )
     append_event(session, event)
+    count_consent_change(
+        session,
+        source=requested.source if requested.by_recipient else requested.actor.value,
+        outcome=decision.outcome.value,
+    )
     return BatchWritten(
         contact_id=contact.public_id,
         decision=decision,

@@ -25,6 +25,7 @@ from prefcenter.consent.ledger.state import subscription_state, suppression_stat
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Decision, Outcome, RequestedChange
 from prefcenter.contacts.models import Contact
+from prefcenter.metrics import count_consent_change
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
 from prefcenter.webhooks.queue import queue_change_deliveries
@@ -73,6 +74,13 @@ def apply_change(
         decision=decision,
     )
     append_event(session, event)
+    # Counted at commit; a recipient's channel names the source, else the actor's kind (an
+    # API client's own source names are no bounded label).
+    count_consent_change(
+        session,
+        source=requested.source if requested.by_recipient else requested.actor.value,
+        outcome=decision.outcome.value,
+    )
     # Its webhook deliveries, in the same transaction (none when no endpoint wants them).
     queue_change_deliveries(
         session,
