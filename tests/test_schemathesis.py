@@ -25,11 +25,11 @@ from starlette.types import Receive, Scope, Send
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.apikeys.schemas import Scope as ApiScope
 from prefcenter.app import create_app
+from prefcenter.audit.changes import InvalidCursor
 from prefcenter.audit.queries import InvalidAuditCursor, InvalidTimeRange
 from prefcenter.consent.errors import ReasonRequired
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database
-from prefcenter.eligibility.exports import InvalidCursor
 from prefcenter.idempotency import IdempotencyKeyReused
 from prefcenter.imports.errors import UnreadableImport
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX

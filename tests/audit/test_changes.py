@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
+from prefcenter.audit.changes import START_CURSOR, encode_cursor
 from prefcenter.audit.schemas import ScopedAuditEventOut
 from prefcenter.db import Database
-from prefcenter.eligibility.exports import START_CURSOR, encode_cursor
 from tests.conftest import issue_key, make_settings
 from tests.factories import (
     Headers,
