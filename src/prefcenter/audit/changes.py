@@ -8,16 +8,13 @@ some `seq`, never one with a hole before it, and "after the last seq I saw" skip
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from sqlmodel import Session, col
 
 from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.query_schemas import ChangesOut
 from prefcenter.audit.reading import read_events
 from prefcenter.audit.schemas import EventKind, ScopedAuditEventOut
-from prefcenter.problems import Unprocessable
+from prefcenter.cursors import SeqCursor
 
 # The events of the change feed: consent of contacts, not the catalogue of topics.
 CHANGE_KINDS = (EventKind.CONSENT_CHANGE, EventKind.GLOBAL_CONSENT_CHANGE)
@@ -25,32 +22,9 @@ CHANGES_LIMIT_DEFAULT = 100
 CHANGES_LIMIT_MAX = 1000
 
 
-class InvalidCursor(Unprocessable):
-    slug = "invalid-cursor"
-    title = "Invalid cursor"
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
-
-
-START_CURSOR = encode_cursor(0)
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    prefix, _, digits = text.partition(":")
-    valid = prefix == "seq" and digits.isascii() and digits.isdigit() and len(digits) <= 18
-    # Only the exact text handed out: base64 decoding alone would skip stray characters.
-    if not valid or encode_cursor(int(digits)) != cursor:
-        raise InvalidCursor(
-            "`after` is not a cursor this service handed out; pass a `next` value as is.",
-            errors=[{"field": "after", "detail": "is not a valid cursor"}],
-        )
-    return int(digits)
+# `seq` in the cursor's text, as the first feed wrote it: cursors handed out stay valid.
+CHANGES_CURSOR = SeqCursor(kind="seq", field="after")
+START_CURSOR = CHANGES_CURSOR.encode(0)
 
 
 def read_changes(
@@ -60,7 +34,7 @@ def read_changes(
 
     `with_evidence` only for a reader of the audit trail: evidence and request context hold
     the person's client address, user agent and whatever proof a caller attached."""
-    after_seq = 0 if after is None else decode_cursor(after)
+    after_seq = 0 if after is None else CHANGES_CURSOR.decode(after)
     out = read_events(
         session,
         col(AuditEvent.seq) > after_seq,
@@ -69,4 +43,4 @@ def read_changes(
     )
     next_seq = out[-1].seq if out else after_seq
     events = [ScopedAuditEventOut.of(event, with_evidence=with_evidence) for event in out]
-    return ChangesOut(events=events, next=encode_cursor(next_seq))
+    return ChangesOut(events=events, next=CHANGES_CURSOR.encode(next_seq))
