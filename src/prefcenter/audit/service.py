@@ -4,6 +4,7 @@ events back is audit.reading."""
 from __future__ import annotations
 
 import hashlib
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,13 @@ from prefcenter.audit.canonical import (
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditFreeText, AuditHead
 from prefcenter.audit.schemas import NewEvent
-from prefcenter.db import UtcDateTime, settings_of_session, utcnow
+from prefcenter.db import (
+    UtcDateTime,
+    driver_cursor,
+    postgres_cursor,
+    settings_of_session,
+    utcnow,
+)
 
 HEAD_ID = 1
 # The session's events waiting for its commit (Session.info is per session, i.e. per request).
@@ -306,13 +313,13 @@ def _sqlite_time(text: str) -> str:
 def _append_sqlite(session: OrmSession, prepared: list[_Prepared]) -> None:
     """The writer holds SQLite's write lock since its BEGIN IMMEDIATE: read the head, chain
     the events onto it, insert them, move the head."""
-    dbapi = session.connection().connection.dbapi_connection
-    assert dbapi is not None
-    cursor = dbapi.cursor()
-    try:
-        seq, head_hash = cursor.execute(
+    with closing(driver_cursor(session.connection())) as cursor:
+        head = cursor.execute(
             f"SELECT seq, hash FROM audit_head WHERE id = {HEAD_ID}"  # noqa: S608
         ).fetchone()
+        if head is None:
+            raise RuntimeError("the audit head row is missing: the migrations were not run")
+        seq, head_hash = head
         recorded_text = format_time(utcnow())
         recorded_at = _sqlite_time(recorded_text)
         prev_hash = bytes.fromhex(head_hash)
@@ -349,8 +356,6 @@ def _append_sqlite(session: OrmSession, prepared: list[_Prepared]) -> None:
             f"UPDATE audit_head SET seq = ?, hash = ?, recorded_at = ? WHERE id = {HEAD_ID}",  # noqa: S608
             (seq, prev_hash.hex(), recorded_at),
         )
-    finally:
-        cursor.close()
 
 
 # From this many events on (an import's batch), PostgreSQL gets them by binary COPY: a few
@@ -372,10 +377,7 @@ def _copy_rows(
     documents: list[dict[str, Any]],
     free_texts: list[dict[str, Any]],
 ) -> None:
-    dbapi = session.connection().connection.dbapi_connection
-    assert dbapi is not None
-    cursor = dbapi.cursor()
-    try:
+    with closing(postgres_cursor(session.connection())) as cursor:
         with cursor.copy(
             f"COPY audit_event ({', '.join(_COPY_EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
         ) as copy:
@@ -397,8 +399,6 @@ def _copy_rows(
                 copy.set_types(["int8", *["text"] * len(FREE_TEXT_FIELDS)])
                 for free_text in free_texts:
                     copy.write_row([free_text[name] for name in columns])
-    finally:
-        cursor.close()
 
 
 @sa_event.listens_for(OrmSession, "after_rollback")

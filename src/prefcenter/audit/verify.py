@@ -7,12 +7,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.canonical import (
@@ -25,7 +26,13 @@ from prefcenter.audit.canonical import (
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.state import first_contact_off_its_events
 from prefcenter.contacts.models import Contact
-from prefcenter.db import Database
+from prefcenter.db import (
+    Database,
+    DriverCursor,
+    PostgresCursor,
+    driver_cursor,
+    postgres_cursor,
+)
 
 CHUNK = 20_000
 Progress = Callable[[int, int], None]  # (events checked so far, events in the chain)
@@ -155,27 +162,33 @@ def _sqlite_json_sql() -> str:
 _Chunk = tuple[list[Any], dict[int, tuple[str | None, ...]]]
 
 
-def _free_texts(cursor: Any, sql: str, rows: list[Any]) -> dict[int, tuple[str | None, ...]]:
+def _free_texts(
+    cursor: DriverCursor, sql: str, rows: list[Any]
+) -> dict[int, tuple[str | None, ...]]:
     """The free text of the events in `rows` (those after the seq before the first up to the
     last: the events are checked gap-free), by seq."""
     cursor.execute(sql, (rows[0][3] - 1, rows[-1][3]))
     return {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
 
 
-def _chunks(cursor: Any, dialect: str) -> Iterator[_Chunk]:
+def _chunks(connection: Connection) -> Iterator[_Chunk]:
     """Every event with its evidence document and free text, in seq order, a chunk at a
     time."""
-    if dialect == "postgresql":
-        yield from _prefetched_chunks(cursor)
+    if connection.dialect.name == "postgresql":
+        with closing(postgres_cursor(connection)) as cursor:
+            yield from _prefetched_chunks(cursor)
         return
-    texts_cursor = cursor.connection.cursor()
     texts_sql = _FREE_TEXT.format(placeholder="?")
-    cursor.execute(_SQLITE_ALL.format(json=_sqlite_json_sql()))
-    while rows := cursor.fetchmany(CHUNK):
-        yield rows, _free_texts(texts_cursor, texts_sql, rows)
+    with (
+        closing(driver_cursor(connection)) as cursor,
+        closing(driver_cursor(connection)) as texts_cursor,
+    ):
+        cursor.execute(_SQLITE_ALL.format(json=_sqlite_json_sql()))
+        while rows := cursor.fetchmany(CHUNK):
+            yield rows, _free_texts(texts_cursor, texts_sql, rows)
 
 
-def _prefetched_chunks(cursor: Any) -> Iterator[_Chunk]:
+def _prefetched_chunks(cursor: PostgresCursor) -> Iterator[_Chunk]:
     """PostgreSQL's chunks, the next one asked for while the caller checks the last: the
     server writes JSON and reads pages on one core while Python hashes on the other. One
     query in flight at a time on the connection (psycopg serialises any other use of it)."""
@@ -200,12 +213,14 @@ def _prefetched_chunks(cursor: Any) -> Iterator[_Chunk]:
                 return
 
 
-def _row_columns(cursor: Any, dialect: str, seq: int) -> list[Any]:
+def _row_columns(cursor: DriverCursor, dialect: str, seq: int) -> list[Any]:
     """The columns of one event, as `_check_columns` compares them."""
     columns = ", ".join(_column_sql(name, dialect) for name in _COLUMNS)
     placeholder = "%s" if dialect == "postgresql" else "?"
-    cursor.execute(_ONE.format(columns=columns, placeholder=placeholder), (seq,))
-    return list(cursor.fetchone())
+    row = cursor.execute(_ONE.format(columns=columns, placeholder=placeholder), (seq,)).fetchone()
+    if row is None:  # read in this snapshot a moment ago
+        raise _Bad(seq, "it vanished while being checked")
+    return list(row)
 
 
 def verify_chain(
@@ -225,23 +240,16 @@ def verify_chain(
     ahead of them the first missing seq (a deleted tail).
     """
     with database.transaction(write=False, snapshot=True) as session:
-        dbapi = session.connection().connection.dbapi_connection
-        assert dbapi is not None
         dialect = session.get_bind().dialect.name
         head_seq, head_hash = session.execute(
             text("SELECT seq, hash FROM audit_head WHERE id = 1")
         ).one()
-        cursor = dbapi.cursor()
         try:
-            checked, last_hash = _walk(
-                cursor, session, keys, dialect, head_seq=head_seq, progress=progress
-            )
+            checked, last_hash = _walk(session, keys, dialect, head_seq=head_seq, progress=progress)
         except _Bad as bad:
             return VerifyResult(
                 ok=False, checked=bad.seq - 1, first_bad_seq=bad.seq, detail=bad.detail
             )
-        finally:
-            cursor.close()
         if head_seq < checked:
             return VerifyResult(
                 ok=False,
@@ -277,7 +285,6 @@ def verify_chain(
 
 
 def _walk(
-    cursor: Any,
     session: Session,
     keys: AuditKeys,
     dialect: str,
@@ -300,8 +307,9 @@ def _walk(
     prev = GENESIS_HASH
     last_hex = GENESIS_HASH.hex()
     expected_seq = 1
-    lookup = cursor.connection.cursor()
-    for rows, free_texts in _chunks(cursor, dialect):
+    connection = session.connection()
+    lookup = driver_cursor(connection)
+    for rows, free_texts in _chunks(connection):
         erased_candidates: list[tuple[int, str | None, str]] = []
         for canonical, stored_hash, document, seq, contact_id, digest, same, *digests in rows:
             if seq != expected_seq:

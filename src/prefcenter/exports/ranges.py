@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import closing
 from typing import Any
 
 import anyio
@@ -43,7 +44,7 @@ from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import FORMULA_STARTS
-from prefcenter.db import Database
+from prefcenter.db import Database, postgres_cursor
 from prefcenter.exports.chunks import csv_text
 from prefcenter.exports.conditions import (
     allowed_where,
@@ -227,8 +228,7 @@ def _read_range(database: Database, query: RangeQuery, plan: str, low: int) -> t
                 dialect=connection.dialect, compile_kwargs={"literal_binds": True}
             )
         )
-        dbapi: Any = connection.connection.driver_connection
-        with dbapi.cursor() as cursor:
+        with closing(postgres_cursor(connection)) as cursor:
             cursor.execute(plan)
             lines = cursor.execute(statement).fetchall()
         last = _last_contact_id(session)
