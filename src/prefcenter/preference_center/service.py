@@ -1,5 +1,5 @@
-"""Use cases of the recipient: unsubscribe (page or RFC 8058 one-click), choose topics in the
-preference center, confirm a double opt-in. The token is the only credential."""
+"""Owns the recipient's use cases: unsubscribe (page or RFC 8058 one-click) and choose topics
+in the preference center; confirming is `confirmation`'s. The token is the only credential."""
 
 from __future__ import annotations
 
@@ -25,14 +25,9 @@ from prefcenter.contacts.service import (
 )
 from prefcenter.mail.config import MailConfig
 from prefcenter.mail.schemas import MailLanguage
-from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
-from prefcenter.outbox.service import latest_for_cause
 from prefcenter.preference_center.errors import InvalidLink
 from prefcenter.preference_center.resubscribe import (
-    Reversal,
-    find_reversal,
     queue_resubscribe_mail,
-    reverse_opt_out,
 )
 from prefcenter.preference_center.schemas import LinkView, PreferencesView, TopicChoice
 from prefcenter.settings import SigningKey
@@ -101,7 +96,7 @@ def read_token(
         raise InvalidLink(400, expired=purpose is TokenPurpose.CONFIRM) from exc
 
 
-def _contact(session: Session, verified: VerifiedToken, *, lock: bool) -> Contact:
+def token_contact(session: Session, verified: VerifiedToken, *, lock: bool) -> Contact:
     public_id = verified.claims.contact_id
     contact = (
         lock_contact_by_public_id(session, public_id)
@@ -113,7 +108,7 @@ def _contact(session: Session, verified: VerifiedToken, *, lock: bool) -> Contac
     return contact
 
 
-def _token_topic(session: Session, verified: VerifiedToken) -> Topic | None:
+def token_topic(session: Session, verified: VerifiedToken) -> Topic | None:
     """The token's topic; a topic that no longer exists falls back to all marketing (when in
     doubt, suppress more)."""
     if verified.claims.topic is None:
@@ -148,8 +143,8 @@ def recipient_change(status: Status, channel: Channel, now: datetime) -> Request
 
 
 def unsubscribe_view(session: Session, verified: VerifiedToken) -> LinkView:
-    contact = _contact(session, verified, lock=False)
-    topic = _token_topic(session, verified)
+    contact = token_contact(session, verified, lock=False)
+    topic = token_topic(session, verified)
     assert contact.address is not None
     return LinkView(
         masked_address=mask_address(contact.address), topic_name=topic.name if topic else None
@@ -170,8 +165,8 @@ def unsubscribe(
     The topic comes from the token only: nothing in the request can widen or redirect it.
     `evidence` adds to what the record keeps (a mailto: message's `Message-ID`).
     """
-    topic = _token_topic(session, verified)
-    contact = _contact(session, verified, lock=True)
+    topic = token_topic(session, verified)
+    contact = token_contact(session, verified, lock=True)
     record = recipient_record(verified, channel, request)
     if evidence:
         record = replace(record, evidence={**record.evidence, **evidence})
@@ -246,7 +241,7 @@ def _view(
 
 
 def preferences_view(session: Session, verified: VerifiedToken) -> PreferencesView:
-    return _view(session, _contact(session, verified, lock=False), [])
+    return _view(session, token_contact(session, verified, lock=False), [])
 
 
 def save_preferences(
@@ -269,7 +264,7 @@ def save_preferences(
     (preference_center.resubscribe); without, those topics are left as they were and named on
     the page, with how to reach the support desk."""
     topics = {t.key: t for t in _marketing_topics(session)}
-    contact = _contact(session, verified, lock=True)
+    contact = token_contact(session, verified, lock=True)
     assert contact.id is not None
     record = recipient_record(verified, Channel.PREFERENCE_CENTER, request)
     if unsubscribe_all:
@@ -332,107 +327,3 @@ def save_preferences(
         if applied.decision.status is Status.PENDING:
             pending.append(topic.name)
     return _view(session, contact, pending, refused)
-
-
-def _pending_subscription(
-    session: Session, verified: VerifiedToken, contact: Contact
-) -> tuple[Topic, Subscription]:
-    """The subscription this confirmation link was issued for, still pending since the event
-    the link names; anything else (confirmed already, changed since) makes the link stale."""
-    topic = _token_topic(session, verified)
-    if topic is None or topic.id is None or contact.id is None:
-        raise InvalidLink(400, expired=True)
-    suppression = session.get(Suppression, contact.id)
-    if suppression is not None and suppression.suppressed:
-        # Opted out of all marketing since (or before): confirming would promise mail that
-        # is never sent. The preference center is where the person can lift it.
-        raise InvalidLink(400, expired=True)
-    subscription = session.get(Subscription, (contact.id, topic.id))
-    if subscription is not None and subscription.status == Status.SUBSCRIBED:
-        return topic, subscription  # confirmed already (a second click): nothing to do
-    if (
-        subscription is None
-        or subscription.status != Status.PENDING
-        or subscription.event_id != verified.claims.pending_event
-    ):
-        raise InvalidLink(400, expired=True)
-    return topic, subscription
-
-
-def _reversal(session: Session, verified: VerifiedToken, *, lock: bool) -> Reversal:
-    reversal = find_reversal(session, verified, lock=lock)
-    if reversal is None or reversal.contact.address is None:
-        raise InvalidLink(400, expired=True)  # the opt-out it names has moved on
-    return reversal
-
-
-def _reversal_view(reversal: Reversal) -> LinkView:
-    assert reversal.contact.address is not None
-    return LinkView(
-        masked_address=mask_address(reversal.contact.address),
-        topic_name=reversal.topic.name if reversal.topic is not None else None,
-    )
-
-
-def confirm_view(session: Session, verified: VerifiedToken) -> LinkView:
-    if verified.purpose is TokenPurpose.RESUBSCRIBE:
-        return _reversal_view(_reversal(session, verified, lock=False))
-    contact = _contact(session, verified, lock=False)
-    topic, _ = _pending_subscription(session, verified, contact)
-    assert contact.address is not None
-    return LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)
-
-
-def confirm(
-    session: Session, verified: VerifiedToken, *, request: RequestContext, now: datetime
-) -> LinkView:
-    """Turn the pending subscription into `subscribed`: the person's own act, from their
-    mailbox. A link used again afterwards finds nothing pending and changes nothing. A
-    resubscribe link turns back on what the person refused (preference_center.resubscribe)."""
-    if verified.purpose is TokenPurpose.RESUBSCRIBE:
-        reversal = _reversal(session, verified, lock=True)
-        reverse_opt_out(
-            session,
-            reversal,
-            record=recipient_record(verified, Channel.CONFIRMATION, request),
-            now=now,
-        )
-        return _reversal_view(reversal)
-    contact = _contact(session, verified, lock=True)
-    topic, subscription = _pending_subscription(session, verified, contact)
-    assert contact.address is not None
-    view = LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)
-    if subscription.status == Status.SUBSCRIBED:
-        return view
-    record = recipient_record(verified, Channel.CONFIRMATION, request)
-    message_id = _confirmation_message_id(session, subscription.event_id)
-    if message_id is not None:
-        record = replace(record, evidence={**record.evidence, "message_id": message_id})
-    apply_change(
-        session,
-        contact=contact,
-        topic=topic,
-        requested=RequestedChange(
-            status=Status.SUBSCRIBED,
-            occurred_at=now,
-            actor=ActorKind.RECIPIENT,
-            source=Channel.CONFIRMATION.value,
-            double_opt_in=True,
-            confirmed=True,
-        ),
-        record=record,
-        now=now,
-    )
-    return view
-
-
-def _confirmation_message_id(session: Session, pending_event: str) -> str | None:
-    """The Message-ID of the mail that carried this confirmation link, when the service sent
-    it: the trail then shows that the link reached that mailbox. When the person asked more
-    than once, the newest sent; none sent yet, a queued one (a worker that sent it and stopped
-    before recording so: the click shows it arrived)."""
-    for status in (OutboxStatus.SENT, OutboxStatus.QUEUED):
-        mail = latest_for_cause(session, pending_event, kind=OutboxKind.MAIL, status=status)
-        if mail is not None:
-            return mail.message_id
-    return None
