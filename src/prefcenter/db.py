@@ -14,10 +14,11 @@ from typing import Annotated, Any, Protocol, Self, TypeVar
 import anyio
 from fastapi import Depends, Request
 from fastapi.concurrency import contextmanager_in_threadpool
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel
 
@@ -342,6 +343,32 @@ def driver_sql(pyformat: str, *, sqlite: bool) -> str:
     """SQL written with `%(name)s` parameters (psycopg's style) in the driver's own style:
     `:name` for sqlite3. For `Database.run_on_connection`; build it once, at import."""
     return _PYFORMAT_PARAMETER.sub(r":\1", pyformat) if sqlite else pyformat
+
+
+# Any fixed number: held while migrating, so that hosts starting together migrate one at a time.
+_MIGRATION_LOCK_ID = 0x70726566  # "pref"
+
+
+@contextmanager
+def migration_connection(settings: Settings) -> Iterator[Connection]:
+    """A PostgreSQL connection holding the migration advisory lock; what the block did is
+    committed when it ends, and the lock released either way."""
+    engine = create_engine(settings.database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            connection.commit()
+            try:
+                yield connection
+                connection.commit()
+            finally:
+                connection.rollback()
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                )
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 def settings_of_session(session: OrmSession) -> Settings:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Connection
 
-from prefcenter.db import create_private_sqlite_file
+from prefcenter.db import create_private_sqlite_file, migration_connection
 from prefcenter.settings import Settings
 
 
@@ -32,32 +29,6 @@ def alembic_config(settings: Settings) -> Config:
     # Migrations that compute keyed hashes of existing rows (0003) need the audit key.
     config.attributes["settings"] = settings
     return config
-
-
-# Any fixed number: held while migrating, so that hosts starting together migrate one at a time.
-_MIGRATION_LOCK_ID = 0x70726566  # "pref"
-
-
-@contextmanager
-def migration_connection(settings: Settings) -> Iterator[Connection]:
-    """A PostgreSQL connection holding the migration advisory lock; what the block did is
-    committed when it ends, and the lock released either way."""
-    engine = create_engine(settings.database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-            connection.commit()
-            try:
-                yield connection
-                connection.commit()
-            finally:
-                connection.rollback()
-                connection.execute(
-                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
-                )
-                connection.commit()
-    finally:
-        engine.dispose()
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
