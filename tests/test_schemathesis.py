@@ -25,11 +25,11 @@ from starlette.types import Receive, Scope, Send
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.apikeys.schemas import Scope as ApiScope
 from prefcenter.app import create_app
-from prefcenter.audit.queries import InvalidAuditCursor, InvalidTimeRange
+from prefcenter.audit.queries import InvalidTimeRange
 from prefcenter.consent.errors import ReasonRequired
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
+from prefcenter.cursors import InvalidCursor
 from prefcenter.db import Database
-from prefcenter.eligibility.exports import InvalidCursor
 from prefcenter.idempotency import IdempotencyKeyReused
 from prefcenter.imports.errors import UnreadableImport
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
@@ -228,7 +228,6 @@ STATE_DEPENDENT_422 = {
         ReasonRequired,
         IdempotencyKeyReused,
         InvalidCursor,
-        InvalidAuditCursor,
         InvalidTimeRange,  # since >= until: across two parameters, which no schema can say
         UnreadableImport,  # what a CSV file holds: no schema says it
         WebhookUrlRefused,  # where a URL's host resolves: DNS, not a schema, says it

@@ -17,15 +17,15 @@ from prefcenter.admin.router import install_admin_console
 from prefcenter.api_docs.router import install_api_docs
 from prefcenter.audit.context import parse_trusted_proxies
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.router import new_verify_slot
+from prefcenter.audit.router import changes_router, new_verify_slot
 from prefcenter.audit.router import router as audit_router
 from prefcenter.bounces.router import router as bounces_router
 from prefcenter.consent.ledger.replay import first_contact_off_its_events
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
 from prefcenter.draining import Drain, drain_on_sigterm
-from prefcenter.eligibility.export_router import router as exports_router
 from prefcenter.eligibility.router import router as eligibility_router
+from prefcenter.exports.router import router as exports_router
 from prefcenter.http_limits import BodySizeLimit, BodyTimeout
 from prefcenter.imports.router import router as imports_router
 from prefcenter.inbound.router import install_inbound
@@ -186,6 +186,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     app.include_router(links_router)
     app.include_router(eligibility_router)
     app.include_router(exports_router)
+    app.include_router(changes_router)
     app.include_router(audit_router)
     app.include_router(imports_router)
     app.include_router(bounces_router)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, Self, TypeVar
 
 import anyio
 from fastapi import Depends, Request
@@ -304,7 +304,7 @@ class Database:
         with self.transaction(write=write, autocommit=autocommit) as session:
             return work(session)
 
-    async def run_on_connection(self, work: Callable[[Any], T]) -> T:
+    async def run_on_connection(self, work: Callable[[DriverCursor], T]) -> T:
         """`work(cursor)` on a pooled connection in autocommit mode, each statement its own
         transaction, in one worker thread: for the hottest paths, whose every statement
         stands alone (a page's one read; an opt-out's read and its one guarded write,
@@ -317,7 +317,7 @@ class Database:
         async with self.session_slots:
             return await anyio.to_thread.run_sync(self.on_connection, work)
 
-    def on_connection(self, work: Callable[[Any], T]) -> T:
+    def on_connection(self, work: Callable[[DriverCursor], T]) -> T:
         """`run_on_connection` in the calling thread."""
         try:
             pooled = self.engine.raw_connection()
@@ -334,7 +334,7 @@ class Database:
         try:
             if postgres:
                 driver.autocommit = True
-            cursor = driver.cursor()
+            cursor: DriverCursor = driver.cursor()
             try:
                 result = work(cursor)
             finally:
@@ -358,6 +358,59 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class DriverCursor(Protocol):
+    """The part of a DB-API 2.0 cursor that SQL written straight on the driver uses (sqlite3's
+    and psycopg's both have it: tests/test_driver_cursor.py). Rows are tuples; the caller
+    closes the cursor (`contextlib.closing`)."""
+
+    @property
+    def description(self) -> Sequence[Any] | None: ...
+    @property
+    def rowcount(self) -> int: ...
+    def execute(self, sql: str, parameters: Any = ..., /) -> Self: ...
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> object: ...
+    def fetchone(self) -> tuple[Any, ...] | None: ...
+    def fetchmany(self, size: int = ..., /) -> list[tuple[Any, ...]]: ...
+    def fetchall(self) -> list[tuple[Any, ...]]: ...
+    def __iter__(self) -> Iterator[tuple[Any, ...]]: ...
+    def close(self) -> None: ...
+
+
+class CopyWriter(Protocol):
+    """psycopg's `Copy` as `COPY … FROM STDIN` writes it."""
+
+    def set_types(self, types: Sequence[str], /) -> None: ...
+    def write_row(self, row: Sequence[Any], /) -> None: ...
+
+
+class PostgresCursor(DriverCursor, Protocol):
+    """psycopg's cursor: results in binary on request, and `COPY`."""
+
+    def execute(self, sql: str, parameters: Any = ..., /, *, binary: bool | None = ...) -> Self: ...
+    def copy(self, statement: str, /) -> AbstractContextManager[CopyWriter]: ...
+
+
+def driver_cursor(connection: Connection) -> DriverCursor:
+    """A new cursor of the driver's own, in the connection's transaction."""
+    cursor: DriverCursor = _driver_of(connection).cursor()
+    return cursor
+
+
+def postgres_cursor(connection: Connection) -> PostgresCursor:
+    """`driver_cursor` on a PostgreSQL connection."""
+    if connection.dialect.name != "postgresql":
+        raise RuntimeError(f"a PostgreSQL cursor asked of {connection.dialect.name}")
+    cursor: PostgresCursor = _driver_of(connection).cursor()
+    return cursor
+
+
+def _driver_of(connection: Connection) -> Any:
+    driver = connection.connection.driver_connection
+    if driver is None:
+        raise RuntimeError("the connection is closed")
+    return driver
 
 
 _PYFORMAT_PARAMETER = re.compile(r"%\((\w+)\)s")

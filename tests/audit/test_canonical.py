@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from prefcenter.audit.canonical import (
     CANONICAL_KEYS,
     CANONICAL_VERSION,
+    CHAIN_FIELDS,
     EVENT_COLUMNS,
+    EVENT_FIELDS,
     EVENT_KEYS,
     GENESIS_HASH,
     QUERY_COLUMNS,
@@ -26,6 +28,7 @@ from prefcenter.audit.canonical import (
     format_time,
 )
 from prefcenter.audit.models import AuditEvent
+from prefcenter.audit.schemas import NewEvent
 
 # Any unicode text but lone surrogates (not encodable as UTF-8, so no column can hold them).
 texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=60)
@@ -85,6 +88,13 @@ def test_the_event_table_has_a_column_for_every_key_of_every_format() -> None:
     assert all(set(keys) <= set(EVENT_COLUMNS) for keys in EVENT_KEYS.values())
     assert set(QUERY_COLUMNS) <= set(EVENT_COLUMNS)
     assert max(EVENT_KEYS) == CANONICAL_VERSION
+
+
+def test_a_writer_gives_every_field_but_those_of_the_chain() -> None:
+    """The append reads each field the chain does not assign from NewEvent by its name."""
+    given_fields = set(EVENT_FIELDS) - set(CHAIN_FIELDS)
+    assert set(CHAIN_FIELDS) <= set(EVENT_FIELDS)
+    assert given_fields <= set(NewEvent.__dataclass_fields__)
 
 
 @given(st.text(st.characters(max_codepoint=0x7F)))

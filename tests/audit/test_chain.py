@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 
-from prefcenter.audit import verify
+from prefcenter.audit import chain_rows
 from prefcenter.audit.canonical import (
     CANONICAL_KEYS,
     CANONICAL_VERSION,
@@ -117,7 +117,7 @@ class TestVerify:
     ) -> None:
         """The chain is read in chunks (on PostgreSQL the next one fetched while the last is
         checked): partial, exact and single chunks all check every event once."""
-        monkeypatch.setattr(verify, "CHUNK", chunk)
+        monkeypatch.setattr(chain_rows, "CHUNK", chunk)
         assert chain.verify() == VerifyResult(ok=True, checked=8)
         ((original,),) = fetch(chain.url, "SELECT canonical FROM audit_event WHERE seq = 5")
         tamper(

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from prefcenter.apikeys.schemas import Scope
-from prefcenter.audit import verify
+from prefcenter.audit import chain_rows
 from prefcenter.audit.canonical import FREE_TEXT_FIELDS
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.verify import VerifyResult
@@ -254,7 +254,7 @@ class TestTampering:
     ) -> None:
         """Each chunk's free text is read apart, by its range of seq: at either end of a
         chunk, or alone in one, it is checked once."""
-        monkeypatch.setattr(verify, "CHUNK", chunk)
+        monkeypatch.setattr(chain_rows, "CHUNK", chunk)
         record_change(client, admin_headers, BOB, "unsubscribed", reason=BOB_REASON)
         assert verify_trail(database) == VerifyResult(ok=True, checked=4)
         url = database.settings.database_url
@@ -359,7 +359,7 @@ class TestFirstFormat:
         def looked_at_again(*args: object) -> list[Any]:
             raise AssertionError(f"the SQL found an event's columns to differ: {args}")
 
-        monkeypatch.setattr(verify, "_row_columns", looked_at_again)
+        monkeypatch.setattr(chain_rows, "row_columns", looked_at_again)
         assert verify_trail(database) == VerifyResult(ok=True, checked=6)
         events = audit_events(database)
         assert [(e.reason, e.campaign_id) for e in events] == [

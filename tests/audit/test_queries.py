@@ -9,9 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
-from prefcenter.audit.queries import decode_cursor, encode_cursor
+from prefcenter.audit.queries import AUDIT_CURSOR
 from prefcenter.db import Database
-from prefcenter.problems import Unprocessable
 from tests.conftest import issue_key
 from tests.factories import (
     Headers,
@@ -213,7 +212,7 @@ class TestBadInput:
         ("params", "field"),
         [
             ({"cursor": "nonsense"}, "cursor"),
-            ({"cursor": encode_cursor(5) + "x"}, "cursor"),
+            ({"cursor": AUDIT_CURSOR.encode(5) + "x"}, "cursor"),
             ({"email": "not an address"}, "email"),
             ({"since": "2026-01-01T00:00:00"}, "since"),
             ({"limit": 0}, "limit"),
@@ -234,14 +233,6 @@ class TestBadInput:
     def test_needs_the_audit_scope(self, client: TestClient, writer_headers: Headers) -> None:
         assert_problem(client.get("/v1/audit", headers=writer_headers), 403)
         assert_problem(client.get("/v1/audit"), 401)
-
-
-def test_cursor_round_trips() -> None:
-    for seq in (0, 1, 99, 10**17):
-        assert decode_cursor(encode_cursor(seq)) == seq
-    for text in ("", "c2VxOjE", "YXVkaXQ6LTE", encode_cursor(1).upper()):
-        with pytest.raises(Unprocessable):
-            decode_cursor(text)
 
 
 def test_since_accepts_any_offset(

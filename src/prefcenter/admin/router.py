@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from prefcenter.admin import support
+from prefcenter.admin import contacts
 from prefcenter.admin.access import (
     Form,
     SignedIn,
@@ -30,7 +30,7 @@ from prefcenter.admin.errors import SignInThrottled
 from prefcenter.admin.headers import AdminPageHeaders
 from prefcenter.admin.mail_router import router as mail_router
 from prefcenter.admin.pages import PACKAGE_DIR, AdminRoute, error_page, render, see_other
-from prefcenter.admin.schemas import ContactView, SupportChangeIn, SupportSource, form_errors
+from prefcenter.admin.schemas import ContactView, StaffChangeIn, StaffChangeSource, form_errors
 from prefcenter.admin.sessions import ActiveSession, end_session
 from prefcenter.admin.sign_in import SignInOutcome, sign_in_with_api_key, sign_in_with_password
 from prefcenter.admin.trail_router import router as trail_router
@@ -169,7 +169,7 @@ def search_contacts(
         return _search_page(request, admin, too_long=True, status_code=422)
     if not q.strip():
         return _search_page(request, admin)
-    found = support.find_contact_id(session, q)
+    found = contacts.find_contact_id(session, q)
     if found is not None:
         return see_other(f"/admin/contacts/{quote(found)}")
     return _search_page(request, admin, q=q, searched=True, status_code=404)
@@ -191,7 +191,7 @@ def _contact_page(
             "view": view,
             "contact": view.contact,
             "topic_names": {t.key: t.name for t in view.topics},
-            "sources": [s.value for s in SupportSource],
+            "sources": [s.value for s in StaffChangeSource],
             "form": form or {},
             "errors": errors or {},
             "recorded": request.query_params.get("recorded"),
@@ -205,7 +205,7 @@ def _contact_page(
 def show_contact(
     request: Request, contact_id: ContactId, admin: SignedIn, session: ReadSession
 ) -> HTMLResponse:
-    return _contact_page(request, admin, support.contact_view(session, contact_id))
+    return _contact_page(request, admin, contacts.contact_view(session, contact_id))
 
 
 @router.post("/contacts/{contact_id}/changes")
@@ -217,23 +217,23 @@ def record_change(
     context: RequestContextDep,
     session: WriteSession,
 ) -> Response:
-    """A support-desk change; a form without a reason (or a subscription without evidence)
+    """A staff change; a form without a reason (or a subscription without evidence)
     comes back with the errors marked and nothing recorded."""
     fields = {
         name: form_text(form, name) for name in ("topic", "status", "source", "reason", "evidence")
     }
     try:
-        change = SupportChangeIn.model_validate(fields)
+        change = StaffChangeIn.model_validate(fields)
     except ValidationError as exc:
         return _contact_page(
             request,
             admin,
-            support.contact_view(session, contact_id),
+            contacts.contact_view(session, contact_id),
             form=fields,
             errors=form_errors(exc),
             status_code=422,
         )
-    applied = support.record_support_change(
+    applied = contacts.record_staff_change(
         session, contact_id, change, actor=admin.actor, request=context
     )
     return see_other(f"/admin/contacts/{quote(contact_id)}?recorded={applied.event_id}#timeline")
@@ -254,7 +254,7 @@ def lift_bounce(
         return _contact_page(
             request,
             admin,
-            support.contact_view(session, contact_id),
+            contacts.contact_view(session, contact_id),
             errors={"lift_reason": "Say why the address may be mailed again."},
             status_code=422,
         )
@@ -263,7 +263,7 @@ def lift_bounce(
         contact_id,
         reason=reason[:2000],
         actor=admin.actor,
-        context={**context.as_evidence(), "channel": support.CHANNEL},
+        context={**context.as_evidence(), "channel": contacts.CHANNEL},
         now=utcnow(),
     )
     recorded = f"?recorded={quote(lifted.event_id)}" if lifted.event_id else ""
@@ -275,7 +275,7 @@ def confirm_erase(
     request: Request, contact_id: ContactId, admin: SignedIn, session: ReadSession
 ) -> HTMLResponse:
     """The confirmation step: erasure cannot be undone."""
-    view = support.contact_view(session, contact_id)
+    view = contacts.contact_view(session, contact_id)
     return render(request, "erase.html", {"contact": view.contact}, admin=admin)
 
 
@@ -290,5 +290,5 @@ def erase(
 ) -> RedirectResponse:
     if form_text(form, "confirm") != "erase":
         return see_other(f"/admin/contacts/{quote(contact_id)}/erase")
-    support.erase(session, contact_id, keys=keys, admin=admin, request=context)
+    contacts.erase(session, contact_id, keys=keys, admin=admin, request=context)
     return see_other(f"/admin/contacts/{quote(contact_id)}?erased=1")

@@ -26,15 +26,15 @@ MAX_REASON = 2000
 MAX_EVIDENCE = 2000
 
 
-class SupportSource(StrEnum):
-    """How the person's request reached the support desk."""
+class StaffChangeSource(StrEnum):
+    """How the person's request reached the staff (the `source` of the change; persisted)."""
 
     SUPPORT = "support"
     EMAIL = "email"
     PHONE = "phone"
 
 
-class SupportStatus(StrEnum):
+class StaffChangeStatus(StrEnum):
     SUBSCRIBED = "subscribed"
     UNSUBSCRIBED = "unsubscribed"
 
@@ -54,18 +54,18 @@ def _utc_time(value: Any) -> Any:
     return value
 
 
-class SupportChangeIn(BaseModel):
-    """A support-desk change: always with a reason; a subscription also with evidence of the
-    person's request (design: turning a topic on needs the person's act or an admin with a
-    reason, and the issue asks for evidence too)."""
+class StaffChangeIn(BaseModel):
+    """A change staff record in the console for a person: always with a reason; a subscription
+    also with evidence of the person's request (design: turning a topic on needs the person's
+    act or an admin with a reason, and the issue asks for evidence too)."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
     topic: Annotated[TopicKey | None, BeforeValidator(_blank_is_none)] = Field(
         default=None, description="Blank: all marketing."
     )
-    status: SupportStatus
-    source: SupportSource
+    status: StaffChangeStatus
+    source: StaffChangeSource
     reason: Annotated[PrintableText, StringConstraints(min_length=1, max_length=MAX_REASON)]
     evidence: Annotated[
         Annotated[PrintableText, StringConstraints(max_length=MAX_EVIDENCE)] | None,
@@ -73,8 +73,8 @@ class SupportChangeIn(BaseModel):
     ] = None
 
     @model_validator(mode="after")
-    def _subscribing_needs_evidence(self) -> SupportChangeIn:
-        if self.status is SupportStatus.SUBSCRIBED and not self.evidence:
+    def _subscribing_needs_evidence(self) -> StaffChangeIn:
+        if self.status is StaffChangeStatus.SUBSCRIBED and not self.evidence:
             raise ValueError("evidence: say how the person asked (ticket, message, call)")
         return self
 

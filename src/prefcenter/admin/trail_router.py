@@ -20,7 +20,7 @@ from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.audit.query_schemas import ExportFormat
 from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import ReadSession, database_of, utcnow
-from prefcenter.eligibility import export_streams, exports
+from prefcenter.exports import service as exports
 from prefcenter.problems import Unprocessable
 from prefcenter.topics.schemas import TopicKey
 from prefcenter.topics.service import list_topics
@@ -90,7 +90,7 @@ def _download(stream: StreamingResponse, filename: str) -> StreamingResponse:
 
 @router.get("/exports/suppressions.csv")
 def export_suppressions(request: Request, admin: SignedIn) -> StreamingResponse:
-    stream = export_streams.suppressions_csv(database_of(request))
+    stream = exports.suppressions_csv(database_of(request))
     return _download(StreamingResponse(stream, media_type=CSV_MEDIA_TYPE), "suppressions.csv")
 
 
@@ -101,7 +101,7 @@ def export_audience(
     database = database_of(request)
     with database.transaction(write=False) as session:
         topic = exports.find_audience_topic(session, key)
-    stream = export_streams.audience_csv(database, topic)
+    stream = exports.audience_csv(database, topic)
     return _download(StreamingResponse(stream, media_type=CSV_MEDIA_TYPE), f"audience-{key}.csv")
 
 

@@ -13,7 +13,7 @@ from prefcenter.admin.access import Form, SignedIn, SignedInPost, form_text
 from prefcenter.admin.pages import AdminRoute, render, see_other
 from prefcenter.db import ReadSession, WriteSession
 from prefcenter.problems import Unprocessable
-from prefcenter.webhooks import service
+from prefcenter.webhooks import deliveries, replays, service
 from prefcenter.webhooks.schemas import ENDPOINT_ID_PATTERN
 
 router = APIRouter(route_class=AdminRoute)
@@ -31,7 +31,7 @@ class BadSeq(Unprocessable):
 def webhooks_page(request: Request, admin: SignedIn, session: ReadSession) -> HTMLResponse:
     endpoints = service.list_endpoints(session)
     recent = {
-        e.id: service.list_deliveries(
+        e.id: deliveries.list_deliveries(
             session, e.id, status=None, limit=DELIVERIES_SHOWN, before=None
         ).deliveries
         for e in endpoints
@@ -57,7 +57,7 @@ def replay(
     raw = form_text(form, "after_seq").strip() or "0"
     if not raw.isdigit() or len(raw) > 18:
         raise BadSeq("After which seq? Give a whole number, 0 for the whole trail.")
-    result = service.replay(
+    result = replays.replay(
         session,
         endpoint_id,
         after_seq=int(raw),

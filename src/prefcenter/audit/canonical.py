@@ -44,6 +44,8 @@ EVENT_FIELDS = (
     "actor",
     "source",
 )
+# What the chain itself gives an event as it appends it; the writer gives the other fields.
+CHAIN_FIELDS = ("seq", "recorded_at")
 # Text that callers and staff write freely, where personal data can slip in (a phone number in
 # a reason). Format 1 holds it in clear; format 2 holds its keyed digest (`reason_digest`, …)
 # and the text lives in `audit_free_text`, which erasure deletes.

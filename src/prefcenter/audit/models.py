@@ -91,6 +91,10 @@ class AuditFreeText(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+# The id of the one row of `audit_head`.
+HEAD_ID = 1
+
+
 class AuditHead(SQLModel, table=True):
     """Exactly one row (id = 1). Updating it takes a row lock held to commit, which is what
     makes `seq` gap-free: a rolled-back writer rolls its number back too."""

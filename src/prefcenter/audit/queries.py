@@ -9,8 +9,6 @@ how an erased person's events stay findable by the old address while the trail h
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,16 +22,12 @@ from prefcenter.audit.reading import read_events
 from prefcenter.audit.schemas import AuditEventOut
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
+from prefcenter.cursors import SeqCursor
 from prefcenter.problems import Unprocessable
 
 LIMIT_DEFAULT = 100
 LIMIT_MAX = 1000
-_CURSOR_PREFIX = "audit"
-
-
-class InvalidAuditCursor(Unprocessable):
-    slug = "invalid-cursor"
-    title = "Invalid cursor"
+AUDIT_CURSOR = SeqCursor(kind="audit", field="cursor")
 
 
 class InvalidTimeRange(Unprocessable):
@@ -67,27 +61,6 @@ class AuditPage:
     events: list[AuditEventOut]
     # The cursor after the last event, or None when there is nothing after it (yet).
     next: str | None
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}:{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """The `seq` a cursor stands for; anything but a cursor handed out is a 422."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    prefix, _, digits = text.partition(":")
-    valid = prefix == _CURSOR_PREFIX and digits.isascii() and digits.isdigit() and len(digits) <= 18
-    # Only the exact text handed out: base64 decoding alone would skip stray characters.
-    if not valid or encode_cursor(int(digits)) != cursor:
-        raise InvalidAuditCursor(
-            "`cursor` is not a cursor this service handed out; pass a `next` value as is.",
-            errors=[{"field": "cursor", "detail": "is not a valid cursor"}],
-        )
-    return int(digits)
 
 
 def resolve_filters(session: Session, keys: AuditKeys, filters: AuditFilters) -> EventQuery:
@@ -151,8 +124,8 @@ def list_events(
 ) -> AuditPage:
     """One page; `next` is null only when no matching event follows it at the time of asking.
     One row more than the page is read to know that."""
-    after_seq = 0 if cursor is None else decode_cursor(cursor)
+    after_seq = 0 if cursor is None else AUDIT_CURSOR.decode(cursor)
     events = read_page(session, query, after_seq=after_seq, limit=limit + 1)
     more = len(events) > limit
     page = events[:limit]
-    return AuditPage(events=page, next=encode_cursor(page[-1].seq) if more else None)
+    return AuditPage(events=page, next=AUDIT_CURSOR.encode(page[-1].seq) if more else None)

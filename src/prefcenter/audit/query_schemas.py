@@ -1,4 +1,4 @@
-"""What `GET /v1/audit` and `GET /v1/audit/export` answer."""
+"""What `GET /v1/audit`, `GET /v1/audit/export` and `GET /v1/changes` answer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from prefcenter.audit.schemas import AuditEventOut
+from prefcenter.audit.schemas import AuditEventOut, ScopedAuditEventOut
 
 
 class AuditEventsOut(BaseModel):
@@ -20,3 +20,13 @@ class AuditEventsOut(BaseModel):
 class ExportFormat(StrEnum):
     CSV = "csv"
     JSONL = "jsonl"
+
+
+class ChangesOut(BaseModel):
+    events: list[ScopedAuditEventOut] = Field(
+        description="Consent events after the cursor, in commit order; empty when caught up."
+    )
+    next: str = Field(
+        description="Opaque cursor to ask from next time (`after`); never null, and equal to "
+        "the cursor sent when nothing new has been committed."
+    )

@@ -1,4 +1,5 @@
-"""HTTP: the audit trail under `/v1/audit` (scope `audit:read`)."""
+"""HTTP: the audit trail under `/v1/audit` (scope `audit:read`) and the change feed of
+consent events, `/v1/changes` (scope `consent:read`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from prefcenter.apikeys.auth import requires
+from prefcenter.apikeys.auth import ConsentReader, requires
 from prefcenter.apikeys.schemas import Caller, Scope
-from prefcenter.audit import export, queries
+from prefcenter.audit import changes, export, queries
 from prefcenter.audit.errors import VerifyInProgress
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
-from prefcenter.audit.query_schemas import AuditEventsOut, ExportFormat
+from prefcenter.audit.query_schemas import AuditEventsOut, ChangesOut, ExportFormat
 from prefcenter.audit.schemas import VerifyOut
 from prefcenter.audit.verify import StateReplay, VerifyResult, verify_chain
 from prefcenter.contacts.addresses import MAX_ADDRESS_OCTETS, InvalidAddress, parse_address
@@ -199,4 +200,35 @@ def verify_trail(
         first_bad_seq=result.first_bad_seq,
         first_bad_contact=result.first_bad_contact,
         detail=result.detail,
+    )
+
+
+# --- the change feed: `GET /v1/changes` -------------------------------------------------------
+
+# Under `/v1`, not `/v1/audit`: a mailer's `consent:read` key reads it, not the auditor's.
+changes_router = APIRouter(
+    prefix="/v1", tags=["eligibility"], responses=problem_responses(401, 403, 503)
+)
+
+
+@changes_router.get(
+    "/changes",
+    summary="Consent events in commit order, from a cursor",
+    description="Each event is shaped as in `/v1/audit`; `evidence` and `context` are left "
+    "out unless the key also has `audit:read` (or `admin`).",
+    responses=problem_responses(422),
+)
+def read_changes(
+    caller: ConsentReader,
+    session: ReadSession,
+    after: Annotated[
+        str | None,
+        Query(max_length=64, description="A `next` from an earlier answer; omitted: the start."),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=changes.CHANGES_LIMIT_MAX, description="Events per answer.")
+    ] = changes.CHANGES_LIMIT_DEFAULT,
+) -> ChangesOut:
+    return changes.read_changes(
+        session, after=after, limit=limit, with_evidence=caller.allows(Scope.AUDIT_READ)
     )

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Collection, Iterator
-from typing import Any, Generic, TypeVar
+from contextlib import closing
+from typing import Generic, TypeVar
 
 from sqlalchemy import Connection
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.rules import Status
+from prefcenter.db import driver_cursor
 from prefcenter.eligibility.rules import Eligibility, TopicModel, decide_eligibility
 
 # (suppressed, subscription status, bounced) as the query returns them; None where no row
@@ -99,15 +101,11 @@ def read_states(
     absent from the result are unknown (`table.unknown`)."""
     if not addresses:
         return {}
-    dbapi: Any = connection.connection.driver_connection
     if connection.dialect.name == "postgresql":
-        cursor = dbapi.cursor()
-        try:
+        with closing(driver_cursor(connection)) as cursor:
             cursor.execute(_POSTGRES_PLAN)
             cursor.execute(_POSTGRES_QUERY, (topic_id, "\n".join(addresses)))
             rows = cursor.fetchall()
-        finally:
-            cursor.close()
         return {
             address: table[(suppressed, status, bounced)]
             for address, suppressed, status, bounced in rows
@@ -115,8 +113,8 @@ def read_states(
     found: dict[str, T] = {}
     for chunk in _chunks(list(addresses), SQLITE_CHUNK):
         marks = ",".join("?" * len(chunk))
-        cursor = dbapi.execute(_SQLITE_QUERY.format(marks=marks), (topic_id, *chunk))
-        try:
+        with closing(driver_cursor(connection)) as cursor:
+            cursor.execute(_SQLITE_QUERY.format(marks=marks), (topic_id, *chunk))
             for address, suppressed, status, bounced in cursor:
                 # SQLite stores booleans as 0/1.
                 found[address] = table[
@@ -126,8 +124,6 @@ def read_states(
                         None if bounced is None else bool(bounced),
                     )
                 ]
-        finally:
-            cursor.close()
     return found
 
 
@@ -137,23 +133,17 @@ def read_erased(connection: Connection, keys: AuditKeys, addresses: Collection[s
     if not addresses:
         return set()
     by_hash = {keys.address_hash(address): address for address in addresses}
-    dbapi: Any = connection.connection.driver_connection
     found: list[str] = []
     if connection.dialect.name == "postgresql":
-        cursor = dbapi.cursor()
-        try:
+        with closing(driver_cursor(connection)) as cursor:
             cursor.execute(_POSTGRES_ERASED, ("\n".join(by_hash),))
             found = [row[0] for row in cursor.fetchall()]
-        finally:
-            cursor.close()
     else:
         for chunk in _chunks(list(by_hash), SQLITE_CHUNK):
             marks = ",".join("?" * len(chunk))
-            cursor = dbapi.execute(_SQLITE_ERASED.format(marks=marks), chunk)
-            try:
+            with closing(driver_cursor(connection)) as cursor:
+                cursor.execute(_SQLITE_ERASED.format(marks=marks), chunk)
                 found.extend(row[0] for row in cursor)
-            finally:
-                cursor.close()
     return {by_hash[h] for h in found}
 
 

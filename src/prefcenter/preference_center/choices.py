@@ -24,9 +24,9 @@ from prefcenter.preference_center.resubscribe import queue_resubscribe_mail
 from prefcenter.preference_center.schemas import PreferencesView, TopicChoice
 from prefcenter.preference_center.service import (
     Channel,
-    link_contact,
     recipient_change,
     recipient_record,
+    token_contact,
 )
 from prefcenter.tokens import VerifiedToken
 from prefcenter.topics.models import Topic
@@ -133,7 +133,7 @@ def _view(
 
 
 def preferences_view(session: Session, verified: VerifiedToken) -> PreferencesView:
-    return _view(session, link_contact(session, verified, lock=False), [])
+    return _view(session, token_contact(session, verified, lock=False), [])
 
 
 @dataclass(slots=True)
@@ -176,7 +176,7 @@ def save_preferences(
     waits for "save"."""
     marketing = {t.key: t for t in _topics_of_kind(session, TopicKind.MARKETING)}
     sharing = {t.key: t for t in _topics_of_kind(session, TopicKind.SHARING)}
-    contact = link_contact(session, verified, lock=True)
+    contact = token_contact(session, verified, lock=True)
     assert contact.id is not None
     saving = _Saving(
         contact=contact,

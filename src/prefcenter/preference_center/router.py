@@ -19,7 +19,7 @@ from prefcenter.audit.keys import audit_keys_of
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import database_of, utcnow
 from prefcenter.links.service import manage_token
-from prefcenter.preference_center import choices, service
+from prefcenter.preference_center import choices, confirmation, service
 from prefcenter.preference_center.errors import InvalidLink
 from prefcenter.preference_center.mail_requests import request_preferences_link
 from prefcenter.preference_center.resubscribe import LINK_LIFETIME
@@ -316,7 +316,7 @@ async def save_preferences(
 @router.head("/c/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 async def show_confirm(token: str, verified: ConfirmToken, request: Request) -> HTMLResponse:
     view = await database_of(request).run_in_transaction(
-        lambda session: service.confirm_view(session, verified), write=False
+        lambda session: confirmation.confirm_view(session, verified), write=False
     )
     return _confirm_page(request, "confirm.html", view, verified, token)
 
@@ -327,7 +327,8 @@ async def confirm(
 ) -> HTMLResponse:
     now = utcnow()
     view = await database_of(request).run_in_transaction(
-        lambda session: service.confirm(session, verified, request=context, now=now), write=True
+        lambda session: confirmation.confirm(session, verified, request=context, now=now),
+        write=True,
     )
     return _confirm_page(request, "confirmed.html", view, verified, token)
 

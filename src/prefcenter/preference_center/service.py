@@ -1,6 +1,7 @@
-"""Use cases of the recipient: unsubscribe (page or RFC 8058 one-click), confirm a double opt-in
-or a resubscribe link (the preference center's choices are in `choices`). The token is the only
-credential."""
+"""Owns the recipient's unsubscribe (page or RFC 8058 one-click) and what every recipient page
+shares: reading the token, its contact and topic, the record of a recipient's change. The
+preference center's choices are `choices`'s; confirming is `confirmation`'s. The token is the
+only credential."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from sqlmodel import Session
 from prefcenter.audit.context import RequestContext
 from prefcenter.consent.ledger.changes import ChangeRecord
 from prefcenter.consent.ledger.orm import apply_change
-from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import (
@@ -23,14 +23,7 @@ from prefcenter.contacts.service import (
     lock_contact_by_public_id,
     mask_address,
 )
-from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
-from prefcenter.outbox.service import latest_for_cause
 from prefcenter.preference_center.errors import InvalidLink
-from prefcenter.preference_center.resubscribe import (
-    Reversal,
-    find_reversal,
-    reverse_opt_out,
-)
 from prefcenter.preference_center.schemas import LinkView
 from prefcenter.settings import SigningKey
 from prefcenter.tokens import (
@@ -41,7 +34,6 @@ from prefcenter.tokens import (
     verify_token,
 )
 from prefcenter.topics.models import Topic
-from prefcenter.topics.schemas import TopicKind
 from prefcenter.topics.service import find_topic
 
 RECIPIENT_ACTOR = "recipient"
@@ -76,7 +68,7 @@ def read_token(
         raise InvalidLink(400, expired=purpose is TokenPurpose.CONFIRM) from exc
 
 
-def link_contact(session: Session, verified: VerifiedToken, *, lock: bool) -> Contact:
+def token_contact(session: Session, verified: VerifiedToken, *, lock: bool) -> Contact:
     public_id = verified.claims.contact_id
     contact = (
         lock_contact_by_public_id(session, public_id)
@@ -88,7 +80,7 @@ def link_contact(session: Session, verified: VerifiedToken, *, lock: bool) -> Co
     return contact
 
 
-def _token_topic(session: Session, verified: VerifiedToken) -> Topic | None:
+def token_topic(session: Session, verified: VerifiedToken) -> Topic | None:
     """The token's topic; a topic that no longer exists falls back to all marketing (when in
     doubt, suppress more)."""
     if verified.claims.topic is None:
@@ -123,8 +115,8 @@ def recipient_change(status: Status, channel: Channel, now: datetime) -> Request
 
 
 def unsubscribe_view(session: Session, verified: VerifiedToken) -> LinkView:
-    contact = link_contact(session, verified, lock=False)
-    topic = _token_topic(session, verified)
+    contact = token_contact(session, verified, lock=False)
+    topic = token_topic(session, verified)
     assert contact.address is not None
     return LinkView(
         masked_address=mask_address(contact.address), topic_name=topic.name if topic else None
@@ -145,8 +137,8 @@ def unsubscribe(
     The topic comes from the token only: nothing in the request can widen or redirect it.
     `evidence` adds to what the record keeps (a mailto: message's `Message-ID`).
     """
-    topic = _token_topic(session, verified)
-    contact = link_contact(session, verified, lock=True)
+    topic = token_topic(session, verified)
+    contact = token_contact(session, verified, lock=True)
     record = recipient_record(verified, channel, request)
     if evidence:
         record = replace(record, evidence={**record.evidence, **evidence})
@@ -162,108 +154,3 @@ def unsubscribe(
     return LinkView(
         masked_address=mask_address(contact.address), topic_name=topic.name if topic else None
     )
-
-
-def _pending_subscription(
-    session: Session, verified: VerifiedToken, contact: Contact
-) -> tuple[Topic, Subscription]:
-    """The subscription this confirmation link was issued for, still pending since the event
-    the link names; anything else (confirmed already, changed since) makes the link stale."""
-    topic = _token_topic(session, verified)
-    if topic is None or topic.id is None or contact.id is None:
-        raise InvalidLink(400, expired=True)
-    suppression = session.get(Suppression, contact.id)
-    if topic.kind == TopicKind.MARKETING and suppression is not None and suppression.suppressed:
-        # Opted out of all marketing since (or before): confirming would promise mail that
-        # is never sent. The preference center is where the person can lift it. A sharing
-        # topic is not mail: that opt-out says nothing about it.
-        raise InvalidLink(400, expired=True)
-    subscription = session.get(Subscription, (contact.id, topic.id))
-    if subscription is not None and subscription.status == Status.SUBSCRIBED:
-        return topic, subscription  # confirmed already (a second click): nothing to do
-    if (
-        subscription is None
-        or subscription.status != Status.PENDING
-        or subscription.event_id != verified.claims.pending_event
-    ):
-        raise InvalidLink(400, expired=True)
-    return topic, subscription
-
-
-def _reversal(session: Session, verified: VerifiedToken, *, lock: bool) -> Reversal:
-    reversal = find_reversal(session, verified, lock=lock)
-    if reversal is None or reversal.contact.address is None:
-        raise InvalidLink(400, expired=True)  # the opt-out it names has moved on
-    return reversal
-
-
-def _reversal_view(reversal: Reversal) -> LinkView:
-    assert reversal.contact.address is not None
-    return LinkView(
-        masked_address=mask_address(reversal.contact.address),
-        topic_name=reversal.topic.name if reversal.topic is not None else None,
-    )
-
-
-def confirm_view(session: Session, verified: VerifiedToken) -> LinkView:
-    if verified.purpose is TokenPurpose.RESUBSCRIBE:
-        return _reversal_view(_reversal(session, verified, lock=False))
-    contact = link_contact(session, verified, lock=False)
-    topic, _ = _pending_subscription(session, verified, contact)
-    assert contact.address is not None
-    return LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)
-
-
-def confirm(
-    session: Session, verified: VerifiedToken, *, request: RequestContext, now: datetime
-) -> LinkView:
-    """Turn the pending subscription into `subscribed`: the person's own act, from their
-    mailbox. A link used again afterwards finds nothing pending and changes nothing. A
-    resubscribe link turns back on what the person refused (preference_center.resubscribe)."""
-    if verified.purpose is TokenPurpose.RESUBSCRIBE:
-        reversal = _reversal(session, verified, lock=True)
-        reverse_opt_out(
-            session,
-            reversal,
-            record=recipient_record(verified, Channel.CONFIRMATION, request),
-            now=now,
-        )
-        return _reversal_view(reversal)
-    contact = link_contact(session, verified, lock=True)
-    topic, subscription = _pending_subscription(session, verified, contact)
-    assert contact.address is not None
-    view = LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)
-    if subscription.status == Status.SUBSCRIBED:
-        return view
-    record = recipient_record(verified, Channel.CONFIRMATION, request)
-    message_id = _confirmation_message_id(session, subscription.event_id)
-    if message_id is not None:
-        record = replace(record, evidence={**record.evidence, "message_id": message_id})
-    apply_change(
-        session,
-        contact=contact,
-        topic=topic,
-        requested=RequestedChange(
-            status=Status.SUBSCRIBED,
-            occurred_at=now,
-            actor=ActorKind.RECIPIENT,
-            source=Channel.CONFIRMATION.value,
-            double_opt_in=True,
-            confirmed=True,
-        ),
-        record=record,
-        now=now,
-    )
-    return view
-
-
-def _confirmation_message_id(session: Session, pending_event: str) -> str | None:
-    """The Message-ID of the mail that carried this confirmation link, when the service sent
-    it: the trail then shows that the link reached that mailbox. When the person asked more
-    than once, the newest sent; none sent yet, a queued one (a worker that sent it and stopped
-    before recording so: the click shows it arrived)."""
-    for status in (OutboxStatus.SENT, OutboxStatus.QUEUED):
-        mail = latest_for_cause(session, pending_event, kind=OutboxKind.MAIL, status=status)
-        if mail is not None:
-            return mail.message_id
-    return None

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prefcenter.db import Database
-from prefcenter.webhooks import service
+from prefcenter.webhooks import replays, service
 from prefcenter.webhooks.addresses import system_resolve
 from prefcenter.webhooks.rules import EVERY_TYPE
 from prefcenter.webhooks.schemas import ReplayIn, WebhookIn
@@ -100,7 +100,7 @@ def webhooks_cli(open_database: OpenDatabase) -> typer.Typer:
         """Deliver again every audit event after a seq that the endpoint wants, in order."""
         spec = ReplayIn(after_seq=max(after_seq, 0))
         with open_database() as database, database.transaction(write=True) as session:
-            result = service.replay(session, endpoint_id, after_seq=spec.after_seq, actor=_actor())
+            result = replays.replay(session, endpoint_id, after_seq=spec.after_seq, actor=_actor())
         stderr.print(f"queued {result.queued} deliveries, replaced {result.replaced} pending")
 
     return group

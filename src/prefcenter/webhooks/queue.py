@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from contextlib import closing
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session
 
 from prefcenter.audit.canonical import format_time
-from prefcenter.db import UtcDateTime
+from prefcenter.db import UtcDateTime, postgres_cursor
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
 from prefcenter.webhooks.models import WebhookEndpoint, WebhookEndpointEvent
@@ -208,10 +209,8 @@ def queue_many_deliveries(
                 "ON COMMIT DROP"
             )
         )
-        driver = session.connection().connection.driver_connection
-        assert driver is not None
         with (
-            driver.cursor() as cursor,
+            closing(postgres_cursor(session.connection())) as cursor,
             cursor.copy("COPY webhook_stage (ord, event_id, contact_id) FROM STDIN") as copy,
         ):
             for number, (event_id, contact_id) in enumerate(events):

@@ -12,7 +12,7 @@ from prefcenter.db import ReadSession, WriteSession
 from prefcenter.idempotency import Idempotency
 from prefcenter.problems import Unprocessable, problem_responses
 from prefcenter.settings import Settings, settings_of
-from prefcenter.webhooks import service
+from prefcenter.webhooks import deliveries, replays, service
 from prefcenter.webhooks.addresses import Resolve, system_resolve
 from prefcenter.webhooks.schemas import (
     ENDPOINT_ID_PATTERN,
@@ -175,7 +175,9 @@ def list_webhook_deliveries(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[int | None, Query(ge=1, description="`next_before` of a page")] = None,
 ) -> DeliveryList:
-    return service.list_deliveries(session, endpoint_id, status=status, limit=limit, before=before)
+    return deliveries.list_deliveries(
+        session, endpoint_id, status=status, limit=limit, before=before
+    )
 
 
 @router.post(
@@ -196,7 +198,7 @@ def replay_webhook(
         owner=caller.owner,
         response=response,
         model=ReplayOut,
-        call=lambda: service.replay(
+        call=lambda: replays.replay(
             session, endpoint_id, after_seq=spec.after_seq, actor=_actor(caller)
         ),
     )

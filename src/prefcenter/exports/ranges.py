@@ -1,12 +1,12 @@
-"""Owns which path the suppression and audience exports take, and their PostgreSQL path: the
-database writes each CSV row as one text value, one range of contact ids per query, so Python
-only fetches and joins strings (SQLite streams `exports`' keyset chunks).
+"""Owns the exports' PostgreSQL path: the database writes each CSV row as one text value, one
+range of contact ids per query, so Python only fetches and joins strings (SQLite streams the
+keyset chunks of `chunks`).
 
 Each range (`contact.id` in `(low, low + EXPORT_RANGE]`) is one query in a short read
 transaction of its own, in id order: memory is bounded by the range's width, no snapshot is
 held for the length of a download, and (as on SQLite) the export as a whole is not one
 snapshot. Two ranges are in flight at once, so the database works on the next while the last
-is sent. The same bytes as `exports._csv_text` writes: cells spreadsheet-safe (`csv_cells`)
+is sent. The same bytes as `chunks.csv_text` writes: cells spreadsheet-safe (`csv_cells`)
 and quoted where Python's csv module quotes, rows ended by CRLF.
 
 Not `COPY … TO STDOUT`: the driver hands its output over a row at a time through a Python
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import closing
 from typing import Any
 
 import anyio
@@ -43,20 +44,15 @@ from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import FORMULA_STARTS
-from prefcenter.db import Database
-from prefcenter.eligibility.exports import (
-    AUDIENCE_HEADER,
-    SUPPRESSIONS_HEADER,
-    SuppressionReason,
-    _address,
-    _allowed_where,
-    _csv_text,
-    _topic_model,
-    audience_reader,
+from prefcenter.db import Database, postgres_cursor
+from prefcenter.exports.chunks import csv_text
+from prefcenter.exports.conditions import (
+    allowed_where,
     bounced_exists,
-    read_suppressions,
-    stream_csv,
+    contact_address,
+    topic_model,
 )
+from prefcenter.exports.schemas import AUDIENCE_HEADER, SUPPRESSIONS_HEADER, SuppressionReason
 from prefcenter.topics.models import Topic
 
 # Contact ids per query: at ~60 bytes a row, a few megabytes of CSV text at most.
@@ -101,8 +97,8 @@ def _csv_line(*cells: ColumnElement[str]) -> ColumnElement[str]:
     return line + "\r\n"
 
 
-def _timestamp_sql(value: Sql) -> ColumnElement[str]:
-    """SQL for `exports._timestamp`: RFC 3339 in UTC, microseconds only when not zero. The
+def timestamp_sql(value: Sql) -> ColumnElement[str]:
+    """SQL for `chunks.csv_timestamp`: RFC 3339 in UTC, microseconds only when not zero. The
     text of a timestamp in the ISO date style (set for the transaction, see `_RANGE_PLAN`) is
     that with a space for the `T` and the fraction's trailing zeros cut (put back: Python
     writes all six digits): far cheaper per row than `to_char`."""
@@ -120,16 +116,16 @@ def _timestamp_sql(value: Sql) -> ColumnElement[str]:
 
 def _suppressions_range(low: int, high: int) -> Select[str]:
     """The range's opt-outs and bounces, a row each, in contact order (the opt-out first)."""
-    # An erased contact is counted without an address (`exports.SuppressionReason.ERASED`).
+    # An erased contact is counted without an address (`SuppressionReason.ERASED`).
     erased = col(Contact.erased_at).is_not(None)
-    email = case((erased, literal("")), else_=csv_cell_sql(_address()))
+    email = case((erased, literal("")), else_=csv_cell_sql(contact_address()))
     reason = case(
         (erased, literal(SuppressionReason.ERASED.value)),
         else_=literal(SuppressionReason.UNSUBSCRIBED_ALL.value),
     )
     since = case(
-        (erased, _timestamp_sql(col(Contact.erased_at))),
-        else_=_timestamp_sql(col(Suppression.since)),
+        (erased, timestamp_sql(col(Contact.erased_at))),
+        else_=timestamp_sql(col(Suppression.since)),
     )
     opted_out: Select[int, int, str] = (
         select(
@@ -153,9 +149,9 @@ def _suppressions_range(low: int, high: int) -> Select[str]:
             col(Bounce.contact_id).label("contact_id"),
             literal(1).label("rank"),
             _csv_line(
-                csv_cell_sql(_address()),
+                csv_cell_sql(contact_address()),
                 literal(SuppressionReason.BOUNCED.value),
-                _timestamp_sql(col(Bounce.since)),
+                timestamp_sql(col(Bounce.since)),
             ).label("line"),
         )
         .select_from(Contact)
@@ -174,7 +170,7 @@ def _suppressions_range(low: int, high: int) -> Select[str]:
 
 
 def _audience_range(topic: Topic) -> RangeQuery:
-    model = _topic_model(topic)
+    model = topic_model(topic)
 
     def query(low: int, high: int) -> Select[str]:
         suppressed = (
@@ -188,7 +184,7 @@ def _audience_range(topic: Topic) -> RangeQuery:
             )
             .exists()
         )
-        allowed, needs_no_row = _allowed_where(
+        allowed, needs_no_row = allowed_where(
             model, suppressed, bounced_exists(low, high), col(Subscription.status)
         )
         on_topic = and_(
@@ -199,7 +195,7 @@ def _audience_range(topic: Topic) -> RangeQuery:
         )
         base = select(
             _csv_line(
-                csv_cell_sql(_address()),
+                csv_cell_sql(contact_address()),
                 # token_urlsafe: letters, digits, `-` and `_`, never anything to quote.
                 csv_cell_sql(col(Contact.public_id), may_need_quotes=False),
             )
@@ -232,8 +228,7 @@ def _read_range(database: Database, query: RangeQuery, plan: str, low: int) -> t
                 dialect=connection.dialect, compile_kwargs={"literal_binds": True}
             )
         )
-        dbapi: Any = connection.connection.driver_connection
-        with dbapi.cursor() as cursor:
+        with closing(postgres_cursor(connection)) as cursor:
             cursor.execute(plan)
             lines = cursor.execute(statement).fetchall()
         last = _last_contact_id(session)
@@ -256,7 +251,7 @@ async def stream_ranges(
 ) -> AsyncIterator[bytes]:
     """The header row, then range after range up to the highest contact id, read again after
     each range so that contacts created meanwhile are not cut off."""
-    yield _csv_text([header])
+    yield csv_text([header])
     in_flight: deque[asyncio.Task[tuple[bytes, int]]] = deque()
     low = 0
     last = EXPORT_RANGE  # until the first range says
@@ -279,19 +274,11 @@ async def stream_ranges(
             task.cancel()
 
 
-def _on_postgres(database: Database) -> bool:
-    return database.engine.dialect.name == "postgresql"
+def suppressions_ranges(database: Database) -> AsyncIterator[bytes]:
+    """`GET /v1/suppressions` as CSV bytes, built by PostgreSQL."""
+    return stream_ranges(database, SUPPRESSIONS_HEADER, _suppressions_range, _SUPPRESSIONS_PLAN)
 
 
-def suppressions_csv(database: Database) -> AsyncIterator[bytes]:
-    """`GET /v1/suppressions` as CSV bytes."""
-    if _on_postgres(database):
-        return stream_ranges(database, SUPPRESSIONS_HEADER, _suppressions_range, _SUPPRESSIONS_PLAN)
-    return stream_csv(database, SUPPRESSIONS_HEADER, read_suppressions)
-
-
-def audience_csv(database: Database, topic: Topic) -> AsyncIterator[bytes]:
-    """`GET /v1/topics/{key}/audience` as CSV bytes."""
-    if _on_postgres(database):
-        return stream_ranges(database, AUDIENCE_HEADER, _audience_range(topic), _RANGE_PLAN)
-    return stream_csv(database, AUDIENCE_HEADER, audience_reader(topic))
+def audience_ranges(database: Database, topic: Topic) -> AsyncIterator[bytes]:
+    """`GET /v1/topics/{key}/audience` as CSV bytes, built by PostgreSQL."""
+    return stream_ranges(database, AUDIENCE_HEADER, _audience_range(topic), _RANGE_PLAN)

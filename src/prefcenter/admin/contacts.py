@@ -1,6 +1,6 @@
-"""Use cases of the contact pages: find a contact by address or id, read it with its topics,
-record a support-desk change under the consent rules with the staff member as actor, and
-erase."""
+"""Owns the use cases of the console's contact pages: find a contact by address or id, read it
+with its topics, record a staff change (what a person asked the support desk for) under the
+consent rules with the staff member as actor, and erase."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 from sqlmodel import Session, col, select
 
-from prefcenter.admin.schemas import ContactView, SupportChangeIn
+from prefcenter.admin.schemas import ContactView, StaffChangeIn
 from prefcenter.admin.sessions import ActiveSession
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
@@ -64,10 +64,10 @@ def contact_view(session: Session, contact_id: str) -> ContactView:
     return ContactView(contact=contact, topics=list_topics(session), sources=dict(sources.all()))
 
 
-def record_support_change(
+def record_staff_change(
     session: Session,
     contact_id: str,
-    change: SupportChangeIn,
+    change: StaffChangeIn,
     *,
     actor: str,
     request: RequestContext,

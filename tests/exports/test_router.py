@@ -17,8 +17,8 @@ from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
-from prefcenter.eligibility import exports
 from prefcenter.eligibility.rules import TopicModel, decide_eligibility
+from prefcenter.exports import chunks
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import ConsentModel, TopicKind
 from tests.conftest import issue_key
@@ -40,7 +40,7 @@ def reader_headers(database: Database) -> Headers:
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of two rows, so a handful of contacts crosses several chunk boundaries."""
-    monkeypatch.setattr(exports, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(chunks, "CHUNK_ROWS", 2)
 
 
 def public_ids(client: TestClient, headers: Headers, *emails: str) -> dict[str, str]:

@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
+from prefcenter.audit.changes import CHANGES_CURSOR, START_CURSOR
 from prefcenter.audit.schemas import ScopedAuditEventOut
 from prefcenter.db import Database
-from prefcenter.eligibility.exports import START_CURSOR, encode_cursor
 from tests.conftest import issue_key, make_settings
 from tests.factories import (
     Headers,
@@ -91,7 +91,7 @@ class TestChanges:
         assert {e["kind"] for e in body["events"]} == CONSENT_KINDS
         for event in body["events"]:
             assert ScopedAuditEventOut.model_validate(event).model_dump(mode="json") == event
-        assert body["next"] == encode_cursor(mixed_history[-1])
+        assert body["next"] == CHANGES_CURSOR.encode(mixed_history[-1])
 
     def test_pages_follow_next_without_gaps_or_repeats(
         self, client: TestClient, reader_headers: Headers, mixed_history: list[int]
@@ -136,7 +136,15 @@ class TestChanges:
 
     @pytest.mark.parametrize(
         "cursor",
-        ["", "x", "12", "seq:1", encode_cursor(1) + "=", encode_cursor(1) + "!", "c2VxOi0x"],
+        [
+            "",
+            "x",
+            "12",
+            "seq:1",
+            CHANGES_CURSOR.encode(1) + "=",
+            CHANGES_CURSOR.encode(1) + "!",
+            "c2VxOi0x",
+        ],
     )
     def test_malformed_cursor_is_a_422_naming_after(
         self, client: TestClient, reader_headers: Headers, cursor: str

@@ -1,17 +1,16 @@
-"""HTTP: `/v1/suppressions`, `/v1/topics/{key}/audience`, `/v1/changes`."""
+"""HTTP: `/v1/suppressions` and `/v1/topics/{key}/audience`."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import StreamingResponse
 
 from prefcenter.apikeys.auth import ConsentReader, requires
 from prefcenter.apikeys.schemas import Caller, Scope
-from prefcenter.db import ReadSession, database_of
-from prefcenter.eligibility import export_streams, exports
-from prefcenter.eligibility.export_schemas import ChangesOut
+from prefcenter.db import database_of
+from prefcenter.exports import service
 from prefcenter.problems import problem_responses
 from prefcenter.topics.schemas import TopicKey
 
@@ -32,7 +31,7 @@ def _csv_response(description: str) -> dict[int | str, dict[str, Any]]:
     responses=_csv_response("CSV `email,reason,since`, ordered by contact."),
 )
 def export_suppressions(_: ConsentReader, request: Request) -> StreamingResponse:
-    stream = export_streams.suppressions_csv(database_of(request))
+    stream = service.suppressions_csv(database_of(request))
     return StreamingResponse(stream, media_type=CSV_MEDIA_TYPE)
 
 
@@ -50,29 +49,6 @@ def export_audience(
 ) -> StreamingResponse:
     database = database_of(request)
     with database.transaction(write=False) as session:
-        topic = exports.find_audience_topic(session, key)
-    stream = export_streams.audience_csv(database, topic)
+        topic = service.find_audience_topic(session, key)
+    stream = service.audience_csv(database, topic)
     return StreamingResponse(stream, media_type=CSV_MEDIA_TYPE)
-
-
-@router.get(
-    "/changes",
-    summary="Consent events in commit order, from a cursor",
-    description="Each event is shaped as in `/v1/audit`; `evidence` and `context` are left "
-    "out unless the key also has `audit:read` (or `admin`).",
-    responses=problem_responses(422),
-)
-def read_changes(
-    caller: ConsentReader,
-    session: ReadSession,
-    after: Annotated[
-        str | None,
-        Query(max_length=64, description="A `next` from an earlier answer; omitted: the start."),
-    ] = None,
-    limit: Annotated[
-        int, Query(ge=1, le=exports.CHANGES_LIMIT_MAX, description="Events per answer.")
-    ] = exports.CHANGES_LIMIT_DEFAULT,
-) -> ChangesOut:
-    return exports.read_changes(
-        session, after=after, limit=limit, with_evidence=caller.allows(Scope.AUDIT_READ)
-    )

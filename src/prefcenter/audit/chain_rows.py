@@ -1,0 +1,211 @@
+"""Owns how verification reads the audit chain: every event's row with its evidence document
+and free text, in `seq` order, a chunk at a time in constant memory, with the database's own
+check that the columns are what the canonical bytes say (the fast path), and the check in
+Python that decides (`columns_differ`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from prefcenter.audit.canonical import (
+    EVENT_COLUMNS,
+    EVENT_KEYS,
+    FREE_TEXT_DIGESTS,
+    FREE_TEXT_FIELDS,
+)
+from prefcenter.db import DriverCursor, PostgresCursor, driver_cursor, postgres_cursor
+
+CHUNK = 20_000
+
+# A format's canonical keys in the object's own (sorted) order: `orjson.loads` of the stored
+# bytes gives its values in this order.
+SORTED_KEYS = {v: [*sorted((*keys, "v"))] for v, keys in EVENT_KEYS.items()}
+# Every column that holds a canonical value, in sorted order (`row_columns`).
+_COLUMNS = tuple(sorted(EVENT_COLUMNS))
+# Where each format's values are among `_COLUMNS`, and which columns must be null in it.
+_PICK = {v: [_COLUMNS.index(k) for k in keys[:-1]] for v, keys in SORTED_KEYS.items()}
+_NULL = {v: [i for i, k in enumerate(_COLUMNS) if k not in keys] for v, keys in SORTED_KEYS.items()}
+_TIMES = ("occurred_at", "recorded_at")
+# The stored bytes end in `"v":N}`: which format's JSON the SQL compares them with.
+_SUFFIXES = {v: b'"v":%d}' % v for v in EVENT_KEYS}
+# A chunk's row: canonical, hash, document, seq, contact_id, evidence_digest, whether the
+# database finds the columns to be what the canonical bytes say, then the chain's digests of
+# the free text (FREE_TEXT_DIGESTS order). The database checks the columns by writing them as
+# JSON itself, keys in sorted order, in the format the bytes end in (the columns of the other
+# format must be null), and comparing that with the bytes: PostgreSQL's `to_json(text)` and
+# SQLite's `json_object` escape strings exactly as RFC 8785 does (short escapes for \b \t \n
+# \f \r, `\u00xx` for the other control characters, the rest as it is), and the times are
+# formatted as `format_time` does. An event it finds to differ is checked again in Python
+# (`columns_differ`) before it is called bad: the SQL is the fast path, not the judge. Keyset
+# chunks over the primary key on PostgreSQL (an index range scan and a merge with the
+# evidence); one query read in chunks on SQLite. The free text of a chunk's events is read
+# apart, a range of `audit_free_text` by seq, and matched to its events in Python: a join
+# would cost SQLite a b-tree probe for every event, with free text or without.
+_DIGESTS_SQL = ", ".join(f"e.{name}" for name in FREE_TEXT_DIGESTS)
+_PG_CHUNK = (
+    "SELECT e.canonical, e.hash, d.document, e.seq, e.contact_id, e.evidence_digest, "  # noqa: S608
+    f"convert_to({{json}}, 'UTF8') = e.canonical, {_DIGESTS_SQL} "
+    "FROM audit_event e LEFT JOIN audit_evidence d ON d.seq = e.seq "
+    "WHERE e.seq > %s ORDER BY e.seq LIMIT {limit}"
+)
+_SQLITE_ALL = (
+    "SELECT e.canonical, e.hash, d.document, e.seq, e.contact_id, e.evidence_digest, "  # noqa: S608
+    f"{{json}} = e.canonical, {_DIGESTS_SQL} "
+    "FROM audit_event e LEFT JOIN audit_evidence d ON d.seq = e.seq "
+    "WHERE e.seq > 0 ORDER BY e.seq"
+)
+_FREE_TEXT = (
+    f"SELECT seq, {', '.join(FREE_TEXT_FIELDS)} FROM audit_free_text "  # noqa: S608
+    "WHERE seq > {placeholder} AND seq <= {placeholder}"
+)
+_ONE = "SELECT {columns} FROM audit_event e WHERE e.seq = {placeholder}"
+
+
+def _column_sql(name: str, dialect: str) -> str:
+    """A column as `columns_differ` compares it: SQLAlchemy keeps SQLite times as
+    `YYYY-MM-DD HH:MM:SS.ffffff` UTC text; PostgreSQL's are datetimes."""
+    if dialect != "postgresql" and name in _TIMES:
+        return f"replace(e.{name}, ' ', 'T') || 'Z'"
+    return f"e.{name}"
+
+
+def _by_format(json_of: dict[int, str], dialect: str) -> str:
+    """The JSON of the format whose `"v":N}` the stored bytes end in, null when a column that
+    format has no key for is not (the Python check then names the event)."""
+    last = (
+        "substr(e.canonical, -6)"
+        if dialect != "postgresql"
+        else "substring(e.canonical FROM octet_length(e.canonical) - 5)"
+    )
+    cases = []
+    for version, json in json_of.items():
+        others_null = " AND ".join(f"e.{_COLUMNS[i]} IS NULL" for i in _NULL[version])
+        suffix = _SUFFIXES[version].hex()
+        literal = f"X'{suffix}'" if dialect != "postgresql" else f"'\\x{suffix}'::bytea"
+        cases.append(f"WHEN {last} = {literal} AND {others_null} THEN {json}")
+    return f"CASE {' '.join(cases)} END"
+
+
+def _pg_json_sql() -> str:
+    """The canonical bytes as PostgreSQL writes them from the columns (as text)."""
+    json_of = {}
+    for version, keys in SORTED_KEYS.items():
+        parts = []
+        for name in keys[:-1]:
+            if name in _TIMES:
+                value = (
+                    f"""'"' || to_char(e.{name} AT TIME ZONE 'UTC', """
+                    f"""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"'"""
+                )
+            elif name == "seq":
+                value = "e.seq::text"
+            else:
+                value = f"coalesce(to_json(e.{name})::text, 'null')"
+            parts.append(f"""'"{name}":' || {value}""")
+        json_of[version] = "'{' || " + " || ',' || ".join(parts) + f""" || ',"v":{version}}}'"""
+    return _by_format(json_of, "postgresql")
+
+
+def _sqlite_json_sql() -> str:
+    """The canonical bytes as SQLite writes them from the columns (as a blob)."""
+    json_of = {}
+    for version, keys in SORTED_KEYS.items():
+        pairs = ", ".join(f"'{name}', {_column_sql(name, 'sqlite')}" for name in keys[:-1])
+        json_of[version] = f"CAST(json_object({pairs}, 'v', {version}) AS BLOB)"
+    return _by_format(json_of, "sqlite")
+
+
+# A chunk: its events' rows, and the free text of those of them that have a row in
+# `audit_free_text`, by seq.
+Chunk = tuple[list[Any], dict[int, tuple[str | None, ...]]]
+
+
+def _free_texts(
+    cursor: DriverCursor, sql: str, rows: list[Any]
+) -> dict[int, tuple[str | None, ...]]:
+    """The free text of the events in `rows` (those after the seq before the first up to the
+    last: the events are checked gap-free), by seq."""
+    cursor.execute(sql, (rows[0][3] - 1, rows[-1][3]))
+    return {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
+
+
+def read_chunks(connection: Connection) -> Iterator[Chunk]:
+    """Every event with its evidence document and free text, in seq order, a chunk at a
+    time."""
+    if connection.dialect.name == "postgresql":
+        with closing(postgres_cursor(connection)) as cursor:
+            yield from _prefetched_chunks(cursor)
+        return
+    texts_sql = _FREE_TEXT.format(placeholder="?")
+    with (
+        closing(driver_cursor(connection)) as cursor,
+        closing(driver_cursor(connection)) as texts_cursor,
+    ):
+        cursor.execute(_SQLITE_ALL.format(json=_sqlite_json_sql()))
+        while rows := cursor.fetchmany(CHUNK):
+            yield rows, _free_texts(texts_cursor, texts_sql, rows)
+
+
+def _prefetched_chunks(cursor: PostgresCursor) -> Iterator[Chunk]:
+    """PostgreSQL's chunks, the next one asked for while the caller checks the last: the
+    server writes JSON and reads pages on one core while Python hashes on the other. One
+    query in flight at a time on the connection (psycopg serialises any other use of it)."""
+    sql = _PG_CHUNK.format(json=_pg_json_sql(), limit=CHUNK)
+    texts_sql = _FREE_TEXT.format(placeholder="%s")
+
+    def fetch(after: int) -> Chunk:
+        cursor.execute(sql, (after,), binary=True)
+        rows: list[Any] = cursor.fetchall()
+        return rows, _free_texts(cursor, texts_sql, rows) if rows else {}
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-verify") as fetcher:
+        pending = fetcher.submit(fetch, 0)
+        while True:
+            rows, texts = pending.result()
+            if not rows:
+                return
+            if len(rows) == CHUNK:
+                pending = fetcher.submit(fetch, rows[-1][3])
+            yield rows, texts
+            if len(rows) < CHUNK:
+                return
+
+
+def row_columns(cursor: DriverCursor, dialect: str, seq: int) -> list[Any]:
+    """The columns of one event, as `columns_differ` compares them."""
+    columns = ", ".join(_column_sql(name, dialect) for name in _COLUMNS)
+    placeholder = "%s" if dialect == "postgresql" else "?"
+    row = cursor.execute(_ONE.format(columns=columns, placeholder=placeholder), (seq,)).fetchone()
+    if row is None:  # read in this snapshot a moment ago
+        raise RuntimeError(f"audit event {seq} vanished from the snapshot")
+    return list(row)
+
+
+def columns_differ(canonical: bytes, columns: list[Any], *, parse_times: bool) -> str | None:
+    """How the columns (in `_COLUMNS` order) differ from the values of the canonical object, in
+    its format (those its format has no key for must be null); None when they do not."""
+    try:
+        decoded = orjson.loads(canonical)
+        version = decoded["v"]
+        keys = SORTED_KEYS.get(version) if type(version) is int else None
+        if keys is None or [*decoded] != keys:
+            return "its canonical bytes are not an event"
+        values = [decoded[key] for key in keys[:-1]]
+        if parse_times:  # PostgreSQL hands out datetimes
+            for i, key in enumerate(keys[:-1]):
+                if key in _TIMES:
+                    values[i] = datetime.fromisoformat(values[i])
+    except (ValueError, TypeError, KeyError, IndexError):
+        return "its canonical bytes are not an event"
+    if values != [columns[i] for i in _PICK[version]] or any(
+        columns[i] is not None for i in _NULL[version]
+    ):
+        return "its columns differ from its canonical bytes"
+    return None

@@ -1,0 +1,1 @@
+"""Exports: the suppression list and a topic's audience, streamed as CSV for mailers."""
