@@ -41,6 +41,7 @@ from prefcenter.problems import (
 from prefcenter.settings import Settings
 from prefcenter.templating import RecipientPageHeaders
 from prefcenter.topics.router import router as topics_router
+from prefcenter.notices.router import router as notices_router
 from prefcenter.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_inbound(app, settings)
     app.include_router(recipient_router)
     app.include_router(webhooks_router)
+    app.include_router(notices_router)
     install_invalid_link_page(app)
     install_admin_console(app)
     if settings.api_docs_enabled:
