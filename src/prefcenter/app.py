@@ -29,6 +29,7 @@ from prefcenter.imports.router import router as imports_router
 from prefcenter.inbound.router import install_inbound
 from prefcenter.links.router import router as links_router
 from prefcenter.mail.config import mail_config
+from prefcenter.notices.router import router as notices_router
 from prefcenter.preference_center.router import install_invalid_link_page, request_timeout_page
 from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
@@ -41,7 +42,6 @@ from prefcenter.problems import (
 from prefcenter.settings import Settings
 from prefcenter.templating import RecipientPageHeaders
 from prefcenter.topics.router import router as topics_router
-from prefcenter.notices.router import router as notices_router
 from prefcenter.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
 from prefcenter.contacts.models import Contact
 from prefcenter.db import utcnow
 from prefcenter.mail.config import mail_config
+from prefcenter.notices.service import check_consent_notice
 from prefcenter.settings import Settings, SigningKey
 from prefcenter.tokens import TokenClaims, TokenPurpose, confirm_url, sign_token
 from prefcenter.topics.errors import UnknownTopic
@@ -203,6 +204,11 @@ def record_change(
         reason=change.reason,
         double_opt_in=topic.double_opt_in if topic is not None else False,
     )
+    context = request.as_evidence()
+    if change.notice is not None:
+        context["notice"] = check_consent_notice(
+            session, change.notice, occurred_at=min(requested.occurred_at, now)
+        )
     mail = mail_config(settings)
     contact = lock_new_contact(session, keys, change.email)
     applied = apply_change(
@@ -216,7 +222,7 @@ def record_change(
             campaign_id=change.campaign_id,
             reason=change.reason,
             evidence=change.evidence,
-            context=request.as_evidence(),
+            context=context,
             confirm_link_to=CONFIRM_BY_MAIL if mail is not None else caller.actor,
         ),
         now=now,
