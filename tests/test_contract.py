@@ -39,13 +39,6 @@ ISSUE_2: set[Endpoint] = {
 # In the contract, built by a later issue. Each must be absent until it lands: then delete
 # its line here.
 NOT_YET: set[Endpoint] = {
-    # Notices.
-    ("PUT", "/v1/notices/{}"),
-    ("POST", "/v1/notices/{}/versions"),
-    ("GET", "/v1/notices"),
-    ("GET", "/v1/notices/{}/versions"),
-    ("GET", "/v1/notices/{}/in-force"),
-    ("GET", "/v1/notices/{}/versions/{}/notification"),
     # Speed: batch writes for syncs.
     ("POST", "/v1/consents/batch"),
     # Running it in production.
