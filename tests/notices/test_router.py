@@ -208,17 +208,18 @@ class TestAccess:
             for method, path, body in self.ROUTES:
                 answer = client.request(method, path, headers=headers, json=body)
                 assert answer.status_code == (403 if headers else 401), (method, path)
-        assert client.get(f"/v1/notices/{POLICY}/versions", headers=admin_headers).json()[
-            "versions"
-        ][0]["version"] == "v1"
+        assert (
+            client.get(f"/v1/notices/{POLICY}/versions", headers=admin_headers).json()["versions"][
+                0
+            ]["version"]
+            == "v1"
+        )
 
     def test_a_run_of_an_unknown_version_is_404(
         self, client: TestClient, admin_headers: Headers
     ) -> None:
         put_notice(client, admin_headers)
-        answer = client.get(
-            f"/v1/notices/{POLICY}/versions/v1/notification", headers=admin_headers
-        )
+        answer = client.get(f"/v1/notices/{POLICY}/versions/v1/notification", headers=admin_headers)
         assert_problem(answer, 404, "notice-version-not-found")
 
     def test_a_version_that_is_not_material_mails_nobody(

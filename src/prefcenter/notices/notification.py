@@ -105,8 +105,12 @@ def queue_notice_mails(
         .where(_BOUNCES.c.contact_id == _CONTACTS.c.id, _BOUNCES.c.bounced)
         .exists(),
     )
-    result = session.execute(core_insert(_MESSAGES).from_select(list(_COLUMNS), rows))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    session.execute(core_insert(_MESSAGES).from_select(list(_COLUMNS), rows))
+    # Counted by the cause's index: not every driver reports an INSERT … SELECT's rowcount.
+    counted = session.execute(
+        core_select(func.count()).where(_MESSAGES.c.cause_event_id == event_id)
+    ).scalar_one()
+    return int(counted)
 
 
 def notification_counts(session: Session, *, event_id: str) -> NotificationOut:

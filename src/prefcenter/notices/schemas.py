@@ -7,7 +7,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from prefcenter.timestamps import Rfc3339DateTime
 
@@ -95,14 +104,20 @@ class NoticeVersionIn(BaseModel):
         description="Why it takes effect sooner than the notice period allows (recorded).",
     )
 
+    @field_validator("sha256")
+    @classmethod
+    def _of_the_text(cls, value: str, info: ValidationInfo) -> str:
+        text = info.data.get("text")
+        if text is not None:
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            if digest != value:
+                raise ValueError(f"is not the SHA-256 of the text (which is {digest})")
+        return value
+
     @model_validator(mode="after")
     def _text_or_url(self) -> NoticeVersionIn:
         if self.text is None and self.url is None:
             raise ValueError("give the text, its url, or both")
-        if self.text is not None:
-            digest = hashlib.sha256(self.text.encode()).hexdigest()
-            if digest != self.sha256:
-                raise ValueError(f"sha256 is not that of the text (which is {digest})")
         return self
 
 
