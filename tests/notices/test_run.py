@@ -92,7 +92,7 @@ def erase(client: TestClient, headers: Headers, contact_id: str) -> None:
 def text_of(message: EmailMessage, subtype: str) -> str:
     part = message.get_body(preferencelist=(subtype,))
     assert part is not None
-    return str(part.get_content())  # type: ignore[attr-defined]
+    return str(part.get_content())
 
 
 class TestRun:
