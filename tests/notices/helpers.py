@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from prefcenter.db import Database
+from prefcenter.delivery.worker import OutboxWorker
+from prefcenter.mail.config import mail_config
+from prefcenter.settings import Settings
 from tests.factories import Headers, Json
 
 POLICY = "privacy"
@@ -70,3 +75,17 @@ def notification(client: TestClient, headers: Headers, version: str, key: str = 
     assert response.status_code == 200, response.text
     answer: Json = response.json()
     return answer
+
+
+def deliver(database: Database, settings: Settings) -> None:
+    config = mail_config(settings)
+    assert config is not None
+    worker = OutboxWorker(database, settings, mail=config, draw=lambda: 0.5)
+
+    async def go() -> None:
+        try:
+            await worker.deliver_due()
+        finally:
+            await worker.aclose()
+
+    asyncio.run(go())

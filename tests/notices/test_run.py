@@ -4,7 +4,6 @@ audit event per mail sent, and counts that match."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 from email.message import EmailMessage
@@ -22,14 +21,12 @@ from prefcenter.bounces.schemas import BouncedContact, BounceReport
 from prefcenter.bounces.service import record_bounces
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database, utcnow
-from prefcenter.delivery.worker import OutboxWorker
-from prefcenter.mail.config import mail_config
 from prefcenter.notices import service
 from prefcenter.notices.schemas import NoticeVersionIn
 from prefcenter.settings import Settings
 from tests.factories import Headers, audit_events, make_topic, record_change
 from tests.mail_server import SmtpServer, mail_settings, smtp_server
-from tests.notices.helpers import notification, publish, put_notice, version_body
+from tests.notices.helpers import deliver, notification, publish, put_notice, version_body
 
 
 @pytest.fixture
@@ -47,20 +44,6 @@ def settings(database_url: str, server: SmtpServer) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as client:
         yield client
-
-
-def deliver(database: Database, settings: Settings) -> None:
-    config = mail_config(settings)
-    assert config is not None
-    worker = OutboxWorker(database, settings, mail=config, draw=lambda: 0.5)
-
-    async def go() -> None:
-        try:
-            await worker.deliver_due()
-        finally:
-            await worker.aclose()
-
-    asyncio.run(go())
 
 
 def bounce(database: Database, address: str) -> None:

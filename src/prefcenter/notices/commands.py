@@ -75,11 +75,12 @@ def notices_cli(open_database: OpenDatabase) -> typer.Typer:
                     counts = now
                     progress.update(task, completed=_done(counts))
                     if time.monotonic() - last_change > stall_seconds:
-                        stderr.print(
-                            "nothing was sent for a while: is a worker running "
-                            "(`prefcenter worker`, or `prefcenter serve`)? The run waits for one."
-                        )
                         break
+        if counts.queued:
+            stderr.print(
+                "nothing was sent for a while: is a worker running "
+                "(`prefcenter worker`, or `prefcenter serve`)? The run waits for one."
+            )
         return counts
 
     @group.command("publish")
