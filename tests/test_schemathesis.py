@@ -32,6 +32,12 @@ from prefcenter.db import Database
 from prefcenter.eligibility.exports import InvalidCursor
 from prefcenter.idempotency import IdempotencyKeyReused
 from prefcenter.imports.errors import UnreadableImport
+from prefcenter.notices.errors import (
+    NoticePeriodTooShort,
+    NoticeVersionSuperseded,
+    TextDigestMismatch,
+    UnknownNoticeVersion,
+)
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 from prefcenter.settings import Settings
 from prefcenter.topics.errors import UnknownTopic
@@ -232,6 +238,10 @@ STATE_DEPENDENT_422 = {
         InvalidTimeRange,  # since >= until: across two parameters, which no schema can say
         UnreadableImport,  # what a CSV file holds: no schema says it
         WebhookUrlRefused,  # where a URL's host resolves: DNS, not a schema, says it
+        UnknownNoticeVersion,  # a consent's notice: which versions are published
+        NoticeVersionSuperseded,  # …and which took effect by its occurred_at
+        NoticePeriodTooShort,  # an effective_at against the clock
+        TextDigestMismatch,  # what a text hashes to
     )
 }
 

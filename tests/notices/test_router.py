@@ -115,6 +115,7 @@ class TestPublish:
             ({"text": None}, "text"),
             ({"material": "yes"}, "material"),
             ({"version": "a@b"}, "version"),
+            ({"summary": "   "}, "summary"),
         ],
     )
     def test_a_bad_version_is_refused(

@@ -45,3 +45,11 @@ class NoticeVersionSuperseded(Unprocessable):
 
     slug = "notice-version-superseded"
     title = "Notice version no longer in force"
+
+
+class TextDigestMismatch(Unprocessable):
+    """The `sha256` of a version is not that of its text (what a text hashes to, no schema
+    can say)."""
+
+    slug = "notice-text-digest-mismatch"
+    title = "sha256 is not that of the text"

@@ -13,10 +13,9 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from prefcenter.timestamps import Rfc3339DateTime
 
@@ -30,7 +29,12 @@ VersionLabel = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
 NoticeRef = Annotated[str, StringConstraints(pattern=NOTICE_REF_PATTERN)]
 # No control characters but TAB, CR and LF: NUL cannot be stored in PostgreSQL text.
 _PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
-_ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+# As _PRINTABLE, with at least one character that is not a space (a pattern, not stripping,
+# so that the schema says what is accepted).
+_SAYS_SOMETHING = (
+    r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+)
+_ONE_LINE_SAYS_SOMETHING = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
 
 
 class NoticeKind(StrEnum):
@@ -48,7 +52,7 @@ class NoticeIn(BaseModel):
 
     name: Annotated[
         str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=_ONE_LINE),
+        StringConstraints(min_length=1, max_length=200, pattern=_ONE_LINE_SAYS_SOMETHING),
     ]
     kind: NoticeKind
 
@@ -73,52 +77,53 @@ class NoticeList(BaseModel):
 
 
 class NoticeVersionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The text, its URL, or both: said in the schema too, so clients and fuzzers know it.
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"anyOf": [{"required": ["text"]}, {"required": ["url"]}]}
+    )
 
     version: VersionLabel
     language: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}$")]
     url: (
         Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://[^\s\x00-\x1f]+$")]
-        | None
+        | SkipJsonSchema[None]
     ) = None
-    text: Annotated[str, StringConstraints(max_length=1_000_000, pattern=_PRINTABLE)] | None = None
-    sha256: Annotated[
-        str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[0-9a-fA-F]{64}$")
-    ] = Field(description="SHA-256 of the text (UTF-8), hex; checked when `text` is given.")
+    text: (
+        Annotated[str, StringConstraints(max_length=1_000_000, pattern=_PRINTABLE)]
+        | SkipJsonSchema[None]
+    ) = None
+    sha256: Annotated[str, StringConstraints(to_lower=True, pattern=r"^[0-9a-fA-F]{64}$")] = Field(
+        description="SHA-256 of the text (UTF-8), hex; checked when `text` is given."
+    )
     effective_at: Rfc3339DateTime
     material: StrictBool
     summary: Annotated[
         str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=2000, pattern=_PRINTABLE),
+        StringConstraints(min_length=1, max_length=2000, pattern=_SAYS_SOMETHING),
     ] = Field(description="What changed, in a few sentences: the notice mail carries it.")
     reason: (
         Annotated[
             str,
-            StringConstraints(
-                strip_whitespace=True, min_length=1, max_length=2000, pattern=_PRINTABLE
-            ),
+            StringConstraints(min_length=1, max_length=2000, pattern=_SAYS_SOMETHING),
         ]
-        | None
+        | SkipJsonSchema[None]
     ) = Field(
         default=None,
         description="Why it takes effect sooner than the notice period allows (recorded).",
     )
-
-    @field_validator("sha256")
-    @classmethod
-    def _of_the_text(cls, value: str, info: ValidationInfo) -> str:
-        text = info.data.get("text")
-        if text is not None:
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            if digest != value:
-                raise ValueError(f"is not the SHA-256 of the text (which is {digest})")
-        return value
 
     @model_validator(mode="after")
     def _text_or_url(self) -> NoticeVersionIn:
         if self.text is None and self.url is None:
             raise ValueError("give the text, its url, or both")
         return self
+
+    def text_digest(self) -> str | None:
+        """The SHA-256 of the text given, when it is not the one the request says."""
+        if self.text is None:
+            return None
+        digest = hashlib.sha256(self.text.encode()).hexdigest()
+        return None if digest == self.sha256 else digest
 
 
 class NoticeVersionOut(BaseModel):

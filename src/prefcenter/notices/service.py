@@ -20,6 +20,7 @@ from prefcenter.notices.errors import (
     NoticeVersionNotFound,
     NoticeVersionSuperseded,
     NoVersionInForce,
+    TextDigestMismatch,
     UnknownNoticeVersion,
 )
 from prefcenter.notices.models import Notice, NoticeVersion
@@ -129,6 +130,12 @@ def publish_version(
     """Publish a version: refused when its label exists (versions are immutable) or when it
     takes effect sooner than the notice period without a reason. A material version's mails
     are queued here, in the same transaction: published means announced."""
+    digest = spec.text_digest()
+    if digest is not None:
+        raise TextDigestMismatch(
+            f"sha256 is not the SHA-256 of the text (UTF-8), which is {digest}.",
+            errors=[{"field": "sha256", "detail": f"the text's is {digest}"}],
+        )
     notice = find_notice(session, key, lock=True)  # one publisher of a notice at a time
     assert notice.id is not None
     exists = session.exec(
