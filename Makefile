@@ -15,7 +15,7 @@ PIP_COMPILE := CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_TOOLS)/bin/pip-compile 
 lock_upgrade = $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),\
 	$$(grep -qiE '^$(p)==' $(1) && echo --upgrade-package=$(p))))
 
-.PHONY: run test lint typecheck check-imports pytest browser clean messages lock
+.PHONY: run test test-faults lint typecheck check-imports pytest browser clean messages lock
 
 # Every package comes from the dev lock, pinned and checked against its hashes (pip refuses
 # anything unpinned or unhashed); the project goes in last, without dependencies. The build
@@ -53,7 +53,7 @@ run: $(STAMP)
 	$(BIN)/prefcenter serve
 
 ## test: lint, format check, mypy --strict, import layers, then pytest on SQLite and PostgreSQL
-test: lint typecheck check-imports pytest
+test: lint typecheck check-imports pytest test-faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests alembic bench
@@ -61,12 +61,18 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy bench  # the benchmarks are scripts, not a package: checked on their own
 
 check-imports: $(STAMP)
 	$(BIN)/lint-imports
 
 pytest: $(STAMP) browser
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m 'not faults' $(PYTEST_ARGS)
+
+## test-faults: the fault tests (tests/faults, 1½–3 min on 2 cores): PostgreSQL restarted, absent, locked;
+## SIGTERM and kill -9 under load; the clock stepped back; a full disk (docs/operations.md)
+test-faults: $(STAMP)
+	$(BIN)/pytest -m faults tests/faults $(PYTEST_ARGS)
 
 ## browser: Debian's chromium for the real-browser tests, installed with apt when missing
 ## (PREFCENTER_SKIP_BROWSER=1 skips those tests instead; without it a missing browser fails)

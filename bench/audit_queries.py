@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +49,8 @@ from prefcenter.apikeys.service import create_api_key
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.db import Database
 from prefcenter.settings import Settings
+
+Params = dict[str, str]
 
 HOST = "127.0.0.1"
 ADMIN_URL = os.environ.get(
@@ -228,7 +231,11 @@ def measure_sql(url: str, contacts: int, requests: int, rng: random.Random) -> N
 
 
 def measure(
-    client: httpx.Client, name: str, make_params: object, requests: int, path: str = "/v1/audit"
+    client: httpx.Client,
+    name: str,
+    make_params: Params | Callable[[], Params],
+    requests: int,
+    path: str = "/v1/audit",
 ) -> tuple[float, float]:
     timings: list[float] = []
     rows = 0

@@ -36,6 +36,7 @@ from prefcenter import migrations
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.apikeys.service import create_api_key
 from prefcenter.app import create_app
+from prefcenter.audit.keys import AuditKeys
 from prefcenter.db import Database
 from prefcenter.settings import Settings
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
@@ -128,7 +129,7 @@ class AsgiCaller:
 def prepare(settings: Settings, count: int) -> list[str]:
     """Migrate; a topic; `count` contacts subscribed to it, with their unsubscribe tokens."""
     from prefcenter.db import utcnow  # noqa: PLC0415
-    from prefcenter.links.schemas import LinkRequest  # noqa: PLC0415
+    from prefcenter.links.schemas import LinkRequest, LinkSet  # noqa: PLC0415
     from prefcenter.links.service import issue_links  # noqa: PLC0415
 
     migrations.upgrade(settings)
@@ -156,6 +157,7 @@ def prepare(settings: Settings, count: int) -> list[str]:
                     requests,
                     settings=settings,
                     ring=settings.signing_key_ring(),
+                    keys=AuditKeys.from_settings(settings),
                     now=utcnow(),
                 )
         with database.engine.begin() as connection:
@@ -169,7 +171,7 @@ def prepare(settings: Settings, count: int) -> list[str]:
             )
     finally:
         database.dispose()
-    return [link.unsubscribe_url.rsplit("/u/", 1)[1] for link in links]
+    return [link.unsubscribe_url.rsplit("/u/", 1)[1] for link in links if isinstance(link, LinkSet)]
 
 
 class _CountingCursor:

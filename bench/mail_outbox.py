@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +44,13 @@ from prefcenter.mail.messages import MailTemplates, compose
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.settings import Settings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from outbox_workers import start_workers, stop_workers, timed_in_processes
+
 ADMIN_URL = os.environ.get(
     "PREFCENTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-SIGNING_KEYS = "b1:bench-signing-secret-0123456789"
+SIGNING_KEYS = "b1:bench-signing-secret-0123456789abcdef"
 AUDIT_KEY = "bench-audit-key-0123456789abcdefghijklmnop"
 SENDER = "Bench <bench@example.com>"
 GOAL = 500.0
@@ -111,7 +113,7 @@ def bench_database(engine: str, keep: bool) -> Iterator[str]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def the_messages(count: int) -> list[tuple[str, EmailMessage]]:
+def the_messages(count: int) -> list[tuple[str, Message]]:
     """The mails the workers send, written the same way (the test mail), for the floor."""
     templates = MailTemplates()
     context = {"organization": None, "preferences_url": None, "base_url": "http://127.0.0.1"}
@@ -132,11 +134,11 @@ def the_messages(count: int) -> list[tuple[str, EmailMessage]]:
     return messages
 
 
-async def bare_loop(port: int, messages: list[tuple[str, EmailMessage]], connections: int) -> float:
+async def bare_loop(port: int, messages: list[tuple[str, Message]], connections: int) -> float:
     """The same messages over `connections` plain aiosmtplib connections, one after another on
     each: seconds taken."""
 
-    async def one(share: list[tuple[str, EmailMessage]]) -> None:
+    async def one(share: list[tuple[str, Message]]) -> None:
         client = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=False)
         await client.connect()
         for recipient, message in share:
@@ -159,51 +161,7 @@ def _bare_process(port: int, count: int, start: Any, done: Any) -> None:
 def bare_processes(port: int, count: int, processes: int) -> float:
     """The bare loop in `processes` processes at once (as many as workers), each sending its
     share on one connection: seconds from the start signal until the last is done."""
-    start = multiprocessing.Event()
-    dones = [multiprocessing.Event() for _ in range(processes)]
-    children = [
-        multiprocessing.Process(target=_bare_process, args=(port, count // processes, start, d))
-        for d in dones
-    ]
-    for child in children:
-        child.start()
-    time.sleep(1.0)  # each has written its messages
-    started = time.perf_counter()
-    start.set()
-    for done in dones:
-        done.wait()
-    elapsed = time.perf_counter() - started
-    for child in children:
-        child.join()
-    return elapsed
-
-
-def start_workers(
-    settings_env: dict[str, str], workers: int, logs: Path
-) -> list[subprocess.Popen[bytes]]:
-    processes = []
-    for index in range(workers):
-        log = (logs / f"worker-{index}.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "prefcenter", "worker"],
-                env=settings_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=logs,
-            )
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        started = [
-            "outbox worker" in (logs / f"worker-{i}.log").read_text(errors="replace")
-            for i in range(workers)
-        ]
-        if all(started):
-            return processes
-        time.sleep(0.1)
-    raise SystemExit("the workers did not start; see " + str(logs))
+    return timed_in_processes(_bare_process, (port, count // processes), processes)
 
 
 def sent_count(database: Database) -> int:
@@ -274,10 +232,7 @@ def main() -> None:
                 time.sleep(0.02)
             outbox_s = time.perf_counter() - started
         finally:
-            for worker in workers:
-                worker.send_signal(signal.SIGTERM)
-            for worker in workers:
-                worker.wait(30)
+            stop_workers(workers)
             database.dispose()
 
     rate = args.messages / outbox_s

@@ -27,11 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import multiprocessing
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,9 +48,9 @@ from sqlalchemy import make_url, text
 from prefcenter import migrations
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.consent.recipient_optout import read_optout_state, write_optout
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.lane import read_optout_state, write_optout
 from prefcenter.consent.rules import Status
-from prefcenter.consent.service import ChangeRecord
 from prefcenter.db import Database
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
 from prefcenter.preference_center.service import Channel, recipient_change
@@ -65,12 +62,13 @@ from prefcenter.webhooks.addresses import system_resolve
 from prefcenter.webhooks.schemas import WebhookIn, WebhookPatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from outbox_workers import start_workers, stop_workers, timed_in_processes
 from webhook_sink import sink
 
 ADMIN_URL = os.environ.get(
     "PREFCENTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-SIGNING_KEYS = "b1:bench-signing-secret-0123456789"
+SIGNING_KEYS = "b1:bench-signing-secret-0123456789abcdef"
 AUDIT_KEY = "bench-audit-key-0123456789abcdefghijklmnop"
 TOPIC = "newsletter"
 GOAL_RATE = 2000.0
@@ -138,60 +136,7 @@ def _bare_process(url: str, count: int, concurrency: int, start: Any, done: Any)
 
 def floor(url: str, count: int, processes: int, concurrency: int) -> float:
     """`count` POSTs by `processes` processes of `concurrency` httpx loops: seconds."""
-    start = multiprocessing.Event()
-    dones = [multiprocessing.Event() for _ in range(processes)]
-    children = [
-        multiprocessing.Process(
-            target=_bare_process, args=(url, count // processes, concurrency, start, d)
-        )
-        for d in dones
-    ]
-    for child in children:
-        child.start()
-    time.sleep(1.0)
-    started = time.perf_counter()
-    start.set()
-    for done in dones:
-        done.wait()
-    elapsed = time.perf_counter() - started
-    for child in children:
-        child.join()
-    return elapsed
-
-
-# --- workers -------------------------------------------------------------------------------
-
-
-def start_workers(env: dict[str, str], workers: int, logs: Path) -> list[subprocess.Popen[bytes]]:
-    processes = []
-    for index in range(workers):
-        log = (logs / f"worker-{index}.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "prefcenter", "worker"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=logs,
-            )
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if all(
-            "outbox worker" in (logs / f"worker-{i}.log").read_text(errors="replace")
-            for i in range(workers)
-        ):
-            return processes
-        time.sleep(0.05)
-    raise SystemExit(f"the workers did not start; see {logs}")
-
-
-def stop_workers(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    for process in processes:
-        process.wait(60)
+    return timed_in_processes(_bare_process, (url, count // processes, concurrency), processes)
 
 
 def counts(database: Database) -> dict[str, int]:

@@ -122,6 +122,8 @@ def live_server(
     extra_args: tuple[str, ...] = (),
     extra_env: Mapping[str, str] | None = None,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
+    wait_until_ready: bool = True,
+    command_prefix: tuple[str, ...] = ("-m", "prefcenter"),
 ) -> Iterator[LiveServer]:
     """Run `prefcenter serve --workers N` on a free loopback port until the block ends.
 
@@ -129,7 +131,9 @@ def live_server(
     worker processes too. On exit it is stopped with SIGTERM, then the group is SIGKILLed if
     it has not gone within STOP_TIMEOUT_S. Its stdout and stderr go to a file in `log_dir`
     (a pipe nobody reads would block the server once full). `extra_env` adds `PREFCENTER_*`
-    settings (for example `PREFCENTER_ORGANIZATION_NAME`).
+    settings (for example `PREFCENTER_ORGANIZATION_NAME`). Without `wait_until_ready` the
+    block starts at once (a server that cannot be ready yet); `command_prefix` runs another
+    entry point than `python -m prefcenter` (one that injects a fault first).
     """
     port = free_port()
     base_url = f"http://{HOST}:{port}"
@@ -137,8 +141,7 @@ def live_server(
     log_path = log_dir / f"prefcenter-serve-{port}.log"
     command = [
         sys.executable,
-        "-m",
-        "prefcenter",
+        *command_prefix,
         "serve",
         "--host",
         HOST,
@@ -160,7 +163,8 @@ def live_server(
         )
     server = LiveServer(base_url=base_url, process=process, log_path=log_path)
     try:
-        _wait_until_ready(server, workers=workers, timeout_s=startup_timeout_s)
+        if wait_until_ready:
+            _wait_until_ready(server, workers=workers, timeout_s=startup_timeout_s)
         yield server
     finally:
         if process.poll() is None:

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from prefcenter import migrations
 from prefcenter.app import create_app
+from prefcenter.draining import Drain
 from prefcenter.settings import Settings
 from tests.conftest import make_settings
 from tests.factories import assert_problem
@@ -65,6 +66,17 @@ class TestReadyz:
 
         assert_problem(response, 503, "unavailable")
         assert response.headers["retry-after"] == "1"
+
+    def test_a_draining_process_is_503_at_once_and_still_serves(
+        self, client: TestClient, writer_headers: dict[str, str]
+    ) -> None:
+        drain: Drain = client.app.state.drain  # type: ignore[attr-defined]
+        drain.start()  # what SIGTERM does (prefcenter.draining)
+
+        problem = assert_problem(client.get("/readyz"), 503, "unavailable")
+        assert "shutting down" in problem["detail"]
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/v1/topics", headers=writer_headers).status_code == 200
 
 
 def test_a_served_worker_freezes_what_it_built_to_start(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from prefcenter.tokens import (
     BadSignature,
     ExpiredToken,
     MalformedToken,
+    RetiredKey,
     TokenClaims,
     TokenError,
     TokenPurpose,
@@ -63,6 +64,16 @@ class TestRoundTrip:
         token = manage_token()
         with pytest.raises(UnknownKey):
             verify_token(parse_signing_keys("k1:" + "o" * 32), TokenPurpose.MANAGE, token, now=NOW)
+
+    def test_a_key_listed_as_retired_says_so(self) -> None:
+        token = manage_token()
+        kid = token.split(".")[1]
+        other_ring = parse_signing_keys("k1:" + "o" * 32)
+        with pytest.raises(RetiredKey):
+            verify_token(other_ring, TokenPurpose.MANAGE, token, now=NOW, retired=frozenset({kid}))
+        with pytest.raises(UnknownKey) as refused:
+            verify_token(other_ring, TokenPurpose.MANAGE, token, now=NOW, retired=frozenset({"x"}))
+        assert not isinstance(refused.value, RetiredKey)
 
     def test_manage_tokens_do_not_expire(self) -> None:
         years_later = NOW + timedelta(days=3650)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -20,8 +20,10 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.router import new_verify_slot
 from prefcenter.audit.router import router as audit_router
 from prefcenter.bounces.router import router as bounces_router
+from prefcenter.consent.ledger.replay import first_contact_off_its_events
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
+from prefcenter.draining import Drain, drain_on_sigterm
 from prefcenter.eligibility.export_router import router as exports_router
 from prefcenter.eligibility.router import router as eligibility_router
 from prefcenter.http_limits import BodySizeLimit, BodyTimeout
@@ -61,9 +63,14 @@ def create_app(settings: Settings) -> FastAPI:
     head = migrations.head_revision(settings)
     known_revisions = migrations.known_revisions(settings)
 
+    drain = Drain()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        undo = drain_on_sigterm(drain, delay_s=settings.shutdown_drain_s)
         yield
+        if undo is not None:
+            undo()
         database.dispose()
 
     app = FastAPI(
@@ -80,11 +87,14 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.drain = drain
     app.state.signing_keys = signing_keys
     app.state.mail = mail
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     app.state.audit_keys = AuditKeys.from_settings(settings)
     app.state.audit_verify_slot = new_verify_slot()
+    # `GET /v1/audit/verify?deep=true` replays the events against the ledger's state.
+    app.state.state_replay = first_contact_off_its_events
     install_problem_handlers(app)
     document_problems(app)
     app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)
@@ -109,18 +119,20 @@ def create_app(settings: Settings) -> FastAPI:
         page_prefixes=RECIPIENT_PREFIXES,
         page=lambda scope: request_timeout_page(settings, scope),
     )
-    app.include_router(topics_router)
-    app.include_router(consent_router)
-    app.include_router(links_router)
-    app.include_router(eligibility_router)
-    app.include_router(exports_router)
-    app.include_router(audit_router)
-    app.include_router(imports_router)
-    app.include_router(bounces_router)
+    for router in (
+        topics_router,
+        consent_router,
+        links_router,
+        eligibility_router,
+        exports_router,
+        audit_router,
+        imports_router,
+        bounces_router,
+    ):
+        app.include_router(router)
     install_inbound(app, settings)
-    app.include_router(recipient_router)
-    app.include_router(webhooks_router)
-    app.include_router(notices_router)
+    for router in (recipient_router, webhooks_router, notices_router):
+        app.include_router(router)
     install_invalid_link_page(app)
     install_admin_console(app)
     if settings.api_docs_enabled:
@@ -135,6 +147,8 @@ def create_app(settings: Settings) -> FastAPI:
         tags=["health"],
         summary="The database answers and its schema has every migration this code needs",
         responses=problem_responses(503),
+        # Before the session: a draining process answers without touching the database.
+        dependencies=[Depends(_not_draining)],
     )
     def readyz(session: ReadSession) -> JSONResponse:
         session.execute(text("SELECT 1"))
@@ -147,6 +161,15 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "ok", "schema": current})
 
     return app
+
+
+def _not_draining(request: Request) -> None:
+    drain: Drain = request.app.state.drain
+    if drain.started:
+        raise ServiceUnavailable(
+            "The server is shutting down; send requests to another one.",
+            headers={"Retry-After": "1"},
+        )
 
 
 def app_from_environment() -> FastAPI:

@@ -31,8 +31,9 @@ from prefcenter.audit.checkpoint import (
 )
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.verify import verify_chain
+from prefcenter.backups.commands import add_backup_commands
 from prefcenter.consent.erasure import erase_contact, stored_again
+from prefcenter.consent.ledger.replay import first_contact_off_its_events, verify_ledger
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database, utcnow
 from prefcenter.delivery.test_mail import QueuedMail, queue_test_mail
@@ -58,7 +59,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_cli = typer.Typer(help="Database schema, backup and restore.", no_args_is_help=True)
 keys_cli = typer.Typer(help="API keys for the JSON API.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(keys_cli, name="api-keys")
@@ -103,6 +104,7 @@ def _database(settings: Settings | None = None, *, refused_exit: int = 1) -> Ite
 
 cli.add_typer(webhooks_cli(_database), name="webhooks")
 cli.add_typer(notices_cli(_database), name="notices")
+add_backup_commands(db_cli, _settings)
 
 
 @cli.command()
@@ -127,9 +129,13 @@ def serve(
     # and in every worker it spawns: a dict, which each worker configures itself from.
     config = logs.log_config(level=settings.log_level, log_format=settings.log_format)
     logs.configure_logging(config)
+    pending = None
     if not no_migrate:
-        migrations.upgrade(settings)
-    with _outbox_worker_beside(settings, enabled=not no_worker):
+        # A database that does not answer yet is waited for while serving (/readyz 503).
+        pending = migrations.upgrade_or_wait(
+            settings, on_failure=lambda: signal.raise_signal(signal.SIGTERM)
+        )
+    with _outbox_worker_beside(settings, enabled=not no_worker), _exit_0_after_shutdown():
         uvicorn.run(
             "prefcenter.app:app_from_environment",
             factory=True,
@@ -140,14 +146,18 @@ def serve(
             log_level=settings.log_level,
             proxy_headers=False,  # client addresses are taken from trusted proxies only
             server_header=False,
+            # In-flight requests get this long after SIGTERM (and the drain), then are cut off.
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
+    if pending is not None and pending.failed:
+        raise typer.Exit(1)
 
 
 @contextmanager
 def _outbox_worker_beside(settings: Settings, *, enabled: bool) -> Iterator[None]:
     """One outbox worker in this process, whatever `--workers` says (the server's worker
-    processes only queue), stopped gracefully once the server has stopped. SIGTERM then ends
-    the command with status 0: uvicorn raises it again after its own shutdown."""
+    processes only queue), stopped gracefully once the server has stopped: the deliveries in
+    hand are finished, within `shutdown_timeout_s`, the rest of its claims given back."""
     if not enabled:
         yield
         return
@@ -161,17 +171,33 @@ def _outbox_worker_beside(settings: Settings, *, enabled: bool) -> Iterator[None
         )
     )
     background.start()
-    previous = signal.signal(signal.SIGTERM, _exit_after_shutdown)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        background.stop()
+        background.stop(timeout=settings.shutdown_timeout_s)
         database.dispose()
 
 
+@contextmanager
+def _exit_0_after_shutdown() -> Iterator[None]:
+    """SIGTERM is how a server is asked to stop: once uvicorn has shut down gracefully it raises
+    the signal again, which would end the process with -15. Here it ends `serve` with status 0
+    instead (after the outbox worker's own graceful stop)."""
+    previous = signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    try:
+        yield
+    except _Stopped:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived after the server had shut down (see _exit_0_after_shutdown)."""
+
+
 def _exit_after_shutdown(_signum: int, _frame: object) -> None:
-    raise SystemExit(0)
+    raise _Stopped
 
 
 @cli.command("worker")
@@ -447,10 +473,14 @@ def audit_verify(
     try:
         with audit_console.verify_progress(stderr) as progress:
             if statement is None:
-                result = verify_chain(database, keys, deep=deep, progress=progress)
+                result = verify_ledger(database, keys, deep=deep, progress=progress)
             else:
                 result = verify_with_checkpoint(
-                    database, keys, statement, deep=deep, progress=progress
+                    database,
+                    keys,
+                    statement,
+                    replay=first_contact_off_its_events if deep else None,
+                    progress=progress,
                 )
     except CheckpointInvalid as exc:
         stderr.print(f"[red]checkpoint refused:[/red] {exc}")

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -50,6 +50,26 @@ SQLModel.metadata.naming_convention = {
 
 class ConnectionLost(ServiceUnavailable):
     """The pooled connection was dead (e.g. the server restarted): nothing was changed."""
+
+
+class StorageFull(ServiceUnavailable):
+    """The database's disk is full: nothing was changed, reads still work, writes will again
+    once there is space."""
+
+    slug = "storage-full"
+    title = "Storage full"
+
+
+# PostgreSQL's disk_full; SQLite's SQLITE_FULL.
+_PG_DISK_FULL = "53100"
+_SQLITE_FULL = 13
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    return (
+        getattr(error, "sqlstate", None) == _PG_DISK_FULL
+        or getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL
+    )
 
 
 def utcnow() -> datetime:
@@ -96,8 +116,18 @@ def make_engine(settings: Settings) -> Engine:
         pool_recycle=1800,
         # A 2xx means committed to disk: never run with asynchronous commit, whatever the
         # server's default says.
-        connect_args={"options": "-c synchronous_commit=on"},
+        connect_args={"options": _session_options(settings)},
     )
+
+
+def _session_options(settings: Settings) -> str:
+    """PostgreSQL settings of each of the service's connections. The lock timeout makes a
+    request that waits behind a long-held lock fail (a 503, see `Database.transaction`)
+    instead of holding its pooled connection and worker thread until the lock goes: a stuck
+    session elsewhere must not fill the pool."""
+    lock_ms = round(settings.db_lock_timeout_s * 1000)
+    statement_ms = round(settings.db_statement_timeout_s * 1000)
+    return f"-c synchronous_commit=on -c lock_timeout={lock_ms} -c statement_timeout={statement_ms}"
 
 
 def create_private_sqlite_file(settings: Settings) -> None:
@@ -161,7 +191,12 @@ class Database:
         self.engine = make_engine(settings)
         # Fewer than the worker threads and the pool (2 × db_pool_size), so that a request
         # holding a connection always finds a thread, and a key lookup a connection.
-        self.session_slots = anyio.Semaphore(min(settings.db_pool_size, _MAX_SESSIONS))
+        slots = min(settings.db_pool_size, _MAX_SESSIONS)
+        self.session_slots = anyio.Semaphore(slots)
+        # Taken before a session slot by API writes: a quarter of the slots (at least one) stay
+        # for reads, so that writes stuck behind a lock (until the lock timeout) never leave
+        # the reads waiting too.
+        self.write_slots = anyio.Semaphore(max(1, slots - max(1, slots // 4)))
 
     @contextmanager
     def transaction(
@@ -204,6 +239,14 @@ class Database:
                     "The database connection was lost; nothing was changed. Retry.",
                     headers={"Retry-After": "1"},
                 ) from exc
+            if _is_disk_full(exc.orig):
+                # The cause is the message: a traceback per refused write would add nothing.
+                logger.error("the database's disk is full, rolled back: %s", exc.orig)  # noqa: TRY400
+                raise StorageFull(
+                    "The database's disk is full; nothing was changed. Retry once the operator "
+                    "has freed space.",
+                    headers={"Retry-After": "60"},
+                ) from exc
             if isinstance(exc, OperationalError):
                 logger.warning("database unavailable, rolled back: %s", exc.orig)
                 raise ServiceUnavailable(
@@ -240,7 +283,7 @@ class Database:
         """`work(cursor)` on a pooled connection in autocommit mode, each statement its own
         transaction, in one worker thread: for the hottest paths, whose every statement
         stands alone (a page's one read; an opt-out's read and its one guarded write,
-        consent.recipient_optout). No ORM and no BEGIN/COMMIT round trips.
+        consent.ledger.lane). No ORM and no BEGIN/COMMIT round trips.
 
         The cursor is the driver's own: SQL in its parameter style (`driver_sql`). A failed
         connection, or a busy one, raises `ConnectionLost` (503) after dropping it from the
@@ -251,7 +294,16 @@ class Database:
 
     def on_connection(self, work: Callable[[Any], T]) -> T:
         """`run_on_connection` in the calling thread."""
-        pooled = self.engine.raw_connection()
+        try:
+            pooled = self.engine.raw_connection()
+        except self.engine.dialect.loaded_dbapi.OperationalError as exc:
+            # No connection to be had (the server is down or restarting); the pool raises the
+            # driver's own error here, unwrapped.
+            logger.warning("database unreachable on the direct path: %s", exc)
+            raise ConnectionLost(
+                "The database is unreachable; nothing was changed. Retry.",
+                headers={"Retry-After": "1"},
+            ) from exc
         driver: Any = pooled.driver_connection
         postgres = not self.settings.is_sqlite  # SQLite's connections are in autocommit already
         try:
@@ -344,6 +396,7 @@ async def _request_transaction(request: Request, *, write: bool) -> AsyncIterato
     """
     database = database_of(request)
     async with (
+        database.write_slots if write else nullcontext(),
         database.session_slots,
         contextmanager_in_threadpool(database.transaction(write=write)) as session,
     ):

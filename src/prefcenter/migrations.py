@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, make_url
+from sqlalchemy.exc import OperationalError
 
 from prefcenter.db import create_private_sqlite_file, migration_connection
 from prefcenter.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# How often a server that started without its database tries it again.
+RETRY_S = 1.0
+# How often that is logged again while it waits.
+_LOG_EVERY_S = 10.0
 
 
 def _script_location() -> Path:
@@ -42,6 +54,70 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     with migration_connection(settings) as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+class PendingUpgrade:
+    """Migrations waiting, in a thread, for a database that did not answer at start."""
+
+    def __init__(self, settings: Settings, *, on_failure: Callable[[], None]) -> None:
+        self.settings = settings
+        self.failed = False
+        self.done = threading.Event()
+        self._on_failure = on_failure
+        self._thread = threading.Thread(target=self._main, name="pending-upgrade", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _main(self) -> None:
+        logged = time.monotonic()
+        while True:
+            time.sleep(RETRY_S)
+            try:
+                upgrade(self.settings)
+            except OperationalError as exc:
+                if time.monotonic() - logged >= _LOG_EVERY_S:
+                    logged = time.monotonic()
+                    logger.warning("still waiting for the database: %s", _first_line(exc))
+                continue
+            except Exception:
+                logger.exception("migrating the database failed; stopping")
+                self.failed = True
+                self._on_failure()
+                return
+            logger.info("the database answers; migrations applied, /readyz turns 200")
+            self.done.set()
+            return
+
+
+def upgrade_or_wait(settings: Settings, *, on_failure: Callable[[], None]) -> PendingUpgrade | None:
+    """Apply migrations now; when the database does not answer (not up yet, restarting), say
+    so and keep trying every RETRY_S in a thread (returned), so that the server can start
+    meanwhile: `/healthz` answers, `/readyz` answers 503 until the schema is current.
+    `on_failure` is called from that thread if migrating fails for another reason."""
+    try:
+        upgrade(settings)
+    except OperationalError as exc:
+        logger.warning(
+            "the database at %s does not answer (%s): serving anyway, /readyz answers 503 "
+            "until it does; trying again every %.0f s",
+            _where(settings),
+            _first_line(exc),
+            RETRY_S,
+        )
+        pending = PendingUpgrade(settings, on_failure=on_failure)
+        pending.start()
+        return pending
+    return None
+
+
+def _where(settings: Settings) -> str:
+    url = make_url(settings.database_url)
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+
+
+def _first_line(exc: OperationalError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
 
 
 def downgrade(settings: Settings, revision: str) -> None:

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./prefcenter.db"
     base_url: str = "http://127.0.0.1:8000"
     signing_keys: Annotated[str, NoDecode] = ""
+    # Key ids (no secrets) taken out of the ring on purpose: their links get the "expired link"
+    # page instead of the one for a link that was changed on the way.
+    retired_signing_keys: Annotated[str, NoDecode] = ""
     # Secret of the audit trail (see audit.keys); like the signing keys, generated beside a
     # SQLite database when unset and required on PostgreSQL.
     audit_key: str = ""
@@ -110,6 +113,18 @@ class Settings(BaseSettings):
     # How long a SQLite writer waits for the write lock before giving up (a 503 problem).
     sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1)
+    # PostgreSQL: how long a statement waits for a lock (another session holding the audit
+    # head, a row being changed) before it gives up, and how long any statement may run (0:
+    # no limit; exports and `audit verify` run long statements); either way the request is
+    # answered 503 + Retry-After and its connection goes back to the pool. (SQLite: the busy
+    # timeout above.)
+    db_lock_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    db_statement_timeout_s: float = Field(default=0.0, ge=0, le=86400)
+    # On SIGTERM: how long the server keeps serving while `/readyz` answers 503 (a load
+    # balancer's time to notice), then how long in-flight requests and the outbox worker's
+    # deliveries may take to finish before they are cut off.
+    shutdown_drain_s: float = Field(default=0.0, ge=0, le=300)
+    shutdown_timeout_s: int = Field(default=30, ge=1, le=3600)
     # Only these proxies' X-Forwarded-For is believed when recording a client address.
     trusted_proxies: Annotated[str, NoDecode] = ""
     log_level: LogLevel = "info"
@@ -252,15 +267,42 @@ class Settings(BaseSettings):
         key is a configuration error rather than something to invent per host.
         """
         if self.signing_keys.strip():
-            return parse_signing_keys(self.signing_keys)
-        db_path = self.sqlite_path()
-        if db_path is None:
+            ring = parse_signing_keys(self.signing_keys)
+        else:
+            db_path = self.sqlite_path()
+            if db_path is None:
+                raise ConfigError(
+                    "PREFCENTER_SIGNING_KEYS is required with this database: set it to "
+                    f"kid:secret (at least {MIN_SECRET_BYTES} random bytes), e.g. "
+                    "k1:$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
+            ring = parse_signing_keys(_local_signing_key(db_path))
+        both = sorted(self.retired_signing_key_ids & {key.kid for key in ring})
+        if both:
             raise ConfigError(
-                "PREFCENTER_SIGNING_KEYS is required with this database: set it to "
-                f"kid:secret (at least {MIN_SECRET_BYTES} random bytes), e.g. "
-                "k1:$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                f"signing key {both[0]!r} is in PREFCENTER_SIGNING_KEYS and in "
+                "PREFCENTER_RETIRED_SIGNING_KEYS: a key either verifies links or is retired"
             )
-        return parse_signing_keys(_local_signing_key(db_path))
+        return ring
+
+    @cached_property
+    def retired_signing_key_ids(self) -> frozenset[str]:
+        """Ids of signing keys retired from the ring, from `kid[,kid…]`: only the id, the
+        secret of a retired key is not needed (delete it)."""
+        ids: set[str] = set()
+        for raw in self.retired_signing_keys.split(","):
+            kid = raw.strip()
+            if not kid:
+                continue
+            if ":" in kid:
+                raise ConfigError(
+                    "PREFCENTER_RETIRED_SIGNING_KEYS lists key ids only (e.g. k202510,k202409), "
+                    "not kid:secret: a retired key's secret is not needed, delete it"
+                )
+            if not kid.isalnum() or len(kid) > 16:
+                raise ConfigError(f"retired signing key id {kid!r} must be 1-16 letters or digits")
+            ids.add(kid)
+        return frozenset(ids)
 
     @cached_property
     def audit_secret(self) -> bytes:

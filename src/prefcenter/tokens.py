@@ -55,6 +55,12 @@ class UnknownKey(TokenError):
     pass
 
 
+class RetiredKey(UnknownKey):
+    """Signed with a key the operator retired (PREFCENTER_RETIRED_SIGNING_KEYS): the link was
+    genuine once and has expired. Its MAC is not checked (the secret is gone), so this says
+    nothing more than "unknown key" would, to anyone who made the token up."""
+
+
 class BadSignature(TokenError):
     pass
 
@@ -154,8 +160,10 @@ def verify_token(
     *,
     now: datetime,
     max_age: timedelta | None = None,
+    retired: frozenset[str] = frozenset(),
 ) -> VerifiedToken:
-    """Check format, key, MAC (in constant time) and, when `max_age` is given, age.
+    """Check format, key, MAC (in constant time) and, when `max_age` is given, age. A key id
+    not in the ring raises RetiredKey when it is in `retired`, UnknownKey otherwise.
 
     The MAC is checked before the payload is parsed: nothing an attacker made up gets decoded.
     """
@@ -174,6 +182,8 @@ def verify_token(
         signed_purpose = TokenPurpose.MANAGE
     key = next((k for k in ring if hmac.compare_digest(k.kid, kid)), None)
     if key is None:
+        if kid in retired:
+            raise RetiredKey("retired key id")
         raise UnknownKey("unknown key id")
     # Compare the text, not decoded bytes: base64 has several spellings of the same bytes (the
     # unused low bits of the last character), and only the one we issued is valid.

@@ -31,7 +31,8 @@ from prefcenter.audit.models import AuditEvent, AuditHead
 from prefcenter.audit.reading import read_events
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
-from prefcenter.audit.verify import VerifyResult, verify_chain
+from prefcenter.audit.verify import VerifyResult
+from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
 from tests.audit.tampering import fetch, rechain, tamper, triggers_off
@@ -48,7 +49,7 @@ class Chain:
     seqs: list[int]
 
     def verify(self, *, deep: bool = False) -> VerifyResult:
-        return verify_chain(self.database, self.keys, deep=deep)
+        return verify_ledger(self.database, self.keys, deep=deep)
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ class TestVerify:
         assert chain.verify(deep=True) == VerifyResult(ok=True, checked=8)
 
     def test_an_empty_chain_verifies(self, database: Database, settings: Settings) -> None:
-        assert verify_chain(database, AuditKeys.from_settings(settings)).ok
+        assert verify_ledger(database, AuditKeys.from_settings(settings)).ok
 
     @pytest.mark.parametrize("chunk", [2, 3, 8])
     def test_chunk_boundaries_neither_skip_nor_repeat_an_event(

@@ -21,7 +21,8 @@ from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
-from prefcenter.audit.verify import VerifyResult, verify_chain
+from prefcenter.audit.verify import VerifyResult
+from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.consent.schemas import ConsentChangeIn, RequestedStatus
 from prefcenter.consent.service import record_change
 from prefcenter.db import Database
@@ -116,7 +117,7 @@ def test_concurrent_writers_leave_a_gap_free_verifiable_chain(
     assert sum(written) == PROCESSES * changes + BULK
     total = before + sum(written)
 
-    result = verify_chain(database, AuditKeys.from_settings(settings), deep=True)
+    result = verify_ledger(database, AuditKeys.from_settings(settings), deep=True)
     assert result == VerifyResult(ok=True, checked=total)
     engine = create_engine(settings.database_url)
     try:

@@ -16,7 +16,8 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit import verify
 from prefcenter.audit.canonical import FREE_TEXT_FIELDS
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.verify import VerifyResult, verify_chain
+from prefcenter.audit.verify import VerifyResult
+from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database, utcnow
 from tests.audit.first_format import first_format_event, write_first_format_events
 from tests.audit.tampering import fetch, tables_holding, tamper
@@ -41,7 +42,7 @@ BOB_REASON = "Ticket 5120: asked by mail"
 
 
 def verify_trail(database: Database, *, deep: bool = False) -> VerifyResult:
-    return verify_chain(database, AuditKeys.from_settings(database.settings), deep=deep)
+    return verify_ledger(database, AuditKeys.from_settings(database.settings), deep=deep)
 
 
 def canonical_of(database: Database, seq: int) -> bytes:

@@ -16,7 +16,8 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.reading import read_events
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
-from prefcenter.audit.verify import VerifyResult, verify_chain
+from prefcenter.audit.verify import VerifyResult
+from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database, UtcDateTime
 from prefcenter.settings import Settings
 from tests.audit.first_format import first_format_event, write_first_format_events
@@ -93,7 +94,7 @@ def test_existing_events_are_chained_and_keep_their_evidence(
     database = Database(at_0002)
     keys = AuditKeys.from_settings(at_0002)
     try:
-        assert verify_chain(database, keys, deep=False).ok
+        assert verify_ledger(database, keys, deep=False).ok
         with database.transaction(write=False) as session:
             events = read_events(session)
         assert [(e.evidence, e.context) for e in events] == [
@@ -115,7 +116,7 @@ def test_existing_events_are_chained_and_keep_their_evidence(
         ]
 
         migrations.upgrade(at_0002)
-        assert verify_chain(database, keys, deep=False).ok
+        assert verify_ledger(database, keys, deep=False).ok
         with database.transaction(write=False) as session:
             (address_hash,) = session.execute(
                 sa.text("SELECT DISTINCT address_hash FROM audit_event")
@@ -143,7 +144,7 @@ def test_first_format_events_keep_their_free_text_and_verify_after_0007(
     migrations.upgrade(empty_settings)
     database = Database(empty_settings)
     try:
-        assert verify_chain(database, keys).ok
+        assert verify_ledger(database, keys).ok
         migrations.downgrade(empty_settings, "0006")  # nothing of format 2 yet
         migrations.upgrade(empty_settings)
         with database.transaction(write=True) as session:
@@ -158,12 +159,12 @@ def test_first_format_events_keep_their_free_text_and_verify_after_0007(
                     reason="renamed, ticket 7",
                 ),
             )
-        assert verify_chain(database, keys) == VerifyResult(ok=True, checked=3)
+        assert verify_ledger(database, keys) == VerifyResult(ok=True, checked=3)
 
         with pytest.raises(RuntimeError, match="from seq 3 on"):
             migrations.downgrade(empty_settings, "0006")
 
-        assert verify_chain(database, keys).ok
+        assert verify_ledger(database, keys).ok
         with database.transaction(write=False) as session:
             events = read_events(session)
         assert [(e.reason, e.campaign_id) for e in events] == [

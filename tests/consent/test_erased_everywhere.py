@@ -53,6 +53,21 @@ def _consent(status: str, topic: str | None) -> Call:
     return call
 
 
+def _consent_batch(client: TestClient, headers: Headers, address: str) -> httpx2.Response:
+    """Every kind of change for the address in one batch: each slot gets `address-erased`."""
+    changes = [
+        {"email": address, "status": status, "source": "crm", **topic}
+        for status in ("subscribed", "unsubscribed")
+        for topic in ({"topic": "newsletter"}, {})
+    ]
+    response = client.post("/v1/consents/batch", json={"changes": changes}, headers=headers)
+    if response.status_code == 200:
+        slots = response.json()["results"]
+        assert [r["problem"]["type"].rsplit(":", 1)[-1] for r in slots] == ["address-erased"] * 4
+        assert address not in response.text
+    return response
+
+
 def _post_json(path: str, body_of: Callable[[str], object]) -> Call:
     def call(client: TestClient, headers: Headers, address: str) -> httpx2.Response:
         return client.post(path, json=body_of(address), headers=headers)
@@ -104,6 +119,7 @@ ADDRESS_ROUTES: dict[tuple[str, str], tuple[Call, ...]] = {
         _consent("subscribed", None),
         _consent("unsubscribed", None),
     ),
+    ("POST", "/v1/consents/batch"): (_consent_batch,),
     ("POST", "/v1/contacts/lookup"): (
         _post_json("/v1/contacts/lookup", lambda a: {"emails": [a]}),
     ),
@@ -207,6 +223,7 @@ def test_no_route_stores_an_erased_address_again(
     assert answers[("PATCH", "/v1/contacts/{contact_id}")] == {409}
     assert answers[("POST", "/v1/links")] == {409}
     assert answers[("POST", "/v1/links/batch")] == {200}
+    assert answers[("POST", "/v1/consents/batch")] == {200}  # each slot refused, as above
     assert_stored_nowhere_but(database, "bob@example.com")
     assert_suppressed(client, admin_headers)
 

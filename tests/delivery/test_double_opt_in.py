@@ -19,9 +19,9 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.app import create_app
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent
-from prefcenter.audit.verify import verify_chain
 from prefcenter.consent import service as consent_service
 from prefcenter.consent.confirmation_mail import RESEND_AFTER, queue_confirmation
+from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database
 from prefcenter.delivery.worker import OutboxWorker
 from prefcenter.mail.config import mail_config
@@ -212,7 +212,7 @@ class TestSentAndConfirmed:
         assert confirmed.to_status == "subscribed"
         assert confirmed.evidence["message_id"] == row.message_id
         keys = AuditKeys.from_settings(settings)
-        result = verify_chain(database, keys, deep=True)
+        result = verify_ledger(database, keys, deep=True)
         assert result.ok, result
 
     def test_the_address_is_in_the_chain_only_as_its_keyed_hash(

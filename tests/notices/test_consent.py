@@ -131,3 +131,30 @@ def test_an_unknown_version_is_a_422_and_nothing_is_written(
         )
         assert_problem(answer, 422)
     assert row_counts(database) == before
+
+
+def test_a_batch_checks_each_changes_notice_in_its_slot(
+    client: TestClient, admin_headers: Headers, writer_headers: Headers, database: Database
+) -> None:
+    policy_with_two_versions(client, admin_headers)
+    answer = client.post(
+        "/v1/consents/batch",
+        headers=writer_headers,
+        json={
+            "changes": [
+                consent_body(
+                    "ada@example.com", "subscribed", topic="newsletter", notice="privacy@v1"
+                ),
+                consent_body(
+                    "bob@example.com", "subscribed", topic="newsletter", notice="privacy@v9"
+                ),
+                consent_body("eve@example.com", "subscribed", topic="newsletter"),
+            ]
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    ada, bob, eve = answer.json()["results"]
+    assert bob["problem"]["type"].endswith("unknown-notice-version")
+    events = {e.id: e for e in audit_events(database)}
+    assert events[ada["event_id"]].context["notice"] == "privacy@v1"
+    assert "notice" not in events[eve["event_id"]].context

@@ -73,8 +73,22 @@ TOPICS: dict[str, dict[str, Any]] = {
         "double_opt_in": True,
     },
     "receipts": {"name": "Receipts", "kind": "transactional", "consent": "opt_out"},
+    "partner-analytics": {
+        "name": "Shopping insights",
+        "description": "They study what sells, never to send you mail.",
+        "kind": "sharing",
+        "consent": "opt_in",
+        "third_party": "Acme Analytics Ltd",
+    },
 }
-CHECKBOX_IDS = ["topic-events", "topic-newsletter", "topic-offers", "topic-product-news"]
+# In page order: the marketing topics, then "Sharing with others".
+CHECKBOX_IDS = [
+    "topic-events",
+    "topic-newsletter",
+    "topic-offers",
+    "topic-product-news",
+    "topic-partner-analytics",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +459,10 @@ def test_pages_fit_the_screen_and_are_captured(browser: Browser, live: Live, vie
 
     with open_page(browser, live, viewport=viewport) as page:
         goto(page, links["preferences_url"])
+        sharing = page.get_by_role("group", name="Sharing with others")
+        expect(sharing).to_be_visible()
+        expect(sharing.get_by_role("checkbox", name="Shopping insights")).not_to_be_checked()
+        expect(sharing.get_by_text("Shared with Acme Analytics Ltd.")).to_be_visible()
         capture(page, "preferences")
         goto(page, links["unsubscribe_url"])
         button = page.get_by_role("button", name="Unsubscribe").bounding_box()

@@ -146,3 +146,28 @@ def test_without_mail_the_page_says_where_the_link_is_and_post_is_404(
         assert "<form" not in page.text
         assert client.post("/p", content=b"email=ada@example.com", headers=FORM).status_code == 404
     assert queued(database) == []
+
+
+@pytest.mark.usefixtures("ada")
+@pytest.mark.parametrize(
+    "smuggled",
+    [
+        "ada%40example.com%0D%0ABcc%3A%20eve%40example.org",
+        "ada%40example.com%0ABcc%3A%20eve%40example.org",
+        "ada%40example.com%0D%0A%0D%0Aeve%40example.org",
+        "ada%40example.com%2C%20eve%40example.org",
+        "ada%40example.com%00eve%40example.org",
+    ],
+)
+def test_a_header_or_second_recipient_smuggled_into_the_address_sends_nothing(
+    client: TestClient, database: Database, smuggled: str
+) -> None:
+    """Header injection: a known address followed by CR/LF and a `Bcc:` (or a second address
+    after a comma, or a NUL) is not an address; nothing is queued, so no mail goes anywhere."""
+    response = client.post(
+        "/p", content=f"email={smuggled}".encode(), headers={**FORM, "X-Forwarded-For": "192.0.2.1"}
+    )
+
+    assert response.status_code == 400
+    assert "does not look like an email address" in parse_page(response).text
+    assert queued(database) == []

@@ -1,5 +1,5 @@
 """The fast lane of `/u/{token}` (preference_center.unsubscribe_lane) and its opt-out statement
-(consent.recipient_optout): what it answers itself and what it hands to the app, that its
+(consent.ledger.lane): what it answers itself and what it hands to the app, that its
 opt-out writes exactly what the ORM path writes, and that a change racing it is never
 overwritten.
 
@@ -23,8 +23,8 @@ from starlette.types import Scope as AsgiScope
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.verify import verify_chain
-from prefcenter.consent.recipient_optout import read_optout_state, write_optout
+from prefcenter.consent.ledger.lane import read_optout_state, write_optout
+from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.consent.rules import Status
 from prefcenter.db import Database, utcnow
 from prefcenter.preference_center import service, unsubscribe_lane
@@ -370,7 +370,7 @@ def test_the_guarded_opt_out_holds_the_campaign_id_only_as_its_digest(
     digest = keys.free_text_digest("campaign_id", campaign)
     assert digest is not None
     assert f'"campaign_id_digest":"{digest}"'.encode() in bytes(canonical)
-    assert verify_chain(database, keys, deep=True).ok
+    assert verify_ledger(database, keys, deep=True).ok
 
 
 # Each starting state, set up through the API for two contacts; one then opts out through the
@@ -437,7 +437,7 @@ def test_the_guarded_opt_out_writes_what_the_orm_path_writes(
         return state
 
     assert rows(fast, fast_event.id) == rows(slow, slow_event.id)
-    result = verify_chain(database, AuditKeys.from_settings(database.settings), deep=True)
+    result = verify_ledger(database, AuditKeys.from_settings(database.settings), deep=True)
     assert result.ok, result
 
 
@@ -547,5 +547,5 @@ def test_one_click_storm_on_one_link_applies_once_and_records_every_click(
     assert set(outcomes) <= {"applied", "unchanged", "superseded"}
     assert {(e.source, e.to_status) for e in events} == {("one_click", "unsubscribed")}
     assert _state_rows(database, ADA)["subscriptions"][0][:2] == ("newsletter", "unsubscribed")
-    result = verify_chain(database, AuditKeys.from_settings(database.settings), deep=True)
+    result = verify_ledger(database, AuditKeys.from_settings(database.settings), deep=True)
     assert result.ok, result

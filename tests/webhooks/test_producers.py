@@ -18,7 +18,7 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent
-from prefcenter.consent.recipient_optout import read_optout_state, write_optout
+from prefcenter.consent.ledger.lane import read_optout_state, write_optout
 from prefcenter.consent.rules import Status
 from prefcenter.db import Database, utcnow
 from prefcenter.delivery.webhooks import WebhookSender

@@ -13,11 +13,12 @@ from prefcenter.admin.sessions import ActiveSession
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.erasure import erase_contact
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.orm import AppliedChange, apply_change
 from prefcenter.consent.models import Subscription
 from prefcenter.consent.queries import ContactNotFound, read_contact
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status
 from prefcenter.consent.schemas import ErasureOut
-from prefcenter.consent.service import AppliedChange, ChangeRecord, apply_change
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import (

@@ -18,7 +18,7 @@ from prefcenter.admin.trail import event_query, read_trail
 from prefcenter.audit import export
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.audit.query_schemas import ExportFormat
-from prefcenter.audit.verify import verify_chain
+from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import ReadSession, database_of, utcnow
 from prefcenter.eligibility import export_streams, exports
 from prefcenter.problems import Unprocessable
@@ -69,7 +69,7 @@ def verify(request: Request, admin: SignedInPost, form: Form, keys: AuditKeysDep
     """Runs the verification of `GET /v1/audit/verify`. A form post (with its token) rather
     than a link: it reads the whole trail, which no prefetch or crawler should set off."""
     deep = form_text(form, "deep") == "on"
-    result = verify_chain(database_of(request), keys, deep=deep)
+    result = verify_ledger(database_of(request), keys, deep=deep)
     return render(
         request,
         "verify.html",

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import text
 
 from prefcenter.audit.canonical import format_time
+from prefcenter.audit.key_check import key_matches_trail, wrong_key_detail
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.verify import Progress, VerifyResult, verify_chain
+from prefcenter.audit.verify import Progress, StateReplay, VerifyResult, verify_chain
 from prefcenter.db import Database
 
 CHECKPOINT_VERSION = 1
@@ -75,7 +76,7 @@ def verify_with_checkpoint(
     keys: AuditKeys,
     checkpoint: dict[str, Any],
     *,
-    deep: bool = False,
+    replay: StateReplay | None = None,
     progress: Progress | None = None,
 ) -> VerifyResult:
     """Verify the chain, then that the event at the checkpoint's seq still has its hash.
@@ -84,8 +85,12 @@ def verify_with_checkpoint(
     the checkpoint's seq (which events changed before it no hash can tell). A truncated chain
     fails at the first missing seq.
     """
+    with database.transaction(write=False) as session:
+        if key_matches_trail(session, keys) is False:
+            # Said before the checkpoint's signature is refused: the key is what is wrong.
+            return VerifyResult(ok=False, checked=0, detail=wrong_key_detail(keys))
     seq, hash_hex = check_signature(checkpoint, keys)
-    result = verify_chain(database, keys, deep=deep, progress=progress)
+    result = verify_chain(database, keys, replay=replay, progress=progress)
     if not result.ok:
         return result
     if seq == 0:

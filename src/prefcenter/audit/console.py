@@ -36,9 +36,10 @@ def print_result(console: Console, result: VerifyResult) -> None:
     if result.ok:
         console.print(f"[green]chain ok[/green]: {result.checked} events verified")
         return
-    where = (
-        f"first bad seq {result.first_bad_seq}"
-        if result.first_bad_seq is not None
-        else f"first bad contact {result.first_bad_contact}"
-    )
-    console.print(f"[red]chain FAILED[/red] at {where}: {result.detail}")
+    if result.first_bad_seq is not None:
+        where = f" at first bad seq {result.first_bad_seq}"
+    elif result.first_bad_contact is not None:
+        where = f" at first bad contact {result.first_bad_contact}"
+    else:
+        where = ""  # nothing in the trail to point at: the audit key is wrong
+    console.print(f"[red]chain FAILED[/red]{where}: {result.detail}")

@@ -16,7 +16,7 @@ from prefcenter.audit.errors import VerifyInProgress
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.audit.query_schemas import AuditEventsOut, ExportFormat
 from prefcenter.audit.schemas import VerifyOut
-from prefcenter.audit.verify import VerifyResult, verify_chain
+from prefcenter.audit.verify import StateReplay, VerifyResult, verify_chain
 from prefcenter.contacts.addresses import MAX_ADDRESS_OCTETS, InvalidAddress, parse_address
 from prefcenter.db import ReadSession, database_of
 from prefcenter.problems import Unprocessable, problem_responses
@@ -188,8 +188,11 @@ def verify_trail(
         bool, Query(description="Also replay the events against current subscriptions.")
     ] = False,
 ) -> VerifyOut:
+    # The deep check lives with the state it checks, above this layer: create_app hands it
+    # over (consent.ledger.replay).
+    replay: StateReplay | None = request.app.state.state_replay if deep else None
     # Its own snapshot transaction (verify_chain), not the request's: a long read.
-    result = check(database_of(request), audit_keys_of(request), deep=deep)
+    result = check(database_of(request), audit_keys_of(request), replay=replay)
     return VerifyOut(
         ok=result.ok,
         checked=result.checked,

@@ -208,7 +208,7 @@ def guarded_append_pg(
     event was appended.
 
     For a statement that writes a state and its event in one round trip outside any explicit
-    transaction (consent.recipient_optout). The head lock is taken when `moved` runs, so
+    transaction (consent.ledger.lane). The head lock is taken when `moved` runs, so
     everything `only_if` reads runs first, and the lock is held for the event's inserts and
     the COMMIT alone. The caller's parameter names must not be the event's (`_EVENT_COLUMNS`,
     `head`, `tail`, `document`, `text_…`). Nothing else may append in the same transaction.

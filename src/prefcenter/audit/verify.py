@@ -22,13 +22,17 @@ from prefcenter.audit.canonical import (
     FREE_TEXT_FIELDS,
     GENESIS_HASH,
 )
+from prefcenter.audit.key_check import key_matches_trail, wrong_key_detail
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.state import first_contact_off_its_events
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
 
 CHUNK = 20_000
 Progress = Callable[[int, int], None]  # (events checked so far, events in the chain)
+# The deep check, run in the verification's snapshot after the chain verified: the first
+# contact whose current state its events do not imply, or None. It lives with the state it
+# checks (consent.ledger.replay), above this layer, and is passed in.
+StateReplay = Callable[[Session], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,19 +216,23 @@ def verify_chain(
     database: Database,
     keys: AuditKeys,
     *,
-    deep: bool = False,
+    replay: StateReplay | None = None,
     progress: Progress | None = None,
 ) -> VerifyResult:
-    """Check the whole chain in one consistent snapshot; names the first bad `seq`.
+    """Check the whole chain in one consistent snapshot; names the first bad `seq`; with
+    `replay` (deep), then the current state against the events, in the same snapshot.
 
     An event is bad when its `seq` is not the next one (a gap names the first missing seq),
     its hash is not SHA-256(previous hash ‖ its canonical bytes), a query column or keyed hash
     beside the bytes says something else than they do, or its evidence document does not match
     its digest (a missing document is fine only for an erased contact). The head must name the
     last event: a head behind the events names the first event past it (inserted), a head
-    ahead of them the first missing seq (a deleted tail).
+    ahead of them the first missing seq (a deleted tail). A trail none of whose first keyed
+    digests checks was written under another audit key: said so, with no seq named.
     """
     with database.transaction(write=False, snapshot=True) as session:
+        if key_matches_trail(session, keys) is False:
+            return VerifyResult(ok=False, checked=0, detail=wrong_key_detail(keys))
         dbapi = session.connection().connection.dbapi_connection
         assert dbapi is not None
         dialect = session.get_bind().dialect.name
@@ -263,8 +271,8 @@ def verify_chain(
                 first_bad_seq=checked if checked else None,
                 detail="the head's hash is not the last event's hash",
             )
-        if deep:
-            contact = first_contact_off_its_events(session)
+        if replay is not None:
+            contact = replay(session)
             if contact is not None:
                 return VerifyResult(
                     ok=False,

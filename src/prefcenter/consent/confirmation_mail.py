@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
-from prefcenter.contacts.models import Contact
 from prefcenter.mail.config import MailConfig, new_message_id
 from prefcenter.mail.schemas import MailLanguage, MailPayload, MailTemplate
 from prefcenter.outbox.schemas import OutboxKind
@@ -27,7 +26,7 @@ def queue_confirmation(
     session: Session,
     mail: MailConfig,
     *,
-    contact: Contact,
+    contact_id: str,
     topic: Topic,
     pending_event: str,
     campaign_id: str | None,
@@ -43,7 +42,7 @@ def queue_confirmation(
     payload = MailPayload(
         template=MailTemplate.DOUBLE_OPT_IN,
         language=language,
-        contact_id=contact.public_id,
+        contact_id=contact_id,
         topic=topic.key,
         pending_event=pending_event,
         campaign_id=campaign_id,

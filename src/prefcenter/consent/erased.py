@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sqlalchemy import String
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.ledger.sql import among, postgres_session
 from prefcenter.consent.models import ErasedAddress
 from prefcenter.problems import Conflict
 
@@ -28,11 +30,14 @@ def erased_among(session: Session, keys: AuditKeys, addresses: Iterable[str]) ->
     by_hash = {keys.address_hash(address): address for address in set(addresses)}
     hashes = sorted(by_hash)
     found: set[str] = set()
+    postgres = postgres_session(session)
     for start in range(0, len(hashes), _QUERY_CHUNK):
         chunk = hashes[start : start + _QUERY_CHUNK]
         found.update(
             session.exec(
-                select(ErasedAddress.address_hash).where(col(ErasedAddress.address_hash).in_(chunk))
+                select(ErasedAddress.address_hash).where(
+                    among(col(ErasedAddress.address_hash), chunk, String(), postgres=postgres)
+                )
             )
         )
     return {by_hash[h] for h in found}

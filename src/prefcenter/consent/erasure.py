@@ -33,7 +33,8 @@ from prefcenter.audit.models import AuditEvent, AuditEvidence, AuditFreeText
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
 from prefcenter.bounces.models import Bounce
-from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
+from prefcenter.consent.ledger.orm import erase_consent_state
+from prefcenter.consent.models import ErasedAddress
 from prefcenter.consent.queries import ContactNotFound, is_public_id
 from prefcenter.consent.schemas import ErasureOut
 from prefcenter.contacts.models import Contact
@@ -89,7 +90,6 @@ def erase_contact(
     event_ids = select(col(AuditEvent.seq)).where(col(AuditEvent.contact_id) == contact.public_id)
     session.execute(delete(AuditEvidence).where(col(AuditEvidence.seq).in_(event_ids)))
     session.execute(delete(AuditFreeText).where(col(AuditFreeText.seq).in_(event_ids)))
-    session.execute(delete(Subscription).where(col(Subscription.contact_id) == contact.id))
     # Erased is suppressed for good; what the ESPs reported goes with the rest.
     session.execute(delete(Bounce).where(col(Bounce.contact_id) == contact.id))
     # Stored answers to retried requests (`Idempotency-Key`) echo the address.
@@ -100,16 +100,9 @@ def erase_contact(
             )
         )
     )
-    suppression = session.get(Suppression, contact.id) or Suppression(
-        contact_id=contact.id, suppressed=True, occurred_at=now, since=now, source=""
-    )
-    if not suppression.suppressed:
-        suppression.since = now
-    suppression.suppressed = True
-    suppression.occurred_at = now
-    suppression.source = ERASURE_SOURCE
-    suppression.by_recipient = True
-    session.add(suppression)
+    # Its consent state goes; it stays suppressed for good (the ledger's write, no consent
+    # event: the erasure event below stands for it, and the deep verify leaves it out).
+    erase_consent_state(session, contact.id, source=ERASURE_SOURCE, now=now)
     if address is not None:
         address_hash = keys.address_hash(address)
         if session.get(ErasedAddress, address_hash) is None:

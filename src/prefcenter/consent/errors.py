@@ -1,6 +1,6 @@
 """Errors of the consent domain, each with its HTTP status."""
 
-from prefcenter.problems import Conflict, Unprocessable
+from prefcenter.problems import Conflict, PayloadTooLarge, Unprocessable
 
 
 class RecipientOptOutProtected(Conflict):
@@ -16,3 +16,8 @@ class ReasonRequired(Unprocessable):
 class EvidenceRequired(Unprocessable):
     slug = "evidence-required"
     title = "Evidence is required"
+
+
+class ConsentBatchTooLarge(PayloadTooLarge):
+    slug = "batch-too-large"
+    title = "Too many items in one batch"

@@ -25,6 +25,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent, AuditEvidence
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.queries import ContactNotFound, is_public_id
+from prefcenter.consent.rules import Status
 from prefcenter.consent.schemas import ReceiptSignature, SignedReceipt
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import find_contact_by_public_id
@@ -89,7 +90,8 @@ def _purpose(
         "piiCategory": ["email address"],
         "primaryPurpose": True,
         "termination": TERMINATION,
-        "thirdPartyDisclosure": False,
+        # A sharing topic's purpose is the disclosure itself, to the party it names.
+        "thirdPartyDisclosure": topic.kind == TopicKind.SHARING,
         # Beyond Kantara (ISO/IEC TS 27560 records them): the state and how it came about.
         "state": row.status,
         "stateSince": _time(row.since),
@@ -99,6 +101,8 @@ def _purpose(
         "eventId": row.event_id,
         "evidence": evidence,
     }
+    if topic.kind == TopicKind.SHARING:
+        purpose["thirdPartyName"] = topic.third_party or ""
     # A version the service checked (`notice` of POST /v1/consents) before one the caller
     # wrote into its evidence.
     checked = context.get("notice")
@@ -106,6 +110,19 @@ def _purpose(
     if notice is not None:
         purpose["noticeVersion"] = notice
     return purpose
+
+
+def shared_with(rows: list[tuple[Subscription, Topic]]) -> list[str]:
+    """Every party the person agreed to share with: sharing topics now `subscribed` (a
+    pending or withdrawn one is no agreement), each party once, in order."""
+    parties = {
+        topic.third_party
+        for row, topic in rows
+        if topic.kind == TopicKind.SHARING
+        and row.status == Status.SUBSCRIBED
+        and topic.third_party is not None
+    }
+    return sorted(parties)
 
 
 def build_receipt(
@@ -156,6 +173,8 @@ def build_receipt(
         # Beyond Kantara: the contact, the contact-wide marketing opt-out, and when issued.
         "contactId": contact.public_id,
         "suppressedFromAllMarketing": bool(suppression and suppression.suppressed),
+        # Beyond Kantara: the parties the person agreed to share their data with.
+        "sharedWith": shared_with(rows),
         "issuedAt": _time(now),
     }
 

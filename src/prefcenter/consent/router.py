@@ -1,5 +1,5 @@
-"""HTTP: `/v1/consents`, `/v1/contacts/lookup`, `/v1/contacts/{contact_id}` (read, erase,
-correct) and `/v1/contacts/{contact_id}/receipt`."""
+"""HTTP: `/v1/consents` (one change, or a batch), `/v1/contacts/lookup`,
+`/v1/contacts/{contact_id}` (read, erase, correct) and `/v1/contacts/{contact_id}/receipt`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
-from prefcenter.consent import erasure, queries, receipts, service, support_desk
+from prefcenter.consent import batch, erasure, queries, receipts, service, support_desk
+from prefcenter.consent.batch_schemas import MAX_CONSENT_BATCH, ConsentBatchIn, ConsentBatchOut
 from prefcenter.consent.schemas import (
     AddressCorrectionIn,
     AddressCorrectionOut,
@@ -57,6 +58,42 @@ def post_consent(
         call=lambda: service.record_change(
             session,
             change,
+            caller=caller,
+            request=context,
+            settings=settings_of(http_request),
+            ring=signing_keys_of(http_request),
+            keys=keys,
+        ),
+    )
+
+
+@router.post(
+    "/consents/batch",
+    summary="Record many consent changes in one transaction",
+    description=f"Up to {MAX_CONSENT_BATCH:,} changes, each as for POST /v1/consents, applied "
+    "in request order (a later change of the same contact sees the earlier) under the same "
+    "rules and guard. Each gets its own answer or problem document, in request order; the "
+    "valid ones commit together. `Idempotency-Key` covers the whole batch.",
+    responses=problem_responses(400, 413, 422),
+)
+def post_consent_batch(
+    changes: ConsentBatchIn,
+    caller: ConsentWriter,
+    session: WriteSession,
+    idempotency: Idempotency,
+    context: RequestContextDep,
+    http_request: Request,
+    response: Response,
+    keys: AuditKeysDep,
+) -> ConsentBatchOut:
+    return idempotency.run(
+        session,
+        owner=caller.owner,
+        response=response,
+        model=ConsentBatchOut,
+        call=lambda: batch.record_changes(
+            session,
+            changes,
             caller=caller,
             request=context,
             settings=settings_of(http_request),

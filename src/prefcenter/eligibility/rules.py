@@ -52,9 +52,17 @@ def decide_eligibility(
     does not take any; transactional mail included); transactional mail ignores marketing
     opt-outs;
     a contact-wide opt-out blocks every marketing topic (opt-out topics included); then the
-    topic's own state; with none, the topic's consent model decides."""
+    topic's own state; with none, the topic's consent model decides.
+
+    A sharing topic ("may we share this person's data with this party") is not mail: only
+    erasure and the person's consent to it decide. A bounce says nothing about that consent,
+    and an opt-out from all marketing is about mail, not about sharing (the person may keep
+    or withdraw each sharing consent on its own); no consent is never allowed (always opt-in).
+    """
     if erased:
         return Eligibility(allowed=False, reason=Reason.SUPPRESSED)
+    if topic.kind is TopicKind.SHARING:
+        return _decide_sharing(subscription)
     if bounced:
         return Eligibility(allowed=False, reason=Reason.BOUNCED)
     if topic.kind is TopicKind.TRANSACTIONAL:
@@ -69,6 +77,16 @@ def decide_eligibility(
         return Eligibility(allowed=True, reason=Reason.SUBSCRIBED)
     if topic.consent is ConsentModel.OPT_OUT:
         return Eligibility(allowed=True, reason=Reason.OPT_OUT_DEFAULT)
+    return Eligibility(allowed=False, reason=Reason.NOT_SUBSCRIBED)
+
+
+def _decide_sharing(subscription: Status | None) -> Eligibility:
+    if subscription is Status.SUBSCRIBED:
+        return Eligibility(allowed=True, reason=Reason.SUBSCRIBED)
+    if subscription is Status.UNSUBSCRIBED:
+        return Eligibility(allowed=False, reason=Reason.UNSUBSCRIBED)
+    if subscription is Status.PENDING:
+        return Eligibility(allowed=False, reason=Reason.PENDING)
     return Eligibility(allowed=False, reason=Reason.NOT_SUBSCRIBED)
 
 

@@ -74,6 +74,7 @@ def print_report(report: ImportReport, console: Console) -> None:
         ("superseded (older than the current state)", report.superseded.count),
         ("refused: would reverse an opt-out", report.refused_reversal.count),
         ("refused: erased", report.refused_erased.count),
+        ("refused: sharing without evidence", report.refused_no_evidence.count),
         ("invalid", report.invalid.count),
         ("duplicates within a batch", report.duplicates),
         ("in failed batches (not applied)", report.failed_rows),
@@ -84,6 +85,7 @@ def print_report(report: ImportReport, console: Console) -> None:
     for name, counted in (
         ("refused", report.refused_reversal),
         ("erased", report.refused_erased),
+        ("no evidence", report.refused_no_evidence),
         ("invalid", report.invalid),
         ("superseded", report.superseded),
     ):

@@ -31,7 +31,7 @@ _MAX_CELL = 4_096
 
 class ImportFormat(StrEnum):
     AUTO = "auto"  # sniffed from the header row
-    CSV = "csv"  # email,status[,occurred_at]
+    CSV = "csv"  # email,status[,occurred_at][,evidence]
     MAILCHIMP = "mailchimp"  # an audience export: one file per status
     SENDGRID = "sendgrid"  # a suppression export: every row is an opt-out
 
@@ -42,6 +42,9 @@ class ImportRow:
     address: Address
     status: Status  # SUBSCRIBED or UNSUBSCRIBED
     occurred_at: datetime | None  # None: the import's own time
+    # The row's own proof of consent (plain CSV's `evidence` column: the form, its wording,
+    # the time and place the person agreed); None when the file gives none.
+    evidence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,7 @@ class _Layout:
     fixed_status: Status | None
     times: tuple[int, ...]  # columns holding occurred_at, first non-empty wins
     time_kind: str  # "rfc3339" | "mailchimp" | "sendgrid"
+    evidence: int | None = None  # a column holding the row's proof of consent
 
 
 _STATUS_WORDS = {"subscribed": Status.SUBSCRIBED, "unsubscribed": Status.UNSUBSCRIBED}
@@ -134,6 +138,7 @@ def layout_of(header: list[str], fmt: ImportFormat, file_name: str | None) -> _L
             None,
             times,
             "rfc3339",
+            names.index("evidence") if "evidence" in names else None,
         )
     if fmt is ImportFormat.MAILCHIMP:
         status = _mailchimp_status(names, file_name)
@@ -192,7 +197,8 @@ def _row(layout: _Layout, row: list[str], line: int) -> Row:
             except (ValueError, OverflowError, OSError) as exc:
                 return BrokenRow(line, email, f"bad time: {exc}")
             break
-    return ImportRow(line, address, status, occurred_at)
+    evidence = _cell(row, layout.evidence) if layout.evidence is not None else ""
+    return ImportRow(line, address, status, occurred_at, evidence or None)
 
 
 def read_rows(

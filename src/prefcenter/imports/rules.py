@@ -34,6 +34,8 @@ class RowOutcome(StrEnum):
     SUPERSEDED = "superseded"  # older than the current state: nothing written
     REFUSED_REVERSAL = "refused_reversal"  # would undo an opt-out: nothing written
     REFUSED_ERASED = "refused_erased"  # the person was erased: nothing written
+    # `subscribed` to a sharing topic without the row's own evidence: nothing written
+    REFUSED_NO_EVIDENCE = "refused_no_evidence"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,7 @@ class ContactState:
     """What the import needs to know of a contact before deciding a row."""
 
     erased: bool
-    # The contact-wide marketing opt-out, as consent.service.suppression_state sees it.
+    # The contact-wide marketing opt-out, as consent.ledger.state.suppression_state sees it.
     suppression: CurrentState | None
     subscription: CurrentState | None
 
@@ -78,6 +80,7 @@ def decide_row(
     *,
     topic_kind: TopicKind,
     now: datetime,
+    with_evidence: bool = False,
 ) -> RowDecision:
     """Decide one row against the contact's state.
 
@@ -88,10 +91,14 @@ def decide_row(
     a person's no); otherwise the consent ordering rule decides.
 
     Double opt-in is not asked for: the file is the other tool's record of subscriptions it
-    already holds, and the event names the file as the evidence.
+    already holds, and the event names the file as the evidence. Sharing is the exception: a
+    `subscribed` row of a sharing topic needs its own evidence (`with_evidence`), since a list
+    of addresses is no proof that each person agreed to their data going to a third party.
     """
     if state.erased:
         return RowDecision(RowOutcome.REFUSED_ERASED)
+    if status is Status.SUBSCRIBED and topic_kind is TopicKind.SHARING and not with_evidence:
+        return RowDecision(RowOutcome.REFUSED_NO_EVIDENCE)
     if status is Status.SUBSCRIBED and (
         is_opted_out(state.subscription)
         or (topic_kind is TopicKind.MARKETING and is_opted_out(state.suppression))

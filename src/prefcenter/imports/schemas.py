@@ -79,6 +79,11 @@ class ImportReport(BaseModel):
     refused_erased: CountWithSample = Field(
         default_factory=CountWithSample, description="Rows for erased people: never applied."
     )
+    refused_no_evidence: CountWithSample = Field(
+        default_factory=CountWithSample,
+        description="`subscribed` rows of a sharing topic without their own `evidence` cell: "
+        "never applied (data goes to a third party only with proof of the person's consent).",
+    )
     invalid: CountWithSample = Field(
         default_factory=CountWithSample,
         description="Broken rows (bad address, unknown status, bad time), with the reason.",

@@ -14,10 +14,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.schemas import EventKind, NewEvent
+from prefcenter.audit.schemas import NewEvent, new_event_id
 from prefcenter.audit.service import append_event
 from prefcenter.consent.erased import erased_among
-from prefcenter.consent.rules import ActorKind, Decision
+from prefcenter.consent.ledger.changes import ChangeRecord, change_event
+from prefcenter.consent.rules import Decision
 from prefcenter.contacts.service import mask_address, new_public_id
 from prefcenter.db import Database, settings_of_session, utcnow
 from prefcenter.imports import staging
@@ -28,6 +29,7 @@ from prefcenter.imports.rules import (
     ContactState,
     RowOutcome,
     decide_row,
+    requested_change,
     state_after,
 )
 from prefcenter.imports.schemas import (
@@ -45,6 +47,14 @@ from prefcenter.webhooks.queue import queue_inline_delivery, queue_many_deliveri
 from prefcenter.webhooks.rules import EventType
 
 DEFAULT_BATCH_SIZE = 10_000
+# The report's counts that come with sample rows.
+_SAMPLED = (
+    "superseded",
+    "refused_reversal",
+    "refused_erased",
+    "refused_no_evidence",
+    "invalid",
+)
 _HASH_CHUNK = 1 << 20
 
 
@@ -79,6 +89,7 @@ class _Tally:
     superseded: CountWithSample = field(default_factory=CountWithSample)
     refused_reversal: CountWithSample = field(default_factory=CountWithSample)
     refused_erased: CountWithSample = field(default_factory=CountWithSample)
+    refused_no_evidence: CountWithSample = field(default_factory=CountWithSample)
     invalid: CountWithSample = field(default_factory=CountWithSample)
 
     @property
@@ -199,9 +210,9 @@ def finished_data(report: ImportReport, *, actor: str) -> dict[str, Any]:
     rows (masked addresses) and batches."""
     data = report.model_dump(
         mode="json",
-        exclude={"batches", "superseded", "refused_reversal", "refused_erased", "invalid"},
+        exclude={"batches", *_SAMPLED},
     )
-    for name in ("superseded", "refused_reversal", "refused_erased", "invalid"):
+    for name in _SAMPLED:
         data[name] = getattr(report, name).count
     data["batches"] = len(report.batches)
     data["actor"] = actor
@@ -246,7 +257,7 @@ def _merge(report: ImportReport, tally: _Tally) -> None:
     report.applied.unsubscribed += tally.unsubscribed
     report.unchanged += tally.unchanged
     report.duplicates += tally.duplicates
-    for name in ("superseded", "refused_reversal", "refused_erased", "invalid"):
+    for name in _SAMPLED:
         _merge_sample(getattr(report, name), getattr(tally, name))
 
 
@@ -280,7 +291,12 @@ def _apply_batch(
         else:
             state = states.get(address) or (contact.state if contact else NEW_CONTACT)
         decided = decide_row(
-            state, row.status, row.occurred_at or started, topic_kind=topic.kind, now=now
+            state,
+            row.status,
+            row.occurred_at or started,
+            topic_kind=topic.kind,
+            now=now,
+            with_evidence=row.evidence is not None,
         )
         _count(tally, row.line, mask_address(address), decided.outcome)
         if not decided.applied or decided.decision is None:
@@ -352,6 +368,8 @@ def _count(tally: _Tally, line: int, masked: str, outcome: RowOutcome) -> None:
             tally.refused_reversal.add(line, masked)
         case RowOutcome.REFUSED_ERASED:
             tally.refused_erased.add(line, masked)
+        case RowOutcome.REFUSED_NO_EVIDENCE:
+            tally.refused_no_evidence.add(line, masked)
 
 
 def _event(
@@ -363,20 +381,20 @@ def _event(
     evidence: dict[str, Any],
     started: datetime,
 ) -> NewEvent:
-    context = {"actor_kind": ActorKind.ADMIN.value, **request.context}
-    if decision.clamped:
-        context["claimed_occurred_at"] = (row.occurred_at or started).isoformat()
-    return NewEvent(
-        kind=EventKind.CONSENT_CHANGE,
-        occurred_at=decision.occurred_at,
-        actor=request.actor,
-        source=IMPORT_SOURCE,
-        outcome=decision.outcome.value,
+    """The row's audit event, as the ledger writes every consent change's
+    (consent.ledger.changes.change_event)."""
+    return change_event(
+        event_id=new_event_id(),
         contact_id=contact_id,
-        topic=topic.key,
-        from_status=decision.from_status.value if decision.from_status else None,
-        to_status=decision.status.value,
-        evidence={**evidence, "line": row.line},
-        context=context,
         address=row.address.normalised,
+        topic_key=topic.key,
+        requested=requested_change(row.status, row.occurred_at or started),
+        record=ChangeRecord(
+            actor=request.actor,
+            source=IMPORT_SOURCE,
+            evidence={**evidence, "line": row.line}
+            | ({"row_evidence": row.evidence} if row.evidence is not None else {}),
+            context=request.context,
+        ),
+        decision=decision,
     )

@@ -6,10 +6,8 @@ from prefcenter.problems import NotFound, Problem
 
 
 class InboundNotConfigured(NotFound):
-    """The route exists, but its ESP's setting is not set: to a caller, nothing is here."""
-
-    slug = "not-found"
-    title = "Not found"
+    """The route exists, but its ESP's setting is not set: to a caller, nothing is here
+    (the same problem as any unknown path)."""
 
 
 class SignatureInvalid(Problem):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -73,6 +74,25 @@ def _raw_body(*media_types: str, required: bool = True) -> dict[str, Any]:
 _ESP_ERRORS = problem_responses(400, 401, 403, 404, 413, 422)
 
 
+async def _from_esp(
+    request: Request, receive_from: Callable[..., InboundReport], **signed_by: Any
+) -> InboundReport:
+    """An ESP's event: the raw body (what its signature covers) and what it was signed with
+    (`signed_by`: headers, the certificate ring) go to `receive_from` in a worker thread."""
+    body = await request.body()
+    database = database_of(request)
+    work = partial(
+        receive_from,
+        database,
+        inbound_state(request),
+        body,
+        keys=_keys(request),
+        now=utcnow(),
+        **signed_by,
+    )
+    return await _in_thread(database, work)
+
+
 @router.post(
     "/ses",
     summary="Amazon SES notifications through SNS (bounces, complaints, received mail)",
@@ -83,18 +103,10 @@ _ESP_ERRORS = problem_responses(400, 401, 403, 404, 413, 422)
     openapi_extra=_raw_body("text/plain", "application/json"),
 )
 async def receive_ses(request: Request) -> InboundReport:
-    body = await request.body()
-    return await _in_thread(
-        database_of(request),
-        partial(
-            receive.receive_ses,
-            database_of(request),
-            inbound_state(request),
-            body,
-            ring=signing_keys_of(request),
-            keys=_keys(request),
-            now=utcnow(),
-        ),
+    return await _from_esp(
+        request,
+        receive.receive_ses,
+        ring=signing_keys_of(request),
     )
 
 
@@ -107,19 +119,11 @@ async def receive_ses(request: Request) -> InboundReport:
     openapi_extra=_raw_body("application/json"),
 )
 async def receive_sendgrid(request: Request) -> InboundReport:
-    body = await request.body()
-    return await _in_thread(
-        database_of(request),
-        partial(
-            receive.receive_sendgrid,
-            database_of(request),
-            inbound_state(request),
-            body,
-            signature=request.headers.get(sendgrid.SIGNATURE_HEADER),
-            timestamp=request.headers.get(sendgrid.TIMESTAMP_HEADER),
-            keys=_keys(request),
-            now=utcnow(),
-        ),
+    return await _from_esp(
+        request,
+        receive.receive_sendgrid,
+        signature=request.headers.get(sendgrid.SIGNATURE_HEADER),
+        timestamp=request.headers.get(sendgrid.TIMESTAMP_HEADER),
     )
 
 
@@ -133,18 +137,7 @@ async def receive_sendgrid(request: Request) -> InboundReport:
     openapi_extra=_raw_body("application/json"),
 )
 async def receive_mailgun(request: Request) -> InboundReport:
-    body = await request.body()
-    return await _in_thread(
-        database_of(request),
-        partial(
-            receive.receive_mailgun,
-            database_of(request),
-            inbound_state(request),
-            body,
-            keys=_keys(request),
-            now=utcnow(),
-        ),
-    )
+    return await _from_esp(request, receive.receive_mailgun)
 
 
 @router.post(
@@ -156,18 +149,10 @@ async def receive_mailgun(request: Request) -> InboundReport:
     openapi_extra=_raw_body("application/json"),
 )
 async def receive_postmark(request: Request) -> InboundReport:
-    body = await request.body()
-    return await _in_thread(
-        database_of(request),
-        partial(
-            receive.receive_postmark,
-            database_of(request),
-            inbound_state(request),
-            body,
-            authorization=request.headers.get("authorization"),
-            keys=_keys(request),
-            now=utcnow(),
-        ),
+    return await _from_esp(
+        request,
+        receive.receive_postmark,
+        authorization=request.headers.get("authorization"),
     )
 
 

@@ -4,7 +4,7 @@ audit event.
 
 Set-based per delivery: one statement claims the receipts, one query finds and locks the
 contacts (in id order), one the erased among them; the bounces are written together
-(bounces.service), and the opt-outs through consent.service.apply_change on states read in
+(bounces.service), and the opt-outs through consent.ledger.orm.apply_change on states read in
 one query each; the audit events are appended together at commit.
 """
 
@@ -23,9 +23,10 @@ from prefcenter.bounces.rules import BounceKind
 from prefcenter.bounces.schemas import BouncedContact, BounceReport
 from prefcenter.bounces.service import RecordedBounce, record_bounces, soft_bounce_policy
 from prefcenter.consent.erased import erased_among
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.orm import apply_change
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status
-from prefcenter.consent.service import ChangeRecord, apply_change
 from prefcenter.contacts.models import Contact
 from prefcenter.inbound.events import Action, InboundEvent, normalised_address
 from prefcenter.inbound.receipts import claim_receipts

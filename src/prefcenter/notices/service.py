@@ -258,9 +258,36 @@ def notification(session: Session, key: str, version: str) -> NotificationOut:
     return notification_counts(session, event_id=row.event_id)
 
 
+class NoticeChecks:
+    """Checks the versions consents name (`<key>@<version>`): published, and in force at the
+    change's `occurred_at` or about to be. A version is read once (a batch names few)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        # ref → when the next version took (or takes) effect; None: none after it.
+        self._next: dict[str, datetime | None] = {}
+
+    def check(self, ref: str, *, occurred_at: datetime) -> str:
+        """The reference as stored, or a problem (UnknownNoticeVersion, NoticeVersionSuperseded)."""
+        if ref not in self._next:
+            self._next[ref] = _next_effective_at(self._session, ref)
+        later = self._next[ref]
+        if superseded_at(occurred_at, next_effective_at=later):
+            assert later is not None
+            raise NoticeVersionSuperseded(
+                f"Notice version {ref!r} had been replaced by then (at {format_time(later)}).",
+                errors=[
+                    {"field": "notice", "detail": "replaced by a newer version by occurred_at"}
+                ],
+            )
+        return ref
+
+
 def check_consent_notice(session: Session, ref: str, *, occurred_at: datetime) -> str:
-    """The version a consent names (`<key>@<version>`) if it may: published, and in force at
-    `occurred_at` or about to be. Returns the reference as stored."""
+    return NoticeChecks(session).check(ref, occurred_at=occurred_at)
+
+
+def _next_effective_at(session: Session, ref: str) -> datetime | None:
     key, label = split_ref(ref)
     found = session.exec(
         select(NoticeVersion)
@@ -272,7 +299,7 @@ def check_consent_notice(session: Session, ref: str, *, occurred_at: datetime) -
             f"There is no published notice version {ref!r}.",
             errors=[{"field": "notice", "detail": "not a published notice version"}],
         )
-    later = session.exec(
+    return session.exec(
         select(NoticeVersion.effective_at)
         .where(
             col(NoticeVersion.notice_id) == found.notice_id,
@@ -285,11 +312,3 @@ def check_consent_notice(session: Session, ref: str, *, occurred_at: datetime) -
         .order_by(col(NoticeVersion.effective_at))
         .limit(1)
     ).first()
-    if superseded_at(occurred_at, next_effective_at=later):
-        raise NoticeVersionSuperseded(
-            f"Notice version {ref!r} had been replaced by then (at {format_time(later)})."
-            if later is not None
-            else f"Notice version {ref!r} was not in force then.",
-            errors=[{"field": "notice", "detail": "replaced by a newer version by occurred_at"}],
-        )
-    return f"{key}@{label}"

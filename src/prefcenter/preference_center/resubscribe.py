@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from sqlmodel import Session
 
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.orm import apply_change
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.opt_out_markers import current_marker
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status
-from prefcenter.consent.service import ChangeRecord, apply_change
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import find_contact_by_public_id, lock_contact_by_public_id
 from prefcenter.mail.config import MailConfig, new_message_id

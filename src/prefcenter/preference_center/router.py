@@ -19,7 +19,7 @@ from prefcenter.audit.keys import audit_keys_of
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import database_of, utcnow
 from prefcenter.links.service import manage_token
-from prefcenter.preference_center import service
+from prefcenter.preference_center import choices, service
 from prefcenter.preference_center.errors import InvalidLink
 from prefcenter.preference_center.mail_requests import request_preferences_link
 from prefcenter.preference_center.resubscribe import LINK_LIFETIME
@@ -65,12 +65,22 @@ MAX_FORM_FIELDS = 200
 # costing each request a hand-off to a worker thread and back.
 async def _unsubscribe_token(request: Request, token: str) -> VerifiedToken:
     return service.read_token(
-        signing_keys_of(request), token, TokenPurpose.UNSUBSCRIBE, now=utcnow()
+        signing_keys_of(request),
+        token,
+        TokenPurpose.UNSUBSCRIBE,
+        now=utcnow(),
+        retired=settings_of(request).retired_signing_key_ids,
     )
 
 
 async def _manage_token(request: Request, token: str) -> VerifiedToken:
-    return service.read_token(signing_keys_of(request), token, TokenPurpose.MANAGE, now=utcnow())
+    return service.read_token(
+        signing_keys_of(request),
+        token,
+        TokenPurpose.MANAGE,
+        now=utcnow(),
+        retired=settings_of(request).retired_signing_key_ids,
+    )
 
 
 async def _confirm_token(request: Request, token: str) -> VerifiedToken:
@@ -93,6 +103,7 @@ async def _confirm_token(request: Request, token: str) -> VerifiedToken:
             TokenPurpose.CONFIRM,
             now=now,
             max_age=timedelta(days=settings.confirm_link_ttl_days),
+            retired=settings.retired_signing_key_ids,
         )
 
 
@@ -170,6 +181,7 @@ def _preferences_page(
             "masked_address": view.masked_address,
             "suppressed": view.suppressed,
             "topics": view.topics,
+            "sharing": view.sharing,
             "pending_topics": ", ".join(view.pending_topics),
             "refused_topics": ", ".join(view.refused_topics),
             "confirm_all_by_mail": view.confirm_all_by_mail,
@@ -261,7 +273,7 @@ async def request_link(form: Form, context: RequestContextDep, request: Request)
 @router.head("/p/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 async def show_preferences(token: str, verified: ManageToken, request: Request) -> HTMLResponse:
     view = await database_of(request).run_in_transaction(
-        lambda session: service.preferences_view(session, verified), write=False
+        lambda session: choices.preferences_view(session, verified), write=False
     )
     return _preferences_page(request, token, view, saved=False)
 
@@ -276,7 +288,7 @@ async def save_preferences(
     now = utcnow()
     mail = request.app.state.mail
     by_mail = (
-        service.ResubscribeByMail(
+        choices.ResubscribeByMail(
             mail=mail,
             keys=audit_keys_of(request),
             language="de" if language_of(request) == "de" else "en",
@@ -285,7 +297,7 @@ async def save_preferences(
         else None
     )
     view = await database_of(request).run_in_transaction(
-        lambda session: service.save_preferences(
+        lambda session: choices.save_preferences(
             session,
             verified,
             chosen=chosen,
@@ -376,7 +388,11 @@ def install_invalid_link_page(app: FastAPI) -> None:
         return pages.render(
             request,
             "invalid_link.html",
-            {"organization": settings.organization_name, "expired": exc.expired},
+            {
+                "organization": settings.organization_name,
+                "expired": exc.expired,
+                "retired": exc.retired,
+            },
             status_code=exc.status,
         )
 

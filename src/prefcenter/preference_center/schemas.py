@@ -12,6 +12,8 @@ class TopicChoice:
     description: str | None
     on: bool
     pending: bool
+    # A sharing topic's party ("Sharing with others"); None for a marketing topic.
+    third_party: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +21,8 @@ class PreferencesView:
     masked_address: str
     suppressed: bool
     topics: list[TopicChoice]
+    # Sharing topics, apart: not mail, so no marketing opt-out turns them off or hides them.
+    sharing: list[TopicChoice] = field(default_factory=list)
     pending_topics: list[str] = field(default_factory=list)
     # Asked for on the page but left as they were: turning them on reverses the person's own
     # opt-out (or lifts "unsubscribe from all"), which needs proof of the mailbox first.

@@ -1,44 +1,47 @@
-"""Use cases of the recipient: unsubscribe (page or RFC 8058 one-click), choose topics in the
-preference center, confirm a double opt-in. The token is the only credential."""
+"""Use cases of the recipient: unsubscribe (page or RFC 8058 one-click), confirm a double opt-in
+or a resubscribe link (the preference center's choices are in `choices`). The token is the only
+credential."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from prefcenter.audit.context import RequestContext
-from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.orm import apply_change
 from prefcenter.consent.models import Subscription, Suppression
-from prefcenter.consent.opt_out_markers import all_marker, topic_marker
-from prefcenter.consent.rules import ActorKind, RequestedChange, Status, needs_mailbox_proof
-from prefcenter.consent.service import ChangeRecord, apply_change, subscription_state
+from prefcenter.consent.rules import ActorKind, RequestedChange, Status
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import (
     find_contact_by_public_id,
     lock_contact_by_public_id,
     mask_address,
 )
-from prefcenter.mail.config import MailConfig
-from prefcenter.mail.schemas import MailLanguage
 from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
 from prefcenter.outbox.service import latest_for_cause
 from prefcenter.preference_center.errors import InvalidLink
 from prefcenter.preference_center.resubscribe import (
     Reversal,
     find_reversal,
-    queue_resubscribe_mail,
     reverse_opt_out,
 )
-from prefcenter.preference_center.schemas import LinkView, PreferencesView, TopicChoice
+from prefcenter.preference_center.schemas import LinkView
 from prefcenter.settings import SigningKey
-from prefcenter.tokens import TokenError, TokenPurpose, VerifiedToken, verify_token
+from prefcenter.tokens import (
+    RetiredKey,
+    TokenError,
+    TokenPurpose,
+    VerifiedToken,
+    verify_token,
+)
 from prefcenter.topics.models import Topic
-from prefcenter.topics.schemas import ConsentModel, TopicKind
+from prefcenter.topics.schemas import TopicKind
 from prefcenter.topics.service import find_topic
 
 RECIPIENT_ACTOR = "recipient"
@@ -54,38 +57,6 @@ class Channel(StrEnum):
     MAILTO = "mailto"  # a message to the `mailto:` of List-Unsubscribe (inbound.mailto)
 
 
-@dataclass(frozen=True, slots=True)
-class ResubscribeByMail:
-    """How the preference center asks the mailbox before turning back on what the person
-    refused: the service's mail, the audit keys (the throttle counts by keyed hash) and the
-    language of the page."""
-
-    mail: MailConfig
-    keys: AuditKeys
-    language: MailLanguage
-
-    def queue(
-        self,
-        session: Session,
-        contact: Contact,
-        topic_key: str | None,
-        marker: str,
-        request: RequestContext,
-        now: datetime,
-    ) -> bool:
-        return queue_resubscribe_mail(
-            session,
-            self.mail,
-            self.keys,
-            contact=contact,
-            topic_key=topic_key,
-            marker=marker,
-            client_ip=request.client_ip,
-            language=self.language,
-            now=now,
-        )
-
-
 def read_token(
     ring: tuple[SigningKey, ...],
     token: str,
@@ -93,15 +64,19 @@ def read_token(
     *,
     now: datetime,
     max_age: timedelta | None = None,
+    retired: frozenset[str] = frozenset(),
 ) -> VerifiedToken:
-    """Checked before any database work: a bad token costs one HMAC."""
+    """Checked before any database work: a bad token costs one HMAC. A link signed with a
+    retired key gets the "expired" page, any other refused one the "does not work" page."""
     try:
-        return verify_token(ring, purpose, token, now=now, max_age=max_age)
+        return verify_token(ring, purpose, token, now=now, max_age=max_age, retired=retired)
+    except RetiredKey as exc:
+        raise InvalidLink(400, retired=True) from exc
     except TokenError as exc:
         raise InvalidLink(400, expired=purpose is TokenPurpose.CONFIRM) from exc
 
 
-def _contact(session: Session, verified: VerifiedToken, *, lock: bool) -> Contact:
+def link_contact(session: Session, verified: VerifiedToken, *, lock: bool) -> Contact:
     public_id = verified.claims.contact_id
     contact = (
         lock_contact_by_public_id(session, public_id)
@@ -148,7 +123,7 @@ def recipient_change(status: Status, channel: Channel, now: datetime) -> Request
 
 
 def unsubscribe_view(session: Session, verified: VerifiedToken) -> LinkView:
-    contact = _contact(session, verified, lock=False)
+    contact = link_contact(session, verified, lock=False)
     topic = _token_topic(session, verified)
     assert contact.address is not None
     return LinkView(
@@ -171,7 +146,7 @@ def unsubscribe(
     `evidence` adds to what the record keeps (a mailto: message's `Message-ID`).
     """
     topic = _token_topic(session, verified)
-    contact = _contact(session, verified, lock=True)
+    contact = link_contact(session, verified, lock=True)
     record = recipient_record(verified, channel, request)
     if evidence:
         record = replace(record, evidence={**record.evidence, **evidence})
@@ -189,151 +164,6 @@ def unsubscribe(
     )
 
 
-def _marketing_topics(session: Session) -> list[Topic]:
-    return list(
-        session.exec(
-            select(Topic).where(Topic.kind == TopicKind.MARKETING).order_by(col(Topic.name))
-        )
-    )
-
-
-def _is_on(topic: Topic, subscription: Subscription | None) -> bool:
-    """What the checkbox shows: opt-in topics are on once subscribed (or pending), opt-out
-    topics until unsubscribed."""
-    if subscription is None:
-        return topic.consent == ConsentModel.OPT_OUT
-    return subscription.status != Status.UNSUBSCRIBED
-
-
-def _view(
-    session: Session,
-    contact: Contact,
-    pending_topics: list[str],
-    refused_topics: list[str] | None = None,
-    *,
-    confirm_all_by_mail: bool = False,
-) -> PreferencesView:
-    assert contact.id is not None
-    assert contact.address is not None
-    subscriptions = {
-        s.topic_id: s
-        for s in session.exec(select(Subscription).where(Subscription.contact_id == contact.id))
-    }
-    suppression = session.get(Suppression, contact.id)
-    suppressed = bool(suppression and suppression.suppressed)
-    choices = []
-    for topic in _marketing_topics(session):
-        assert topic.id is not None
-        subscription = subscriptions.get(topic.id)
-        choices.append(
-            TopicChoice(
-                key=topic.key,
-                name=topic.name,
-                description=topic.description,
-                # Opted out of everything: nothing is sent, so no box may say otherwise.
-                on=not suppressed and _is_on(topic, subscription),
-                pending=subscription is not None and subscription.status == Status.PENDING,
-            )
-        )
-    return PreferencesView(
-        masked_address=mask_address(contact.address),
-        suppressed=suppressed,
-        topics=choices,
-        pending_topics=pending_topics,
-        refused_topics=refused_topics or [],
-        confirm_all_by_mail=confirm_all_by_mail,
-    )
-
-
-def preferences_view(session: Session, verified: VerifiedToken) -> PreferencesView:
-    return _view(session, _contact(session, verified, lock=False), [])
-
-
-def save_preferences(
-    session: Session,
-    verified: VerifiedToken,
-    *,
-    chosen: set[str],
-    shown: set[str],
-    unsubscribe_all: bool,
-    request: RequestContext,
-    now: datetime,
-    by_mail: ResubscribeByMail | None = None,
-) -> PreferencesView:
-    """Apply what the person chose on the page: only topics that were shown and whose box
-    differs from the current state change. Turning a topic off, or on where the person never
-    opted out themselves, takes effect at once (a double opt-in topic goes to `pending`).
-    Reversing the person's own opt-out, or lifting "unsubscribe from all", is not done from a
-    link: whoever holds the link could do it (see rules.needs_mailbox_proof). With `by_mail`
-    (the service sends mail), a mail to the address carries the link that does it
-    (preference_center.resubscribe); without, those topics are left as they were and named on
-    the page, with how to reach the support desk."""
-    topics = {t.key: t for t in _marketing_topics(session)}
-    contact = _contact(session, verified, lock=True)
-    assert contact.id is not None
-    record = recipient_record(verified, Channel.PREFERENCE_CENTER, request)
-    if unsubscribe_all:
-        apply_change(
-            session,
-            contact=contact,
-            topic=None,
-            requested=recipient_change(Status.UNSUBSCRIBED, Channel.PREFERENCE_CENTER, now),
-            record=record,
-            now=now,
-        )
-        return _view(session, contact, [])
-    subscriptions = {
-        s.topic_id: s
-        for s in session.exec(select(Subscription).where(Subscription.contact_id == contact.id))
-    }
-    wanted = {key for key in chosen if key in topics and key in shown}
-    suppression = session.get(Suppression, contact.id)
-    if suppression is not None and suppression.suppressed:
-        # Every box showed off. Ticking any asks to lift the opt-out from all marketing: that
-        # needs the mailbox's proof, so nothing changes now (saving the page as it was chose
-        # nothing at all).
-        if wanted and by_mail is not None:
-            sent = by_mail.queue(session, contact, None, all_marker(suppression), request, now)
-            return _view(session, contact, [], [], confirm_all_by_mail=sent)
-        refused = [topics[key].name for key in sorted(wanted)]
-        return _view(session, contact, [], refused)
-    pending: list[str] = []
-    refused = []
-    for key in sorted(shown & set(topics)):
-        topic = topics[key]
-        assert topic.id is not None
-        subscription = subscriptions.get(topic.id)
-        want_on = key in wanted
-        if want_on == _is_on(topic, subscription):
-            continue
-        if want_on and needs_mailbox_proof(subscription_state(subscription)):
-            assert subscription is not None  # an opt-out is a row
-            marker = topic_marker(subscription)
-            if by_mail is not None and by_mail.queue(
-                session, contact, topic.key, marker, request, now
-            ):
-                pending.append(topic.name)
-            else:
-                refused.append(topic.name)
-            continue
-        status = Status.SUBSCRIBED if want_on else Status.UNSUBSCRIBED
-        requested = RequestedChange(
-            status=status,
-            occurred_at=now,
-            actor=ActorKind.RECIPIENT,
-            source=Channel.PREFERENCE_CENTER.value,
-            # Ticking a box proves the click, not who owns the mailbox: a double opt-in topic
-            # still needs the confirmation link that the mail tool sends.
-            double_opt_in=topic.double_opt_in,
-        )
-        applied = apply_change(
-            session, contact=contact, topic=topic, requested=requested, record=record, now=now
-        )
-        if applied.decision.status is Status.PENDING:
-            pending.append(topic.name)
-    return _view(session, contact, pending, refused)
-
-
 def _pending_subscription(
     session: Session, verified: VerifiedToken, contact: Contact
 ) -> tuple[Topic, Subscription]:
@@ -343,9 +173,10 @@ def _pending_subscription(
     if topic is None or topic.id is None or contact.id is None:
         raise InvalidLink(400, expired=True)
     suppression = session.get(Suppression, contact.id)
-    if suppression is not None and suppression.suppressed:
+    if topic.kind == TopicKind.MARKETING and suppression is not None and suppression.suppressed:
         # Opted out of all marketing since (or before): confirming would promise mail that
-        # is never sent. The preference center is where the person can lift it.
+        # is never sent. The preference center is where the person can lift it. A sharing
+        # topic is not mail: that opt-out says nothing about it.
         raise InvalidLink(400, expired=True)
     subscription = session.get(Subscription, (contact.id, topic.id))
     if subscription is not None and subscription.status == Status.SUBSCRIBED:
@@ -377,7 +208,7 @@ def _reversal_view(reversal: Reversal) -> LinkView:
 def confirm_view(session: Session, verified: VerifiedToken) -> LinkView:
     if verified.purpose is TokenPurpose.RESUBSCRIBE:
         return _reversal_view(_reversal(session, verified, lock=False))
-    contact = _contact(session, verified, lock=False)
+    contact = link_contact(session, verified, lock=False)
     topic, _ = _pending_subscription(session, verified, contact)
     assert contact.address is not None
     return LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)
@@ -398,7 +229,7 @@ def confirm(
             now=now,
         )
         return _reversal_view(reversal)
-    contact = _contact(session, verified, lock=True)
+    contact = link_contact(session, verified, lock=True)
     topic, subscription = _pending_subscription(session, verified, contact)
     assert contact.address is not None
     view = LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)

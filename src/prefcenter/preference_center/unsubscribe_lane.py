@@ -9,10 +9,10 @@ would, and hands everything else to the app, which answers it the ordinary way:
   the app (its invalid-link page, its 405).
 - POST with an url-encoded body (what Gmail, Yahoo and our page send) or none, with a
   `Content-Length` within `MAX_FORM_BYTES`; multipart and chunked bodies go to the app.
-- GET/HEAD: one read, on either engine (consent.recipient_optout.read_link_contact). An unknown
+- GET/HEAD: one read, on either engine (consent.ledger.lane.read_link_contact). An unknown
   or erased contact goes to the app (its 404 page).
 - POST on PostgreSQL: one read and one guarded statement that writes the opt-out and its audit
-  event (consent.recipient_optout). If the state moved on between them, the contact is gone,
+  event (consent.ledger.lane). If the state moved on between them, the contact is gone,
   or the database failed, the app's locking path does it instead (the request body is handed
   on as it came). POST on SQLite: the app.
 
@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prefcenter.audit.context import IPNetwork, request_context
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.consent.recipient_optout import (
+from prefcenter.consent.ledger.lane import (
     OptOutState,
     read_link_contact,
     read_optout_state,

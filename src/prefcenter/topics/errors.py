@@ -18,3 +18,11 @@ class UnknownTopic(Unprocessable):
 class TopicModelChange(Conflict):
     slug = "topic-model-change"
     title = "A topic's kind and consent model are fixed"
+
+
+class InvalidSharingTopic(Unprocessable):
+    """A `sharing` topic that is not opt-in or names no third party, or a `third_party` on a
+    topic of another kind."""
+
+    slug = "invalid-sharing-topic"
+    title = "A sharing topic is opt-in and names its third party"

@@ -17,5 +17,7 @@ class Topic(SQLModel, table=True):
     kind: str = Field(max_length=20)  # TopicKind
     consent: str = Field(max_length=20)  # ConsentModel
     double_opt_in: bool = False
+    # A `sharing` topic's party the person's data goes to; None for every other kind.
+    third_party: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(sa_type=UtcDateTime)
     updated_at: datetime = Field(sa_type=UtcDateTime)

@@ -17,6 +17,8 @@ _PRINTABLE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 class TopicKind(StrEnum):
     MARKETING = "marketing"
     TRANSACTIONAL = "transactional"  # never blocked by unsubscribes, only by hard suppression
+    # Not mail: sharing the person's data with `third_party`; always opt-in (topics.rules).
+    SHARING = "sharing"
 
 
 class ConsentModel(StrEnum):
@@ -40,6 +42,16 @@ class TopicIn(BaseModel):
     consent: ConsentModel
     # Strict: the document says boolean, so 0 or "yes" is refused rather than guessed at.
     double_opt_in: StrictBool = False
+    # Required for a `sharing` topic, refused on any other (topics.rules.check_topic_spec).
+    third_party: (
+        Annotated[
+            str,
+            StringConstraints(
+                strip_whitespace=True, min_length=1, max_length=200, pattern=_PRINTABLE_PATTERN
+            ),
+        ]
+        | None
+    ) = None
 
 
 class TopicOut(BaseModel):
@@ -49,6 +61,7 @@ class TopicOut(BaseModel):
     kind: TopicKind
     consent: ConsentModel
     double_opt_in: bool
+    third_party: str | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -11,6 +11,7 @@ from prefcenter.audit.service import append_event
 from prefcenter.db import utcnow
 from prefcenter.topics.errors import TopicModelChange, TopicNotFound
 from prefcenter.topics.models import Topic
+from prefcenter.topics.rules import check_topic_spec
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind, TopicOut, TopicPut
 
 
@@ -22,6 +23,7 @@ def topic_out(topic: Topic) -> TopicOut:
         kind=TopicKind(topic.kind),
         consent=ConsentModel(topic.consent),
         double_opt_in=topic.double_opt_in,
+        third_party=topic.third_party,
         created_at=topic.created_at,
         updated_at=topic.updated_at,
     )
@@ -55,8 +57,11 @@ def put_topic(session: Session, key: str, spec: TopicIn, *, caller: Caller) -> T
     """Create the topic, or update its name, description and double opt-in.
 
     Kind and consent model are fixed once created: turning an `opt_in` topic into `opt_out`
-    would make every known address mailable at once. Create a new topic instead.
+    would make every known address mailable at once. Create a new topic instead. So is a
+    sharing topic's third party: the people who agreed to share with one party did not agree
+    to share with another.
     """
+    check_topic_spec(spec)
     now = utcnow()
     topic = find_topic(session, key)
     created = topic is None
@@ -68,6 +73,7 @@ def put_topic(session: Session, key: str, spec: TopicIn, *, caller: Caller) -> T
             kind=spec.kind.value,
             consent=spec.consent.value,
             double_opt_in=spec.double_opt_in,
+            third_party=spec.third_party,
             created_at=now,
             updated_at=now,
         )
@@ -77,6 +83,12 @@ def put_topic(session: Session, key: str, spec: TopicIn, *, caller: Caller) -> T
                 f"Topic {key!r} is {topic.kind}/{topic.consent}; its kind and consent model "
                 "cannot change (that would change who may be emailed for every contact). "
                 "Create a new topic instead."
+            )
+        if topic.third_party != spec.third_party:
+            raise TopicModelChange(
+                f"Topic {key!r} shares with {topic.third_party!r}; its third party cannot "
+                "change (the people who agreed to that party did not agree to another). "
+                "Create a new sharing topic instead."
             )
         unchanged = (
             topic.name == spec.name

@@ -255,7 +255,7 @@ def queue_many_deliveries(
         session.execute(text("DROP TABLE IF EXISTS temp.webhook_stage"))
 
 
-# --- in the one-click's single statement (consent.recipient_optout) ------------------------
+# --- in the one-click's single statement (consent.ledger.lane) ------------------------
 
 
 def guarded_queue_pg(

@@ -1,64 +1,41 @@
-"""Owns the deep check of the audit trail: the current subscriptions and suppressions must be
-exactly the state the events imply.
+"""Owns the deep check of the ledger (`audit verify --deep`): the current subscriptions and
+suppressions must be exactly the state the events imply.
 
 Replaying the events under the consent rules comes down to this: every event that was not
-superseded set its row's status, claimed time and source (consent.service.apply_change), so
-the current row of a contact × topic (or a contact's suppression) is the last such event's in
-`seq` order. The replay is done in SQL, set-based, after the plain verification has shown that
-the query columns agree with the hashed bytes. The tables of higher layers are named here, not
-imported: the audit package sits below consent and topics.
+superseded set its row's status, claimed time and source (ledger.changes, whichever writer),
+so the current row of a contact × topic (or a contact's suppression) is the last such event's
+in `seq` order. The replay is done in SQL, set-based, after the plain verification has shown
+that the query columns agree with the hashed bytes. audit.verify runs it through its `replay`
+parameter (it sits below consent); `verify_ledger` is the verification with it wired in.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import (
-    Select,
-    String,
-    and_,
-    case,
-    column,
-    false,
-    func,
-    or_,
-    select,
-    table,
-    true,
-)
+from sqlalchemy import Select, Table, and_, case, false, func, or_, select, true
 from sqlmodel import Session
 
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.schemas import EventKind
-from prefcenter.db import UtcDateTime
+from prefcenter.audit.verify import Progress, VerifyResult, verify_chain
+from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.contacts.models import Contact
+from prefcenter.db import Database
+from prefcenter.topics.models import Topic
 
-_events = table(
-    "audit_event",
-    column("seq"),
-    column("kind", String),
-    column("outcome", String),
-    column("contact_id", String),
-    column("topic", String),
-    column("to_status", String),
-    column("occurred_at", UtcDateTime),
-    column("source", String),
-)
-_contact = table("contact", column("id"), column("public_id", String), column("erased_at"))
-_topic = table("topic", column("id"), column("key", String))
-_subscription = table(
-    "subscription",
-    column("contact_id"),
-    column("topic_id"),
-    column("status", String),
-    column("occurred_at", UtcDateTime),
-    column("source", String),
-)
-_suppression = table(
-    "suppression",
-    column("contact_id"),
-    column("suppressed"),
-    column("occurred_at", UtcDateTime),
-    column("source", String),
-)
+
+def _table(model: type[object]) -> Table:
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
+_events = _table(AuditEvent)
+_contact = _table(Contact)
+_topic = _table(Topic)
+_subscription = _table(Subscription)
+_suppression = _table(Suppression)
 _ERASED = select(_contact.c.public_id).where(_contact.c.erased_at.is_not(None))
 
 
@@ -163,3 +140,12 @@ def first_contact_off_its_events(session: Session) -> str | None:
         if (contact := session.execute(check).scalar()) is not None
     ]
     return min(found) if found else None
+
+
+def verify_ledger(
+    database: Database, keys: AuditKeys, *, deep: bool = False, progress: Progress | None = None
+) -> VerifyResult:
+    """audit.verify.verify_chain, with the replay of the events against the current state
+    when `deep`."""
+    replay = first_contact_off_its_events if deep else None
+    return verify_chain(database, keys, replay=replay, progress=progress)

@@ -5,9 +5,9 @@ driver's cursor (db.Database.run_on_connection), in autocommit mode.
 
 1. `read_optout_state`: one SELECT (autocommit) of the contact, the token's topic, its
    subscription and the contact-wide suppression.
-2. Python decides with consent.rules.decide_change and builds the audit event (keyed hashes,
-   evidence document), exactly as `consent.service.apply_change` does (`change_event`,
-   `subscription_change`, `suppression_change`), before any lock is taken.
+2. Python decides and builds the row values and the audit event (keyed hashes, evidence
+   document) with the write model's own functions (ledger.changes), exactly as the locking
+   path (ledger.orm) does, before any lock is taken.
 3. `write_optout`: one statement (autocommit, so its own transaction) that locks the contact
    (still at the address read in 1), compare-and-sets the subscription or suppression row
    against what 1 read, and only if that row was written appends the audit event, taking the
@@ -30,15 +30,20 @@ from typing import Any
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import new_event_id
 from prefcenter.audit.service import guarded_append_pg
-from prefcenter.consent.rules import CurrentState, Outcome, RequestedChange, Status, decide_change
-from prefcenter.consent.service import (
+from prefcenter.consent.ledger.changes import (
+    SUBSCRIPTION_COLUMNS,
+    SUPPRESSION_COLUMNS,
     ChangeRecord,
     change_event,
+    decide_global_change,
+    decide_topic_change,
     subscription_change,
-    suppressed_state,
     suppression_change,
 )
+from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
+from prefcenter.consent.rules import CurrentState, Outcome, RequestedChange, Status
 from prefcenter.db import driver_sql
+from prefcenter.topics.schemas import TopicKind
 from prefcenter.webhooks.queue import guarded_queue_pg
 from prefcenter.webhooks.rules import types_of_event
 
@@ -62,16 +67,16 @@ class OptOutState:
 
     @property
     def current(self) -> CurrentState | None:
-        """The state the change is decided against, as consent.service reads it from rows
-        (`subscription_state`, `suppressed_state`)."""
+        """The state the change is decided against (the subscription, or the suppression for
+        a contact-wide change), read as every writer reads it (ledger.state)."""
         if self.topic_id is not None:
             if self.subscription is None:
                 return None
             status, occurred_at, by_recipient, _ = self.subscription
-            return CurrentState(Status(status), occurred_at, by_recipient)
+            return stored_subscription_state(status, occurred_at, by_recipient)
         if self.suppression is None:
             return None
-        return suppressed_state(*self.suppression)
+        return stored_suppression_state(*self.suppression)
 
 
 _READ = """
@@ -111,8 +116,8 @@ _LOCKED = """locked AS (
     WHERE id = %(w_contact)s AND address = %(w_address)s AND erased_at IS NULL
     FOR UPDATE
 )"""
-_SUBSCRIPTION_COLUMNS = ("status", "occurred_at", "since", "source", "by_recipient", "event_id")
-_SUPPRESSION_COLUMNS = ("suppressed", "occurred_at", "since", "source", "by_recipient")
+_SUBSCRIPTION_COLUMNS = SUBSCRIPTION_COLUMNS
+_SUPPRESSION_COLUMNS = SUPPRESSION_COLUMNS
 _GUARD = "EXISTS (SELECT 1 FROM written)"
 
 
@@ -168,8 +173,13 @@ def write_optout(
     if state.erased or state.address is None:
         return None
     requested = replace(requested, with_evidence=bool(record.evidence))
-    current = state.current
-    decision = decide_change(current, requested, now=now)
+    if state.topic_id is not None:
+        # An opt-out never reads the contact-wide state (ledger.changes.needs_suppression).
+        decision = decide_topic_change(
+            state.current, None, topic_kind=TopicKind.MARKETING, requested=requested, now=now
+        )
+    else:
+        decision = decide_global_change(state.current, requested, now=now)
     if decision.outcome is Outcome.SUPERSEDED:
         return None
     event = change_event(

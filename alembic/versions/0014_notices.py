@@ -1,7 +1,7 @@
 """Notices and their immutable, dated versions.
 
-Revision ID: 0013_notices
-Revises: 0012_webhooks
+Revision ID: 0014_notices
+Revises: 0013_sharing
 Create Date: 2026-12-06
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from prefcenter.db import UtcDateTime
 
-revision: str = "0013_notices"
-down_revision: str | None = "0012_webhooks"
+revision: str = "0014_notices"
+down_revision: str | None = "0013_sharing"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

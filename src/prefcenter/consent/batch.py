@@ -1,0 +1,193 @@
+"""Owns `POST /v1/consents/batch`: many API changes in one transaction, each under the same
+rules and guard as `/v1/consents` and with its own outcome, written set-based by the ledger
+(consent.ledger.batch)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlmodel import Session, col, select
+
+from prefcenter.apikeys.schemas import Caller
+from prefcenter.audit.context import RequestContext
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.batch_schemas import (
+    MAX_CONSENT_BATCH,
+    ChangeProblem,
+    ConsentBatchIn,
+    ConsentBatchOut,
+)
+from prefcenter.consent.errors import ConsentBatchTooLarge
+from prefcenter.consent.ledger.batch import BatchChange, BatchWritten, apply_changes
+from prefcenter.consent.rules import Status
+from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
+from prefcenter.consent.service import api_change_record, requested_change, send_confirmation
+from prefcenter.db import utcnow
+from prefcenter.notices.service import NoticeChecks
+from prefcenter.problems import Problem, problem_body
+from prefcenter.settings import Settings, SigningKey
+from prefcenter.topics.errors import UnknownTopic
+from prefcenter.topics.models import Topic
+
+
+def record_changes(
+    session: Session,
+    batch: ConsentBatchIn,
+    *,
+    caller: Caller,
+    request: RequestContext,
+    settings: Settings,
+    ring: tuple[SigningKey, ...],
+    keys: AuditKeys,
+) -> ConsentBatchOut:
+    """Record the batch's changes in request order. A change that is invalid, names an unknown
+    topic or an erased address, or that the rules refuse gets its problem document in its
+    slot and writes nothing; the others are written in the caller's transaction."""
+    if len(batch.changes) > MAX_CONSENT_BATCH:
+        raise ConsentBatchTooLarge(
+            f"A batch holds at most {MAX_CONSENT_BATCH:,} changes; this one has "
+            f"{len(batch.changes):,}. Split it into several batches."
+        )
+    now = utcnow()
+    results: list[ConsentChangeOut | ChangeProblem | None] = []
+    parsed: list[tuple[int, ConsentChangeIn]] = []
+    for index, body in enumerate(batch.changes):
+        try:
+            parsed.append((index, ConsentChangeIn.model_validate(body)))
+            results.append(None)
+        except ValidationError as invalid:
+            results.append(_invalid(index, invalid))
+    topics = _topics(session, {c.topic for _, c in parsed if c.topic is not None})
+    accepted: list[tuple[int, ConsentChangeIn, Topic | None]] = []
+    notices = NoticeChecks(session)
+    checked: dict[int, str] = {}  # request index → the notice version it names, checked
+    for index, change in parsed:
+        topic = topics.get(change.topic) if change.topic is not None else None
+        if change.topic is not None and topic is None:
+            results[index] = _problem(index, _unknown_topic(change.topic))
+            continue
+        if change.notice is not None:
+            try:
+                checked[index] = notices.check(
+                    change.notice, occurred_at=min(change.occurred_at or now, now)
+                )
+            except Problem as refused:
+                results[index] = _problem(index, refused)
+                continue
+        accepted.append((index, change, topic))
+    # Each change at its own instant, a microsecond apart in request order (ledger.batch).
+    instants = [now + timedelta(microseconds=index) for index, _, _ in accepted]
+    written = apply_changes(
+        session,
+        keys,
+        [
+            BatchChange(
+                address=change.email,
+                topic=topic,
+                requested=requested_change(change, topic, caller=caller, now=at),
+                record=api_change_record(
+                    change,
+                    caller=caller,
+                    request=request,
+                    settings=settings,
+                    notice=checked.get(index),
+                ),
+                at=at,
+            )
+            for (index, change, topic), at in zip(accepted, instants, strict=True)
+        ],
+    )
+    for (index, change, topic), outcome in zip(accepted, written, strict=True):
+        if isinstance(outcome, Problem):
+            results[index] = _problem(index, outcome)
+            continue
+        results[index] = _answer(session, settings, ring, change, topic, outcome)
+    assert all(r is not None for r in results)
+    return ConsentBatchOut(results=[r for r in results if r is not None])
+
+
+def _answer(
+    session: Session,
+    settings: Settings,
+    ring: tuple[SigningKey, ...],
+    change: ConsentChangeIn,
+    topic: Topic | None,
+    written: BatchWritten,
+) -> ConsentChangeOut:
+    """The change's answer, as POST /v1/consents gives it (a pending subscription's
+    confirmation mail queued, or its link)."""
+    link: str | None = None
+    if (
+        topic is not None
+        and written.decision.status is Status.PENDING
+        and written.subscription_event_id is not None
+    ):
+        link = send_confirmation(
+            session,
+            settings,
+            ring,
+            contact_id=written.contact_id,
+            topic=topic,
+            pending_event=written.subscription_event_id,
+            campaign_id=change.campaign_id,
+            language=change.language or "en",
+            now=utcnow(),
+        )
+    return ConsentChangeOut(
+        contact_id=written.contact_id,
+        email=change.email.given,
+        topic=topic.key if topic else None,
+        status=written.decision.status,
+        changed=written.decision.changed,
+        outcome=written.decision.outcome,
+        event_id=written.event_id,
+        confirm_url=link,
+    )
+
+
+def _topics(session: Session, keys: set[str]) -> dict[str, Topic]:
+    if not keys:
+        return {}
+    return {t.key: t for t in session.exec(select(Topic).where(col(Topic.key).in_(sorted(keys))))}
+
+
+def _unknown_topic(key: str) -> UnknownTopic:
+    return UnknownTopic(
+        f"There is no topic {key!r}; create it with PUT /v1/topics/{{key}}.",
+        errors=[{"field": "topic", "detail": "unknown topic"}],
+    )
+
+
+def _problem(index: int, problem: Problem) -> ChangeProblem:
+    """The change's problem document, its fields named from the batch (`changes[i].email`)."""
+    body = problem.body()
+    errors = body.get("errors")
+    if isinstance(errors, list):
+        body["errors"] = [
+            {**error, "field": f"changes[{index}].{error['field']}"} for error in errors
+        ]
+    return ChangeProblem(problem=body)
+
+
+def _invalid(index: int, invalid: ValidationError) -> ChangeProblem:
+    """A change that breaks the schema: a 422 `validation` problem naming its fields, as
+    POST /v1/consents answers the same body."""
+    fields: list[dict[str, Any]] = [
+        {"field": _field_name(index, error["loc"]), "detail": error["msg"]}
+        for error in invalid.errors()
+    ]
+    summary = "; ".join(f"{f['field']}: {f['detail']}" for f in fields[:5])
+    return ChangeProblem(
+        problem=problem_body(
+            422, "validation", "Invalid request", f"Invalid request: {summary}", errors=fields
+        )
+    )
+
+
+def _field_name(index: int, loc: tuple[int | str, ...]) -> str:
+    name = f"changes[{index}]"
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name

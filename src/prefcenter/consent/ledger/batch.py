@@ -1,0 +1,331 @@
+"""Owns writing many consent changes in one transaction, set-based: one statement per step
+whatever the batch size (create the contacts, lock them, read their state, write the rows),
+with each change decided in Python under the same rules as one by one (ledger.changes).
+
+Changes are decided in the order given, each against the state the earlier ones left: a later
+change of the same contact sees the earlier (its subscription, and its contact-wide opt-out).
+Each change is taken at its own instant (`BatchChange.at`, increasing), as if they had arrived
+one by one: a change whose caller gave no time is then newer than an earlier one, so the
+ordering rule keeps request order instead of its tie going to the opt-out.
+
+A change the rules refuse gets its problem and writes nothing; the others are written. Locks
+are taken as everywhere else: contacts in id order (as imports do), the audit head last, at
+COMMIT (audit.service).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Integer, String, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col
+
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.schemas import new_event_id
+from prefcenter.audit.service import append_event
+from prefcenter.consent.contact_creation import create_contacts
+from prefcenter.consent.erased import AddressErased
+from prefcenter.consent.ledger.changes import (
+    ChangeRecord,
+    change_event,
+    decide_global_change,
+    decide_topic_change,
+    subscription_change,
+    suppression_change,
+)
+from prefcenter.consent.ledger.sql import among, postgres_session
+from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
+from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.consent.rules import CurrentState, Decision, Outcome, RequestedChange
+from prefcenter.contacts.addresses import Address
+from prefcenter.contacts.models import Contact
+from prefcenter.problems import Problem
+from prefcenter.topics.models import Topic
+from prefcenter.topics.schemas import TopicKind
+from prefcenter.webhooks.queue import queue_change_deliveries, subscribed
+from prefcenter.webhooks.rules import types_of_event
+
+_SUBSCRIPTION = Subscription.__table__  # type: ignore[attr-defined]
+_SUPPRESSION = Suppression.__table__  # type: ignore[attr-defined]
+_SUBSCRIPTION_KEY = ("contact_id", "topic_id")
+_SUPPRESSION_KEY = ("contact_id",)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchChange:
+    """One change of a batch, checked and ready to decide (its topic exists)."""
+
+    address: Address
+    topic: Topic | None  # None: all marketing
+    requested: RequestedChange
+    record: ChangeRecord
+    # When the change is taken (its "now"): later than the batch's earlier changes.
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWritten:
+    contact_id: str  # the contact's public id
+    decision: Decision
+    event_id: str
+    # The event that set the subscription's current status (a pending one's confirmation link
+    # names it); None for a contact-wide change.
+    subscription_event_id: str | None
+    event_kind: str
+    to_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Contact:
+    id: int
+    public_id: str
+    address: str
+
+
+@dataclass(slots=True)
+class _Rows:
+    """The stored rows of one table for the batch's contacts, as the batch leaves them."""
+
+    by_key: dict[tuple[Any, ...], dict[str, Any]]
+    written: set[tuple[Any, ...]] = field(default_factory=set)
+
+    def set(self, key: tuple[Any, ...], values: dict[str, Any]) -> dict[str, Any]:
+        row = self.by_key[key] = {**self.by_key.get(key, {}), **values}
+        self.written.add(key)
+        return row
+
+
+def apply_changes(
+    session: Session, keys: AuditKeys, changes: Sequence[BatchChange]
+) -> list[BatchWritten | Problem]:
+    """Decide and write `changes` in order, with an audit event each; per change what it did,
+    or the problem that refused it (an erased address, the guard, a missing reason)."""
+    given: dict[str, str] = {}
+    for change in changes:
+        given.setdefault(change.address.normalised, change.address.given)
+    erased = create_contacts(session, keys, given).erased
+    contacts = _lock_contacts(session, [a for a in given if a not in erased])
+    ids = [c.id for c in contacts.values()]
+    topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
+    subscriptions = _Rows(_read_rows(session, _SUBSCRIPTION, ids, topic_ids=topic_ids))
+    suppressions = _Rows(_read_rows(session, _SUPPRESSION, ids))
+    results: list[BatchWritten | Problem] = []
+    for change in changes:
+        contact = contacts.get(change.address.normalised)
+        if contact is None:
+            results.append(_erased())
+            continue
+        try:
+            written = _apply_one(
+                session,
+                contact,
+                change,
+                subscriptions,
+                suppressions,
+                now=change.at,
+            )
+        except Problem as refused:
+            results.append(refused)
+            continue
+        results.append(written)
+    _upsert(session, _SUBSCRIPTION, _SUBSCRIPTION_KEY, subscriptions)
+    _upsert(session, _SUPPRESSION, _SUPPRESSION_KEY, suppressions)
+    if changes:
+        _queue_deliveries(session, results, now=changes[0].at)
+    return results
+
+
+def _apply_one(
+    session: Session,
+    contact: _Contact,
+    change: BatchChange,
+    subscriptions: _Rows,
+    suppressions: _Rows,
+    *,
+    now: datetime,
+) -> BatchWritten:
+    """One change against the batch's rows, as ledger.orm.apply_change does it against the
+    database's; raises the rules' problems before anything is changed."""
+    requested = replace(change.requested, with_evidence=bool(change.record.evidence))
+    event_id = new_event_id()
+    suppression = suppressions.by_key.get((contact.id,))
+    subscription_event_id: str | None = None
+    if change.topic is None:
+        decision = decide_global_change(_suppression_state(suppression), requested, now=now)
+        if decision.outcome is not Outcome.SUPERSEDED:
+            was = None if suppression is None else suppression["suppressed"]
+            values = suppression_change(decision, requested, now=now, was_suppressed=was)
+            suppressions.set((contact.id,), {**values, "contact_id": contact.id})
+    else:
+        key = (contact.id, change.topic.id)
+        row = subscriptions.by_key.get(key)
+        decision = decide_topic_change(
+            _subscription_state(row),
+            _suppression_state(suppression),
+            topic_kind=TopicKind(change.topic.kind),
+            requested=requested,
+            now=now,
+        )
+        if decision.outcome is not Outcome.SUPERSEDED:
+            values = subscription_change(decision, requested, now=now, event_id=event_id)
+            row = subscriptions.set(
+                key, {**values, "contact_id": contact.id, "topic_id": change.topic.id}
+            )
+        subscription_event_id = None if row is None else row["event_id"]
+    event = change_event(
+        event_id=event_id,
+        contact_id=contact.public_id,
+        address=contact.address,
+        topic_key=change.topic.key if change.topic else None,
+        requested=requested,
+        record=change.record,
+        decision=decision,
+    )
+    append_event(session, event)
+    return BatchWritten(
+        contact_id=contact.public_id,
+        decision=decision,
+        event_id=event_id,
+        subscription_event_id=subscription_event_id,
+        event_kind=event.kind.value,
+        to_status=event.to_status,
+    )
+
+
+def _erased() -> AddressErased:
+    return AddressErased(
+        "This address was erased at the person's request and stays suppressed for good; "
+        "nothing was recorded.",
+        errors=[{"field": "email", "detail": "was erased"}],
+    )
+
+
+def _subscription_state(row: dict[str, Any] | None) -> CurrentState | None:
+    if row is None:
+        return None
+    return stored_subscription_state(row["status"], row["occurred_at"], row["by_recipient"])
+
+
+def _suppression_state(row: dict[str, Any] | None) -> CurrentState | None:
+    if row is None:
+        return None
+    return stored_suppression_state(row["suppressed"], row["occurred_at"], row["by_recipient"])
+
+
+def _lock_contacts(session: Session, addresses: list[str]) -> dict[str, _Contact]:
+    """The contacts of these addresses, locked in id order until the transaction ends
+    (PostgreSQL; SQLite's write transaction already excludes other writers)."""
+    if not addresses:
+        return {}
+    postgres = postgres_session(session)
+    query = (
+        select(col(Contact.id), col(Contact.public_id), col(Contact.address))
+        .where(
+            among(col(Contact.address), addresses, String(), postgres=postgres),
+            col(Contact.erased_at).is_(None),
+        )
+        .order_by(col(Contact.id))
+    )
+    if postgres:
+        query = query.with_for_update()
+    return {
+        address: _Contact(id=row_id, public_id=public_id, address=address)
+        for row_id, public_id, address in session.execute(query)
+    }
+
+
+def _read_rows(
+    session: Session,
+    table: Any,
+    contact_ids: list[int],
+    *,
+    topic_ids: set[int] | None = None,
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The stored rows of these contacts (and topics), whole, by their key."""
+    if not contact_ids or topic_ids == set():
+        return {}
+    postgres = postgres_session(session)
+    query = select(table).where(
+        among(table.c.contact_id, contact_ids, Integer(), postgres=postgres)
+    )
+    if topic_ids is not None:
+        query = query.where(table.c.topic_id.in_(sorted(topic_ids)))
+    key = _SUBSCRIPTION_KEY if topic_ids is not None else _SUPPRESSION_KEY
+    return {tuple(row[k] for k in key): dict(row) for row in session.execute(query).mappings()}
+
+
+def _upsert(
+    session: Session,
+    table: Any,
+    key: tuple[str, ...],
+    rows: _Rows,
+) -> None:
+    """Every written row as the batch leaves it, in one INSERT … ON CONFLICT DO UPDATE."""
+    if not rows.written:
+        return
+    columns = [c.name for c in table.columns]
+    ordered = [rows.by_key[k] for k in sorted(rows.written)]
+    if postgres_session(session):
+        # One statement, one parameter per column (an array each): an executemany would be
+        # one round trip per row.
+        session.connection().exec_driver_sql(
+            _UNNEST_UPSERT[table.name], {c: [row[c] for row in ordered] for c in columns}
+        )
+        return
+    statement = sqlite.insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={c: statement.excluded[c] for c in columns if c not in key},
+    )
+    session.execute(statement, [{c: row[c] for c in columns} for row in ordered])
+
+
+def _unnest_upsert(table: Any, key: tuple[str, ...]) -> str:
+    """`INSERT … SELECT FROM unnest(<one array per column>) ON CONFLICT DO UPDATE` of `table`
+    (PostgreSQL), its parameters named after the columns."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    columns = [c.name for c in table.columns]
+    arrays = ", ".join(f"%({c.name})s::{c.type.compile(dialect=dialect)}[]" for c in table.columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608  (the models' names)
+        f"SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+_UNNEST_UPSERT = {
+    _SUBSCRIPTION.name: _unnest_upsert(_SUBSCRIPTION, _SUBSCRIPTION_KEY),
+    _SUPPRESSION.name: _unnest_upsert(_SUPPRESSION, _SUPPRESSION_KEY),
+}
+
+
+def _queue_deliveries(
+    session: Session, results: list[BatchWritten | Problem], *, now: datetime
+) -> None:
+    """The webhook deliveries of the batch's events, in order; none, after one query per
+    event type, when no endpoint wants any of them (the usual case for a sync)."""
+    written = [r for r in results if isinstance(r, BatchWritten)]
+    types = {
+        t
+        for r in written
+        for t in types_of_event(
+            r.event_kind, outcome=r.decision.outcome.value, to_status=r.to_status
+        )
+    }
+    if not any(subscribed(session, t) for t in types):
+        return
+    for r in written:
+        queue_change_deliveries(
+            session,
+            event_id=r.event_id,
+            kind=r.event_kind,
+            outcome=r.decision.outcome.value,
+            to_status=r.to_status,
+            contact_id=r.contact_id,
+            now=now,
+        )

@@ -1,0 +1,273 @@
+"""The preference center's use cases: what the page shows (marketing topics, and apart from
+them the sharing topics) and saving the person's choices. The token is the only credential."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from prefcenter.audit.context import RequestContext
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.orm import apply_change
+from prefcenter.consent.ledger.state import subscription_state
+from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.consent.opt_out_markers import all_marker, topic_marker
+from prefcenter.consent.rules import ActorKind, RequestedChange, Status, needs_mailbox_proof
+from prefcenter.contacts.models import Contact
+from prefcenter.contacts.service import mask_address
+from prefcenter.mail.config import MailConfig
+from prefcenter.mail.schemas import MailLanguage
+from prefcenter.preference_center.resubscribe import queue_resubscribe_mail
+from prefcenter.preference_center.schemas import PreferencesView, TopicChoice
+from prefcenter.preference_center.service import (
+    Channel,
+    link_contact,
+    recipient_change,
+    recipient_record,
+)
+from prefcenter.tokens import VerifiedToken
+from prefcenter.topics.models import Topic
+from prefcenter.topics.schemas import ConsentModel, TopicKind
+
+
+@dataclass(frozen=True, slots=True)
+class ResubscribeByMail:
+    """How the preference center asks the mailbox before turning back on what the person
+    refused: the service's mail, the audit keys (the throttle counts by keyed hash) and the
+    language of the page."""
+
+    mail: MailConfig
+    keys: AuditKeys
+    language: MailLanguage
+
+    def queue(
+        self,
+        session: Session,
+        contact: Contact,
+        topic_key: str | None,
+        marker: str,
+        request: RequestContext,
+        now: datetime,
+    ) -> bool:
+        return queue_resubscribe_mail(
+            session,
+            self.mail,
+            self.keys,
+            contact=contact,
+            topic_key=topic_key,
+            marker=marker,
+            client_ip=request.client_ip,
+            language=self.language,
+            now=now,
+        )
+
+
+def _topics_of_kind(session: Session, kind: TopicKind) -> list[Topic]:
+    return list(session.exec(select(Topic).where(Topic.kind == kind).order_by(col(Topic.name))))
+
+
+def _is_on(topic: Topic, subscription: Subscription | None) -> bool:
+    """What the checkbox shows: opt-in topics are on once subscribed (or pending), opt-out
+    topics until unsubscribed."""
+    if subscription is None:
+        return topic.consent == ConsentModel.OPT_OUT
+    return subscription.status != Status.UNSUBSCRIBED
+
+
+def _subscriptions(session: Session, contact: Contact) -> dict[int, Subscription]:
+    return {
+        s.topic_id: s
+        for s in session.exec(select(Subscription).where(Subscription.contact_id == contact.id))
+    }
+
+
+def _choice(topic: Topic, subscription: Subscription | None, *, on: bool) -> TopicChoice:
+    return TopicChoice(
+        key=topic.key,
+        name=topic.name,
+        description=topic.description,
+        on=on,
+        pending=subscription is not None and subscription.status == Status.PENDING,
+        third_party=topic.third_party,
+    )
+
+
+def _view(
+    session: Session,
+    contact: Contact,
+    pending_topics: list[str],
+    refused_topics: list[str] | None = None,
+    *,
+    confirm_all_by_mail: bool = False,
+) -> PreferencesView:
+    assert contact.id is not None
+    assert contact.address is not None
+    subscriptions = _subscriptions(session, contact)
+    suppression = session.get(Suppression, contact.id)
+    suppressed = bool(suppression and suppression.suppressed)
+    choices = []
+    for topic in _topics_of_kind(session, TopicKind.MARKETING):
+        assert topic.id is not None
+        subscription = subscriptions.get(topic.id)
+        # Opted out of everything: nothing is sent, so no box may say otherwise.
+        on = not suppressed and _is_on(topic, subscription)
+        choices.append(_choice(topic, subscription, on=on))
+    sharing = []
+    for topic in _topics_of_kind(session, TopicKind.SHARING):
+        assert topic.id is not None
+        subscription = subscriptions.get(topic.id)
+        # Not mail: an opt-out from all marketing neither hides nor turns off a sharing box.
+        sharing.append(_choice(topic, subscription, on=_is_on(topic, subscription)))
+    return PreferencesView(
+        masked_address=mask_address(contact.address),
+        suppressed=suppressed,
+        topics=choices,
+        sharing=sharing,
+        pending_topics=pending_topics,
+        refused_topics=refused_topics or [],
+        confirm_all_by_mail=confirm_all_by_mail,
+    )
+
+
+def preferences_view(session: Session, verified: VerifiedToken) -> PreferencesView:
+    return _view(session, link_contact(session, verified, lock=False), [])
+
+
+@dataclass(slots=True)
+class _Saving:
+    """One save of the page: who, with what proof, and what it left pending or refused."""
+
+    contact: Contact
+    subscriptions: dict[int, Subscription]
+    record: ChangeRecord
+    request: RequestContext
+    now: datetime
+    by_mail: ResubscribeByMail | None
+    pending: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def save_preferences(
+    session: Session,
+    verified: VerifiedToken,
+    *,
+    chosen: set[str],
+    shown: set[str],
+    unsubscribe_all: bool,
+    request: RequestContext,
+    now: datetime,
+    by_mail: ResubscribeByMail | None = None,
+) -> PreferencesView:
+    """Apply what the person chose on the page: only topics that were shown and whose box
+    differs from the current state change. Turning a topic off, or on where the person never
+    opted out themselves, takes effect at once (a double opt-in topic goes to `pending`).
+    Reversing the person's own opt-out, or lifting "unsubscribe from all", is not done from a
+    link: whoever holds the link could do it (see rules.needs_mailbox_proof). With `by_mail`
+    (the service sends mail), a mail to the address carries the link that does it
+    (preference_center.resubscribe); without, those topics are left as they were and named on
+    the page, with how to reach the support desk.
+
+    Sharing topics follow the same rule, apart from marketing: "unsubscribe from all" is about
+    mail and neither grants nor withdraws a sharing consent. Pressed with a sharing box
+    unticked, it still withdraws that one (a withdrawal is never held back); a box ticked
+    waits for "save"."""
+    marketing = {t.key: t for t in _topics_of_kind(session, TopicKind.MARKETING)}
+    sharing = {t.key: t for t in _topics_of_kind(session, TopicKind.SHARING)}
+    contact = link_contact(session, verified, lock=True)
+    assert contact.id is not None
+    saving = _Saving(
+        contact=contact,
+        subscriptions=_subscriptions(session, contact),
+        record=recipient_record(verified, Channel.PREFERENCE_CENTER, request),
+        request=request,
+        now=now,
+        by_mail=by_mail,
+    )
+    shown_sharing = shown & set(sharing)
+    wanted_sharing = chosen & shown_sharing
+    if unsubscribe_all:
+        # Only withdrawals: a box that was off stays off, ticked or not.
+        wanted_sharing = {
+            key
+            for key in wanted_sharing
+            if _is_on(sharing[key], saving.subscriptions.get(_id(sharing[key])))
+        }
+    _apply_choices(session, saving, sharing, shown_sharing, wanted_sharing)
+    if unsubscribe_all:
+        apply_change(
+            session,
+            contact=contact,
+            topic=None,
+            requested=recipient_change(Status.UNSUBSCRIBED, Channel.PREFERENCE_CENTER, now),
+            record=saving.record,
+            now=now,
+        )
+        return _view(session, contact, saving.pending, saving.refused)
+    wanted = {key for key in chosen if key in marketing and key in shown}
+    suppression = session.get(Suppression, contact.id)
+    if suppression is not None and suppression.suppressed:
+        # Every box showed off. Ticking any asks to lift the opt-out from all marketing: that
+        # needs the mailbox's proof, so nothing changes now (saving the page as it was chose
+        # nothing at all).
+        if wanted and by_mail is not None:
+            sent = by_mail.queue(session, contact, None, all_marker(suppression), request, now)
+            return _view(session, contact, saving.pending, saving.refused, confirm_all_by_mail=sent)
+        refused = saving.refused + [marketing[key].name for key in sorted(wanted)]
+        return _view(session, contact, saving.pending, refused)
+    _apply_choices(session, saving, marketing, shown & set(marketing), wanted)
+    return _view(session, contact, saving.pending, saving.refused)
+
+
+def _id(topic: Topic) -> int:
+    assert topic.id is not None
+    return topic.id
+
+
+def _apply_choices(
+    session: Session,
+    saving: _Saving,
+    topics: dict[str, Topic],
+    shown: set[str],
+    wanted: set[str],
+) -> None:
+    """Change each shown topic whose box differs from its state; turning one back on that the
+    person turned off themselves waits for the mailbox (pending) or is refused."""
+    for key in sorted(shown):
+        topic = topics[key]
+        subscription = saving.subscriptions.get(_id(topic))
+        want_on = key in wanted
+        if want_on == _is_on(topic, subscription):
+            continue
+        if want_on and needs_mailbox_proof(subscription_state(subscription)):
+            assert subscription is not None  # an opt-out is a row
+            marker = topic_marker(subscription)
+            if saving.by_mail is not None and saving.by_mail.queue(
+                session, saving.contact, topic.key, marker, saving.request, saving.now
+            ):
+                saving.pending.append(topic.name)
+            else:
+                saving.refused.append(topic.name)
+            continue
+        status = Status.SUBSCRIBED if want_on else Status.UNSUBSCRIBED
+        requested = RequestedChange(
+            status=status,
+            occurred_at=saving.now,
+            actor=ActorKind.RECIPIENT,
+            source=Channel.PREFERENCE_CENTER.value,
+            # Ticking a box proves the click, not who owns the mailbox: a double opt-in topic
+            # still needs the confirmation link that the mail tool sends.
+            double_opt_in=topic.double_opt_in,
+        )
+        applied = apply_change(
+            session,
+            contact=saving.contact,
+            topic=topic,
+            requested=requested,
+            record=saving.record,
+            now=saving.now,
+        )
+        if applied.decision.status is Status.PENDING:
+            saving.pending.append(topic.name)
