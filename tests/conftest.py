@@ -50,6 +50,8 @@ _TABLES = (
     "outbox_message",
     "webhook_endpoint_event",
     "webhook_endpoint",
+    "notice_version",
+    "notice",
 )
 
 

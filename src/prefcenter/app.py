@@ -32,6 +32,7 @@ from prefcenter.inbound.router import install_inbound
 from prefcenter.links.router import router as links_router
 from prefcenter.mail.config import mail_config
 from prefcenter.monitoring.router import install_metrics
+from prefcenter.notices.router import router as notices_router
 from prefcenter.preference_center.router import install_invalid_link_page, request_timeout_page
 from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
@@ -193,6 +194,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     install_inbound(app, settings)
     app.include_router(recipient_router)
     app.include_router(webhooks_router)
+    app.include_router(notices_router)
     install_invalid_link_page(app)
     install_admin_console(app)
     install_metrics(app, settings)

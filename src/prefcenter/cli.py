@@ -50,6 +50,7 @@ from prefcenter.imports.service import DEFAULT_BATCH_SIZE, ImportRequest
 from prefcenter.inbound.receive import receive_mail
 from prefcenter.mail.config import mail_config
 from prefcenter.monitoring.listener import serve_metrics
+from prefcenter.notices.commands import notices_cli
 from prefcenter.problems import Problem, ServiceUnavailable
 from prefcenter.settings import ConfigError, Settings
 from prefcenter.webhooks.commands import webhooks_cli
@@ -103,6 +104,7 @@ def _database(settings: Settings | None = None, *, refused_exit: int = 1) -> Ite
 
 
 cli.add_typer(webhooks_cli(_database), name="webhooks")
+cli.add_typer(notices_cli(_database), name="notices")
 add_backup_commands(db_cli, _settings)
 
 

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     privacy_policy_url: str | None = None
     # How long a double opt-in confirmation link works.
     confirm_link_ttl_days: int = Field(default=7, ge=1, le=90)
+    # How long before it takes effect a notice version must be published (the mail of a
+    # material one goes out in between); sooner needs an admin's reason.
+    notice_period_days: int = Field(default=30, ge=0, le=365)
     # Largest JSON request body accepted, in bytes; larger bodies get a 413 problem. A batch of
     # 10,000 links with long campaign ids needs a few MiB.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)

@@ -10,6 +10,7 @@ from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.idempotency import IdempotencyRecord
 from prefcenter.inbound.models import InboundReceipt
+from prefcenter.notices.models import Notice, NoticeVersion
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
 from prefcenter.preference_center.models import MailRequest
 from prefcenter.topics.models import Topic
@@ -32,6 +33,8 @@ __all__ = [
     "IdempotencyRecord",
     "InboundReceipt",
     "MailRequest",
+    "Notice",
+    "NoticeVersion",
     "OutboxAttempt",
     "OutboxMessage",
     "Subscription",

@@ -162,6 +162,9 @@ ADDRESS_FREE_ROUTES = {
     ("DELETE", "/v1/webhooks/{endpoint_id}"),
     ("POST", "/v1/webhooks/{endpoint_id}/rotate-secret"),
     ("POST", "/v1/webhooks/{endpoint_id}/replay"),
+    # Notices: a name, a kind, a version's text; a run mails only contacts not erased.
+    ("PUT", "/v1/notices/{key}"),
+    ("POST", "/v1/notices/{key}/versions"),
 }
 
 

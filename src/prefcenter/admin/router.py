@@ -29,6 +29,7 @@ from prefcenter.admin.access import (
 from prefcenter.admin.errors import SignInThrottled
 from prefcenter.admin.headers import AdminPageHeaders
 from prefcenter.admin.mail_router import router as mail_router
+from prefcenter.admin.notices_router import router as notices_router
 from prefcenter.admin.pages import PACKAGE_DIR, AdminRoute, error_page, render, see_other
 from prefcenter.admin.schemas import ContactView, StaffChangeIn, StaffChangeSource, form_errors
 from prefcenter.admin.sessions import ActiveSession, end_session
@@ -44,6 +45,7 @@ router = APIRouter(prefix="/admin", route_class=AdminRoute, include_in_schema=Fa
 router.include_router(trail_router)
 router.include_router(mail_router)
 router.include_router(webhooks_router)
+router.include_router(notices_router)
 
 ContactId = Annotated[str, Path(max_length=64)]
 # The search field's `maxlength`: the longest address with room for spaces around it.

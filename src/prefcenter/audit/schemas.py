@@ -31,6 +31,8 @@ class EventKind(StrEnum):
     # A webhook endpoint created, changed, deleted, its secret rotated, replayed, or disabled
     # (by a 410 answer or days of failures): where consent data goes is on the record.
     WEBHOOK_ENDPOINT = "webhook_endpoint"
+    # A notice version published (notices): what people were told, and from when.
+    NOTICE_PUBLISHED = "notice_published"
 
 
 def new_event_id() -> str:

@@ -25,6 +25,7 @@ from prefcenter.consent.rules import Status
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
 from prefcenter.consent.service import api_change_record, requested_change, send_confirmation
 from prefcenter.db import utcnow
+from prefcenter.notices.service import NoticeChecks
 from prefcenter.problems import Problem, problem_body
 from prefcenter.settings import Settings, SigningKey
 from prefcenter.topics.errors import UnknownTopic
@@ -60,12 +61,22 @@ def record_changes(
             results.append(_invalid(index, invalid))
     topics = _topics(session, {c.topic for _, c in parsed if c.topic is not None})
     accepted: list[tuple[int, ConsentChangeIn, Topic | None]] = []
+    notices = NoticeChecks(session)
+    checked: dict[int, str] = {}  # request index → the notice version it names, checked
     for index, change in parsed:
         topic = topics.get(change.topic) if change.topic is not None else None
         if change.topic is not None and topic is None:
             results[index] = _problem(index, _unknown_topic(change.topic))
-        else:
-            accepted.append((index, change, topic))
+            continue
+        if change.notice is not None:
+            try:
+                checked[index] = notices.check(
+                    change.notice, occurred_at=min(change.occurred_at or now, now)
+                )
+            except Problem as refused:
+                results[index] = _problem(index, refused)
+                continue
+        accepted.append((index, change, topic))
     # Each change at its own instant, a microsecond apart in request order (ledger.batch).
     instants = [now + timedelta(microseconds=index) for index, _, _ in accepted]
     written = apply_changes(
@@ -76,10 +87,16 @@ def record_changes(
                 address=change.email,
                 topic=topic,
                 requested=requested_change(change, topic, caller=caller, now=at),
-                record=api_change_record(change, caller=caller, request=request, settings=settings),
+                record=api_change_record(
+                    change,
+                    caller=caller,
+                    request=request,
+                    settings=settings,
+                    notice=checked.get(index),
+                ),
                 at=at,
             )
-            for (_, change, topic), at in zip(accepted, instants, strict=True)
+            for (index, change, topic), at in zip(accepted, instants, strict=True)
         ],
     )
     for (index, change, topic), outcome in zip(accepted, written, strict=True):

@@ -63,8 +63,11 @@ def _notice_version(evidence: dict[str, Any]) -> str | None:
     return None
 
 
-def _documents_of(session: Session, event_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The evidence (what the caller gave as proof) of each event, by event id."""
+def _documents_of(
+    session: Session, event_ids: list[str]
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """The context (what the service recorded of the request, such as the notice version
+    checked) and the evidence (what the caller gave as proof) of each event, by event id."""
     if not event_ids:
         return {}
     rows = session.exec(
@@ -72,10 +75,13 @@ def _documents_of(session: Session, event_ids: list[str]) -> dict[str, dict[str,
         .join(AuditEvidence, col(AuditEvidence.seq) == col(AuditEvent.seq))
         .where(col(AuditEvent.id).in_(event_ids))
     )
-    return {event_id: decode_document(document)[1] for event_id, document in rows}
+    return {event_id: decode_document(document) for event_id, document in rows}
 
 
-def _purpose(topic: Topic, row: Subscription, evidence: dict[str, Any]) -> dict[str, Any]:
+def _purpose(
+    topic: Topic, row: Subscription, documents: tuple[dict[str, Any], dict[str, Any]]
+) -> dict[str, Any]:
+    context, evidence = documents
     purpose: dict[str, Any] = {
         "purpose": topic.description or topic.name,
         "purposeCategory": [topic.kind],
@@ -97,7 +103,10 @@ def _purpose(topic: Topic, row: Subscription, evidence: dict[str, Any]) -> dict[
     }
     if topic.kind == TopicKind.SHARING:
         purpose["thirdPartyName"] = topic.third_party or ""
-    notice = _notice_version(evidence)
+    # A version the service checked (`notice` of POST /v1/consents) before one the caller
+    # wrote into its evidence.
+    checked = context.get("notice")
+    notice = checked if isinstance(checked, str) else _notice_version(evidence)
     if notice is not None:
         purpose["noticeVersion"] = notice
     return purpose
@@ -155,7 +164,7 @@ def build_receipt(
                 "service": topic.name,
                 "serviceKey": topic.key,
                 "transactional": topic.kind == TopicKind.TRANSACTIONAL,
-                "purposes": [_purpose(topic, row, documents.get(row.event_id, {}))],
+                "purposes": [_purpose(topic, row, documents.get(row.event_id, ({}, {})))],
             }
             for row, topic in rows
         ],

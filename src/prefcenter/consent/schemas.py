@@ -28,6 +28,7 @@ from prefcenter.bounces.schemas import BounceOut
 from prefcenter.consent.rules import Outcome, Status
 from prefcenter.contacts.addresses import EmailAddress
 from prefcenter.mail.schemas import MailLanguage
+from prefcenter.notices.schemas import NoticeRef
 from prefcenter.timestamps import Rfc3339DateTime
 from prefcenter.topics.schemas import TopicKey
 
@@ -114,6 +115,11 @@ class ConsentChangeIn(BaseModel):
         default=None,
         description="The language of the mail the service sends about this change (the "
         "double-opt-in confirmation, when it sends mail itself); defaults to en.",
+    )
+    notice: NoticeRef | None = Field(
+        default=None,
+        description="The notice version the person saw, `<key>@<version>`: published, and in "
+        "force at `occurred_at` or about to be. Recorded with the change.",
     )
 
     @field_validator("evidence")

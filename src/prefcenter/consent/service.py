@@ -19,6 +19,7 @@ from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
 from prefcenter.db import utcnow
 from prefcenter.mail.config import mail_config
 from prefcenter.mail.schemas import MailLanguage
+from prefcenter.notices.service import NoticeChecks
 from prefcenter.settings import Settings, SigningKey
 from prefcenter.tokens import TokenClaims, TokenPurpose, confirm_url, sign_token
 from prefcenter.topics.errors import UnknownTopic
@@ -49,13 +50,20 @@ def record_change(
                 f"There is no topic {change.topic!r}; create it with PUT /v1/topics/{{key}}.",
                 errors=[{"field": "topic", "detail": "unknown topic"}],
             )
+    notice = (
+        NoticeChecks(session).check(change.notice, occurred_at=min(change.occurred_at or now, now))
+        if change.notice is not None
+        else None
+    )
     contact = lock_new_contact(session, keys, change.email)
     applied = apply_change(
         session,
         contact=contact,
         topic=topic,
         requested=requested_change(change, topic, caller=caller, now=now),
-        record=api_change_record(change, caller=caller, request=request, settings=settings),
+        record=api_change_record(
+            change, caller=caller, request=request, settings=settings, notice=notice
+        ),
         now=now,
     )
     link: str | None = None
@@ -98,17 +106,26 @@ def requested_change(
 
 
 def api_change_record(
-    change: ConsentChangeIn, *, caller: Caller, request: RequestContext, settings: Settings
+    change: ConsentChangeIn,
+    *,
+    caller: Caller,
+    request: RequestContext,
+    settings: Settings,
+    notice: str | None = None,
 ) -> ChangeRecord:
-    """What an API client's change puts in its audit event."""
+    """What an API client's change puts in its audit event; `notice`: the version it names,
+    checked (notices.service.NoticeChecks)."""
     mail_on = mail_config(settings) is not None
+    context = request.as_evidence()
+    if notice is not None:
+        context["notice"] = notice
     return ChangeRecord(
         actor=caller.actor,
         source=change.source,
         campaign_id=change.campaign_id,
         reason=change.reason,
         evidence=change.evidence,
-        context=request.as_evidence(),
+        context=context,
         confirm_link_to=CONFIRM_BY_MAIL if mail_on else caller.actor,
     )
 

@@ -19,6 +19,13 @@ from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.opt_out_markers import current_marker
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
+from prefcenter.delivery.notice_mail import (
+    Choices,
+    NoticeFacts,
+    choices_of,
+    notice_context,
+    notices_of,
+)
 from prefcenter.mail.config import MailConfig
 from prefcenter.mail.messages import MailTemplates, compose
 from prefcenter.mail.schemas import MailPayload, MailTemplate
@@ -89,6 +96,8 @@ def write_mail(
         ):
             pending[(row.contact_id, row.topic_id)] = row.event_id
     markers = _opt_out_markers(session, payloads, contacts, topics)
+    notices = notices_of(session, payloads)
+    choices = choices_of(session, payloads, contacts, notices)
     written = []
     for claimed, payload in zip(batch, payloads, strict=True):
         if payload is None:
@@ -102,6 +111,8 @@ def write_mail(
                 topics=topics,
                 pending=pending,
                 markers=markers,
+                notices=notices,
+                choices=choices,
                 config=config,
                 settings=settings,
                 ring=ring,
@@ -119,6 +130,8 @@ def _write_one(
     topics: dict[str, Topic],
     pending: dict[tuple[int, int], str],
     markers: dict[tuple[str, str | None], str | None],
+    notices: dict[str, NoticeFacts],
+    choices: dict[int, Choices],
     config: MailConfig,
     settings: Settings,
     ring: tuple[SigningKey, ...],
@@ -199,6 +212,11 @@ def _write_one(
                 topic_name=topic.name if topic is not None else None,
                 confirm_url=_in_language(confirm_url(settings.base_url, token), language),
             )
+        elif payload.template is MailTemplate.NOTICE:
+            facts = notices.get(payload.notice or "")
+            if facts is None:
+                return Outgoing(claimed, payload, skip="unknown notice version", cancel=False)
+            context.update(notice_context(facts, choices.get(contact.id or 0)))
     if not recipient:
         return Outgoing(claimed, payload, skip="no recipient", cancel=False)
     try:
@@ -276,6 +294,7 @@ def mail_sent_event(outgoing: Outgoing, *, sent_at: datetime, transport: str) ->
             "message_id": outgoing.claimed.message_id,
             "template": payload.template.value,
             "transport": transport,
+            **({"notice": payload.notice} if payload.notice is not None else {}),
         },
         context={
             "cause_event": outgoing.claimed.cause_event_id,

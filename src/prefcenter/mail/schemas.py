@@ -22,6 +22,8 @@ class MailTemplate(StrEnum):
     # as a whole); `pending_event` names the opt-out (consent.opt_out_markers).
     RESUBSCRIBE = "resubscribe"
     TEST = "test"  # `prefcenter mail test ADDRESS`
+    # A notice version announced before it takes effect (notices); `notice` names it.
+    NOTICE = "notice"
 
 
 class MailPayload(BaseModel):
@@ -39,3 +41,5 @@ class MailPayload(BaseModel):
     # DOUBLE_OPT_IN: the audit event that made the subscription pending (its link names it).
     pending_event: str | None = None
     campaign_id: str | None = None
+    # NOTICE: the version, as `<key>@<version>`.
+    notice: str | None = None

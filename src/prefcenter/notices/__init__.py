@@ -1,0 +1,1 @@
+"""Notices (privacy policy, terms, wording…) and their immutable, dated versions."""
