@@ -41,7 +41,7 @@ from prefcenter.notices.errors import (
 )
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 from prefcenter.settings import Settings
-from prefcenter.topics.errors import UnknownTopic
+from prefcenter.topics.errors import InvalidSharingTopic, UnknownTopic
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
 from prefcenter.webhooks.errors import WebhookUrlRefused
@@ -242,6 +242,7 @@ STATE_DEPENDENT_422 = {
         NoticeVersionSuperseded,  # …and which took effect by its occurred_at
         NoticePeriodTooShort,  # an effective_at against the clock
         TextDigestMismatch,  # what a text hashes to
+        InvalidSharingTopic,  # kind, consent and third_party together: across fields
     )
 }
 
