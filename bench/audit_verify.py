@@ -39,7 +39,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session as OrmSession
 
 from prefcenter import migrations
-from prefcenter.audit import service
+from prefcenter.audit import driver_appends, service
 from prefcenter.audit.canonical import (
     CANONICAL_KEYS,
     GENESIS_HASH,
@@ -335,7 +335,7 @@ def _write_plain_sqlite(
             "UPDATE audit_head SET seq = seq + ? WHERE id = 1 RETURNING seq", (len(pending),)
         ).fetchone()
         seq -= len(pending)
-        now = service._sqlite_time(format_time(utcnow()))
+        now = driver_appends.sqlite_time(format_time(utcnow()))
         rows = []
         evidence = []
         for new, document in zip(pending, documents, strict=True):
@@ -346,7 +346,7 @@ def _write_plain_sqlite(
                     new.id,
                     new.kind.value,
                     now,
-                    service._sqlite_time(format_time(new.occurred_at)),
+                    driver_appends.sqlite_time(format_time(new.occurred_at)),
                     new.contact_id,
                     new.topic,
                     new.outcome,

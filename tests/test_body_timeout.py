@@ -26,9 +26,9 @@ from prefcenter.db import Database
 from prefcenter.http_limits import BodyTimeout
 from prefcenter.settings import Settings
 from prefcenter.templating import RECIPIENT_PAGE_HEADERS
-from tests.conftest import issue_key
-from tests.factories import Headers, row_counts, token_of
-from tests.live_server import LiveServer, fresh_database_url, issue_live_key, live_server
+from tests.support.factories import Headers, row_counts, token_of
+from tests.support.harness import issue_key
+from tests.support.live_server import LiveServer, fresh_database_url, issue_live_key, live_server
 
 ADA = "ada@example.com"
 ONE_CLICK = b"List-Unsubscribe=One-Click"

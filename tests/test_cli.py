@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from prefcenter.app import create_app
 from prefcenter.cli import cli
 from prefcenter.settings import Settings
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
 
 runner = CliRunner()
 

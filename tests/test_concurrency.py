@@ -28,8 +28,8 @@ from prefcenter.admin.users import create_admin
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database, utcnow
 from tests.admin.console import PASSWORD, form_token
-from tests.conftest import make_settings
-from tests.live_server import (
+from tests.support.harness import make_settings
+from tests.support.live_server import (
     REQUEST_TIMEOUT_S,
     LiveServer,
     fresh_database_url,

@@ -13,7 +13,7 @@ from starlette.routing import Match
 
 from prefcenter.app import create_app
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_SCHEMA_NAME
-from tests.conftest import make_settings
+from tests.support.harness import make_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # CI checks the repository out beside `shared/`; a checkout without it uses the copy kept in

@@ -14,8 +14,8 @@ from prefcenter.audit.changes import CHANGES_CURSOR
 from prefcenter.audit.queries import AUDIT_CURSOR
 from prefcenter.cursors import InvalidCursor, SeqCursor
 from prefcenter.db import Database
-from tests.conftest import issue_key
-from tests.factories import assert_problem, error_fields
+from tests.support.factories import assert_problem, error_fields
+from tests.support.harness import issue_key
 
 FEED = SeqCursor(kind="feed", field="after")
 GARBAGE = (

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from prefcenter import migrations
 from prefcenter.db import Database
-from tests.conftest import make_settings
+from tests.support.harness import make_settings
 
 
 @pytest.fixture

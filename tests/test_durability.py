@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from prefcenter.apikeys.schemas import Scope
-from tests.live_server import (
+from tests.support.live_server import (
     REQUEST_TIMEOUT_S,
     LiveServer,
     fresh_database_url,

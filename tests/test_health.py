@@ -13,8 +13,8 @@ from prefcenter import migrations
 from prefcenter.app import create_app
 from prefcenter.draining import Drain
 from prefcenter.settings import Settings
-from tests.conftest import make_settings
-from tests.factories import assert_problem
+from tests.support.factories import assert_problem
+from tests.support.harness import make_settings
 
 
 class TestHealthz:

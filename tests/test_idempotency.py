@@ -10,8 +10,7 @@ from fastapi.testclient import TestClient
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
 from prefcenter.idempotency import REPLAY_HEADER, IdempotencyRecord
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     Json,
     assert_problem,
@@ -24,13 +23,9 @@ from tests.factories import (
     row_counts,
     subscription_status,
 )
+from tests.support.harness import issue_key
 
 ADA = "ada@example.com"
-
-
-@pytest.fixture
-def newsletter(client: TestClient, admin_headers: Headers) -> str:
-    return str(make_topic(client, admin_headers, "newsletter")["key"])
 
 
 def with_key(headers: Headers, key: str) -> Headers:

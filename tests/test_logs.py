@@ -21,7 +21,7 @@ from uvicorn.logging import AccessFormatter
 from prefcenter import logs
 from prefcenter.settings import parse_signing_keys
 from prefcenter.tokens import TokenClaims, TokenPurpose, sign_token
-from tests.conftest import TEST_SIGNING_KEYS, make_settings
+from tests.support.harness import TEST_SIGNING_KEYS, make_settings
 
 RING = parse_signing_keys(TEST_SIGNING_KEYS)
 ADDRESS = "Ada.Lovelace+news@Example.com"

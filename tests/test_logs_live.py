@@ -21,8 +21,8 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
 from prefcenter.logs import REQUEST_LOGGER, fingerprint
 from tests.admin.console import PASSWORD, create_user, form_token
-from tests.conftest import make_settings
-from tests.live_server import fresh_database_url, issue_live_key, live_server
+from tests.support.harness import make_settings
+from tests.support.live_server import fresh_database_url, issue_live_key, live_server
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from prefcenter.app import create_app
 from prefcenter.settings import Settings
-from tests.conftest import POSTGRES_ADMIN_URL, reset_postgres
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     issue_links,
     lookup,
@@ -24,6 +23,7 @@ from tests.factories import (
     subscription_status,
     token_of,
 )
+from tests.support.harness import POSTGRES_ADMIN_URL, reset_postgres
 
 ADA = "ada@example.com"
 

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, inspect, make_url, text
 from prefcenter import migrations
 from prefcenter.settings import Settings
 from prefcenter.tables import metadata
-from tests.conftest import ENGINES, POSTGRES_ADMIN_URL, make_settings
+from tests.support.harness import ENGINES, POSTGRES_ADMIN_URL, make_settings
 
 
 @pytest.fixture(params=ENGINES)

@@ -18,18 +18,17 @@ from prefcenter.consent.schemas import MAX_EVIDENCE_DEPTH
 from prefcenter.contacts.addresses import MAX_ADDRESS_OCTETS
 from prefcenter.db import Database
 from prefcenter.settings import Settings
-from tests.conftest import issue_key, make_settings
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     Json,
     assert_problem,
     error_fields,
     lookup,
-    make_topic,
     record_change,
     revoke_key,
     row_counts,
 )
+from tests.support.harness import issue_key, make_settings
 
 ADA = "ada@example.com"
 BODY_LIMIT = 4096
@@ -54,11 +53,6 @@ def padded(body: Json, size: int) -> bytes:
     raw = json.dumps(body).encode()
     assert len(raw) <= size
     return raw + b" " * (size - len(raw))
-
-
-@pytest.fixture
-def newsletter(client: TestClient, admin_headers: Headers) -> str:
-    return str(make_topic(client, admin_headers, "newsletter")["key"])
 
 
 @pytest.fixture

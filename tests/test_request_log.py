@@ -15,8 +15,8 @@ from prefcenter.app import create_app
 from prefcenter.db import Database
 from prefcenter.logs import REQUEST_LOGGER, JsonFormatter, RedactingFilter, TextFormatter
 from prefcenter.settings import Settings
-from tests.conftest import issue_key
-from tests.factories import issue_links, make_topic, token_of
+from tests.support.factories import issue_links, make_topic, token_of
+from tests.support.harness import issue_key
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 ONE_CLICK = b"List-Unsubscribe=One-Click"

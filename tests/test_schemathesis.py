@@ -45,7 +45,7 @@ from prefcenter.topics.errors import InvalidSharingTopic, UnknownTopic
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
 from prefcenter.webhooks.errors import WebhookUrlRefused
-from tests.conftest import issue_key, make_settings
+from tests.support.harness import issue_key, make_settings
 
 # Generic over the spec's operation type; any OpenAPI operation here.
 OperationCase = Case[Any]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prefcenter.settings import ConfigError, parse_signing_keys
-from tests.conftest import make_settings
+from tests.support.harness import make_settings
 
 
 class TestSigningKeys:

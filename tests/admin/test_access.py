@@ -28,8 +28,8 @@ from tests.admin.console import (
     sign_in,
     sign_in_with_key,
 )
-from tests.conftest import issue_key, make_settings
-from tests.factories import Headers, count_rows, revoke_key
+from tests.support.factories import Headers, count_rows, revoke_key
+from tests.support.harness import issue_key, make_settings
 
 PAGES = [
     "/admin",

@@ -24,10 +24,10 @@ from playwright.sync_api import Browser, Page, ViewportSize, expect
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
 from tests.admin.console import PASSWORD, create_user
-from tests.conftest import make_settings
-from tests.factories import row_counts
-from tests.live_server import LiveServer, fresh_database_url, issue_live_key, live_server
-from tests.real_browser import Watch, launch_chromium
+from tests.support.factories import row_counts
+from tests.support.harness import make_settings
+from tests.support.live_server import LiveServer, fresh_database_url, issue_live_key, live_server
+from tests.support.real_browser import Watch, launch_chromium
 
 pytestmark = pytest.mark.slow
 

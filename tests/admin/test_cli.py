@@ -10,7 +10,7 @@ from prefcenter.app import create_app
 from prefcenter.cli import cli
 from prefcenter.settings import Settings
 from tests.admin.console import PASSWORD, sign_in
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
 
 runner = CliRunner()
 

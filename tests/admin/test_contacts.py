@@ -13,7 +13,14 @@ from fastapi.testclient import TestClient
 from prefcenter.db import Database
 from tests.admin.console import PASSWORD, create_user, page_token, sign_in, sign_in_with_key
 from tests.audit.tampering import tables_holding
-from tests.factories import Headers, audit_events, lookup, make_topic, record_change, row_counts
+from tests.support.factories import (
+    Headers,
+    audit_events,
+    lookup,
+    make_topic,
+    record_change,
+    row_counts,
+)
 
 ADA = "ada@example.com"
 SCRIPT = "<script>alert(1)</script>"

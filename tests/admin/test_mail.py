@@ -4,7 +4,6 @@ lists it; on PostgreSQL nothing set means no mail at all."""
 
 from __future__ import annotations
 
-import asyncio
 import html
 import re
 from collections.abc import Iterator
@@ -15,12 +14,12 @@ from fastapi.testclient import TestClient
 
 from prefcenter.app import create_app
 from prefcenter.db import Database
-from prefcenter.delivery.worker import OutboxWorker
 from prefcenter.mail.config import default_maildir, mail_config
 from prefcenter.settings import Settings
 from tests.admin.console import sign_in_with_key
-from tests.conftest import make_settings
-from tests.factories import Headers, make_topic, record_change
+from tests.support.factories import Headers, make_topic, record_change
+from tests.support.harness import make_settings
+from tests.support.mail_server import deliver_mail
 
 ADA = "ada@example.com"
 
@@ -36,18 +35,6 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-def deliver(database: Database, settings: Settings) -> int:
-    worker = OutboxWorker(database, settings, mail=mail_config(settings))
-
-    async def run() -> int:
-        try:
-            return (await worker.deliver_due()).sent
-        finally:
-            await worker.aclose()
-
-    return asyncio.run(run())
-
-
 def subscribe(client: TestClient, headers: Headers) -> dict[str, object]:
     make_topic(client, headers, "events", name="Events near you", double_opt_in=True)
     return record_change(client, headers, ADA, "subscribed", topic="events")
@@ -60,10 +47,10 @@ def test_the_default_on_sqlite_is_a_maildir_on_postgresql_no_mail(
     if not settings.is_sqlite:
         assert mail_config(settings) is None
         assert str(answer["confirm_url"]).startswith("http://testserver/c/")
-        assert deliver(database, settings) == 0
+        assert deliver_mail(database, settings) == 0
         return
     assert answer.get("confirm_url") is None
-    assert deliver(database, settings) == 1
+    assert deliver_mail(database, settings) == 1
     db_path = settings.sqlite_path()
     assert db_path is not None
     (mail,) = list((default_maildir(db_path) / "new").iterdir())
@@ -84,7 +71,7 @@ class TestOutgoingMailPage:
         self, client: TestClient, admin_headers: Headers, database: Database, settings: Settings
     ) -> None:
         subscribe(client, admin_headers)
-        deliver(database, settings)
+        deliver_mail(database, settings)
         sign_in_with_key(client, admin_headers)
 
         page = client.get("/admin/mail")

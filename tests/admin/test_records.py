@@ -15,7 +15,7 @@ from prefcenter.db import Database
 from prefcenter.settings import Settings
 from tests.admin.console import page_token, sign_in_with_key
 from tests.audit.tampering import tamper
-from tests.factories import Headers, make_topic, record_change
+from tests.support.factories import Headers, make_topic, record_change
 
 ADDRESSES = [f"person{n}@example.com" for n in range(5)]
 

@@ -22,8 +22,8 @@ from prefcenter.admin.sign_in import (
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
 from tests.admin.console import PASSWORD, create_user
-from tests.conftest import issue_key
-from tests.factories import count_rows
+from tests.support.factories import count_rows
+from tests.support.harness import issue_key
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 ATTACKER = "198.51.100.66"

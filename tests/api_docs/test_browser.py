@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.live_server import LiveServer, fresh_database_url, live_server
-from tests.real_browser import Watch, launch_chromium
+from tests.support.live_server import LiveServer, fresh_database_url, live_server
+from tests.support.real_browser import Watch, launch_chromium
 
 pytestmark = pytest.mark.slow
 

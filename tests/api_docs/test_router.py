@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from prefcenter.api_docs.router import ASSETS
 from prefcenter.app import create_app
 from prefcenter.settings import Settings
-from tests.conftest import make_settings
-from tests.factories import assert_problem
+from tests.support.factories import assert_problem
+from tests.support.harness import make_settings
 
 POSTGRES_URL = "postgresql+psycopg://docs@127.0.0.1:1/unused"  # never connected to
 

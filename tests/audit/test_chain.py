@@ -36,7 +36,7 @@ from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
 from tests.audit.tampering import fetch, rechain, tamper, triggers_off
-from tests.factories import make_topic, record_change
+from tests.support.factories import make_topic, record_change
 
 Headers = dict[str, str]
 

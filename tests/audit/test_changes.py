@@ -16,8 +16,7 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.changes import CHANGES_CURSOR, START_CURSOR
 from prefcenter.audit.schemas import ScopedAuditEventOut
 from prefcenter.db import Database
-from tests.conftest import issue_key, make_settings
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     Json,
     assert_problem,
@@ -26,7 +25,8 @@ from tests.factories import (
     make_topic,
     record_change,
 )
-from tests.live_server import fresh_database_url, issue_live_key, live_server
+from tests.support.harness import issue_key, make_settings
+from tests.support.live_server import fresh_database_url, issue_live_key, live_server
 
 CONSENT_KINDS = {"consent_change", "global_consent_change"}
 

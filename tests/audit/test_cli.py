@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from prefcenter.cli import cli
 from prefcenter.settings import Settings
 from tests.audit.tampering import rechain, tamper
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
-from tests.factories import make_topic, record_change
+from tests.support.factories import make_topic, record_change
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
 
 runner = CliRunner()
 Headers = dict[str, str]

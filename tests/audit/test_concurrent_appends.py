@@ -28,8 +28,8 @@ from prefcenter.consent.service import record_change
 from prefcenter.db import Database
 from prefcenter.problems import Conflict
 from prefcenter.settings import Settings, parse_signing_keys
-from tests.conftest import make_settings
-from tests.factories import make_topic
+from tests.support.factories import make_topic
+from tests.support.harness import make_settings
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit import export
 from prefcenter.db import Database
-from tests.conftest import issue_key
-from tests.factories import Headers, assert_problem, audit_events, make_topic, record_change
+from tests.support.factories import Headers, assert_problem, audit_events, make_topic, record_change
+from tests.support.harness import issue_key
 
 ADA = "ada@example.com"
 

@@ -21,15 +21,15 @@ from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database, utcnow
 from tests.audit.first_format import first_format_event, write_first_format_events
 from tests.audit.tampering import fetch, tables_holding, tamper
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.preference_center.test_router import one_click
+from tests.support.factories import (
     Headers,
     audit_events,
     issue_links,
     make_topic,
     record_change,
 )
-from tests.preference_center.test_router import one_click
+from tests.support.harness import issue_key
 
 ADA = "ada@example.com"
 BOB = "bob@example.com"

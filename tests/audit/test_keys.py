@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from prefcenter.audit.canonical import FREE_TEXT_FIELDS
 from prefcenter.audit.keys import AuditKeys
-from tests.conftest import make_settings
+from tests.support.harness import make_settings
 
 KEYS = AuditKeys.from_settings(make_settings("sqlite://"))
 

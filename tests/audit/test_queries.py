@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.queries import AUDIT_CURSOR
 from prefcenter.db import Database
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     Json,
     assert_problem,
@@ -21,6 +20,7 @@ from tests.factories import (
     make_topic,
     record_change,
 )
+from tests.support.harness import issue_key
 
 ADA = "ada@example.com"
 BOB = "bob@example.com"

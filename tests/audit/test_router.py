@@ -15,8 +15,8 @@ from prefcenter.audit.router import chain_check
 from prefcenter.audit.verify import VerifyResult, verify_chain
 from prefcenter.db import Database
 from tests.audit.tampering import tamper
-from tests.conftest import issue_key
-from tests.factories import assert_problem, make_topic, record_change
+from tests.support.factories import assert_problem, make_topic, record_change
+from tests.support.harness import issue_key
 
 Headers = dict[str, str]
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefcenter.db import Database
-from tests.factories import make_topic, row_counts
+from tests.support.factories import make_topic, row_counts
 
 Headers = dict[str, str]
 

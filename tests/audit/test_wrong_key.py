@@ -17,8 +17,8 @@ from prefcenter.db import Database
 from prefcenter.settings import Settings
 from tests.audit.tampering import tamper
 from tests.audit.test_cli import verify
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, make_settings
-from tests.factories import make_topic, record_change
+from tests.support.factories import make_topic, record_change
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, make_settings
 
 runner = CliRunner()
 Headers = dict[str, str]

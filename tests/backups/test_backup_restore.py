@@ -26,8 +26,8 @@ from prefcenter.backups.sqlite_backup import backup_sqlite
 from prefcenter.cli import cli
 from prefcenter.db import Database
 from prefcenter.settings import Settings
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, issue_key, make_settings
-from tests.factories import make_topic, record_change
+from tests.support.factories import make_topic, record_change
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, issue_key, make_settings
 
 runner = CliRunner()
 Headers = dict[str, str]

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.cli import cli
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
-from tests.live_server import REQUEST_TIMEOUT_S, issue_live_key, live_server
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
+from tests.support.live_server import REQUEST_TIMEOUT_S, issue_live_key, live_server
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -13,7 +13,7 @@ from prefcenter.bounces.service import record_bounces
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database, utcnow
 from tests.admin.console import page_token, sign_in_with_key
-from tests.factories import Headers, audit_events, make_topic, record_change, row_counts
+from tests.support.factories import Headers, audit_events, make_topic, record_change, row_counts
 
 
 def bounced_contact(client: TestClient, headers: Headers, database: Database) -> str:

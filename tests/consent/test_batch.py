@@ -14,8 +14,7 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     Json,
     assert_problem,
@@ -27,6 +26,7 @@ from tests.factories import (
     row_counts,
     subscription_status,
 )
+from tests.support.harness import issue_key
 
 ADA = "ada@example.com"
 BOB = "bob@example.com"
@@ -59,11 +59,6 @@ def states(contact: Json) -> list[tuple[str, str]]:
 def problem_slug(result: Json) -> str:
     slug: str = result["problem"]["type"].rsplit(":", 1)[-1]
     return slug
-
-
-@pytest.fixture
-def newsletter(client: TestClient, admin_headers: Headers) -> str:
-    return str(make_topic(client, admin_headers, "newsletter")["key"])
 
 
 @pytest.fixture

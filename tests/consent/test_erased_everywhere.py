@@ -23,9 +23,9 @@ from prefcenter.cli import cli
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, issue_key
 from tests.consent.test_erasure import stored_text
-from tests.factories import Headers, audit_events, make_topic, record_change
+from tests.support.factories import Headers, audit_events, make_topic, record_change
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, issue_key
 
 ERASED = "zoë@bücher.example"
 # The same mailbox, written as senders and lists write it.

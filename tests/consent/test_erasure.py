@@ -21,8 +21,7 @@ from prefcenter.consent.erased import erased_among, is_erased_address
 from prefcenter.db import Database
 from prefcenter.settings import Settings
 from prefcenter.tables import metadata
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     Json,
     assert_problem,
@@ -31,6 +30,7 @@ from tests.factories import (
     record_change,
     row_counts,
 )
+from tests.support.harness import issue_key
 
 GIVEN = "Ada.Lovelace@Example.com"
 ADDRESS = "ada.lovelace@example.com"

@@ -10,8 +10,7 @@ from fastapi.testclient import TestClient
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.consent.schemas import MAX_LOOKUP
 from prefcenter.db import Database
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     assert_problem,
     audit_events,
@@ -22,22 +21,13 @@ from tests.factories import (
     row_counts,
     subscription_status,
 )
+from tests.support.harness import issue_key
 
 ADA = "ada@example.com"
 
 
 def hours_ago(hours: float) -> datetime:
     return datetime.now(UTC) - timedelta(hours=hours)
-
-
-@pytest.fixture
-def reader_headers(database: Database) -> Headers:
-    return issue_key(database, Scope.CONSENT_READ, name="reader")
-
-
-@pytest.fixture
-def newsletter(client: TestClient, admin_headers: Headers) -> str:
-    return str(make_topic(client, admin_headers, "newsletter")["key"])
 
 
 class TestPostContactsLookup:

@@ -18,15 +18,10 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.db import Database
 from prefcenter.settings import Settings
-from tests.conftest import issue_key
-from tests.factories import Headers, Json, assert_problem, make_topic, record_change
+from tests.support.factories import Headers, Json, assert_problem, make_topic, record_change
+from tests.support.harness import issue_key
 
 ADA = "Ada@Example.com"
-
-
-@pytest.fixture
-def reader_headers(database: Database) -> Headers:
-    return issue_key(database, Scope.CONSENT_READ, name="reader")
 
 
 @pytest.fixture

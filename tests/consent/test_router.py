@@ -12,8 +12,7 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.consent.models import Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     assert_problem,
     audit_events,
@@ -26,6 +25,7 @@ from tests.factories import (
     subscription_row,
     subscription_status,
 )
+from tests.support.harness import issue_key
 
 ADA = "ada@example.com"
 HOUR = timedelta(hours=1)
@@ -33,11 +33,6 @@ HOUR = timedelta(hours=1)
 
 def hours_ago(hours: float) -> datetime:
     return datetime.now(UTC) - timedelta(hours=hours)
-
-
-@pytest.fixture
-def newsletter(client: TestClient, admin_headers: Headers) -> str:
-    return str(make_topic(client, admin_headers, "newsletter")["key"])
 
 
 class TestPostConsentsAnswer:

@@ -23,7 +23,7 @@ from prefcenter.consent.rules import (
     decide_change,
 )
 from prefcenter.db import Database
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     Json,
     assert_problem,

@@ -17,9 +17,9 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from prefcenter.apikeys.schemas import Scope
-from tests.live_server import fresh_database_url, issue_live_key, live_server
-from tests.mail_server import SENDER, SmtpServer, smtp_server
-from tests.real_browser import Watch, launch_chromium
+from tests.support.live_server import fresh_database_url, issue_live_key, live_server
+from tests.support.mail_server import SENDER, SmtpServer, smtp_server
+from tests.support.real_browser import Watch, launch_chromium
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,15 @@ from prefcenter.delivery.test_mail import queue_test_mail
 from prefcenter.mail.config import mail_config
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.settings import Settings
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
-from tests.mail_server import SENDER, Clock, SmtpServer, free_port, mail_settings, smtp_server
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
+from tests.support.mail_server import (
+    SENDER,
+    Clock,
+    SmtpServer,
+    free_port,
+    mail_settings,
+    smtp_server,
+)
 
 runner = CliRunner()
 

@@ -22,9 +22,9 @@ from prefcenter.db import Database
 from prefcenter.delivery.test_mail import queue_test_mail
 from prefcenter.mail.config import mail_config
 from prefcenter.outbox.models import OutboxMessage
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
-from tests.live_server import fresh_database_url
-from tests.mail_server import SENDER, Clock, Inbox, SmtpServer, mail_settings, smtp_server
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
+from tests.support.live_server import fresh_database_url
+from tests.support.mail_server import SENDER, Clock, Inbox, SmtpServer, mail_settings, smtp_server
 
 pytestmark = pytest.mark.slow
 

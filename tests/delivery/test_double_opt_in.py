@@ -4,7 +4,6 @@ server, confirmed through its link, and proven in the trail by its Message-ID.""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -23,13 +22,11 @@ from prefcenter.consent import service as consent_service
 from prefcenter.consent.confirmation_mail import RESEND_AFTER, queue_confirmation
 from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database
-from prefcenter.delivery.worker import OutboxWorker
-from prefcenter.mail.config import mail_config
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.settings import Settings
-from tests.conftest import issue_key
-from tests.factories import Headers, audit_events, lookup, make_topic, subscription_status
-from tests.mail_server import SmtpServer, mail_settings, smtp_server
+from tests.support.factories import Headers, audit_events, lookup, make_topic, subscription_status
+from tests.support.harness import issue_key
+from tests.support.mail_server import SmtpServer, deliver_mail, mail_settings, smtp_server
 
 ADA = "ada@example.com"
 EVENTS = "events"
@@ -55,18 +52,6 @@ def writer(database: Database) -> Headers:
 def topic(client: TestClient, admin_headers: Headers) -> str:
     make_topic(client, admin_headers, EVENTS, name="Events near you", double_opt_in=True)
     return EVENTS
-
-
-def deliver(database: Database, settings: Settings) -> int:
-    worker = OutboxWorker(database, settings, mail=mail_config(settings))
-
-    async def run() -> int:
-        try:
-            return (await worker.deliver_due()).sent
-        finally:
-            await worker.aclose()
-
-    return asyncio.run(run())
 
 
 def outbox_rows(database: Database) -> list[OutboxMessage]:
@@ -173,7 +158,7 @@ class TestSentAndConfirmed:
         topic: str,
     ) -> None:
         answer = subscribe(client, writer, language="de", campaign_id="spring")
-        assert deliver(database, settings) == 1
+        assert deliver_mail(database, settings) == 1
 
         (mail,) = server.inbox.wait_for(1)
         message = mail.message()
@@ -224,7 +209,7 @@ class TestSentAndConfirmed:
         topic: str,
     ) -> None:
         subscribe(client, writer)
-        deliver(database, settings)
+        deliver_mail(database, settings)
         with database.transaction(write=False) as session:
             event = session.exec(select(AuditEvent).where(AuditEvent.kind == "mail_sent")).one()
         assert ADA.encode() not in event.canonical
@@ -243,7 +228,7 @@ class TestSentAndConfirmed:
         answer = subscribe(client, writer)
         erased = client.delete(f"/v1/contacts/{answer['contact_id']}", headers=admin_headers)
         assert erased.status_code == 200
-        assert deliver(database, settings) == 0
+        assert deliver_mail(database, settings) == 0
         (row,) = outbox_rows(database)
         assert row.status == "cancelled"
         assert server.inbox.mails() == []
@@ -263,7 +248,7 @@ class TestSentAndConfirmed:
             headers=writer,
             json={"email": ADA, "topic": EVENTS, "status": "unsubscribed"},
         )
-        assert deliver(database, settings) == 0
+        assert deliver_mail(database, settings) == 0
         (row,) = outbox_rows(database)
         assert row.status == "cancelled"
         assert row.last_error == "the subscription is no longer pending"

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from prefcenter.apikeys.schemas import Scope
-from tests.live_server import fresh_database_url, issue_live_key, live_server
-from tests.mail_server import SENDER, SmtpServer, smtp_server
+from tests.support.live_server import fresh_database_url, issue_live_key, live_server
+from tests.support.mail_server import SENDER, SmtpServer, smtp_server
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
 from prefcenter.outbox.rules import MAIL_RETRY_SCHEDULE
 from prefcenter.outbox.schemas import Attempted, AttemptOutcome, OutboxKind
 from prefcenter.settings import Settings
-from tests.conftest import make_settings
-from tests.mail_server import SENDER, Clock, SmtpServer, free_port, smtp_server
+from tests.support.harness import make_settings
+from tests.support.mail_server import SENDER, Clock, SmtpServer, free_port, smtp_server
 
 MIDDLE = 0.5  # a draw that gives each delay exactly as the schedule says
 

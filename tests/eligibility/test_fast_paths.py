@@ -21,9 +21,9 @@ from prefcenter.eligibility.lookup import StateTable
 from prefcenter.eligibility.rules import Eligibility, Reason, TopicModel, decide_eligibility
 from prefcenter.eligibility.schemas import EligibilityOut
 from prefcenter.topics.schemas import ConsentModel, TopicKind
-from tests.conftest import issue_key
 from tests.csv_cases import AWKWARD_CELLS, python_csv
-from tests.factories import Headers, make_topic, record_change
+from tests.support.factories import Headers, make_topic, record_change
+from tests.support.harness import issue_key
 
 STREAM_HEADER = ["email", "allowed", "reason"]
 

@@ -20,8 +20,7 @@ from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
 from prefcenter.eligibility.schemas import MAX_ELIGIBILITY
 from prefcenter.settings import Settings
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     Json,
     assert_problem,
@@ -29,6 +28,7 @@ from tests.factories import (
     make_topic,
     record_change,
 )
+from tests.support.harness import issue_key
 
 ADA = "ada@example.com"
 GRACE = "grace@example.com"

@@ -16,9 +16,9 @@ from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
 from prefcenter.exports import ranges
 from prefcenter.exports.chunks import csv_timestamp
-from tests.conftest import issue_key
 from tests.csv_cases import AWKWARD_CELLS, python_csv
-from tests.factories import Headers, make_topic, record_change
+from tests.support.factories import Headers, make_topic, record_change
+from tests.support.harness import issue_key
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from prefcenter.eligibility.rules import TopicModel, decide_eligibility
 from prefcenter.exports import chunks
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import ConsentModel, TopicKind
-from tests.conftest import issue_key
-from tests.factories import Headers, assert_problem, lookup, make_topic, record_change
+from tests.support.factories import Headers, assert_problem, lookup, make_topic, record_change
+from tests.support.harness import issue_key
 
 # Valid addresses (parse_address accepts them) that a spreadsheet would read as formulas.
 FORMULA_ADDRESSES = ("=cmd@example.com", "+1@example.com", "-x@example.com")

@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from tests.live_server import HOST, free_port
+from tests.support.live_server import HOST, free_port
 
 DATABASE = "prefcenter"
 # initdb refuses to run as root: the cluster then belongs to this user.

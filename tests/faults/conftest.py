@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import make_url
 
 from prefcenter import migrations
-from tests.conftest import make_settings, reset_postgres
 from tests.faults.cluster import NoPostgresBinaries, PrivatePostgres, init_cluster
+from tests.support.harness import make_settings, reset_postgres
 
 
 @pytest.fixture(scope="session")

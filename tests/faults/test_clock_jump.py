@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from prefcenter.apikeys.schemas import Scope
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
 from tests.faults import shifted_clock
 from tests.faults.cluster import PrivatePostgres
 from tests.faults.load import TOPIC, audit_seqs_are_gap_free
-from tests.live_server import fresh_database_url, issue_live_key, live_server
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
+from tests.support.live_server import fresh_database_url, issue_live_key, live_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

@@ -26,7 +26,7 @@ from tests.faults.load import (
     stored_opt_outs,
 )
 from tests.faults.pg_sessions import holding_audit_head, service_sessions
-from tests.live_server import issue_live_key, live_server
+from tests.support.live_server import issue_live_key, live_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

@@ -15,7 +15,6 @@ import pytest
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.problems import PROBLEM_MEDIA_TYPE
-from tests.factories import token_of
 from tests.faults.cluster import PrivatePostgres
 from tests.faults.load import (
     TOPIC,
@@ -29,7 +28,8 @@ from tests.faults.load import (
     run_jobs,
     stored_opt_outs,
 )
-from tests.live_server import LiveServer, issue_live_key, live_server
+from tests.support.factories import token_of
+from tests.support.live_server import LiveServer, issue_live_key, live_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

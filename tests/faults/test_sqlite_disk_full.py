@@ -20,7 +20,7 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 from tests.faults.load import TOPIC, audit_seqs_are_gap_free, opt_out_bodies, stored_opt_outs
 from tests.faults.test_clock_jump import audit_verify
-from tests.live_server import fresh_database_url, issue_live_key, live_server
+from tests.support.live_server import fresh_database_url, issue_live_key, live_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

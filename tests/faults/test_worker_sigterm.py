@@ -15,8 +15,8 @@ from prefcenter.delivery.test_mail import queue_test_mail
 from prefcenter.mail.config import mail_config
 from prefcenter.outbox.models import OutboxMessage
 from tests.delivery.test_crash import start_worker
-from tests.live_server import fresh_database_url
-from tests.mail_server import Clock, Inbox, mail_settings, smtp_server
+from tests.support.live_server import fresh_database_url
+from tests.support.mail_server import Clock, Inbox, mail_settings, smtp_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

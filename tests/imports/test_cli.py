@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from prefcenter.cli import cli
 from prefcenter.settings import Settings
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
-from tests.factories import Headers, make_topic
+from tests.support.factories import Headers, make_topic
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
 
 runner = CliRunner()
 

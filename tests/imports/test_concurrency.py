@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from prefcenter.db import Database
 from prefcenter.imports.schemas import ImportReport
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
-from tests.factories import Headers, lookup, make_topic, record_change, subscription_status
+from tests.support.factories import Headers, lookup, make_topic, record_change, subscription_status
 
 ROWS = 3_000
 OPTED_OUT = range(0, ROWS, 15)  # 200 addresses spread over every batch

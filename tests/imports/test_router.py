@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
-from tests.conftest import issue_key
-from tests.factories import Headers, assert_problem, make_topic
+from tests.support.factories import Headers, assert_problem, make_topic
+from tests.support.harness import issue_key
 
 BODY = b"\xef\xbb\xbfemail,status\r\nada@example.com,subscribed\r\nbad,subscribed\r\n"
 CSV = {"Content-Type": "text/csv"}

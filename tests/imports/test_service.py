@@ -22,7 +22,7 @@ from prefcenter.imports.schemas import BatchStatus, ImportReport
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
 from prefcenter.settings import Settings
 from prefcenter.topics.errors import UnknownTopic
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     audit_events,
     count_rows,

@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from prefcenter.app import create_app
 from prefcenter.inbound.receive import InboundState
 from prefcenter.settings import Settings
-from tests.conftest import make_settings
 from tests.inbound.esp import (
     MAILGUN_KEY,
     POSTMARK_PASSWORD,
@@ -21,6 +20,7 @@ from tests.inbound.esp import (
     SendGridSigner,
     SnsSigner,
 )
+from tests.support.harness import make_settings
 
 
 @pytest.fixture(scope="session")

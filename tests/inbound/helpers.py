@@ -11,7 +11,7 @@ from prefcenter.bounces.models import Bounce
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
 from prefcenter.inbound.models import InboundReceipt
-from tests.factories import Headers, count_rows, row_counts
+from tests.support.factories import Headers, count_rows, row_counts
 
 
 def written(database: Database) -> dict[str, int]:

@@ -17,8 +17,9 @@ from prefcenter.db import Database
 from prefcenter.inbound.receive import InboundState
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.settings import Settings
-from tests.conftest import issue_key, make_settings
-from tests.factories import (
+from tests.inbound.esp import SnsSigner, fixture
+from tests.inbound.helpers import bounce_row, eligibility, subscribe, written
+from tests.support.factories import (
     Headers,
     assert_problem,
     audit_events,
@@ -26,8 +27,7 @@ from tests.factories import (
     make_topic,
     record_change,
 )
-from tests.inbound.esp import SnsSigner, fixture
-from tests.inbound.helpers import bounce_row, eligibility, subscribe, written
+from tests.support.harness import issue_key, make_settings
 
 
 def post_sns(client: TestClient, message: dict[str, Any]) -> Any:

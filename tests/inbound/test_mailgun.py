@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefcenter.db import Database
-from tests.factories import Headers, assert_problem, make_topic
 from tests.inbound.esp import fixture, mailgun_signed
 from tests.inbound.helpers import bounce_row, eligibility, subscribe, written
+from tests.support.factories import Headers, assert_problem, make_topic
 
 
 def post(client: TestClient, payload: dict[str, Any] | bytes) -> Any:

@@ -21,8 +21,9 @@ from prefcenter.cli import cli
 from prefcenter.db import Database
 from prefcenter.inbound.mailto import NotAPersonsMail, UnsubscribeMail, read_mail
 from prefcenter.settings import Settings
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, issue_key
-from tests.factories import (
+from tests.inbound.esp import SnsSigner
+from tests.inbound.helpers import eligibility, subscribe, written
+from tests.support.factories import (
     Headers,
     assert_problem,
     audit_events,
@@ -32,8 +33,7 @@ from tests.factories import (
     subscription_status,
     token_of,
 )
-from tests.inbound.esp import SnsSigner
-from tests.inbound.helpers import eligibility, subscribe, written
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, issue_key
 
 MAILBOX = "unsubscribe@mail.example.com"
 

@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefcenter.db import Database
-from tests.factories import Headers, assert_problem, make_topic
 from tests.inbound.esp import POSTMARK_PASSWORD, POSTMARK_USER, fixture, postmark_headers
 from tests.inbound.helpers import eligibility, subscribe, written
+from tests.support.factories import Headers, assert_problem, make_topic
 
 
 def post(client: TestClient, record: dict[str, Any], headers: dict[str, str] | None = None) -> Any:

@@ -14,9 +14,9 @@ from sendgrid.helpers.eventwebhook import EventWebhook
 from prefcenter.db import Database
 from prefcenter.inbound.events import Action
 from prefcenter.inbound.sendgrid import read_events
-from tests.factories import Headers, assert_problem, lookup, make_topic, subscription_status
 from tests.inbound.esp import SENDGRID_GROUP, SendGridSigner, fixture_text
 from tests.inbound.helpers import bounce_row, eligibility, subscribe, written
+from tests.support.factories import Headers, assert_problem, lookup, make_topic, subscription_status
 
 SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from prefcenter.db import Database
 from prefcenter.inbound import sns
 from prefcenter.inbound.errors import SenderNotAllowed
-from tests.factories import Headers, assert_problem, make_topic
 from tests.inbound.esp import CERT_URL, TOPIC_ARN, SnsSigner, fixture
 from tests.inbound.helpers import eligibility, subscribe, written
+from tests.support.factories import Headers, assert_problem, make_topic
 
 
 class TestCertificateUrl:

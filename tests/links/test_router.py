@@ -27,8 +27,7 @@ from prefcenter.idempotency import REPLAY_HEADER, IdempotencyRecord
 from prefcenter.links.schemas import MAX_BATCH
 from prefcenter.settings import parse_signing_keys
 from prefcenter.tokens import BadSignature, TokenPurpose, verify_token
-from tests.conftest import TEST_SIGNING_KEYS, issue_key, make_settings
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     Json,
     assert_problem,
@@ -40,6 +39,7 @@ from tests.factories import (
     row_counts,
     token_of,
 )
+from tests.support.harness import TEST_SIGNING_KEYS, issue_key, make_settings
 
 ADA = "ada@example.com"
 BASE_URL = "http://testserver"
@@ -53,16 +53,6 @@ BATCH_STATEMENTS = 60
 @pytest.fixture
 def links_headers(database: Database) -> Headers:
     return issue_key(database, Scope.LINKS, name="mailer")
-
-
-@pytest.fixture
-def reader_headers(database: Database) -> Headers:
-    return issue_key(database, Scope.CONSENT_READ, name="reader")
-
-
-@pytest.fixture
-def newsletter(client: TestClient, admin_headers: Headers) -> str:
-    return str(make_topic(client, admin_headers, "newsletter")["key"])
 
 
 def post_link(client: TestClient, headers: Headers, body: Json, *, expect: int = 200) -> Json:

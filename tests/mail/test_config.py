@@ -20,7 +20,7 @@ from prefcenter.mail.config import (
     parse_sender,
 )
 from prefcenter.settings import ConfigError, Settings
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, make_settings
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, make_settings
 
 SECRET = "s3cret-pa55"
 

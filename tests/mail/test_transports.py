@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 from prefcenter.mail.config import MaildirTarget, SmtpSecurity, SmtpTarget
 from prefcenter.mail.maildir import newest_mail, read_mail
 from prefcenter.mail.transports import DeliveryFailed, Transport, open_transport
-from tests.mail_server import HOST, Inbox, smtp_server
+from tests.support.mail_server import HOST, Inbox, smtp_server
 
 USER, PASSWORD = "prefcenter", "relay-password-123"
 

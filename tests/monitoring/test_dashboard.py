@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
-from tests.conftest import issue_key
+from tests.support.harness import issue_key
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 METRIC = re.compile(r"\bprefcenter_[a-z_]+")

@@ -19,8 +19,7 @@ from prefcenter.db import Database
 from prefcenter.monitoring.listener import metrics_listener
 from prefcenter.settings import Settings
 from tests.audit.tampering import tamper
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     assert_problem,
     audit_head_seq,
@@ -29,6 +28,7 @@ from tests.factories import (
     record_change,
     token_of,
 )
+from tests.support.harness import issue_key
 from tests.webhooks.helpers import create_endpoint
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"

@@ -15,7 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.logs import REQUEST_LOGGER
-from tests.live_server import LiveServer, free_port, fresh_database_url, issue_live_key, live_server
+from tests.support.live_server import (
+    LiveServer,
+    free_port,
+    fresh_database_url,
+    issue_live_key,
+    live_server,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from prefcenter.db import Database
 from prefcenter.delivery.worker import OutboxWorker
 from prefcenter.mail.config import mail_config
 from prefcenter.settings import Settings
-from tests.factories import Headers, Json
+from tests.support.factories import Headers, Json
 
 POLICY = "privacy"
 TEXT = "We keep your address to send you what you asked for.\n"

@@ -15,10 +15,10 @@ from prefcenter.audit.schemas import EventKind
 from prefcenter.db import Database
 from prefcenter.settings import Settings
 from tests.admin.console import sign_in_with_key
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
-from tests.factories import Headers, audit_events, record_change
-from tests.mail_server import SENDER, SmtpServer, mail_settings, smtp_server
 from tests.notices.helpers import deliver, notification, publish, put_notice
+from tests.support.factories import Headers, audit_events, record_change
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS
+from tests.support.mail_server import SENDER, SmtpServer, mail_settings, smtp_server
 
 runner = CliRunner()
 

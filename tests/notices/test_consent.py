@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.notices.helpers import publish, put_notice
+from tests.support.factories import (
     Headers,
     assert_problem,
     audit_events,
@@ -21,7 +21,7 @@ from tests.factories import (
     record_change,
     row_counts,
 )
-from tests.notices.helpers import publish, put_notice
+from tests.support.harness import issue_key
 
 PAST = datetime(2026, 1, 1, tzinfo=UTC)
 

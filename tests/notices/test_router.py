@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.schemas import EventKind
 from prefcenter.db import Database
-from tests.conftest import issue_key
-from tests.factories import Headers, assert_problem, audit_events, error_fields
 from tests.notices.helpers import POLICY, notification, publish, put_notice, version_body
+from tests.support.factories import Headers, assert_problem, audit_events, error_fields
+from tests.support.harness import issue_key
 
 PAST = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -24,9 +24,9 @@ from prefcenter.db import Database, utcnow
 from prefcenter.notices import service
 from prefcenter.notices.schemas import NoticeVersionIn
 from prefcenter.settings import Settings
-from tests.factories import Headers, audit_events, make_topic, record_change
-from tests.mail_server import SmtpServer, mail_settings, smtp_server
 from tests.notices.helpers import deliver, notification, publish, put_notice, version_body
+from tests.support.factories import Headers, audit_events, make_topic, record_change
+from tests.support.mail_server import SmtpServer, mail_settings, smtp_server
 
 
 @pytest.fixture

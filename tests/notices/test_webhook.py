@@ -13,9 +13,9 @@ from prefcenter.app import create_app
 from prefcenter.db import Database
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.settings import Settings
-from tests.conftest import make_settings
-from tests.factories import Headers
 from tests.notices.helpers import TEXT, publish, put_notice
+from tests.support.factories import Headers
+from tests.support.harness import make_settings
 from tests.webhooks.helpers import create_endpoint
 
 

@@ -15,9 +15,9 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.app import create_app
 from prefcenter.db import Database
 from prefcenter.settings import ConfigError
-from tests.conftest import issue_key, make_settings
-from tests.factories import issue_links, make_topic, record_change, row_counts, token_of
 from tests.preference_center.test_router import ONE_CLICK, act, visit
+from tests.support.factories import issue_links, make_topic, record_change, row_counts, token_of
+from tests.support.harness import issue_key, make_settings
 
 OLD = "k202510:old-signing-secret-0123456789abcdefghijkl"
 NEW = "k202611:new-signing-secret-0123456789abcdefghijkl"

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
-from tests.conftest import issue_key
 from tests.consent.test_erased_everywhere import mutating_routes
-from tests.factories import (
+from tests.preference_center.test_router import ONE_CLICK
+from tests.support.factories import (
     Headers,
     Json,
     issue_links,
@@ -27,7 +27,7 @@ from tests.factories import (
     row_counts,
     token_of,
 )
-from tests.preference_center.test_router import ONE_CLICK
+from tests.support.harness import issue_key
 
 EVE = "eve@example.com"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

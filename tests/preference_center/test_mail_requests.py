@@ -14,7 +14,7 @@ from prefcenter.preference_center.mail_requests import (
     allow_mail_request,
 )
 from prefcenter.preference_center.models import MailRequest
-from tests.factories import count_rows
+from tests.support.factories import count_rows
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 

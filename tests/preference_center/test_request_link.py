@@ -4,7 +4,6 @@ address; the throttle holds per address and per network."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -14,15 +13,13 @@ from sqlmodel import col, select
 
 from prefcenter.app import create_app
 from prefcenter.db import Database
-from prefcenter.delivery.worker import OutboxWorker
-from prefcenter.mail.config import mail_config
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.preference_center.mail_requests import PER_ADDRESS
 from prefcenter.settings import Settings
-from tests.conftest import make_settings
-from tests.factories import Headers, make_topic, record_change
-from tests.mail_server import SmtpServer, mail_settings, smtp_server
 from tests.preference_center.test_router import parse_page
+from tests.support.factories import Headers, make_topic, record_change
+from tests.support.harness import make_settings
+from tests.support.mail_server import SmtpServer, deliver_mail, mail_settings, smtp_server
 
 ADA = "ada@example.com"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -44,18 +41,6 @@ def ada(client: TestClient, admin_headers: Headers) -> str:
     make_topic(client, admin_headers, "newsletter", name="Newsletter")
     answer = record_change(client, admin_headers, ADA, "subscribed", topic="newsletter")
     return str(answer["contact_id"])
-
-
-def deliver(database: Database, settings: Settings) -> int:
-    worker = OutboxWorker(database, settings, mail=mail_config(settings))
-
-    async def run() -> int:
-        try:
-            return (await worker.deliver_due()).sent
-        finally:
-            await worker.aclose()
-
-    return asyncio.run(run())
 
 
 def queued(database: Database) -> list[OutboxMessage]:
@@ -80,7 +65,7 @@ def test_a_known_address_gets_its_preference_link_by_mail(
 
     assert status == 200
     assert "a link to its preferences is on its way" in text
-    assert deliver(database, settings) == 1
+    assert deliver_mail(database, settings) == 1
     (mail,) = server.inbox.wait_for(1)
     message = mail.message()
     assert mail.rcpt_tos == (ADA,)

@@ -5,7 +5,6 @@ proof. Whoever holds the preference link but not the mailbox gets nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -16,15 +15,20 @@ from sqlmodel import col, select
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database, utcnow
-from prefcenter.delivery.worker import OutboxWorker
-from prefcenter.mail.config import mail_config
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.settings import Settings, parse_signing_keys
 from prefcenter.tokens import TokenClaims, TokenPurpose, sign_token, verify_token
-from tests.conftest import TEST_SIGNING_KEYS, issue_key
-from tests.factories import Headers, audit_events, issue_links, lookup, make_topic, record_change
-from tests.mail_server import SmtpServer, mail_settings, smtp_server
 from tests.preference_center.test_router import ONE_CLICK
+from tests.support.factories import (
+    Headers,
+    audit_events,
+    issue_links,
+    lookup,
+    make_topic,
+    record_change,
+)
+from tests.support.harness import TEST_SIGNING_KEYS, issue_key
+from tests.support.mail_server import SmtpServer, deliver_mail, mail_settings, smtp_server
 
 ADA = "ada@example.com"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -53,18 +57,6 @@ def links(client: TestClient, admin_headers: Headers, database: Database) -> dic
         200
     )
     return issued
-
-
-def deliver(database: Database, settings: Settings) -> int:
-    worker = OutboxWorker(database, settings, mail=mail_config(settings))
-
-    async def run() -> int:
-        try:
-            return (await worker.deliver_due()).sent
-        finally:
-            await worker.aclose()
-
-    return asyncio.run(run())
 
 
 def status_of(client: TestClient, headers: Headers) -> tuple[str | None, bool]:
@@ -102,7 +94,7 @@ def test_a_topic_refused_by_the_person_comes_back_only_through_the_mailbox(
 
     assert "Almost done: we will email you a link to confirm Newsletter." in page
     assert status_of(client, admin_headers) == ("unsubscribed", False)
-    assert deliver(database, settings) == 1
+    assert deliver_mail(database, settings) == 1
     path, message_id = confirm_link(server, 1)
     assert "Newsletter" in client.get(path).text
     assert status_of(client, admin_headers) == ("unsubscribed", False)  # GET changes nothing
@@ -138,7 +130,7 @@ def test_unsubscribe_from_all_is_lifted_only_through_the_mailbox(
 
     assert "confirm that you want marketing emails again" in page
     assert status_of(client, admin_headers)[1] is True
-    assert deliver(database, settings) == 1
+    assert deliver_mail(database, settings) == 1
     path, _ = confirm_link(server, 1)
     assert client.post(path).status_code == 200
     assert status_of(client, admin_headers)[1] is False
@@ -178,7 +170,7 @@ def test_the_link_expires_after_48_hours_and_when_the_state_moves_on(
     links: dict[str, str],
 ) -> None:
     tick(client, links["preferences_url"], "newsletter")
-    deliver(database, settings)
+    deliver_mail(database, settings)
     path, _ = confirm_link(server, 1)
     token = path.removeprefix("/c/").split("?", 1)[0]
     claims = verify_token(RING, TokenPurpose.RESUBSCRIBE, token, now=utcnow()).claims

@@ -30,8 +30,7 @@ from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
 from prefcenter.settings import Settings, parse_signing_keys
 from prefcenter.tokens import MAX_TOKEN_LENGTH, TokenClaims, TokenPurpose, sign_token
-from tests.conftest import TEST_SIGNING_KEYS, issue_key, make_settings
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     Json,
     audit_events,
@@ -44,6 +43,7 @@ from tests.factories import (
     subscription_status,
     token_of,
 )
+from tests.support.harness import TEST_SIGNING_KEYS, issue_key, make_settings
 
 ADA = "ada@example.com"
 ONE_CLICK = b"List-Unsubscribe=One-Click"
@@ -206,11 +206,6 @@ def path_of(url: str) -> str:
 @pytest.fixture
 def links_headers(database: Database) -> Headers:
     return issue_key(database, Scope.LINKS, name="mailer")
-
-
-@pytest.fixture
-def reader_headers(database: Database) -> Headers:
-    return issue_key(database, Scope.CONSENT_READ, name="reader")
 
 
 @pytest.fixture

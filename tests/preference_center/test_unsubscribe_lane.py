@@ -31,8 +31,8 @@ from prefcenter.preference_center import service, unsubscribe_lane
 from prefcenter.preference_center.unsubscribe_lane import MAX_FORM_BYTES, UnsubscribeLane
 from prefcenter.settings import Settings, parse_signing_keys
 from prefcenter.tokens import TokenPurpose, VerifiedToken, sign_token, verify_token
-from tests.conftest import TEST_SIGNING_KEYS, issue_key
-from tests.factories import (
+from tests.preference_center.test_router import ONE_CLICK, one_click
+from tests.support.factories import (
     Headers,
     audit_events,
     audit_head_seq,
@@ -41,7 +41,7 @@ from tests.factories import (
     record_change,
     token_of,
 )
-from tests.preference_center.test_router import ONE_CLICK, one_click
+from tests.support.harness import TEST_SIGNING_KEYS, issue_key
 from tests.test_tokens import legacy_manage_token
 
 RING = parse_signing_keys(TEST_SIGNING_KEYS)

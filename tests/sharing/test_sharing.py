@@ -10,8 +10,14 @@ from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.preference_center.test_router import (
+    one_click,
+    parse_page,
+    path_of,
+    submit,
+    visit,
+)
+from tests.support.factories import (
     Headers,
     Json,
     assert_problem,
@@ -23,13 +29,7 @@ from tests.factories import (
     record_change,
     subscription_status,
 )
-from tests.preference_center.test_router import (
-    one_click,
-    parse_page,
-    path_of,
-    submit,
-    visit,
-)
+from tests.support.harness import issue_key
 
 ADA = "ada@example.com"
 BOB = "bob@example.com"

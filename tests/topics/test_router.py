@@ -12,8 +12,7 @@ from prefcenter.audit.models import AuditEvent
 from prefcenter.db import Database
 from prefcenter.idempotency import REPLAY_HEADER
 from prefcenter.topics.models import Topic
-from tests.conftest import issue_key
-from tests.factories import (
+from tests.support.factories import (
     Headers,
     assert_problem,
     audit_events,
@@ -23,6 +22,7 @@ from tests.factories import (
     revoke_key,
     row_counts,
 )
+from tests.support.harness import issue_key
 
 NEWSLETTER = {
     "name": "Newsletter",

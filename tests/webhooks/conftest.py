@@ -12,8 +12,8 @@ from prefcenter.apikeys.schemas import Scope
 from prefcenter.app import create_app
 from prefcenter.db import Database
 from prefcenter.settings import Settings
-from tests.conftest import issue_key, make_settings
-from tests.factories import Headers, make_topic
+from tests.support.factories import Headers, make_topic
+from tests.support.harness import issue_key, make_settings
 from tests.webhooks.receiver import Receiver, receiver
 
 TOPIC = "newsletter"

@@ -12,7 +12,7 @@ from sqlmodel import col, select
 from prefcenter.db import Database
 from prefcenter.delivery.webhooks import BatchReport, WebhookSender
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
-from tests.factories import Headers
+from tests.support.factories import Headers
 
 MIDDLE = 0.5  # a draw that gives each delay exactly as the schedule says
 

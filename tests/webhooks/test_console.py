@@ -16,7 +16,7 @@ from prefcenter.db import Database
 from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.settings import Settings
 from tests.admin.console import form_token, sign_in_with_key
-from tests.factories import Headers
+from tests.support.factories import Headers
 from tests.webhooks.helpers import MIDDLE, change, create_endpoint, deliveries, run
 from tests.webhooks.receiver import Inbox, Receiver, receiver
 

@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.app import create_app
 from prefcenter.db import Database
-from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, issue_key, make_settings
-from tests.factories import make_topic
-from tests.live_server import fresh_database_url
+from tests.support.factories import make_topic
+from tests.support.harness import TEST_AUDIT_KEY, TEST_SIGNING_KEYS, issue_key, make_settings
+from tests.support.live_server import fresh_database_url
 from tests.webhooks.helpers import change, create_endpoint, deliveries
 from tests.webhooks.receiver import Delivery, Inbox, Receiver, receiver
 

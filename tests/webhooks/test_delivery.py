@@ -22,8 +22,8 @@ from prefcenter.outbox.rules import WEBHOOK_RETRY_SCHEDULE
 from prefcenter.settings import Settings
 from prefcenter.webhooks.models import WebhookEndpoint
 from prefcenter.webhooks.queue import queue_change_deliveries
-from tests.factories import Headers
-from tests.mail_server import Clock, free_port
+from tests.support.factories import Headers
+from tests.support.mail_server import Clock, free_port
 from tests.webhooks.helpers import (
     MIDDLE,
     attempts_of,

@@ -31,9 +31,9 @@ from prefcenter.webhooks.queue import (
     queue_contact_complained,
     queue_notice_published,
 )
-from tests.conftest import TEST_SIGNING_KEYS, issue_key
-from tests.factories import Headers, issue_links, token_of
 from tests.preference_center.test_router import one_click
+from tests.support.factories import Headers, issue_links, token_of
+from tests.support.harness import TEST_SIGNING_KEYS, issue_key
 from tests.webhooks.helpers import MIDDLE, change, create_endpoint, deliveries, run
 from tests.webhooks.receiver import Receiver
 

@@ -17,8 +17,8 @@ from prefcenter.audit.models import AuditEvent
 from prefcenter.db import Database
 from prefcenter.settings import Settings
 from prefcenter.webhooks.models import WebhookEndpoint
-from tests.conftest import issue_key, make_settings
-from tests.factories import Headers, assert_problem
+from tests.support.factories import Headers, assert_problem
+from tests.support.harness import issue_key, make_settings
 from tests.webhooks.helpers import change, create_endpoint, deliveries
 
 URL = "https://hooks.example.com/prefcenter"

@@ -18,9 +18,9 @@ from prefcenter.db import Database
 from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.settings import Settings
 from prefcenter.webhooks.addresses import Resolve
-from tests.conftest import make_settings
-from tests.factories import Headers
-from tests.mail_server import Clock, free_port
+from tests.support.factories import Headers
+from tests.support.harness import make_settings
+from tests.support.mail_server import Clock, free_port
 from tests.webhooks.helpers import MIDDLE, attempts_of, change, create_endpoint, deliveries, run
 from tests.webhooks.receiver import Inbox, Receiver, receiver
 

@@ -30,7 +30,7 @@ _SQLITE_INSERT_FREE_TEXT = (
 _OCCURRED = EVENT_INSERT_COLUMNS.index("occurred_at")
 
 
-def _sqlite_time(text: str) -> str:
+def sqlite_time(text: str) -> str:
     """`2026-11-25T15:20:03.123456Z` (format_time) as SQLAlchemy stores it on SQLite."""
     return f"{text[:10]} {text[11:26]}"
 
@@ -46,7 +46,7 @@ def append_sqlite(session: OrmSession, prepared: list[PreparedEvent]) -> None:
             raise RuntimeError("the audit head row is missing: the migrations were not run")
         seq, head_hash = head
         recorded_text = format_time(utcnow())
-        recorded_at = _sqlite_time(recorded_text)
+        recorded_at = sqlite_time(recorded_text)
         prev_hash = bytes.fromhex(head_hash)
         sha256 = hashlib.sha256
         events: list[tuple[Any, ...]] = []
@@ -64,7 +64,7 @@ def append_sqlite(session: OrmSession, prepared: list[PreparedEvent]) -> None:
                     canonical,
                     prev_hash.hex(),
                     *[row[name] for name in EVENT_INSERT_COLUMNS[:_OCCURRED]],
-                    _sqlite_time(item.occurred_text),
+                    sqlite_time(item.occurred_text),
                     *[row[name] for name in EVENT_INSERT_COLUMNS[_OCCURRED + 1 :]],
                 )
             )

@@ -19,8 +19,11 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from prefcenter.db import Database
+from prefcenter.delivery.worker import OutboxWorker
+from prefcenter.mail.config import mail_config
 from prefcenter.settings import Settings
-from tests.conftest import make_settings
+from tests.support.harness import make_settings
 
 HOST = "127.0.0.1"
 WAIT_TIMEOUT_S = 60.0
@@ -136,3 +139,16 @@ class Clock:
 
     def advance(self, by: timedelta) -> None:
         self.now += by
+
+
+def deliver_mail(database: Database, settings: Settings) -> int:
+    """Deliver the due mail once, as a worker would; how many were sent."""
+    worker = OutboxWorker(database, settings, mail=mail_config(settings))
+
+    async def run() -> int:
+        try:
+            return (await worker.deliver_due()).sent
+        finally:
+            await worker.aclose()
+
+    return asyncio.run(run())

@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
-from tests.conftest import (
+from tests.support.harness import (
     TEST_AUDIT_KEY,
     TEST_SIGNING_KEYS,
     issue_key,
