@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from prefcenter.app import create_app
 from prefcenter.audit.models import AuditEvent
-from prefcenter.consent import service as consent_service
+from prefcenter.consent.ledger import orm as ledger_orm
 from prefcenter.db import Database
 from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.outbox.rules import WEBHOOK_RETRY_SCHEDULE
@@ -190,7 +190,7 @@ class TestWhatIsQueued:
             queued.append(1)
             raise RuntimeError("the request fails after writing")
 
-        monkeypatch.setattr(consent_service, "queue_change_deliveries", queue_then_fail)
+        monkeypatch.setattr(ledger_orm, "queue_change_deliveries", queue_then_fail)
         with TestClient(create_app(settings), raise_server_exceptions=False) as failing:
             response = failing.post(
                 "/v1/consents",
