@@ -4,6 +4,7 @@ on an empty database."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -113,3 +114,17 @@ def reader_headers(database: Database) -> Headers:
 def newsletter(client: TestClient, admin_headers: Headers) -> str:
     """The key of a marketing topic `newsletter`."""
     return str(make_topic(client, admin_headers, "newsletter")["key"])
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_left_on_a_closed_stream() -> Iterator[None]:
+    """A command run through typer's CliRunner configures logging onto the runner's own stderr,
+    which is closed when the command ends; a thread still running (a test SMTP server) would
+    then log into the closed stream. Such handlers are removed after each test."""
+    yield
+    loggers = [logging.getLogger(), *map(logging.getLogger, logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                logger.removeHandler(handler)
