@@ -25,6 +25,7 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,10 +51,12 @@ def _measure(
     profile: int,
 ) -> None:
     statements = 0
+    shapes: Counter[str] = Counter()
 
-    def count(*_: Any) -> None:
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         nonlocal statements
         statements += 1
+        shapes[" ".join(statement.split())[:70]] += 1
 
     event.listen(database.engine, "before_cursor_execute", count)
     profiler = cProfile.Profile()
@@ -75,7 +78,9 @@ def _measure(
         f"(wall {wall:.2f} s, {events / wall:,.0f} events/s, profiled)"
     )
     if profile:
-        stats.sort_stats("tottime").print_stats(profile)
+        for shape, n in shapes.most_common(12):
+            print(f"  {n / len(calls):7.2f} per delivery  {shape}")
+        stats.sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(profile)
 
 
 def main() -> int:

@@ -178,7 +178,7 @@ def record_bounces(
     without one); else they are read here.
 
     Set-based: one query reads every contact's row (unless handed in), one statement writes
-    the changed ones, and the events are appended together at commit (audit.service)."""
+    the changed ones (none when nothing changed), and the events are appended together at commit (audit.service)."""
     rows = (
         dict(stored)
         if stored is not None
@@ -198,9 +198,9 @@ def record_bounces(
         )
         event_id = new_event_id()
         if decision.outcome is not BounceOutcome.SUPERSEDED:
-            rows[contact_id] = changed[contact_id] = _next_row(
-                row, decision, source=report.source, event_id=event_id, now=now
-            )
+            after = _next_row(row, decision, source=report.source, event_id=event_id, now=now)
+            if after != row:  # bounced already: nothing to write
+                rows[contact_id] = changed[contact_id] = after
         context: dict[str, Any] = {"bounce": report.kind.value, **report.context}
         if decision.soft_count:
             context["soft_bounces_in_window"] = decision.soft_count
