@@ -268,11 +268,12 @@ def sns_floor(target: oc.Target, args: argparse.Namespace, count: int, work: Pat
     requests = [(b"", {}) for _ in range(count)]
     try:
         post_all(server.base_url, requests[: args.workers * 4], "/u/warm-up", args.workers)
+        cpu = oc.cpu_seconds(server.pids())
         seconds, statuses = post_all(server.base_url, requests, "/u/floor", args.clients * 2)
+        cpu = oc.cpu_seconds(server.pids()) - cpu
     finally:
         server.stop()
-    if set(statuses) != {200}:
-        print(f"  floor statuses: {dict(statuses)}")
+    print(f"  floor server CPU {1e6 * cpu / count:,.0f} µs/request, statuses {dict(statuses)}")
     return seconds
 
 
@@ -356,9 +357,11 @@ def main() -> int:
         print(f"machine before: load average {load:.2f}, CPUs {busy:.0f}% busy")
         server = oc.start_server("prefcenter", command, env, port, args.workers, work)
         try:
+            cpu = oc.cpu_seconds(server.pids())
             seconds, statuses = post_all(
                 server.base_url, requests, "/v1/inbound/sendgrid", args.clients
             )
+            cpu = oc.cpu_seconds(server.pids()) - cpu
         finally:
             server.stop()
         events = len(batches) * args.batch_size
@@ -366,7 +369,8 @@ def main() -> int:
         floor = copy_floor(target, batches)
         print(
             f"SendGrid: {events:,} events in {seconds:.2f} s = {events / seconds:,.0f} events/s "
-            f"({len(batches) / seconds:.1f} POSTs/s), statuses {dict(statuses)}"
+            f"({len(batches) / seconds:.1f} POSTs/s), statuses {dict(statuses)}; server CPU "
+            f"{1e6 * cpu / events:,.0f} µs/event"
         )
         print(
             f"  floor: one COPY of the same {events:,} rows: {floor:.2f} s = "
@@ -396,13 +400,16 @@ def main() -> int:
                 server.base_url, sns_requests[: args.workers * 4], "/v1/inbound/ses", args.workers
             )
             rest = sns_requests[args.workers * 4 :]
+            cpu = oc.cpu_seconds(server.pids())
             seconds, statuses = post_all(server.base_url, rest, "/v1/inbound/ses", args.clients * 2)
+            cpu = oc.cpu_seconds(server.pids()) - cpu
         finally:
             server.stop()
         floor_seconds = sns_floor(target, args, len(rest), work)
         print(
             f"SNS: {len(rest):,} notifications in {seconds:.2f} s = {len(rest) / seconds:,.0f}/s "
-            f"(clients {args.clients * 2}), statuses {dict(statuses)}"
+            f"(clients {args.clients * 2}), statuses {dict(statuses)}; server CPU "
+            f"{1e6 * cpu / len(rest):,.0f} µs/notification"
         )
         print(
             f"  floor: bare FastAPI + one INSERT per POST (bench/floor_app.py), same clients: "
