@@ -178,7 +178,8 @@ def record_bounces(
     without one); else they are read here.
 
     Set-based: one query reads every contact's row (unless handed in), one statement writes
-    the changed ones (none when nothing changed), and the events are appended together at commit (audit.service)."""
+    the changed ones (none when nothing changed), and the events are appended together at
+    commit (audit.service)."""
     rows = (
         dict(stored)
         if stored is not None
