@@ -138,6 +138,13 @@ ON CONFLICT (contact_id) DO UPDATE SET bounced = excluded.bounced,
 """
 
 
+_INSERT_SQLITE = sqlite_insert(_TABLE)
+_UPSERT_SQLITE = _INSERT_SQLITE.on_conflict_do_update(
+    index_elements=[_TABLE.c.contact_id],
+    set_={name: _INSERT_SQLITE.excluded[name] for name in _COLUMNS},
+)
+
+
 def _write_rows(session: Session, rows: Mapping[int, StoredBounce]) -> None:
     """Insert or update these contacts' rows: one statement."""
     if not rows:
@@ -153,14 +160,7 @@ def _write_rows(session: Session, rows: Mapping[int, StoredBounce]) -> None:
         {"contact_id": cid, **{name: getattr(row, name) for name in _COLUMNS}}
         for cid, row in ordered
     ]
-    statement = sqlite_insert(Bounce)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[col(Bounce.contact_id)],
-            set_={name: statement.excluded[name] for name in _COLUMNS},
-        ),
-        values,
-    )
+    session.execute(_UPSERT_SQLITE, values)
 
 
 def record_bounces(

@@ -1,6 +1,6 @@
 """Owns the first step of recording a delivery: claim its receipts and, for the events whose
 receipt is new, find and lock the contacts they name (none erased), with each one's bounce
-row, and whether any webhook endpoint wants what a delivery announces.
+row, and (PostgreSQL) whether any webhook endpoint wants what a delivery announces.
 
 On PostgreSQL that is one statement (one round trip), whatever the delivery's size: the claim
 is an `INSERT … ON CONFLICT DO NOTHING RETURNING` in a CTE, the contacts are joined to the
@@ -22,9 +22,8 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.bounces.service import StoredBounce, stored_bounces
 from prefcenter.consent.erased import erased_among
 from prefcenter.contacts.models import Contact
-from prefcenter.inbound.events import InboundEvent
+from prefcenter.inbound.events import Action, InboundEvent
 from prefcenter.inbound.receipts import claim_receipts
-from prefcenter.webhooks.queue import subscribed
 from prefcenter.webhooks.rules import EVERY_TYPE, EventType
 
 _SQLITE_CHUNK = 900  # addresses per query: SQLite binds each as a parameter
@@ -39,14 +38,16 @@ class FoundContact:
     id: int
     public_id: str
     address: str
-    bounce: StoredBounce | None  # its `bounce` row; None if it has none
+    # Its `bounce` row; None if it has none (SQLite: read only for the bounces' contacts).
+    bounce: StoredBounce | None
 
 
 @dataclass(frozen=True, slots=True)
 class Intake:
     claimed: set[str]  # the receipt keys that were new
     contacts: dict[str, FoundContact]  # by normalised address: those found and not erased
-    announced: frozenset[EventType]  # of ANNOUNCED, the types some enabled endpoint wants
+    # Of ANNOUNCED, the types some enabled endpoint may want (PostgreSQL: does want).
+    announced: frozenset[EventType]
 
 
 # Columns: part, text (receipt key, address or event type), id, public_id, then the bounce.
@@ -167,10 +168,12 @@ def _take_in_sqlite(
             rows.append((cid, public_id, address))
     erased = erased_among(session, keys, [address for _, _, address in rows])
     rows = [r for r in rows if r[2] not in erased]
-    bounces = stored_bounces(session, [cid for cid, _, _ in rows])
+    bounced = {a for e, a in events if e.action in (Action.HARD_BOUNCE, Action.SOFT_BOUNCE)}
+    bounces = stored_bounces(session, [cid for cid, _, address in rows if address in bounced])
     contacts = {
         address: FoundContact(id=cid, public_id=public_id, address=address, bounce=bounces.get(cid))
         for cid, public_id, address in rows
     }
-    announced = frozenset(t for t in ANNOUNCED if contacts and subscribed(session, t))
-    return Intake(claimed=claimed, contacts=contacts, announced=announced)
+    # Not asked here: queueing one writes nothing when no endpoint wants it, and costs no
+    # round trip in-process.
+    return Intake(claimed=claimed, contacts=contacts, announced=frozenset(ANNOUNCED))
