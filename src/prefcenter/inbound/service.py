@@ -2,10 +2,12 @@
 transaction: each event once (receipts), for contacts that exist (none is created), with its
 audit event.
 
-Set-based per delivery: one statement claims the receipts, one query finds and locks the
-contacts (in id order), one the erased among them; the bounces are written together
-(bounces.service), and the opt-outs through consent.ledger.orm.apply_change on states read in
-one query each; the audit events are appended together at commit.
+Set-based per delivery: one statement (PostgreSQL) claims the receipts and finds and locks the
+contacts of the new ones, none erased, with their bounce rows (inbound.intake); the bounces are
+decided in order and written by one upsert (bounces.service), and the opt-outs go through
+consent.ledger.orm.apply_change on contacts and suppressions read in one query; the audit
+events are appended together at commit, and webhook announcements are queued only when an
+endpoint wants them.
 """
 
 from __future__ import annotations
