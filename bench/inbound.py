@@ -5,7 +5,9 @@ against real servers with 2 workers on PostgreSQL:
   events/s, beside a floor measured in the same run: the same events written as rows by one
   `COPY` into a plain table.
 - SNS: signed SES notifications (one recipient each), one per POST, the certificate cached
-  (bench/inbound_app.py, the real app reading its certificate from a file); notifications/s.
+  (bench/inbound_app.py, the real app reading its certificate from a file); notifications/s,
+  beside a floor measured in the same run: as many POSTs by as many clients to
+  bench/floor_app.py (bare FastAPI, one durable INSERT each) under the same uvicorn.
 
 The mix of events is what a sending platform sees (`--mix realistic`: mostly processed,
 delivered, opened; a few percent bounces, complaints, unsubscribes) or only events that change
@@ -241,6 +243,40 @@ def sns_notifications(
     return out
 
 
+def _pythonpath() -> str:
+    """The servers' path: this directory, then the caller's PYTHONPATH (so that
+    `PYTHONPATH=<an older checkout>/src` measures that one)."""
+    return os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")) if p
+    )
+
+
+def sns_floor(target: oc.Target, args: argparse.Namespace, count: int, work: Path) -> float:
+    """The same number of POSTs, by the same clients, to bench/floor_app.py (bare FastAPI,
+    one durable INSERT each) under the same uvicorn and worker count: seconds."""
+    import floor_app  # noqa: PLC0415
+
+    floor_app.create_schema(target.libpq_url)
+    port = oc.free_port()
+    env = oc.server_env(target, port)
+    env["FLOOR_DATABASE_URL"] = target.libpq_url
+    env["PYTHONPATH"] = _pythonpath()
+    command = [sys.executable, "-m", "uvicorn", "floor_app:app", "--host", oc.HOST]
+    command += ["--port", str(port), "--workers", str(args.workers)]
+    command += ["--log-level", "warning", "--no-access-log"]
+    server = oc.start_server("floor", command, env, port, args.workers, work)
+    requests = [(b"", {}) for _ in range(count)]
+    try:
+        post_all(server.base_url, requests[: args.workers * 4], "/u/warm-up", args.workers)
+        cpu = oc.cpu_seconds(server.pids())
+        seconds, statuses = post_all(server.base_url, requests, "/u/floor", args.clients * 2)
+        cpu = oc.cpu_seconds(server.pids()) - cpu
+    finally:
+        server.stop()
+    print(f"  floor server CPU {1e6 * cpu / count:,.0f} µs/request, statuses {dict(statuses)}")
+    return seconds
+
+
 def check(target: oc.Target) -> dict[str, int]:
     with target.engine.connect() as connection:
         return {
@@ -313,7 +349,7 @@ def main() -> int:
             PREFCENTER_SENDGRID_GROUP_TOPICS=f"1:{oc.TOPIC}",
             PREFCENTER_SES_TOPIC_ARNS=TOPIC_ARN,
             BENCH_SNS_CERT=str(work / "sns.pem"),
-            PYTHONPATH=str(Path(__file__).resolve().parent),
+            PYTHONPATH=_pythonpath(),
         )
         command = [sys.executable, "-m", "prefcenter", "serve", "--host", oc.HOST]
         command += ["--port", str(port), "--workers", str(args.workers), "--no-migrate"]
@@ -321,9 +357,11 @@ def main() -> int:
         print(f"machine before: load average {load:.2f}, CPUs {busy:.0f}% busy")
         server = oc.start_server("prefcenter", command, env, port, args.workers, work)
         try:
+            cpu = oc.cpu_seconds(server.pids())
             seconds, statuses = post_all(
                 server.base_url, requests, "/v1/inbound/sendgrid", args.clients
             )
+            cpu = oc.cpu_seconds(server.pids()) - cpu
         finally:
             server.stop()
         events = len(batches) * args.batch_size
@@ -331,7 +369,8 @@ def main() -> int:
         floor = copy_floor(target, batches)
         print(
             f"SendGrid: {events:,} events in {seconds:.2f} s = {events / seconds:,.0f} events/s "
-            f"({len(batches) / seconds:.1f} POSTs/s), statuses {dict(statuses)}"
+            f"({len(batches) / seconds:.1f} POSTs/s), statuses {dict(statuses)}; server CPU "
+            f"{1e6 * cpu / events:,.0f} µs/event"
         )
         print(
             f"  floor: one COPY of the same {events:,} rows: {floor:.2f} s = "
@@ -349,7 +388,7 @@ def main() -> int:
         env.update(
             PREFCENTER_SES_TOPIC_ARNS=TOPIC_ARN,
             BENCH_SNS_CERT=str(work / "sns.pem"),
-            PYTHONPATH=str(Path(__file__).resolve().parent),
+            PYTHONPATH=_pythonpath(),
         )
         command = [sys.executable, "-m", "uvicorn", "--factory", "inbound_app:make_app"]
         command += ["--host", oc.HOST, "--port", str(port), "--workers", str(args.workers)]
@@ -361,12 +400,21 @@ def main() -> int:
                 server.base_url, sns_requests[: args.workers * 4], "/v1/inbound/ses", args.workers
             )
             rest = sns_requests[args.workers * 4 :]
+            cpu = oc.cpu_seconds(server.pids())
             seconds, statuses = post_all(server.base_url, rest, "/v1/inbound/ses", args.clients * 2)
+            cpu = oc.cpu_seconds(server.pids()) - cpu
         finally:
             server.stop()
+        floor_seconds = sns_floor(target, args, len(rest), work)
         print(
             f"SNS: {len(rest):,} notifications in {seconds:.2f} s = {len(rest) / seconds:,.0f}/s "
-            f"(clients {args.clients * 2}), statuses {dict(statuses)}"
+            f"(clients {args.clients * 2}), statuses {dict(statuses)}; server CPU "
+            f"{1e6 * cpu / len(rest):,.0f} µs/notification"
+        )
+        print(
+            f"  floor: bare FastAPI + one INSERT per POST (bench/floor_app.py), same clients: "
+            f"{len(rest) / floor_seconds:,.0f}/s; ratio ours/floor: "
+            f"{floor_seconds / seconds:.2f}"
         )
         print(f"  after: {check(target)}")
         failed = sum(n for status, n in statuses.items() if status != 200)

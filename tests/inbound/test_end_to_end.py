@@ -138,6 +138,48 @@ class TestBounce:
         assert b"jane@example.com" not in stored.canonical
         assert client.get("/v1/audit/verify", headers=admin_headers).json()["ok"] is True
 
+    def test_a_second_hard_bounce_keeps_the_first_one_in_force(
+        self, client: TestClient, admin_headers: Headers, database: Database, sns: SnsSigner
+    ) -> None:
+        make_topic(client, admin_headers, "newsletter")
+        subscribe(client, admin_headers, "jane@example.com", "newsletter")
+        post_sns(client, sns.notification(bounce_of("jane@example.com")))
+        first = bounce_row(database, "jane@example.com")
+        assert first is not None
+        second = post_sns(client, sns.notification(bounce_of("jane@example.com")))
+        assert (second["recorded"], second["duplicates"]) == (1, 0)
+        again = bounce_row(database, "jane@example.com")
+        assert again is not None
+        assert (again.bounced, again.since, again.event_id, again.occurred_at) == (
+            True,
+            first.since,
+            first.event_id,
+            first.occurred_at,
+        )
+        bounces = [e for e in audit_events(database) if e.kind == "bounce"]
+        assert [e.outcome for e in bounces] == ["applied", "unchanged"]
+
+    def test_one_notification_for_several_recipients_records_each_known_one(
+        self, client: TestClient, admin_headers: Headers, database: Database, sns: SnsSigner
+    ) -> None:
+        make_topic(client, admin_headers, "newsletter")
+        for email in ("jane@example.com", "mary@example.com"):
+            subscribe(client, admin_headers, email, "newsletter")
+        content = bounce_of("jane@example.com")
+        content["bounce"]["bouncedRecipients"] = [
+            {"emailAddress": email}
+            for email in ("Mary@Example.com", "jane@example.com", "nobody@example.com")
+        ]
+        answer = post_sns(client, sns.notification(content))
+        assert (answer["recorded"], answer["unknown_addresses"]) == (2, 1)
+        for email in ("jane@example.com", "mary@example.com"):
+            row = bounce_row(database, email)
+            assert row is not None
+            assert row.bounced is True
+        assert written(database)["Contact"] == 2
+        again = post_sns(client, sns.notification(content))
+        assert (again["recorded"], again["unknown_addresses"]) == (2, 1)  # another MessageId
+
     def test_bounced_addresses_are_in_the_suppressions_and_out_of_the_audience(
         self, client: TestClient, admin_headers: Headers, sns: SnsSigner
     ) -> None:

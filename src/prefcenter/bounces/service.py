@@ -4,11 +4,14 @@ transaction, one audit event each), and lift a bounce with a reason."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import ARRAY, Integer, any_, bindparam
+from sqlalchemy import select as core_select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.schemas import EventKind, NewEvent, new_event_id
@@ -32,6 +35,8 @@ from prefcenter.settings import Settings
 LIFT_SOURCE = "admin"
 # What contacts.service.new_public_id makes; anything else cannot exist.
 _PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_TABLE = Bounce.__table__  # type: ignore[attr-defined]
+_COLUMNS = ("bounced", "occurred_at", "since", "source", "event_id", "lifted_at", "soft_bounces")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,58 +46,121 @@ class RecordedBounce:
     event_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class StoredBounce:
+    """A contact's `bounce` row as read, without the ORM (the hot path of events coming in
+    reads it with the contact: inbound.intake)."""
+
+    bounced: bool
+    occurred_at: datetime
+    since: datetime
+    source: str
+    event_id: str
+    lifted_at: datetime | None
+    soft_bounces: str
+
+    @property
+    def state(self) -> BounceState:
+        return BounceState(
+            bounced=self.bounced,
+            occurred_at=self.occurred_at,
+            lifted_at=self.lifted_at,
+            soft=parse_soft(self.soft_bounces),
+        )
+
+
 def soft_bounce_policy(settings: Settings) -> SoftBouncePolicy:
     return SoftBouncePolicy(
         limit=settings.soft_bounce_limit, window=timedelta(days=settings.soft_bounce_window_days)
     )
 
 
-def _state(row: Bounce | None) -> BounceState | None:
-    if row is None:
-        return None
-    return BounceState(
-        bounced=row.bounced,
-        occurred_at=row.occurred_at,
-        lifted_at=row.lifted_at,
-        soft=parse_soft(row.soft_bounces),
-    )
+def postgres_session(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
-def _rows_of(session: Session, contact_ids: Sequence[int]) -> dict[int, Bounce]:
+def _among(session: Session, contact_ids: list[int]) -> Any:
+    """`contact_id IN (…)`; on PostgreSQL `= ANY(<one array parameter>)`."""
+    if postgres_session(session):
+        return col(Bounce.contact_id) == any_(bindparam(None, contact_ids, type_=ARRAY(Integer())))
+    return col(Bounce.contact_id).in_(contact_ids)
+
+
+def stored_bounces(session: Session, contact_ids: Sequence[int]) -> dict[int, StoredBounce]:
+    """The `bounce` rows of these contacts (those that have one): one query."""
     if not contact_ids:
         return {}
-    rows = session.exec(select(Bounce).where(col(Bounce.contact_id).in_(sorted(set(contact_ids)))))
-    return {row.contact_id: row for row in rows}
+    rows = session.execute(
+        core_select(*(_TABLE.c[name] for name in ("contact_id", *_COLUMNS))).where(
+            _among(session, sorted(set(contact_ids)))
+        )
+    )
+    return {row[0]: StoredBounce(*row[1:]) for row in rows}
 
 
-def _write(
-    row: Bounce | None,
-    contact_id: int,
+def _next_row(
+    row: StoredBounce | None,
     decision: BounceDecision,
     *,
     source: str,
     event_id: str,
     now: datetime,
-) -> Bounce:
+) -> StoredBounce:
+    """The row after a decision: the state it sets; `since`, `source` and `event_id` change
+    when the address changes between bounced and deliverable (or has no row yet)."""
     state = decision.state
-    if row is None:
-        row = Bounce(
-            contact_id=contact_id,
-            bounced=state.bounced,
-            occurred_at=state.occurred_at,
-            since=now,
-            source=source,
-            event_id=event_id,
-        )
-    if row.bounced != state.bounced:
-        row.since = now
-        row.source = source
-        row.event_id = event_id
-    row.bounced = state.bounced
-    row.occurred_at = state.occurred_at
-    row.lifted_at = state.lifted_at
-    row.soft_bounces = format_soft(state.soft)
-    return row
+    if row is None or row.bounced != state.bounced:
+        since, row_source, row_event = now, source, event_id
+    else:
+        since, row_source, row_event = row.since, row.source, row.event_id
+    return StoredBounce(
+        bounced=state.bounced,
+        occurred_at=state.occurred_at,
+        since=since,
+        source=row_source,
+        event_id=row_event,
+        lifted_at=state.lifted_at,
+        soft_bounces=format_soft(state.soft),
+    )
+
+
+_UPSERT_PG = """
+INSERT INTO bounce (contact_id, bounced, occurred_at, since, source, event_id, lifted_at,
+    soft_bounces)
+SELECT * FROM unnest(%(contact_id)s::integer[], %(bounced)s::boolean[],
+    %(occurred_at)s::timestamptz[], %(since)s::timestamptz[], %(source)s::text[],
+    %(event_id)s::text[], %(lifted_at)s::timestamptz[], %(soft_bounces)s::text[])
+ORDER BY 1
+ON CONFLICT (contact_id) DO UPDATE SET bounced = excluded.bounced,
+    occurred_at = excluded.occurred_at, since = excluded.since, source = excluded.source,
+    event_id = excluded.event_id, lifted_at = excluded.lifted_at,
+    soft_bounces = excluded.soft_bounces
+"""
+
+
+_INSERT_SQLITE = sqlite_insert(_TABLE)
+_UPSERT_SQLITE = _INSERT_SQLITE.on_conflict_do_update(
+    index_elements=[_TABLE.c.contact_id],
+    set_={name: _INSERT_SQLITE.excluded[name] for name in _COLUMNS},
+)
+
+
+def _write_rows(session: Session, rows: Mapping[int, StoredBounce]) -> None:
+    """Insert or update these contacts' rows: one statement."""
+    if not rows:
+        return
+    ordered = sorted(rows.items())
+    if postgres_session(session):
+        params: dict[str, list[Any]] = {"contact_id": [cid for cid, _ in ordered]}
+        for name in _COLUMNS:
+            params[name] = [getattr(row, name) for _, row in ordered]
+        session.connection().exec_driver_sql(_UPSERT_PG, params)
+        return
+    values = [
+        {"contact_id": cid, **{name: getattr(row, name) for name in _COLUMNS}}
+        for cid, row in ordered
+    ]
+    session.execute(_UPSERT_SQLITE, values)
 
 
 def record_bounces(
@@ -101,33 +169,39 @@ def record_bounces(
     *,
     policy: SoftBouncePolicy,
     now: datetime,
+    stored: Mapping[int, StoredBounce] | None = None,
 ) -> list[RecordedBounce]:
     """Decide each report in order against the state the ones before it left, write each
     contact's final state and append one audit event per report (a superseded or counted one
-    too: the trail keeps what the ESP said). The contacts must be locked by the caller.
+    too: the trail keeps what the ESP said). The contacts must be locked by the caller, who
+    may hand in their rows as read with them (`stored`: every contact's, none for those
+    without one); else they are read here.
 
-    Set-based: one query reads every contact's row, the writes go out in one flush, and the
-    events are appended together at commit (audit.service)."""
-    rows = _rows_of(session, [r.contact.id for r in reports])
-    states: dict[int, BounceState | None] = {cid: _state(row) for cid, row in rows.items()}
+    Set-based: one query reads every contact's row (unless handed in), one statement writes
+    the changed ones (none when nothing changed), and the events are appended together at
+    commit (audit.service)."""
+    rows = (
+        dict(stored)
+        if stored is not None
+        else stored_bounces(session, [r.contact.id for r in reports])
+    )
     recorded: list[RecordedBounce] = []
-    changed: dict[int, Bounce] = {}
+    changed: dict[int, StoredBounce] = {}
     for report in reports:
         contact_id = report.contact.id
+        row = rows.get(contact_id)
         decision = decide_bounce(
-            states.get(contact_id), report.kind, report.occurred_at, policy=policy, now=now
+            row.state if row is not None else None,
+            report.kind,
+            report.occurred_at,
+            policy=policy,
+            now=now,
         )
         event_id = new_event_id()
         if decision.outcome is not BounceOutcome.SUPERSEDED:
-            states[contact_id] = decision.state
-            changed[contact_id] = _write(
-                changed.get(contact_id) or rows.get(contact_id),
-                contact_id,
-                decision,
-                source=report.source,
-                event_id=event_id,
-                now=now,
-            )
+            after = _next_row(row, decision, source=report.source, event_id=event_id, now=now)
+            if after != row:  # bounced already: nothing to write
+                rows[contact_id] = changed[contact_id] = after
         context: dict[str, Any] = {"bounce": report.kind.value, **report.context}
         if decision.soft_count:
             context["soft_bounces_in_window"] = decision.soft_count
@@ -151,8 +225,7 @@ def record_bounces(
             ),
         )
         recorded.append(RecordedBounce(report=report, decision=decision, event_id=event_id))
-    session.add_all(changed.values())
-    session.flush()
+    _write_rows(session, changed)
     return recorded
 
 
@@ -174,8 +247,8 @@ def lift_bounce(
     )
     if contact is None or contact.id is None:
         raise BounceContactNotFound(f"There is no contact {public_id!r}, or it was erased.")
-    row = session.get(Bounce, contact.id)
-    decision = decide_lift(_state(row), now=now)
+    row = stored_bounces(session, [contact.id]).get(contact.id)
+    decision = decide_lift(row.state if row is not None else None, now=now)
     if decision.outcome is not BounceOutcome.APPLIED:
         return BounceLiftOut(
             contact_id=contact.public_id, bounced=False, changed=False, event_id=None
@@ -196,8 +269,10 @@ def lift_bounce(
             context=context,
         ),
     )
-    session.add(_write(row, contact.id, decision, source=LIFT_SOURCE, event_id=event_id, now=now))
-    session.flush()
+    _write_rows(
+        session,
+        {contact.id: _next_row(row, decision, source=LIFT_SOURCE, event_id=event_id, now=now)},
+    )
     return BounceLiftOut(
         contact_id=contact.public_id, bounced=False, changed=True, event_id=event_id
     )

@@ -167,17 +167,18 @@ def receive_postmark(
         return _record(session, state, [event], keys=keys, now=now)
 
 
-def receive_ses(
-    database: Database,
-    state: InboundState,
-    body: bytes,
-    *,
-    ring: tuple[SigningKey, ...],
-    keys: AuditKeys,
-    now: datetime,
-) -> InboundReport:
-    """An SNS message: a subscription to confirm, or an SES notification (bounces,
-    complaints, or a message SES received for the unsubscribe mailbox)."""
+@dataclass(frozen=True, slots=True)
+class SesDelivery:
+    """A verified SNS message and what it carries: an SES notification's events, a message
+    SES received, or None (a subscription's confirmation or end)."""
+
+    message: sns.SnsMessage
+    notification: list[InboundEvent] | ses.ReceivedMail | None
+
+
+def read_ses(state: InboundState, body: bytes, *, now: datetime, fetch: bool = True) -> SesDelivery:
+    """Read and verify an SNS message. With `fetch=False` (on the event loop) a signing
+    certificate not cached yet raises sns.CertificateNotCached instead of being fetched."""
     if not state.ses_topics:
         raise InboundNotConfigured("Not found.")
     message = sns.read_message(body)
@@ -187,25 +188,62 @@ def receive_ses(
         certificates=state.certificates,
         now=now,
         tolerance=state.tolerance,
+        fetch=fetch,
     )
-    empty = InboundReport(events=0, recorded=0, duplicates=0, ignored=0, unknown_addresses=0)
-    if message.type == "SubscriptionConfirmation":
-        sns.confirm_subscription(message, get=state.confirm)
-        logger.info("confirmed the SNS subscription to an allowed topic")
-        return empty
-    if message.type == "UnsubscribeConfirmation":
-        # Not resubscribed on our own: someone unsubscribed this endpoint on purpose.
-        logger.warning("SNS says this endpoint was unsubscribed from an allowed topic")
-        return empty
-    notification = ses.read_notification(message, now=now)
-    if not isinstance(notification, ses.ReceivedMail):
-        ignored = _nothing_to_record(notification)
-        if ignored is not None:
-            return ignored
+    if message.type != "Notification":
+        return SesDelivery(message, None)
+    return SesDelivery(message, ses.read_notification(message, now=now))
+
+
+def answer_at_once(delivery: SesDelivery) -> InboundReport | None:
+    """The report of a notification of ignored events only (deliveries, opens: most of
+    them), which needs neither the database nor the network; else None."""
+    if isinstance(delivery.notification, list):
+        return _nothing_to_record(delivery.notification)
+    return None
+
+
+def record_ses(
+    database: Database,
+    state: InboundState,
+    delivery: SesDelivery,
+    *,
+    ring: tuple[SigningKey, ...],
+    keys: AuditKeys,
+    now: datetime,
+) -> InboundReport:
+    """What a verified SNS message does: a subscription confirmed, or an SES notification's
+    events recorded (bounces, complaints, or a message SES received for the unsubscribe
+    mailbox)."""
+    message, notification = delivery.message, delivery.notification
+    if notification is None:
+        if message.type == "SubscriptionConfirmation":
+            sns.confirm_subscription(message, get=state.confirm)
+            logger.info("confirmed the SNS subscription to an allowed topic")
+        else:
+            # Not resubscribed on our own: someone unsubscribed this endpoint on purpose.
+            logger.warning("SNS says this endpoint was unsubscribed from an allowed topic")
+        return InboundReport(events=0, recorded=0, duplicates=0, ignored=0, unknown_addresses=0)
+    if (answer := answer_at_once(delivery)) is not None:
+        return answer
     with database.transaction(write=True) as session:
         if isinstance(notification, ses.ReceivedMail):
             return _received_mail(session, notification, ring=ring, now=now)
         return _record(session, state, notification, keys=keys, now=now)
+
+
+def receive_ses(
+    database: Database,
+    state: InboundState,
+    body: bytes,
+    *,
+    ring: tuple[SigningKey, ...],
+    keys: AuditKeys,
+    now: datetime,
+) -> InboundReport:
+    """An SNS message, read, verified (its certificate fetched if need be) and recorded."""
+    delivery = read_ses(state, body, now=now)
+    return record_ses(database, state, delivery, ring=ring, keys=keys, now=now)
 
 
 def _received_mail(

@@ -21,7 +21,7 @@ from prefcenter.apikeys.service import find_caller
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.db import Database, database_of, utcnow
-from prefcenter.inbound import receive, sendgrid
+from prefcenter.inbound import receive, sendgrid, sns
 from prefcenter.inbound.errors import PayloadInvalid, UnsupportedMessage
 from prefcenter.inbound.receive import InboundState
 from prefcenter.inbound.schemas import InboundReport, MailReport
@@ -103,11 +103,28 @@ async def _from_esp(
     openapi_extra=_raw_body("text/plain", "application/json"),
 )
 async def receive_ses(request: Request) -> InboundReport:
-    return await _from_esp(
-        request,
-        receive.receive_ses,
+    # With its certificate cached, a notification is checked here, on the event loop (one
+    # RSA verification: tens of µs), and one of ignored events only (most are) is answered
+    # without a thread or a session; the rest is recorded in a worker thread as usual.
+    body = await request.body()
+    state, now = inbound_state(request), utcnow()
+    try:
+        delivery = receive.read_ses(state, body, now=now, fetch=False)
+    except sns.CertificateNotCached:
+        return await _from_esp(request, receive.receive_ses, ring=signing_keys_of(request))
+    if (answer := receive.answer_at_once(delivery)) is not None:
+        return answer
+    database = database_of(request)
+    work = partial(
+        receive.record_ses,
+        database,
+        state,
+        delivery,
         ring=signing_keys_of(request),
+        keys=_keys(request),
+        now=now,
     )
+    return await _in_thread(database, work)
 
 
 @router.post(

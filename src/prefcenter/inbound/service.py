@@ -2,10 +2,12 @@
 transaction: each event once (receipts), for contacts that exist (none is created), with its
 audit event.
 
-Set-based per delivery: one statement claims the receipts, one query finds and locks the
-contacts (in id order), one the erased among them; the bounces are written together
-(bounces.service), and the opt-outs through consent.ledger.orm.apply_change on states read in
-one query each; the audit events are appended together at commit.
+Set-based per delivery: one statement (PostgreSQL) claims the receipts and finds and locks the
+contacts of the new ones, none erased, with their bounce rows (inbound.intake); the bounces are
+decided in order and written by one upsert (bounces.service), and the opt-outs go through
+consent.ledger.orm.apply_change on contacts and suppressions read in one query; the audit
+events are appended together at commit, and webhook announcements are queued only when an
+endpoint wants them.
 """
 
 from __future__ import annotations
@@ -16,20 +18,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from sqlalchemy import Integer
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.bounces.rules import BounceKind
 from prefcenter.bounces.schemas import BouncedContact, BounceReport
 from prefcenter.bounces.service import RecordedBounce, record_bounces, soft_bounce_policy
-from prefcenter.consent.erased import erased_among
 from prefcenter.consent.ledger.changes import ChangeRecord
 from prefcenter.consent.ledger.orm import apply_change
+from prefcenter.consent.ledger.sql import among, postgres_session
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status
 from prefcenter.contacts.models import Contact
 from prefcenter.inbound.events import Action, InboundEvent, normalised_address
-from prefcenter.inbound.receipts import claim_receipts
+from prefcenter.inbound.intake import FoundContact, take_in
 from prefcenter.inbound.schemas import InboundReport
 from prefcenter.settings import Settings
 from prefcenter.topics.models import Topic
@@ -40,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 COMPLAINT_SOURCE = "complaint"
 ESP_UNSUBSCRIBE_SOURCE = "esp_unsubscribe"
-_CONTACT_CHUNK = 900  # addresses per query: SQLite binds each as a parameter
 _BOUNCE_KINDS = {Action.HARD_BOUNCE: BounceKind.HARD, Action.SOFT_BOUNCE: BounceKind.SOFT}
 
 
@@ -69,41 +71,32 @@ def queue_webhook_announcements(
         queue(session, event_id=announcement.event_id, contact_id=announcement.contact_id, now=now)
 
 
-def _lock_contacts(session: Session, addresses: set[str]) -> dict[str, Contact]:
-    """The contacts with these addresses, locked in id order until the transaction ends
-    (PostgreSQL; SQLite's writer excludes every other). None is created."""
-    postgres = session.get_bind().dialect.name == "postgresql"
-    found: dict[str, Contact] = {}
-    ordered = sorted(addresses)
-    for start in range(0, len(ordered), _CONTACT_CHUNK):
-        query = (
-            select(Contact)
-            .where(col(Contact.address).in_(ordered[start : start + _CONTACT_CHUNK]))
-            .order_by(col(Contact.id))
-        )
-        if postgres:
-            query = query.with_for_update()
-        for contact in session.exec(query.execution_options(populate_existing=True)):
-            if contact.address is not None and contact.erased_at is None:
-                found[contact.address] = contact
-    return found
-
-
-def _preload_states(session: Session, contact_ids: list[int], topic_ids: list[int]) -> None:
-    """Read the suppressions and subscriptions the opt-outs decide on, one query each, into
-    the session, where apply_change finds them without a query of its own."""
-    if not contact_ids:
-        return
-    list(session.exec(select(Suppression).where(col(Suppression.contact_id).in_(contact_ids))))
+def _preload_states(
+    session: Session, contact_ids: list[int], topic_ids: list[int]
+) -> dict[int, Contact]:
+    """The contacts the opt-outs are for (locked already, by inbound.intake) and the
+    suppressions and subscriptions they decide on, read into the session in one query (two
+    with topics), where apply_change finds them without a query of its own."""
+    postgres = postgres_session(session)
+    contacts: dict[int, Contact] = {}
+    rows = session.exec(
+        select(Contact, Suppression)
+        .outerjoin(Suppression, col(Suppression.contact_id) == col(Contact.id))
+        .where(among(col(Contact.id), contact_ids, Integer(), postgres=postgres))
+    )
+    for contact, _ in rows:
+        assert contact.id is not None
+        contacts[contact.id] = contact
     if topic_ids:
         list(
             session.exec(
                 select(Subscription).where(
-                    col(Subscription.contact_id).in_(contact_ids),
-                    col(Subscription.topic_id).in_(topic_ids),
+                    among(col(Subscription.contact_id), contact_ids, Integer(), postgres=postgres),
+                    among(col(Subscription.topic_id), topic_ids, Integer(), postgres=postgres),
                 )
             )
         )
+    return contacts
 
 
 def _marketing_topics(session: Session, keys: set[str]) -> dict[str, Topic]:
@@ -136,45 +129,41 @@ def record_events(
     )
     if not actionable:
         return report
-    claimed = claim_receipts(
-        session, {e.receipt_key: e.provider.value for e in actionable}, now=now
-    )
-    fresh: list[InboundEvent] = []
+    addressed = [(e, normalised_address(e.address)) for e in actionable]
+    intake = take_in(session, keys, addressed, now=now)
+    fresh: list[tuple[InboundEvent, str | None]] = []
     seen: set[tuple[str, str | None, Action]] = set()
-    for event in actionable:
+    for event, address in addressed:
         # One SNS message names many recipients under one receipt; an event twice in the
         # same delivery counts once.
         once = (event.receipt_key, event.address, event.action)
-        if event.receipt_key in claimed and once not in seen:
+        if event.receipt_key in intake.claimed and once not in seen:
             seen.add(once)
-            fresh.append(event)
+            fresh.append((event, address))
     report.duplicates = len(actionable) - len(fresh)
-    addressed = [(e, normalised_address(e.address)) for e in fresh]
-    contacts = _lock_contacts(session, {a for _, a in addressed if a is not None})
-    erased = erased_among(session, keys, contacts)
-    known: list[tuple[InboundEvent, Contact]] = []
-    for event, address in addressed:
-        contact = contacts.get(address) if address is not None else None
-        if contact is None or address in erased:
+    known: list[tuple[InboundEvent, FoundContact]] = []
+    for event, address in fresh:
+        contact = intake.contacts.get(address) if address is not None else None
+        if contact is None:
             report.unknown_addresses += 1
         else:
             known.append((event, contact))
     report.recorded = len(known)
     announcements = _record_bounces(session, known, settings=settings, now=now)
     announcements += _record_opt_outs(session, known, now=now)
-    queue_webhook_announcements(session, announcements, now=now)
+    queue_webhook_announcements(
+        session, [a for a in announcements if a.type in intake.announced], now=now
+    )
     return report
 
 
-def _bounced_contact(contact: Contact) -> BouncedContact:
-    assert contact.id is not None
-    assert contact.address is not None
+def _bounced_contact(contact: FoundContact) -> BouncedContact:
     return BouncedContact(id=contact.id, public_id=contact.public_id, address=contact.address)
 
 
 def _record_bounces(
     session: Session,
-    known: list[tuple[InboundEvent, Contact]],
+    known: list[tuple[InboundEvent, FoundContact]],
     *,
     settings: Settings,
     now: datetime,
@@ -194,7 +183,11 @@ def _record_bounces(
     if not reports:
         return []
     recorded: list[RecordedBounce] = record_bounces(
-        session, reports, policy=soft_bounce_policy(settings), now=now
+        session,
+        reports,
+        policy=soft_bounce_policy(settings),
+        now=now,
+        stored={c.id: c.bounce for _, c in known if c.bounce is not None},
     )
     return [
         Announcement(
@@ -209,7 +202,7 @@ def _record_bounces(
 
 
 def _record_opt_outs(
-    session: Session, known: list[tuple[InboundEvent, Contact]], *, now: datetime
+    session: Session, known: list[tuple[InboundEvent, FoundContact]], *, now: datetime
 ) -> list[Announcement]:
     """Complaints (all marketing, source `complaint`) and ESP unsubscribes (the mapped topics,
     or all marketing; source `esp_unsubscribe`): the person's own opt-outs, which an API
@@ -219,13 +212,14 @@ def _record_opt_outs(
     if not opt_outs:
         return []
     topics = _marketing_topics(session, {t for e, _ in opt_outs for t in e.topics or ()})
-    _preload_states(
+    contacts = _preload_states(
         session,
-        sorted({c.id for _, c in opt_outs if c.id is not None}),
+        sorted({c.id for _, c in opt_outs}),
         sorted(t.id for t in topics.values() if t.id is not None),
     )
     announcements: list[Announcement] = []
-    for event, contact in opt_outs:
+    for event, found in opt_outs:
+        contact = contacts[found.id]
         complaint = event.action is Action.COMPLAINT
         source = COMPLAINT_SOURCE if complaint else ESP_UNSUBSCRIBE_SOURCE
         targets: list[Topic | None] = (

@@ -68,6 +68,11 @@ FETCH_TIMEOUT_S = 5.0
 CertificateFetcher = Callable[[str], bytes]
 
 
+class CertificateNotCached(Exception):
+    """Raised instead of fetching a certificate when the caller asked not to fetch (on the
+    event loop, where no request to AWS may block)."""
+
+
 def _https_url_on_sns(url: Any, what: str) -> Any:
     if not isinstance(url, str) or len(url) > 2048:
         raise SenderNotAllowed(f"The {what} is missing.")
@@ -137,7 +142,9 @@ class SigningCertificates:
         self._failed: OrderedDict[str, datetime] = OrderedDict()
         self._lock = threading.Lock()
 
-    def public_key(self, url: str, *, now: datetime) -> rsa.RSAPublicKey:
+    def public_key(self, url: str, *, now: datetime, fetch: bool = True) -> rsa.RSAPublicKey:
+        """The certificate's parsed public key, fetched the first time (with `fetch=False`:
+        CertificateNotCached instead of a fetch)."""
         with self._lock:
             key = self._keys.get(url)
             if key is not None:
@@ -146,6 +153,8 @@ class SigningCertificates:
             failed_at = self._failed.get(url)
             if failed_at is not None and now - failed_at < RETRY_AFTER:
                 raise SignatureInvalid("The SNS signing certificate could not be had.")
+        if not fetch:
+            raise CertificateNotCached(url)
         try:
             key = self._load(url, now=now)
         except SignatureInvalid:
@@ -222,10 +231,12 @@ def verify(
     certificates: SigningCertificates,
     now: datetime,
     tolerance: timedelta,
+    fetch: bool = True,
 ) -> None:
     """In order, cheapest first: the topic is one configured (403), the certificate URL is
     SNS's (403), the signature checks with its certificate (401), and the message is not
-    older than `tolerance` (401)."""
+    older than `tolerance` (401). With `fetch=False` a certificate not cached yet raises
+    CertificateNotCached rather than being fetched."""
     if message.topic_arn not in topics:
         raise SenderNotAllowed("Notifications of this SNS topic are not accepted here.")
     version = message.body.get("SignatureVersion")
@@ -244,7 +255,7 @@ def verify(
         # One spelling only: base64 has others for the same bytes (the unused low bits).
         raise SignatureInvalid("The Signature is not canonical base64.")
     signed = string_to_sign(message.body)
-    key = certificates.public_key(url, now=now)
+    key = certificates.public_key(url, now=now, fetch=fetch)
     try:
         key.verify(raw, signed, padding.PKCS1v15(), hash_of())
     except InvalidSignature as exc:
