@@ -265,7 +265,7 @@ def sns_floor(target: oc.Target, args: argparse.Namespace, count: int, work: Pat
     command += ["--port", str(port), "--workers", str(args.workers)]
     command += ["--log-level", "warning", "--no-access-log"]
     server = oc.start_server("floor", command, env, port, args.workers, work)
-    requests = [(b"", {}) for _ in range(count)]
+    requests: list[tuple[bytes, dict[str, str]]] = [(b"", {}) for _ in range(count)]
     try:
         post_all(server.base_url, requests[: args.workers * 4], "/u/warm-up", args.workers)
         cpu = oc.cpu_seconds(server.pids())
