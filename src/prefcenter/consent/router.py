@@ -11,7 +11,7 @@ from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
-from prefcenter.consent import batch, erasure, queries, receipts, service, support_desk
+from prefcenter.consent import batch, erasure, lookup, queries, receipts, service, support_desk
 from prefcenter.consent.batch_schemas import MAX_CONSENT_BATCH, ConsentBatchIn, ConsentBatchOut
 from prefcenter.consent.schemas import (
     AddressCorrectionIn,
@@ -24,14 +24,20 @@ from prefcenter.consent.schemas import (
     LookupOut,
     SignedReceipt,
 )
-from prefcenter.db import ReadSession, WriteSession, utcnow
+from prefcenter.db import ReadSession, WriteSession, database_of, utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.problems import problem_responses
 from prefcenter.settings import settings_of, signing_keys_of
 
 router = APIRouter(prefix="/v1", tags=["consent"], responses=problem_responses(401, 403, 503))
 
-AuditKeysDep = Annotated[AuditKeys, Depends(audit_keys_of)]
+
+async def _audit_keys(request: Request) -> AuditKeys:
+    """`async def`: no I/O, so no hand-off to a worker thread."""
+    return audit_keys_of(request)
+
+
+AuditKeysDep = Annotated[AuditKeys, Depends(_audit_keys)]
 ContactId = Annotated[str, Path(description="The contact's opaque id.")]
 
 
@@ -106,12 +112,15 @@ def post_consent_batch(
 @router.post(
     "/contacts/lookup",
     summary="Look contacts up by address",
+    # consent.lookup writes the JSON itself; the model documents it.
+    response_model=LookupOut,
     responses=problem_responses(400, 413, 422),
 )
-def lookup_contacts(
-    query: LookupIn, _: ConsentReader, session: ReadSession, keys: AuditKeysDep
-) -> LookupOut:
-    return queries.lookup_contacts(session, query.emails, keys=keys)
+async def lookup_contacts(
+    query: LookupIn, _: ConsentReader, request: Request, keys: AuditKeysDep
+) -> Response:
+    answer = await lookup.lookup_json(database_of(request), query.emails, keys=keys)
+    return Response(answer, media_type="application/json")
 
 
 @router.get(
