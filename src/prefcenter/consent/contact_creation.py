@@ -12,17 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import String
+from sqlalchemy import String, bindparam, exists, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.consent.erased import erased_among, refuse_erased_address
+from prefcenter.consent.erased import address_erased, erased_among, refuse_erased_address
 from prefcenter.consent.ledger.sql import among, postgres_session
+from prefcenter.consent.models import ErasedAddress
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import lock_contact, new_public_id
-from prefcenter.db import utcnow
+from prefcenter.db import UtcDateTime, utcnow
 
 # Inserting and selecting contacts in chunks keeps every statement under SQLite's limit on
 # bound parameters.
@@ -46,9 +47,49 @@ class CreatedContacts:
 
 def lock_new_contact(session: Session, keys: AuditKeys, address: Address) -> Contact:
     """The contact with this address, created if new, locked until the transaction ends; an
-    erased address is refused (`AddressErased`) before anything is written."""
+    erased address is refused (`AddressErased`) and nothing is written.
+
+    Two statements: the insert, guarded in SQL by the erased check (an erased address is
+    never stored, even for the instant before a rollback), then the lock, which reads the
+    check's answer beside the row. Without a row (the guard held), the erased check is asked
+    on its own, and the usual two-step path taken if it passes (as when the row vanished).
+    """
+    address_hash = keys.address_hash(address.normalised)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(
+        insert(Contact)
+        .from_select(
+            list(_CONTACT_COLUMNS),
+            select(
+                literal(new_public_id()),
+                literal(address.normalised),
+                literal(address.given),
+                literal(utcnow(), UtcDateTime()),
+            ).where(~exists().where(col(ErasedAddress.address_hash) == address_hash)),
+        )
+        .on_conflict_do_nothing(index_elements=["address"])
+    )
+    query = _LOCK_WITH_ERASED_FOR_UPDATE if dialect == "postgresql" else _LOCK_WITH_ERASED
+    row = session.exec(
+        query, params={"address": address.normalised, "address_hash": address_hash}
+    ).first()
+    if row is not None:
+        contact, erased = row
+        if erased:
+            raise address_erased()
+        return contact
     refuse_erased_address(session, keys, address.normalised)
     return lock_contact(session, address)
+
+
+_ERASED = exists().where(col(ErasedAddress.address_hash) == bindparam("address_hash"))
+_LOCK_WITH_ERASED = (
+    select(Contact, _ERASED.label("erased"))
+    .where(col(Contact.address) == bindparam("address"))
+    .execution_options(populate_existing=True)
+)
+_LOCK_WITH_ERASED_FOR_UPDATE = _LOCK_WITH_ERASED.with_for_update(of=Contact)
 
 
 def create_contacts(

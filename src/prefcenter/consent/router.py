@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
+from sqlmodel import Session
 
 from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
 from prefcenter.apikeys.schemas import Scope
@@ -46,31 +47,37 @@ ContactId = Annotated[str, Path(description="The contact's opaque id.")]
     summary="Record a consent change",
     responses=problem_responses(400, 409, 413, 422),
 )
-def post_consent(
+async def post_consent(
     change: ConsentChangeIn,
     caller: ConsentWriter,
-    session: WriteSession,
     idempotency: Idempotency,
     context: RequestContextDep,
     http_request: Request,
     response: Response,
     keys: AuditKeysDep,
 ) -> ConsentChangeOut:
-    return idempotency.run(
-        session,
-        owner=caller.owner,
-        response=response,
-        model=ConsentChangeOut,
-        call=lambda: service.record_change(
+    settings = settings_of(http_request)
+    ring = signing_keys_of(http_request)
+
+    def record(session: Session) -> ConsentChangeOut:
+        return idempotency.run(
             session,
-            change,
-            caller=caller,
-            request=context,
-            settings=settings_of(http_request),
-            ring=signing_keys_of(http_request),
-            keys=keys,
-        ),
-    )
+            owner=caller.owner,
+            response=response,
+            model=ConsentChangeOut,
+            call=lambda: service.record_change(
+                session,
+                change,
+                caller=caller,
+                request=context,
+                settings=settings,
+                ring=ring,
+                keys=keys,
+            ),
+        )
+
+    # The whole transaction in one worker thread (db.Database.run_api_write).
+    return await database_of(http_request).run_api_write(record)
 
 
 @router.post(
