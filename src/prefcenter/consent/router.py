@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
+from pydantic import BaseModel
 from sqlmodel import Session
 
 from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
@@ -87,32 +88,52 @@ async def post_consent(
     "in request order (a later change of the same contact sees the earlier) under the same "
     "rules and guard. Each gets its own answer or problem document, in request order; the "
     "valid ones commit together. `Idempotency-Key` covers the whole batch.",
+    # Written by pydantic once (_json_answer); the model documents it.
+    response_model=ConsentBatchOut,
     responses=problem_responses(400, 413, 422),
 )
-def post_consent_batch(
+async def post_consent_batch(
     changes: ConsentBatchIn,
     caller: ConsentWriter,
-    session: WriteSession,
     idempotency: Idempotency,
     context: RequestContextDep,
     http_request: Request,
     response: Response,
     keys: AuditKeysDep,
-) -> ConsentBatchOut:
-    return idempotency.run(
-        session,
-        owner=caller.owner,
-        response=response,
-        model=ConsentBatchOut,
-        call=lambda: batch.record_changes(
+) -> Response:
+    settings = settings_of(http_request)
+    ring = signing_keys_of(http_request)
+
+    def record(session: Session) -> ConsentBatchOut:
+        return idempotency.run(
             session,
-            changes,
-            caller=caller,
-            request=context,
-            settings=settings_of(http_request),
-            ring=signing_keys_of(http_request),
-            keys=keys,
-        ),
+            owner=caller.owner,
+            response=response,
+            model=ConsentBatchOut,
+            call=lambda: batch.record_changes(
+                session,
+                changes,
+                caller=caller,
+                request=context,
+                settings=settings,
+                ring=ring,
+                keys=keys,
+            ),
+        )
+
+    answer = await database_of(http_request).run_api_write(record)
+    return _json_answer(answer, response)
+
+
+def _json_answer(answer: BaseModel, response: Response) -> Response:
+    """The answer serialised once, by pydantic (FastAPI would validate a thousand results
+    again and encode them with the json module), with the status and headers the
+    Idempotency-Key check set on `response`."""
+    return Response(
+        answer.model_dump_json(),
+        status_code=response.status_code or 200,
+        headers=dict(response.headers),
+        media_type="application/json",
     )
 
 
