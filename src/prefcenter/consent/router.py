@@ -46,6 +46,8 @@ ContactId = Annotated[str, Path(description="The contact's opaque id.")]
 @router.post(
     "/consents",
     summary="Record a consent change",
+    # Written by pydantic once (_json_answer); the model documents it.
+    response_model=ConsentChangeOut,
     responses=problem_responses(400, 409, 413, 422),
 )
 async def post_consent(
@@ -56,7 +58,7 @@ async def post_consent(
     http_request: Request,
     response: Response,
     keys: AuditKeysDep,
-) -> ConsentChangeOut:
+) -> Response:
     settings = settings_of(http_request)
     ring = signing_keys_of(http_request)
 
@@ -78,7 +80,8 @@ async def post_consent(
         )
 
     # The whole transaction in one worker thread (db.Database.run_api_write).
-    return await database_of(http_request).run_api_write(record)
+    answer = await database_of(http_request).run_api_write(record)
+    return _json_answer(answer, response)
 
 
 @router.post(
@@ -126,9 +129,9 @@ async def post_consent_batch(
 
 
 def _json_answer(answer: BaseModel, response: Response) -> Response:
-    """The answer serialised once, by pydantic (FastAPI would validate a thousand results
-    again and encode them with the json module), with the status and headers the
-    Idempotency-Key check set on `response`."""
+    """The answer serialised once, by pydantic (FastAPI would validate it again, a batch's
+    thousand results too, and encode it with the json module), with the status and headers
+    the Idempotency-Key check set on `response`."""
     return Response(
         answer.model_dump_json(),
         status_code=response.status_code or 200,
