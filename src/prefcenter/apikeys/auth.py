@@ -10,8 +10,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from prefcenter.apikeys.schemas import Caller, Scope
-from prefcenter.apikeys.service import find_caller_on_cursor
-from prefcenter.db import database_of
+from prefcenter.apikeys.service import find_caller, find_caller_on_cursor
+from prefcenter.db import ConnectionLost, database_of
 from prefcenter.problems import Problem
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `prefcenter api-keys create`.")
@@ -42,13 +42,16 @@ async def _authenticate(
     if credentials is None:
         raise Unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
     database = database_of(request)
-    caller = await database.run_on_connection(
-        partial(
-            find_caller_on_cursor,
-            secret=credentials.credentials,
-            sqlite=database.settings.is_sqlite,
+    secret = credentials.credentials
+    try:
+        caller = await database.run_on_connection(
+            partial(find_caller_on_cursor, secret=secret, sqlite=database.settings.is_sqlite)
         )
-    )
+    except ConnectionLost:
+        # A dead pooled connection (the server restarted): the session path drops every
+        # pooled connection, as SQLAlchemy does on a disconnect, and retries once on a fresh
+        # one (or answers 503 itself).
+        caller = await database.run_in_transaction(partial(find_caller, secret=secret), write=False)
     if caller is None:
         raise Unauthenticated("The API key is unknown or has been revoked.")
     return caller

@@ -20,7 +20,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.queries import lookup_contacts
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.addresses import Address
-from prefcenter.db import Database
+from prefcenter.db import ConnectionLost, Database
 
 # One statement whatever the number of addresses: the addresses and their keyed hashes as two
 # text parameters, one per line, split by the server (normalised addresses and hex hashes
@@ -42,17 +42,24 @@ async def lookup_json(
     database: Database, addresses: Sequence[Address], *, keys: AuditKeys
 ) -> bytes:
     """The lookup's answer as JSON bytes."""
+
+    def read(session: Session) -> bytes:
+        return lookup_contacts(session, addresses, keys=keys).model_dump_json().encode()
+
     if database.settings.is_sqlite:
-
-        def read(session: Session) -> bytes:
-            return lookup_contacts(session, addresses, keys=keys).model_dump_json().encode()
-
         return await database.run_in_transaction(read, write=False)
     wanted = sorted({a.normalised for a in addresses})
     hashes = [keys.address_hash(a) for a in wanted]
-    rows = await database.run_on_connection(
-        lambda cursor: cursor.execute(_LOOKUP_PG, ("\n".join(wanted), "\n".join(hashes))).fetchall()
-    )
+    try:
+        rows = await database.run_on_connection(
+            lambda cursor: cursor.execute(
+                _LOOKUP_PG, ("\n".join(wanted), "\n".join(hashes))
+            ).fetchall()
+        )
+    except ConnectionLost:
+        # A dead pooled connection: the session path drops every pooled connection and
+        # retries once on a fresh one.
+        return await database.run_in_transaction(read, write=False)
     return render(addresses, rows)
 
 
