@@ -295,6 +295,19 @@ class Database:
         async with self.session_slots:
             return await anyio.to_thread.run_sync(self._run_with_retry, work, write, autocommit)
 
+    async def run_api_write(self, work: Callable[[Session], T]) -> T:
+        """`work(session)` in one write transaction, committed before this returns, in one
+        worker thread: what a `WriteSession` dependency and a sync handler do in three
+        hand-offs (enter, handler, exit), for the hot API writes. Waits for a write slot and
+        a session slot first, like `WriteSession`. Never retried: a change is not safe to run
+        twice (a lost connection is a 503 the client retries, with its Idempotency-Key)."""
+        async with self.write_slots, self.session_slots:
+            return await anyio.to_thread.run_sync(self._run_write, work)
+
+    def _run_write(self, work: Callable[[Session], T]) -> T:
+        with self.transaction(write=True) as session:
+            return work(session)
+
     def _run_with_retry(self, work: Callable[[Session], T], write: bool, autocommit: bool) -> T:
         try:
             with self.transaction(write=write, autocommit=autocommit) as session:

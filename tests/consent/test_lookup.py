@@ -6,9 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import select
 
 from prefcenter.apikeys.schemas import Scope
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.bounces.models import Bounce
+from prefcenter.consent.queries import lookup_contacts
 from prefcenter.consent.schemas import MAX_LOOKUP
+from prefcenter.contacts.addresses import parse_address
+from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
 from tests.support.factories import (
     Headers,
@@ -412,3 +418,64 @@ class TestGetContact:
 
         assert_problem(response, 401, "unauthenticated")
         assert "contact_id" not in response.json()
+
+
+class TestLookupAnswerMatchesTheModel:
+    """The lookup writes its JSON itself on PostgreSQL (consent.lookup); it must be the
+    `LookupOut` document the ORM read (consent.queries) gives, field for field."""
+
+    def test_every_kind_of_address_answers_as_the_orm_read(
+        self,
+        client: TestClient,
+        writer_headers: Headers,
+        admin_headers: Headers,
+        database: Database,
+        newsletter: str,
+    ) -> None:
+        make_topic(client, admin_headers, "alerts", double_opt_in=True)
+        record_change(client, writer_headers, ADA, "subscribed", topic=newsletter)
+        record_change(client, writer_headers, ADA, "subscribed", topic="alerts")
+        record_change(client, writer_headers, "bob@example.com", "unsubscribed")
+        record_change(client, writer_headers, "cy@example.com", "subscribed", topic=newsletter)
+        erased = record_change(client, writer_headers, "eve@example.com", "subscribed")
+        assert (
+            client.delete(f"/v1/contacts/{erased['contact_id']}", headers=admin_headers)
+        ).status_code == 200
+        with database.transaction(write=True) as session:
+            cy = session.exec(select(Contact).where(Contact.address == "cy@example.com")).one()
+            assert cy.id is not None
+            now = datetime.now(UTC)
+            session.add(
+                Bounce(
+                    contact_id=cy.id,
+                    bounced=True,
+                    occurred_at=now,
+                    since=now,
+                    source="admin",
+                    event_id="bench",
+                )
+            )
+        asked = [
+            "ADA@example.com",
+            "bob@example.com",
+            "cy@example.com",
+            "eve@example.com",
+            "nobody@example.com",
+            ADA,
+        ]
+
+        response = client.post(
+            "/v1/contacts/lookup", headers=writer_headers, json={"emails": asked}
+        )
+
+        assert response.status_code == 200
+        keys = AuditKeys.from_settings(database.settings)
+        with database.transaction(write=False) as session:
+            expected = lookup_contacts(
+                session, [parse_address(a) for a in asked], keys=keys
+            ).model_dump(mode="json")
+        assert response.json() == expected
+        answers = response.json()["contacts"]
+        assert [a["suppressed"] for a in answers] == [False, True, False, True, False, False]
+        assert [a["bounced"] for a in answers] == [False, False, True, False, False, False]
+        assert answers[3]["contact_id"] is None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import Any
 
 from sqlmodel import Session, col, select
 
 from prefcenter.apikeys.models import ApiKey
 from prefcenter.apikeys.schemas import ApiKeyInfo, Caller, IssuedApiKey, Scope
-from prefcenter.db import utcnow
+from prefcenter.db import driver_sql, utcnow
 from prefcenter.plain_text import is_plain_text
 from prefcenter.problems import NotFound, Unprocessable
 
@@ -81,3 +82,23 @@ def find_caller(session: Session, secret: str) -> Caller | None:
         name=key.name,
         scopes=frozenset(Scope(s) for s in key.scopes.split()),
     )
+
+
+_CALLER_SQL = (
+    "SELECT id, name, scopes FROM api_key WHERE secret_hash = %(hash)s AND revoked_at IS NULL"
+)
+_CALLER = {sqlite: driver_sql(_CALLER_SQL, sqlite=sqlite) for sqlite in (False, True)}
+
+
+def find_caller_on_cursor(cursor: Any, secret: str, *, sqlite: bool) -> Caller | None:
+    """`find_caller` in one statement on a driver cursor (db.Database.run_on_connection), for
+    every API request: no ORM, no transaction of its own. Read on every request, never
+    cached, so that a revoked key's next request is refused."""
+    if not secret.startswith(SECRET_PREFIX) or len(secret) > MAX_SECRET_LENGTH:
+        return None
+    cursor.execute(_CALLER[sqlite], {"hash": hash_secret(secret)})
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    key_id, name, scopes = row
+    return Caller(key_id=key_id, name=name, scopes=frozenset(Scope(s) for s in scopes.split()))

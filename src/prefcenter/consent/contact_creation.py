@@ -12,17 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import String
+import orjson
+from sqlalchemy import String, bindparam, exists, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.consent.erased import erased_among, refuse_erased_address
+from prefcenter.consent.erased import address_erased, erased_among, refuse_erased_address
 from prefcenter.consent.ledger.sql import among, postgres_session
+from prefcenter.consent.models import ErasedAddress
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import lock_contact, new_public_id
-from prefcenter.db import utcnow
+from prefcenter.db import UtcDateTime, utcnow
 
 # Inserting and selecting contacts in chunks keeps every statement under SQLite's limit on
 # bound parameters.
@@ -30,10 +32,12 @@ _CHUNK = 2000
 
 
 _CONTACT_COLUMNS = ("public_id", "address", "address_display", "created_at")
+# The rows as one JSON parameter, parsed by the server into the table's types (an array per
+# column goes through the driver's pure-Python list dumper element by element).
 _INSERT_CONTACTS_PG = (
     "INSERT INTO contact (public_id, address, address_display, created_at) "
-    "SELECT * FROM unnest(%(public_id)s::text[], %(address)s::text[], "
-    "%(address_display)s::text[], %(created_at)s::timestamptz[]) "
+    "SELECT public_id, address, address_display, created_at "
+    "FROM json_populate_recordset(NULL::contact, %(rows)s::json) "
     "ON CONFLICT (address) DO NOTHING"
 )
 
@@ -46,9 +50,49 @@ class CreatedContacts:
 
 def lock_new_contact(session: Session, keys: AuditKeys, address: Address) -> Contact:
     """The contact with this address, created if new, locked until the transaction ends; an
-    erased address is refused (`AddressErased`) before anything is written."""
+    erased address is refused (`AddressErased`) and nothing is written.
+
+    Two statements: the insert, guarded in SQL by the erased check (an erased address is
+    never stored, even for the instant before a rollback), then the lock, which reads the
+    check's answer beside the row. Without a row (the guard held), the erased check is asked
+    on its own, and the usual two-step path taken if it passes (as when the row vanished).
+    """
+    address_hash = keys.address_hash(address.normalised)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(
+        insert(Contact)
+        .from_select(
+            list(_CONTACT_COLUMNS),
+            select(
+                literal(new_public_id()),
+                literal(address.normalised),
+                literal(address.given),
+                literal(utcnow(), UtcDateTime()),
+            ).where(~exists().where(col(ErasedAddress.address_hash) == address_hash)),
+        )
+        .on_conflict_do_nothing(index_elements=["address"])
+    )
+    query = _LOCK_WITH_ERASED_FOR_UPDATE if dialect == "postgresql" else _LOCK_WITH_ERASED
+    row = session.exec(
+        query, params={"address": address.normalised, "address_hash": address_hash}
+    ).first()
+    if row is not None:
+        contact, erased = row
+        if erased:
+            raise address_erased()
+        return contact
     refuse_erased_address(session, keys, address.normalised)
     return lock_contact(session, address)
+
+
+_ERASED = exists().where(col(ErasedAddress.address_hash) == bindparam("address_hash"))
+_LOCK_WITH_ERASED = (
+    select(Contact, _ERASED.label("erased"))
+    .where(col(Contact.address) == bindparam("address"))
+    .execution_options(populate_existing=True)
+)
+_LOCK_WITH_ERASED_FOR_UPDATE = _LOCK_WITH_ERASED.with_for_update(of=Contact)
 
 
 def create_contacts(
@@ -78,9 +122,9 @@ def create_contacts(
                 for a in missing
             ]
             if dialect == "postgresql":
-                # One statement with an array per column: an executemany is a round trip a row.
+                # One statement: an executemany is a round trip a row.
                 session.connection().exec_driver_sql(
-                    _INSERT_CONTACTS_PG, {k: [r[k] for r in new_rows] for k in _CONTACT_COLUMNS}
+                    _INSERT_CONTACTS_PG, {"rows": orjson.dumps(new_rows).decode()}
                 )
             else:
                 session.execute(

@@ -51,8 +51,13 @@ def refuse_erased_address(session: Session, keys: AuditKeys, normalised_address:
     """Refuse to record anything for an erased address: that would store it again. An opt-out
     is refused too: the address is suppressed for good already."""
     if is_erased_address(session, keys, normalised_address):
-        raise AddressErased(
-            "This address was erased at the person's request and stays suppressed for good; "
-            "nothing was recorded.",
-            errors=[{"field": "email", "detail": "was erased"}],
-        )
+        raise address_erased()
+
+
+def address_erased() -> AddressErased:
+    """The problem that refuses an erased address."""
+    return AddressErased(
+        "This address was erased at the person's request and stays suppressed for good; "
+        "nothing was recorded.",
+        errors=[{"field": "email", "detail": "was erased"}],
+    )

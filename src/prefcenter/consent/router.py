@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
+from pydantic import BaseModel
+from sqlmodel import Session
 
 from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
-from prefcenter.consent import batch, erasure, queries, receipts, service, support_desk
+from prefcenter.consent import batch, erasure, lookup, queries, receipts, service, support_desk
 from prefcenter.consent.batch_schemas import MAX_CONSENT_BATCH, ConsentBatchIn, ConsentBatchOut
 from prefcenter.consent.schemas import (
     AddressCorrectionIn,
@@ -24,47 +26,62 @@ from prefcenter.consent.schemas import (
     LookupOut,
     SignedReceipt,
 )
-from prefcenter.db import ReadSession, WriteSession, utcnow
+from prefcenter.db import ReadSession, WriteSession, database_of, utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.problems import problem_responses
 from prefcenter.settings import settings_of, signing_keys_of
 
 router = APIRouter(prefix="/v1", tags=["consent"], responses=problem_responses(401, 403, 503))
 
-AuditKeysDep = Annotated[AuditKeys, Depends(audit_keys_of)]
+
+async def _audit_keys(request: Request) -> AuditKeys:
+    """`async def`: no I/O, so no hand-off to a worker thread."""
+    return audit_keys_of(request)
+
+
+AuditKeysDep = Annotated[AuditKeys, Depends(_audit_keys)]
 ContactId = Annotated[str, Path(description="The contact's opaque id.")]
 
 
 @router.post(
     "/consents",
     summary="Record a consent change",
+    # Written by pydantic once (_json_answer); the model documents it.
+    response_model=ConsentChangeOut,
     responses=problem_responses(400, 409, 413, 422),
 )
-def post_consent(
+async def post_consent(
     change: ConsentChangeIn,
     caller: ConsentWriter,
-    session: WriteSession,
     idempotency: Idempotency,
     context: RequestContextDep,
     http_request: Request,
     response: Response,
     keys: AuditKeysDep,
-) -> ConsentChangeOut:
-    return idempotency.run(
-        session,
-        owner=caller.owner,
-        response=response,
-        model=ConsentChangeOut,
-        call=lambda: service.record_change(
+) -> Response:
+    settings = settings_of(http_request)
+    ring = signing_keys_of(http_request)
+
+    def record(session: Session) -> ConsentChangeOut:
+        return idempotency.run(
             session,
-            change,
-            caller=caller,
-            request=context,
-            settings=settings_of(http_request),
-            ring=signing_keys_of(http_request),
-            keys=keys,
-        ),
-    )
+            owner=caller.owner,
+            response=response,
+            model=ConsentChangeOut,
+            call=lambda: service.record_change(
+                session,
+                change,
+                caller=caller,
+                request=context,
+                settings=settings,
+                ring=ring,
+                keys=keys,
+            ),
+        )
+
+    # The whole transaction in one worker thread (db.Database.run_api_write).
+    answer = await database_of(http_request).run_api_write(record)
+    return _json_answer(answer, response)
 
 
 @router.post(
@@ -74,44 +91,67 @@ def post_consent(
     "in request order (a later change of the same contact sees the earlier) under the same "
     "rules and guard. Each gets its own answer or problem document, in request order; the "
     "valid ones commit together. `Idempotency-Key` covers the whole batch.",
+    # Written by pydantic once (_json_answer); the model documents it.
+    response_model=ConsentBatchOut,
     responses=problem_responses(400, 413, 422),
 )
-def post_consent_batch(
+async def post_consent_batch(
     changes: ConsentBatchIn,
     caller: ConsentWriter,
-    session: WriteSession,
     idempotency: Idempotency,
     context: RequestContextDep,
     http_request: Request,
     response: Response,
     keys: AuditKeysDep,
-) -> ConsentBatchOut:
-    return idempotency.run(
-        session,
-        owner=caller.owner,
-        response=response,
-        model=ConsentBatchOut,
-        call=lambda: batch.record_changes(
+) -> Response:
+    settings = settings_of(http_request)
+    ring = signing_keys_of(http_request)
+
+    def record(session: Session) -> ConsentBatchOut:
+        return idempotency.run(
             session,
-            changes,
-            caller=caller,
-            request=context,
-            settings=settings_of(http_request),
-            ring=signing_keys_of(http_request),
-            keys=keys,
-        ),
+            owner=caller.owner,
+            response=response,
+            model=ConsentBatchOut,
+            call=lambda: batch.record_changes(
+                session,
+                changes,
+                caller=caller,
+                request=context,
+                settings=settings,
+                ring=ring,
+                keys=keys,
+            ),
+        )
+
+    answer = await database_of(http_request).run_api_write(record)
+    return _json_answer(answer, response)
+
+
+def _json_answer(answer: BaseModel, response: Response) -> Response:
+    """The answer serialised once, by pydantic (FastAPI would validate it again, a batch's
+    thousand results too, and encode it with the json module), with the status and headers
+    the Idempotency-Key check set on `response`."""
+    return Response(
+        answer.model_dump_json(),
+        status_code=response.status_code or 200,
+        headers=dict(response.headers),
+        media_type="application/json",
     )
 
 
 @router.post(
     "/contacts/lookup",
     summary="Look contacts up by address",
+    # consent.lookup writes the JSON itself; the model documents it.
+    response_model=LookupOut,
     responses=problem_responses(400, 413, 422),
 )
-def lookup_contacts(
-    query: LookupIn, _: ConsentReader, session: ReadSession, keys: AuditKeysDep
-) -> LookupOut:
-    return queries.lookup_contacts(session, query.emails, keys=keys)
+async def lookup_contacts(
+    query: LookupIn, _: ConsentReader, request: Request, keys: AuditKeysDep
+) -> Response:
+    answer = await lookup.lookup_json(database_of(request), query.emails, keys=keys)
+    return Response(answer, media_type="application/json")
 
 
 @router.get(

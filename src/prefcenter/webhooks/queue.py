@@ -108,6 +108,15 @@ def queue_event_deliveries(
     contact.complained (consent.inbound), call it with the bounce's or complaint's event."""
     if not types:
         return
+    if contact_id is not None and session.get_bind().dialect.name == "postgresql":
+        # The one-click's statement on its own: the same text for the same number of types,
+        # so psycopg prepares it (building and compiling the SQLAlchemy form below cost more
+        # than the rest of a consent change's statements together).
+        cte, params = guarded_queue_pg(
+            event_id=event_id, contact_id=contact_id, types=types, now=now, only_if="true"
+        )
+        session.connection().exec_driver_sql(f"WITH {cte.removeprefix(', ')} SELECT 1", params)
+        return
     wanted = _wanted([(t, webhook_id_of(event_id, t), {"type": t.value}) for t in types])
     session.execute(
         core_insert(_MESSAGES).from_select(

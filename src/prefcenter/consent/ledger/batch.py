@@ -20,8 +20,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Integer, String, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, col
 
 from prefcenter.audit.keys import AuditKeys
@@ -276,10 +277,12 @@ def _upsert(
     columns = [c.name for c in table.columns]
     ordered = [rows.by_key[k] for k in sorted(rows.written)]
     if postgres_session(session):
-        # One statement, one parameter per column (an array each): an executemany would be
-        # one round trip per row.
+        # One statement, the rows as one JSON parameter: an executemany would be one round
+        # trip per row, and an array per column goes through the driver's pure-Python list
+        # dumper element by element.
         session.connection().exec_driver_sql(
-            _UNNEST_UPSERT[table.name], {c: [row[c] for row in ordered] for c in columns}
+            _JSON_UPSERT[table.name],
+            {"rows": orjson.dumps([{c: row[c] for c in columns} for row in ordered]).decode()},
         )
         return
     statement = sqlite.insert(table)
@@ -290,23 +293,22 @@ def _upsert(
     session.execute(statement, [{c: row[c] for c in columns} for row in ordered])
 
 
-def _unnest_upsert(table: Any, key: tuple[str, ...]) -> str:
-    """`INSERT … SELECT FROM unnest(<one array per column>) ON CONFLICT DO UPDATE` of `table`
-    (PostgreSQL), its parameters named after the columns."""
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    columns = [c.name for c in table.columns]
-    arrays = ", ".join(f"%({c.name})s::{c.type.compile(dialect=dialect)}[]" for c in table.columns)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+def _json_upsert(table: Any, key: tuple[str, ...]) -> str:
+    """`INSERT … SELECT FROM json_populate_recordset(<the rows as one JSON array>) ON CONFLICT
+    DO UPDATE` of `table` (PostgreSQL): the server parses the rows into the table's own
+    column types."""
+    columns = ", ".join(c.name for c in table.columns)
+    updates = ", ".join(f"{c.name} = excluded.{c.name}" for c in table.columns if c.name not in key)
     return (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608  (the models' names)
-        f"SELECT * FROM unnest({arrays}) "
+        f"INSERT INTO {table.name} ({columns}) "  # noqa: S608  (the models' names)
+        f"SELECT {columns} FROM json_populate_recordset(NULL::{table.name}, %(rows)s::json) "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
     )
 
 
-_UNNEST_UPSERT = {
-    _SUBSCRIPTION.name: _unnest_upsert(_SUBSCRIPTION, _SUBSCRIPTION_KEY),
-    _SUPPRESSION.name: _unnest_upsert(_SUPPRESSION, _SUPPRESSION_KEY),
+_JSON_UPSERT = {
+    _SUBSCRIPTION.name: _json_upsert(_SUBSCRIPTION, _SUBSCRIPTION_KEY),
+    _SUPPRESSION.name: _json_upsert(_SUPPRESSION, _SUPPRESSION_KEY),
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import and_, bindparam, delete, select
 from sqlmodel import Session, col
 
 from prefcenter.audit.schemas import new_event_id
@@ -94,6 +94,22 @@ def apply_change(
     return AppliedChange(decision=decision, event_id=event_id, subscription=subscription)
 
 
+# A contact's suppression and its subscription of one topic (None where there is none).
+_STATE_OF_CONTACT = (
+    select(Suppression, Subscription)
+    .select_from(Contact)
+    .outerjoin(Suppression, col(Suppression.contact_id) == col(Contact.id))
+    .outerjoin(
+        Subscription,
+        and_(
+            col(Subscription.contact_id) == col(Contact.id),
+            col(Subscription.topic_id) == bindparam("topic_id"),
+        ),
+    )
+    .where(col(Contact.id) == bindparam("contact_id"))
+)
+
+
 def _write_topic(
     session: Session,
     contact_id: int,
@@ -106,8 +122,13 @@ def _write_topic(
     assert topic.id is not None
     suppression = None
     if needs_suppression(topic.kind, requested):
-        suppression = suppression_state(session.get(Suppression, contact_id))
-    row = session.get(Subscription, (contact_id, topic.id))
+        # Both rows in one round trip; read after the contact's lock, so current.
+        stored, row = session.execute(
+            _STATE_OF_CONTACT, {"contact_id": contact_id, "topic_id": topic.id}
+        ).one()
+        suppression = suppression_state(stored)
+    else:
+        row = session.get(Subscription, (contact_id, topic.id))
     decision = decide_topic_change(
         subscription_state(row),
         suppression,
