@@ -52,12 +52,13 @@ def test_without_a_privacy_policy_the_page_names_none(
     links_headers: Headers,
 ) -> None:
     put_notice(client, admin_headers, key="terms", kind="terms")
-    publish(client, admin_headers, "t1", key="terms", effective_at=PAST, reason="First.")
+    publish(client, admin_headers, "terms-2026-01", key="terms", effective_at=PAST, reason="First.")
     token = manage_token(client, admin_headers, writer_headers, links_headers)
     page = visit(client, "GET", f"/p/{token}")
     assert page.status_code == 200
     assert "Privacy policy" not in page.text
-    assert "t1" not in page.text
+    assert "terms-2026-01" not in page.text
+    assert "in force since" not in page.text
 
 
 def test_the_page_names_the_version_in_force_and_links_it(

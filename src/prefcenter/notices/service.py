@@ -314,7 +314,9 @@ def _next_effective_at(session: Session, ref: str) -> datetime | None:
     ).first()
 
 
-def in_force_of_kind(session: Session, kind: NoticeKind, *, at: datetime) -> NoticeVersionOut | None:
+def in_force_of_kind(
+    session: Session, kind: NoticeKind, *, at: datetime
+) -> NoticeVersionOut | None:
     """The version in force at `at` among the notices of a kind (the newest effective at or
     before it, whichever notice it belongs to), or None: the recipient pages name it."""
     found = session.exec(

@@ -138,11 +138,15 @@ def _view(
         confirm_all_by_mail=confirm_all_by_mail,
         privacy_policy=None
         if policy is None
-        else PolicyInForce(version=policy.version, effective_at=policy.effective_at, url=policy.url),
+        else PolicyInForce(
+            version=policy.version, effective_at=policy.effective_at, url=policy.url
+        ),
     )
 
 
-def preferences_view(session: Session, verified: VerifiedToken, *, now: datetime) -> PreferencesView:
+def preferences_view(
+    session: Session, verified: VerifiedToken, *, now: datetime
+) -> PreferencesView:
     contact = token_contact(session, verified, lock=False)
     return _view(session, contact, [], policy=_policy_in_force(session, now))
 
@@ -194,7 +198,9 @@ def save_preferences(
     policy = _policy_in_force(session, now)
     record = recipient_record(verified, Channel.PREFERENCE_CENTER, request)
     if policy is not None:
-        record = replace(record, context={**record.context, "notice": f"{policy.notice}@{policy.version}"})
+        record = replace(
+            record, context={**record.context, "notice": f"{policy.notice}@{policy.version}"}
+        )
     saving = _Saving(
         contact=contact,
         subscriptions=_subscriptions(session, contact),
