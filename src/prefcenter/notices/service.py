@@ -312,3 +312,21 @@ def _next_effective_at(session: Session, ref: str) -> datetime | None:
         .order_by(col(NoticeVersion.effective_at))
         .limit(1)
     ).first()
+
+
+def in_force_of_kind(
+    session: Session, kind: NoticeKind, *, at: datetime
+) -> NoticeVersionOut | None:
+    """The version in force at `at` among the notices of a kind (the newest effective at or
+    before it, whichever notice it belongs to), or None: the recipient pages name it."""
+    found = session.exec(
+        select(Notice, NoticeVersion)
+        .join(NoticeVersion, col(NoticeVersion.notice_id) == col(Notice.id))
+        .where(col(Notice.kind) == kind.value, col(NoticeVersion.effective_at) <= at)
+        .order_by(col(NoticeVersion.effective_at).desc(), col(NoticeVersion.id).desc())
+        .limit(1)
+    ).first()
+    if found is None:
+        return None
+    notice, row = found
+    return version_out(notice, row)

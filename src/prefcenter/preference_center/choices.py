@@ -3,7 +3,7 @@ them the sharing topics) and saving the person's choices. The token is the only 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlmodel import Session, col, select
@@ -20,8 +20,10 @@ from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import mask_address
 from prefcenter.mail.config import MailConfig
 from prefcenter.mail.schemas import MailLanguage
+from prefcenter.notices.schemas import NoticeKind, NoticeVersionOut
+from prefcenter.notices.service import in_force_of_kind
 from prefcenter.preference_center.resubscribe import queue_resubscribe_mail
-from prefcenter.preference_center.schemas import PreferencesView, TopicChoice
+from prefcenter.preference_center.schemas import PolicyInForce, PreferencesView, TopicChoice
 from prefcenter.preference_center.service import (
     Channel,
     recipient_change,
@@ -95,12 +97,17 @@ def _choice(topic: Topic, subscription: Subscription | None, *, on: bool) -> Top
     )
 
 
+def _policy_in_force(session: Session, now: datetime) -> NoticeVersionOut | None:
+    return in_force_of_kind(session, NoticeKind.PRIVACY_POLICY, at=now)
+
+
 def _view(
     session: Session,
     contact: Contact,
     pending_topics: list[str],
     refused_topics: list[str] | None = None,
     *,
+    policy: NoticeVersionOut | None,
     confirm_all_by_mail: bool = False,
 ) -> PreferencesView:
     assert contact.id is not None
@@ -129,11 +136,19 @@ def _view(
         pending_topics=pending_topics,
         refused_topics=refused_topics or [],
         confirm_all_by_mail=confirm_all_by_mail,
+        privacy_policy=None
+        if policy is None
+        else PolicyInForce(
+            version=policy.version, effective_at=policy.effective_at, url=policy.url
+        ),
     )
 
 
-def preferences_view(session: Session, verified: VerifiedToken) -> PreferencesView:
-    return _view(session, token_contact(session, verified, lock=False), [])
+def preferences_view(
+    session: Session, verified: VerifiedToken, *, now: datetime
+) -> PreferencesView:
+    contact = token_contact(session, verified, lock=False)
+    return _view(session, contact, [], policy=_policy_in_force(session, now))
 
 
 @dataclass(slots=True)
@@ -178,10 +193,18 @@ def save_preferences(
     sharing = {t.key: t for t in _topics_of_kind(session, TopicKind.SHARING)}
     contact = token_contact(session, verified, lock=True)
     assert contact.id is not None
+    # The privacy policy in force as the person saves: the trail names it, as POST /v1/consents
+    # does the version a client names (`<key>@<version>`).
+    policy = _policy_in_force(session, now)
+    record = recipient_record(verified, Channel.PREFERENCE_CENTER, request)
+    if policy is not None:
+        record = replace(
+            record, context={**record.context, "notice": f"{policy.notice}@{policy.version}"}
+        )
     saving = _Saving(
         contact=contact,
         subscriptions=_subscriptions(session, contact),
-        record=recipient_record(verified, Channel.PREFERENCE_CENTER, request),
+        record=record,
         request=request,
         now=now,
         by_mail=by_mail,
@@ -205,7 +228,7 @@ def save_preferences(
             record=saving.record,
             now=now,
         )
-        return _view(session, contact, saving.pending, saving.refused)
+        return _view(session, contact, saving.pending, saving.refused, policy=policy)
     wanted = {key for key in chosen if key in marketing and key in shown}
     suppression = session.get(Suppression, contact.id)
     if suppression is not None and suppression.suppressed:
@@ -214,11 +237,18 @@ def save_preferences(
         # nothing at all).
         if wanted and by_mail is not None:
             sent = by_mail.queue(session, contact, None, all_marker(suppression), request, now)
-            return _view(session, contact, saving.pending, saving.refused, confirm_all_by_mail=sent)
+            return _view(
+                session,
+                contact,
+                saving.pending,
+                saving.refused,
+                policy=policy,
+                confirm_all_by_mail=sent,
+            )
         refused = saving.refused + [marketing[key].name for key in sorted(wanted)]
-        return _view(session, contact, saving.pending, refused)
+        return _view(session, contact, saving.pending, refused, policy=policy)
     _apply_choices(session, saving, marketing, shown & set(marketing), wanted)
-    return _view(session, contact, saving.pending, saving.refused)
+    return _view(session, contact, saving.pending, saving.refused, policy=policy)
 
 
 def _id(topic: Topic) -> int:

@@ -188,6 +188,7 @@ def _preferences_page(
             "mail_on": request.app.state.mail is not None,
             "support_contact": settings.support_contact,
             "saved": saved,
+            "privacy_policy": view.privacy_policy,
             "action": keep_language(request, f"/p/{token}"),
         },
     )
@@ -272,8 +273,9 @@ async def request_link(form: Form, context: RequestContextDep, request: Request)
 @router.get("/p/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 @router.head("/p/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
 async def show_preferences(token: str, verified: ManageToken, request: Request) -> HTMLResponse:
+    now = utcnow()
     view = await database_of(request).run_in_transaction(
-        lambda session: choices.preferences_view(session, verified), write=False
+        lambda session: choices.preferences_view(session, verified, now=now), write=False
     )
     return _preferences_page(request, token, view, saved=False)
 

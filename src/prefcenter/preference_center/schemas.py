@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +15,15 @@ class TopicChoice:
     pending: bool
     # A sharing topic's party ("Sharing with others"); None for a marketing topic.
     third_party: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInForce:
+    """The privacy policy version in force, as the page names it."""
+
+    version: str
+    effective_at: datetime
+    url: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +39,8 @@ class PreferencesView:
     refused_topics: list[str] = field(default_factory=list)
     # "Unsubscribe from all" asked to be lifted: a mail with the link that does it is on its way.
     confirm_all_by_mail: bool = False
+    # The privacy policy version in force now; None: no privacy policy has one.
+    privacy_policy: PolicyInForce | None = None
 
 
 @dataclass(frozen=True, slots=True)
