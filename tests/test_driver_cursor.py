@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from prefcenter.db import (
+from prefcenter.db import Database
+from prefcenter.driver import (
     CopyWriter,
-    Database,
     DriverCursor,
     PostgresCursor,
     driver_cursor,

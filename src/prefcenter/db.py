@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol, Self, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, Request
@@ -23,6 +22,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel
 
 from prefcenter import metrics
+from prefcenter.driver import DriverCursor
 from prefcenter.problems import Conflict, ServiceUnavailable
 from prefcenter.settings import Settings
 
@@ -371,68 +371,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-class DriverCursor(Protocol):
-    """The part of a DB-API 2.0 cursor that SQL written straight on the driver uses (sqlite3's
-    and psycopg's both have it: tests/test_driver_cursor.py). Rows are tuples; the caller
-    closes the cursor (`contextlib.closing`)."""
-
-    @property
-    def description(self) -> Sequence[Any] | None: ...
-    @property
-    def rowcount(self) -> int: ...
-    def execute(self, sql: str, parameters: Any = ..., /) -> Self: ...
-    def executemany(self, sql: str, parameters: Iterable[Any], /) -> object: ...
-    def fetchone(self) -> tuple[Any, ...] | None: ...
-    def fetchmany(self, size: int = ..., /) -> list[tuple[Any, ...]]: ...
-    def fetchall(self) -> list[tuple[Any, ...]]: ...
-    def __iter__(self) -> Iterator[tuple[Any, ...]]: ...
-    def close(self) -> None: ...
-
-
-class CopyWriter(Protocol):
-    """psycopg's `Copy` as `COPY … FROM STDIN` writes it."""
-
-    def set_types(self, types: Sequence[str], /) -> None: ...
-    def write_row(self, row: Sequence[Any], /) -> None: ...
-
-
-class PostgresCursor(DriverCursor, Protocol):
-    """psycopg's cursor: results in binary on request, and `COPY`."""
-
-    def execute(self, sql: str, parameters: Any = ..., /, *, binary: bool | None = ...) -> Self: ...
-    def copy(self, statement: str, /) -> AbstractContextManager[CopyWriter]: ...
-
-
-def driver_cursor(connection: Connection) -> DriverCursor:
-    """A new cursor of the driver's own, in the connection's transaction."""
-    cursor: DriverCursor = _driver_of(connection).cursor()
-    return cursor
-
-
-def postgres_cursor(connection: Connection) -> PostgresCursor:
-    """`driver_cursor` on a PostgreSQL connection."""
-    if connection.dialect.name != "postgresql":
-        raise RuntimeError(f"a PostgreSQL cursor asked of {connection.dialect.name}")
-    cursor: PostgresCursor = _driver_of(connection).cursor()
-    return cursor
-
-
-def _driver_of(connection: Connection) -> Any:
-    driver = connection.connection.driver_connection
-    if driver is None:
-        raise RuntimeError("the connection is closed")
-    return driver
-
-
-_PYFORMAT_PARAMETER = re.compile(r"%\((\w+)\)s")
-
-
-def driver_sql(pyformat: str, *, sqlite: bool) -> str:
-    """SQL written with `%(name)s` parameters (psycopg's style) in the driver's own style:
-    `:name` for sqlite3. For `Database.run_on_connection`; build it once, at import."""
-    return _PYFORMAT_PARAMETER.sub(r":\1", pyformat) if sqlite else pyformat
 
 
 # Any fixed number: held while migrating, so that hosts starting together migrate one at a time.

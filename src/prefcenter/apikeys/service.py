@@ -10,7 +10,8 @@ from sqlmodel import Session, col, select
 
 from prefcenter.apikeys.models import ApiKey
 from prefcenter.apikeys.schemas import ApiKeyInfo, Caller, IssuedApiKey, Scope
-from prefcenter.db import driver_sql, utcnow
+from prefcenter.db import utcnow
+from prefcenter.driver import driver_sql
 from prefcenter.plain_text import is_plain_text
 from prefcenter.problems import NotFound, Unprocessable
 

@@ -20,7 +20,7 @@ from prefcenter.audit.canonical import (
     FREE_TEXT_DIGESTS,
     FREE_TEXT_FIELDS,
 )
-from prefcenter.db import DriverCursor, PostgresCursor, driver_cursor, postgres_cursor
+from prefcenter.driver import DriverCursor, PostgresCursor, driver_cursor, postgres_cursor
 
 CHUNK = 20_000
 

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session as OrmSession
 from prefcenter.audit.canonical import FREE_TEXT_FIELDS, format_time
 from prefcenter.audit.models import HEAD_ID
 from prefcenter.audit.prepared import EVENT_INSERT_COLUMNS, PreparedEvent
-from prefcenter.db import driver_cursor, postgres_cursor, utcnow
+from prefcenter.db import utcnow
+from prefcenter.driver import driver_cursor, postgres_cursor
 
 # SQLite runs in-process, so its statements cost what the Python around them costs: the driver
 # directly, not SQLAlchemy's statement machinery (a third of the append's time otherwise).

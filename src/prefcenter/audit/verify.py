@@ -20,7 +20,8 @@ from prefcenter.audit.canonical import (
 from prefcenter.audit.key_check import key_matches_trail, wrong_key_detail
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.contacts.models import Contact
-from prefcenter.db import Database, DriverCursor, driver_cursor
+from prefcenter.db import Database
+from prefcenter.driver import DriverCursor, driver_cursor
 from prefcenter.metrics import record_verify
 
 Progress = Callable[[int, int], None]  # (events checked so far, events in the chain)

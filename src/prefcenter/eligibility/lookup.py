@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.rules import Status
-from prefcenter.db import driver_cursor
+from prefcenter.driver import driver_cursor
 from prefcenter.eligibility.rules import Eligibility, TopicModel, decide_eligibility
 
 # (suppressed, subscription status, bounced) as the query returns them; None where no row

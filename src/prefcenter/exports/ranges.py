@@ -44,7 +44,8 @@ from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import FORMULA_STARTS
-from prefcenter.db import Database, postgres_cursor
+from prefcenter.db import Database
+from prefcenter.driver import postgres_cursor
 from prefcenter.exports.chunks import csv_text
 from prefcenter.exports.conditions import (
     allowed_where,

@@ -24,7 +24,8 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session
 
 from prefcenter.audit.canonical import format_time
-from prefcenter.db import UtcDateTime, postgres_cursor
+from prefcenter.db import UtcDateTime
+from prefcenter.driver import postgres_cursor
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
 from prefcenter.webhooks.models import WebhookEndpoint, WebhookEndpointEvent

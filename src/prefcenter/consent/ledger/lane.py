@@ -42,7 +42,7 @@ from prefcenter.consent.ledger.changes import (
 )
 from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
 from prefcenter.consent.rules import CurrentState, Outcome, RequestedChange, Status
-from prefcenter.db import driver_sql
+from prefcenter.driver import driver_sql
 from prefcenter.topics.schemas import TopicKind
 from prefcenter.webhooks.queue import guarded_queue_pg
 from prefcenter.webhooks.rules import types_of_event
