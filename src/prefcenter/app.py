@@ -33,7 +33,7 @@ from prefcenter.links.router import router as links_router
 from prefcenter.mail.config import mail_config
 from prefcenter.monitoring.router import install_metrics
 from prefcenter.notices.router import router as notices_router
-from prefcenter.preference_center.router import install_invalid_link_page, request_timeout_page
+from prefcenter.preference_center.error_pages import install_invalid_link_page, request_timeout_page
 from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
 from prefcenter.problems import (

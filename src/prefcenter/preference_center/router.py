@@ -8,11 +8,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.datastructures import FormData
-from starlette.types import Scope
 
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import audit_keys_of
@@ -20,7 +19,6 @@ from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import database_of, utcnow
 from prefcenter.links.service import manage_token
 from prefcenter.preference_center import choices, confirmation, service
-from prefcenter.preference_center.errors import InvalidLink
 from prefcenter.preference_center.mail_requests import request_preferences_link
 from prefcenter.preference_center.resubscribe import LINK_LIFETIME
 from prefcenter.preference_center.schemas import LinkView, PreferencesView
@@ -379,35 +377,4 @@ def stylesheet() -> FileResponse:
         PACKAGE_DIR / "static" / "pages.css",
         media_type="text/css",
         headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
-    )
-
-
-def install_invalid_link_page(app: FastAPI) -> None:
-    """A bad link gets a translated page and its status, and reveals nothing about a contact."""
-
-    async def on_invalid_link(request: Request, exc: Exception) -> HTMLResponse:
-        assert isinstance(exc, InvalidLink)
-        settings = settings_of(request)
-        return pages.render(
-            request,
-            "invalid_link.html",
-            {
-                "organization": settings.organization_name,
-                "expired": exc.expired,
-                "retired": exc.retired,
-            },
-            status_code=exc.status,
-        )
-
-    app.add_exception_handler(InvalidLink, on_invalid_link)
-
-
-def request_timeout_page(settings: Settings, scope: Scope) -> HTMLResponse:
-    """What a recipient sees when their browser's form did not arrive in time
-    (http_limits.BodyTimeout): a page, not a problem document."""
-    return pages.render(
-        Request(scope),
-        "request_timeout.html",
-        {"organization": settings.organization_name},
-        status_code=408,
     )
