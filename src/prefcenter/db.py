@@ -330,6 +330,12 @@ class Database:
         async with self.session_slots:
             return await anyio.to_thread.run_sync(self.on_connection, work)
 
+    async def run_write_on_connection(self, work: Callable[[DriverCursor], T]) -> T:
+        """`run_on_connection` for an API write: waits for a write slot first, like
+        `run_api_write`, so that writes stuck behind a lock leave slots for the reads."""
+        async with self.write_slots, self.session_slots:
+            return await anyio.to_thread.run_sync(self.on_connection, work)
+
     def on_connection(self, work: Callable[[DriverCursor], T]) -> T:
         """`run_on_connection` in the calling thread."""
         try:

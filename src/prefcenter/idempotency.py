@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
@@ -56,6 +56,15 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """A first answer as stored under its key."""
+
+    request_hash: str
+    status_code: int
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
 class IdempotentCall:
     """The request's Idempotency-Key (if any) and its fingerprint."""
 
@@ -89,14 +98,11 @@ class IdempotentCall:
             )
         ).first()
         if stored is not None:
-            if stored.request_hash != self.request_hash:
-                raise IdempotencyKeyReused(
-                    f"Idempotency-Key {self.key!r} was first used with a different request; "
-                    "use a new key for a new request."
-                )
-            response.status_code = stored.status_code
-            response.headers[REPLAY_HEADER] = "true"
-            return model.model_validate_json(stored.response_body)
+            return self.replay(
+                StoredAnswer(stored.request_hash, stored.status_code, stored.response_body),
+                response=response,
+                model=model,
+            )
         result = call()
         code = status_code(result) if status_code is not None else (response.status_code or 200)
         response.status_code = code
@@ -112,6 +118,54 @@ class IdempotentCall:
         )
         session.flush()
         return result
+
+    def replay(self, stored: StoredAnswer, *, response: Response, model: type[ModelT]) -> ModelT:
+        """The first answer again, if this is the request it answered; else
+        `IdempotencyKeyReused`."""
+        if stored.request_hash != self.request_hash:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {self.key!r} was first used with a different request; "
+                "use a new key for a new request."
+            )
+        response.status_code = stored.status_code
+        response.headers[REPLAY_HEADER] = "true"
+        return model.model_validate_json(stored.body)
+
+
+_STORE_PG = """, kept AS (
+    INSERT INTO idempotency_record
+        (owner, key, request_hash, status_code, response_body, created_at)
+    SELECT %(i_owner)s, %(i_key)s, %(i_request_hash)s, %(i_status_code)s, %(i_body)s,
+        %(i_created_at)s
+    WHERE {only_if}
+)
+"""
+
+
+def guarded_store_pg(
+    *,
+    owner: str,
+    key: str,
+    request_hash: str,
+    status_code: int,
+    body: str,
+    created_at: datetime,
+    only_if: str,
+) -> tuple[str, dict[str, Any]]:
+    """The storing of a first answer as a CTE for a caller's own PostgreSQL statement
+    (`, kept AS (…)`, to follow its other CTEs), with its parameters (named `i_…`): a row only
+    where the SQL condition `only_if` holds (the change was written). A key stored meanwhile
+    by a concurrent request fails the whole statement (unique_violation), so nothing of it is
+    written: the caller then answers as `IdempotentCall.run` would."""
+    params: dict[str, Any] = {
+        "i_owner": owner,
+        "i_key": key,
+        "i_request_hash": request_hash,
+        "i_status_code": status_code,
+        "i_body": body,
+        "i_created_at": created_at,
+    }
+    return _STORE_PG.format(only_if=only_if), params
 
 
 async def _idempotent_call(

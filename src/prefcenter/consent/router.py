@@ -3,17 +3,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel
 from sqlmodel import Session
 
 from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
-from prefcenter.apikeys.schemas import Scope
+from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
-from prefcenter.consent import batch, erasure, lookup, queries, receipts, service, support_desk
+from prefcenter.consent import (
+    batch,
+    change_lane,
+    erasure,
+    lookup,
+    queries,
+    receipts,
+    service,
+    support_desk,
+)
 from prefcenter.consent.batch_schemas import MAX_CONSENT_BATCH, ConsentBatchIn, ConsentBatchOut
 from prefcenter.consent.schemas import (
     AddressCorrectionIn,
@@ -27,9 +37,9 @@ from prefcenter.consent.schemas import (
     SignedReceipt,
 )
 from prefcenter.db import ReadSession, WriteSession, database_of, utcnow
-from prefcenter.idempotency import Idempotency
+from prefcenter.idempotency import Idempotency, IdempotentCall
 from prefcenter.problems import problem_responses
-from prefcenter.settings import settings_of, signing_keys_of
+from prefcenter.settings import Settings, SigningKey, settings_of, signing_keys_of
 
 router = APIRouter(prefix="/v1", tags=["consent"], responses=problem_responses(401, 403, 503))
 
@@ -59,16 +69,26 @@ async def post_consent(
     response: Response,
     keys: AuditKeysDep,
 ) -> Response:
-    settings = settings_of(http_request)
-    ring = signing_keys_of(http_request)
-
-    def record(session: Session) -> ConsentChangeOut:
-        return idempotency.run(
-            session,
-            owner=caller.owner,
-            response=response,
-            model=ConsentChangeOut,
-            call=lambda: service.record_change(
+    # PostgreSQL's lane first (one read, one guarded statement); what it leaves, the locking
+    # path.
+    answer = await change_lane.record_change(
+        database_of(http_request),
+        change,
+        caller=caller,
+        idempotency=idempotency,
+        response=response,
+        request=context,
+        ring=signing_keys_of(http_request),
+        keys=keys,
+    )
+    if answer is None:
+        answer = await _record_idempotently(
+            http_request,
+            caller,
+            idempotency,
+            response,
+            ConsentChangeOut,
+            lambda session, settings, ring: service.record_change(
                 session,
                 change,
                 caller=caller,
@@ -78,9 +98,6 @@ async def post_consent(
                 keys=keys,
             ),
         )
-
-    # The whole transaction in one worker thread (db.Database.run_api_write).
-    answer = await database_of(http_request).run_api_write(record)
     return _json_answer(answer, response)
 
 
@@ -104,28 +121,49 @@ async def post_consent_batch(
     response: Response,
     keys: AuditKeysDep,
 ) -> Response:
+    answer = await _record_idempotently(
+        http_request,
+        caller,
+        idempotency,
+        response,
+        ConsentBatchOut,
+        lambda session, settings, ring: batch.record_changes(
+            session,
+            changes,
+            caller=caller,
+            request=context,
+            settings=settings,
+            ring=ring,
+            keys=keys,
+        ),
+    )
+    return _json_answer(answer, response)
+
+
+AnswerT = TypeVar("AnswerT", bound=BaseModel)
+
+
+async def _record_idempotently(
+    http_request: Request,
+    caller: Caller,
+    idempotency: IdempotentCall,
+    response: Response,
+    model: type[AnswerT],
+    record: Callable[[Session, Settings, tuple[SigningKey, ...]], AnswerT],
+) -> AnswerT:
+    """`record` under the request's Idempotency-Key, its whole transaction in one worker
+    thread (db.Database.run_api_write)."""
     settings = settings_of(http_request)
     ring = signing_keys_of(http_request)
-
-    def record(session: Session) -> ConsentBatchOut:
-        return idempotency.run(
+    return await database_of(http_request).run_api_write(
+        lambda session: idempotency.run(
             session,
             owner=caller.owner,
             response=response,
-            model=ConsentBatchOut,
-            call=lambda: batch.record_changes(
-                session,
-                changes,
-                caller=caller,
-                request=context,
-                settings=settings,
-                ring=ring,
-                keys=keys,
-            ),
+            model=model,
+            call=lambda: record(session, settings, ring),
         )
-
-    answer = await database_of(http_request).run_api_write(record)
-    return _json_answer(answer, response)
+    )
 
 
 def _json_answer(answer: BaseModel, response: Response) -> Response:

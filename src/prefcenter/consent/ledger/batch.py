@@ -33,6 +33,7 @@ from prefcenter.consent.erased import AddressErased
 from prefcenter.consent.ledger.changes import (
     ChangeRecord,
     change_event,
+    counted_source,
     decide_global_change,
     decide_topic_change,
     subscription_change,
@@ -190,7 +191,7 @@ def _apply_one(
     append_event(session, event)
     count_consent_change(
         session,
-        source=requested.source if requested.by_recipient else requested.actor.value,
+        source=counted_source(requested),
         outcome=decision.outcome.value,
     )
     return BatchWritten(

@@ -159,3 +159,10 @@ def change_event(
         evidence=record.evidence,
         context=context,
     )
+
+
+def counted_source(requested: RequestedChange) -> str:
+    """The `source` label a change is counted under (metrics.count_consent_change): a
+    recipient's channel names the source, else the actor's kind (an API client's own source
+    names are no bounded label)."""
+    return requested.source if requested.by_recipient else requested.actor.value

@@ -15,6 +15,7 @@ from prefcenter.audit.service import append_event
 from prefcenter.consent.ledger.changes import (
     ChangeRecord,
     change_event,
+    counted_source,
     decide_global_change,
     decide_topic_change,
     needs_suppression,
@@ -74,11 +75,10 @@ def apply_change(
         decision=decision,
     )
     append_event(session, event)
-    # Counted at commit; a recipient's channel names the source, else the actor's kind (an
-    # API client's own source names are no bounded label).
+    # Counted at commit.
     count_consent_change(
         session,
-        source=requested.source if requested.by_recipient else requested.actor.value,
+        source=counted_source(requested),
         outcome=decision.outcome.value,
     )
     # Its webhook deliveries, in the same transaction (none when no endpoint wants them).

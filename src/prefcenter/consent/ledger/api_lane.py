@@ -1,0 +1,315 @@
+"""An API client's consent change on PostgreSQL in two round trips and no ORM: the statements
+of consent.change_lane (`POST /v1/consents`), in the shape of the one-click's lane
+(ledger.lane). Statements run on the driver's cursor in autocommit mode
+(db.Database.run_on_connection).
+
+1. `read_api_state`: one SELECT of the topic, the contact with the address, whether the address
+   was erased, the contact's subscription of the topic and its suppression, and the caller's
+   stored answer under its Idempotency-Key.
+2. The caller decides in Python with the write model's own functions (ledger.changes), before
+   any lock is taken.
+3. `write_api_change`: one statement that locks the contact (still at the address, not erased)
+   or creates it (unless the address was erased), compare-and-sets the subscription or
+   suppression row against what 1 read, and only if that row was written appends the audit
+   event (head lock last, audit.service.guarded_append_pg), queues its webhook deliveries and
+   stores the answer under the Idempotency-Key. All of it commits together or not at all.
+
+What the statement cannot guard, the caller leaves to the locking path (consent.service):
+a decision that read the contact-wide opt-out of a contact that exists already (a subscription
+to a marketing topic, ledger.changes.needs_suppression): a suppression row written between
+1 and 3 could be one that 3's snapshot does not show, and it is no row that 3 writes, so no
+compare-and-set sees it. A contact that 3 creates has no such row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.schemas import NewEvent
+from prefcenter.audit.service import guarded_append_pg
+from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
+from prefcenter.consent.rules import CurrentState
+from prefcenter.idempotency import StoredAnswer, guarded_store_pg
+from prefcenter.webhooks.queue import guarded_queue_pg
+from prefcenter.webhooks.rules import types_of_event
+
+# A unique index refused a row (PostgreSQL's unique_violation): a concurrent request stored
+# the same Idempotency-Key first.
+_UNIQUE_VIOLATION = "23505"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRow:
+    """The topic's columns, as the read returns them (topics.models.Topic's order)."""
+
+    id: int
+    key: str
+    name: str
+    description: str | None
+    kind: str
+    consent: str
+    double_opt_in: bool
+    third_party: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiChangeState:
+    """What an API change is decided on, as read in one statement."""
+
+    topic: TopicRow | None  # None: no topic asked, or no such topic
+    contact_row_id: int | None  # None: no contact has the address
+    public_id: str | None
+    address_erased: bool
+    # The rows as read, in the order the compare-and-set compares them; None when there is
+    # none. subscription: (status, occurred_at, by_recipient, event_id); suppression:
+    # (suppressed, occurred_at, by_recipient).
+    subscription: tuple[str, datetime, bool, str] | None
+    suppression: tuple[bool, datetime, bool] | None
+    stored_answer: StoredAnswer | None  # the caller's answer under its Idempotency-Key
+
+    @property
+    def subscription_state(self) -> CurrentState | None:
+        if self.subscription is None:
+            return None
+        status, occurred_at, by_recipient, _ = self.subscription
+        return stored_subscription_state(status, occurred_at, by_recipient)
+
+    @property
+    def suppression_state(self) -> CurrentState | None:
+        if self.suppression is None:
+            return None
+        return stored_suppression_state(*self.suppression)
+
+
+_TOPIC_COLUMNS = (
+    "id",
+    "key",
+    "name",
+    "description",
+    "kind",
+    "consent",
+    "double_opt_in",
+    "third_party",
+    "created_at",
+    "updated_at",
+)
+_READ = f"""
+SELECT {", ".join(f"t.{c}" for c in _TOPIC_COLUMNS)},
+    c.id, c.public_id,
+    c.erased_at IS NOT NULL
+        OR EXISTS (SELECT 1 FROM erased_address WHERE address_hash = %(address_hash)s),
+    s.status, s.occurred_at, s.by_recipient, s.event_id,
+    p.suppressed, p.occurred_at, p.by_recipient,
+    i.request_hash, i.status_code, i.response_body
+FROM (SELECT 1) AS one
+LEFT JOIN topic AS t ON t.key = %(topic)s
+LEFT JOIN contact AS c ON c.address = %(address)s
+LEFT JOIN subscription AS s ON s.contact_id = c.id AND s.topic_id = t.id
+LEFT JOIN suppression AS p ON p.contact_id = c.id
+LEFT JOIN idempotency_record AS i ON i.owner = %(owner)s AND i.key = %(key)s
+"""  # noqa: S608  (built from this module's constants; every value is a parameter)
+_CONTACT_AT = len(_TOPIC_COLUMNS)
+
+
+def read_api_state(
+    cursor: Any,
+    *,
+    topic_key: str | None,
+    address: str,
+    address_hash: str,
+    owner: str,
+    idempotency_key: str | None,
+) -> ApiChangeState:
+    """The state an API change of `address` (normalised) and `topic_key` (None: all
+    marketing) is decided on; `address_hash`: its keyed hash (the erased check)."""
+    cursor.execute(
+        _READ,
+        {
+            "topic": topic_key,
+            "address": address,
+            "address_hash": address_hash,
+            "owner": owner,
+            "key": idempotency_key,
+        },
+    )
+    row = cursor.fetchone()
+    assert row is not None  # one row whatever matched
+    at = _CONTACT_AT
+    return ApiChangeState(
+        topic=None if row[0] is None else TopicRow(*row[:at]),
+        contact_row_id=row[at],
+        public_id=row[at + 1],
+        address_erased=bool(row[at + 2]),
+        subscription=None
+        if row[at + 3] is None
+        else (row[at + 3], row[at + 4], row[at + 5], row[at + 6]),
+        suppression=None if row[at + 7] is None else (row[at + 7], row[at + 8], row[at + 9]),
+        stored_answer=None
+        if row[at + 10] is None
+        else StoredAnswer(request_hash=row[at + 10], status_code=row[at + 11], body=row[at + 12]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewContact:
+    """The contact the statement creates when no contact has the address."""
+
+    public_id: str
+    address: str
+    address_display: str
+    address_hash: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerToKeep:
+    """The answer stored under the caller's Idempotency-Key with the change."""
+
+    owner: str
+    key: str
+    request_hash: str
+    status_code: int
+    body: str
+    created_at: datetime
+
+
+_LOCK_CONTACT = """locked AS (
+    SELECT id FROM contact
+    WHERE id = %(w_contact)s AND address = %(w_address)s AND erased_at IS NULL
+    FOR UPDATE
+)"""
+# The erased check guards the insert in SQL, as consent.contact_creation does: an erased
+# address is never stored, even for an instant. A concurrent creation of the same address
+# makes no row, so nothing else is written either.
+_CREATE_CONTACT = """locked AS (
+    INSERT INTO contact (public_id, address, address_display, created_at)
+    SELECT %(w_public_id)s, %(w_address)s, %(w_address_display)s, %(w_created_at)s
+    WHERE NOT EXISTS (SELECT 1 FROM erased_address WHERE address_hash = %(w_address_hash)s)
+    ON CONFLICT (address) DO NOTHING
+    RETURNING id
+)"""
+_SUBSCRIPTION_KEY = "contact_id = %(w_contact)s AND topic_id = %(w_topic_id)s"
+_SUPPRESSION_KEY = "contact_id = %(w_contact)s"
+_EXPECTED_SUBSCRIPTION = ("status", "occurred_at", "by_recipient", "event_id")
+_EXPECTED_SUPPRESSION = ("suppressed", "occurred_at", "by_recipient")
+
+
+@cache
+def _insert(table: str, columns: tuple[str, ...]) -> str:
+    """The row, for the contact `locked` holds; none if another request made it first."""
+    return f"""written AS (
+    INSERT INTO {table} (contact_id, {", ".join(columns)})
+    SELECT id, {", ".join(f"%(w_{c})s" for c in columns)} FROM locked
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)"""  # noqa: S608  (table and columns are this module's and ledger.changes' constants)
+
+
+@cache
+def _update(table: str, columns: tuple[str, ...], expected: tuple[str, ...], key: str) -> str:
+    """The row, only if it still says what the decision read (compare-and-set); built once
+    per set of columns, so the same texts every time (psycopg prepares them)."""
+    return f"""written AS (
+    UPDATE {table} SET {", ".join(f"{c} = %(w_{c})s" for c in columns)}
+    WHERE {key} AND {" AND ".join(f"{c} = %(x_{c})s" for c in expected)}
+        AND EXISTS (SELECT 1 FROM locked)
+    RETURNING 1
+)"""  # noqa: S608  (table and columns are this module's and ledger.changes' constants)
+
+
+def write_api_change(
+    cursor: Any,
+    state: ApiChangeState,
+    *,
+    values: dict[str, Any],
+    new_contact: NewContact | None,
+    event: NewEvent,
+    keys: AuditKeys,
+    answer: AnswerToKeep | None,
+    now: datetime,
+) -> bool:
+    """Write the decided change read in `state`: `values`, the columns it sets on the
+    subscription of `state.topic` (or, without a topic, on the suppression), as
+    ledger.changes made them; the contact `new_contact` first when `state` found none; its
+    audit `event`, its webhook deliveries and `answer`. One statement; False when nothing was
+    written (the state moved on since it was read, the address was taken or erased meanwhile,
+    or the Idempotency-Key was stored by a concurrent request): the caller then takes the
+    locking path."""
+    params: dict[str, Any] = {"w_address": event.address}
+    if new_contact is None:
+        assert state.contact_row_id is not None
+        params["w_contact"] = state.contact_row_id
+        locked = _LOCK_CONTACT
+    else:
+        assert state.contact_row_id is None
+        params.update(
+            w_public_id=new_contact.public_id,
+            w_address_display=new_contact.address_display,
+            w_address_hash=new_contact.address_hash,
+            w_created_at=new_contact.created_at,
+        )
+        locked = _CREATE_CONTACT
+    columns: tuple[str, ...]
+    if state.topic is not None:
+        params["w_topic_id"] = state.topic.id
+        if state.subscription is None:
+            columns = ("topic_id", *values)
+            values = {"topic_id": state.topic.id, **values}
+            written = _insert("subscription", columns)
+        else:
+            columns = tuple(values)
+            written = _update("subscription", columns, _EXPECTED_SUBSCRIPTION, _SUBSCRIPTION_KEY)
+            params.update(
+                zip((f"x_{c}" for c in _EXPECTED_SUBSCRIPTION), state.subscription, strict=True)
+            )
+    elif state.suppression is None:
+        columns = tuple(values)
+        written = _insert("suppression", columns)
+    else:
+        columns = tuple(values)
+        written = _update("suppression", columns, _EXPECTED_SUPPRESSION, _SUPPRESSION_KEY)
+        params.update(
+            zip((f"x_{c}" for c in _EXPECTED_SUPPRESSION), state.suppression, strict=True)
+        )
+    params.update((f"w_{c}", values[c]) for c in columns)
+    append_ctes, event_params = guarded_append_pg(
+        keys, event, only_if="EXISTS (SELECT 1 FROM written)"
+    )
+    params.update(event_params)
+    assert event.contact_id is not None
+    hooks, hook_params = guarded_queue_pg(
+        event_id=event.id,
+        contact_id=event.contact_id,
+        types=types_of_event(event.kind.value, outcome=event.outcome, to_status=event.to_status),
+        now=now,
+        only_if="EXISTS (SELECT 1 FROM moved)",
+    )
+    params.update(hook_params)
+    kept = ""
+    if answer is not None:
+        kept, kept_params = guarded_store_pg(
+            owner=answer.owner,
+            key=answer.key,
+            request_hash=answer.request_hash,
+            status_code=answer.status_code,
+            body=answer.body,
+            created_at=answer.created_at,
+            only_if="EXISTS (SELECT 1 FROM moved)",
+        )
+        params.update(kept_params)
+    # Built from this module's, audit.service's, webhooks.queue's and idempotency's constants;
+    # every value is a parameter.
+    statement = f"WITH {locked}, {written}, {append_ctes}{hooks}{kept}SELECT seq FROM moved"  # noqa: S608
+    try:
+        cursor.execute(statement, params)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+            return False  # autocommit: the statement rolled back on its own, nothing written
+        raise
+    return cursor.fetchone() is not None
