@@ -73,6 +73,8 @@ TOPIC = "newsletter"
 SAMPLE_S = 0.02
 # A machine this busy (all CPUs, every process) has no CPU left to give: more workers cannot help.
 CPU_BOUND_PCT = 85.0
+# The audit head with a queue in this share of the samples is always held: the serial limit.
+HEAD_SATURATED_SHARE = 0.9
 # One wait class holding this share of the client connections on average is the bottleneck.
 WAIT_BOUND_SHARE = 0.25
 # What a sampled session is doing: on CPU, waiting for the audit head row, for a commit's WAL
@@ -101,6 +103,13 @@ class Sessions:
 
     samples: int = 0
     counts: Counter[str] = field(default_factory=Counter)
+    # Samples with at least one session waiting for the audit head: the head was held (by a
+    # transaction between its append and its commit) and had a queue.
+    head_queued: int = 0
+
+    @property
+    def head_queued_share(self) -> float:
+        return self.head_queued / self.samples if self.samples else 0.0
 
     def average(self, state: str) -> float:
         """Sessions in `state` at any moment, on average."""
@@ -120,6 +129,7 @@ def sampling(target: Target) -> Iterator[Sessions]:
                 states = connection.execute(_SAMPLE).scalars().all()
                 found.samples += 1
                 found.counts.update(str(s) for s in states)
+                found.head_queued += "head_lock" in states
                 stop.wait(SAMPLE_S)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -147,6 +157,19 @@ class Figure:
         return 100.0 * cpu_s / max(1e-9, self.load.seconds * NCPU)
 
     @property
+    def others_pct(self) -> float:
+        """The machine's busy share used by processes outside the run (other work)."""
+        load = self.load
+        ours = self.busy_pct(load.server_cpu_s + load.postgres_cpu_s + load.client_cpu_s)
+        return max(0.0, load.machine_busy_pct - ours)
+
+    @property
+    def flush_ms(self) -> float:
+        """A commit's wait for its WAL flush, on average (sessions waiting × time / commits)."""
+        waited_s = self.sessions.average("wal_flush") * self.load.seconds
+        return 1000 * waited_s / max(1, self.load.requests)
+
+    @property
     def head_wait_ms(self) -> float:
         """Time a request spent waiting for the audit head's lock, on average (sessions
         waiting × run time / requests)."""
@@ -161,15 +184,19 @@ class Figure:
             f"{load.postgres_cpu_s * per_request:.2f} ms | machine {load.machine_busy_pct:.0f}% "
             f"busy: server {self.busy_pct(load.server_cpu_s):.0f}%, PostgreSQL "
             f"{self.busy_pct(load.postgres_cpu_s):.0f}%, "
-            f"wrk {self.busy_pct(load.client_cpu_s):.0f}%"
+            f"wrk {self.busy_pct(load.client_cpu_s):.0f}%, other processes {self.others_pct:.0f}%"
             f"\n    PostgreSQL sessions on average ({sessions.samples} samples): "
             + ", ".join(f"{state} {sessions.average(state):.2f}" for state in STATES)
-            + f" | audit head lock wait {self.head_wait_ms:.2f} ms per request"
+            + f"\n    audit head: lock wait {self.head_wait_ms:.2f} ms per request, queued in "
+            f"{sessions.head_queued_share:.0%} of the samples | WAL flush {self.flush_ms:.2f} ms "
+            "per request"
         )
 
 
 def verdict(figure: Figure) -> str:
-    """The resource that limits this run, from what was measured."""
+    """The resource that limits this run, from what was measured: the CPU when the machine has
+    none left (naming who uses it), else the audit head when it always has a queue, else the
+    wait that holds the most connections."""
     load, sessions = figure.load, figure.sessions
     clients = max(1, load.clients)
     head = sessions.average("head_lock") / clients
@@ -179,16 +206,19 @@ def verdict(figure: Figure) -> str:
             "the server processes": figure.busy_pct(load.server_cpu_s),
             "PostgreSQL": figure.busy_pct(load.postgres_cpu_s),
             "the load generator": figure.busy_pct(load.client_cpu_s),
+            "other processes (not this run: re-run on a quiet machine)": figure.others_pct,
         }
         first = max(users, key=lambda k: users[k])
+        return f"CPU ({load.machine_busy_pct:.0f}% busy; most: {first}, {users[first]:.0f}%)"
+    if sessions.head_queued_share >= HEAD_SATURATED_SHARE:
         return (
-            f"CPU: the machine is {load.machine_busy_pct:.0f}% busy, most of it {first} "
-            f"({users[first]:.0f}%)"
+            f"the audit head row (queued in {sessions.head_queued_share:.0%} of the samples, "
+            f"{head:.0%} of the connections waiting)"
         )
+    if flush >= WAIT_BOUND_SHARE and flush >= head:
+        return f"the WAL flush ({flush:.0%} of the connections wait for a commit's fsync)"
     if head >= WAIT_BOUND_SHARE:
-        return f"the audit head row: {head:.0%} of the connections wait for its lock"
-    if flush >= WAIT_BOUND_SHARE:
-        return f"the WAL flush: {flush:.0%} of the connections wait for a commit's fsync"
+        return f"the audit head row ({head:.0%} of the connections wait for its lock)"
     return "none saturated: more connections (clients) would go faster"
 
 
@@ -338,6 +368,19 @@ def floor_round(
         server.stop()
 
 
+def head_ceiling(report: list[Figure]) -> None:
+    """What one audit chain allows at most: each change holds the head from its append through
+    its commit's WAL flush, so the changes pass one at a time; the floor's flush time (no head,
+    the commits group) is the least such a hold can take."""
+    for f in report:
+        if f.path.startswith("floor") and f.flush_ms > 0:
+            print(
+                f"  W={f.workers}: a durable commit waits {f.flush_ms:.2f} ms for its WAL flush "
+                f"(floor): one chain passes at most ~{1000 / f.flush_ms:,.0f} single-change "
+                "transactions/s however many workers, unless changes are batched"
+            )
+
+
 def summary(report: list[Figure]) -> None:
     print("\nSummary (req/s; × W=1: against the same path with one process; floor: the same W)")
     header = (
@@ -403,6 +446,8 @@ def main() -> int:
                 if not args.no_floor:
                     floor_round(args, target, workers, work, report)
     summary(report)
+    print("\nThe single audit chain's ceiling")
+    head_ceiling(report)
     return 0
 
 
