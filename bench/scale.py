@@ -50,6 +50,7 @@ from one_click import (
     Load,
     Server,
     Target,
+    cpu_seconds,
     free_port,
     housekeeping,
     load_note,
@@ -80,7 +81,7 @@ WAIT_BOUND_SHARE = 0.25
 # What a sampled session is doing: on CPU, waiting for the audit head row, for a commit's WAL
 # flush, for another lock, or something else.
 _SAMPLE = text(
-    """SELECT CASE
+    """SELECT pid, CASE
         WHEN wait_event_type IS NULL THEN 'cpu'
         WHEN wait_event_type = 'Lock' AND query ILIKE '%audit_head%' THEN 'head_lock'
         WHEN wait_event_type = 'Lock' THEN 'other_lock'
@@ -106,6 +107,9 @@ class Sessions:
     # Samples with at least one session waiting for the audit head: the head was held (by a
     # transaction between its append and its commit) and had a queue.
     head_queued: int = 0
+    # The database's backends seen active: their CPU is PostgreSQL's share of the run (not
+    # the other databases' of a shared server).
+    pids: set[int] = field(default_factory=set)
 
     @property
     def head_queued_share(self) -> float:
@@ -126,9 +130,11 @@ def sampling(target: Target) -> Iterator[Sessions]:
     def sample() -> None:
         with engine.connect() as connection:
             while not stop.is_set():
-                states = connection.execute(_SAMPLE).scalars().all()
+                rows = connection.execute(_SAMPLE).all()
+                states = [str(state) for _, state in rows]
                 found.samples += 1
-                found.counts.update(str(s) for s in states)
+                found.counts.update(states)
+                found.pids.update(int(pid) for pid, _ in rows)
                 found.head_queued += "head_lock" in states
                 stop.wait(SAMPLE_S)
 
@@ -222,12 +228,32 @@ def verdict(figure: Figure) -> str:
     return "none saturated: more connections (clients) would go faster"
 
 
+def _backend_cpu(pids: set[int]) -> dict[int, float]:
+    return {pid: cpu_seconds([pid]) for pid in pids}
+
+
+def _backends(target: Target) -> set[int]:
+    with target.engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        ).scalars()
+        return {int(pid) for pid in rows}
+
+
 def measure(
     path: str, workers: int, target: Target, run: Callable[[], Load], report: list[Figure]
 ) -> Figure:
     housekeeping(target)
+    before = _backend_cpu(_backends(target))
     with sampling(target) as sessions:
         load = run()
+    after = _backend_cpu(set(before) | sessions.pids)
+    # Only this database's backends (a backend born during the run: all its CPU), where
+    # one_click.run_load counts every `postgres` process of the machine.
+    load.postgres_cpu_s = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
     figure = Figure(path, workers, load, sessions)
     print(load.line())
     print(figure.where())
