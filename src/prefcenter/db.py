@@ -1,10 +1,11 @@
-"""Owns the database: engines for SQLite and PostgreSQL, the UTC time column, and the one
-transaction boundary (the only place in the code base that commits)."""
+"""Owns the database: the UTC time column, the session slots, and the one transaction boundary
+(the only place in the code base that commits). Engines are built in engines.py; heavy reads
+may go to a read replica (replica.py)."""
 
 from __future__ import annotations
 
+import copy
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -13,24 +14,29 @@ from typing import Annotated, Any, TypeVar
 import anyio
 from fastapi import Depends, Request
 from fastapi.concurrency import contextmanager_in_threadpool
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event, text
+from sqlalchemy import DateTime, Engine
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel
 
-from prefcenter import metrics
+from prefcenter import engines, metrics
 from prefcenter.driver import DriverCursor
+from prefcenter.engines import WRITE_OPTION
 from prefcenter.problems import Conflict, ServiceUnavailable
+from prefcenter.replica import ReadPosition, Replica
 from prefcenter.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# Built in engines.py now; still importable from here, where they were.
+create_private_sqlite_file = engines.create_private_sqlite_file
+make_engine = engines.make_engine
+migration_connection = engines.migration_connection
+
 T = TypeVar("T")
 
-_WRITE_OPTION = "prefcenter_write"
 # Session.info key: the settings the session's Database was built from, for commit hooks
 # (the audit chain needs its key there).
 _SETTINGS_INFO = "prefcenter.settings"
@@ -103,87 +109,6 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-def make_engine(settings: Settings) -> Engine:
-    if settings.is_sqlite:
-        return _sqlite_engine(settings)
-    return create_engine(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
-        # No ping before every checkout (a round trip per request). A connection that died
-        # (a server restart) fails its first statement instead; SQLAlchemy then drops every
-        # pooled connection, that transaction is retried once by `run_in_transaction` or
-        # answered 503 + Retry-After by `transaction`, and nothing is half-written either way.
-        pool_recycle=1800,
-        # A 2xx means committed to disk: never run with asynchronous commit, whatever the
-        # server's default says.
-        connect_args={"options": _session_options(settings)},
-    )
-
-
-def _session_options(settings: Settings) -> str:
-    """PostgreSQL settings of each of the service's connections. The lock timeout makes a
-    request that waits behind a long-held lock fail (a 503, see `Database.transaction`)
-    instead of holding its pooled connection and worker thread until the lock goes: a stuck
-    session elsewhere must not fill the pool."""
-    lock_ms = round(settings.db_lock_timeout_s * 1000)
-    statement_ms = round(settings.db_statement_timeout_s * 1000)
-    return f"-c synchronous_commit=on -c lock_timeout={lock_ms} -c statement_timeout={statement_ms}"
-
-
-def create_private_sqlite_file(settings: Settings) -> None:
-    """Create a file-backed SQLite database as an empty file of mode 0600 before SQLite opens
-    it, unless it exists.
-
-    SQLite would create it with 0644 under the usual umask: every local user could read every
-    address and the audit trail. It gives its `-wal`, `-shm` and `-journal` files the database
-    file's mode, so they follow. An existing file keeps the mode its operator gave it.
-    """
-    path = settings.sqlite_path()
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # No O_EXCL: another worker creating it at the same moment is fine (an empty file is an
-    # empty database), and an existing file is opened and left as it is.
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-
-
-def _sqlite_engine(settings: Settings) -> Engine:
-    create_private_sqlite_file(settings)
-    engine = create_engine(
-        settings.database_url,
-        connect_args={"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_s},
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
-    )
-    busy_ms = int(settings.sqlite_busy_timeout_s * 1000)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control away from the sqlite3 module so that BEGIN is ours.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=FULL",
-            f"PRAGMA busy_timeout={busy_ms}",
-            "PRAGMA foreign_keys=ON",
-        ):
-            cursor.execute(pragma)
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # Writers take the write lock up front: a deferred transaction that upgrades later
-        # fails with SQLITE_BUSY at once instead of waiting its turn.
-        if connection.get_execution_options().get(_WRITE_OPTION):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            connection.exec_driver_sql("BEGIN")
-
-    return engine
-
-
 class SessionSlots:
     """`async with` one of a process's session slots (a semaphore), counting the requests that
     had to wait for one: waits mean the pool is the bottleneck."""
@@ -222,6 +147,26 @@ class Database:
         # for reads, so that writes stuck behind a lock (until the lock timeout) never leave
         # the reads waiting too.
         self.write_slots = anyio.Semaphore(max(1, slots - max(1, slots // 4)))
+        self.replica = Replica.from_settings(settings, self.engine)
+        # Set on the copies `reads` hands out: where their read transactions go.
+        self._read_position: ReadPosition | None = None
+
+    def reads(self) -> Database:
+        """This database for one request's heavy reads (the eligibility API, exports, audit
+        queries, lookups): with a read replica, each read transaction goes to the replica once
+        it has replayed the primary's WAL position taken at the request's first read, else to
+        the primary (see replica.py). Writes still go to the primary. Without a replica: this
+        database itself."""
+        if self.replica is None:
+            return self
+        reads = copy.copy(self)
+        reads._read_position = self.replica.position()
+        return reads
+
+    def _engine(self, *, write: bool) -> Engine:
+        if write or self._read_position is None:
+            return self.engine
+        return self._read_position.engine()
 
     @contextmanager
     def transaction(
@@ -238,10 +183,11 @@ class Database:
         or a lost connection is a 503 (retry), a concurrent duplicate is a 409.
         """
         try:
-            with Session(self.engine, expire_on_commit=False, autoflush=True) as session:
+            engine = self._engine(write=write)
+            with Session(engine, expire_on_commit=False, autoflush=True) as session:
                 session.info[_SETTINGS_INFO] = self.settings
                 if write:
-                    session.connection(execution_options={_WRITE_OPTION: True})
+                    session.connection(execution_options={WRITE_OPTION: True})
                 elif autocommit and not self.settings.is_sqlite:
                     session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 elif snapshot and not self.settings.is_sqlite:
@@ -339,8 +285,8 @@ class Database:
     def on_connection(self, work: Callable[[DriverCursor], T]) -> T:
         """`run_on_connection` in the calling thread."""
         try:
-            pooled = self.engine.raw_connection()
-        except self.engine.dialect.loaded_dbapi.OperationalError as exc:
+            pooled = self._engine(write=False).raw_connection()
+        except (self.engine.dialect.loaded_dbapi.OperationalError, OperationalError) as exc:
             # No connection to be had (the server is down or restarting); the pool raises the
             # driver's own error here, unwrapped.
             logger.warning("database unreachable on the direct path: %s", exc)
@@ -377,32 +323,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-# Any fixed number: held while migrating, so that hosts starting together migrate one at a time.
-_MIGRATION_LOCK_ID = 0x70726566  # "pref"
-
-
-@contextmanager
-def migration_connection(settings: Settings) -> Iterator[Connection]:
-    """A PostgreSQL connection holding the migration advisory lock; what the block did is
-    committed when it ends, and the lock released either way."""
-    engine = create_engine(settings.database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-            connection.commit()
-            try:
-                yield connection
-                connection.commit()
-            finally:
-                connection.rollback()
-                connection.execute(
-                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
-                )
-                connection.commit()
-    finally:
-        engine.dispose()
+        if self.replica is not None:
+            self.replica.dispose()
 
 
 def settings_of_session(session: OrmSession) -> Settings:
@@ -418,8 +340,16 @@ def database_of(request: Request) -> Database:
     return database
 
 
+def read_database_of(request: Request) -> Database:
+    """The database for this request's heavy reads: its read replica when there is one (see
+    Database.reads)."""
+    return database_of(request).reads()
+
+
 @asynccontextmanager
-async def _request_transaction(request: Request, *, write: bool) -> AsyncIterator[Session]:
+async def _request_transaction(
+    request: Request, *, write: bool, replica: bool = False
+) -> AsyncIterator[Session]:
     """The request's transaction, entered and left in worker threads like any sync dependency,
     but only once one of the process's session slots is free.
 
@@ -429,7 +359,7 @@ async def _request_transaction(request: Request, *, write: bool) -> AsyncIterato
     their handler and validate their answer: nothing moves until the pool and busy timeouts
     turn the burst into 500s and 503s.
     """
-    database = database_of(request)
+    database = read_database_of(request) if replica else database_of(request)
     async with (
         database.write_slots if write else nullcontext(),
         database.session_slots,
@@ -443,6 +373,11 @@ async def _read_session(request: Request) -> AsyncIterator[Session]:
         yield session
 
 
+async def _replica_session(request: Request) -> AsyncIterator[Session]:
+    async with _request_transaction(request, write=False, replica=True) as session:
+        yield session
+
+
 async def _write_session(request: Request) -> AsyncIterator[Session]:
     async with _request_transaction(request, write=True) as session:
         yield session
@@ -452,3 +387,6 @@ async def _write_session(request: Request) -> AsyncIterator[Session]:
 # sent, so a 2xx is only ever sent for a committed change.
 ReadSession = Annotated[Session, Depends(_read_session, scope="function")]
 WriteSession = Annotated[Session, Depends(_write_session, scope="function")]
+# A read transaction on the read replica when there is one, once it has caught up with the
+# primary as of the request's start (see Database.reads): for the heavy reads only.
+ReplicaSession = Annotated[Session, Depends(_replica_session, scope="function")]

@@ -68,6 +68,7 @@ class Instruments:
     db_connections_in_use: Gauge
     db_session_waits: Counter
     db_sessions_waiting: Gauge
+    db_replica_reads: Counter
 
 
 @cache
@@ -139,6 +140,13 @@ def instruments() -> Instruments:
             "Requests waiting for a database session slot now.",
             registry=registry,
             multiprocess_mode="livesum",
+        ),
+        db_replica_reads=Counter(
+            "prefcenter_db_replica_reads",
+            "Heavy read transactions with a read replica configured, by the server that served "
+            "them (replica, or primary when the replica lagged past the wait or was down).",
+            ["served_by"],
+            registry=registry,
         ),
     )
 
@@ -229,6 +237,10 @@ def count_consent_change(session: Session | None, *, source: str, outcome: str) 
 
 def count_eligibility_addresses(endpoint: str, count: int) -> None:
     instruments().eligibility_addresses.labels(endpoint).inc(count)
+
+
+def count_replica_read(*, by_replica: bool) -> None:
+    instruments().db_replica_reads.labels("replica" if by_replica else "primary").inc()
 
 
 def record_verify(*, ok: bool, at: float) -> None:

@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, make_url
 from sqlalchemy.exc import OperationalError
 
-from prefcenter.db import create_private_sqlite_file, migration_connection
+from prefcenter.engines import create_private_sqlite_file, migration_connection
 from prefcenter.settings import Settings
 
 logger = logging.getLogger(__name__)

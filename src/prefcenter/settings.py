@@ -129,6 +129,14 @@ class Settings(BaseSettings):
     # timeout above.)
     db_lock_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     db_statement_timeout_s: float = Field(default=0.0, ge=0, le=86400)
+    # PostgreSQL: a streaming replica (hot standby) for the heavy reads: the eligibility API,
+    # the audience and suppression exports, audit queries and exports, lookups (replica.py).
+    # Each such read first waits until the replica has replayed the primary's WAL position of
+    # the request's start, at most `read_replica_max_wait_ms`, else it reads the primary; a
+    # replica found unreachable is tried again after `read_replica_retry_s`.
+    read_database_url: str | None = None
+    read_replica_max_wait_ms: int = Field(default=250, ge=0, le=60_000)
+    read_replica_retry_s: float = Field(default=5.0, ge=0, le=3600)
     # On SIGTERM: how long the server keeps serving while `/readyz` answers 503 (a load
     # balancer's time to notice), then how long in-flight requests and the outbox worker's
     # deliveries may take to finish before they are cut off.

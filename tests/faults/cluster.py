@@ -98,14 +98,19 @@ class PrivatePostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def init_cluster() -> PrivatePostgres:
-    bin_dir = postgres_bin_dir()
+def _private_root(prefix: str) -> Path:
     # Not under pytest's temporary directory: its parent is private to root, and the server
     # runs as OWNER.
-    root = Path(tempfile.mkdtemp(prefix="prefcenter-faults-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
         owner = pwd.getpwnam(OWNER)
         os.chown(root, owner.pw_uid, owner.pw_gid)
+    return root
+
+
+def init_cluster() -> PrivatePostgres:
+    bin_dir = postgres_bin_dir()
+    root = _private_root("prefcenter-faults-pg-")
     cluster = PrivatePostgres(bin_dir=bin_dir, root=root, port=free_port())
     try:
         cluster._run(
@@ -117,3 +122,22 @@ def init_cluster() -> PrivatePostgres:
         cluster.remove()
         raise
     return cluster
+
+
+def init_replica(primary: PrivatePostgres) -> PrivatePostgres:
+    """A streaming replica (hot standby) of `primary`, on a port of its own: a base backup
+    taken with `pg_basebackup -R`, which writes the standby's connection to the primary
+    (initdb's `trust` covers replication connections from this host too)."""
+    root = _private_root("prefcenter-faults-replica-")
+    replica = PrivatePostgres(bin_dir=primary.bin_dir, root=root, port=free_port())
+    try:
+        replica._run(
+            "pg_basebackup",
+            *("-D", str(root / "data"), "-h", HOST, "-p", str(primary.port), "-U", "postgres"),
+            *("-R", "-X", "stream", "-c", "fast", "--no-sync"),
+        )
+        replica.start()
+    except BaseException:
+        replica.remove()
+        raise
+    return replica

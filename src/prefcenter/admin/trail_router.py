@@ -19,7 +19,7 @@ from prefcenter.audit import export
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.audit.query_schemas import ExportFormat
 from prefcenter.consent.ledger.replay import verify_ledger
-from prefcenter.db import ReadSession, database_of, utcnow
+from prefcenter.db import ReadSession, database_of, read_database_of, utcnow
 from prefcenter.exports import service as exports
 from prefcenter.problems import Unprocessable
 from prefcenter.topics.schemas import TopicKey
@@ -90,7 +90,7 @@ def _download(stream: StreamingResponse, filename: str) -> StreamingResponse:
 
 @router.get("/exports/suppressions.csv")
 def export_suppressions(request: Request, admin: SignedIn) -> StreamingResponse:
-    stream = exports.suppressions_csv(database_of(request))
+    stream = exports.suppressions_csv(read_database_of(request))
     return _download(StreamingResponse(stream, media_type=CSV_MEDIA_TYPE), "suppressions.csv")
 
 
@@ -98,7 +98,7 @@ def export_suppressions(request: Request, admin: SignedIn) -> StreamingResponse:
 def export_audience(
     request: Request, key: Annotated[TopicKey, Path()], admin: SignedIn
 ) -> StreamingResponse:
-    database = database_of(request)
+    database = read_database_of(request)
     with database.transaction(write=False) as session:
         topic = exports.find_audience_topic(session, key)
     stream = exports.audience_csv(database, topic)
@@ -113,7 +113,7 @@ def export_trail(
     _, filters, errors = _filters(request)
     if filters is None:
         raise Unprocessable("Check the filters: " + " ".join(errors.values()))
-    database = database_of(request)
+    database = read_database_of(request)
     # Resolved before the answer starts, so that a bad filter is a page, not a cut download.
     with database.transaction(write=False) as session:
         query = event_query(session, keys, filters)

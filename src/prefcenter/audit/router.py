@@ -19,7 +19,7 @@ from prefcenter.audit.query_schemas import AuditEventsOut, ChangesOut, ExportFor
 from prefcenter.audit.schemas import VerifyOut
 from prefcenter.audit.verify import StateReplay, VerifyResult, verify_chain
 from prefcenter.contacts.addresses import MAX_ADDRESS_OCTETS, InvalidAddress, parse_address
-from prefcenter.db import ReadSession, database_of
+from prefcenter.db import ReadSession, ReplicaSession, database_of, read_database_of
 from prefcenter.problems import Unprocessable, problem_responses
 from prefcenter.timestamps import Rfc3339Bound
 
@@ -91,7 +91,7 @@ Filters = Annotated[queries.AuditFilters, Depends(_audit_filters)]
 )
 def list_events(
     _: AuditReader,
-    session: ReadSession,
+    session: ReplicaSession,
     keys: AuditKeysDep,
     filters: Filters,
     cursor: Annotated[
@@ -132,7 +132,7 @@ def export_events(
         ExportFormat, Query(alias="format", description="`csv` or `jsonl`.")
     ] = ExportFormat.CSV,
 ) -> StreamingResponse:
-    database = database_of(request)
+    database = read_database_of(request)
     # Resolved before the answer starts, so that a bad filter is a problem, not a cut stream.
     with database.transaction(write=False) as session:
         query = queries.resolve_filters(session, keys, filters)

@@ -36,7 +36,7 @@ from prefcenter.consent.schemas import (
     LookupOut,
     SignedReceipt,
 )
-from prefcenter.db import ReadSession, WriteSession, database_of, utcnow
+from prefcenter.db import ReadSession, WriteSession, database_of, read_database_of, utcnow
 from prefcenter.idempotency import Idempotency, IdempotentCall
 from prefcenter.problems import problem_responses
 from prefcenter.settings import Settings, SigningKey, settings_of, signing_keys_of
@@ -188,7 +188,7 @@ def _json_answer(answer: BaseModel, response: Response) -> Response:
 async def lookup_contacts(
     query: LookupIn, _: ConsentReader, request: Request, keys: AuditKeysDep
 ) -> Response:
-    answer = await lookup.lookup_json(database_of(request), query.emails, keys=keys)
+    answer = await lookup.lookup_json(read_database_of(request), query.emails, keys=keys)
     return Response(answer, media_type="application/json")
 
 

@@ -12,7 +12,7 @@ from starlette.types import Scope as AsgiScope
 from prefcenter.apikeys.auth import requires
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
-from prefcenter.db import ReadSession, database_of
+from prefcenter.db import ReplicaSession, read_database_of
 from prefcenter.eligibility import service, stream
 from prefcenter.eligibility.schemas import EligibilityIn, EligibilityOut
 from prefcenter.metrics import count_eligibility_addresses
@@ -71,7 +71,7 @@ class _BodyStreamingResponse(StreamingResponse):
 def check_eligibility(
     query: EligibilityIn,
     _: EligibilityChecker,
-    session: ReadSession,
+    session: ReplicaSession,
     keys: Annotated[AuditKeys, Depends(audit_keys_of)],
 ) -> Response:
     answer = service.check_eligibility(session, query, keys=keys)
@@ -92,7 +92,7 @@ async def stream_eligibility(
     request: Request,
 ) -> StreamingResponse:
     csv_body = stream.is_csv(request.headers.get("content-type"))
-    database = database_of(request)
+    database = read_database_of(request)
     ref = await stream.require_topic(database, topic)
     answer = await stream.open_stream(
         database, ref, request.stream(), csv_body=csv_body, keys=audit_keys_of(request)

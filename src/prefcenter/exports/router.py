@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from prefcenter.apikeys.auth import ConsentReader, requires
 from prefcenter.apikeys.schemas import Caller, Scope
-from prefcenter.db import database_of
+from prefcenter.db import read_database_of
 from prefcenter.exports import service
 from prefcenter.problems import problem_responses
 from prefcenter.topics.schemas import TopicKey
@@ -31,7 +31,7 @@ def _csv_response(description: str) -> dict[int | str, dict[str, Any]]:
     responses=_csv_response("CSV `email,reason,since`, ordered by contact."),
 )
 def export_suppressions(_: ConsentReader, request: Request) -> StreamingResponse:
-    stream = service.suppressions_csv(database_of(request))
+    stream = service.suppressions_csv(read_database_of(request))
     return StreamingResponse(stream, media_type=CSV_MEDIA_TYPE)
 
 
@@ -47,7 +47,7 @@ def export_suppressions(_: ConsentReader, request: Request) -> StreamingResponse
 def export_audience(
     key: Annotated[TopicKey, Path()], _: EligibilityReader, request: Request
 ) -> StreamingResponse:
-    database = database_of(request)
+    database = read_database_of(request)
     with database.transaction(write=False) as session:
         topic = service.find_audience_topic(session, key)
     stream = service.audience_csv(database, topic)
