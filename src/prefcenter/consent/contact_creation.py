@@ -1,10 +1,11 @@
 """Owns bringing an address into the ledger: the one place that creates contacts, and so the one
 place that asks whether the address was erased first.
 
-Every path that can create a contact (a consent change, links for a send, imports, address
-correction, the console) goes through `lock_new_contact` (one address, locked for the change
-that follows) or `create_contacts` (many, set-based). An erased address is never stored again:
-the single form refuses it with `address-erased`, the bulk form leaves it out and names it.
+Every path that can create a contact (a consent change, links for a send, imports, the
+console) goes through `lock_new_contact` (one address, locked for the change that follows) or
+`create_contacts` (many, set-based); address correction gives an existing contact its new
+address through `readdress_contact`. An erased address is never stored again: the single forms
+refuse it with `address-erased`, the bulk form leaves it out and names it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy import String, bindparam, exists, literal
+from sqlalchemy import String, bindparam, exists, literal, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -84,6 +85,28 @@ def lock_new_contact(session: Session, keys: AuditKeys, address: Address) -> Con
         return contact
     refuse_erased_address(session, keys, address.normalised)
     return lock_contact(session, address)
+
+
+def readdress_contact(
+    session: Session, keys: AuditKeys, contact: Contact, address: Address
+) -> None:
+    """Give the (locked) contact this address; an erased address is refused (`AddressErased`)
+    and nothing is written. As in `lock_new_contact`, the erased check guards the UPDATE itself,
+    so an erased address is never stored, even for the instant before a rollback."""
+    written = session.execute(
+        update(Contact)
+        .where(
+            col(Contact.id) == contact.id,
+            ~exists().where(
+                col(ErasedAddress.address_hash) == keys.address_hash(address.normalised)
+            ),
+        )
+        .values(address=address.normalised, address_display=address.given)
+        .execution_options(synchronize_session=False)
+    )
+    if written.rowcount != 1:  # type: ignore[attr-defined]
+        raise address_erased()
+    session.refresh(contact, ["address", "address_display"])
 
 
 _ERASED = exists().where(col(ErasedAddress.address_hash) == bindparam("address_hash"))

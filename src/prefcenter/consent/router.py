@@ -13,7 +13,15 @@ from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
-from prefcenter.consent import batch, erasure, lookup, queries, receipts, service, support_desk
+from prefcenter.consent import (
+    address_correction,
+    batch,
+    erasure,
+    lookup,
+    queries,
+    receipts,
+    service,
+)
 from prefcenter.consent.batch_schemas import MAX_CONSENT_BATCH, ConsentBatchIn, ConsentBatchOut
 from prefcenter.consent.schemas import (
     AddressCorrectionIn,
@@ -201,8 +209,14 @@ def correct_address(
     keys: AuditKeysDep,
     context: RequestContextDep,
 ) -> AddressCorrectionOut:
-    return support_desk.correct_address(
-        session, contact_id, correction, keys=keys, caller=caller, request=context
+    return address_correction.correct_address(
+        session,
+        contact_id,
+        correction,
+        keys=keys,
+        actor=caller.actor,
+        request=context,
+        now=utcnow(),
     )
 
 
