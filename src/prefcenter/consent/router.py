@@ -84,6 +84,7 @@ async def post_consent(
                 settings=settings,
                 ring=ring,
                 keys=keys,
+                now=utcnow(),
             ),
         )
 
@@ -129,6 +130,7 @@ async def post_consent_batch(
                 settings=settings,
                 ring=ring,
                 keys=keys,
+                now=utcnow(),
             ),
         )
 
