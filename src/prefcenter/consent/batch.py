@@ -99,6 +99,7 @@ def record_changes(
             )
             for (index, change, topic), at in zip(accepted, instants, strict=True)
         ],
+        now=now,
     )
     for (index, change, topic), outcome in zip(accepted, written, strict=True):
         if isinstance(outcome, Problem):

@@ -191,7 +191,7 @@ def erase_contact(
     context: RequestContextDep,
 ) -> ErasureOut:
     return erasure.erase_contact(
-        session, contact_id, keys=keys, actor=caller.actor, request=context
+        session, contact_id, keys=keys, actor=caller.actor, request=context, now=utcnow()
     )
 
 

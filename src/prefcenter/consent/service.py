@@ -54,7 +54,7 @@ def record_change(
         if change.notice is not None
         else None
     )
-    contact = lock_new_contact(session, keys, change.email)
+    contact = lock_new_contact(session, keys, change.email, now=now)
     applied = apply_change(
         session,
         contact=contact,
