@@ -7,15 +7,23 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
+from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.reading import events_of_contact
-from prefcenter.db import Database
+from prefcenter.consent.contact_creation import readdress_contact
+from prefcenter.consent.erased import AddressErased
+from prefcenter.consent.models import ErasedAddress
+from prefcenter.contacts.addresses import parse_address
+from prefcenter.contacts.models import Contact
+from prefcenter.db import Database, utcnow
+from prefcenter.settings import Settings
 from tests.support.factories import (
     Headers,
     Json,
     assert_problem,
     error_fields,
     lookup,
+    make_contact,
     make_topic,
     record_change,
     row_counts,
@@ -166,3 +174,35 @@ class TestCorrectAddress:
             f"/v1/contacts/{ada}", headers=writer_headers, json={"address": ADA, "reason": "x"}
         )
         assert_problem(response, 403)
+
+
+class TestReaddressContact:
+    """The write model's half of a correction (consent.contact_creation), on a session."""
+
+    def test_gives_the_contact_the_address(self, database: Database) -> None:
+        with database.transaction(write=True) as session:
+            contact = make_contact(session, "ada@exmaple.com")
+            readdress_contact(
+                session,
+                AuditKeys.from_settings(database.settings),
+                contact,
+                parse_address("Ada@Example.com"),
+            )
+            assert (contact.address, contact.address_display) == (ADA, "Ada@Example.com")
+        with database.transaction(write=False) as session:
+            stored = session.exec(select(Contact.address)).all()
+        assert stored == [ADA]
+
+    def test_an_erased_address_is_refused_in_the_statement_itself(
+        self, database: Database, settings: Settings
+    ) -> None:
+        keys = AuditKeys.from_settings(settings)
+        with database.transaction(write=True) as session:
+            session.add(ErasedAddress(address_hash=keys.address_hash(ADA), erased_at=utcnow()))
+            contact = make_contact(session, "ada@exmaple.com")
+        with database.transaction(write=True) as session:
+            contact = make_contact(session, "ada@exmaple.com")
+            with pytest.raises(AddressErased):
+                readdress_contact(session, keys, contact, parse_address(ADA))
+            # Not even for the instant before the rollback: the row never held it.
+            assert session.exec(select(Contact.address)).all() == ["ada@exmaple.com"]
