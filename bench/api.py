@@ -63,7 +63,7 @@ from one_click import (
 from prefcenter import migrations
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.apikeys.service import create_api_key
-from prefcenter.db import Database
+from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
@@ -100,6 +100,7 @@ def prepare(target: Target, contacts: int) -> str:
                 TOPIC,
                 TopicIn(name="Newsletter", kind=TopicKind.MARKETING, consent=ConsentModel.OPT_IN),
                 caller=caller,
+                now=utcnow(),
             )
     finally:
         database.dispose()

@@ -37,7 +37,7 @@ from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.apikeys.service import create_api_key
 from prefcenter.app import create_app
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.db import Database
+from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
@@ -128,7 +128,6 @@ class AsgiCaller:
 
 def prepare(settings: Settings, count: int) -> list[str]:
     """Migrate; a topic; `count` contacts subscribed to it, with their unsubscribe tokens."""
-    from prefcenter.db import utcnow  # noqa: PLC0415
     from prefcenter.links.schemas import LinkRequest, LinkSet  # noqa: PLC0415
     from prefcenter.links.service import issue_links  # noqa: PLC0415
 
@@ -143,6 +142,7 @@ def prepare(settings: Settings, count: int) -> list[str]:
                 TOPIC,
                 TopicIn(name="Newsletter", kind=TopicKind.MARKETING, consent=ConsentModel.OPT_IN),
                 caller=caller,
+                now=utcnow(),
             )
             links = []
             for start in range(0, count, 10_000):

@@ -56,7 +56,7 @@ from sqlalchemy.pool import NullPool
 from prefcenter import migrations
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.apikeys.service import create_api_key
-from prefcenter.db import Database
+from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
@@ -417,6 +417,7 @@ def prepare(target: Target, webhook_url: str | None = None) -> dict[str, str]:
                 TOPIC,
                 TopicIn(name="Newsletter", kind=TopicKind.MARKETING, consent=ConsentModel.OPT_IN),
                 caller=caller,
+                now=utcnow(),
             )
             if webhook_url is not None:
                 create_endpoint(
@@ -425,6 +426,7 @@ def prepare(target: Target, webhook_url: str | None = None) -> dict[str, str]:
                     settings=settings.model_copy(update={"webhooks_allow_private": True}),
                     resolve=system_resolve,
                     actor=Actor(name="bench", channel="bench"),
+                    now=utcnow(),
                 )
     finally:
         database.dispose()

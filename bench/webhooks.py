@@ -51,7 +51,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.ledger.changes import ChangeRecord
 from prefcenter.consent.ledger.lane import read_optout_state, write_optout
 from prefcenter.consent.rules import Status
-from prefcenter.db import Database
+from prefcenter.db import Database, utcnow
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
 from prefcenter.preference_center.service import Channel, recipient_change
 from prefcenter.settings import Settings
@@ -277,6 +277,7 @@ def main() -> None:
                             name="Newsletter", kind=TopicKind.MARKETING, consent=ConsentModel.OPT_IN
                         ),
                         caller=CALLER,
+                        now=utcnow(),
                     )
                     endpoint = webhooks.create_endpoint(
                         session,
@@ -284,6 +285,7 @@ def main() -> None:
                         settings=settings,
                         resolve=system_resolve,
                         actor=ACTOR,
+                        now=utcnow(),
                     )
                 started = time.perf_counter()
                 seed(database, args.deliveries)
@@ -324,6 +326,7 @@ def main() -> None:
                         settings=settings,
                         resolve=system_resolve,
                         actor=ACTOR,
+                        now=utcnow(),
                     )
                 time.sleep(2 * args.poll + 0.2)
                 started = time.perf_counter()

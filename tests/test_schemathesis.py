@@ -30,7 +30,7 @@ from prefcenter.audit.queries import InvalidTimeRange
 from prefcenter.consent.errors import ReasonRequired
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.cursors import InvalidCursor
-from prefcenter.db import Database
+from prefcenter.db import Database, utcnow
 from prefcenter.idempotency import IdempotencyKeyReused
 from prefcenter.imports.errors import UnreadableImport
 from prefcenter.notices.errors import (
@@ -309,7 +309,7 @@ def api(settings: Settings, database: Database) -> Iterator[IssuedTokens]:
     seed = Caller(key_id=0, name="seed", scopes=frozenset({ApiScope.ADMIN}))
     with database.transaction(write=True) as session:
         for key, spec in SEEDED_TOPICS.items():
-            put_topic(session, key, spec, caller=seed)
+            put_topic(session, key, spec, caller=seed, now=utcnow())
     app = create_app(settings)
     tokens = issue_tokens(app, issue_key(database, ApiScope.ADMIN, name="seed"))
     APP_UNDER_TEST.app = app

@@ -73,6 +73,7 @@ def write_changes(database_url: str, writer: int, count: int) -> int:
                             settings=settings,
                             ring=ring,
                             keys=keys,
+                            now=datetime.now(UTC),
                         )
                     break
                 except Conflict:

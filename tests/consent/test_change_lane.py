@@ -94,7 +94,6 @@ def _lane(
 def _locking_path(database: Database, change: ConsentChangeIn, *, now: datetime) -> Any:
     keys = AuditKeys.from_settings(database.settings)
     with database.transaction(write=True) as session:
-        # consent.service reads the clock itself: the comparison allows for that below.
         return service.record_change(
             session,
             change,
@@ -103,6 +102,7 @@ def _locking_path(database: Database, change: ConsentChangeIn, *, now: datetime)
             settings=database.settings,
             ring=RING,
             keys=keys,
+            now=now,
         )
 
 

@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
+from prefcenter import confirmations
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.app import create_app
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent
-from prefcenter.consent import service as consent_service
-from prefcenter.consent.confirmation_mail import RESEND_AFTER, queue_confirmation
+from prefcenter.confirmations import RESEND_AFTER, queue_confirmation
 from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database
 from prefcenter.outbox.models import OutboxMessage
@@ -123,7 +123,7 @@ class TestQueuedWithTheChange:
             queue(*args, **kwargs)
             raise RuntimeError("the request fails after writing")
 
-        monkeypatch.setattr(consent_service, "queue_confirmation", queue_then_fail)
+        monkeypatch.setattr(confirmations, "queue_confirmation", queue_then_fail)
         with TestClient(create_app(settings), raise_server_exceptions=False) as failing:
             response = failing.post(
                 "/v1/consents",

@@ -31,7 +31,7 @@ def _contacts(database: Database, *emails: str) -> dict[str, int]:
     ids: dict[str, int] = {}
     with database.transaction(write=True) as session:
         for email in emails:
-            contact = lock_contact(session, parse_address(email))
+            contact = lock_contact(session, parse_address(email), now=NOW)
             assert contact.id is not None
             ids[email] = contact.id
     return ids

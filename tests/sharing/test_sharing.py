@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
+from prefcenter.consent.rules import ActorKind
 from prefcenter.db import Database
 from tests.preference_center.test_router import (
     one_click,
@@ -25,6 +26,9 @@ from tests.support.factories import (
     error_fields,
     issue_links,
     lookup,
+    make_change,
+    make_contact,
+    make_subscription,
     make_topic,
     record_change,
     subscription_status,
@@ -223,9 +227,11 @@ class TestApiAfterThePersonDeclined:
         writer_headers: Headers,
         links_headers: Headers,
         admin_headers: Headers,
+        database: Database,
         acme: str,
     ) -> None:
-        record_change(client, writer_headers, ADA, "subscribed", topic=acme, source="signup_form")
+        with database.transaction(write=True) as session:
+            make_subscription(session, ADA, acme, source="signup_form")
         self.decline_on_the_page(client, links_headers, acme)
 
         response = client.post(
@@ -243,21 +249,24 @@ class TestApiAfterThePersonDeclined:
         writer_headers: Headers,
         links_headers: Headers,
         admin_headers: Headers,
+        database: Database,
         acme: str,
     ) -> None:
-        record_change(client, writer_headers, ADA, "subscribed", topic=acme, source="signup_form")
-        record_change(client, writer_headers, BOB, "subscribed", topic=acme, source="signup_form")
+        with database.transaction(write=True) as session:
+            make_subscription(session, ADA, acme, source="signup_form")
+            make_subscription(session, BOB, acme, source="signup_form")
         unsubscribe = issue_links(client, links_headers, ADA, topic=acme)["unsubscribe_url"]
         assert one_click(client, path_of(unsubscribe)).status_code == 200
-        record_change(
-            client,
-            admin_headers,
-            BOB,
-            "unsubscribed",
-            topic=acme,
-            source="support",
-            reason="ticket 123: asked us to stop sharing",
-        )
+        with database.transaction(write=True) as session:
+            make_subscription(
+                session,
+                BOB,
+                acme,
+                "unsubscribed",
+                actor=ActorKind.ADMIN,
+                source="support",
+                reason="ticket 123: asked us to stop sharing",
+            )
 
         for email in (ADA, BOB):
             record_change(
@@ -268,12 +277,13 @@ class TestApiAfterThePersonDeclined:
     def test_an_admin_with_a_reason_and_evidence_may_lift_it(
         self,
         client: TestClient,
-        writer_headers: Headers,
         links_headers: Headers,
         admin_headers: Headers,
+        database: Database,
         acme: str,
     ) -> None:
-        record_change(client, writer_headers, ADA, "subscribed", topic=acme, source="signup_form")
+        with database.transaction(write=True) as session:
+            make_subscription(session, ADA, acme, source="signup_form")
         self.decline_on_the_page(client, links_headers, acme)
         record_change(
             client, admin_headers, ADA, "subscribed", topic=acme, source="support", expect=422
@@ -293,9 +303,15 @@ class TestApiAfterThePersonDeclined:
         assert answer_of(client, admin_headers, acme, ADA) == (True, "subscribed")
 
     def test_an_opt_out_the_api_itself_recorded_may_be_reversed_by_it(
-        self, client: TestClient, writer_headers: Headers, admin_headers: Headers, acme: str
+        self,
+        client: TestClient,
+        writer_headers: Headers,
+        admin_headers: Headers,
+        database: Database,
+        acme: str,
     ) -> None:
-        record_change(client, writer_headers, ADA, "unsubscribed", topic=acme, source="crm_sync")
+        with database.transaction(write=True) as session:
+            make_subscription(session, ADA, acme, "unsubscribed", source="crm_sync")
 
         record_change(client, writer_headers, ADA, "subscribed", topic=acme, source="crm_sync")
 
@@ -306,16 +322,17 @@ class TestEligibility:
     def test_answers_may_we_share_from_the_sharing_consent_only(
         self,
         client: TestClient,
-        writer_headers: Headers,
         eligibility_headers: Headers,
+        database: Database,
         acme: str,
     ) -> None:
-        record_change(client, writer_headers, ADA, "subscribed", topic=acme, source="signup_form")
-        record_change(client, writer_headers, BOB, "unsubscribed", topic=acme)
-        # Cat opted out of all marketing, then agreed to sharing: marketing is mail, sharing is
-        # not, so the one does not decide the other.
-        record_change(client, writer_headers, CAT, "unsubscribed", source="complaint")
-        record_change(client, writer_headers, CAT, "subscribed", topic=acme, source="signup_form")
+        with database.transaction(write=True) as session:
+            make_subscription(session, ADA, acme, source="signup_form")
+            make_subscription(session, BOB, acme, "unsubscribed")
+            # Cat opted out of all marketing, then agreed to sharing: marketing is mail,
+            # sharing is not, so the one does not decide the other.
+            make_change(session, CAT, "unsubscribed", source="complaint")
+            make_subscription(session, CAT, acme, source="signup_form")
 
         results = eligibility(
             client, eligibility_headers, acme, ADA, BOB, CAT, "dan@example.com", "nope"
@@ -362,14 +379,15 @@ class TestEligibility:
     def test_mail_topics_still_follow_the_marketing_opt_out(
         self,
         client: TestClient,
-        writer_headers: Headers,
         eligibility_headers: Headers,
+        database: Database,
         acme: str,
         newsletter: str,
     ) -> None:
-        record_change(client, writer_headers, ADA, "subscribed", topic=newsletter)
-        record_change(client, writer_headers, ADA, "subscribed", topic=acme, source="signup_form")
-        record_change(client, writer_headers, ADA, "unsubscribed")
+        with database.transaction(write=True) as session:
+            make_subscription(session, ADA, newsletter)
+            make_subscription(session, ADA, acme, source="signup_form")
+            make_change(session, ADA, "unsubscribed")
 
         assert answer_of(client, eligibility_headers, newsletter, ADA) == (False, "suppressed")
         assert answer_of(client, eligibility_headers, acme, ADA) == (True, "subscribed")
@@ -377,20 +395,20 @@ class TestEligibility:
 
 class TestReceipt:
     def test_lists_every_party_the_person_agreed_to(
-        self, client: TestClient, writer_headers: Headers, admin_headers: Headers, acme: str
+        self, client: TestClient, admin_headers: Headers, database: Database, acme: str
     ) -> None:
         make_sharing(client, admin_headers, "beta", "Beta Payments GmbH")
         make_sharing(client, admin_headers, "gamma", "Gamma Ads")
         make_sharing(client, admin_headers, "delta", "Delta Labs", double_opt_in=True)
-        answer = record_change(
-            client, writer_headers, ADA, "subscribed", topic=acme, source="signup_form"
-        )
-        record_change(client, writer_headers, ADA, "subscribed", topic="beta", source="form")
-        record_change(client, writer_headers, ADA, "subscribed", topic="gamma", source="form")
-        record_change(client, writer_headers, ADA, "unsubscribed", topic="gamma", source="form")
-        record_change(client, writer_headers, ADA, "subscribed", topic="delta", source="form")
+        with database.transaction(write=True) as session:
+            make_subscription(session, ADA, acme, source="signup_form")
+            make_subscription(session, ADA, "beta", source="form")
+            make_subscription(session, ADA, "gamma", source="form")
+            make_subscription(session, ADA, "gamma", "unsubscribed", source="form")
+            make_subscription(session, ADA, "delta", source="form")
+            contact_id = make_contact(session, ADA).public_id
 
-        response = client.get(f"/v1/contacts/{answer['contact_id']}/receipt", headers=admin_headers)
+        response = client.get(f"/v1/contacts/{contact_id}/receipt", headers=admin_headers)
 
         assert response.status_code == 200, response.text
         receipt = response.json()["receipt"]
@@ -405,12 +423,13 @@ class TestPreferenceCenter:
     def test_shows_sharing_apart_naming_the_party_unticked(
         self,
         client: TestClient,
-        writer_headers: Headers,
         links_headers: Headers,
+        database: Database,
         acme: str,
         newsletter: str,
     ) -> None:
-        record_change(client, writer_headers, ADA, "subscribed", topic=newsletter)
+        with database.transaction(write=True) as session:
+            make_subscription(session, ADA, newsletter)
         url = path_of(issue_links(client, links_headers, ADA)["preferences_url"])
 
         response = visit(client, "GET", url)
@@ -425,9 +444,10 @@ class TestPreferenceCenter:
         assert html.count("<fieldset") == 2
 
     def test_german_page_names_the_section(
-        self, client: TestClient, links_headers: Headers, writer_headers: Headers, acme: str
+        self, client: TestClient, links_headers: Headers, database: Database, acme: str
     ) -> None:
-        record_change(client, writer_headers, ADA, "subscribed", topic=acme, source="form")
+        with database.transaction(write=True) as session:
+            make_subscription(session, ADA, acme, source="form")
         url = path_of(issue_links(client, links_headers, ADA)["preferences_url"])
 
         page = parse_page(visit(client, "GET", url, headers={"Accept-Language": "de"}))
@@ -464,7 +484,7 @@ class TestPreferenceCenter:
     def test_unsubscribe_from_all_neither_grants_nor_keeps_sharing(
         self,
         client: TestClient,
-        writer_headers: Headers,
+        database: Database,
         links_headers: Headers,
         admin_headers: Headers,
         acme: str,
@@ -472,8 +492,9 @@ class TestPreferenceCenter:
     ) -> None:
         make_sharing(client, admin_headers, "beta", "Beta Payments GmbH")
         make_sharing(client, admin_headers, "gamma", "Gamma Ads")
-        for topic in (newsletter, acme, "beta"):
-            record_change(client, writer_headers, ADA, "subscribed", topic=topic, source="form")
+        with database.transaction(write=True) as session:
+            for topic in (newsletter, acme, "beta"):
+                make_subscription(session, ADA, topic, source="form")
         url = path_of(issue_links(client, links_headers, ADA)["preferences_url"])
         page = parse_page(visit(client, "GET", url))
 
@@ -494,15 +515,16 @@ class TestOneClick:
     def test_unsubscribing_from_all_marketing_leaves_sharing_as_it_was(
         self,
         client: TestClient,
-        writer_headers: Headers,
+        database: Database,
         links_headers: Headers,
         admin_headers: Headers,
         acme: str,
         newsletter: str,
     ) -> None:
         make_sharing(client, admin_headers, "beta", "Beta Payments GmbH")
-        record_change(client, writer_headers, ADA, "subscribed", topic=newsletter)
-        record_change(client, writer_headers, ADA, "subscribed", topic=acme, source="form")
+        with database.transaction(write=True) as session:
+            make_subscription(session, ADA, newsletter)
+            make_subscription(session, ADA, acme, source="form")
         for token_topic in (newsletter, None):
             fields = {"topic": token_topic} if token_topic else {}
             url = issue_links(client, links_headers, ADA, **fields)["unsubscribe_url"]

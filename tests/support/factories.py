@@ -1,4 +1,5 @@
-"""Small typed helpers that build state through the HTTP API and read it back from the database."""
+"""Small typed helpers that build state through the HTTP API, or on a session through the write
+model (`make_contact`, `make_change`, `make_subscription`), and read it back from the database."""
 
 from __future__ import annotations
 
@@ -9,19 +10,26 @@ from urllib.parse import urlsplit
 import httpx2
 from fastapi.testclient import TestClient
 from sqlalchemy import func
-from sqlmodel import SQLModel, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from prefcenter.apikeys.models import ApiKey
 from prefcenter.apikeys.service import hash_secret, revoke_api_key
+from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent, AuditHead
 from prefcenter.audit.reading import read_events
 from prefcenter.audit.schemas import AuditEventOut
+from prefcenter.consent.contact_creation import lock_new_contact
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.orm import AppliedChange, apply_change
 from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.consent.rules import ActorKind, RequestedChange, Status
+from prefcenter.contacts.addresses import parse_address
 from prefcenter.contacts.models import Contact
-from prefcenter.db import Database
+from prefcenter.db import Database, settings_of_session, utcnow
 from prefcenter.idempotency import IdempotencyRecord
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 from prefcenter.topics.models import Topic
+from prefcenter.topics.service import find_topic
 
 Json = dict[str, Any]
 Headers = dict[str, str]
@@ -171,3 +179,61 @@ def token_of(url: str) -> str:
     kind, _, token = path.removeprefix("/").partition("/")
     assert kind in {"u", "p", "c"}, url
     return token
+
+
+# How the session factories' changes name their actor in the trail.
+FACTORY_ACTOR = "test:factory"
+
+
+def make_contact(session: Session, email: str, *, now: datetime | None = None) -> Contact:
+    """The contact of `email`, created if new and locked, through the write model
+    (consent.contact_creation): an erased address is refused with `address-erased`."""
+    keys = AuditKeys.from_settings(settings_of_session(session))
+    return lock_new_contact(session, keys, parse_address(email), now=now or utcnow())
+
+
+def make_change(
+    session: Session,
+    email: str,
+    status: str,
+    *,
+    topic: str | None = None,
+    source: str = "test",
+    actor: ActorKind = ActorKind.API_CLIENT,
+    reason: str | None = None,
+    evidence: dict[str, Any] | None = None,
+    occurred_at: datetime | None = None,
+    now: datetime | None = None,
+) -> AppliedChange:
+    """One consent change of `email` (of all marketing when `topic` is None), as an API client
+    unless `actor` says otherwise, through the ledger's write model (consent.ledger.orm): the
+    rules decide it, its audit event and webhook deliveries go into the same transaction. A
+    change the rules refuse raises their problem."""
+    now = now or utcnow()
+    contact = make_contact(session, email, now=now)
+    row = find_topic(session, topic) if topic is not None else None
+    assert topic is None or row is not None, f"there is no topic {topic!r}"
+    return apply_change(
+        session,
+        contact=contact,
+        topic=row,
+        requested=RequestedChange(
+            status=Status(status),
+            occurred_at=occurred_at or now,
+            actor=actor,
+            source=source,
+            reason=reason,
+            double_opt_in=row.double_opt_in if row is not None else False,
+        ),
+        record=ChangeRecord(
+            actor=FACTORY_ACTOR, source=source, reason=reason, evidence=evidence or {}
+        ),
+        now=now,
+    )
+
+
+def make_subscription(
+    session: Session, email: str, topic: str, status: str = "subscribed", **fields: Any
+) -> AppliedChange:
+    """`email`'s subscription of `topic` in `status` (see make_change for `fields`)."""
+    return make_change(session, email, status, topic=topic, **fields)

@@ -8,12 +8,10 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from prefcenter.apikeys.schemas import Scope
 from prefcenter.app import create_app
-from prefcenter.db import Database
 from prefcenter.settings import Settings
-from tests.support.factories import Headers, make_topic
-from tests.support.harness import issue_key, make_settings
+from tests.support.factories import Headers
+from tests.support.harness import make_settings
 from tests.webhooks.receiver import Receiver, receiver
 
 TOPIC = "newsletter"
@@ -31,20 +29,21 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
+# The shared keys and topic (tests.support.fixtures), under these tests' shorter names.
 @pytest.fixture
-def admin(database: Database) -> Headers:
-    return issue_key(database, Scope.ADMIN, name="admin")
-
-
-@pytest.fixture
-def writer(database: Database) -> Headers:
-    return issue_key(database, Scope.CONSENT_WRITE, Scope.CONSENT_READ, name="crm")
+def admin(admin_headers: Headers) -> Headers:
+    return admin_headers
 
 
 @pytest.fixture
-def topic(client: TestClient, admin: Headers) -> str:
-    make_topic(client, admin, TOPIC)
-    return TOPIC
+def writer(writer_headers: Headers) -> Headers:
+    return writer_headers
+
+
+@pytest.fixture
+def topic(newsletter: str) -> str:
+    assert newsletter == TOPIC
+    return newsletter
 
 
 @pytest.fixture

@@ -4,15 +4,19 @@ rows and attempts, and running the sender once."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
-from prefcenter.db import Database
+from prefcenter.db import Database, utcnow
 from prefcenter.delivery.webhooks import BatchReport, WebhookSender
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
-from tests.support.factories import Headers
+from prefcenter.settings import Settings
+from prefcenter.webhooks.addresses import Resolve, system_resolve
+from tests.support.factories import Headers, record_change
 
 MIDDLE = 0.5  # a draw that gives each delay exactly as the schedule says
 
@@ -31,13 +35,20 @@ def create_endpoint(
 def change(
     client: TestClient, writer: Headers, email: str, status: str, topic: str | None = "newsletter"
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"email": email, "status": status, "source": "test"}
-    if topic is not None:
-        body["topic"] = topic
-    response = client.post("/v1/consents", headers=writer, json=body)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
+    """One consent change through the API, of the `newsletter` topic unless told."""
+    fields: dict[str, Any] = {"topic": topic} if topic is not None else {}
+    return record_change(client, writer, email, status, source="test", **fields)
+
+
+def make_sender(
+    database: Database,
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    resolve: Resolve = system_resolve,
+) -> WebhookSender:
+    """A sender whose retry delays are exactly the schedule's (`MIDDLE`)."""
+    return WebhookSender(database, settings, clock=clock, draw=lambda: MIDDLE, resolve=resolve)
 
 
 def deliveries(database: Database) -> list[OutboxMessage]:

@@ -13,11 +13,10 @@ from typer.testing import CliRunner
 
 from prefcenter import cli
 from prefcenter.db import Database
-from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.settings import Settings
 from tests.admin.console import form_token, sign_in_with_key
 from tests.support.factories import Headers
-from tests.webhooks.helpers import MIDDLE, change, create_endpoint, deliveries, run
+from tests.webhooks.helpers import change, create_endpoint, deliveries, make_sender, run
 from tests.webhooks.receiver import Inbox, Receiver, receiver
 
 
@@ -35,7 +34,7 @@ class TestPage:
         with receiver(inbox) as hooks:
             endpoint = create_endpoint(client, admin, hooks.url + "?<b>x</b>")
             change(client, writer, "ada@example.com", "subscribed")
-            run(WebhookSender(database, settings, draw=lambda: MIDDLE))
+            run(make_sender(database, settings))
         sign_in_with_key(client, admin)
 
         page = client.get("/admin/webhooks")
@@ -105,7 +104,7 @@ class TestCli:
         assert secret not in listed.stdout
 
         change(client, writer, "ada@example.com", "subscribed")
-        run(WebhookSender(database, settings, draw=lambda: MIDDLE))
+        run(make_sender(database, settings))
         hooks.inbox.received()[0].verified_by(secret)
 
         rotated = runner.invoke(cli.cli, ["webhooks", "rotate", endpoint_id.group(0)])
@@ -119,7 +118,7 @@ class TestCli:
         )
         assert replayed.exit_code == 0, replayed.output
         assert "queued 1" in replayed.output
-        run(WebhookSender(database, settings, draw=lambda: MIDDLE))
+        run(make_sender(database, settings))
         again = hooks.inbox.received()[1]
         assert again.verified_by(new) == again.verified_by(secret)
         assert again.webhook_id == hooks.inbox.received()[0].webhook_id

@@ -25,11 +25,11 @@ from prefcenter.webhooks.queue import queue_change_deliveries
 from tests.support.factories import Headers
 from tests.support.mail_server import Clock, free_port
 from tests.webhooks.helpers import (
-    MIDDLE,
     attempts_of,
     change,
     create_endpoint,
     deliveries,
+    make_sender,
     run,
 )
 from tests.webhooks.receiver import Inbox, Receiver, receiver
@@ -53,7 +53,7 @@ AUDIT_FIELDS = {
 
 
 def sender_for(database: Database, settings: Settings, clock: Clock | None = None) -> WebhookSender:
-    return WebhookSender(database, settings, clock=clock or Clock(), draw=lambda: MIDDLE)
+    return make_sender(database, settings, clock=clock or Clock())
 
 
 class TestSigned:

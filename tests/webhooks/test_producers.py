@@ -21,7 +21,6 @@ from prefcenter.audit.models import AuditEvent
 from prefcenter.consent.ledger.lane import read_optout_state, write_optout
 from prefcenter.consent.rules import Status
 from prefcenter.db import Database, utcnow
-from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
 from prefcenter.preference_center import service
 from prefcenter.settings import Settings, parse_signing_keys
@@ -34,7 +33,7 @@ from prefcenter.webhooks.queue import (
 from tests.preference_center.test_router import one_click
 from tests.support.factories import Headers, issue_links, token_of
 from tests.support.harness import TEST_SIGNING_KEYS, issue_key
-from tests.webhooks.helpers import MIDDLE, change, create_endpoint, deliveries, run
+from tests.webhooks.helpers import change, create_endpoint, deliveries, make_sender, run
 from tests.webhooks.receiver import Receiver
 
 RING = parse_signing_keys(TEST_SIGNING_KEYS)
@@ -45,7 +44,7 @@ def types_of(database: Database) -> list[str]:
 
 
 def deliver(database: Database, settings: Settings) -> None:
-    report = run(WebhookSender(database, settings, draw=lambda: MIDDLE))
+    report = run(make_sender(database, settings))
     assert report.failed == report.retried == 0, report.errors
 
 

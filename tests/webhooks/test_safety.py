@@ -15,13 +15,19 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from prefcenter.app import create_app
 from prefcenter.db import Database
-from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.settings import Settings
 from prefcenter.webhooks.addresses import Resolve
 from tests.support.factories import Headers
 from tests.support.harness import make_settings
 from tests.support.mail_server import Clock, free_port
-from tests.webhooks.helpers import MIDDLE, attempts_of, change, create_endpoint, deliveries, run
+from tests.webhooks.helpers import (
+    attempts_of,
+    change,
+    create_endpoint,
+    deliveries,
+    make_sender,
+    run,
+)
 from tests.webhooks.receiver import Inbox, Receiver, receiver
 
 
@@ -54,7 +60,7 @@ class TestAddresses:
         strict = make_settings(database_url)
         other = Database(strict)
         try:
-            report = run(WebhookSender(other, strict, draw=lambda: MIDDLE))
+            report = run(make_sender(other, strict))
         finally:
             other.dispose()
         assert report.retried == 1
@@ -82,9 +88,7 @@ class TestAddresses:
             create_endpoint(client, admin, f"http://rebind.example:{hooks.port}/hooks")
             change(client, writer, "ada@example.com", "subscribed")
         # Now the name points at the receiver on 127.0.0.1.
-        sender = WebhookSender(
-            database, strict, draw=lambda: MIDDLE, resolve=resolving_to("127.0.0.1")
-        )
+        sender = make_sender(database, strict, resolve=resolving_to("127.0.0.1"))
         report = run(sender)
         assert report.retried == 1
         assert hooks.inbox.received() == []
@@ -108,9 +112,7 @@ class TestAddresses:
         endpoint = create_endpoint(client, admin, f"http://hooks.invalid:{hooks.port}/in")
         change(client, writer, "ada@example.com", "subscribed")
         seen: list[str] = []
-        sender = WebhookSender(
-            database, settings, draw=lambda: MIDDLE, resolve=resolving_to("127.0.0.1", seen)
-        )
+        sender = make_sender(database, settings, resolve=resolving_to("127.0.0.1", seen))
         assert run(sender).sent == 1
         (delivery,) = hooks.inbox.received()
         assert delivery.headers["host"] == f"hooks.invalid:{hooks.port}"
@@ -132,7 +134,7 @@ class TestAddresses:
             with receiver(inbox) as first:
                 create_endpoint(client, admin, first.url)
                 change(client, writer, "ada@example.com", "subscribed")
-                report = run(WebhookSender(database, settings, draw=lambda: MIDDLE))
+                report = run(make_sender(database, settings))
             assert report.retried == 1
             assert len(inbox.received()) == 1
             assert elsewhere.inbox.received() == []
@@ -155,7 +157,7 @@ class TestEndpointsThatFail:
             endpoint = create_endpoint(client, admin, gone.url)
             change(client, writer, "ada@example.com", "subscribed")
             change(client, writer, "ada@example.com", "unsubscribed")  # waits behind the first
-            report = run(WebhookSender(database, settings, draw=lambda: MIDDLE))
+            report = run(make_sender(database, settings))
         assert len(inbox.received()) == 1
         assert report.failed == 1
         state = endpoint_state(client, admin, endpoint)
@@ -184,7 +186,7 @@ class TestEndpointsThatFail:
         change(client, writer, "ada@example.com", "subscribed")
         clock = Clock()
         start = clock.now
-        sender = WebhookSender(database, settings, clock=clock, draw=lambda: MIDDLE)
+        sender = make_sender(database, settings, clock=clock)
         run(sender)
         assert endpoint_state(client, admin, endpoint)["failing_since"] is not None
         clock.advance(timedelta(days=4, hours=23))
@@ -215,7 +217,7 @@ class TestEndpointsThatFail:
         endpoint = create_endpoint(client, admin, f"http://127.0.0.1:{port}/hooks")
         change(client, writer, "ada@example.com", "subscribed")
         clock = Clock()
-        sender = WebhookSender(database, settings, clock=clock, draw=lambda: MIDDLE)
+        sender = make_sender(database, settings, clock=clock)
         run(sender)
         assert endpoint_state(client, admin, endpoint)["failing_since"] is not None
         with receiver(port=port):
@@ -242,7 +244,7 @@ class TestRotation:
         ]
         change(client, writer, "ada@example.com", "subscribed")
         clock = Clock()
-        sender = WebhookSender(database, settings, clock=clock, draw=lambda: MIDDLE)
+        sender = make_sender(database, settings, clock=clock)
         run(sender)
         (during,) = hooks.inbox.received()
         assert len(during.headers["webhook-signature"].split(" ")) == 2
@@ -272,7 +274,7 @@ class TestRotation:
             endpoint = create_endpoint(client, admin, hooks.url)
             change(client, writer, "ada@example.com", "subscribed")
             clock = Clock()
-            sender = WebhookSender(database, settings, clock=clock, draw=lambda: MIDDLE)
+            sender = make_sender(database, settings, clock=clock)
             for _ in range(3):
                 run(sender)
                 clock.advance(timedelta(hours=1))

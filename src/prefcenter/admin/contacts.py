@@ -5,6 +5,7 @@ consent rules with the staff member as actor, and erase."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from sqlmodel import Session, col, select
 
@@ -115,5 +116,8 @@ def erase(
     keys: AuditKeys,
     admin: ActiveSession,
     request: RequestContext,
+    now: datetime,
 ) -> ErasureOut:
-    return erase_contact(session, contact_id, keys=keys, actor=admin.actor, request=request)
+    return erase_contact(
+        session, contact_id, keys=keys, actor=admin.actor, request=request, now=now
+    )

@@ -292,5 +292,5 @@ def erase(
 ) -> RedirectResponse:
     if form_text(form, "confirm") != "erase":
         return see_other(f"/admin/contacts/{quote(contact_id)}/erase")
-    contacts.erase(session, contact_id, keys=keys, admin=admin, request=context)
+    contacts.erase(session, contact_id, keys=keys, admin=admin, request=context, now=utcnow())
     return see_other(f"/admin/contacts/{quote(contact_id)}?erased=1")

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from prefcenter.admin.access import Form, SignedIn, SignedInPost, form_text
 from prefcenter.admin.pages import AdminRoute, render, see_other
-from prefcenter.db import ReadSession, WriteSession
+from prefcenter.db import ReadSession, WriteSession, utcnow
 from prefcenter.problems import Unprocessable
 from prefcenter.webhooks import deliveries, replays, service
 from prefcenter.webhooks.schemas import ENDPOINT_ID_PATTERN
@@ -29,7 +29,7 @@ class BadSeq(Unprocessable):
 
 @router.get("/webhooks")
 def webhooks_page(request: Request, admin: SignedIn, session: ReadSession) -> HTMLResponse:
-    endpoints = service.list_endpoints(session)
+    endpoints = service.list_endpoints(session, now=utcnow())
     recent = {
         e.id: deliveries.list_deliveries(
             session, e.id, status=None, limit=DELIVERIES_SHOWN, before=None
@@ -62,6 +62,7 @@ def replay(
         endpoint_id,
         after_seq=int(raw),
         actor=service.Actor(name=admin.actor, channel="console"),
+        now=utcnow(),
     )
     return see_other(
         f"/admin/webhooks?replayed={quote(endpoint_id)}&queued={result.queued}#{endpoint_id}"

@@ -21,6 +21,7 @@ from prefcenter.cli.root import (
     stderr,
 )
 from prefcenter.consent.erasure import erase_contact, stored_again
+from prefcenter.db import utcnow
 from prefcenter.imports.console import import_with_progress, print_report
 from prefcenter.imports.formats import ImportFormat
 from prefcenter.imports.service import DEFAULT_BATCH_SIZE, ImportRequest
@@ -100,6 +101,7 @@ def contacts_re_erase(
                         keys=keys,
                         actor=actor,
                         request=RequestContext(None, "prefcenter contacts re-erase", None),
+                        now=utcnow(),
                     )
             sys.stdout.write(public_id + "\n")
     if found and not dry_run:

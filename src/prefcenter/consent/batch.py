@@ -4,7 +4,7 @@ rules and guard as `/v1/consents` and with its own outcome, written set-based by
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.confirmations import send_confirmation
 from prefcenter.consent.batch_schemas import (
     MAX_CONSENT_BATCH,
     ChangeProblem,
@@ -23,8 +24,7 @@ from prefcenter.consent.errors import ConsentBatchTooLarge
 from prefcenter.consent.ledger.batch import BatchChange, BatchWritten, apply_changes
 from prefcenter.consent.rules import Status
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
-from prefcenter.consent.service import api_change_record, requested_change, send_confirmation
-from prefcenter.db import utcnow
+from prefcenter.consent.service import api_change_record, pending_confirmation, requested_change
 from prefcenter.notices.service import NoticeChecks
 from prefcenter.problems import Problem, problem_body
 from prefcenter.settings import Settings, SigningKey
@@ -41,16 +41,17 @@ def record_changes(
     settings: Settings,
     ring: tuple[SigningKey, ...],
     keys: AuditKeys,
+    now: datetime,
 ) -> ConsentBatchOut:
     """Record the batch's changes in request order. A change that is invalid, names an unknown
     topic or an erased address, or that the rules refuse gets its problem document in its
-    slot and writes nothing; the others are written in the caller's transaction."""
+    slot and writes nothing; the others are written in the caller's transaction. `now`: the
+    clock, read once the transaction is open; change i happens i microseconds later."""
     if len(batch.changes) > MAX_CONSENT_BATCH:
         raise ConsentBatchTooLarge(
             f"A batch holds at most {MAX_CONSENT_BATCH:,} changes; this one has "
             f"{len(batch.changes):,}. Split it into several batches."
         )
-    now = utcnow()
     results: list[ConsentChangeOut | ChangeProblem | None] = []
     parsed: list[tuple[int, ConsentChangeIn]] = []
     for index, body in enumerate(batch.changes):
@@ -98,12 +99,13 @@ def record_changes(
             )
             for (index, change, topic), at in zip(accepted, instants, strict=True)
         ],
+        now=now,
     )
     for (index, change, topic), outcome in zip(accepted, written, strict=True):
         if isinstance(outcome, Problem):
             results[index] = _problem(index, outcome)
             continue
-        results[index] = _answer(session, settings, ring, change, topic, outcome)
+        results[index] = _answer(session, settings, ring, change, topic, outcome, now=now)
     assert all(r is not None for r in results)
     return ConsentBatchOut(results=[r for r in results if r is not None])
 
@@ -115,6 +117,8 @@ def _answer(
     change: ConsentChangeIn,
     topic: Topic | None,
     written: BatchWritten,
+    *,
+    now: datetime,
 ) -> ConsentChangeOut:
     """The change's answer, as POST /v1/consents gives it (a pending subscription's
     confirmation mail queued, or its link)."""
@@ -128,12 +132,8 @@ def _answer(
             session,
             settings,
             ring,
-            contact_id=written.contact_id,
-            topic=topic,
-            pending_event=written.subscription_event_id,
-            campaign_id=change.campaign_id,
-            language=change.language or "en",
-            now=utcnow(),
+            pending_confirmation(change, written.contact_id, topic, written.subscription_event_id),
+            now=now,
         )
     return ConsentChangeOut(
         contact_id=written.contact_id,

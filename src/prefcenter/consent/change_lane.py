@@ -24,6 +24,7 @@ from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import new_event_id
+from prefcenter.confirmations import confirm_link
 from prefcenter.consent.ledger.api_lane import (
     AnswerToKeep,
     ApiChangeState,
@@ -42,7 +43,7 @@ from prefcenter.consent.ledger.changes import (
 )
 from prefcenter.consent.rules import Decision, Outcome, RequestedChange, Status
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
-from prefcenter.consent.service import api_change_record, confirm_link, requested_change
+from prefcenter.consent.service import api_change_record, pending_confirmation, requested_change
 from prefcenter.contacts.service import new_public_id
 from prefcenter.db import Database, utcnow
 from prefcenter.driver import DriverCursor
@@ -156,12 +157,9 @@ def _record(
             assert state.subscription is not None
             pending_event = state.subscription[3]
         link = confirm_link(
-            settings,
+            settings.base_url,
             ring,
-            contact_id=public_id,
-            topic=topic,
-            pending_event=pending_event,
-            campaign_id=change.campaign_id,
+            pending_confirmation(change, public_id, topic, pending_event),
             now=now,
         )
     answer = ConsentChangeOut(

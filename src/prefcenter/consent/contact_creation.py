@@ -1,19 +1,21 @@
 """Owns bringing an address into the ledger: the one place that creates contacts, and so the one
 place that asks whether the address was erased first.
 
-Every path that can create a contact (a consent change, links for a send, imports, address
-correction, the console) goes through `lock_new_contact` (one address, locked for the change
-that follows) or `create_contacts` (many, set-based). An erased address is never stored again:
-the single form refuses it with `address-erased`, the bulk form leaves it out and names it.
+Every path that can create a contact (a consent change, links for a send, imports, the
+console) goes through `lock_new_contact` (one address, locked for the change that follows) or
+`create_contacts` (many, set-based); address correction gives an existing contact its new
+address through `readdress_contact`. An erased address is never stored again: the single forms
+refuse it with `address-erased`, the bulk form leaves it out and names it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
-from sqlalchemy import String, bindparam, exists, literal
+from sqlalchemy import String, bindparam, exists, literal, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -24,7 +26,7 @@ from prefcenter.consent.models import ErasedAddress
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import lock_contact, new_public_id
-from prefcenter.db import UtcDateTime, utcnow
+from prefcenter.db import UtcDateTime
 
 # Inserting and selecting contacts in chunks keeps every statement under SQLite's limit on
 # bound parameters.
@@ -48,7 +50,9 @@ class CreatedContacts:
     erased: frozenset[str]  # normalised addresses that were erased: nothing was created
 
 
-def lock_new_contact(session: Session, keys: AuditKeys, address: Address) -> Contact:
+def lock_new_contact(
+    session: Session, keys: AuditKeys, address: Address, *, now: datetime
+) -> Contact:
     """The contact with this address, created if new, locked until the transaction ends; an
     erased address is refused (`AddressErased`) and nothing is written.
 
@@ -68,7 +72,7 @@ def lock_new_contact(session: Session, keys: AuditKeys, address: Address) -> Con
                 literal(new_public_id()),
                 literal(address.normalised),
                 literal(address.given),
-                literal(utcnow(), UtcDateTime()),
+                literal(now, UtcDateTime()),
             ).where(~exists().where(col(ErasedAddress.address_hash) == address_hash)),
         )
         .on_conflict_do_nothing(index_elements=["address"])
@@ -83,7 +87,29 @@ def lock_new_contact(session: Session, keys: AuditKeys, address: Address) -> Con
             raise address_erased()
         return contact
     refuse_erased_address(session, keys, address.normalised)
-    return lock_contact(session, address)
+    return lock_contact(session, address, now=now)
+
+
+def readdress_contact(
+    session: Session, keys: AuditKeys, contact: Contact, address: Address
+) -> None:
+    """Give the (locked) contact this address; an erased address is refused (`AddressErased`)
+    and nothing is written. As in `lock_new_contact`, the erased check guards the UPDATE itself,
+    so an erased address is never stored, even for the instant before a rollback."""
+    written = session.execute(
+        update(Contact)
+        .where(
+            col(Contact.id) == contact.id,
+            ~exists().where(
+                col(ErasedAddress.address_hash) == keys.address_hash(address.normalised)
+            ),
+        )
+        .values(address=address.normalised, address_display=address.given)
+        .execution_options(synchronize_session=False)
+    )
+    if written.rowcount != 1:  # type: ignore[attr-defined]
+        raise address_erased()
+    session.refresh(contact, ["address", "address_display"])
 
 
 _ERASED = exists().where(col(ErasedAddress.address_hash) == bindparam("address_hash"))
@@ -96,7 +122,7 @@ _LOCK_WITH_ERASED_FOR_UPDATE = _LOCK_WITH_ERASED.with_for_update(of=Contact)
 
 
 def create_contacts(
-    session: Session, keys: AuditKeys, given_by_address: Mapping[str, str]
+    session: Session, keys: AuditKeys, given_by_address: Mapping[str, str], *, now: datetime
 ) -> CreatedContacts:
     """Public ids by normalised address (`given_by_address` maps each to its form as given);
     unknown addresses get a contact and nothing else. Erased addresses get nothing. Set-based:
@@ -106,7 +132,6 @@ def create_contacts(
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     public_ids: dict[str, str] = {}
-    created_at = utcnow()
     for start in range(0, len(addresses), _CHUNK):
         chunk = addresses[start : start + _CHUNK]
         public_ids.update(_public_ids(session, chunk))
@@ -117,7 +142,7 @@ def create_contacts(
                     "public_id": new_public_id(),
                     "address": a,
                     "address_display": given_by_address[a],
-                    "created_at": created_at,
+                    "created_at": now,
                 }
                 for a in missing
             ]

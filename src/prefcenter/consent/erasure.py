@@ -23,6 +23,8 @@ it still exists, and the contact row keeps nothing derived from the address.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import delete, select
 from sqlmodel import Session, col
 from sqlmodel import select as sqlmodel_select
@@ -38,7 +40,6 @@ from prefcenter.consent.models import ErasedAddress
 from prefcenter.consent.queries import ContactNotFound, is_public_id
 from prefcenter.consent.schemas import ErasureOut
 from prefcenter.contacts.models import Contact
-from prefcenter.db import utcnow
 from prefcenter.idempotency import IdempotencyRecord
 from prefcenter.webhooks.queue import queue_event_deliveries
 from prefcenter.webhooks.rules import EventType
@@ -73,6 +74,7 @@ def erase_contact(
     keys: AuditKeys,
     actor: str,
     request: RequestContext,
+    now: datetime,
 ) -> ErasureOut:
     """Erase the contact's personal data, in the caller's transaction, as `actor` (how the
     trail names who asked). A repeat changes nothing and answers as the first erasure did."""
@@ -85,7 +87,6 @@ def erase_contact(
             erased_at=contact.erased_at,
             event_id=_erasure_event_id(session, contact.public_id),
         )
-    now = utcnow()
     address = contact.address
     event_ids = select(col(AuditEvent.seq)).where(col(AuditEvent.contact_id) == contact.public_id)
     session.execute(delete(AuditEvidence).where(col(AuditEvidence.seq).in_(event_ids)))

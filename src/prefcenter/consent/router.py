@@ -15,6 +15,7 @@ from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.consent import (
+    address_correction,
     batch,
     change_lane,
     erasure,
@@ -22,7 +23,6 @@ from prefcenter.consent import (
     queries,
     receipts,
     service,
-    support_desk,
 )
 from prefcenter.consent.batch_schemas import MAX_CONSENT_BATCH, ConsentBatchIn, ConsentBatchOut
 from prefcenter.consent.schemas import (
@@ -96,6 +96,7 @@ async def post_consent(
                 settings=settings,
                 ring=ring,
                 keys=keys,
+                now=utcnow(),
             ),
         )
     return _json_answer(answer, response)
@@ -135,6 +136,7 @@ async def post_consent_batch(
             settings=settings,
             ring=ring,
             keys=keys,
+            now=utcnow(),
         ),
     )
     return _json_answer(answer, response)
@@ -219,7 +221,7 @@ def erase_contact(
     context: RequestContextDep,
 ) -> ErasureOut:
     return erasure.erase_contact(
-        session, contact_id, keys=keys, actor=caller.actor, request=context
+        session, contact_id, keys=keys, actor=caller.actor, request=context, now=utcnow()
     )
 
 
@@ -239,8 +241,14 @@ def correct_address(
     keys: AuditKeysDep,
     context: RequestContextDep,
 ) -> AddressCorrectionOut:
-    return support_desk.correct_address(
-        session, contact_id, correction, keys=keys, caller=caller, request=context
+    return address_correction.correct_address(
+        session,
+        contact_id,
+        correction,
+        keys=keys,
+        actor=caller.actor,
+        request=context,
+        now=utcnow(),
     )
 
 

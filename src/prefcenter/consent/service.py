@@ -10,18 +10,15 @@ from sqlmodel import Session
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.consent.confirmation_mail import CONFIRM_BY_MAIL, queue_confirmation
+from prefcenter.confirmations import CONFIRM_BY_MAIL, PendingConfirmation, send_confirmation
 from prefcenter.consent.contact_creation import lock_new_contact
 from prefcenter.consent.ledger.changes import ChangeRecord
 from prefcenter.consent.ledger.orm import apply_change
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
-from prefcenter.db import utcnow
 from prefcenter.mail.config import mail_config
-from prefcenter.mail.schemas import MailLanguage
 from prefcenter.notices.service import NoticeChecks
 from prefcenter.settings import Settings, SigningKey
-from prefcenter.tokens import TokenClaims, TokenPurpose, confirm_url, sign_token
 from prefcenter.topics.errors import UnknownTopic
 from prefcenter.topics.models import Topic
 from prefcenter.topics.service import find_topic
@@ -36,12 +33,14 @@ def record_change(
     settings: Settings,
     ring: tuple[SigningKey, ...],
     keys: AuditKeys,
+    now: datetime,
 ) -> ConsentChangeOut:
     """Record a consent change from an API client. On a double opt-in topic a subscription is
     left `pending`: with mail on, the confirmation mail is queued in this transaction; with it
     off, the answer carries the confirmation link for the caller to mail. An erased address is
-    refused (consent.erased): recording anything would store it again."""
-    now = utcnow()
+    refused (consent.erased): recording anything would store it again. `now`: the clock,
+    read once the transaction is open (an earlier reading could order this change before one
+    committed while it waited)."""
     topic: Topic | None = None
     if change.topic is not None:
         topic = find_topic(session, change.topic)
@@ -55,7 +54,7 @@ def record_change(
         if change.notice is not None
         else None
     )
-    contact = lock_new_contact(session, keys, change.email)
+    contact = lock_new_contact(session, keys, change.email, now=now)
     applied = apply_change(
         session,
         contact=contact,
@@ -72,11 +71,7 @@ def record_change(
             session,
             settings,
             ring,
-            contact_id=contact.public_id,
-            topic=topic,
-            pending_event=applied.subscription.event_id,
-            campaign_id=change.campaign_id,
-            language=change.language or "en",
+            pending_confirmation(change, contact.public_id, topic, applied.subscription.event_id),
             now=now,
         )
     return ConsentChangeOut(
@@ -130,66 +125,14 @@ def api_change_record(
     )
 
 
-def send_confirmation(
-    session: Session,
-    settings: Settings,
-    ring: tuple[SigningKey, ...],
-    *,
-    contact_id: str,
-    topic: Topic,
-    pending_event: str,
-    campaign_id: str | None,
-    language: MailLanguage,
-    now: datetime,
-) -> str | None:
-    """What an API client's change that left a subscription pending sends: with mail on, the
-    service queues the confirmation mail itself, in this transaction (the caller never sees
-    the link, so only the mailbox can confirm), and returns None; with it off, the link for
-    the caller to mail."""
-    mail = mail_config(settings)
-    if mail is not None:
-        queue_confirmation(
-            session,
-            mail,
-            contact_id=contact_id,
-            topic=topic,
-            pending_event=pending_event,
-            campaign_id=campaign_id,
-            language=language,
-            now=now,
-        )
-        return None
-    return confirm_link(
-        settings,
-        ring,
+def pending_confirmation(
+    change: ConsentChangeIn, contact_id: str, topic: Topic, pending_event: str
+) -> PendingConfirmation:
+    """What the confirmation of the subscription that `pending_event` left pending names."""
+    return PendingConfirmation(
         contact_id=contact_id,
-        topic=topic,
+        topic=topic.key,
         pending_event=pending_event,
-        campaign_id=campaign_id,
-        now=now,
+        campaign_id=change.campaign_id,
+        language=change.language or "en",
     )
-
-
-def confirm_link(
-    settings: Settings,
-    ring: tuple[SigningKey, ...],
-    *,
-    contact_id: str,
-    topic: Topic,
-    pending_event: str,
-    campaign_id: str | None,
-    now: datetime,
-) -> str:
-    """A confirmation link bound to the event that made this subscription pending."""
-    token = sign_token(
-        ring,
-        TokenPurpose.CONFIRM,
-        TokenClaims(
-            contact_id=contact_id,
-            topic=topic.key,
-            campaign_id=campaign_id,
-            issued_at=now,
-            pending_event=pending_event,
-        ),
-    )
-    return confirm_url(settings.base_url, token)

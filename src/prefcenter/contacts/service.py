@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy import bindparam
 from sqlalchemy.dialects import postgresql, sqlite
@@ -11,7 +12,6 @@ from sqlmodel import Session, col, select
 
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
-from prefcenter.db import utcnow
 
 PUBLIC_ID_BYTES = 12  # 96 random bits, 16 characters in a URL
 
@@ -20,7 +20,7 @@ def new_public_id() -> str:
     return secrets.token_urlsafe(PUBLIC_ID_BYTES)
 
 
-def lock_contact(session: Session, address: Address) -> Contact:
+def lock_contact(session: Session, address: Address, *, now: datetime) -> Contact:
     """The contact with this address, created if new, and locked until the transaction ends.
 
     Creation is `INSERT … ON CONFLICT DO NOTHING` so that two requests racing for a new
@@ -35,7 +35,7 @@ def lock_contact(session: Session, address: Address) -> Contact:
             public_id=new_public_id(),
             address=address.normalised,
             address_display=address.given,
-            created_at=utcnow(),
+            created_at=now,
         )
         .on_conflict_do_nothing(index_elements=["address"])
     )

@@ -141,7 +141,7 @@ def issue_links(
     given: dict[str, str] = {}
     for request in requests:
         given.setdefault(request.email.normalised, request.email.given)
-    created = create_contacts(session, keys, given)
+    created = create_contacts(session, keys, given, now=now)
     links: list[LinkSet | LinkProblem] = []
     for index, request in enumerate(requests):
         if request.email.normalised in created.erased:

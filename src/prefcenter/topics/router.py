@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from prefcenter.apikeys.auth import Admin, AnyCaller
-from prefcenter.db import ReadSession, WriteSession
+from prefcenter.db import ReadSession, WriteSession, utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.problems import problem_responses
 from prefcenter.topics import service
@@ -40,7 +40,7 @@ def put_topic(
         owner=caller.owner,
         response=response,
         model=TopicPut,
-        call=lambda: service.put_topic(session, key, spec, caller=caller),
+        call=lambda: service.put_topic(session, key, spec, caller=caller, now=utcnow()),
         status_code=lambda put: 201 if put.created else 200,
     )
     return result.topic

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
-from prefcenter.db import utcnow
 from prefcenter.topics.errors import TopicModelChange, TopicNotFound
 from prefcenter.topics.models import Topic
 from prefcenter.topics.rules import check_topic_spec
@@ -53,7 +54,9 @@ def list_topics(session: Session) -> list[TopicOut]:
     return [topic_out(t) for t in session.exec(select(Topic).order_by(col(Topic.key)))]
 
 
-def put_topic(session: Session, key: str, spec: TopicIn, *, caller: Caller) -> TopicPut:
+def put_topic(
+    session: Session, key: str, spec: TopicIn, *, caller: Caller, now: datetime
+) -> TopicPut:
     """Create the topic, or update its name, description and double opt-in.
 
     Kind and consent model are fixed once created: turning an `opt_in` topic into `opt_out`
@@ -62,7 +65,6 @@ def put_topic(session: Session, key: str, spec: TopicIn, *, caller: Caller) -> T
     to share with another.
     """
     check_topic_spec(spec)
-    now = utcnow()
     topic = find_topic(session, key)
     created = topic is None
     if topic is None:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prefcenter.db import Database
+from prefcenter.db import Database, utcnow
 from prefcenter.webhooks import replays, service
 from prefcenter.webhooks.addresses import system_resolve
 from prefcenter.webhooks.rules import EVERY_TYPE
@@ -36,7 +36,7 @@ def webhooks_cli(open_database: OpenDatabase) -> typer.Typer:
     def list_endpoints() -> None:
         """List endpoints (never their secrets)."""
         with open_database() as database, database.transaction(write=False) as session:
-            endpoints = service.list_endpoints(session)
+            endpoints = service.list_endpoints(session, now=utcnow())
         table = Table()
         table.add_column("id", no_wrap=True, min_width=23)  # whole: it is what commands take
         for name in ("url", "events", "enabled", "failing since / disabled"):
@@ -74,6 +74,7 @@ def webhooks_cli(open_database: OpenDatabase) -> typer.Typer:
                 settings=database.settings,
                 resolve=system_resolve,
                 actor=_actor(),
+                now=utcnow(),
             )
         stderr.print(f"created webhook endpoint {created.id} for {' '.join(created.events)}")
         stderr.print("Store the secret now: it is not shown again.")
@@ -86,7 +87,7 @@ def webhooks_cli(open_database: OpenDatabase) -> typer.Typer:
         """A new secret (printed once, last line of stdout); the old one signs for a day."""
         with open_database() as database, database.transaction(write=True) as session:
             rotated = service.rotate_secret(
-                session, endpoint_id, settings=database.settings, actor=_actor()
+                session, endpoint_id, settings=database.settings, actor=_actor(), now=utcnow()
             )
         until = rotated.previous_secret_expires_at.isoformat(timespec="seconds")
         stderr.print(f"rotated the secret of {rotated.id}; the old one signs until {until}")
@@ -100,7 +101,9 @@ def webhooks_cli(open_database: OpenDatabase) -> typer.Typer:
         """Deliver again every audit event after a seq that the endpoint wants, in order."""
         spec = ReplayIn(after_seq=max(after_seq, 0))
         with open_database() as database, database.transaction(write=True) as session:
-            result = replays.replay(session, endpoint_id, after_seq=spec.after_seq, actor=_actor())
+            result = replays.replay(
+                session, endpoint_id, after_seq=spec.after_seq, actor=_actor(), now=utcnow()
+            )
         stderr.print(f"queued {result.queued} deliveries, replaced {result.replaced} pending")
 
     return group

@@ -4,6 +4,7 @@ wants, under the `webhook-id` each first had."""
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import String, cast, func, literal, union_all, update
@@ -13,7 +14,7 @@ from sqlmodel import Session
 
 from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.schemas import EventKind
-from prefcenter.db import UtcDateTime, utcnow
+from prefcenter.db import UtcDateTime
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
 from prefcenter.webhooks.rules import EVERY_TYPE, EventType
@@ -45,7 +46,9 @@ _REPLAYABLE: tuple[tuple[EventType, Any], ...] = (
 )
 
 
-def replay(session: Session, public_id: str, *, after_seq: int, actor: Actor) -> ReplayOut:
+def replay(
+    session: Session, public_id: str, *, after_seq: int, actor: Actor, now: datetime
+) -> ReplayOut:
     """Queue again, to this endpoint, every audit event after `after_seq` of a type it wants,
     in `seq` order, under the `webhook-id` each first had (receivers deduplicate). Pending
     deliveries of those events are cancelled first: the replay sends them in order.
@@ -55,7 +58,6 @@ def replay(session: Session, public_id: str, *, after_seq: int, actor: Actor) ->
     """
     row = find_endpoint(session, public_id, lock=True)
     assert row.id is not None
-    now = utcnow()
     wanted = set(event_types_of(session, [row.id])[row.id])
     branches = [
         (number, event_type, condition)

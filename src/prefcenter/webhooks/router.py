@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from prefcenter.apikeys.auth import Admin
 from prefcenter.apikeys.schemas import Caller
-from prefcenter.db import ReadSession, WriteSession
+from prefcenter.db import ReadSession, WriteSession, utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.problems import Unprocessable, problem_responses
 from prefcenter.settings import Settings, settings_of
@@ -88,17 +88,18 @@ def create_webhook(
         settings=_settings(request),
         resolve=_resolver(request),
         actor=_actor(caller),
+        now=utcnow(),
     )
 
 
 @router.get("", summary="List webhook endpoints")
 def list_webhooks(_: Admin, session: ReadSession) -> WebhookList:
-    return WebhookList(webhooks=service.list_endpoints(session))
+    return WebhookList(webhooks=service.list_endpoints(session, now=utcnow()))
 
 
 @router.get("/{endpoint_id}", summary="Read a webhook endpoint", responses=problem_responses(404))
 def get_webhook(endpoint_id: EndpointId, _: Admin, session: ReadSession) -> WebhookOut:
-    return service.get_endpoint(session, endpoint_id)
+    return service.get_endpoint(session, endpoint_id, now=utcnow())
 
 
 @router.patch(
@@ -127,6 +128,7 @@ def patch_webhook(
             settings=_settings(request),
             resolve=_resolver(request),
             actor=_actor(caller),
+            now=utcnow(),
         ),
     )
 
@@ -138,7 +140,7 @@ def patch_webhook(
     responses=problem_responses(404, 409),
 )
 def delete_webhook(endpoint_id: EndpointId, caller: Admin, session: WriteSession) -> Response:
-    service.delete_endpoint(session, endpoint_id, actor=_actor(caller))
+    service.delete_endpoint(session, endpoint_id, actor=_actor(caller), now=utcnow())
     return Response(status_code=204)
 
 
@@ -158,7 +160,7 @@ def rotate_webhook_secret(
 ) -> SecretRotated:
     _no_idempotency_key(idempotency_key)
     return service.rotate_secret(
-        session, endpoint_id, settings=_settings(request), actor=_actor(caller)
+        session, endpoint_id, settings=_settings(request), actor=_actor(caller), now=utcnow()
     )
 
 
@@ -199,6 +201,6 @@ def replay_webhook(
         response=response,
         model=ReplayOut,
         call=lambda: replays.replay(
-            session, endpoint_id, after_seq=spec.after_seq, actor=_actor(caller)
+            session, endpoint_id, after_seq=spec.after_seq, actor=_actor(caller), now=utcnow()
         ),
     )

@@ -17,7 +17,6 @@ from sqlmodel import Session, col, select
 from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
-from prefcenter.db import utcnow
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.outbox.schemas import OutboxStatus
 from prefcenter.settings import Settings
@@ -138,10 +137,15 @@ def record_endpoint_change(
 
 
 def create_endpoint(
-    session: Session, spec: WebhookIn, *, settings: Settings, resolve: Resolve, actor: Actor
+    session: Session,
+    spec: WebhookIn,
+    *,
+    settings: Settings,
+    resolve: Resolve,
+    actor: Actor,
+    now: datetime,
 ) -> WebhookCreated:
     _check(spec.url, settings=settings, resolve=resolve)
-    now = utcnow()
     public_id = "ep_" + secrets.token_hex(10)
     secret = new_secret()
     row = WebhookEndpoint(
@@ -162,17 +166,16 @@ def create_endpoint(
     return WebhookCreated(**_out(row, events, now), secret=secret)
 
 
-def list_endpoints(session: Session) -> list[WebhookOut]:
+def list_endpoints(session: Session, *, now: datetime) -> list[WebhookOut]:
     rows = list(session.exec(select(WebhookEndpoint).order_by(col(WebhookEndpoint.id))))
     types = event_types_of(session, [r.id for r in rows if r.id is not None])
-    now = utcnow()
     return [WebhookOut(**_out(r, types[r.id or 0], now)) for r in rows]
 
 
-def get_endpoint(session: Session, public_id: str) -> WebhookOut:
+def get_endpoint(session: Session, public_id: str, *, now: datetime) -> WebhookOut:
     row = find_endpoint(session, public_id)
     assert row.id is not None
-    return WebhookOut(**_out(row, event_types_of(session, [row.id])[row.id], utcnow()))
+    return WebhookOut(**_out(row, event_types_of(session, [row.id])[row.id], now))
 
 
 def update_endpoint(
@@ -183,10 +186,10 @@ def update_endpoint(
     settings: Settings,
     resolve: Resolve,
     actor: Actor,
+    now: datetime,
 ) -> WebhookOut:
     row = find_endpoint(session, public_id, lock=True)
     assert row.id is not None
-    now = utcnow()
     changed: dict[str, Any] = {}
     if patch.url is not None and patch.url != row.url:
         _check(patch.url, settings=settings, resolve=resolve)
@@ -219,22 +222,21 @@ def update_endpoint(
     return WebhookOut(**_out(row, event_types_of(session, [row.id])[row.id], now))
 
 
-def delete_endpoint(session: Session, public_id: str, *, actor: Actor) -> None:
+def delete_endpoint(session: Session, public_id: str, *, actor: Actor, now: datetime) -> None:
     """The endpoint, its subscriptions and its delivery log (pending deliveries included)."""
     row = find_endpoint(session, public_id, lock=True)
-    record_endpoint_change(session, row, outcome="deleted", actor=actor, now=utcnow())
+    record_endpoint_change(session, row, outcome="deleted", actor=actor, now=now)
     session.execute(delete(OutboxMessage).where(col(OutboxMessage.endpoint_id) == row.id))
     session.delete(row)
     session.flush()
 
 
 def rotate_secret(
-    session: Session, public_id: str, *, settings: Settings, actor: Actor
+    session: Session, public_id: str, *, settings: Settings, actor: Actor, now: datetime
 ) -> SecretRotated:
     """A new secret signs from now on; the current one signs beside it for 24 hours (one
     before that stops at once: two rotations within a day leave the last two)."""
     row = find_endpoint(session, public_id, lock=True)
-    now = utcnow()
     secret = new_secret()
     row.previous_secret = row.secret
     row.previous_secret_until = now + ROTATION_OVERLAP

@@ -103,14 +103,14 @@ class _Rows:
 
 
 def apply_changes(
-    session: Session, keys: AuditKeys, changes: Sequence[BatchChange]
+    session: Session, keys: AuditKeys, changes: Sequence[BatchChange], *, now: datetime
 ) -> list[BatchWritten | Problem]:
     """Decide and write `changes` in order, with an audit event each; per change what it did,
     or the problem that refused it (an erased address, the guard, a missing reason)."""
     given: dict[str, str] = {}
     for change in changes:
         given.setdefault(change.address.normalised, change.address.given)
-    erased = create_contacts(session, keys, given).erased
+    erased = create_contacts(session, keys, given, now=now).erased
     contacts = _lock_contacts(session, [a for a in given if a not in erased])
     ids = [c.id for c in contacts.values()]
     topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
