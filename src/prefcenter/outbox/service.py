@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, insert, literal_column, or_, update
 from sqlalchemy import select as core_select
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
@@ -65,7 +66,7 @@ _EARLIER = _MESSAGES.alias("earlier")
 # Written into the SQL, not bound: a partial index (models.OutboxMessage) is used only when the
 # query's own text implies its condition, which a parameter's value does not (SQLite, and
 # PostgreSQL's generic plans).
-_QUEUED_SQL = literal_column(f"'{OutboxStatus.QUEUED.value}'")
+_QUEUED_SQL: ColumnElement[str] = literal_column(f"'{OutboxStatus.QUEUED.value}'")
 
 
 def _due(kinds: Collection[OutboxKind], now: datetime) -> Any:
