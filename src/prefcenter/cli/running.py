@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from prefcenter import logs, migrations
 from prefcenter.cli.root import (
@@ -32,6 +31,7 @@ from prefcenter.delivery.worker import (
 )
 from prefcenter.mail.config import mail_config
 from prefcenter.monitoring.listener import serve_metrics
+from prefcenter.server_processes import run_server
 from prefcenter.settings import Settings
 
 
@@ -68,7 +68,7 @@ def serve(
         _outbox_worker_beside(settings, enabled=not no_worker),
         _exit_0_after_shutdown(),
     ):
-        uvicorn.run(
+        clean = run_server(
             "prefcenter.app:app_from_environment",
             factory=True,
             host=host,
@@ -82,6 +82,9 @@ def serve(
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
             access_log=False,  # the app logs each request itself (request_log)
         )
+        if not clean:
+            stderr.print("[red]error:[/red] a server process did not end cleanly (see above)")
+            raise typer.Exit(1)
     if pending is not None and pending.failed:
         raise typer.Exit(1)
 
