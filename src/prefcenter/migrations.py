@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 # How often a server that started without its database tries it again.
 RETRY_S = 1.0
+_FAILED = (
+    "migrating the database failed; stopping (serve exits with status 1): fix the cause and "
+    "start it again"
+)
 # How often that is logged again while it waits.
 _LOG_EVERY_S = 10.0
 
@@ -77,6 +81,7 @@ class PendingUpgrade:
                 upgrade(self.settings)
             except OperationalError as exc:
                 if not does_not_answer(exc):
+                    logger.exception(_FAILED)
                     self._fail()
                     return
                 if time.monotonic() - logged >= _LOG_EVERY_S:
@@ -84,6 +89,7 @@ class PendingUpgrade:
                     logger.warning("still waiting for the database: %s", _first_line(exc))
                 continue
             except Exception:
+                logger.exception(_FAILED)
                 self._fail()
                 return
             logger.info("the database answers; migrations applied, /readyz turns 200")
@@ -91,10 +97,6 @@ class PendingUpgrade:
             return
 
     def _fail(self) -> None:
-        logger.exception(
-            "migrating the database failed; stopping (serve exits with status 1): fix the "
-            "cause and start it again"
-        )
         self.failed = True
         self._on_failure()
 
