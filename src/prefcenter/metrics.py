@@ -68,6 +68,7 @@ class Instruments:
     db_connections_in_use: Gauge
     db_session_waits: Counter
     db_sessions_waiting: Gauge
+    outbox_attempts: Counter
 
 
 @cache
@@ -139,6 +140,14 @@ def instruments() -> Instruments:
             "Requests waiting for a database session slot now.",
             registry=registry,
             multiprocess_mode="livesum",
+        ),
+        outbox_attempts=Counter(
+            "prefcenter_outbox_attempts",
+            "Outbox delivery attempts recorded by this server's or worker's outbox workers, by "
+            "kind (mail, webhook) and outcome (sent, retry, failed, cancelled, released: "
+            "claimed, then given back untried).",
+            ["kind", "outcome"],
+            registry=registry,
         ),
     )
 
@@ -229,6 +238,23 @@ def count_consent_change(session: Session | None, *, source: str, outcome: str) 
 
 def count_eligibility_addresses(endpoint: str, count: int) -> None:
     instruments().eligibility_addresses.labels(endpoint).inc(count)
+
+
+def count_outbox_round(
+    kind: str, *, sent: int, retried: int, failed: int, cancelled: int, released: int
+) -> None:
+    """Count what an outbox round recorded (once its transaction has committed)."""
+    counter = instruments().outbox_attempts
+    outcomes = {
+        "sent": sent,
+        "retry": retried,
+        "failed": failed,
+        "cancelled": cancelled,
+        "released": released,
+    }
+    for outcome, count in outcomes.items():
+        if count:
+            counter.labels(kind, outcome).inc(count)
 
 
 def record_verify(*, ok: bool, at: float) -> None:

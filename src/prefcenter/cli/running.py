@@ -30,9 +30,9 @@ from prefcenter.delivery.worker import (
     run_until_signalled,
 )
 from prefcenter.mail.config import mail_config
-from prefcenter.monitoring.listener import serve_metrics
+from prefcenter.monitoring.listener import metrics_listener, serve_metrics
 from prefcenter.server_processes import run_server
-from prefcenter.settings import Settings
+from prefcenter.settings import Settings, parse_listen_address
 
 
 @cli.command()
@@ -136,11 +136,30 @@ def _exit_after_shutdown(_signum: int, _frame: object) -> None:
     raise _Stopped
 
 
+def _listen_address(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_listen_address(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
 @cli.command("worker")
 def outbox_worker(
     once: Annotated[
         bool, typer.Option("--once", help="Deliver what is due now, print the counts, exit.")
     ] = False,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen",
+            envvar="PREFCENTER_WORKER_METRICS_LISTEN",
+            callback=_listen_address,
+            help="host:port to serve this worker's /metrics on (its delivery counts, its "
+            "database connections and the outbox's state), without authentication.",
+        ),
+    ] = None,
 ) -> None:
     """Deliver the outbox (the service's mail) until SIGTERM or SIGINT; any number of
     workers may run on PostgreSQL. Exit status 1 with --once when a delivery failed."""
@@ -157,7 +176,11 @@ def outbox_worker(
             database, settings, mail=mail, webhooks=WebhookSender(database, settings)
         )
         if not once:
-            asyncio.run(run_until_signalled(worker))
+            # Its own listener: PREFCENTER_METRICS_LISTEN is the server's (on the same host,
+            # both would want the port).
+            listen = settings.model_copy(update={"metrics_listen": metrics_listen})
+            with metrics_listener(listen):
+                asyncio.run(run_until_signalled(worker))
             return
         report = asyncio.run(_deliver_due_once(worker))
     stderr.print(report.summary())

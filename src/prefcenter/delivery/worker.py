@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 import anyio
 
+from prefcenter import metrics
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.service import append_event
 from prefcenter.db import Database, utcnow
@@ -280,7 +281,7 @@ class OutboxWorker:
         assert self.mail is not None
         recorded = await anyio.to_thread.run_sync(self._record, attempts, untried, batch, self.mail)
         errors = [a.error for a in attempts if a.error][:5]
-        return DeliveryReport(
+        report = DeliveryReport(
             claimed=len(batch.outgoing),
             sent=len(recorded.marked_sent),
             retried=recorded.outcomes[AttemptOutcome.RETRY],
@@ -290,6 +291,15 @@ class OutboxWorker:
             last_error=errors[-1] if errors else None,
             errors=errors,
         )
+        metrics.count_outbox_round(
+            OutboxKind.MAIL.value,
+            sent=report.sent,
+            retried=report.retried,
+            failed=report.failed,
+            cancelled=report.cancelled,
+            released=report.released,
+        )
+        return report
 
     def _claim(self, now: datetime, claim: str, only: Collection[int] | None) -> list[Claimed]:
         if only is None:
