@@ -21,14 +21,11 @@ from prefcenter.cli.root import (
 )
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database, utcnow
+from prefcenter.delivery.reports import DeliveryReport
+from prefcenter.delivery.running import BackgroundWorker, run_until_signalled
 from prefcenter.delivery.test_mail import QueuedMail, queue_test_mail
 from prefcenter.delivery.webhooks import WebhookSender
-from prefcenter.delivery.worker import (
-    BackgroundWorker,
-    DeliveryReport,
-    OutboxWorker,
-    run_until_signalled,
-)
+from prefcenter.delivery.worker import OutboxWorker
 from prefcenter.mail.config import mail_config
 from prefcenter.monitoring.listener import metrics_listener, serve_metrics
 from prefcenter.server_processes import run_server
