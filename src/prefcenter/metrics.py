@@ -69,6 +69,7 @@ class Instruments:
     db_session_waits: Counter
     db_sessions_waiting: Gauge
     db_replica_reads: Counter
+    outbox_attempts: Counter
 
 
 @cache
@@ -146,6 +147,14 @@ def instruments() -> Instruments:
             "Heavy read transactions with a read replica configured, by the server that served "
             "them (replica, or primary when the replica lagged past the wait or was down).",
             ["served_by"],
+            registry=registry,
+        ),
+        outbox_attempts=Counter(
+            "prefcenter_outbox_attempts",
+            "Outbox delivery attempts recorded by this server's or worker's outbox workers, by "
+            "kind (mail, webhook) and outcome (sent, retry, failed, cancelled, released: "
+            "claimed, then given back untried).",
+            ["kind", "outcome"],
             registry=registry,
         ),
     )
@@ -241,6 +250,23 @@ def count_eligibility_addresses(endpoint: str, count: int) -> None:
 
 def count_replica_read(*, by_replica: bool) -> None:
     instruments().db_replica_reads.labels("replica" if by_replica else "primary").inc()
+
+
+def count_outbox_round(
+    kind: str, *, sent: int, retried: int, failed: int, cancelled: int, released: int
+) -> None:
+    """Count what an outbox round recorded (once its transaction has committed)."""
+    counter = instruments().outbox_attempts
+    outcomes = {
+        "sent": sent,
+        "retry": retried,
+        "failed": failed,
+        "cancelled": cancelled,
+        "released": released,
+    }
+    for outcome, count in outcomes.items():
+        if count:
+            counter.labels(kind, outcome).inc(count)
 
 
 def record_verify(*, ok: bool, at: float) -> None:

@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 # How often a server that started without its database tries it again.
 RETRY_S = 1.0
+_FAILED = (
+    "migrating the database failed; stopping (serve exits with status 1): fix the cause and "
+    "start it again"
+)
 # How often that is logged again while it waits.
 _LOG_EVERY_S = 10.0
 
@@ -76,18 +80,42 @@ class PendingUpgrade:
             try:
                 upgrade(self.settings)
             except OperationalError as exc:
+                if not does_not_answer(exc):
+                    logger.exception(_FAILED)
+                    self._fail()
+                    return
                 if time.monotonic() - logged >= _LOG_EVERY_S:
                     logged = time.monotonic()
                     logger.warning("still waiting for the database: %s", _first_line(exc))
                 continue
             except Exception:
-                logger.exception("migrating the database failed; stopping")
-                self.failed = True
-                self._on_failure()
+                logger.exception(_FAILED)
+                self._fail()
                 return
             logger.info("the database answers; migrations applied, /readyz turns 200")
             self.done.set()
             return
+
+    def _fail(self) -> None:
+        self.failed = True
+        self._on_failure()
+
+
+# SQLite's OperationalError also means "table already exists", "no such column": a database
+# that does not answer (yet) is one of these.
+_SQLITE_AWAY = ("database is locked", "unable to open database file", "disk i/o error")
+
+
+def does_not_answer(exc: OperationalError) -> bool:
+    """Whether the database is away (down, restarting, locked by another process), as opposed
+    to answering with an error that waiting will not change. On PostgreSQL a migration's own
+    mistakes are other errors (ProgrammingError, IntegrityError)."""
+    if exc.connection_invalidated:
+        return True
+    message = str(exc.orig).lower()
+    if "sqlite" in type(exc.orig).__module__:
+        return any(away in message for away in _SQLITE_AWAY)
+    return True
 
 
 def upgrade_or_wait(settings: Settings, *, on_failure: Callable[[], None]) -> PendingUpgrade | None:
@@ -98,6 +126,8 @@ def upgrade_or_wait(settings: Settings, *, on_failure: Callable[[], None]) -> Pe
     try:
         upgrade(settings)
     except OperationalError as exc:
+        if not does_not_answer(exc):
+            raise
         logger.warning(
             "the database at %s does not answer (%s): serving anyway, /readyz answers 503 "
             "until it does; trying again every %.0f s",
@@ -113,6 +143,8 @@ def upgrade_or_wait(settings: Settings, *, on_failure: Callable[[], None]) -> Pe
 
 def _where(settings: Settings) -> str:
     url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        return str(url.database)
     return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
 
 

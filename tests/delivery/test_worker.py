@@ -14,8 +14,9 @@ from sqlmodel import col, select
 
 from prefcenter.audit.models import AuditEvent
 from prefcenter.db import Database
+from prefcenter.delivery.reports import DeliveryReport
 from prefcenter.delivery.test_mail import QueuedMail, queue_test_mail
-from prefcenter.delivery.worker import SEND_CONNECTIONS, DeliveryReport, OutboxWorker
+from prefcenter.delivery.worker import SEND_CONNECTIONS, OutboxWorker
 from prefcenter.mail.config import MailConfig, mail_config
 from prefcenter.outbox import service as outbox
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage

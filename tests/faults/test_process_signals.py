@@ -40,6 +40,7 @@ DRAIN_S = 3.0
 BOUND_S = 30.0
 _WORKER_PID = re.compile(r"Started server process \[(\d+)\]")
 _WORKER_UP = "Application startup complete."
+_EXITED = re.compile(r"server process \[(\d+)\] exited with status (-?\d+)")
 
 
 def make_topic(server: LiveServer, headers: dict[str, str]) -> None:
@@ -116,6 +117,8 @@ def test_sigterm_under_load_drains_finishes_in_flight_and_exits_0(
         log = server.log()
 
     assert code == 0, log
+    # The server processes too, not only their supervisor.
+    assert dict(_EXITED.findall(log)) == dict.fromkeys(set(_WORKER_PID.findall(log)), "0"), log
     assert drained, "/readyz never answered 503 while draining"
     in_flight = [a for a in record.answers if a.started < sigterm_at]
     assert len(in_flight) >= IN_FLIGHT

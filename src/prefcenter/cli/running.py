@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from prefcenter import logs, migrations
 from prefcenter.cli.root import (
@@ -22,17 +21,15 @@ from prefcenter.cli.root import (
 )
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.db import Database, utcnow
+from prefcenter.delivery.reports import DeliveryReport
+from prefcenter.delivery.running import BackgroundWorker, run_until_signalled
 from prefcenter.delivery.test_mail import QueuedMail, queue_test_mail
 from prefcenter.delivery.webhooks import WebhookSender
-from prefcenter.delivery.worker import (
-    BackgroundWorker,
-    DeliveryReport,
-    OutboxWorker,
-    run_until_signalled,
-)
+from prefcenter.delivery.worker import OutboxWorker
 from prefcenter.mail.config import mail_config
-from prefcenter.monitoring.listener import serve_metrics
-from prefcenter.settings import Settings
+from prefcenter.monitoring.listener import metrics_listener, serve_metrics
+from prefcenter.server_processes import run_server
+from prefcenter.settings import Settings, parse_listen_address
 
 
 @cli.command()
@@ -68,7 +65,7 @@ def serve(
         _outbox_worker_beside(settings, enabled=not no_worker),
         _exit_0_after_shutdown(),
     ):
-        uvicorn.run(
+        clean = run_server(
             "prefcenter.app:app_from_environment",
             factory=True,
             host=host,
@@ -82,6 +79,9 @@ def serve(
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
             access_log=False,  # the app logs each request itself (request_log)
         )
+        if not clean:
+            stderr.print("[red]error:[/red] a server process did not end cleanly (see above)")
+            raise typer.Exit(1)
     if pending is not None and pending.failed:
         raise typer.Exit(1)
 
@@ -133,11 +133,30 @@ def _exit_after_shutdown(_signum: int, _frame: object) -> None:
     raise _Stopped
 
 
+def _listen_address(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_listen_address(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
 @cli.command("worker")
 def outbox_worker(
     once: Annotated[
         bool, typer.Option("--once", help="Deliver what is due now, print the counts, exit.")
     ] = False,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen",
+            envvar="PREFCENTER_WORKER_METRICS_LISTEN",
+            callback=_listen_address,
+            help="host:port to serve this worker's /metrics on (its delivery counts, its "
+            "database connections and the outbox's state), without authentication.",
+        ),
+    ] = None,
 ) -> None:
     """Deliver the outbox (the service's mail) until SIGTERM or SIGINT; any number of
     workers may run on PostgreSQL. Exit status 1 with --once when a delivery failed."""
@@ -154,7 +173,11 @@ def outbox_worker(
             database, settings, mail=mail, webhooks=WebhookSender(database, settings)
         )
         if not once:
-            asyncio.run(run_until_signalled(worker))
+            # Its own listener: PREFCENTER_METRICS_LISTEN is the server's (on the same host,
+            # both would want the port).
+            listen = settings.model_copy(update={"metrics_listen": metrics_listen})
+            with metrics_listener(listen):
+                asyncio.run(run_until_signalled(worker))
             return
         report = asyncio.run(_deliver_due_once(worker))
     stderr.print(report.summary())

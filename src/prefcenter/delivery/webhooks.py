@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 import anyio
 
+from prefcenter import metrics
 from prefcenter.db import Database, utcnow
 from prefcenter.delivery.checked_transport import (
     LANE_CONNECTIONS,
@@ -178,7 +179,7 @@ class WebhookSender:
                 draw=self.draw,
             )
         )
-        return BatchReport(
+        report = BatchReport(
             claimed=len(batch.outgoing),
             sent=len(recorded.marked_sent),
             retried=recorded.outcomes[AttemptOutcome.RETRY],
@@ -188,6 +189,15 @@ class WebhookSender:
             disabled=disabled,
             errors=[s.attempted.error for s in sent if s.attempted.error][:5],
         )
+        metrics.count_outbox_round(
+            OutboxKind.WEBHOOK.value,
+            sent=report.sent,
+            retried=report.retried,
+            failed=report.failed,
+            cancelled=report.cancelled,
+            released=report.released,
+        )
+        return report
 
     def _claim(self, now: datetime, claim: str) -> list[Claimed]:
         kinds = (OutboxKind.WEBHOOK,)

@@ -1,7 +1,6 @@
 """Owns the outbox worker: claim due messages, write and send them, then record every attempt
 and, for each mail sent, its audit event, in one transaction. `prefcenter worker` runs it,
-`prefcenter serve` runs one in a thread of its own; both stop gracefully (the message being
-sent is finished, the rest of the claim given back).
+`prefcenter serve` runs one in a thread of its own (delivery.running).
 
 Delivery is at least once: a worker killed between sending and recording leaves its claim,
 which runs out after `outbox_lease_seconds`; another worker then sends the message again,
@@ -13,24 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import secrets
-import signal
-import socket
-import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import anyio
 
+from prefcenter import metrics
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.service import append_event
 from prefcenter.db import Database, utcnow
 from prefcenter.delivery.mail import Outgoing, mail_sent_event, write_mail
+from prefcenter.delivery.reports import DeliveryReport, transport_name, worker_name
 from prefcenter.delivery.webhooks import WebhookSender
-from prefcenter.mail.config import MailConfig, MaildirTarget, SmtpSecurity
+from prefcenter.mail.config import MailConfig
 from prefcenter.mail.transports import DeliveryFailed, Transport, open_transport
 from prefcenter.outbox import service as outbox
 from prefcenter.outbox.schemas import Attempted, AttemptOutcome, Claimed, OutboxKind
@@ -43,48 +40,6 @@ BATCH_SIZE = 50
 # Connections a worker sends over at once: while one waits for the relay's answer, another
 # sends (SMTP has no pipelining here).
 SEND_CONNECTIONS = 2
-# How long `BackgroundWorker.stop` waits for the message being sent.
-STOP_TIMEOUT_S = 40.0
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"[:100]
-
-
-@dataclass(slots=True)
-class DeliveryReport:
-    """What one or more rounds of delivery did."""
-
-    claimed: int = 0
-    sent: int = 0
-    retried: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    released: int = 0  # claimed, not tried (stopping), given back
-    last_error: str | None = None
-    errors: list[str] = field(default_factory=list)  # the last few
-
-    def add(self, other: DeliveryReport) -> None:
-        self.claimed += other.claimed
-        self.sent += other.sent
-        self.retried += other.retried
-        self.failed += other.failed
-        self.cancelled += other.cancelled
-        self.released += other.released
-        self.last_error = other.last_error or self.last_error
-        self.errors = (self.errors + other.errors)[-5:]
-
-    def summary(self) -> str:
-        return (
-            f"sent {self.sent}, to retry {self.retried}, failed {self.failed}, "
-            f"cancelled {self.cancelled}, given back {self.released}"
-        )
-
-
-def transport_name(config: MailConfig) -> str:
-    if isinstance(config.target, MaildirTarget):
-        return "maildir"
-    return "smtps" if config.target.security is SmtpSecurity.TLS else "smtp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +235,7 @@ class OutboxWorker:
         assert self.mail is not None
         recorded = await anyio.to_thread.run_sync(self._record, attempts, untried, batch, self.mail)
         errors = [a.error for a in attempts if a.error][:5]
-        return DeliveryReport(
+        report = DeliveryReport(
             claimed=len(batch.outgoing),
             sent=len(recorded.marked_sent),
             retried=recorded.outcomes[AttemptOutcome.RETRY],
@@ -290,6 +245,15 @@ class OutboxWorker:
             last_error=errors[-1] if errors else None,
             errors=errors,
         )
+        metrics.count_outbox_round(
+            OutboxKind.MAIL.value,
+            sent=report.sent,
+            retried=report.retried,
+            failed=report.failed,
+            cancelled=report.cancelled,
+            released=report.released,
+        )
+        return report
 
     def _claim(self, now: datetime, claim: str, only: Collection[int] | None) -> list[Claimed]:
         if only is None:
@@ -391,45 +355,3 @@ class OutboxWorker:
                         ),
                     )
         return recorded
-
-
-class BackgroundWorker:
-    """An `OutboxWorker` in a thread with its own event loop, beside a server (`prefcenter
-    serve`): started before it, stopped after it."""
-
-    def __init__(self, worker: OutboxWorker) -> None:
-        self.worker = worker
-        self._thread = threading.Thread(target=self._main, name="outbox-worker", daemon=True)
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait()
-
-    def _main(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self.worker.run(self._stop)
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Stop claiming, finish the message being sent, give the rest back."""
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            logger.warning("outbox worker did not stop within %.0f s", timeout)
-
-
-async def run_until_signalled(worker: OutboxWorker) -> None:
-    """`prefcenter worker`: deliver until SIGTERM or SIGINT, then stop gracefully."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await worker.run(stop)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, or_, update
+from sqlalchemy import bindparam, func, insert, literal_column, or_, update
 from sqlalchemy import select as core_select
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
@@ -62,6 +63,10 @@ def enqueue(
 
 
 _EARLIER = _MESSAGES.alias("earlier")
+# Written into the SQL, not bound: a partial index (models.OutboxMessage) is used only when the
+# query's own text implies its condition, which a parameter's value does not (SQLite, and
+# PostgreSQL's generic plans).
+_QUEUED_SQL: ColumnElement[str] = literal_column(f"'{OutboxStatus.QUEUED.value}'")
 
 
 def _due(kinds: Collection[OutboxKind], now: datetime) -> Any:
@@ -70,13 +75,14 @@ def _due(kinds: Collection[OutboxKind], now: datetime) -> Any:
         & _MESSAGES.c.kind.in_([k.value for k in kinds])
         & (_MESSAGES.c.due_at <= now)
         & or_(_MESSAGES.c.claimed_until.is_(None), _MESSAGES.c.claimed_until <= now)
-        # In order per key: while an earlier message of its key is queued (due later, or
-        # claimed by any worker), a message waits. Read from committed rows, so it holds
-        # for any number of workers; NULL keys never match.
+        # In order per key, the oldest unfinished first: while an earlier message of its
+        # key is queued (due later because it is being retried, or claimed by any worker),
+        # a message waits. Read from committed rows, and a message leaves `queued` only once
+        # it is finished, so it holds for any number of workers; NULL keys never match.
         & ~core_select(_EARLIER.c.id)
         .where(
             _EARLIER.c.ordering_key == _MESSAGES.c.ordering_key,
-            _EARLIER.c.status == OutboxStatus.QUEUED.value,
+            _EARLIER.c.status == _QUEUED_SQL,
             _EARLIER.c.id < _MESSAGES.c.id,
         )
         .exists()
@@ -266,7 +272,38 @@ def record_attempts(
             ),
             others,
         )
+        _hold_back_followers(
+            session,
+            [(o["b_id"], o["b_due_at"]) for o in others if o["b_status"] == _QUEUED_VALUE],
+        )
     return Recorded(marked_sent=marked, outcomes=outcomes)
+
+
+_QUEUED_VALUE = OutboxStatus.QUEUED.value
+_HEAD = _MESSAGES.alias("head")
+
+
+def _hold_back_followers(session: Session, retried: list[tuple[int, datetime]]) -> None:
+    """A message put back for a retry is due no sooner than then, and neither is any later
+    message of its key: they get its due time, so a claim's scan of due messages (by
+    `due_at`) passes over them instead of reading each one and finding it held back. Only a
+    cost: `_due` alone decides the order, also for a message queued after this."""
+    if not retried:
+        return
+    session.execute(
+        update(_MESSAGES)
+        .where(
+            _MESSAGES.c.ordering_key
+            == core_select(_HEAD.c.ordering_key)
+            .where(_HEAD.c.id == bindparam("h_id"))
+            .scalar_subquery(),
+            _MESSAGES.c.status == _QUEUED_SQL,
+            _MESSAGES.c.id > bindparam("h_id"),
+            _MESSAGES.c.due_at < bindparam("h_due_at"),
+        )
+        .values(due_at=bindparam("h_due_at")),
+        [{"h_id": head, "h_due_at": due_at} for head, due_at in retried],
+    )
 
 
 def _clip(error: str | None) -> str | None:
