@@ -106,7 +106,7 @@ def test_every_reason_is_in_the_contract() -> None:
 SHARING = TopicModel(kind=TopicKind.SHARING, consent=ConsentModel.OPT_IN)
 
 
-@pytest.mark.parametrize("topic", (*MARKETING, SHARING))
+@pytest.mark.parametrize("topic", [*MARKETING, SHARING])
 def test_a_subscription_to_give_again_is_not_allowed(topic: TopicModel) -> None:
     answer = decide_eligibility(
         topic, erased=False, suppressed=False, subscription=Status.SUBSCRIBED, reconsent=True

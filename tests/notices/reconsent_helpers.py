@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-import prefcenter.app  # noqa: F401  (every module that reads the clock, loaded first)
-import prefcenter.cli  # noqa: F401
+# Every module that reads the clock, loaded before the clock is replaced.
+import prefcenter.app
+import prefcenter.cli
 import prefcenter.db
 from tests.notices.helpers import POLICY, publish, put_notice
 from tests.support.factories import Headers, Json, make_topic

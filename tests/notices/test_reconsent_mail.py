@@ -63,7 +63,8 @@ def test_the_mail_names_the_subscriptions_to_give_again_and_links_the_preference
     assert sorted(mails) == ["ada@example.com", "bob@example.com"]
     ada = text_of(mails["ada@example.com"], "plain")
     (line,) = [line for line in ada.splitlines() if PARAGRAPH in line]
-    assert "Weekly letter" in line and "Offers" not in line
+    assert "Weekly letter" in line
+    assert "Offers" not in line
     assert "http://testserver/p/" in line
     assert "Weekly letter" in text_of(mails["ada@example.com"], "html")
     # Opted out of the bound topic: nothing to give again (opt-outs stay opt-outs).

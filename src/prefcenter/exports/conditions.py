@@ -11,8 +11,8 @@ from sqlalchemy.orm import Mapped
 from sqlmodel import col
 
 from prefcenter.bounces.models import Bounce
-from prefcenter.consent.rules import Status
 from prefcenter.consent.models import Subscription
+from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
 from prefcenter.eligibility.rules import TopicModel, decide_eligibility
 from prefcenter.notices.reconsent import required_sql

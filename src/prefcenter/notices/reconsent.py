@@ -65,7 +65,5 @@ def required_sql(rule: Reconsent, version_id: Any, occurred_at: Any) -> ColumnEl
     """`rule.required(version_id, occurred_at)` as SQL over a subscription's columns; false
     where there is no subscription row (both NULL)."""
     standing = func.coalesce(version_id.in_(sorted(rule.standing)), false())
-    older = (
-        func.coalesce(version_id.in_(sorted(rule.older)), false()) if rule.older else false()
-    )
+    older = func.coalesce(version_id.in_(sorted(rule.older)), false()) if rule.older else false()
     return func.coalesce(and_(~standing, or_(older, occurred_at < rule.since)), false())

@@ -263,11 +263,7 @@ def save_preferences(
     wanted_sharing = chosen & shown_sharing
     if unsubscribe_all:
         # Only withdrawals: a box that was off stays off, ticked or not.
-        wanted_sharing = {
-            key
-            for key in wanted_sharing
-            if _shown_on(saving, sharing[key])
-        }
+        wanted_sharing = {key for key in wanted_sharing if _shown_on(saving, sharing[key])}
     _apply_choices(session, saving, sharing, shown_sharing, wanted_sharing)
     if unsubscribe_all:
         apply_change(

@@ -24,9 +24,7 @@ class Topic(SQLModel, table=True):
     # (notices.rules.Reconsent). None: consent to the topic stands whatever notice changes.
     notice_key: str | None = Field(
         default=None,
-        sa_column=Column(
-            String(64), ForeignKey("notice.key", ondelete="RESTRICT"), nullable=True
-        ),
+        sa_column=Column(String(64), ForeignKey("notice.key", ondelete="RESTRICT"), nullable=True),
     )
     created_at: datetime = Field(sa_type=UtcDateTime)
     updated_at: datetime = Field(sa_type=UtcDateTime)
