@@ -35,6 +35,7 @@ from prefcenter.idempotency import IdempotentCall
 from prefcenter.metrics import instruments
 from prefcenter.settings import Settings, parse_signing_keys
 from prefcenter.topics.models import Topic
+from tests.notices.reconsent_helpers import bound_topic
 from tests.support.factories import (
     Headers,
     audit_events,
@@ -283,6 +284,17 @@ def test_a_change_naming_a_notice_version_takes_the_locking_path(
     rows = row_counts(database)
     change = _change("ada@example.com", "subscribed", "newsletter", notice="privacy@v1")
     assert _route_lane(database, change) is None
+    assert row_counts(database) == rows
+
+
+def test_a_change_of_a_topic_bound_to_a_notice_takes_the_locking_path(
+    client: TestClient, admin_headers: Headers, database: Database
+) -> None:
+    """The version a subscription is given under is consent.ledger.changes.given_under's to
+    decide; the lane leaves the change to the path that decides it."""
+    bound_topic(client, admin_headers, "bound")
+    rows = row_counts(database)
+    assert _route_lane(database, _change("ada@example.com", "subscribed", "bound")) is None
     assert row_counts(database) == rows
 
 

@@ -52,16 +52,18 @@ class TestStateTable:
         for suppressed in (None, False, True):
             for status in (None, *Status):
                 for bounced in (None, False, True):
-                    expected = decide_eligibility(
-                        model,
-                        erased=False,
-                        suppressed=bool(suppressed),
-                        subscription=status,
-                        bounced=bool(bounced),
-                    )
-                    key = (suppressed, None if status is None else status.value, bounced)
-                    got: Eligibility = table[key]
-                    assert got == expected
+                    for reconsent in (False, True):
+                        expected = decide_eligibility(
+                            model,
+                            erased=False,
+                            suppressed=bool(suppressed),
+                            subscription=status,
+                            bounced=bool(bounced),
+                            reconsent=reconsent,
+                        )
+                        value = None if status is None else status.value
+                        got: Eligibility = table[(suppressed, value, bounced, reconsent)]
+                        assert got == expected
         assert table.unknown == decide_eligibility(
             model, erased=False, suppressed=False, subscription=None
         )
@@ -71,7 +73,7 @@ class TestStateTable:
             TopicModel(kind=TopicKind.MARKETING, consent=ConsentModel.OPT_OUT), lambda a: a
         )
         with pytest.raises(KeyError):
-            table[(False, "some_future_status", None)]
+            table[(False, "some_future_status", None, False)]
 
 
 class TestStreamChunks:

@@ -97,9 +97,47 @@ def test_every_reason_is_in_the_contract() -> None:
         "pending",
         "suppressed",
         "bounced",
+        "reconsent_required",
         "unknown_topic",
         "invalid_email",
     }
+
+
+SHARING = TopicModel(kind=TopicKind.SHARING, consent=ConsentModel.OPT_IN)
+
+
+@pytest.mark.parametrize("topic", [*MARKETING, SHARING])
+def test_a_subscription_to_give_again_is_not_allowed(topic: TopicModel) -> None:
+    answer = decide_eligibility(
+        topic, erased=False, suppressed=False, subscription=Status.SUBSCRIBED, reconsent=True
+    )
+    assert answer == Eligibility(allowed=False, reason=Reason.RECONSENT_REQUIRED)
+
+
+@pytest.mark.parametrize("topic", EVERY_TOPIC)
+@pytest.mark.parametrize("subscription", SUBSCRIPTIONS)
+@pytest.mark.parametrize("suppressed", [False, True])
+@pytest.mark.parametrize("bounced", [False, True])
+def test_reconsent_changes_only_a_subscription_that_would_allow(
+    topic: TopicModel, subscription: Status | None, suppressed: bool, bounced: bool
+) -> None:
+    """Opt-outs stay opt-outs, a bounce or an opt-out from all stays what it answered, and
+    transactional mail never depended on a subscription."""
+    before = decide_eligibility(
+        topic, erased=False, suppressed=suppressed, subscription=subscription, bounced=bounced
+    )
+    after = decide_eligibility(
+        topic,
+        erased=False,
+        suppressed=suppressed,
+        subscription=subscription,
+        bounced=bounced,
+        reconsent=True,
+    )
+    if before.reason is Reason.SUBSCRIBED:
+        assert after == Eligibility(allowed=False, reason=Reason.RECONSENT_REQUIRED)
+    else:
+        assert after == before
 
 
 @pytest.mark.parametrize("topic", EVERY_TOPIC)

@@ -5,8 +5,9 @@ audit event, webhook deliveries, Idempotency-Key record and metrics as consent.s
 locking path.
 
 It answers the common case and leaves everything else to that path (`record_change` returns
-None, having written nothing): SQLite; a change that names a notice version; an unknown topic
-or an erased address; a change the rules refuse or find superseded; a pending subscription
+None, having written nothing): SQLite; a change that names a notice version, or of a topic
+bound to a notice (the version it is given under is notices' to decide); an unknown topic or an
+erased address; a change the rules refuse or find superseded; a pending subscription
 while the service mails confirmations itself; a subscription to a marketing topic of a contact
 that exists already (see consent.ledger.api_lane); and whatever moved on between the read and
 the write. A stored answer under the caller's Idempotency-Key is answered from the read, as
@@ -120,6 +121,8 @@ def _record(
         return state.stored_answer
     if state.address_erased or (change.topic is not None and state.topic is None):
         return None  # the locking path's problem (address-erased, unknown topic)
+    if state.topic is not None and state.topic.notice_key is not None:
+        return None  # given under a notice version: consent.ledger.changes.given_under
     topic = None if state.topic is None else Topic(**asdict(state.topic))
     record = api_change_record(change, caller=caller, request=request, settings=settings)
     requested = replace(

@@ -20,13 +20,16 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.queries import lookup_contacts
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.addresses import Address
-from prefcenter.db import ConnectionLost, Database
+from prefcenter.db import ConnectionLost, Database, utcnow
+from prefcenter.notices.reconsent import reconsent_by_notice
+from prefcenter.notices.rules import Reconsent
 
 # One statement whatever the number of addresses: the addresses and their keyed hashes as two
 # text parameters, one per line, split by the server (normalised addresses and hex hashes
 # never contain a line break); a row per (address, subscription).
 _LOOKUP_PG = """SELECT w.address, e.address_hash IS NOT NULL, c.public_id, p.suppressed,
-    b.contact_id IS NOT NULL, t.key, s.status, s.since
+    b.contact_id IS NOT NULL, t.key, s.status, s.since, t.notice_key, s.notice_version_id,
+    s.occurred_at
 FROM unnest(string_to_array(%s, E'\\n'), string_to_array(%s, E'\\n')) AS w(address, hash)
 LEFT JOIN erased_address e ON e.address_hash = w.hash
 LEFT JOIN contact c ON c.address = w.address AND e.address_hash IS NULL
@@ -60,13 +63,26 @@ async def lookup_json(
         # A dead pooled connection: the session path drops every pooled connection and
         # retries once on a fresh one.
         return await database.run_in_transaction(read, write=False)
-    return render(addresses, rows)
+    bound = {row[8] for row in rows if row[8] is not None}
+    rules: dict[str, Reconsent] = {}
+    if bound:
+        # Only when a subscription is to a topic bound to a notice: one more short read.
+        now = utcnow()
+        rules = await database.run_in_transaction(
+            lambda session: reconsent_by_notice(session, bound, now=now), write=False
+        )
+    return render(addresses, rows, rules)
 
 
-def render(addresses: Sequence[Address], rows: list[tuple[Any, ...]]) -> bytes:
-    """`LookupOut` from the statement's rows (subscriptions in topic order)."""
+def render(
+    addresses: Sequence[Address], rows: list[tuple[Any, ...]], rules: dict[str, Reconsent]
+) -> bytes:
+    """`LookupOut` from the statement's rows (subscriptions in topic order); `rules`: the
+    re-consent each bound topic's notice asks for now."""
     found: dict[str, dict[str, Any]] = {}
-    for address, erased, public_id, suppressed, bounced, topic, status, since in rows:
+    for row in rows:
+        address, erased, public_id, suppressed, bounced, topic, status, since = row[:8]
+        notice, version_id, occurred_at = row[8:]
         entry = found.get(address)
         if entry is None:
             entry = found[address] = {
@@ -79,7 +95,17 @@ def render(addresses: Sequence[Address], rows: list[tuple[Any, ...]]) -> bytes:
             if status not in _VALID_STATUS:
                 # A status this version does not know (a newer one wrote it): fail, never guess.
                 raise ValueError(f"unknown subscription status {status!r}")
-            entry["subscriptions"].append({"topic": topic, "status": status, "since": _utc(since)})
+            rule = rules.get(notice) if notice is not None else None
+            entry["subscriptions"].append(
+                {
+                    "topic": topic,
+                    "status": status,
+                    "since": _utc(since),
+                    "reconsent_required": status == Status.SUBSCRIBED.value
+                    and rule is not None
+                    and rule.required(version_id, occurred_at),
+                }
+            )
     answers = []
     for address in addresses:
         entry = found[address.normalised]

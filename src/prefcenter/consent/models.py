@@ -7,7 +7,7 @@ that eligibility is one indexed read.
 
 from datetime import datetime
 
-from sqlalchemy import Index
+from sqlalchemy import Column, ForeignKey, Index, Integer
 from sqlmodel import Field, SQLModel
 
 from prefcenter.db import UtcDateTime
@@ -35,6 +35,17 @@ class Subscription(SQLModel, table=True):
     # The audit event that set this status. A confirmation link names the event that made the
     # subscription pending, so it stops working once anything else has happened since.
     event_id: str = Field(max_length=40)
+    # The version of the topic's notice this state was given under (ledger.changes
+    # .notice_version_given): re-consent is asked when a material version replaced it. None:
+    # given while the topic was unbound, or by a writer that records none (imports, the
+    # unsubscribe lane); such a subscription counts as given under the version in force at
+    # its `occurred_at`.
+    notice_version_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer, ForeignKey("notice_version.id", ondelete="RESTRICT"), nullable=True
+        ),
+    )
 
 
 class Suppression(SQLModel, table=True):

@@ -27,6 +27,8 @@ from prefcenter.consent.schemas import (
 )
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.service import find_contact_by_public_id, find_contacts
+from prefcenter.db import utcnow
+from prefcenter.notices.reconsent import reconsent_by_notice
 from prefcenter.problems import NotFound
 from prefcenter.topics.models import Topic
 
@@ -52,14 +54,25 @@ def _subscriptions_of(
     if not contact_ids:
         return found
     rows = session.exec(
-        select(Subscription, Topic.key)
+        select(Subscription, Topic.key, Topic.notice_key)
         .join(Topic, col(Topic.id) == col(Subscription.topic_id))
         .where(col(Subscription.contact_id).in_(contact_ids))
         .order_by(col(Topic.key))
-    )
-    for subscription, key in rows:
+    ).all()
+    bound = {notice for _, _, notice in rows if notice is not None}
+    rules = reconsent_by_notice(session, bound, now=utcnow())
+    for subscription, key, notice in rows:
+        rule = rules.get(notice) if notice is not None else None
+        status = Status(subscription.status)
         found[subscription.contact_id].append(
-            SubscriptionOut(topic=key, status=Status(subscription.status), since=subscription.since)
+            SubscriptionOut(
+                topic=key,
+                status=status,
+                since=subscription.since,
+                reconsent_required=status is Status.SUBSCRIBED
+                and rule is not None
+                and rule.required(subscription.notice_version_id, subscription.occurred_at),
+            )
         )
     return found
 

@@ -189,6 +189,9 @@ class SubscriptionOut(BaseModel):
     topic: str
     status: Status
     since: datetime
+    # Subscribed under a version of the topic's notice that a material version has replaced:
+    # eligibility answers `reconsent_required` until the person consents again.
+    reconsent_required: bool = False
 
 
 class ContactLookup(BaseModel):

@@ -22,6 +22,7 @@ from prefcenter.contacts.models import Contact
 from prefcenter.delivery.notice_mail import (
     Choices,
     NoticeFacts,
+    asked_again,
     choices_of,
     notice_context,
     notices_of,
@@ -98,6 +99,7 @@ def write_mail(
     markers = _opt_out_markers(session, payloads, contacts, topics)
     notices = notices_of(session, payloads)
     choices = choices_of(session, payloads, contacts, notices)
+    asked = asked_again(session, payloads, contacts, notices)
     written = []
     for claimed, payload in zip(batch, payloads, strict=True):
         if payload is None:
@@ -113,6 +115,7 @@ def write_mail(
                 markers=markers,
                 notices=notices,
                 choices=choices,
+                asked=asked,
                 config=config,
                 settings=settings,
                 ring=ring,
@@ -132,6 +135,7 @@ def _write_one(
     markers: dict[tuple[str, str | None], str | None],
     notices: dict[str, NoticeFacts],
     choices: dict[int, Choices],
+    asked: dict[tuple[int, str], list[str]],
     config: MailConfig,
     settings: Settings,
     ring: tuple[SigningKey, ...],
@@ -216,7 +220,11 @@ def _write_one(
             facts = notices.get(payload.notice or "")
             if facts is None:
                 return Outgoing(claimed, payload, skip="unknown notice version", cancel=False)
-            context.update(notice_context(facts, choices.get(contact.id or 0)))
+            context.update(
+                notice_context(
+                    facts, choices.get(contact.id or 0), asked.get((contact.id or 0, facts.key))
+                )
+            )
     if not recipient:
         return Outgoing(claimed, payload, skip="no recipient", cancel=False)
     try:

@@ -1,5 +1,7 @@
 """Owns what a notice mail says, read when it is sent: the version (its summary, date and
-link) and, for a merger or acquisition, the person's current choices."""
+link), for a merger or acquisition the person's current choices, and for a material version
+of a notice topics are bound to, the subscriptions it asks the person to give again (with the
+preference link, where a tick gives one again: no token of its own can subscribe anyone)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
 from prefcenter.mail.schemas import MailPayload, MailTemplate
 from prefcenter.notices.models import Notice, NoticeVersion
@@ -21,6 +24,8 @@ from prefcenter.topics.schemas import TopicKind
 
 @dataclass(frozen=True, slots=True)
 class NoticeFacts:
+    key: str
+    material: bool
     name: str
     kind: NoticeKind
     version: str
@@ -51,6 +56,8 @@ def notices_of(session: Session, payloads: Sequence[MailPayload | None]) -> dict
         if row is not None:
             notice, version = row
             found[ref] = NoticeFacts(
+                key=notice.key,
+                material=version.material,
                 name=notice.name,
                 kind=NoticeKind(notice.kind),
                 version=version.version,
@@ -102,8 +109,49 @@ def choices_of(
     return {i: Choices(topics=topics[i], all_marketing_off=i in off) for i in ids}
 
 
-def notice_context(facts: NoticeFacts, choices: Choices | None) -> dict[str, Any]:
+def asked_again(
+    session: Session,
+    payloads: Sequence[MailPayload | None],
+    contacts: dict[str, Contact],
+    notices: dict[str, NoticeFacts],
+) -> dict[tuple[int, str], list[str]]:
+    """By (contact row id, notice key): the names of the topics bound to a material notice
+    version's notice that the contact is subscribed to (one query for the batch). They will
+    need the person's consent again once the version takes effect, whatever version they
+    were given under: the mail cannot know whether the person re-consents before then."""
+    wanted: dict[str, set[int]] = {}
+    for p in payloads:
+        if p is None or p.template is not MailTemplate.NOTICE:
+            continue
+        facts = notices.get(p.notice or "")
+        contact = contacts.get(p.contact_id or "")
+        if facts is None or not facts.material or contact is None or contact.id is None:
+            continue
+        wanted.setdefault(facts.key, set()).add(contact.id)
+    if not wanted:
+        return {}
+    ids = sorted({i for found in wanted.values() for i in found})
+    asked: dict[tuple[int, str], list[str]] = {}
+    for contact_id, name, key in session.exec(
+        select(col(Subscription.contact_id), col(Topic.name), col(Topic.notice_key))
+        .join(Topic, col(Topic.id) == col(Subscription.topic_id))
+        .where(
+            col(Subscription.contact_id).in_(ids),
+            col(Subscription.status) == Status.SUBSCRIBED.value,
+            col(Topic.notice_key).in_(sorted(wanted)),
+        )
+        .order_by(col(Topic.name))
+    ):
+        if key is not None and contact_id in wanted[key]:
+            asked.setdefault((contact_id, key), []).append(name)
+    return asked
+
+
+def notice_context(
+    facts: NoticeFacts, choices: Choices | None, asked: list[str] | None = None
+) -> dict[str, Any]:
     return {
+        "reconsent_topics": asked or [],
         "notice_name": facts.name,
         "notice_version": facts.version,
         "notice_summary": facts.summary,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Collection, Iterator
 from contextlib import closing
+from datetime import UTC
 from typing import Generic, TypeVar
 
 from sqlalchemy import Connection
@@ -21,17 +22,18 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.rules import Status
 from prefcenter.driver import driver_cursor
 from prefcenter.eligibility.rules import Eligibility, TopicModel, decide_eligibility
+from prefcenter.notices.rules import Reconsent
 
-# (suppressed, subscription status, bounced) as the query returns them; None where no row
-# exists.
-State = tuple[bool | None, str | None, bool | None]
+# (suppressed, subscription status, bounced, re-consent required) as the query returns them;
+# None where no row exists (re-consent: never None, false without a subscription).
+State = tuple[bool | None, str | None, bool | None, bool]
 
 # Addresses per SQLite query: each is a bound parameter, and SQLite allows 32,766 of them
 # since 3.32 (999 before); one more parameter is the topic.
 SQLITE_CHUNK = 10_000 if sqlite3.sqlite_version_info >= (3, 32, 0) else 900
 
 _POSTGRES_QUERY = (
-    "SELECT c.address, p.suppressed, s.status, b.bounced FROM contact c "
+    "SELECT c.address, p.suppressed, s.status, b.bounced, {reconsent} FROM contact c "
     "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = %s "
     "LEFT JOIN suppression p ON p.contact_id = c.id "
     "LEFT JOIN bounce b ON b.contact_id = c.id "
@@ -51,7 +53,7 @@ _POSTGRES_PLAN = (
     "SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off"
 )
 _SQLITE_QUERY = (
-    "SELECT c.address, p.suppressed, s.status, b.bounced FROM contact c "
+    "SELECT c.address, p.suppressed, s.status, b.bounced, {reconsent} FROM contact c "
     "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = ? "
     "LEFT JOIN suppression p ON p.contact_id = c.id "
     "LEFT JOIN bounce b ON b.contact_id = c.id "
@@ -75,18 +77,20 @@ class StateTable(Generic[T]):
         for suppressed in (None, False, True):
             for status in (None, *Status):
                 for bounced in (None, False, True):
-                    answer = decide_eligibility(
-                        model,
-                        # Erased contacts have no address, so no row of theirs is ever read.
-                        erased=False,
-                        suppressed=bool(suppressed),
-                        subscription=status,
-                        bounced=bool(bounced),
-                    )
-                    key = (suppressed, None if status is None else status.value, bounced)
-                    self._by_state[key] = render(answer)
+                    for reconsent in (False, True):
+                        answer = decide_eligibility(
+                            model,
+                            # Erased contacts have no address, so no row of theirs is read.
+                            erased=False,
+                            suppressed=bool(suppressed),
+                            subscription=status,
+                            bounced=bool(bounced),
+                            reconsent=reconsent,
+                        )
+                        value = None if status is None else status.value
+                        self._by_state[(suppressed, value, bounced, reconsent)] = render(answer)
         # An address no contact has: no subscription, no suppression, no bounce.
-        self.unknown: T = self._by_state[(None, None, None)]
+        self.unknown: T = self._by_state[(None, None, None, False)]
 
     def __getitem__(self, state: State) -> T:
         """Fail safe: a status this code does not know (a newer version wrote it) is a
@@ -94,34 +98,71 @@ class StateTable(Generic[T]):
         return self._by_state[state]
 
 
+def reconsent_sql(rule: Reconsent | None, *, postgres: bool) -> str:
+    """`rule.required(s.notice_version_id, s.occurred_at)` as driver SQL (notices.reconsent
+    .required_sql is its Core form), false without a subscription row; a constant false for
+    a topic that asks for no re-consent, so the usual query does no more than before. The
+    rule's values are written in: row ids (integers) and a time in the column's own text
+    form, nothing a caller gave."""
+    false = "FALSE" if postgres else "0"
+    if rule is None:
+        return false
+    since_utc = rule.since.astimezone(UTC)
+    since = (
+        f"'{since_utc.isoformat()}'::timestamptz"
+        if postgres
+        # How SQLAlchemy stores a DateTime in SQLite (UtcDateTime: UTC, no zone).
+        else f"'{since_utc.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+    )
+
+    def among(ids: frozenset[int]) -> str:
+        listed = ",".join(str(int(i)) for i in sorted(ids))
+        return f"COALESCE(s.notice_version_id IN ({listed}), {false})" if ids else false
+
+    return (
+        f"COALESCE(NOT {among(rule.standing)} AND ({among(rule.older)} "
+        f"OR s.occurred_at < {since}), {false})"
+    )
+
+
 def read_states(
-    connection: Connection, topic_id: int, addresses: Collection[str], table: StateTable[T]
+    connection: Connection,
+    topic_id: int,
+    addresses: Collection[str],
+    table: StateTable[T],
+    reconsent: Reconsent | None = None,
 ) -> dict[str, T]:
     """The answer for each of `addresses` (normalised, distinct) that a contact has; addresses
-    absent from the result are unknown (`table.unknown`)."""
+    absent from the result are unknown (`table.unknown`). `reconsent`: what the topic's notice
+    asks for now (eligibility.service.TopicRef)."""
     if not addresses:
         return {}
     if connection.dialect.name == "postgresql":
+        query = _POSTGRES_QUERY.format(reconsent=reconsent_sql(reconsent, postgres=True))
         with closing(driver_cursor(connection)) as cursor:
             cursor.execute(_POSTGRES_PLAN)
-            cursor.execute(_POSTGRES_QUERY, (topic_id, "\n".join(addresses)))
+            cursor.execute(query, (topic_id, "\n".join(addresses)))
             rows = cursor.fetchall()
         return {
-            address: table[(suppressed, status, bounced)]
-            for address, suppressed, status, bounced in rows
+            address: table[(suppressed, status, bounced, stale)]
+            for address, suppressed, status, bounced, stale in rows
         }
     found: dict[str, T] = {}
+    stale_sql = reconsent_sql(reconsent, postgres=False)
     for chunk in _chunks(list(addresses), SQLITE_CHUNK):
         marks = ",".join("?" * len(chunk))
         with closing(driver_cursor(connection)) as cursor:
-            cursor.execute(_SQLITE_QUERY.format(marks=marks), (topic_id, *chunk))
-            for address, suppressed, status, bounced in cursor:
+            cursor.execute(
+                _SQLITE_QUERY.format(reconsent=stale_sql, marks=marks), (topic_id, *chunk)
+            )
+            for address, suppressed, status, bounced, stale in cursor:
                 # SQLite stores booleans as 0/1.
                 found[address] = table[
                     (
                         None if suppressed is None else bool(suppressed),
                         status,
                         None if bounced is None else bool(bounced),
+                        bool(stale),
                     )
                 ]
     return found

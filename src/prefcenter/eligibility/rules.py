@@ -24,6 +24,8 @@ class Reason(StrEnum):
     PENDING = "pending"
     SUPPRESSED = "suppressed"
     BOUNCED = "bounced"  # the address hard-bounced: no mail of any kind
+    # Subscribed under a notice version that a material one has replaced since.
+    RECONSENT_REQUIRED = "reconsent_required"
     UNKNOWN_TOPIC = "unknown_topic"
     INVALID_EMAIL = "invalid_email"
 
@@ -47,6 +49,7 @@ def decide_eligibility(
     suppressed: bool,
     subscription: Status | None,
     bounced: bool = False,
+    reconsent: bool = False,
 ) -> Eligibility:
     """In order: erasure blocks everything; a bounce blocks every kind of mail (the address
     does not take any; transactional mail included); transactional mail ignores marketing
@@ -58,11 +61,16 @@ def decide_eligibility(
     erasure and the person's consent to it decide. A bounce says nothing about that consent,
     and an opt-out from all marketing is about mail, not about sharing (the person may keep
     or withdraw each sharing consent on its own); no consent is never allowed (always opt-in).
+
+    `reconsent`: the subscription was given under a version of the topic's notice that a
+    material version has replaced (notices.rules.Reconsent). A subscription then no longer
+    allows until it is given again; it changes nothing else (an opt-out stays an opt-out, and
+    transactional mail was never a matter of subscription).
     """
     if erased:
         return Eligibility(allowed=False, reason=Reason.SUPPRESSED)
     if topic.kind is TopicKind.SHARING:
-        return _decide_sharing(subscription)
+        return _decide_sharing(subscription, reconsent=reconsent)
     if bounced:
         return Eligibility(allowed=False, reason=Reason.BOUNCED)
     if topic.kind is TopicKind.TRANSACTIONAL:
@@ -74,15 +82,15 @@ def decide_eligibility(
     if subscription is Status.PENDING:
         return Eligibility(allowed=False, reason=Reason.PENDING)
     if subscription is Status.SUBSCRIBED:
-        return Eligibility(allowed=True, reason=Reason.SUBSCRIBED)
+        return RECONSENT_REQUIRED if reconsent else SUBSCRIBED
     if topic.consent is ConsentModel.OPT_OUT:
         return Eligibility(allowed=True, reason=Reason.OPT_OUT_DEFAULT)
     return Eligibility(allowed=False, reason=Reason.NOT_SUBSCRIBED)
 
 
-def _decide_sharing(subscription: Status | None) -> Eligibility:
+def _decide_sharing(subscription: Status | None, *, reconsent: bool) -> Eligibility:
     if subscription is Status.SUBSCRIBED:
-        return Eligibility(allowed=True, reason=Reason.SUBSCRIBED)
+        return RECONSENT_REQUIRED if reconsent else SUBSCRIBED
     if subscription is Status.UNSUBSCRIBED:
         return Eligibility(allowed=False, reason=Reason.UNSUBSCRIBED)
     if subscription is Status.PENDING:
@@ -90,5 +98,7 @@ def _decide_sharing(subscription: Status | None) -> Eligibility:
     return Eligibility(allowed=False, reason=Reason.NOT_SUBSCRIBED)
 
 
+SUBSCRIBED = Eligibility(allowed=True, reason=Reason.SUBSCRIBED)
+RECONSENT_REQUIRED = Eligibility(allowed=False, reason=Reason.RECONSENT_REQUIRED)
 UNKNOWN_TOPIC = Eligibility(allowed=False, reason=Reason.UNKNOWN_TOPIC)
 INVALID_EMAIL = Eligibility(allowed=False, reason=Reason.INVALID_EMAIL)

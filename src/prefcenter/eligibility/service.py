@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.contacts.addresses import InvalidAddress, _fast_normalise, parse_address
+from prefcenter.db import utcnow
 from prefcenter.eligibility.lookup import StateTable, read_erased, read_states
 from prefcenter.eligibility.rules import (
     INVALID_EMAIL,
@@ -24,6 +25,8 @@ from prefcenter.eligibility.rules import (
     decide_eligibility,
 )
 from prefcenter.eligibility.schemas import MAX_ELIGIBILITY, EligibilityIn
+from prefcenter.notices.reconsent import reconsent_of
+from prefcenter.notices.rules import Reconsent
 from prefcenter.problems import PayloadTooLarge
 from prefcenter.topics.schemas import ConsentModel, TopicKind
 from prefcenter.topics.service import find_topic
@@ -33,15 +36,19 @@ from prefcenter.topics.service import find_topic
 class TopicRef:
     id: int
     model: TopicModel
+    # What the topic's notice asks for as the answer starts (None: nothing, or unbound).
+    reconsent: Reconsent | None = None
 
 
 def find_topic_ref(session: Session, key: str) -> TopicRef | None:
+    """The topic, with the re-consent its notice asks for now (a query only when bound)."""
     topic = find_topic(session, key)
     if topic is None or topic.id is None:
         return None
     return TopicRef(
         id=topic.id,
         model=TopicModel(kind=TopicKind(topic.kind), consent=ConsentModel(topic.consent)),
+        reconsent=reconsent_of(session, topic.notice_key, now=utcnow()),
     )
 
 
@@ -74,7 +81,7 @@ def decide_addresses(
     wanted = {n for n in normalised if n is not None}
     table = StateTable(topic.model, lambda answer: answer)
     connection = session.connection()
-    found = read_states(connection, topic.id, wanted, table)
+    found = read_states(connection, topic.id, wanted, table, topic.reconsent)
     erased = read_erased(connection, keys, wanted)
     erased_answer = decide_eligibility(
         topic.model, erased=True, suppressed=False, subscription=None, bounced=False

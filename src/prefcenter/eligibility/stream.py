@@ -169,6 +169,7 @@ class _Answers:
 
     def __init__(self, topic: TopicRef, keys: AuditKeys) -> None:
         self.topic_id = topic.id
+        self.reconsent = topic.reconsent
         self.keys = keys
         self.by_state = StateTable(topic.model, _csv_row_end)
         self.erased = _csv_row_end(
@@ -189,7 +190,9 @@ def answer_chunk(database: Database, answers: _Answers, texts: list[str]) -> byt
     wanted = {address for address in normalised if address is not None}
     with database.transaction(write=False) as session:
         connection = session.connection()
-        found = read_states(connection, answers.topic_id, wanted, answers.by_state)
+        found = read_states(
+            connection, answers.topic_id, wanted, answers.by_state, answers.reconsent
+        )
         # Every address, not only those no contact has: an erased address is suppressed for
         # good even if a contact row came back for it (one written before that was refused).
         for address in read_erased(connection, answers.keys, wanted):

@@ -33,9 +33,11 @@ from prefcenter.exports.conditions import (
     allowed_where,
     bounced_exists,
     contact_address,
+    reconsent_where,
     topic_model,
 )
 from prefcenter.exports.schemas import SuppressionReason
+from prefcenter.notices.rules import Reconsent
 from prefcenter.topics.models import Topic
 
 # Rows per chunk: large enough that a query's round trip is noise, small enough that a chunk
@@ -165,7 +167,9 @@ def _suppression_cells(row: Any) -> tuple[str, ...]:
 # --- GET /v1/topics/{key}/audience -----------------------------------------------------------
 
 
-def _audience_query(topic: Topic, after_id: int) -> Select[int | None, str, str]:
+def _audience_query(
+    topic: Topic, after_id: int, rule: Reconsent | None
+) -> Select[int | None, str, str]:
     model = topic_model(topic)
     # The keyset position is repeated on the key of every table read beside `contact`, so that
     # each is walked from there rather than from the start (which makes an export quadratic).
@@ -181,7 +185,11 @@ def _audience_query(topic: Topic, after_id: int) -> Select[int | None, str, str]
         .exists()
     )
     allowed, needs_no_row = allowed_where(
-        model, suppressed, bounced_exists(after_id), col(Subscription.status)
+        model,
+        suppressed,
+        bounced_exists(after_id),
+        col(Subscription.status),
+        reconsent_where(rule),
     )
     on_topic = and_(
         col(Subscription.contact_id) == col(Contact.id),
@@ -209,9 +217,11 @@ def _audience_query(topic: Topic, after_id: int) -> Select[int | None, str, str]
     )
 
 
-def audience_reader(topic: Topic) -> ChunkReader:
+def audience_reader(topic: Topic, rule: Reconsent | None = None) -> ChunkReader:
+    """`rule`: the re-consent the topic's notice asks for as the export starts."""
+
     def read(session: Session, after_id: int) -> Chunk:
-        rows = session.execute(_audience_query(topic, after_id)).all()
+        rows = session.execute(_audience_query(topic, after_id, rule)).all()
         return _chunk_of(rows, lambda r: (str(r[1]), str(r[2])))
 
     return read

@@ -11,9 +11,12 @@ from sqlalchemy.orm import Mapped
 from sqlmodel import col
 
 from prefcenter.bounces.models import Bounce
+from prefcenter.consent.models import Subscription
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.models import Contact
 from prefcenter.eligibility.rules import TopicModel, decide_eligibility
+from prefcenter.notices.reconsent import required_sql
+from prefcenter.notices.rules import Reconsent
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import ConsentModel, TopicKind
 
@@ -27,20 +30,32 @@ def topic_model(topic: Topic) -> TopicModel:
     return TopicModel(kind=TopicKind(topic.kind), consent=ConsentModel(topic.consent))
 
 
+def reconsent_where(rule: Reconsent | None) -> ColumnElement[bool] | None:
+    """Whether the joined subscription must be given again under `rule` (None: never)."""
+    if rule is None:
+        return None
+    return required_sql(rule, col(Subscription.notice_version_id), col(Subscription.occurred_at))
+
+
 def allowed_where(
     model: TopicModel,
     suppressed: ColumnElement[bool],
     bounced: ColumnElement[bool],
     status: Mapped[str],
+    reconsent: ColumnElement[bool] | None = None,
 ) -> tuple[ColumnElement[bool], bool]:
     """The SQL condition under which `decide_eligibility` allows a (not erased) contact, built
     by asking the rule itself about every state a contact can be in, so the export cannot
     disagree with it. Also says whether a contact without a subscription row can qualify (when
-    not, the subscription is joined rather than outer-joined)."""
+    not, the subscription is joined rather than outer-joined). `reconsent`: whether the
+    subscription must be given again (notices.reconsent.required_sql); None: never."""
     states: list[Status | None] = [None, *Status]
     alternatives: list[ColumnElement[bool]] = []
     needs_no_row = False
-    for is_suppressed, is_bounced in itertools.product((False, True), (False, True)):
+    flags = (False, True) if reconsent is not None else (False,)
+    for is_suppressed, is_bounced, is_stale in itertools.product(
+        (False, True), (False, True), flags
+    ):
         allowed = [
             state
             for state in states
@@ -50,6 +65,7 @@ def allowed_where(
                 suppressed=is_suppressed,
                 subscription=state,
                 bounced=is_bounced,
+                reconsent=is_stale,
             ).allowed
         ]
         if not allowed:
@@ -67,7 +83,10 @@ def allowed_where(
             status_ok = or_(*parts)
         suppression_ok = suppressed if is_suppressed else ~suppressed
         bounce_ok = bounced if is_bounced else ~bounced
-        alternatives.append(and_(suppression_ok, bounce_ok, status_ok))
+        parts = [suppression_ok, bounce_ok, status_ok]
+        if reconsent is not None:
+            parts.append(reconsent if is_stale else ~reconsent)
+        alternatives.append(and_(*parts))
     if not alternatives:
         return false(), needs_no_row
     return or_(*alternatives), needs_no_row

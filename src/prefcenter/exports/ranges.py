@@ -51,9 +51,11 @@ from prefcenter.exports.conditions import (
     allowed_where,
     bounced_exists,
     contact_address,
+    reconsent_where,
     topic_model,
 )
 from prefcenter.exports.schemas import AUDIENCE_HEADER, SUPPRESSIONS_HEADER, SuppressionReason
+from prefcenter.notices.rules import Reconsent
 from prefcenter.topics.models import Topic
 
 # Contact ids per query: at ~60 bytes a row, a few megabytes of CSV text at most.
@@ -170,7 +172,7 @@ def _suppressions_range(low: int, high: int) -> Select[str]:
     return select(both.c.line).order_by(both.c.contact_id, both.c.rank)
 
 
-def _audience_range(topic: Topic) -> RangeQuery:
+def _audience_range(topic: Topic, rule: Reconsent | None) -> RangeQuery:
     model = topic_model(topic)
 
     def query(low: int, high: int) -> Select[str]:
@@ -186,7 +188,11 @@ def _audience_range(topic: Topic) -> RangeQuery:
             .exists()
         )
         allowed, needs_no_row = allowed_where(
-            model, suppressed, bounced_exists(low, high), col(Subscription.status)
+            model,
+            suppressed,
+            bounced_exists(low, high),
+            col(Subscription.status),
+            reconsent_where(rule),
         )
         on_topic = and_(
             col(Subscription.contact_id) == col(Contact.id),
@@ -280,6 +286,8 @@ def suppressions_ranges(database: Database) -> AsyncIterator[bytes]:
     return stream_ranges(database, SUPPRESSIONS_HEADER, _suppressions_range, _SUPPRESSIONS_PLAN)
 
 
-def audience_ranges(database: Database, topic: Topic) -> AsyncIterator[bytes]:
+def audience_ranges(
+    database: Database, topic: Topic, rule: Reconsent | None = None
+) -> AsyncIterator[bytes]:
     """`GET /v1/topics/{key}/audience` as CSV bytes, built by PostgreSQL."""
-    return stream_ranges(database, AUDIENCE_HEADER, _audience_range(topic), _RANGE_PLAN)
+    return stream_ranges(database, AUDIENCE_HEADER, _audience_range(topic, rule), _RANGE_PLAN)

@@ -4,19 +4,31 @@ takes (PostgreSQL builds the CSV itself, `ranges`; elsewhere Python writes keyse
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from sqlmodel import Session
 
-from prefcenter.db import Database
+from prefcenter.db import Database, utcnow
 from prefcenter.exports import chunks, ranges
 from prefcenter.exports.schemas import AUDIENCE_HEADER, SUPPRESSIONS_HEADER
+from prefcenter.notices.reconsent import reconsent_of
+from prefcenter.notices.rules import Reconsent
 from prefcenter.topics.models import Topic
 from prefcenter.topics.service import require_topic
 
 
-def find_audience_topic(session: Session, key: str) -> Topic:
-    """The topic, read before the answer starts so that an unknown one is a 404 problem."""
-    return require_topic(session, key)
+@dataclass(frozen=True, slots=True)
+class AudienceTopic:
+    topic: Topic
+    # What the topic's notice asks for as the export starts (None: nothing).
+    reconsent: Reconsent | None
+
+
+def find_audience_topic(session: Session, key: str) -> AudienceTopic:
+    """The topic, read before the answer starts so that an unknown one is a 404 problem, with
+    the re-consent its notice asks for now."""
+    topic = require_topic(session, key)
+    return AudienceTopic(topic, reconsent_of(session, topic.notice_key, now=utcnow()))
 
 
 def _on_postgres(database: Database) -> bool:
@@ -30,8 +42,9 @@ def suppressions_csv(database: Database) -> AsyncIterator[bytes]:
     return chunks.stream_csv(database, SUPPRESSIONS_HEADER, chunks.read_suppressions)
 
 
-def audience_csv(database: Database, topic: Topic) -> AsyncIterator[bytes]:
+def audience_csv(database: Database, audience: AudienceTopic) -> AsyncIterator[bytes]:
     """`GET /v1/topics/{key}/audience` as CSV bytes."""
+    topic, rule = audience.topic, audience.reconsent
     if _on_postgres(database):
-        return ranges.audience_ranges(database, topic)
-    return chunks.stream_csv(database, AUDIENCE_HEADER, chunks.audience_reader(topic))
+        return ranges.audience_ranges(database, topic, rule)
+    return chunks.stream_csv(database, AUDIENCE_HEADER, chunks.audience_reader(topic, rule))

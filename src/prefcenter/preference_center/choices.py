@@ -20,10 +20,16 @@ from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import mask_address
 from prefcenter.mail.config import MailConfig
 from prefcenter.mail.schemas import MailLanguage
+from prefcenter.notices.reconsent import reconsent_by_notice
 from prefcenter.notices.schemas import NoticeKind, NoticeVersionOut
-from prefcenter.notices.service import in_force_of_kind
+from prefcenter.notices.service import find_notice, in_force, in_force_of_kind
 from prefcenter.preference_center.resubscribe import queue_resubscribe_mail
-from prefcenter.preference_center.schemas import PolicyInForce, PreferencesView, TopicChoice
+from prefcenter.preference_center.schemas import (
+    NoticeAsking,
+    PolicyInForce,
+    PreferencesView,
+    TopicChoice,
+)
 from prefcenter.preference_center.service import (
     Channel,
     recipient_change,
@@ -86,15 +92,52 @@ def _subscriptions(session: Session, contact: Contact) -> dict[int, Subscription
     }
 
 
-def _choice(topic: Topic, subscription: Subscription | None, *, on: bool) -> TopicChoice:
+def _choice(
+    topic: Topic,
+    subscription: Subscription | None,
+    *,
+    on: bool,
+    asking: dict[int, NoticeAsking],
+) -> TopicChoice:
+    reconsent = asking.get(_id(topic))
     return TopicChoice(
         key=topic.key,
         name=topic.name,
         description=topic.description,
-        on=on,
+        # A subscription to give again shows off: nothing is sent until the box is ticked.
+        on=on and reconsent is None,
         pending=subscription is not None and subscription.status == Status.PENDING,
         third_party=topic.third_party,
+        reconsent=reconsent,
     )
+
+
+def _asking(
+    session: Session, topics: list[Topic], subscriptions: dict[int, Subscription], now: datetime
+) -> dict[int, NoticeAsking]:
+    """The topics (by id) whose subscription a material notice version asks to be given
+    again now, with the notice as the page names it (queries only for bound topics)."""
+    rules = reconsent_by_notice(
+        session, {t.notice_key for t in topics if t.notice_key is not None}, now=now
+    )
+    asking: dict[int, NoticeAsking] = {}
+    named: dict[str, NoticeAsking] = {}
+    for topic in topics:
+        rule = rules.get(topic.notice_key or "")
+        subscription = subscriptions.get(_id(topic))
+        if rule is None or subscription is None or subscription.status != Status.SUBSCRIBED:
+            continue
+        if not rule.required(subscription.notice_version_id, subscription.occurred_at):
+            continue
+        key = topic.notice_key
+        assert key is not None
+        if key not in named:
+            version = in_force(session, key, at=now)
+            named[key] = NoticeAsking(
+                name=find_notice(session, key).name, version=version.version, url=version.url
+            )
+        asking[_id(topic)] = named[key]
+    return asking
 
 
 def _policy_in_force(session: Session, now: datetime) -> NoticeVersionOut | None:
@@ -108,6 +151,7 @@ def _view(
     refused_topics: list[str] | None = None,
     *,
     policy: NoticeVersionOut | None,
+    now: datetime,
     confirm_all_by_mail: bool = False,
 ) -> PreferencesView:
     assert contact.id is not None
@@ -115,19 +159,21 @@ def _view(
     subscriptions = _subscriptions(session, contact)
     suppression = session.get(Suppression, contact.id)
     suppressed = bool(suppression and suppression.suppressed)
+    marketing = _topics_of_kind(session, TopicKind.MARKETING)
+    shared = _topics_of_kind(session, TopicKind.SHARING)
+    asking = _asking(session, marketing + shared, subscriptions, now)
     choices = []
-    for topic in _topics_of_kind(session, TopicKind.MARKETING):
-        assert topic.id is not None
-        subscription = subscriptions.get(topic.id)
+    for topic in marketing:
+        subscription = subscriptions.get(_id(topic))
         # Opted out of everything: nothing is sent, so no box may say otherwise.
         on = not suppressed and _is_on(topic, subscription)
-        choices.append(_choice(topic, subscription, on=on))
+        choices.append(_choice(topic, subscription, on=on, asking=asking))
     sharing = []
-    for topic in _topics_of_kind(session, TopicKind.SHARING):
-        assert topic.id is not None
-        subscription = subscriptions.get(topic.id)
+    for topic in shared:
+        subscription = subscriptions.get(_id(topic))
         # Not mail: an opt-out from all marketing neither hides nor turns off a sharing box.
-        sharing.append(_choice(topic, subscription, on=_is_on(topic, subscription)))
+        on = _is_on(topic, subscription)
+        sharing.append(_choice(topic, subscription, on=on, asking=asking))
     return PreferencesView(
         masked_address=mask_address(contact.address),
         suppressed=suppressed,
@@ -148,7 +194,7 @@ def preferences_view(
     session: Session, verified: VerifiedToken, *, now: datetime
 ) -> PreferencesView:
     contact = token_contact(session, verified, lock=False)
-    return _view(session, contact, [], policy=_policy_in_force(session, now))
+    return _view(session, contact, [], policy=_policy_in_force(session, now), now=now)
 
 
 @dataclass(slots=True)
@@ -163,6 +209,8 @@ class _Saving:
     by_mail: ResubscribeByMail | None
     pending: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    # Topics whose subscription is to be given again (their box showed off).
+    asking: dict[int, NoticeAsking] = field(default_factory=dict)
 
 
 def save_preferences(
@@ -201,23 +249,21 @@ def save_preferences(
         record = replace(
             record, context={**record.context, "notice": f"{policy.notice}@{policy.version}"}
         )
+    subscriptions = _subscriptions(session, contact)
     saving = _Saving(
         contact=contact,
-        subscriptions=_subscriptions(session, contact),
+        subscriptions=subscriptions,
         record=record,
         request=request,
         now=now,
         by_mail=by_mail,
+        asking=_asking(session, [*marketing.values(), *sharing.values()], subscriptions, now),
     )
     shown_sharing = shown & set(sharing)
     wanted_sharing = chosen & shown_sharing
     if unsubscribe_all:
         # Only withdrawals: a box that was off stays off, ticked or not.
-        wanted_sharing = {
-            key
-            for key in wanted_sharing
-            if _is_on(sharing[key], saving.subscriptions.get(_id(sharing[key])))
-        }
+        wanted_sharing = {key for key in wanted_sharing if _shown_on(saving, sharing[key])}
     _apply_choices(session, saving, sharing, shown_sharing, wanted_sharing)
     if unsubscribe_all:
         apply_change(
@@ -228,7 +274,7 @@ def save_preferences(
             record=saving.record,
             now=now,
         )
-        return _view(session, contact, saving.pending, saving.refused, policy=policy)
+        return _view(session, contact, saving.pending, saving.refused, policy=policy, now=now)
     wanted = {key for key in chosen if key in marketing and key in shown}
     suppression = session.get(Suppression, contact.id)
     if suppression is not None and suppression.suppressed:
@@ -243,17 +289,24 @@ def save_preferences(
                 saving.pending,
                 saving.refused,
                 policy=policy,
+                now=now,
                 confirm_all_by_mail=sent,
             )
         refused = saving.refused + [marketing[key].name for key in sorted(wanted)]
-        return _view(session, contact, saving.pending, refused, policy=policy)
+        return _view(session, contact, saving.pending, refused, policy=policy, now=now)
     _apply_choices(session, saving, marketing, shown & set(marketing), wanted)
-    return _view(session, contact, saving.pending, saving.refused, policy=policy)
+    return _view(session, contact, saving.pending, saving.refused, policy=policy, now=now)
 
 
 def _id(topic: Topic) -> int:
     assert topic.id is not None
     return topic.id
+
+
+def _shown_on(saving: _Saving, topic: Topic) -> bool:
+    """What the topic's box showed (a subscription to give again showed off)."""
+    on = _is_on(topic, saving.subscriptions.get(_id(topic)))
+    return on and _id(topic) not in saving.asking
 
 
 def _apply_choices(
@@ -263,13 +316,15 @@ def _apply_choices(
     shown: set[str],
     wanted: set[str],
 ) -> None:
-    """Change each shown topic whose box differs from its state; turning one back on that the
-    person turned off themselves waits for the mailbox (pending) or is refused."""
+    """Change each shown topic whose box differs from what it showed; turning one back on that
+    the person turned off themselves waits for the mailbox (pending) or is refused. Ticking a
+    subscription that asked to be given again gives it again, under the version in force: the
+    person never opted out of it, so nothing waits."""
     for key in sorted(shown):
         topic = topics[key]
         subscription = saving.subscriptions.get(_id(topic))
         want_on = key in wanted
-        if want_on == _is_on(topic, subscription):
+        if want_on == _shown_on(saving, topic):
             continue
         if want_on and needs_mailbox_proof(subscription_state(subscription)):
             assert subscription is not None  # an opt-out is a row

@@ -182,6 +182,7 @@ def _preferences_page(
             "sharing": view.sharing,
             "pending_topics": ", ".join(view.pending_topics),
             "refused_topics": ", ".join(view.refused_topics),
+            "reconsent_topics": ", ".join(view.reconsent_topics),
             "confirm_all_by_mail": view.confirm_all_by_mail,
             "mail_on": request.app.state.mail is not None,
             "support_contact": settings.support_contact,

@@ -15,6 +15,18 @@ class TopicChoice:
     pending: bool
     # A sharing topic's party ("Sharing with others"); None for a marketing topic.
     third_party: str | None = None
+    # Subscribed under a notice version a material one replaced: the box shows off (nothing
+    # is sent until the person ticks it again), and the page names the notice in force.
+    reconsent: NoticeAsking | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeAsking:
+    """The notice whose new version asks for a topic's consent again, as the page names it."""
+
+    name: str
+    version: str
+    url: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +53,10 @@ class PreferencesView:
     confirm_all_by_mail: bool = False
     # The privacy policy version in force now; None: no privacy policy has one.
     privacy_policy: PolicyInForce | None = None
+
+    @property
+    def reconsent_topics(self) -> list[str]:
+        return [t.name for t in (*self.topics, *self.sharing) if t.reconsent is not None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,3 +26,10 @@ class InvalidSharingTopic(Unprocessable):
 
     slug = "invalid-sharing-topic"
     title = "A sharing topic is opt-in and names its third party"
+
+
+class UnknownNotice(Unprocessable):
+    """A topic names a notice to bind to that does not exist (create it first)."""
+
+    slug = "unknown-notice"
+    title = "Unknown notice"

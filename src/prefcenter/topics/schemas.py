@@ -8,6 +8,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
+from prefcenter.notices.schemas import NoticeKey
+
 TOPIC_KEY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 TopicKey = Annotated[str, StringConstraints(pattern=TOPIC_KEY_PATTERN)]
 # No control characters but TAB, CR and LF: NUL cannot be stored in PostgreSQL text.
@@ -52,6 +54,9 @@ class TopicIn(BaseModel):
         ]
         | None
     ) = None
+    # The notice the topic is bound to (its key): a material version of it asks everyone
+    # subscribed under an older version to consent again (eligibility `reconsent_required`).
+    notice: NoticeKey | None = None
 
 
 class TopicOut(BaseModel):
@@ -62,6 +67,7 @@ class TopicOut(BaseModel):
     consent: ConsentModel
     double_opt_in: bool
     third_party: str | None = None
+    notice: str | None = None
     created_at: datetime
     updated_at: datetime
 

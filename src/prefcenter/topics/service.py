@@ -10,7 +10,8 @@ from sqlmodel import Session, col, select
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.service import append_event
-from prefcenter.topics.errors import TopicModelChange, TopicNotFound
+from prefcenter.notices.models import Notice
+from prefcenter.topics.errors import TopicModelChange, TopicNotFound, UnknownNotice
 from prefcenter.topics.models import Topic
 from prefcenter.topics.rules import check_topic_spec
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind, TopicOut, TopicPut
@@ -25,6 +26,7 @@ def topic_out(topic: Topic) -> TopicOut:
         consent=ConsentModel(topic.consent),
         double_opt_in=topic.double_opt_in,
         third_party=topic.third_party,
+        notice=topic.notice_key,
         created_at=topic.created_at,
         updated_at=topic.updated_at,
     )
@@ -65,6 +67,7 @@ def put_topic(
     to share with another.
     """
     check_topic_spec(spec)
+    _check_notice(session, spec.notice)
     topic = find_topic(session, key)
     created = topic is None
     if topic is None:
@@ -76,6 +79,7 @@ def put_topic(
             consent=spec.consent.value,
             double_opt_in=spec.double_opt_in,
             third_party=spec.third_party,
+            notice_key=spec.notice,
             created_at=now,
             updated_at=now,
         )
@@ -96,12 +100,17 @@ def put_topic(
             topic.name == spec.name
             and topic.description == spec.description
             and topic.double_opt_in == spec.double_opt_in
+            and topic.notice_key == spec.notice
         )
         if unchanged:
             return TopicPut(topic=topic_out(topic), created=False)
         topic.name = spec.name
         topic.description = spec.description
         topic.double_opt_in = spec.double_opt_in
+        # Binding (or rebinding) changes no subscription: one given while the topic was bound
+        # elsewhere or unbound counts as given under the version in force at its time
+        # (notices.rules.Reconsent).
+        topic.notice_key = spec.notice
         topic.updated_at = now
     session.add(topic)
     session.flush()
@@ -119,3 +128,14 @@ def put_topic(
         ),
     )
     return TopicPut(topic=topic_out(topic), created=created)
+
+
+def _check_notice(session: Session, key: str | None) -> None:
+    if key is None:
+        return
+    if session.exec(select(Notice.id).where(col(Notice.key) == key)).first() is None:
+        raise UnknownNotice(
+            f"There is no notice {key!r} to bind the topic to; create it with "
+            "PUT /v1/notices/{key} first.",
+            errors=[{"field": "notice", "detail": "not a notice"}],
+        )

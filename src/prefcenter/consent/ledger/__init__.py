@@ -9,5 +9,6 @@ mail) and the deep verify's replay of the events against the rows (`replay`).
 - `orm`: one change through the session (locking path);
 - `lane`: the unsubscribe lane's guarded single statement (PostgreSQL);
 - `batch`: many changes, set-based, in one transaction;
+- `notices`: the notice a topic is bound to (re-consent: the version a change is given under);
 - `replay`: what the events imply, compared with the rows (`audit verify --deep`).
 """

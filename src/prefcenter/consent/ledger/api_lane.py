@@ -56,6 +56,7 @@ class TopicRow:
     third_party: str | None
     created_at: datetime
     updated_at: datetime
+    notice_key: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ _TOPIC_COLUMNS = (
     "third_party",
     "created_at",
     "updated_at",
+    "notice_key",
 )
 _READ = f"""
 SELECT {", ".join(f"t.{c}" for c in _TOPIC_COLUMNS)},

@@ -31,14 +31,17 @@ from prefcenter.audit.service import append_event
 from prefcenter.consent.contact_creation import create_contacts
 from prefcenter.consent.erased import AddressErased
 from prefcenter.consent.ledger.changes import (
+    BoundNotice,
     ChangeRecord,
     change_event,
     counted_source,
     decide_global_change,
     decide_topic_change,
+    given_under,
     subscription_change,
     suppression_change,
 )
+from prefcenter.consent.ledger.notices import bound_notice
 from prefcenter.consent.ledger.sql import among, postgres_session
 from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
 from prefcenter.consent.models import Subscription, Suppression
@@ -116,6 +119,9 @@ def apply_changes(
     topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
     subscriptions = _Rows(_read_rows(session, _SUBSCRIPTION, ids, topic_ids=topic_ids))
     suppressions = _Rows(_read_rows(session, _SUPPRESSION, ids))
+    # The notices the batch's topics are bound to, read once each (re-consent).
+    topics = {c.topic.key: c.topic for c in changes if c.topic is not None}
+    bound = {key: bound_notice(session, topic.notice_key) for key, topic in topics.items()}
     results: list[BatchWritten | Problem] = []
     for change in changes:
         contact = contacts.get(change.address.normalised)
@@ -129,6 +135,7 @@ def apply_changes(
                 change,
                 subscriptions,
                 suppressions,
+                bound=bound,
                 now=change.at,
             )
         except Problem as refused:
@@ -149,6 +156,7 @@ def _apply_one(
     subscriptions: _Rows,
     suppressions: _Rows,
     *,
+    bound: dict[str, BoundNotice | None],
     now: datetime,
 ) -> BatchWritten:
     """One change against the batch's rows, as ledger.orm.apply_change does it against the
@@ -157,6 +165,7 @@ def _apply_one(
     event_id = new_event_id()
     suppression = suppressions.by_key.get((contact.id,))
     subscription_event_id: str | None = None
+    record = change.record
     if change.topic is None:
         decision = decide_global_change(_suppression_state(suppression), requested, now=now)
         if decision.outcome is not Outcome.SUPERSEDED:
@@ -174,9 +183,18 @@ def _apply_one(
             now=now,
         )
         if decision.outcome is not Outcome.SUPERSEDED:
+            given = given_under(
+                decision,
+                requested,
+                record,
+                bound=bound[change.topic.key],
+                stored=None if row is None else row["notice_version_id"],
+            )
+            decision, record = given.decision, given.record
             values = subscription_change(decision, requested, now=now, event_id=event_id)
             row = subscriptions.set(
-                key, {**values, "contact_id": contact.id, "topic_id": change.topic.id}
+                key,
+                {**values, **given.values, "contact_id": contact.id, "topic_id": change.topic.id},
             )
         subscription_event_id = None if row is None else row["event_id"]
     event = change_event(
@@ -185,7 +203,7 @@ def _apply_one(
         address=contact.address,
         topic_key=change.topic.key if change.topic else None,
         requested=requested,
-        record=change.record,
+        record=record,
         decision=decision,
     )
     append_event(session, event)

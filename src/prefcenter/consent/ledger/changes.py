@@ -4,7 +4,7 @@ Pure: every writer (ledger.orm, ledger.lane, ledger.batch) calls these, so they 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from prefcenter.consent.rules import (
     check_reversal_allowed,
     decide_change,
 )
+from prefcenter.notices.rules import split_ref, version_given
 from prefcenter.topics.schemas import TopicKind
 
 SUBSCRIPTION_COLUMNS = ("status", "occurred_at", "since", "source", "by_recipient", "event_id")
@@ -166,3 +167,67 @@ def counted_source(requested: RequestedChange) -> str:
     recipient's channel names the source, else the actor's kind (an API client's own source
     names are no bounded label)."""
     return requested.source if requested.by_recipient else requested.actor.value
+
+
+@dataclass(frozen=True, slots=True)
+class BoundNotice:
+    """The notice a topic is bound to, with every version as (row id, label, effective_at)."""
+
+    key: str
+    versions: tuple[tuple[int, str, datetime], ...]
+
+    def ref(self, version_id: int) -> str:
+        return next(f"{self.key}@{label}" for i, label, _ in self.versions if i == version_id)
+
+
+@dataclass(frozen=True, slots=True)
+class GivenUnder:
+    """A decided topic change with the notice version its subscription stands on after it:
+    the decision as recorded, the column it sets, and the record (its trail names it)."""
+
+    decision: Decision
+    values: dict[str, Any]
+    record: ChangeRecord
+
+
+def given_under(
+    decision: Decision,
+    requested: RequestedChange,
+    record: ChangeRecord,
+    *,
+    bound: BoundNotice | None,
+    stored: int | None,
+) -> GivenUnder:
+    """Which notice version a decided (not superseded) change of a bound topic is given under:
+    the version of that notice the change names (`notice` of POST /v1/consents, or the one the
+    recipient pages show), else the one in force at the change's time. Unbound: the stored
+    value stays.
+
+    A change that sets the state is given under it. One that repeats a subscription counts as
+    consent given again only when the person acts (their page, a confirmation link) or the
+    change names the version: an API client or sync repeating "subscribed" is no new consent
+    to a changed notice, so the subscription keeps its version. A repeat that moves the
+    version is recorded as applied: what eligibility answers changes with it (re-consent)."""
+    if bound is None:
+        return GivenUnder(decision, {"notice_version_id": stored}, record)
+    named = _named_label(record, bound.key)
+    given = version_given(bound.versions, named=named, at=decision.occurred_at)
+    if decision.outcome is Outcome.UNCHANGED and not (requested.by_recipient or named):
+        given = stored
+    if (
+        decision.outcome is Outcome.UNCHANGED
+        and decision.status is Status.SUBSCRIBED
+        and given != stored
+    ):
+        decision = replace(decision, outcome=Outcome.APPLIED)
+    if given is not None:
+        record = replace(record, context={**record.context, "given_under": bound.ref(given)})
+    return GivenUnder(decision, {"notice_version_id": given}, record)
+
+
+def _named_label(record: ChangeRecord, notice_key: str) -> str | None:
+    ref = record.context.get("notice")
+    if not isinstance(ref, str):
+        return None
+    key, label = split_ref(ref)
+    return label if key == notice_key else None

@@ -18,10 +18,12 @@ from prefcenter.consent.ledger.changes import (
     counted_source,
     decide_global_change,
     decide_topic_change,
+    given_under,
     needs_suppression,
     subscription_change,
     suppression_change,
 )
+from prefcenter.consent.ledger.notices import bound_notice
 from prefcenter.consent.ledger.state import subscription_state, suppression_state
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import Decision, Outcome, RequestedChange
@@ -62,8 +64,8 @@ def apply_change(
     if topic is None:
         decision = _write_global(session, contact.id, requested, now=now)
     else:
-        decision, subscription = _write_topic(
-            session, contact.id, topic, requested, event_id=event_id, now=now
+        decision, subscription, record = _write_topic(
+            session, contact.id, topic, requested, record, event_id=event_id, now=now
         )
     event = change_event(
         event_id=event_id,
@@ -115,10 +117,11 @@ def _write_topic(
     contact_id: int,
     topic: Topic,
     requested: RequestedChange,
+    record: ChangeRecord,
     *,
     event_id: str,
     now: datetime,
-) -> tuple[Decision, Subscription | None]:
+) -> tuple[Decision, Subscription | None, ChangeRecord]:
     assert topic.id is not None
     suppression = None
     if needs_suppression(topic.kind, requested):
@@ -137,7 +140,16 @@ def _write_topic(
         now=now,
     )
     if decision.outcome is Outcome.SUPERSEDED:
-        return decision, row
+        return decision, row, record
+    # The notice version it is given under (re-consent): a query only for a bound topic.
+    given = given_under(
+        decision,
+        requested,
+        record,
+        bound=bound_notice(session, topic.notice_key),
+        stored=None if row is None else row.notice_version_id,
+    )
+    decision, record = given.decision, given.record
     if row is None:
         row = Subscription(
             contact_id=contact_id,
@@ -148,11 +160,12 @@ def _write_topic(
             source="",
             event_id=event_id,
         )
-    for name, value in subscription_change(decision, requested, now=now, event_id=event_id).items():
+    values = subscription_change(decision, requested, now=now, event_id=event_id)
+    for name, value in {**values, **given.values}.items():
         setattr(row, name, value)
     session.add(row)
     session.flush()
-    return decision, row
+    return decision, row, record
 
 
 def _write_global(
