@@ -4,6 +4,7 @@ audit event, in the caller's transaction."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
 from sqlmodel import Session
 
@@ -91,8 +92,19 @@ def record_change(
     )
 
 
+class TopicTerms(Protocol):
+    """What a change reads of its topic: a `Topic` row, or the lane's plain read of one
+    (consent.ledger.api_lane.TopicRow), which costs no ORM object."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def double_opt_in(self) -> bool: ...
+
+
 def requested_change(
-    change: ConsentChangeIn, topic: Topic | None, *, caller: Caller, now: datetime
+    change: ConsentChangeIn, topic: TopicTerms | None, *, caller: Caller, now: datetime
 ) -> RequestedChange:
     """An API client's change in the rules' terms (an `admin` key acts as an admin)."""
     return RequestedChange(
@@ -175,7 +187,7 @@ def confirm_link(
     ring: tuple[SigningKey, ...],
     *,
     contact_id: str,
-    topic: Topic,
+    topic: TopicTerms,
     pending_event: str,
     campaign_id: str | None,
     now: datetime,
