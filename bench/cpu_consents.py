@@ -25,6 +25,7 @@ import pstats
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -46,6 +47,7 @@ from prefcenter.settings import Settings
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
 
+Sent = tuple[str, str, bytes, tuple[tuple[bytes, bytes], ...]]
 TOPICS = (("newsletter", TopicKind.MARKETING), ("orders", TopicKind.TRANSACTIONAL))
 
 
@@ -108,10 +110,10 @@ async def run(args: argparse.Namespace) -> None:
             (b"user-agent", b"bench-cpu"),
         )
 
-        def requests(addresses: list[str], status: str) -> list[tuple[str, str, bytes, tuple]]:  # type: ignore[type-arg]
+        def requests(addresses: list[str], status: str) -> list[Sent]:
             return [_request(_post(a, status)) for a in addresses]
 
-        def _request(body: bytes) -> tuple[str, str, bytes, tuple]:  # type: ignore[type-arg]
+        def _request(body: bytes) -> Sent:
             length = (b"content-length", str(len(body)).encode())
             return ("POST", "/v1/consents", body, (*headers, length))
 
@@ -133,8 +135,8 @@ async def run(args: argparse.Namespace) -> None:
             database = app.state.database
             on_connection, run_write = database.on_connection, database._run_write
 
-            def profiled(call):  # type: ignore[no-untyped-def]
-                def run(work):  # type: ignore[no-untyped-def]
+            def profiled(call: Any) -> Any:
+                def run(work: Any) -> Any:
                     if not profiling:
                         return call(work)
                     worker_profile.enable()

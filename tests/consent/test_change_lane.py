@@ -208,7 +208,6 @@ CASES: dict[str, Case] = {
         [("subscribed", "orders")], ("subscribed", "digest"), lane=True
     ),
     "pending-asked-again": Case([("subscribed", "digest")], ("subscribed", "digest"), lane=True),
-
 }
 
 
