@@ -64,7 +64,7 @@ from one_click import (
 from prefcenter import migrations
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.apikeys.service import create_api_key
-from prefcenter.db import Database
+from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
@@ -296,6 +296,7 @@ def prepare(target: Target) -> tuple[dict[str, str], str]:
                 TOPIC,
                 TopicIn(name="Newsletter", kind=TopicKind.MARKETING, consent=ConsentModel.OPT_IN),
                 caller=caller,
+                now=utcnow(),
             )
     finally:
         database.dispose()

@@ -20,6 +20,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.router import changes_router, new_verify_slot
 from prefcenter.audit.router import router as audit_router
 from prefcenter.bounces.router import router as bounces_router
+from prefcenter.consent.change_lane import ChangeLane
 from prefcenter.consent.ledger.replay import first_contact_off_its_events
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
@@ -171,7 +172,17 @@ def _install_middleware(app: FastAPI, settings: Settings, database: Database) ->
         trusted_proxies=app.state.trusted_proxies,
         audit_keys=app.state.audit_keys,
     )
-    # Outside the lane too, which reads the one-click body itself.
+    # POST /v1/consents's common case without the framework's routing and dependencies
+    # (consent.change_lane); anything else it hands on.
+    app.add_middleware(
+        ChangeLane,
+        settings=settings,
+        database=database,
+        signing_keys=app.state.signing_keys,
+        trusted_proxies=app.state.trusted_proxies,
+        audit_keys=app.state.audit_keys,
+    )
+    # Outside the lanes too, which read their bodies themselves.
     app.add_middleware(
         BodyTimeout,
         timeout_s=settings.body_timeout_seconds,

@@ -3,7 +3,7 @@ take to arrive (408)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from starlette.exceptions import HTTPException
@@ -173,3 +173,31 @@ class BodyTimeout:
         # The rest of the body may still come: the connection cannot carry another request.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+async def read_whole_body(receive: Receive) -> bytes | None:
+    """The whole body (its declared length was checked and the server holds
+    the client to it); None if the client disconnected first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replay_body(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
+    """A `receive` that gives the app the body a lane in front of it already read, then the
+    client's."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,7 +1,9 @@
 """The lane of `POST /v1/consents` (consent.change_lane, consent.ledger.api_lane): that it
 writes exactly what the locking path (consent.service) writes, row for row and event for
-event, from every starting state; that it leaves to that path what it cannot guard; and that
-nothing that moved on between its read and its write is ever overwritten.
+event, from every starting state; that it leaves to that path what it cannot guard; that
+nothing that moved on between its read and its write is ever overwritten (a contact-wide
+opt-out committed meanwhile included); and that its read of the API key refuses what the
+app's key check refuses.
 
 PostgreSQL has the lane; on SQLite every change takes the locking path, which the same
 comparisons check there (the lane's answer is the locking path's by construction).
@@ -9,24 +11,28 @@ comparisons check there (the lane's answer is the locking path's by construction
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import anyio
 import pytest
-from fastapi import Response
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlmodel import col, select
 
 from prefcenter.apikeys.schemas import Caller, Scope
+from prefcenter.apikeys.service import find_caller, hash_secret, revoke_api_key
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent import change_lane, service
 from prefcenter.consent.ledger.api_lane import read_api_state
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.ledger.orm import apply_change
 from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.consent.rules import ActorKind, RequestedChange, Status
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database, utcnow
@@ -44,12 +50,28 @@ from tests.support.factories import (
     record_change,
     row_counts,
 )
-from tests.support.harness import TEST_SIGNING_KEYS, make_settings
+from tests.support.harness import TEST_SIGNING_KEYS, issue_key, make_settings
 from tests.webhooks.helpers import create_endpoint, deliveries
 
 RING = parse_signing_keys(TEST_SIGNING_KEYS)
-CALLER = Caller(key_id=7, name="crm", scopes=frozenset({Scope.CONSENT_WRITE}))
 REQUEST = RequestContext("192.0.2.1", "ua", None)
+
+
+@dataclass(frozen=True)
+class Writer:
+    """The `writer_headers` key, as the locking path and the lane take it."""
+
+    caller: Caller
+    secret_hash: str
+
+
+@pytest.fixture
+def writer(database: Database, writer_headers: Headers) -> Writer:
+    secret = writer_headers["Authorization"].removeprefix("Bearer ")
+    with database.transaction(write=False) as session:
+        caller = find_caller(session, secret)
+    assert caller is not None
+    return Writer(caller, hash_secret(secret))
 
 
 @pytest.fixture
@@ -69,6 +91,7 @@ def topics(client: TestClient, admin_headers: Headers) -> None:
 def _lane(
     database: Database,
     change: ConsentChangeIn,
+    writer: Writer,
     *,
     now: datetime,
     idempotency: IdempotentCall | None = None,
@@ -77,10 +100,10 @@ def _lane(
     keys = AuditKeys.from_settings(database.settings)
 
     def work(cursor: DriverCursor) -> Any:
-        return change_lane._record(
+        return change_lane.record_on_cursor(
             cursor,
             change,
-            caller=CALLER,
+            secret_hash=writer.secret_hash,
             idempotency=idempotency or IdempotentCall(key=None, request_hash="h"),
             request=REQUEST,
             settings=database.settings,
@@ -92,18 +115,18 @@ def _lane(
     return database.on_connection(work)
 
 
-def _locking_path(database: Database, change: ConsentChangeIn, *, now: datetime) -> Any:
+def _locking_path(database: Database, change: ConsentChangeIn, writer: Writer) -> Any:
     keys = AuditKeys.from_settings(database.settings)
     with database.transaction(write=True) as session:
         return service.record_change(
             session,
             change,
-            caller=CALLER,
+            caller=writer.caller,
             request=REQUEST,
             settings=database.settings,
             ring=RING,
             keys=keys,
-            now=now,
+            now=utcnow(),
         )
 
 
@@ -168,12 +191,24 @@ CASES: dict[str, Case] = {
     "transactional-again": Case([("subscribed", "orders")], ("subscribed", "orders"), lane=True),
     "suppressed-again": Case([("unsubscribed", None)], ("unsubscribed", None), lane=True),
     "suppressed-lifted-by-api": Case([("unsubscribed", None)], ("subscribed", None), lane=True),
+    # A known contact's subscription to a marketing topic reads its contact-wide opt-out:
+    # none, one an API client made, one lifted since.
     "known-subscribes-to-marketing": Case(
-        [("unsubscribed", "orders")], ("subscribed", "newsletter"), lane=False
+        [("unsubscribed", "orders")], ("subscribed", "newsletter"), lane=True
     ),
-    "pending-confirmed-again": Case(
-        [("subscribed", "digest")], ("subscribed", "digest"), lane=False
+    "known-resubscribes-to-marketing": Case(
+        [("unsubscribed", "newsletter")], ("subscribed", "newsletter"), lane=True
     ),
+    "suppressed-by-api-subscribes-to-marketing": Case(
+        [("unsubscribed", None)], ("subscribed", "newsletter"), lane=True
+    ),
+    "lifted-subscribes-to-marketing": Case(
+        [("unsubscribed", None), ("subscribed", None)], ("subscribed", "newsletter"), lane=True
+    ),
+    "known-subscribes-to-double-opt-in": Case(
+        [("subscribed", "orders")], ("subscribed", "digest"), lane=True
+    ),
+    "pending-asked-again": Case([("subscribed", "digest")], ("subscribed", "digest"), lane=True),
 }
 
 
@@ -182,8 +217,10 @@ def test_the_lane_writes_what_the_locking_path_writes(
     name: str,
     client: TestClient,
     writer_headers: Headers,
+    writer: Writer,
     database: Database,
     topics: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     case = CASES[name]
     fast, slow = "fast@example.com", "slow@example.com"
@@ -199,14 +236,14 @@ def test_the_lane_writes_what_the_locking_path_writes(
 
     lane = case.lane and not database.settings.is_sqlite
     if database.settings.is_sqlite:
-        fast_answer = _route_lane(database, _change("Fast@Example.com", status, topic))
+        fast_answer = None
     else:
-        fast_answer = _lane(database, _change("Fast@Example.com", status, topic), now=now)
+        fast_answer = _lane(database, _change("Fast@Example.com", status, topic), writer, now=now)
     if not lane:
         assert fast_answer is None
         assert audit_head_seq(database) == head  # nothing written: the locking path's turn
-        fast_answer = _locking_path(database, _change("Fast@Example.com", status, topic), now=now)
-    slow_answer = _locking_path(database, _change("Slow@Example.com", status, topic), now=now)
+        fast_answer = _locking_path(database, _change("Fast@Example.com", status, topic), writer)
+    slow_answer = _locking_path(database, _change("Slow@Example.com", status, topic), writer)
 
     assert isinstance(fast_answer, ConsentChangeOut)
     assert audit_head_seq(database) == head + 2
@@ -252,53 +289,67 @@ def _postgres_only(database: Database) -> None:
         pytest.skip("SQLite takes the locking path; the guarded statement is PostgreSQL's")
 
 
-def _route_lane(database: Database, change: ConsentChangeIn) -> ConsentChangeOut | None:
-    """What the route asks the lane first (consent.change_lane.record_change)."""
+def _lane_asked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The addresses the lane was asked to record (it reads before it decides anything)."""
+    asked: list[str] = []
+    real = change_lane.record_on_cursor
 
-    async def ask() -> ConsentChangeOut | None:
-        return await change_lane.record_change(
-            database,
-            change,
-            caller=CALLER,
-            idempotency=IdempotentCall(key=None, request_hash="h"),
-            response=Response(),
-            request=REQUEST,
-            ring=RING,
-            keys=AuditKeys.from_settings(database.settings),
-        )
+    def record(cursor: DriverCursor, change: ConsentChangeIn, **fields: Any) -> Any:
+        asked.append(change.email.normalised)
+        return real(cursor, change, **fields)
 
-    return anyio.run(ask)
+    monkeypatch.setattr(change_lane, "record_on_cursor", record)
+    return asked
 
 
-def test_sqlite_takes_the_locking_path(database: Database, topics: None) -> None:
+def test_sqlite_takes_the_locking_path(
+    client: TestClient,
+    writer_headers: Headers,
+    database: Database,
+    topics: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if not database.settings.is_sqlite:
         pytest.skip("PostgreSQL has the lane")
-    rows = row_counts(database)
-    assert _route_lane(database, _change("ada@example.com", "subscribed", "newsletter")) is None
-    assert row_counts(database) == rows
+    asked = _lane_asked(monkeypatch)
+    record_change(client, writer_headers, "ada@example.com", "subscribed", topic="newsletter")
+    assert asked == []
 
 
 def test_a_change_naming_a_notice_version_takes_the_locking_path(
-    database: Database, topics: None
+    client: TestClient,
+    writer_headers: Headers,
+    database: Database,
+    topics: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    asked = _lane_asked(monkeypatch)
     rows = row_counts(database)
-    change = _change("ada@example.com", "subscribed", "newsletter", notice="privacy@v1")
-    assert _route_lane(database, change) is None
+    body = {"email": "ada@example.com", "status": "subscribed", "topic": "newsletter"}
+    answer = client.post(
+        "/v1/consents", headers=writer_headers, json={**body, "notice": "privacy@v1"}
+    )
+    assert answer.status_code == 422, answer.text  # the app's: no such notice
+    assert asked == []
     assert row_counts(database) == rows
 
 
 def test_a_change_of_a_topic_bound_to_a_notice_takes_the_locking_path(
-    client: TestClient, admin_headers: Headers, database: Database
+    client: TestClient, admin_headers: Headers, database: Database, writer: Writer
 ) -> None:
     """The version a subscription is given under is consent.ledger.changes.given_under's to
     decide; the lane leaves the change to the path that decides it."""
+    _postgres_only(database)
     bound_topic(client, admin_headers, "bound")
     rows = row_counts(database)
-    assert _route_lane(database, _change("ada@example.com", "subscribed", "bound")) is None
+    change = _change("ada@example.com", "subscribed", "bound")
+    assert _lane(database, change, writer, now=utcnow()) is None
     assert row_counts(database) == rows
 
 
-def _read(database: Database, address: str, topic: str | None, key: str | None = None) -> Any:
+def _read(
+    database: Database, writer: Writer, address: str, topic: str | None, key: str | None = None
+) -> Any:
     keys = AuditKeys.from_settings(database.settings)
     return database.on_connection(
         lambda cursor: read_api_state(
@@ -306,7 +357,7 @@ def _read(database: Database, address: str, topic: str | None, key: str | None =
             topic_key=topic,
             address=address,
             address_hash=keys.address_hash(address),
-            owner=CALLER.owner,
+            secret_hash=writer.secret_hash,
             idempotency_key=key,
         )
     )
@@ -315,6 +366,7 @@ def _read(database: Database, address: str, topic: str | None, key: str | None =
 def test_a_change_between_the_read_and_the_write_is_never_overwritten(
     client: TestClient,
     writer_headers: Headers,
+    writer: Writer,
     database: Database,
     topics: None,
     monkeypatch: pytest.MonkeyPatch,
@@ -323,7 +375,7 @@ def test_a_change_between_the_read_and_the_write_is_never_overwritten(
     finds the row moved on and writes nothing."""
     _postgres_only(database)
     record_change(client, writer_headers, "ada@example.com", "subscribed", topic="newsletter")
-    stale = _read(database, "ada@example.com", "newsletter")
+    stale = _read(database, writer, "ada@example.com", "newsletter")
     record_change(client, writer_headers, "ada@example.com", "unsubscribed", topic="newsletter")
     monkeypatch.setattr(change_lane, "read_api_state", lambda *_, **__: stale)
     head, rows = audit_head_seq(database), row_counts(database)
@@ -331,7 +383,8 @@ def test_a_change_between_the_read_and_the_write_is_never_overwritten(
     later = utcnow() + timedelta(seconds=1)
     # The stale state was of `newsletter`: the write compares against it and finds it moved.
     assert (
-        _lane(database, _change("ada@example.com", "unsubscribed", "newsletter"), now=later) is None
+        _lane(database, _change("ada@example.com", "unsubscribed", "newsletter"), writer, now=later)
+        is None
     )
     assert audit_head_seq(database) == head
     assert row_counts(database) == rows
@@ -340,6 +393,7 @@ def test_a_change_between_the_read_and_the_write_is_never_overwritten(
 def test_an_address_created_or_erased_meanwhile_is_not_written(
     client: TestClient,
     writer_headers: Headers,
+    writer: Writer,
     admin_headers: Headers,
     database: Database,
     topics: None,
@@ -348,13 +402,15 @@ def test_an_address_created_or_erased_meanwhile_is_not_written(
     """Read while the address is new; meanwhile another request creates it, and erases it:
     the lane neither creates a second contact nor stores the erased address again."""
     _postgres_only(database)
-    unread = _read(database, "ada@example.com", "newsletter")
+    unread = _read(database, writer, "ada@example.com", "newsletter")
     assert unread.contact_row_id is None
     monkeypatch.setattr(change_lane, "read_api_state", lambda *_, **__: unread)
     created = record_change(client, writer_headers, "ada@example.com", "subscribed", topic="orders")
     head, rows = audit_head_seq(database), row_counts(database)
     assert (
-        _lane(database, _change("ada@example.com", "subscribed", "newsletter"), now=utcnow())
+        _lane(
+            database, _change("ada@example.com", "subscribed", "newsletter"), writer, now=utcnow()
+        )
         is None
     )
     assert (audit_head_seq(database), row_counts(database)) == (head, rows)
@@ -363,7 +419,9 @@ def test_an_address_created_or_erased_meanwhile_is_not_written(
     assert erased.status_code == 200, erased.text
     head, rows = audit_head_seq(database), row_counts(database)
     assert (
-        _lane(database, _change("ada@example.com", "subscribed", "newsletter"), now=utcnow())
+        _lane(
+            database, _change("ada@example.com", "subscribed", "newsletter"), writer, now=utcnow()
+        )
         is None
     )
     assert (audit_head_seq(database), row_counts(database)) == (head, rows)
@@ -445,3 +503,187 @@ def test_when_the_lane_gives_way_the_locking_path_records_the_change(
     assert gave_way == ["ada@example.com"]
     (event,) = [e for e in audit_events(database) if e.kind == "consent_change"]
     assert (answer["event_id"], event.to_status) == (event.id, "unsubscribed")
+
+
+def test_an_opt_out_of_all_marketing_committed_between_the_read_and_the_write_is_kept(
+    client: TestClient,
+    writer_headers: Headers,
+    writer: Writer,
+    database: Database,
+    topics: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A known contact's subscription to a marketing topic is decided on its contact-wide
+    opt-out: read while there is none, then the person opts out of all marketing, then the
+    lane's write: it finds the suppression and writes nothing; the locking path then refuses
+    the subscription, as it would have had the opt-out come first."""
+    _postgres_only(database)
+    record_change(client, writer_headers, "ada@example.com", "subscribed", topic="orders")
+    stale = _read(database, writer, "ada@example.com", "newsletter")
+    assert stale.contact_row_id is not None
+    assert stale.suppression is None
+    _opt_out_of_all_by_the_person(database, "ada@example.com")
+    monkeypatch.setattr(change_lane, "read_api_state", lambda *_, **__: stale)
+    head, rows = audit_head_seq(database), row_counts(database)
+
+    change = _change("ada@example.com", "subscribed", "newsletter")
+    assert _lane(database, change, writer, now=utcnow()) is None
+    assert (audit_head_seq(database), row_counts(database)) == (head, rows)
+    monkeypatch.undo()
+    refused = client.post(
+        "/v1/consents",
+        headers=writer_headers,
+        json={"email": "ada@example.com", "status": "subscribed", "topic": "newsletter"},
+    )
+    assert refused.status_code == 409, refused.text
+    assert (audit_head_seq(database), row_counts(database)) == (head, rows)
+
+
+def test_a_lifted_opt_out_made_again_between_the_read_and_the_write_is_kept(
+    client: TestClient,
+    writer_headers: Headers,
+    writer: Writer,
+    database: Database,
+    topics: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same with a suppression row that exists: read while lifted, opted out again by the
+    person before the write."""
+    _postgres_only(database)
+    record_change(client, writer_headers, "ada@example.com", "unsubscribed")
+    record_change(client, writer_headers, "ada@example.com", "subscribed")
+    stale = _read(database, writer, "ada@example.com", "newsletter")
+    assert stale.suppression is not None
+    assert stale.suppression[0] is False
+    _opt_out_of_all_by_the_person(database, "ada@example.com")
+    monkeypatch.setattr(change_lane, "read_api_state", lambda *_, **__: stale)
+    head, rows = audit_head_seq(database), row_counts(database)
+
+    change = _change("ada@example.com", "subscribed", "newsletter")
+    assert _lane(database, change, writer, now=utcnow()) is None
+    assert (audit_head_seq(database), row_counts(database)) == (head, rows)
+
+
+def test_an_opt_out_committed_while_the_write_waits_for_the_contact_is_kept(
+    client: TestClient,
+    writer_headers: Headers,
+    writer: Writer,
+    database: Database,
+    topics: None,
+) -> None:
+    """The race one statement cannot guard: another transaction holds the contact's lock
+    and writes the suppression; the lane's write waits for that lock; then the other commits.
+    A statement whose snapshot was taken before the lock was granted would not see the new
+    row and would subscribe the person; the lane's write sees it and writes nothing."""
+    _postgres_only(database)
+    record_change(client, writer_headers, "ada@example.com", "subscribed", topic="orders")
+    head = audit_head_seq(database)
+    with database.engine.connect() as other:
+        other.execute(text("SELECT id FROM contact WHERE address = 'ada@example.com' FOR UPDATE"))
+        other.execute(
+            text(
+                "INSERT INTO suppression (contact_id, suppressed, occurred_at, since, source,"
+                " by_recipient) SELECT id, true, now(), now(), 'one_click', true FROM contact"
+                " WHERE address = 'ada@example.com'"
+            )
+        )
+        answers: list[Any] = []
+        change = _change("ada@example.com", "subscribed", "newsletter")
+        lane = threading.Thread(
+            target=lambda: answers.append(_lane(database, change, writer, now=utcnow()))
+        )
+        lane.start()
+        _wait_for_a_lock_wait(database)
+        other.commit()
+    lane.join()
+    assert answers == [None]
+    assert audit_head_seq(database) == head
+    with database.transaction(write=False) as session:
+        subscribed = session.connection().execute(
+            text(
+                "SELECT count(*) FROM subscription s JOIN topic t ON t.id = s.topic_id"
+                " WHERE t.key = 'newsletter'"
+            )
+        )
+        assert subscribed.scalar_one() == 0
+
+
+def _opt_out_of_all_by_the_person(database: Database, address: str) -> None:
+    """The person's own opt-out of all marketing, as the preference page records it."""
+    with database.transaction(write=True) as session:
+        contact = session.exec(select(Contact).where(Contact.address == address)).one()
+        apply_change(
+            session,
+            contact=contact,
+            topic=None,
+            requested=RequestedChange(
+                status=Status.UNSUBSCRIBED,
+                occurred_at=utcnow(),
+                actor=ActorKind.RECIPIENT,
+                source="preference_page",
+            ),
+            record=ChangeRecord(actor="recipient", source="preference_page"),
+            now=utcnow(),
+        )
+
+
+def _wait_for_a_lock_wait(database: Database) -> None:
+    """Until some session of this database waits for a row lock (the lane's write)."""
+    for _ in range(500):
+        with database.engine.connect() as probe:
+            waiting = probe.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the lane's write never waited for the contact's lock")
+
+
+def test_a_revoked_key_is_refused_on_its_next_change(
+    client: TestClient, database: Database, topics: None
+) -> None:
+    headers = issue_key(database, Scope.CONSENT_WRITE, name="sync")
+    body = {"email": "ada@example.com", "status": "subscribed", "topic": "newsletter"}
+    assert client.post("/v1/consents", headers=headers, json=body).status_code == 200
+    with database.transaction(write=False) as session:
+        caller = find_caller(session, headers["Authorization"].removeprefix("Bearer "))
+    assert caller is not None
+    with database.transaction(write=True) as session:
+        revoke_api_key(session, key_id=caller.key_id)
+    head = audit_head_seq(database)
+    refused = client.post("/v1/consents", headers=headers, json={**body, "status": "unsubscribed"})
+    assert refused.status_code == 401, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert audit_head_seq(database) == head
+
+
+def test_unknown_keys_and_keys_without_the_scope_are_refused(
+    client: TestClient, reader_headers: Headers, database: Database, topics: None
+) -> None:
+    body = {"email": "ada@example.com", "status": "subscribed", "topic": "newsletter"}
+    head = audit_head_seq(database)
+    unknown = {"Authorization": "Bearer pck_" + "x" * 43}
+    assert client.post("/v1/consents", headers=unknown, json=body).status_code == 401
+    assert client.post("/v1/consents", headers=reader_headers, json=body).status_code == 403
+    assert client.post("/v1/consents", json=body).status_code == 401
+    assert audit_head_seq(database) == head
+
+
+def test_a_stored_answer_is_given_only_to_the_key_that_stored_it(
+    client: TestClient, writer_headers: Headers, database: Database, topics: None
+) -> None:
+    """Two callers' Idempotency-Keys never collide: another key with the same key and body
+    gets its own change, not the first caller's answer."""
+    other = issue_key(database, Scope.CONSENT_WRITE, name="other")
+    body = {"email": "ada@example.com", "status": "subscribed", "topic": "newsletter"}
+    first = client.post(
+        "/v1/consents", headers={**writer_headers, "Idempotency-Key": "k-1"}, json=body
+    )
+    second = client.post("/v1/consents", headers={**other, "Idempotency-Key": "k-1"}, json=body)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.headers.get("Idempotent-Replayed") is None
+    assert second.json()["event_id"] != first.json()["event_id"]

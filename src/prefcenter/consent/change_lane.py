@@ -1,28 +1,37 @@
-"""Owns the lane of `POST /v1/consents` on PostgreSQL: an API client's change in one read and
-one guarded statement on a pooled connection, in one worker-thread hand-off and without the
-ORM (consent.ledger.api_lane), decided by the same rules and written with the same row values,
-audit event, webhook deliveries, Idempotency-Key record and metrics as consent.service's
-locking path.
+"""Owns the lane of `POST /v1/consents` on PostgreSQL: an API client's change answered in
+front of the app (an ASGI middleware, as the unsubscribe lane is) in one read and one guarded
+statement on a pooled connection, in one worker-thread hand-off and without the framework's
+routing, dependency solving or ORM (consent.ledger.api_lane). The API key is checked in that
+read, on every request (a revoked key's next request is refused). The change is decided by the
+same rules and written with the same row values, audit event, webhook deliveries,
+Idempotency-Key record and metrics as consent.service's locking path.
 
-It answers the common case and leaves everything else to that path (`record_change` returns
-None, having written nothing): SQLite; a change that names a notice version, or of a topic
-bound to a notice (the version it is given under is notices' to decide); an unknown topic or an
-erased address; a change the rules refuse or find superseded; a pending subscription
-while the service mails confirmations itself; a subscription to a marketing topic of a contact
-that exists already (see consent.ledger.api_lane); and whatever moved on between the read and
-the write. A stored answer under the caller's Idempotency-Key is answered from the read, as
-idempotency.IdempotentCall does.
+It answers the common case and hands everything else to the app, body and all, having written
+nothing, which answers it the ordinary way (its route, dependencies and locking path): SQLite; a
+body that is not a JSON object the model accepts, of a declared length the app would take; no
+bearer key, or one that is unknown, revoked or without `consent:write`; a malformed
+Idempotency-Key, or one stored with another request; a change that names a notice version, or of
+a topic bound to a notice (the version it is given under is notices' to decide:
+consent.ledger.changes.given_under); an unknown topic or an erased address; a change the rules
+refuse or find superseded; a pending subscription while the service mails confirmations itself;
+whatever moved on between the read and the write; a database error. A stored answer under the
+caller's Idempotency-Key is answered from the read, as idempotency.IdempotentCall does.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+import re
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
-from fastapi import Response
+from pydantic import ValidationError
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from prefcenter.apikeys.schemas import Caller
-from prefcenter.audit.context import RequestContext
+from prefcenter.apikeys.schemas import Scope as KeyScope
+from prefcenter.apikeys.service import MAX_SECRET_LENGTH, SECRET_PREFIX, hash_secret
+from prefcenter.audit.context import IPNetwork, RequestContext, request_context
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import new_event_id
 from prefcenter.confirmations import confirm_link
@@ -30,6 +39,7 @@ from prefcenter.consent.ledger.api_lane import (
     AnswerToKeep,
     ApiChangeState,
     NewContact,
+    TopicRow,
     read_api_state,
     write_api_change,
 )
@@ -48,58 +58,163 @@ from prefcenter.consent.service import api_change_record, pending_confirmation, 
 from prefcenter.contacts.service import new_public_id
 from prefcenter.db import Database, utcnow
 from prefcenter.driver import DriverCursor
-from prefcenter.idempotency import IdempotentCall, StoredAnswer
+from prefcenter.http_limits import read_whole_body, replay_body
+from prefcenter.idempotency import (
+    MAX_KEY_LENGTH,
+    REPLAY_HEADER,
+    IdempotentCall,
+    StoredAnswer,
+    fingerprint,
+)
 from prefcenter.mail.config import mail_config
 from prefcenter.metrics import count_consent_change
-from prefcenter.problems import Problem
+from prefcenter.problems import Problem, ServiceUnavailable
 from prefcenter.settings import Settings, SigningKey
-from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
 
+PATH = "/v1/consents"
+# What the route's `Idempotency-Key` header accepts (idempotency._idempotent_call).
+_IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+_JSON = (b"content-type", b"application/json")
 
-async def record_change(
-    database: Database,
-    change: ConsentChangeIn,
-    *,
-    caller: Caller,
-    idempotency: IdempotentCall,
-    response: Response,
-    request: RequestContext,
-    ring: tuple[SigningKey, ...],
-    keys: AuditKeys,
-) -> ConsentChangeOut | None:
-    """The change recorded and committed, with its answer (stored under the Idempotency-Key,
-    if any); or the stored answer to a retry; or None, nothing written: take the locking path
-    (consent.service.record_change)."""
-    settings = database.settings
-    if settings.is_sqlite or change.notice is not None:
-        return None
-    now = utcnow()
-    written = await database.run_write_on_connection(
-        lambda cursor: _record(
-            cursor,
-            change,
-            caller=caller,
-            idempotency=idempotency,
-            request=request,
-            settings=settings,
-            ring=ring,
-            keys=keys,
-            now=now,
+
+@dataclass(frozen=True, slots=True)
+class _RouteName:
+    """What the request log and metrics name an answered request by (the route's template,
+    request_log.route_template), as the app's route would be named."""
+
+    path_format: str
+
+
+_ROUTE = _RouteName(PATH)
+
+
+class ChangeLane:
+    """ASGI middleware: answers `POST /v1/consents`'s common case itself, hands the rest to
+    `app` (see the module)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        database: Database,
+        signing_keys: tuple[SigningKey, ...],
+        trusted_proxies: tuple[IPNetwork, ...],
+        audit_keys: AuditKeys,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.database = database
+        self.signing_keys = signing_keys
+        self.trusted_proxies = trusted_proxies
+        self.audit_keys = audit_keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != PATH
+            or scope["method"] != "POST"
+            or scope.get("root_path")
+            or self.settings.is_sqlite
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        secret = _bearer_secret(headers.get("authorization"))
+        key = headers.get("idempotency-key")
+        if (
+            secret is None
+            or (key is not None and _IDEMPOTENCY_KEY.fullmatch(key) is None)
+            or not _small_json(headers, self.settings.max_body_bytes)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = await read_whole_body(receive)
+        if body is None:
+            return  # the client went away before its body arrived: nothing was asked
+        try:
+            change = ConsentChangeIn.model_validate_json(body)
+        except ValidationError:
+            change = None
+        if change is None or change.notice is not None:
+            await self.app(scope, replay_body(body, receive), send)
+            return
+        client = scope.get("client")
+        idempotency = IdempotentCall(
+            key=key,
+            request_hash=""
+            if key is None
+            else fingerprint("POST", PATH, scope["query_string"].decode("latin-1"), body),
         )
-    )
-    if isinstance(written, StoredAnswer):
-        # Outside the connection's work: a refused retry is a problem (422), and a raise
-        # there would cost the pooled connection.
-        return idempotency.replay(written, response=response, model=ConsentChangeOut)
-    return written
+        context = request_context(client[0] if client else None, headers, self.trusted_proxies)
+        now = utcnow()
+        try:
+            answer = await self.database.run_write_on_connection(
+                lambda cursor: record_on_cursor(
+                    cursor,
+                    change,
+                    secret_hash=hash_secret(secret),
+                    idempotency=idempotency,
+                    request=context,
+                    settings=self.settings,
+                    ring=self.signing_keys,
+                    keys=self.audit_keys,
+                    now=now,
+                )
+            )
+        except ServiceUnavailable:
+            answer = None  # the app's path retries on a fresh connection, or answers 503
+        if isinstance(answer, StoredAnswer):
+            if answer.request_hash != idempotency.request_hash:
+                answer = None  # the app refuses the reused key (422)
+            else:
+                await self._send(scope, send, answer.status_code, answer.body, replayed=True)
+                return
+        if answer is None:
+            await self.app(scope, replay_body(body, receive), send)
+            return
+        await self._send(scope, send, 200, answer.model_dump_json(), replayed=False)
+
+    async def _send(
+        self, scope: Scope, send: Send, status: int, text: str, *, replayed: bool
+    ) -> None:
+        scope["route"] = _ROUTE
+        body = text.encode()
+        headers = [_JSON, (b"content-length", str(len(body)).encode("latin-1"))]
+        if replayed:
+            headers.append((REPLAY_HEADER.lower().encode("latin-1"), b"true"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
-def _record(
+def _bearer_secret(authorization: str | None) -> str | None:
+    """The secret of `Bearer <secret>`, if it has an API key's form (apikeys.service)."""
+    if authorization is None:
+        return None
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.startswith(SECRET_PREFIX):
+        return None
+    return secret if len(secret) <= MAX_SECRET_LENGTH else None
+
+
+def _small_json(headers: Headers, max_bytes: int) -> bool:
+    """A JSON body of a declared length the app would take (http_limits.BodySizeLimit): what
+    the lane reads itself."""
+    if "transfer-encoding" in headers:
+        return False
+    length_text = headers.get("content-length", "")
+    if not length_text.isdigit() or int(length_text) > max_bytes:
+        return False
+    content_type = headers.get("content-type", "")
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def record_on_cursor(
     cursor: DriverCursor,
     change: ConsentChangeIn,
     *,
-    caller: Caller,
+    secret_hash: str,
     idempotency: IdempotentCall,
     request: RequestContext,
     settings: Settings,
@@ -107,6 +222,10 @@ def _record(
     keys: AuditKeys,
     now: datetime,
 ) -> ConsentChangeOut | StoredAnswer | None:
+    """The change recorded and committed, with its answer (stored under the Idempotency-Key,
+    if any); or the stored answer to a retry; or None, nothing written: the app answers (a
+    key that is unknown, revoked or without `consent:write`, and whatever the lane leaves to
+    the locking path). `secret_hash`: the hash of the caller's bearer secret."""
     address = change.email
     address_hash = keys.address_hash(address.normalised)
     state = read_api_state(
@@ -114,23 +233,33 @@ def _record(
         topic_key=change.topic,
         address=address.normalised,
         address_hash=address_hash,
-        owner=caller.owner,
+        secret_hash=secret_hash,
         idempotency_key=idempotency.key,
     )
+    caller = state.caller
+    if caller is None or not caller.allows(KeyScope.CONSENT_WRITE):
+        return None  # the app's 401 or 403
     if idempotency.key is not None and state.stored_answer is not None:
         return state.stored_answer
-    if state.address_erased or (change.topic is not None and state.topic is None):
-        return None  # the locking path's problem (address-erased, unknown topic)
-    if state.topic is not None and state.topic.notice_key is not None:
-        return None  # given under a notice version: consent.ledger.changes.given_under
-    topic = None if state.topic is None else Topic(**asdict(state.topic))
+    if (
+        state.address_erased
+        or (change.topic is not None and state.topic is None)
+        or (state.topic is not None and state.topic.notice_key is not None)
+    ):
+        # The locking path's: its problem (address-erased, unknown topic), or the version a
+        # subscription is given under (consent.ledger.changes.given_under).
+        return None
+    topic = state.topic
     record = api_change_record(change, caller=caller, request=request, settings=settings)
     requested = replace(
         requested_change(change, topic, caller=caller, now=now),
         with_evidence=bool(record.evidence),
     )
-    decision = _decide(state, topic, requested, now=now)
-    if decision is None or decision.outcome is Outcome.SUPERSEDED:
+    try:
+        decision = _decide(state, topic, requested, now=now)
+    except Problem:
+        return None  # the locking path refuses it the same way
+    if decision.outcome is Outcome.SUPERSEDED:
         return None
     pending = topic is not None and decision.status is Status.PENDING
     if pending and mail_config(settings) is not None:
@@ -151,20 +280,10 @@ def _record(
         record=record,
         decision=decision,
     )
-    link: str | None = None
+    link = None
     if pending:
         assert topic is not None
-        # The event that made it pending: this one, or the one before an unchanged repeat.
-        pending_event = values.get("event_id")
-        if pending_event is None:
-            assert state.subscription is not None
-            pending_event = state.subscription[3]
-        link = confirm_link(
-            settings.base_url,
-            ring,
-            pending_confirmation(change, public_id, topic, pending_event),
-            now=now,
-        )
+        link = _confirm_link(state, topic, values, change, settings, ring, public_id, now)
     answer = ConsentChangeOut(
         contact_id=public_id,
         email=address.given,
@@ -203,6 +322,9 @@ def _record(
         keys=keys,
         answer=kept,
         now=now,
+        expected_suppression=topic is not None
+        and state.contact_row_id is not None
+        and needs_suppression(topic.kind, requested),
     ):
         return None
     # Committed already: one statement in autocommit.
@@ -210,26 +332,40 @@ def _record(
     return answer
 
 
+def _confirm_link(
+    state: ApiChangeState,
+    topic: TopicRow,
+    values: dict[str, Any],
+    change: ConsentChangeIn,
+    settings: Settings,
+    ring: tuple[SigningKey, ...],
+    public_id: str,
+    now: datetime,
+) -> str:
+    """The confirmation link of a change that leaves the subscription pending, bound to the
+    event that made it pending: this one, or the one before an unchanged repeat."""
+    pending_event = values.get("event_id")
+    if pending_event is None:
+        assert state.subscription is not None
+        pending_event = state.subscription[3]
+    return confirm_link(
+        settings.base_url,
+        ring,
+        pending_confirmation(change, public_id, topic, pending_event),
+        now=now,
+    )
+
+
 def _decide(
-    state: ApiChangeState, topic: Topic | None, requested: RequestedChange, *, now: datetime
-) -> Decision | None:
-    """The decision, as the locking path (ledger.orm) makes it; None where the lane cannot
-    guard what it read (a contact's opt-out of all marketing, see consent.ledger.api_lane)
-    or the rules refuse the change (the locking path refuses it the same way)."""
-    try:
-        if topic is None:
-            return decide_global_change(state.suppression_state, requested, now=now)
-        suppression = None
-        if needs_suppression(topic.kind, requested):
-            if state.contact_row_id is not None:
-                return None
-            suppression = state.suppression_state  # None: a new contact has none
-        return decide_topic_change(
-            state.subscription_state,
-            suppression,
-            topic_kind=TopicKind(topic.kind),
-            requested=requested,
-            now=now,
-        )
-    except Problem:
-        return None
+    state: ApiChangeState, topic: TopicRow | None, requested: RequestedChange, *, now: datetime
+) -> Decision:
+    """The decision, as the locking path (ledger.orm) makes it. Raises the rules' problems."""
+    if topic is None:
+        return decide_global_change(state.suppression_state, requested, now=now)
+    return decide_topic_change(
+        state.subscription_state,
+        state.suppression_state if needs_suppression(topic.kind, requested) else None,
+        topic_kind=TopicKind(topic.kind),
+        requested=requested,
+        now=now,
+    )

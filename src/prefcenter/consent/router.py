@@ -17,7 +17,6 @@ from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.consent import (
     address_correction,
     batch,
-    change_lane,
     erasure,
     lookup,
     queries,
@@ -69,36 +68,25 @@ async def post_consent(
     response: Response,
     keys: AuditKeysDep,
 ) -> Response:
-    # PostgreSQL's lane first (one read, one guarded statement); what it leaves, the locking
-    # path.
-    answer = await change_lane.record_change(
-        database_of(http_request),
-        change,
-        caller=caller,
-        idempotency=idempotency,
-        response=response,
-        request=context,
-        ring=signing_keys_of(http_request),
-        keys=keys,
+    # On PostgreSQL the common case was answered in front of the app (consent.change_lane);
+    # what it handed on takes the locking path.
+    answer = await _record_idempotently(
+        http_request,
+        caller,
+        idempotency,
+        response,
+        ConsentChangeOut,
+        lambda session, settings, ring: service.record_change(
+            session,
+            change,
+            caller=caller,
+            request=context,
+            settings=settings,
+            ring=ring,
+            keys=keys,
+            now=utcnow(),
+        ),
     )
-    if answer is None:
-        answer = await _record_idempotently(
-            http_request,
-            caller,
-            idempotency,
-            response,
-            ConsentChangeOut,
-            lambda session, settings, ring: service.record_change(
-                session,
-                change,
-                caller=caller,
-                request=context,
-                settings=settings,
-                ring=ring,
-                keys=keys,
-                now=utcnow(),
-            ),
-        )
     return _json_answer(answer, response)
 
 

@@ -4,6 +4,7 @@ audit event, in the caller's transaction."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
 from sqlmodel import Session
 
@@ -86,8 +87,19 @@ def record_change(
     )
 
 
+class TopicTerms(Protocol):
+    """What a change reads of its topic: a `Topic` row, or the lane's plain read of one
+    (consent.ledger.api_lane.TopicRow), which costs no ORM object."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def double_opt_in(self) -> bool: ...
+
+
 def requested_change(
-    change: ConsentChangeIn, topic: Topic | None, *, caller: Caller, now: datetime
+    change: ConsentChangeIn, topic: TopicTerms | None, *, caller: Caller, now: datetime
 ) -> RequestedChange:
     """An API client's change in the rules' terms (an `admin` key acts as an admin)."""
     return RequestedChange(
@@ -126,7 +138,7 @@ def api_change_record(
 
 
 def pending_confirmation(
-    change: ConsentChangeIn, contact_id: str, topic: Topic, pending_event: str
+    change: ConsentChangeIn, contact_id: str, topic: TopicTerms, pending_event: str
 ) -> PendingConfirmation:
     """What the confirmation of the subscription that `pending_event` left pending names."""
     return PendingConfirmation(

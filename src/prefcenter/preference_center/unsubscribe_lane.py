@@ -22,11 +22,10 @@ every recipient page carries.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers, QueryParams
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prefcenter.audit.context import IPNetwork, request_context
 from prefcenter.audit.keys import AuditKeys
@@ -39,6 +38,7 @@ from prefcenter.consent.ledger.lane import (
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.service import mask_address
 from prefcenter.db import Database, utcnow
+from prefcenter.http_limits import read_whole_body, replay_body
 from prefcenter.metrics import count_consent_change
 from prefcenter.preference_center import service
 from prefcenter.preference_center.router import MAX_FORM_FIELDS, pages
@@ -135,12 +135,12 @@ class UnsubscribeLane:
         if self.settings.is_sqlite or not _small_form(headers, self.max_form_bytes):
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        body = await read_whole_body(receive)
         if body is None:
             return  # the client went away before its body arrived: nothing was asked
         fields = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
         if len(fields) > MAX_FORM_FIELDS:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         via = dict(fields).get("via")
         channel = service.Channel.UNSUBSCRIBE_PAGE if via == "page" else service.Channel.ONE_CLICK
@@ -173,7 +173,7 @@ class UnsubscribeLane:
         except ServiceUnavailable:
             state = None
         if state is None or state.address is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         await self._send_page(
             scope, send, headers, "unsubscribed.html", token, state.address, state.topic_name
@@ -230,30 +230,3 @@ def _small_form(headers: Headers, max_bytes: int) -> bool:
     if content_type is None:
         return int(length_text) == 0
     return content_type.split(";", 1)[0].strip().lower() == _FORM_TYPE
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body (its declared length was checked and the server holds
-    the client to it); None if the client disconnected first."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
-    """A `receive` that gives the app the body this lane already read, then the client's."""
-    given = False
-
-    async def replay() -> Message:
-        nonlocal given
-        if not given:
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

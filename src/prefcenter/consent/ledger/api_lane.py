@@ -3,9 +3,10 @@ of consent.change_lane (`POST /v1/consents`), in the shape of the one-click's la
 (ledger.lane). Statements run on the driver's cursor in autocommit mode
 (db.Database.run_on_connection).
 
-1. `read_api_state`: one SELECT of the topic, the contact with the address, whether the address
-   was erased, the contact's subscription of the topic and its suppression, and the caller's
-   stored answer under its Idempotency-Key.
+1. `read_api_state`: one SELECT of the caller's API key (by its secret's hash, not revoked:
+   read on every request, so a revoked key's next request is refused), the topic, the contact
+   with the address, whether the address was erased, the contact's subscription of the topic
+   and its suppression, and the caller's stored answer under its Idempotency-Key.
 2. The caller decides in Python with the write model's own functions (ledger.changes), before
    any lock is taken.
 3. `write_api_change`: one statement that locks the contact (still at the address, not erased)
@@ -14,11 +15,15 @@ of consent.change_lane (`POST /v1/consents`), in the shape of the one-click's la
    event (head lock last, audit.service.guarded_append_pg), queues its webhook deliveries and
    stores the answer under the Idempotency-Key. All of it commits together or not at all.
 
-What the statement cannot guard, the caller leaves to the locking path (consent.service):
-a decision that read the contact-wide opt-out of a contact that exists already (a subscription
-to a marketing topic, ledger.changes.needs_suppression): a suppression row written between
-1 and 3 could be one that 3's snapshot does not show, and it is no row that 3 writes, so no
-compare-and-set sees it. A contact that 3 creates has no such row.
+A decision that read the contact-wide opt-out of a contact that exists already (a
+subscription to a marketing topic, ledger.changes.needs_suppression) rests on a row that 3 does
+not write, so no compare-and-set of 3's own row covers it, and one statement cannot: its
+snapshot is taken before it waits for the contact's lock, so a suppression committed by the
+lock's holder would be invisible to it. Every writer of a suppression row holds the contact's
+lock until it commits; so 3 then runs as two statements in one transaction, sent in one round
+trip (a pipeline): the first takes the contact's lock, the second (whose snapshot is taken
+after the lock is held) is 3 with the suppression compared against what 1 read as well
+(`expected_suppression`). A suppression written since 1 makes it write nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import NewEvent
 from prefcenter.audit.service import guarded_append_pg
@@ -73,6 +79,7 @@ class ApiChangeState:
     subscription: tuple[str, datetime, bool, str] | None
     suppression: tuple[bool, datetime, bool] | None
     stored_answer: StoredAnswer | None  # the caller's answer under its Idempotency-Key
+    caller: Caller | None  # None: no such key, or it was revoked
 
     @property
     def subscription_state(self) -> CurrentState | None:
@@ -108,13 +115,15 @@ SELECT {", ".join(f"t.{c}" for c in _TOPIC_COLUMNS)},
         OR EXISTS (SELECT 1 FROM erased_address WHERE address_hash = %(address_hash)s),
     s.status, s.occurred_at, s.by_recipient, s.event_id,
     p.suppressed, p.occurred_at, p.by_recipient,
-    i.request_hash, i.status_code, i.response_body
+    i.request_hash, i.status_code, i.response_body,
+    k.id, k.name, k.scopes
 FROM (SELECT 1) AS one
+LEFT JOIN api_key AS k ON k.secret_hash = %(secret_hash)s AND k.revoked_at IS NULL
 LEFT JOIN topic AS t ON t.key = %(topic)s
 LEFT JOIN contact AS c ON c.address = %(address)s
 LEFT JOIN subscription AS s ON s.contact_id = c.id AND s.topic_id = t.id
 LEFT JOIN suppression AS p ON p.contact_id = c.id
-LEFT JOIN idempotency_record AS i ON i.owner = %(owner)s AND i.key = %(key)s
+LEFT JOIN idempotency_record AS i ON i.owner = 'api_key:' || k.id AND i.key = %(key)s
 """  # noqa: S608  (built from this module's constants; every value is a parameter)
 _CONTACT_AT = len(_TOPIC_COLUMNS)
 
@@ -125,18 +134,19 @@ def read_api_state(
     topic_key: str | None,
     address: str,
     address_hash: str,
-    owner: str,
+    secret_hash: str,
     idempotency_key: str | None,
 ) -> ApiChangeState:
     """The state an API change of `address` (normalised) and `topic_key` (None: all
-    marketing) is decided on; `address_hash`: its keyed hash (the erased check)."""
+    marketing) is decided on; `address_hash`: its keyed hash (the erased check);
+    `secret_hash`: the hash of the caller's bearer secret (apikeys.service.hash_secret)."""
     cursor.execute(
         _READ,
         {
             "topic": topic_key,
             "address": address,
             "address_hash": address_hash,
-            "owner": owner,
+            "secret_hash": secret_hash,
             "key": idempotency_key,
         },
     )
@@ -155,6 +165,13 @@ def read_api_state(
         stored_answer=None
         if row[at + 10] is None
         else StoredAnswer(request_hash=row[at + 10], status_code=row[at + 11], body=row[at + 12]),
+        caller=None
+        if row[at + 13] is None
+        else Caller(
+            key_id=row[at + 13],
+            name=row[at + 14],
+            scopes=frozenset(Scope(s) for s in row[at + 15].split()),
+        ),
     )
 
 
@@ -186,6 +203,26 @@ _LOCK_CONTACT = """locked AS (
     WHERE id = %(w_contact)s AND address = %(w_address)s AND erased_at IS NULL
     FOR UPDATE
 )"""
+# The same, only while the suppression is what the decision read: none, or its row unchanged.
+# Sound only in the second statement of `_locked_first`'s transaction (see the module).
+_LOCK_CONTACT_UNSUPPRESSED = """locked AS (
+    SELECT id FROM contact
+    WHERE id = %(w_contact)s AND address = %(w_address)s AND erased_at IS NULL
+        AND NOT EXISTS (SELECT 1 FROM suppression WHERE contact_id = %(w_contact)s)
+    FOR UPDATE
+)"""
+_LOCK_CONTACT_SUPPRESSION_AS_READ = """locked AS (
+    SELECT id FROM contact
+    WHERE id = %(w_contact)s AND address = %(w_address)s AND erased_at IS NULL
+        AND EXISTS (
+            SELECT 1 FROM suppression WHERE contact_id = %(w_contact)s
+                AND suppressed = %(y_suppressed)s AND occurred_at = %(y_occurred_at)s
+                AND by_recipient = %(y_by_recipient)s
+        )
+    FOR UPDATE
+)"""
+# The first statement of that transaction: the contact's lock, and nothing else.
+_LOCK_ONLY = """SELECT 1 FROM contact WHERE id = %(w_contact)s FOR UPDATE"""
 # The erased check guards the insert in SQL, as consent.contact_creation does: an erased
 # address is never stored, even for an instant. A concurrent creation of the same address
 # makes no row, so nothing else is written either.
@@ -225,6 +262,33 @@ def _update(table: str, columns: tuple[str, ...], expected: tuple[str, ...], key
 )"""  # noqa: S608  (table and columns are this module's and ledger.changes' constants)
 
 
+def _locked(
+    state: ApiChangeState,
+    new_contact: NewContact | None,
+    params: dict[str, Any],
+    *,
+    expected_suppression: bool,
+) -> str:
+    """The `locked` CTE, its parameters added to `params`."""
+    if new_contact is not None:
+        assert state.contact_row_id is None
+        params.update(
+            w_public_id=new_contact.public_id,
+            w_address_display=new_contact.address_display,
+            w_address_hash=new_contact.address_hash,
+            w_created_at=new_contact.created_at,
+        )
+        return _CREATE_CONTACT
+    assert state.contact_row_id is not None
+    params["w_contact"] = state.contact_row_id
+    if not expected_suppression:
+        return _LOCK_CONTACT
+    if state.suppression is None:
+        return _LOCK_CONTACT_UNSUPPRESSED
+    params.update(zip((f"y_{c}" for c in _EXPECTED_SUPPRESSION), state.suppression, strict=True))
+    return _LOCK_CONTACT_SUPPRESSION_AS_READ
+
+
 def write_api_change(
     cursor: Any,
     state: ApiChangeState,
@@ -235,6 +299,7 @@ def write_api_change(
     keys: AuditKeys,
     answer: AnswerToKeep | None,
     now: datetime,
+    expected_suppression: bool = False,
 ) -> bool:
     """Write the decided change read in `state`: `values`, the columns it sets on the
     subscription of `state.topic` (or, without a topic, on the suppression), as
@@ -242,21 +307,10 @@ def write_api_change(
     audit `event`, its webhook deliveries and `answer`. One statement; False when nothing was
     written (the state moved on since it was read, the address was taken or erased meanwhile,
     or the Idempotency-Key was stored by a concurrent request): the caller then takes the
-    locking path."""
+    locking path. `expected_suppression`: the decision read the contact-wide opt-out of the
+    contact that exists (see the module): it must still be as read, checked after the lock."""
     params: dict[str, Any] = {"w_address": event.address}
-    if new_contact is None:
-        assert state.contact_row_id is not None
-        params["w_contact"] = state.contact_row_id
-        locked = _LOCK_CONTACT
-    else:
-        assert state.contact_row_id is None
-        params.update(
-            w_public_id=new_contact.public_id,
-            w_address_display=new_contact.address_display,
-            w_address_hash=new_contact.address_hash,
-            w_created_at=new_contact.created_at,
-        )
-        locked = _CREATE_CONTACT
+    locked = _locked(state, new_contact, params, expected_suppression=expected_suppression)
     columns: tuple[str, ...]
     if state.topic is not None:
         params["w_topic_id"] = state.topic.id
@@ -309,9 +363,32 @@ def write_api_change(
     # every value is a parameter.
     statement = f"WITH {locked}, {written}, {append_ctes}{hooks}{kept}SELECT seq FROM moved"  # noqa: S608
     try:
+        if expected_suppression and new_contact is None:
+            return _locked_first(cursor, params, statement)
         cursor.execute(statement, params)
     except Exception as exc:
         if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
             return False  # autocommit: the statement rolled back on its own, nothing written
         raise
     return cursor.fetchone() is not None
+
+
+def _locked_first(cursor: Any, params: dict[str, Any], statement: str) -> bool:
+    """`statement` in a transaction after the contact's lock is taken, in one round trip: a
+    pipeline of BEGIN, the lock, `statement`, COMMIT. On a unique_violation nothing of it was
+    written: the transaction is rolled back here, and the error raised."""
+    connection = cursor.connection
+    written = connection.cursor()
+    try:
+        with connection.pipeline():
+            cursor.execute("BEGIN")
+            cursor.execute(_LOCK_ONLY, {"w_contact": params["w_contact"]})
+            written.execute(statement, params)
+            cursor.execute("COMMIT")
+        return written.fetchone() is not None
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+            connection.execute("ROLLBACK")
+        raise
+    finally:
+        written.close()
