@@ -28,3 +28,16 @@ def superseded_at(occurred_at: datetime, *, next_effective_at: datetime | None) 
     the next version (by effective_at) had taken effect by then. A version not yet in force
     ("about to be") is not superseded: a person may be shown the coming text."""
     return next_effective_at is not None and next_effective_at <= occurred_at
+
+
+def mark_changes(current: str, marked: str) -> bool | None:
+    """Whether marking a recipient `marked` (sent, failed, bounced) changes what is recorded of
+    them: False when it is what they are marked already (marking twice records nothing), None
+    when refused. A bounce is final: a later `sent` is a sender's retry report that came late,
+    and it would hide that the address does not take mail. A failed delivery may be marked
+    sent after a retry, and a sent one bounced."""
+    if current == marked:
+        return False
+    if current == "bounced":
+        return None
+    return True

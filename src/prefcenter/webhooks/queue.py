@@ -335,3 +335,22 @@ def queue_notice_published(session: Session, *, data: dict[str, Any], now: datet
     version, with what receivers should know of it (key, version, language, effective_at,
     material, summary, url and sha256; no text of personal data)."""
     queue_inline_delivery(session, event_type=EventType.NOTICE_PUBLISHED, data=data, now=now)
+
+
+def queue_per_recipient(
+    session: Session, wanted: Any, *, cause_event_id: str, now: datetime
+) -> None:
+    """One delivery per row of `wanted` (a subquery of ord, type, webhook_id, payload and
+    contact_id, built by the caller from its own tables) times the endpoints that want its
+    type, in one INSERT … SELECT: `notice.recipient` for a whole notice run."""
+    session.execute(
+        core_insert(_MESSAGES).from_select(
+            list(_COLUMNS),
+            _rows_for(
+                wanted,
+                cause_event_id=literal(cause_event_id, String()),
+                contact_id=wanted.c.contact_id,
+                now=now,
+            ),
+        )
+    )
