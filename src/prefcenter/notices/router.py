@@ -174,7 +174,7 @@ def export_run(key: KeyPath, version: VersionPath, _: Admin, request: Request) -
 @router.post(
     "/{key}/versions/{version}/notification/deliveries",
     summary="Mark what became of recipients of a run the team sends itself",
-    responses=problem_responses(404, 409, 413, 422),
+    responses=problem_responses(400, 404, 409, 413, 422),
 )
 def mark_deliveries(
     key: KeyPath,
