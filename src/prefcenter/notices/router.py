@@ -12,7 +12,7 @@ from prefcenter.apikeys.auth import Admin
 from prefcenter.apikeys.schemas import Caller
 from prefcenter.db import ReadSession, WriteSession, database_of, utcnow
 from prefcenter.idempotency import Idempotency
-from prefcenter.notices import service
+from prefcenter.notices import service, team_service
 from prefcenter.notices.run_export import stream_run
 from prefcenter.notices.schemas import (
     NOTICE_KEY_PATTERN,
@@ -164,7 +164,7 @@ def notification(
 def export_run(key: KeyPath, version: VersionPath, _: Admin, request: Request) -> StreamingResponse:
     database = database_of(request)
     with database.transaction(write=False) as session:
-        facts = service.team_run(session, key, version)
+        facts = team_service.team_run(session, key, version)
     stream = stream_run(
         database, facts, base_url=settings_of(request).base_url, ring=signing_keys_of(request)
     )
@@ -183,6 +183,6 @@ def mark_deliveries(
     caller: Admin,
     session: WriteSession,
 ) -> DeliveryResults:
-    return service.mark_team_deliveries(
+    return team_service.mark_team_deliveries(
         session, key, version, marks, actor=_actor(caller), now=utcnow()
     )

@@ -14,7 +14,6 @@ from prefcenter.audit.canonical import format_time
 from prefcenter.audit.schemas import EventKind, NewEvent, new_event_id
 from prefcenter.audit.service import append_event
 from prefcenter.notices.errors import (
-    NoNotificationRun,
     NoticeNotFound,
     NoticePeriodTooShort,
     NoticeVersionExists,
@@ -27,10 +26,7 @@ from prefcenter.notices.errors import (
 from prefcenter.notices.models import Notice, NoticeVersion
 from prefcenter.notices.notification import notification_counts, queue_notice_mails
 from prefcenter.notices.rules import earliest_effective_at, needs_reason, split_ref, superseded_at
-from prefcenter.notices.run_export import RunFacts
 from prefcenter.notices.schemas import (
-    DeliveryMarks,
-    DeliveryResults,
     NoticeIn,
     NoticeKind,
     NoticeOut,
@@ -40,7 +36,7 @@ from prefcenter.notices.schemas import (
     NotificationOut,
     RunDelivery,
 )
-from prefcenter.notices.team_run import mark_deliveries, queue_recipients, team_counts
+from prefcenter.notices.team_run import queue_recipients, team_counts
 from prefcenter.settings import Settings
 from prefcenter.webhooks.queue import queue_notice_published
 
@@ -277,43 +273,6 @@ def notification(session: Session, key: str, version: str) -> NotificationOut:
         assert row.id is not None
         return team_counts(session, version_id=row.id)
     return notification_counts(session, event_id=row.event_id)
-
-
-def team_run(session: Session, key: str, version: str) -> RunFacts:
-    """A run the team sends itself, or NoNotificationRun (not material, or mailed by the
-    service: marking those would count mails twice)."""
-    notice, row = find_version(session, key, version)
-    ref = f"{notice.key}@{row.version}"
-    if not row.material:
-        raise NoNotificationRun(f"{ref} is not material: it has no notification run.")
-    if row.delivery == RunDelivery.SERVICE.value:
-        raise NoNotificationRun(
-            f"The service mails the run of {ref} itself (delivery service): its counts come "
-            "from its own mails, not from marks."
-        )
-    assert row.id is not None
-    return RunFacts(
-        ref=ref,
-        version_id=row.id,
-        language=row.language,
-        effective_at=format_time(row.effective_at),
-        published_at=row.published_at,
-    )
-
-
-def mark_team_deliveries(
-    session: Session, key: str, version: str, marks: DeliveryMarks, *, actor: Actor, now: datetime
-) -> DeliveryResults:
-    facts = team_run(session, key, version)
-    results = mark_deliveries(
-        session,
-        marks.deliveries,
-        ref=facts.ref,
-        version_id=facts.version_id,
-        actor=actor.name,
-        now=now,
-    )
-    return DeliveryResults(results=results)
 
 
 class NoticeChecks:
