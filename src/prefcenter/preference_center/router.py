@@ -368,6 +368,7 @@ def _confirm_page(
             "organization": settings.organization_name,
             "masked_address": view.masked_address,
             "topic_name": view.topic_name,
+            "third_party": view.third_party,
             "action": keep_language(request, f"/c/{token}"),
             "preferences_url": preferences_url(settings.base_url, manage),
         },
