@@ -53,10 +53,11 @@ def queue_recipients(
     """Write the run's recipients (one statement whatever their number) and, for a run sent
     from webhooks, their `notice.recipient` deliveries (one more); returns how many. A run
     from webhooks that no endpoint would receive is refused before anything is written."""
-    if webhooks and not subscribed(session, EventType.NOTICE_RECIPIENT):
+    if webhooks and not subscribed(session, EventType.NOTICE_RECIPIENT, every=False):
         raise NoRecipientEndpoint(
-            "No enabled webhook endpoint subscribes to notice.recipient: the run would reach "
-            "nobody. Create one (POST /v1/webhooks) or publish with another delivery.",
+            "No enabled webhook endpoint subscribes to notice.recipient by name (`*` does not "
+            "take it: it carries addresses): the run would reach nobody. Create one "
+            "(POST /v1/webhooks) or publish with another delivery.",
             errors=[{"field": "delivery", "detail": "no endpoint takes notice.recipient"}],
         )
     rows = core_select(
