@@ -5,6 +5,7 @@ are kept for a few seconds per process."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -35,9 +36,7 @@ def unsubscribe_token(
     return token_of(issue_links(client, links_headers, ADA, topic=topic)["unsubscribe_url"])
 
 
-def publish_policy(
-    client: TestClient, admin_headers: Headers, version: str, **fields: object
-) -> None:
+def publish_policy(client: TestClient, admin_headers: Headers, version: str, **fields: Any) -> None:
     publish(
         client,
         admin_headers,
