@@ -15,7 +15,16 @@ from prefcenter.templating import SUPPORTED_LANGUAGES, Pages, with_language
 
 # The templates the lane fills (preference_center.unsubscribe_lane._send_page).
 LANE_TEMPLATES = ("unsubscribe.html", "unsubscribed.html")
-SLOTS = ("organization", "masked_address", "topic_name", "action", "preferences_url")
+SLOTS = (
+    "organization",
+    "masked_address",
+    "topic_name",
+    "action",
+    "preferences_url",
+    "policy_version",
+    "policy_date",
+    "policy_url",
+)
 
 # Anything a setting, an address or a topic name could hold, markup and the markers included.
 texts = st.one_of(

@@ -35,6 +35,7 @@ from prefcenter.mail.config import mail_config
 from prefcenter.monitoring.router import install_metrics
 from prefcenter.notices.router import router as notices_router
 from prefcenter.preference_center.error_pages import install_invalid_link_page, request_timeout_page
+from prefcenter.preference_center.policy_in_force import PolicyVersions
 from prefcenter.preference_center.router import router as recipient_router
 from prefcenter.preference_center.unsubscribe_lane import UnsubscribeLane
 from prefcenter.problems import (
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.mail = mail
     app.state.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
     app.state.audit_keys = AuditKeys.from_settings(settings)
+    app.state.policy_versions = PolicyVersions(database)
     app.state.audit_verify_slot = new_verify_slot()
     # `GET /v1/audit/verify?deep=true` replays the events against the ledger's state.
     app.state.state_replay = first_contact_off_its_events
@@ -171,6 +173,7 @@ def _install_middleware(app: FastAPI, settings: Settings, database: Database) ->
         signing_keys=app.state.signing_keys,
         trusted_proxies=app.state.trusted_proxies,
         audit_keys=app.state.audit_keys,
+        policy_versions=app.state.policy_versions,
     )
     # POST /v1/consents's common case without the framework's routing and dependencies
     # (consent.change_lane); anything else it hands on.

@@ -10,7 +10,7 @@ from prefcenter.consent.models import ErasedAddress, Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.idempotency import IdempotencyRecord
 from prefcenter.inbound.models import InboundReceipt
-from prefcenter.notices.models import Notice, NoticeVersion
+from prefcenter.notices.models import Notice, NoticeDelivery, NoticeVersion
 from prefcenter.outbox.models import OutboxAttempt, OutboxMessage
 from prefcenter.preference_center.models import MailRequest
 from prefcenter.topics.models import Topic
@@ -34,6 +34,7 @@ __all__ = [
     "InboundReceipt",
     "MailRequest",
     "Notice",
+    "NoticeDelivery",
     "NoticeVersion",
     "OutboxAttempt",
     "OutboxMessage",

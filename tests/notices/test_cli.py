@@ -135,3 +135,41 @@ def test_the_console_page_shows_versions_and_their_run(
     assert "Privacy policy" in page.text
     assert "&lt;b&gt;bold&lt;/b&gt; words" in page.text
     assert "<td>1</td><td>0</td><td>0</td><td>0</td><td>0</td>" in page.text
+
+
+def test_publish_for_your_own_sender_queues_no_mail(
+    client: TestClient,
+    admin_headers: Headers,
+    writer_headers: Headers,
+    database: Database,
+    settings: Settings,
+    server: SmtpServer,
+    tmp_path: Path,
+) -> None:
+    record_change(client, writer_headers, "ada@example.com", "unsubscribed")
+    put_notice(client, admin_headers)
+    text = tmp_path / "policy.md"
+    text.write_text("We now name the company that sends our mail.\n")
+    published = runner.invoke(
+        cli.cli,
+        [
+            "notices",
+            "publish",
+            str(text),
+            "--notice",
+            "privacy",
+            "--version",
+            "2027-01",
+            "--effective-at",
+            "2027-06-01T00:00:00Z",
+            "--material",
+            "--delivery",
+            "export",
+        ],
+    )
+    assert published.exit_code == 0, published.output
+    assert "is a worker running" not in published.output
+    deliver(database, settings)
+    assert server.inbox.mails() == []
+    status = runner.invoke(cli.cli, ["notices", "status", "privacy", "2027-01"])
+    assert "queued 1, sent 0" in status.output

@@ -12,6 +12,7 @@ Chromium missing is a failure, never a skip (CI must not pass without these test
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,9 @@ VIEWPORTS: dict[str, ViewportSize] = {
 SCANNER_DWELL_MS = 1000
 ORGANIZATION = "Example Shop"
 MASKED = "a•••@example.com"  # every address below starts with "a" at example.com
+POLICY_VERSION = "2026-01"
+POLICY_URL = "https://example.org/privacy/2026-01"
+POLICY_LINE = f"version {POLICY_VERSION}, in force since 2026-01-05"
 
 NEWSLETTER = "Monthly newsletter"
 PRODUCT_NEWS = "Product news"
@@ -172,9 +176,32 @@ def live(
             for key, body in TOPICS.items():
                 response = api.put(f"/v1/topics/{key}", json=body)
                 assert response.status_code == 201, response.text
+            publish_policy(api)
             yield Live(engine=engine, server=server, database=database, api=api)
     finally:
         database.dispose()
+
+
+def publish_policy(api: httpx.Client) -> None:
+    """The privacy policy in force, which both pages name."""
+    response = api.put(
+        "/v1/notices/privacy", json={"name": "Privacy policy", "kind": "privacy_policy"}
+    )
+    assert response.status_code == 201, response.text
+    response = api.post(
+        "/v1/notices/privacy/versions",
+        json={
+            "version": POLICY_VERSION,
+            "language": "en",
+            "url": POLICY_URL,
+            "sha256": hashlib.sha256(b"Our privacy policy.").hexdigest(),
+            "effective_at": "2026-01-05T09:00:00Z",
+            "material": False,
+            "summary": "The first version.",
+            "reason": "The first version, in force before the service kept notices.",
+        },
+    )
+    assert response.status_code == 201, response.text
 
 
 def new_address() -> str:
@@ -463,12 +490,17 @@ def test_pages_fit_the_screen_and_are_captured(browser: Browser, live: Live, vie
         expect(sharing).to_be_visible()
         expect(sharing.get_by_role("checkbox", name="Shopping insights")).not_to_be_checked()
         expect(sharing.get_by_text("Shared with Acme Analytics Ltd.")).to_be_visible()
+        expect(page.get_by_text(POLICY_LINE)).to_be_visible()
+        expect(page.get_by_role("link", name="Privacy policy")).to_have_attribute(
+            "href", POLICY_URL
+        )
         capture(page, "preferences")
         goto(page, links["unsubscribe_url"])
         button = page.get_by_role("button", name="Unsubscribe").bounding_box()
         assert button is not None
         assert button["x"] >= 0
         assert button["x"] + button["width"] <= width
+        expect(page.get_by_text(POLICY_LINE)).to_be_visible()
         capture(page, "unsubscribe")
         page.get_by_role("button", name="Unsubscribe").click()
         expect(page.get_by_role("heading", name="You are unsubscribed")).to_be_visible()

@@ -93,6 +93,7 @@ def lane(client: TestClient, settings: Settings) -> tuple[TestClient, Recorder]:
         signing_keys=state.signing_keys,
         trusted_proxies=state.trusted_proxies,
         audit_keys=state.audit_keys,
+        policy_versions=state.policy_versions,
     )
     return TestClient(lane), recorder  # no lifespan: the app's runs in `client`
 

@@ -33,6 +33,8 @@ class EventKind(StrEnum):
     WEBHOOK_ENDPOINT = "webhook_endpoint"
     # A notice version published (notices): what people were told, and from when.
     NOTICE_PUBLISHED = "notice_published"
+    # A team that sends a notice run itself marked a recipient's delivery (notices).
+    NOTICE_DELIVERY = "notice_delivery"
 
 
 def new_event_id() -> str:

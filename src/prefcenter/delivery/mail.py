@@ -41,6 +41,7 @@ from prefcenter.tokens import (
     sign_token,
 )
 from prefcenter.topics.models import Topic
+from prefcenter.topics.schemas import TopicKind
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ def _write_one(
             )
             context.update(
                 topic_name=topic.name,
+                third_party=sharing_party(topic),
                 confirm_url=_in_language(confirm_url(settings.base_url, confirm), language),
                 link_days=settings.confirm_link_ttl_days,
             )
@@ -214,6 +216,7 @@ def _write_one(
             )
             context.update(
                 topic_name=topic.name if topic is not None else None,
+                third_party=sharing_party(topic),
                 confirm_url=_in_language(confirm_url(settings.base_url, token), language),
             )
         elif payload.template is MailTemplate.NOTICE:
@@ -276,6 +279,13 @@ def _opt_out_markers(
             subscription, suppression, topic=payload.topic is not None
         )
     return found
+
+
+def sharing_party(topic: Topic | None) -> str | None:
+    """A sharing topic's third party, which its confirmation mails name; None for mail."""
+    if topic is None or topic.kind != TopicKind.SHARING:
+        return None
+    return topic.third_party
 
 
 def _in_language(url: str, language: str) -> str:

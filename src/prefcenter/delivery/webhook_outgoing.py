@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 from prefcenter.audit.canonical import format_time
 from prefcenter.audit.models import AuditEvent
 from prefcenter.db import Database
+from prefcenter.delivery.notice_webhook import is_recipient_delivery, recipient_bodies
 from prefcenter.outbox.schemas import AttemptOutcome, Claimed
 from prefcenter.settings import Settings
 from prefcenter.webhooks.deliveries import webhook_id_of_row
@@ -67,8 +68,13 @@ def prepare_outgoing(
                 select(WebhookEndpoint).where(col(WebhookEndpoint.id).in_(endpoint_ids))
             )
         }
-        event_ids = {c.cause_event_id for c in claimed if c.cause_event_id is not None}
+        event_ids = {
+            c.cause_event_id
+            for c in claimed
+            if c.cause_event_id is not None and not is_recipient_delivery(c)
+        }
         events = _event_data(session, event_ids)
+        recipients = recipient_bodies(session, settings, claimed)
     keys: dict[int, tuple[bytes, ...] | str] = {}
     written: list[Outgoing] = []
     for item in claimed:
@@ -98,7 +104,20 @@ def prepare_outgoing(
                 Outgoing(item, webhook_id, skip=endpoint_keys, skip_outcome=AttemptOutcome.RETRY)
             )
             continue
-        body = _body(item, events)
+        if item.id in recipients:
+            body = recipients[item.id]
+            if body is None:
+                written.append(
+                    Outgoing(
+                        item,
+                        webhook_id,
+                        skip="the recipient was erased",
+                        skip_outcome=AttemptOutcome.CANCELLED,
+                    )
+                )
+                continue
+        else:
+            body = _body(item, events)
         if body is None:
             written.append(Outgoing(item, webhook_id, skip="its audit event is missing"))
             continue

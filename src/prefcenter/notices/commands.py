@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from prefcenter.db import Database, utcnow
 from prefcenter.notices import service
-from prefcenter.notices.schemas import NoticeVersionIn, NotificationOut
+from prefcenter.notices.schemas import NoticeVersionIn, NotificationOut, RunDelivery
 
 OpenDatabase = Callable[[], AbstractContextManager[Database]]
 # How often the progress bar asks the outbox, and how long it waits for a run that no
@@ -108,6 +108,13 @@ def notices_cli(open_database: OpenDatabase) -> typer.Typer:
             str | None,
             typer.Option(help="Why it takes effect sooner than the notice period (recorded)."),
         ] = None,
+        delivery: Annotated[
+            RunDelivery,
+            typer.Option(
+                help="Who mails a material version's run: the service, or your own sender "
+                "from the CSV export or notice.recipient webhooks."
+            ),
+        ] = RunDelivery.SERVICE,
         follow_run: Annotated[
             bool,
             typer.Option("--follow/--no-follow", help="Show the run's progress until it is sent."),
@@ -131,6 +138,7 @@ def notices_cli(open_database: OpenDatabase) -> typer.Typer:
                     "material": material,
                     "summary": summary or first_line[:2000],
                     "reason": reason,
+                    "delivery": delivery,
                 }
             )
         except ValidationError as exc:
@@ -153,7 +161,8 @@ def notices_cli(open_database: OpenDatabase) -> typer.Typer:
             f"published {out.notice}@{out.version}, effective {out.effective_at.isoformat()}"
             + (f"; {published.queued} notice mails queued" if out.material else "")
         )
-        if out.material and follow_run:
+        # A run your own sender mails moves only as you mark it: nothing to follow here.
+        if out.material and follow_run and delivery is RunDelivery.SERVICE:
             counts = follow(out.notice, out.version, stall_seconds=stall_seconds)
             stderr.print(_line(out.notice, out.version, counts))
 

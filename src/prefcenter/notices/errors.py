@@ -53,3 +53,41 @@ class TextDigestMismatch(Unprocessable):
 
     slug = "notice-text-digest-mismatch"
     title = "sha256 is not that of the text"
+
+
+class NoNotificationRun(Conflict):
+    """The version has no run to export or mark: not material, or mailed by the service."""
+
+    slug = "notice-run-not-external"
+    title = "No run for the team to send"
+
+
+class NoRecipientEndpoint(Unprocessable):
+    """`"delivery": "webhooks"` while no enabled endpoint subscribes to `notice.recipient`:
+    the run would reach nobody."""
+
+    slug = "notice-no-recipient-endpoint"
+    title = "No webhook endpoint takes notice.recipient"
+
+
+class NotARecipient(NotFound):
+    """A mark names a contact the run did not include (unknown, or erased or bounced when the
+    version was published)."""
+
+    slug = "notice-recipient-not-found"
+    title = "Not a recipient of this run"
+
+
+class RecipientErased(Conflict):
+    """A mark names a contact erased since the run was queued: nothing more is recorded of
+    them."""
+
+    slug = "notice-recipient-erased"
+    title = "Recipient erased"
+
+
+class BounceIsFinal(Conflict):
+    """A mark that would turn a recipient marked bounced into sent or failed."""
+
+    slug = "notice-delivery-bounced"
+    title = "Delivery already marked bounced"

@@ -1,8 +1,9 @@
-"""Owns `notice` (what a notice is) and `notice_version` (its immutable, dated versions)."""
+"""Owns `notice` (what a notice is), `notice_version` (its immutable, dated versions) and
+`notice_delivery` (a run that a team sends itself: each recipient and what became of it)."""
 
 from datetime import datetime
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import Column, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from prefcenter.db import UtcDateTime
@@ -48,3 +49,29 @@ class NoticeVersion(SQLModel, table=True):
     published_by: str = Field(max_length=200)
     # The audit event of the publication; the notice mails of its run name it as their cause.
     event_id: str = Field(max_length=40, unique=True)
+    # Who sends a material version's notices (notices.schemas.NoticeDelivery): the service's
+    # outbox, or the team itself from a CSV export or webhooks (then `notice_delivery`).
+    delivery: str = Field(
+        default="service",
+        sa_column=Column(String(16), nullable=False, server_default="service"),
+    )
+
+
+class NoticeDelivery(SQLModel, table=True):
+    """One row per recipient of a run the team sends itself, written set-based when the
+    version is published; its status changes only as the team marks it through the API."""
+
+    __tablename__ = "notice_delivery"
+
+    version_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("notice_version.id", ondelete="RESTRICT"), primary_key=True
+        )
+    )
+    contact_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("contact.id", ondelete="CASCADE"), primary_key=True)
+    )
+    status: str = Field(max_length=16)  # notices.schemas.DeliveryStatus
+    marked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # The audit event of the last mark that changed it.
+    event_id: str | None = Field(default=None, max_length=40)

@@ -75,6 +75,16 @@ def _payload(session: Session, *, ref: str, language: str) -> Any:
     return func.json_object(*pairs)
 
 
+def may_be_told() -> tuple[Any, ...]:
+    """Which contacts a run includes: not erased, not bounced (marketing opt-outs included)."""
+    return (
+        _CONTACTS.c.address.is_not(None),
+        ~core_select(_BOUNCES.c.contact_id)
+        .where(_BOUNCES.c.contact_id == _CONTACTS.c.id, _BOUNCES.c.bounced)
+        .exists(),
+    )
+
+
 def queue_notice_mails(
     session: Session,
     *,
@@ -99,12 +109,7 @@ def queue_notice_mails(
         literal(now, UtcDateTime()),
         literal(now, UtcDateTime()),
         literal(0),
-    ).where(
-        _CONTACTS.c.address.is_not(None),
-        ~core_select(_BOUNCES.c.contact_id)
-        .where(_BOUNCES.c.contact_id == _CONTACTS.c.id, _BOUNCES.c.bounced)
-        .exists(),
-    )
+    ).where(*may_be_told())
     session.execute(core_insert(_MESSAGES).from_select(list(_COLUMNS), rows))
     # Counted by the cause's index: not every driver reports an INSERT … SELECT's rowcount.
     counted = session.execute(

@@ -6,15 +6,19 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from prefcenter.apikeys.auth import Admin
 from prefcenter.apikeys.schemas import Caller
-from prefcenter.db import ReadSession, WriteSession, utcnow
+from prefcenter.db import ReadSession, WriteSession, database_of, utcnow
 from prefcenter.idempotency import Idempotency
-from prefcenter.notices import service
+from prefcenter.notices import service, team_service
+from prefcenter.notices.run_export import stream_run
 from prefcenter.notices.schemas import (
     NOTICE_KEY_PATTERN,
     VERSION_PATTERN,
+    DeliveryMarks,
+    DeliveryResults,
     NoticeIn,
     NoticeList,
     NoticeOut,
@@ -25,7 +29,7 @@ from prefcenter.notices.schemas import (
     NotificationOut,
 )
 from prefcenter.problems import problem_responses
-from prefcenter.settings import settings_of
+from prefcenter.settings import settings_of, signing_keys_of
 from prefcenter.timestamps import Rfc3339DateTime
 
 router = APIRouter(
@@ -142,3 +146,43 @@ def notification(
     key: KeyPath, version: VersionPath, _: Admin, session: ReadSession
 ) -> NotificationOut:
     return service.notification(session, key, version)
+
+
+@router.get(
+    "/{key}/versions/{version}/notification/export",
+    summary="The run as CSV, for a team that sends the notices itself",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "CSV `contact_id,email,language,notice,effective_at,"
+            "preferences_url,status`, ordered by contact; erased recipients left out.",
+            "content": {"text/csv": {}},
+        },
+        **problem_responses(404, 409, 422),
+    },
+)
+def export_run(key: KeyPath, version: VersionPath, _: Admin, request: Request) -> StreamingResponse:
+    database = database_of(request)
+    with database.transaction(write=False) as session:
+        facts = team_service.team_run(session, key, version)
+    stream = stream_run(
+        database, facts, base_url=settings_of(request).base_url, ring=signing_keys_of(request)
+    )
+    return StreamingResponse(stream, media_type="text/csv; charset=utf-8")
+
+
+@router.post(
+    "/{key}/versions/{version}/notification/deliveries",
+    summary="Mark what became of recipients of a run the team sends itself",
+    responses=problem_responses(400, 404, 409, 413, 422),
+)
+def mark_deliveries(
+    key: KeyPath,
+    version: VersionPath,
+    marks: DeliveryMarks,
+    caller: Admin,
+    session: WriteSession,
+) -> DeliveryResults:
+    return team_service.mark_team_deliveries(
+        session, key, version, marks, actor=_actor(caller), now=utcnow()
+    )

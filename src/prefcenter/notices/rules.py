@@ -97,3 +97,16 @@ def version_given(
     in_force = [(effective_at, version_id) for version_id, _, effective_at in versions]
     in_force = [v for v in in_force if v[0] <= at]
     return max(in_force)[1] if in_force else None
+
+
+def mark_changes(current: str, marked: str) -> bool | None:
+    """Whether marking a recipient `marked` (sent, failed, bounced) changes what is recorded of
+    them: False when it is what they are marked already (marking twice records nothing), None
+    when refused. A bounce is final: a later `sent` is a sender's retry report that came late,
+    and it would hide that the address does not take mail. A failed delivery may be marked
+    sent after a retry, and a sent one bounced."""
+    if current == marked:
+        return False
+    if current == "bounced":
+        return None
+    return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -45,6 +45,23 @@ class NoticeKind(StrEnum):
     TOPIC_WORDING = "topic_wording"
     SHARING = "sharing"  # a statement about sharing with a third party
     OWNERSHIP_CHANGE = "ownership_change"  # a merger or acquisition: its mail lists choices
+
+
+class RunDelivery(StrEnum):
+    """Who sends a material version's notices. Persisted: values are only ever added."""
+
+    SERVICE = "service"  # the service's outbox mails them (the default)
+    EXPORT = "export"  # the team takes the run as CSV and sends them itself
+    WEBHOOKS = "webhooks"  # one `notice.recipient` webhook per recipient; the team sends
+
+
+class DeliveryStatus(StrEnum):
+    """A recipient of a run the team sends itself. Persisted: values are only ever added."""
+
+    QUEUED = "queued"  # not marked yet
+    SENT = "sent"
+    FAILED = "failed"
+    BOUNCED = "bounced"
 
 
 class NoticeIn(BaseModel):
@@ -112,6 +129,13 @@ class NoticeVersionIn(BaseModel):
         description="Why it takes effect sooner than the notice period allows (recorded).",
     )
 
+    delivery: RunDelivery = Field(
+        default=RunDelivery.SERVICE,
+        description="Who sends a material version's notices: `service` (its own mails), or "
+        "the team itself from `export` (CSV) or `webhooks` (`notice.recipient`), marking each "
+        "delivery through `POST …/notification/deliveries`.",
+    )
+
     @model_validator(mode="after")
     def _text_or_url(self) -> NoticeVersionIn:
         if self.text is None and self.url is None:
@@ -139,6 +163,7 @@ class NoticeVersionOut(BaseModel):
     reason: str | None
     published_at: datetime
     event_id: str
+    delivery: RunDelivery
 
 
 class NoticeVersionList(BaseModel):
@@ -153,3 +178,42 @@ class NotificationOut(BaseModel):
     failed: int = Field(description="Given up (refused for good, or every retry used up).")
     bounced: int = Field(description="Sent, and the address has bounced since.")
     skipped: int = Field(description="Not sent: the contact was erased after it was queued.")
+
+
+# A contact's public id, as links and the API show it.
+_CONTACT_ID = r"^[A-Za-z0-9_-]{1,32}$"
+MAX_MARKS = 1000
+
+
+class DeliveryMark(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    contact_id: Annotated[str, StringConstraints(pattern=_CONTACT_ID)]
+    status: Literal[DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.BOUNCED]
+    detail: (
+        Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_PRINTABLE)]
+        | SkipJsonSchema[None]
+    ) = Field(default=None, description="What the team's sender said (recorded).")
+
+
+class DeliveryMarks(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deliveries: list[DeliveryMark] = Field(min_length=1, max_length=MAX_MARKS)
+
+
+class DeliveryMarked(BaseModel):
+    contact_id: str
+    status: DeliveryStatus
+    changed: bool
+    event_id: str | None = Field(description="The audit event of this mark; null if unchanged.")
+
+
+class DeliveryRefused(BaseModel):
+    problem: dict[str, Any]
+
+
+class DeliveryResults(BaseModel):
+    """One outcome per mark, in request order."""
+
+    results: list[DeliveryMarked | DeliveryRefused]

@@ -34,7 +34,9 @@ from prefcenter.notices.schemas import (
     NoticeVersionIn,
     NoticeVersionOut,
     NotificationOut,
+    RunDelivery,
 )
+from prefcenter.notices.team_run import queue_recipients, team_counts
 from prefcenter.settings import Settings
 from prefcenter.webhooks.queue import queue_notice_published
 
@@ -77,6 +79,7 @@ def version_out(notice: Notice, row: NoticeVersion) -> NoticeVersionOut:
         reason=row.reason,
         published_at=row.published_at,
         event_id=row.event_id,
+        delivery=RunDelivery(row.delivery),
     )
 
 
@@ -174,6 +177,7 @@ def publish_version(
         published_at=now,
         published_by=actor.name[:200],
         event_id=event_id,
+        delivery=spec.delivery.value,
     )
     session.add(row)
     session.flush()
@@ -187,9 +191,19 @@ def publish_version(
         "effective_at": format_time(row.effective_at),
         "material": row.material,
         "url": row.url,
+        "delivery": row.delivery,
     }
     queued = 0
-    if row.material:
+    if row.material and spec.delivery is not RunDelivery.SERVICE:
+        queued = queue_recipients(
+            session,
+            ref=ref,
+            version_id=row.id,
+            event_id=event_id,
+            webhooks=spec.delivery is RunDelivery.WEBHOOKS,
+            now=now,
+        )
+    elif row.material:
         queued = queue_notice_mails(
             session,
             ref=ref,
@@ -255,6 +269,9 @@ def find_version(session: Session, key: str, version: str) -> tuple[Notice, Noti
 
 def notification(session: Session, key: str, version: str) -> NotificationOut:
     _, row = find_version(session, key, version)
+    if row.delivery != RunDelivery.SERVICE.value:
+        assert row.id is not None
+        return team_counts(session, version_id=row.id)
     return notification_counts(session, event_id=row.event_id)
 
 

@@ -63,11 +63,19 @@ def _reversal(session: Session, verified: VerifiedToken, *, lock: bool) -> Rever
     return reversal
 
 
+def _party(topic: Topic | None) -> str | None:
+    """The third party a confirmation names: a sharing topic's; None for mail."""
+    if topic is None or topic.kind != TopicKind.SHARING:
+        return None
+    return topic.third_party
+
+
 def _reversal_view(reversal: Reversal) -> LinkView:
     assert reversal.contact.address is not None
     return LinkView(
         masked_address=mask_address(reversal.contact.address),
         topic_name=reversal.topic.name if reversal.topic is not None else None,
+        third_party=_party(reversal.topic),
     )
 
 
@@ -77,7 +85,11 @@ def confirm_view(session: Session, verified: VerifiedToken) -> LinkView:
     contact = token_contact(session, verified, lock=False)
     topic, _ = _pending_subscription(session, verified, contact)
     assert contact.address is not None
-    return LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)
+    return LinkView(
+        masked_address=mask_address(contact.address),
+        topic_name=topic.name,
+        third_party=_party(topic),
+    )
 
 
 def confirm(
@@ -98,7 +110,11 @@ def confirm(
     contact = token_contact(session, verified, lock=True)
     topic, subscription = _pending_subscription(session, verified, contact)
     assert contact.address is not None
-    view = LinkView(masked_address=mask_address(contact.address), topic_name=topic.name)
+    view = LinkView(
+        masked_address=mask_address(contact.address),
+        topic_name=topic.name,
+        third_party=_party(topic),
+    )
     if subscription.status == Status.SUBSCRIBED:
         return view
     record = recipient_record(verified, Channel.CONFIRMATION, request)

@@ -20,6 +20,7 @@ from prefcenter.db import database_of, utcnow
 from prefcenter.links.service import manage_token
 from prefcenter.preference_center import choices, confirmation, service
 from prefcenter.preference_center.mail_requests import request_preferences_link
+from prefcenter.preference_center.policy_in_force import PolicyVersions, policy_texts
 from prefcenter.preference_center.resubscribe import LINK_LIFETIME
 from prefcenter.preference_center.schemas import LinkView, PreferencesView
 from prefcenter.settings import Settings, settings_of, signing_keys_of
@@ -122,7 +123,14 @@ async def _form(request: Request) -> FormData:
 Form = Annotated[FormData, Depends(_form)]
 
 
-def _page(request: Request, template: str, view: LinkView, *, action: str) -> HTMLResponse:
+def _page(
+    request: Request,
+    template: str,
+    view: LinkView,
+    *,
+    action: str,
+    more: dict[str, str | None] | None = None,
+) -> HTMLResponse:
     settings: Settings = settings_of(request)
     return pages.render(
         request,
@@ -132,6 +140,7 @@ def _page(request: Request, template: str, view: LinkView, *, action: str) -> HT
             "masked_address": view.masked_address,
             "topic_name": view.topic_name,
             "action": action,
+            **(more or {}),
         },
     )
 
@@ -145,7 +154,15 @@ async def show_unsubscribe(
     view = await database_of(request).run_in_transaction(
         lambda session: service.unsubscribe_view(session, verified), write=False, autocommit=True
     )
-    return _page(request, "unsubscribe.html", view, action=keep_language(request, f"/u/{token}"))
+    versions: PolicyVersions = request.app.state.policy_versions
+    policy = policy_texts(await versions.in_force(utcnow()))
+    return _page(
+        request,
+        "unsubscribe.html",
+        view,
+        action=keep_language(request, f"/u/{token}"),
+        more=policy,
+    )
 
 
 @router.post("/u/{token:link}", response_class=HTMLResponse, responses=PAGE_RESPONSES)
@@ -352,6 +369,7 @@ def _confirm_page(
             "organization": settings.organization_name,
             "masked_address": view.masked_address,
             "topic_name": view.topic_name,
+            "third_party": view.third_party,
             "action": keep_language(request, f"/c/{token}"),
             "preferences_url": preferences_url(settings.base_url, manage),
         },

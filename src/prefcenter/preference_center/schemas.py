@@ -65,3 +65,5 @@ class LinkView:
 
     masked_address: str
     topic_name: str | None  # None: all marketing
+    # A sharing topic's party: the page asks about sharing with them, not about mail.
+    third_party: str | None = None

@@ -41,6 +41,7 @@ from prefcenter.db import Database, utcnow
 from prefcenter.http_limits import read_whole_body, replay_body
 from prefcenter.metrics import count_consent_change
 from prefcenter.preference_center import service
+from prefcenter.preference_center.policy_in_force import PolicyVersions, policy_texts
 from prefcenter.preference_center.router import MAX_FORM_FIELDS, pages
 from prefcenter.problems import ServiceUnavailable
 from prefcenter.settings import Settings, SigningKey
@@ -70,6 +71,7 @@ class UnsubscribeLane:
         signing_keys: tuple[SigningKey, ...],
         trusted_proxies: tuple[IPNetwork, ...],
         audit_keys: AuditKeys,
+        policy_versions: PolicyVersions,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -77,6 +79,7 @@ class UnsubscribeLane:
         self.signing_keys = signing_keys
         self.trusted_proxies = trusted_proxies
         self.audit_keys = audit_keys
+        self.policy_versions = policy_versions
         # Never more than the app would take (http_limits.BodySizeLimit answers 413 above).
         self.max_form_bytes = min(MAX_FORM_BYTES, settings.max_body_bytes)
 
@@ -118,6 +121,8 @@ class UnsubscribeLane:
         if contact is None or contact.erased or contact.address is None:
             await self.app(scope, receive, send)
             return
+        # No read of its own: the versions are kept for a few seconds (policy_in_force).
+        policy = await self.policy_versions.in_force(utcnow())
         await self._send_page(
             scope,
             send,
@@ -126,6 +131,7 @@ class UnsubscribeLane:
             token,
             contact.address,
             contact.topic_name,
+            policy_texts(policy),
         )
 
     async def _opt_out(
@@ -188,6 +194,7 @@ class UnsubscribeLane:
         token: str,
         address: str,
         topic_name: str | None,
+        more: dict[str, str | None] | None = None,
     ) -> None:
         query_lang = QueryParams(scope["query_string"]).get("lang")
         language = negotiate_language(query_lang, headers.get("accept-language"))
@@ -199,6 +206,7 @@ class UnsubscribeLane:
                 "masked_address": mask_address(address),
                 "topic_name": topic_name,
                 "action": with_language(query_lang, f"{PREFIX}{token}"),
+                **(more or {}),
             },
         )
         body = text.encode("utf-8")

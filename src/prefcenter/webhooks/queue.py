@@ -52,7 +52,9 @@ def _endpoint_text() -> Any:
     return cast(_ENDPOINTS.c.id, String)
 
 
-def _rows_for(wanted: Any, *, cause_event_id: Any, contact_id: Any, now: datetime) -> Any:
+def _rows_for(
+    wanted: Any, *, cause_event_id: Any, contact_id: Any, now: datetime, every: bool = True
+) -> Any:
     """SELECT of the outbox rows for `wanted` (rows of ord, type, webhook_id, payload) times
     the endpoints that want each type, in the order to deliver them."""
     endpoint = _endpoint_text()
@@ -72,7 +74,10 @@ def _rows_for(wanted: Any, *, cause_event_id: Any, contact_id: Any, now: datetim
         )
         .select_from(
             wanted.join(
-                _SUBSCRIBED, _SUBSCRIBED.c.event_type.in_([wanted.c.type, literal(EVERY_TYPE)])
+                _SUBSCRIBED,
+                _SUBSCRIBED.c.event_type.in_([wanted.c.type, literal(EVERY_TYPE)])
+                if every
+                else _SUBSCRIBED.c.event_type == wanted.c.type,
             ).join(
                 _ENDPOINTS,
                 (_ENDPOINTS.c.id == _SUBSCRIBED.c.endpoint_id) & _ENDPOINTS.c.enabled,
@@ -181,8 +186,9 @@ def queue_inline_delivery(
 # --- many events at once: an import batch ----------------------------------------------
 
 
-def subscribed(session: Session, event_type: EventType) -> bool:
-    """Whether any enabled endpoint wants `event_type` (one indexed query)."""
+def subscribed(session: Session, event_type: EventType, *, every: bool = True) -> bool:
+    """Whether any enabled endpoint wants `event_type` (one indexed query); with `every`
+    false, only those that name it (not `*`)."""
     found = session.execute(
         core_select(_SUBSCRIBED.c.endpoint_id)
         .select_from(
@@ -191,7 +197,11 @@ def subscribed(session: Session, event_type: EventType) -> bool:
                 (_ENDPOINTS.c.id == _SUBSCRIBED.c.endpoint_id) & _ENDPOINTS.c.enabled,
             )
         )
-        .where(_SUBSCRIBED.c.event_type.in_([event_type.value, EVERY_TYPE]))
+        .where(
+            _SUBSCRIBED.c.event_type.in_([event_type.value, EVERY_TYPE])
+            if every
+            else _SUBSCRIBED.c.event_type == event_type.value
+        )
         .limit(1)
     ).first()
     return found is not None
@@ -335,3 +345,25 @@ def queue_notice_published(session: Session, *, data: dict[str, Any], now: datet
     version, with what receivers should know of it (key, version, language, effective_at,
     material, summary, url and sha256; no text of personal data)."""
     queue_inline_delivery(session, event_type=EventType.NOTICE_PUBLISHED, data=data, now=now)
+
+
+def queue_per_recipient(
+    session: Session, wanted: Any, *, cause_event_id: str, now: datetime
+) -> None:
+    """One delivery per row of `wanted` (a subquery of ord, type, webhook_id, payload and
+    contact_id, built by the caller from its own tables) times the endpoints that name its
+    type, in one INSERT … SELECT: `notice.recipient` for a whole notice run. Not to `*`
+    endpoints: these deliveries carry addresses, which no other type does, so only an
+    endpoint that asks for them by name gets them."""
+    session.execute(
+        core_insert(_MESSAGES).from_select(
+            list(_COLUMNS),
+            _rows_for(
+                wanted,
+                cause_event_id=literal(cause_event_id, String()),
+                contact_id=wanted.c.contact_id,
+                now=now,
+                every=False,
+            ),
+        )
+    )

@@ -27,6 +27,8 @@ class EventType(StrEnum):
     CONTACT_COMPLAINED = "contact.complained"
     IMPORT_FINISHED = "import.finished"
     NOTICE_PUBLISHED = "notice.published"
+    # A recipient of a notice run the team sends itself (`"delivery": "webhooks"`).
+    NOTICE_RECIPIENT = "notice.recipient"
 
 
 # Subscribes to every type, those added later included.
