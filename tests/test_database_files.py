@@ -4,7 +4,10 @@ keeps its own files)."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +68,47 @@ class TestSqliteFiles:
         migrations.upgrade(make_settings(f"sqlite:///{path}"))
 
         assert mode(path) == 0o640
+
+
+class TestSqliteLocksSurviveASecondEngine:
+    """POSIX record locks belong to the process, and closing *any* descriptor of a file drops
+    every lock the process holds on it. A second engine in the same process (`serve` runs the
+    outbox worker beside the app) that opened and closed the database file to make it private
+    dropped the app's SQLite locks: another process (a CLI command) closing last then thought
+    itself alone, checkpointed and deleted the WAL under the server, which went on reading and
+    writing a deleted file (new API keys answered 401; the server's own writes were lost)."""
+
+    def test_another_process_sees_and_keeps_what_the_first_wrote(self, tmp_path: Path) -> None:
+        path = tmp_path / "prefcenter.db"
+        settings = make_settings(f"sqlite:///{path}")
+        migrations.upgrade(settings)
+        app = Database(settings)
+        try:
+            with app.transaction(write=True) as session:
+                session.execute(text("CREATE TABLE probe (who TEXT)"))
+            worker = Database(settings)  # what serve's outbox worker does
+            try:
+                with worker.transaction(write=False) as session:
+                    session.execute(text("SELECT count(*) FROM probe")).one()
+            finally:
+                worker.dispose()
+            script = (
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                "c.execute(\"INSERT INTO probe VALUES ('cli')\"); c.commit(); c.close()"
+            )
+            subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+
+            with app.transaction(write=False) as session:
+                seen = session.execute(text("SELECT who FROM probe")).scalars().all()
+            assert seen == ["cli"]
+            assert path.with_name(path.name + "-wal").exists()
+            with app.transaction(write=True) as session:
+                session.execute(text("INSERT INTO probe VALUES ('server')"))
+        finally:
+            app.dispose()
+        check = sqlite3.connect(path)
+        try:
+            rows = sorted(r[0] for r in check.execute("SELECT who FROM probe"))
+        finally:
+            check.close()
+        assert rows == ["cli", "server"]

@@ -3,6 +3,7 @@ and the connection that holds the migration lock. db.py builds on these."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,9 +58,14 @@ def create_private_sqlite_file(settings: Settings) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    # No O_EXCL: another worker creating it at the same moment is fine (an empty file is an
-    # empty database), and an existing file is opened and left as it is.
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    # O_EXCL, so that an existing file is never opened here: closing any descriptor of a file
+    # drops every POSIX lock this process holds on it, SQLite's included. A second engine in a
+    # process whose first has the database open (serve's outbox worker beside the app) would
+    # leave the first without its locks, and another process closing last would then delete
+    # the WAL under it. Another process creating the file at the same moment is fine: an
+    # empty file is an empty database.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_engine(settings: Settings) -> Engine:
