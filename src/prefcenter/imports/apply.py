@@ -12,15 +12,18 @@ from typing import Any
 from sqlmodel import Session
 
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.prepared import PreparedEvent
 from prefcenter.audit.schemas import new_event_id
-from prefcenter.audit.service import append_event
+from prefcenter.audit.service import append_prepared
 from prefcenter.consent.ledger import bulk
-from prefcenter.consent.ledger.changes import ChangeRecord, change_event, subscription_change
+from prefcenter.consent.ledger.bulk_events import BulkEvents
+from prefcenter.consent.ledger.changes import ChangeRecord, subscription_change
 from prefcenter.consent.rules import Outcome
 from prefcenter.contacts.service import mask_address, new_public_id
 from prefcenter.db import settings_of_session, utcnow
 from prefcenter.imports.formats import BrokenRow, ImportRow, Row
 from prefcenter.imports.rules import (
+    IMPORT_ACTOR,
     IMPORT_SOURCE,
     NEW_CONTACT,
     ContactState,
@@ -83,10 +86,32 @@ def apply_batch(session: Session, batch: list[Row], shared: BatchContext, tally:
     keys = AuditKeys.from_settings(settings_of_session(session))
     topic = shared.topic
     good = _valid_rows(batch, tally)
-    staged = _stage(session, keys, good, shared, now=now)
+    hashes = _address_hashes(keys, good)
+    staged = bulk.stage_batch(
+        session,
+        [
+            bulk.StagedAddress(a, given, hashes[a], new_public_id())
+            for a, given in _distinct(good).items()
+        ],
+        topic_id=topic.id,
+        write=not shared.dry_run,
+        now=now,
+    )
+    events = BulkEvents(
+        keys,
+        topic_key=topic.key,
+        record=ChangeRecord(
+            actor=shared.actor,
+            source=IMPORT_SOURCE,
+            evidence=shared.evidence,
+            context=shared.context,
+        ),
+        actor_kind=IMPORT_ACTOR,
+    )
     states: dict[str, ContactState] = {}
     writes: dict[int, dict[str, Any]] = {}
-    events: list[tuple[str, str]] = []  # (event id, contact id), in the order appended
+    appended: list[PreparedEvent] = []
+    deliveries: list[tuple[str, str]] = []  # (event id, contact id), in the order appended
     seen: set[str] = set()
     for row in good:
         address = row.address.normalised
@@ -115,38 +140,29 @@ def apply_batch(session: Session, batch: list[Row], shared: BatchContext, tally:
         event_id = new_event_id()
         values = subscription_change(decided.decision, requested, now=now, event_id=event_id)
         writes[contact.id] = {**values, "contact_id": contact.id, "topic_id": topic.id}
-        append_event(
-            session,
-            change_event(
+        added: dict[str, Any] = {"line": row.line}
+        if row.evidence is not None:
+            added["row_evidence"] = row.evidence
+        appended.append(
+            events.event(
                 event_id=event_id,
                 contact_id=contact.public_id,
-                address=address,
-                topic_key=topic.key,
+                address_hash=hashes[address],
                 requested=requested,
-                record=_record(row, shared),
                 decision=decided.decision,
-            ),
+                added=added,
+            )
         )
-        events.append((event_id, contact.public_id))
+        deliveries.append((event_id, contact.public_id))
     if shared.dry_run:
         return
     bulk.write_subscriptions(session, list(writes.values()))
-    if events:
+    append_prepared(session, appended)
+    if appended:
         count_consent_change(
-            session, source=IMPORT_SOURCE, outcome=Outcome.APPLIED.value, count=len(events)
+            session, source=IMPORT_SOURCE, outcome=Outcome.APPLIED.value, count=len(appended)
         )
-    queue_many_deliveries(session, events, event_type=EventType.CONSENT_CHANGED, now=now)
-
-
-def _record(row: ImportRow, shared: BatchContext) -> ChangeRecord:
-    """Who made the row's change and what shows it: the file, its line, the row's own
-    evidence."""
-    evidence = {**shared.evidence, "line": row.line}
-    if row.evidence is not None:
-        evidence["row_evidence"] = row.evidence
-    return ChangeRecord(
-        actor=shared.actor, source=IMPORT_SOURCE, evidence=evidence, context=shared.context
-    )
+    queue_many_deliveries(session, deliveries, event_type=EventType.CONSENT_CHANGED, now=now)
 
 
 def _state_of(contact: bulk.StoredContact | None, *, erased: bool) -> ContactState:
@@ -159,26 +175,18 @@ def _state_of(contact: bulk.StoredContact | None, *, erased: bool) -> ContactSta
     )
 
 
-def _stage(
-    session: Session,
-    keys: AuditKeys,
-    rows: list[ImportRow],
-    shared: BatchContext,
-    *,
-    now: datetime,
-) -> bulk.StagedBatch:
-    """The batch's erased addresses, and its other addresses' contacts with their state:
-    created where missing and locked (unless a dry run, which writes nothing)."""
+def _distinct(rows: list[ImportRow]) -> dict[str, str]:
+    """Each normalised address of the rows, with its first form as given."""
     given: dict[str, str] = {}
     for row in rows:
         given.setdefault(row.address.normalised, row.address.given)
-    staged = [
-        bulk.StagedAddress(a, display, keys.address_hash(a), new_public_id())
-        for a, display in given.items()
-    ]
-    return bulk.stage_batch(
-        session, staged, topic_id=shared.topic.id, write=not shared.dry_run, now=now
-    )
+    return given
+
+
+def _address_hashes(keys: AuditKeys, rows: list[ImportRow]) -> dict[str, str]:
+    """The keyed hash of each address, once: the erased check joins on it, the events carry
+    it."""
+    return {a: keys.address_hash(a) for a in {row.address.normalised for row in rows}}
 
 
 def masked_cell(text: str) -> str:

@@ -25,6 +25,8 @@ from prefcenter.topics.schemas import TopicKind
 # The contract's source for every change an import makes; the import's own name goes into
 # the event's evidence.
 IMPORT_SOURCE = "import"
+# Who makes an import's changes: an operator, never the person.
+IMPORT_ACTOR = ActorKind.ADMIN
 
 
 class RowOutcome(StrEnum):
@@ -65,7 +67,7 @@ class RowDecision:
 def requested_change(status: Status, occurred_at: datetime) -> RequestedChange:
     """An import row as a consent change: an operator's act, never the person's own."""
     return RequestedChange(
-        status=status, occurred_at=occurred_at, actor=ActorKind.ADMIN, source=IMPORT_SOURCE
+        status=status, occurred_at=occurred_at, actor=IMPORT_ACTOR, source=IMPORT_SOURCE
     )
 
 
