@@ -73,14 +73,21 @@ def stage_batch(
     postgres = postgres_session(session)
     _stage(session, addresses, postgres=postgres)
     erased = frozenset(session.execute(_ERASED).scalars())
-    if write:
-        if postgres:
-            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _IMPORT_LOCK_ID})
+    created: dict[str, StoredContact] = {}
+    if write and postgres:
+        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _IMPORT_LOCK_ID})
+        # The contacts made here have no state and no other writer sees them yet: they are
+        # marked in the staging table and neither read again nor locked.
+        for row_id, public_id, address in session.execute(_CREATE_CONTACTS_PG, {"now": now}):
+            created[address] = StoredContact(
+                row_id, public_id, erased=False, subscription=None, suppression=None
+            )
+    elif write:
         session.execute(_CREATE_CONTACTS, {"now": now})
     contacts = _read_states(session, topic_id=topic_id, lock=write and postgres)
     if not postgres:
         session.execute(text("DROP TABLE IF EXISTS temp.import_address"))
-    return StagedBatch(erased=erased, contacts=contacts)
+    return StagedBatch(erased=erased, contacts={**contacts, **created})
 
 
 def _copy(session: Session, statement: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -100,7 +107,8 @@ def _stage(session: Session, addresses: Sequence[StagedAddress], *, postgres: bo
         session.execute(
             text(
                 "CREATE TEMP TABLE import_address (address text PRIMARY KEY, display text, "
-                "address_hash text, public_id text) ON COMMIT DROP"
+                "address_hash text, public_id text, created boolean NOT NULL DEFAULT false) "
+                "ON COMMIT DROP"
             )
         )
         _copy(session, f"COPY import_address ({_STAGED_COLUMNS}) FROM STDIN", rows)
@@ -111,7 +119,7 @@ def _stage(session: Session, addresses: Sequence[StagedAddress], *, postgres: bo
     session.execute(
         text(
             "CREATE TEMP TABLE import_address (address TEXT PRIMARY KEY, display TEXT, "
-            "address_hash TEXT, public_id TEXT)"
+            "address_hash TEXT, public_id TEXT, created BOOLEAN NOT NULL DEFAULT 0)"
         )
     )
     if rows:
@@ -135,11 +143,19 @@ _CREATE_CONTACTS = text(
     "ORDER BY a.address ON CONFLICT (address) DO NOTHING"
 ).bindparams(bindparam("now", type_=UtcDateTime()))
 
+_CREATE_CONTACTS_PG = text(
+    "WITH created AS ("  # noqa: S608  (this module's constants)
+    + _CREATE_CONTACTS.text
+    + " RETURNING id, public_id, address), marked AS (UPDATE import_address a SET created = true "
+    "FROM created WHERE a.address = created.address) "
+    "SELECT id, public_id, address FROM created"
+).bindparams(bindparam("now", type_=UtcDateTime()))
+
 _READ_STATES = (
     "SELECT c.id, c.public_id, c.address, c.erased_at, "
     "s.status, s.occurred_at AS s_occurred_at, s.by_recipient AS s_by_recipient, "
     "p.suppressed, p.occurred_at AS p_occurred_at, p.by_recipient AS p_by_recipient "
-    "FROM import_address a JOIN contact c ON c.address = a.address "
+    "FROM import_address a JOIN contact c ON c.address = a.address AND NOT a.created "
     "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = :topic_id "
     "LEFT JOIN suppression p ON p.contact_id = c.id "
     "ORDER BY c.id"
