@@ -140,7 +140,9 @@ def _walk(
     Per event: SHA-256 onto the previous hash, compared with the stored one; the columns
     against the canonical bytes (`_check_columns`; only where the database's SQL said they
     differ); the evidence document's and the free text's keyed digests. Locals, not globals,
-    in the loop: it runs a million times.
+    in the loop: it runs a million times. On PostgreSQL the database's column check runs apart
+    (`chain_rows.ColumnCheck`, in the same snapshot), and what it found is checked once the
+    walk ends: an event it names before the first event found bad otherwise comes first.
     """
     connection = session.connection()
     lookup = driver_cursor(connection)
