@@ -1,14 +1,16 @@
-"""Import benchmark (issue 4): a CSV of ROWS rows merged into CONTACTS existing contacts on
-PostgreSQL, through the import service (the code `prefcenter import` runs), against a floor
-measured in the same run: `COPY` of the same file into a temp table plus one
-`INSERT … ON CONFLICT` merge each into `contact` and `subscription` (rolled back afterwards).
+"""Import benchmark (issues 4, 14): a CSV of ROWS rows merged into CONTACTS existing contacts
+on PostgreSQL, through the import service (the code `prefcenter import` runs), against a floor
+measured in the same run that does the same writes raw: `COPY` of the file into a staging
+table, one `INSERT … ON CONFLICT` merge each into `contact` and `subscription`, and a binary
+`COPY` of one event per row (and its evidence document) into the events table with every index
+it has (rolled back afterwards).
 
     .venv/bin/python bench/imports.py                          # 1M rows into 5M contacts
     .venv/bin/python bench/imports.py --contacts 1000000 --rows 100000
 
 Half the rows are known addresses, half new; 10% are opt-outs. Creates its own database
-`prefcenter_bench_imports_…` and drops it at the end (`--keep-db` keeps it). Goal: ≤ 10 s for
-1M rows into 5M contacts.
+`prefcenter_bench_imports_…` and drops it at the end (`--keep-db` keeps it). Goals: ≤ 20 s
+for 1M rows into 5M contacts, and ≤ 1.5× the floor.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import argparse
 import io
 import os
 import secrets
+import struct
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from sqlalchemy import make_url
@@ -33,7 +38,8 @@ from prefcenter.settings import Settings
 ADMIN_URL = os.environ.get(
     "PREFCENTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-GOAL_S = 10.0
+GOAL_S = 20.0
+GOAL_RATIO = 1.5
 
 
 def seed(dsn: str, contacts: int) -> None:
@@ -67,17 +73,91 @@ def write_file(path: Path, rows: int, contacts: int) -> None:
             out.write(f"{address},{'unsubscribed' if i % 10 == 0 else 'subscribed'}\n")
 
 
-def floor(dsn: str, path: Path) -> float:
-    """COPY + one merge into contact + one into subscription, rolled back afterwards."""
+_EVENT_COLUMNS = (
+    "seq, recorded_at, canonical, hash, id, kind, occurred_at, contact_id, topic, from_status, "
+    "to_status, outcome, actor, source, campaign_id_digest, reason_digest, address_hash, "
+    "evidence_digest"
+)
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _binary_field(value: bytes | None) -> bytes:
+    return b"\xff\xff\xff\xff" if value is None else struct.pack("!i", len(value)) + value
+
+
+def write_event_payloads(events: Path, documents: Path, count: int) -> None:
+    """`COPY … (FORMAT BINARY)` payloads of `count` events and their evidence documents,
+    shaped and sized as an import's (a canonical object of about 500 bytes, a document of
+    about 200), written before the floor's clock starts: the floor pays for the server's work
+    and the transfer, not for building rows in Python."""
+    header = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+    now = datetime.now(UTC)
+    micros = struct.pack("!q", (now - _PG_EPOCH) // timedelta(microseconds=1))
+    sha = secrets.token_hex(32)
+    with events.open("wb") as out, documents.open("wb") as docs:
+        out.write(header)
+        docs.write(header)
+        for seq in range(1, count + 1):
+            event_id = str(uuid.uuid4()).encode()
+            contact_id = secrets.token_urlsafe(12).encode()
+            address_hash = secrets.token_hex(32).encode()
+            digest = secrets.token_hex(32).encode()
+            canonical = (
+                b'{"actor":"cli:bench","address_hash":"%s","campaign_id_digest":null,'
+                b'"contact_id":"%s","evidence_digest":"%s","from_status":null,"id":"%s",'
+                b'"kind":"consent_change","occurred_at":"%s","outcome":"applied",'
+                b'"reason_digest":null,"recorded_at":"%s","seq":%d,"source":"import",'
+                b'"to_status":"subscribed","topic":"newsletter","v":2}'
+            ) % (address_hash, contact_id, digest, event_id, b"x" * 27, b"x" * 27, seq)
+            fields = (
+                struct.pack("!q", seq),
+                micros,
+                canonical,
+                secrets.token_hex(32).encode(),
+                event_id,
+                b"consent_change",
+                micros,
+                contact_id,
+                b"newsletter",
+                None,
+                b"subscribed",
+                b"applied",
+                b"cli:bench",
+                b"import",
+                None,
+                None,
+                address_hash,
+                digest,
+            )
+            out.write(struct.pack("!h", len(fields)) + b"".join(map(_binary_field, fields)))
+            document = (
+                b'{"context":{"actor_kind":"admin"},"evidence":{"file":"import.csv",'
+                b'"format":"csv","import":"bench","line":%d,"sha256":"%s"}}'
+            ) % (seq + 1, sha.encode())
+            docs.write(
+                struct.pack("!h", 2)
+                + _binary_field(struct.pack("!q", seq))
+                + _binary_field(document)
+            )
+        out.write(b"\xff\xff")
+        docs.write(b"\xff\xff")
+
+
+def _copy_file(cur: psycopg.Cursor[Any], statement: str, path: Path) -> None:
+    with path.open("rb") as source, cur.copy(statement) as copy:
+        while chunk := source.read(1 << 20):
+            copy.write(chunk)
+
+
+def floor(dsn: str, path: Path, events: Path, documents: Path) -> float:
+    """The same writes done raw, in one transaction (rolled back afterwards): `COPY` of the
+    file into a staging table, one merge each into `contact` and `subscription`, and a binary
+    `COPY` of one event per row into `audit_event` (with every index it has) and of its
+    evidence document into `audit_evidence`."""
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
         started = time.perf_counter()
         cur.execute("CREATE TEMP TABLE f (email text, status text) ON COMMIT DROP")
-        with (
-            path.open("rb") as source,
-            cur.copy("COPY f FROM STDIN (FORMAT csv, HEADER true)") as copy,
-        ):
-            while chunk := source.read(1 << 20):
-                copy.write(chunk)
+        _copy_file(cur, "COPY f FROM STDIN (FORMAT csv, HEADER true)", path)
         cur.execute(
             "INSERT INTO contact (public_id, address, address_display, created_at) "
             "SELECT md5(email), lower(email), email, now() FROM f "
@@ -91,6 +171,8 @@ def floor(dsn: str, path: Path) -> float:
             "FROM f JOIN contact c ON c.address = lower(f.email) "
             "ON CONFLICT (contact_id, topic_id) DO UPDATE SET status = excluded.status"
         )
+        _copy_file(cur, f"COPY audit_event ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)", events)
+        _copy_file(cur, "COPY audit_evidence (seq, document) FROM STDIN (FORMAT BINARY)", documents)
         elapsed = time.perf_counter() - started
         conn.rollback()
     return elapsed
@@ -127,8 +209,13 @@ def main() -> None:
             write_file(path, args.rows, args.contacts)
             size_mb = path.stat().st_size / 1e6
             print(f"file: {args.rows:,} rows, {size_mb:.1f} MB")
-            floor_s = floor(dsn, path)
-            print(f"floor (COPY + 2 merges, rolled back): {floor_s:.2f} s")
+            events, documents = Path(tmp) / "events.bin", Path(tmp) / "documents.bin"
+            write_event_payloads(events, documents, args.rows)
+            floor_s = floor(dsn, path, events, documents)
+            print(
+                f"floor (COPY + 2 merges + COPY of {args.rows:,} events and documents, "
+                f"rolled back): {floor_s:.2f} s"
+            )
             database = Database(settings)
             try:
                 with path.open("rb") as binary:
@@ -155,7 +242,11 @@ def main() -> None:
             f"unchanged {report.unchanged:,}, refused {report.refused_reversal.count:,}, "
             f"complete {report.complete}, {len(report.batches)} batches"
         )
-        print(f"ratio to floor: {import_s / floor_s:.1f}×")
+        ratio = import_s / floor_s
+        print(
+            f"ratio to floor: {ratio:.2f}× (goal ≤ {GOAL_RATIO}×: "
+            f"{'met' if ratio <= GOAL_RATIO else 'NOT met'})"
+        )
         scaled = import_s * 1_000_000 / args.rows
         print(
             f"goal: 1M rows into 5M contacts ≤ {GOAL_S:.0f} s; this run scaled to 1M rows: "

@@ -3,7 +3,7 @@ message of this key still queued?" holds queued messages only (it held every mes
 sent before, the whole delivery log).
 
 Revision ID: 0019_outbox_order
-Revises: 0016_notice_delivery
+Revises: 0018_event_indexes
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0019_outbox_order"
-down_revision: str | None = "0016_notice_delivery"
+down_revision: str | None = "0018_event_indexes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -228,20 +228,22 @@ def count_request(method: str, route: str, status: int, seconds: float) -> None:
     metrics.request_seconds.labels(method, route).observe(seconds)
 
 
-def count_consent_change(session: Session | None, *, source: str, outcome: str) -> None:
-    """Count a consent change once its transaction commits (None: it already has). `source`
-    must come from a fixed set (see the module)."""
+def count_consent_change(
+    session: Session | None, *, source: str, outcome: str, count: int = 1
+) -> None:
+    """Count `count` consent changes once their transaction commits (None: it already has).
+    `source` must come from a fixed set (see the module)."""
 
-    def count() -> None:
+    def add() -> None:
         metrics = instruments()
-        metrics.consent_changes.labels(source, outcome).inc()
+        metrics.consent_changes.labels(source, outcome).inc(count)
         if source == ONE_CLICK_SOURCE:
-            metrics.one_click_optouts.labels(outcome).inc()
+            metrics.one_click_optouts.labels(outcome).inc(count)
 
     if session is None:
-        count()
+        add()
     else:
-        session.info.setdefault(_AFTER_COMMIT, []).append(count)
+        session.info.setdefault(_AFTER_COMMIT, []).append(add)
 
 
 def count_eligibility_addresses(endpoint: str, count: int) -> None:

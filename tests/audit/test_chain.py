@@ -177,6 +177,23 @@ class TestVerify:
                 )
         assert chain.verify().ok
 
+    def test_a_column_edit_before_a_broken_hash_is_named_first(self, chain: Chain) -> None:
+        """PostgreSQL checks the columns apart, on a second connection (chain_rows.ColumnCheck),
+        while the chain is walked: the first bad event is still the one named, whichever
+        check finds it."""
+        ((original,),) = fetch(chain.url, "SELECT canonical FROM audit_event WHERE seq = 6")
+        tamper(chain.url, "UPDATE audit_event SET actor = 'mallory' WHERE seq = 3")
+        tamper(
+            chain.url,
+            "UPDATE audit_event SET canonical = :c WHERE seq = 6",
+            {"c": flip_byte(bytes(original), 3)},
+        )
+
+        result = chain.verify()
+
+        assert (result.ok, result.first_bad_seq, result.checked) == (False, 3, 2)
+        assert result.detail == "its columns differ from its canonical bytes"
+
     def test_an_edited_evidence_document_names_its_seq(self, chain: Chain) -> None:
         for seq, document in fetch(chain.url, "SELECT seq, document FROM audit_evidence"):
             original = bytes(document)

@@ -14,10 +14,10 @@ from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent
+from prefcenter.consent.ledger import bulk
 from prefcenter.consent.models import ErasedAddress, Subscription
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database, utcnow
-from prefcenter.imports import staging
 from prefcenter.imports.schemas import BatchStatus, ImportReport
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
 from prefcenter.settings import Settings
@@ -205,7 +205,7 @@ class TestBatches:
     def test_a_failing_batch_is_rolled_back_whole_and_the_import_stops(
         self, monkeypatch: pytest.MonkeyPatch, database: Database, topic: str
     ) -> None:
-        original = staging.write_subscriptions
+        original = bulk.write_subscriptions
         calls: list[int] = []
 
         def fail_on_second_batch(session: Session, *args: Any, **kwargs: Any) -> None:
@@ -214,7 +214,7 @@ class TestBatches:
             if len(calls) == 2:
                 session.execute(text("INSERT INTO no_such_table VALUES (1)"))
 
-        monkeypatch.setattr(staging, "write_subscriptions", fail_on_second_batch)
+        monkeypatch.setattr(bulk, "write_subscriptions", fail_on_second_batch)
         rows = [f"p{i}@example.com,subscribed" for i in range(9)]
         before = len(audit_events(database))
 

@@ -133,6 +133,12 @@ def encode_document(context: dict[str, Any], evidence: dict[str, Any]) -> bytes 
     return rfc8785.dumps(document)
 
 
+def is_plain_document(document: dict[str, Any]) -> bool:
+    """Whether orjson with sorted keys writes this document exactly as RFC 8785 does (then
+    `encode_document` uses it)."""
+    return _plain(document)
+
+
 _MAX_EXACT = 2**53 - 1  # RFC 8785 numbers are IEEE doubles; larger integers are refused
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from prefcenter.audit.canonical import (
     EVENT_COLUMNS,
@@ -51,7 +51,7 @@ _SUFFIXES = {v: b'"v":%d}' % v for v in EVENT_KEYS}
 _DIGESTS_SQL = ", ".join(f"e.{name}" for name in FREE_TEXT_DIGESTS)
 _PG_CHUNK = (
     "SELECT e.canonical, e.hash, d.document, e.seq, e.contact_id, e.evidence_digest, "  # noqa: S608
-    f"convert_to({{json}}, 'UTF8') = e.canonical, {_DIGESTS_SQL} "
+    f"{{same}}, {_DIGESTS_SQL} "
     "FROM audit_event e LEFT JOIN audit_evidence d ON d.seq = e.seq "
     "WHERE e.seq > %s ORDER BY e.seq LIMIT {limit}"
 )
@@ -136,12 +136,13 @@ def _free_texts(
     return {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
 
 
-def read_chunks(connection: Connection) -> Iterator[Chunk]:
+def read_chunks(connection: Connection, *, columns_apart: bool = False) -> Iterator[Chunk]:
     """Every event with its evidence document and free text, in seq order, a chunk at a
-    time."""
+    time. `columns_apart` (PostgreSQL): the columns are checked by `ColumnCheck` on another
+    connection, and each row says they are the same."""
     if connection.dialect.name == "postgresql":
         with closing(postgres_cursor(connection)) as cursor:
-            yield from _prefetched_chunks(cursor)
+            yield from _prefetched_chunks(cursor, columns_apart=columns_apart)
         return
     texts_sql = _FREE_TEXT.format(placeholder="?")
     with (
@@ -153,11 +154,12 @@ def read_chunks(connection: Connection) -> Iterator[Chunk]:
             yield rows, _free_texts(texts_cursor, texts_sql, rows)
 
 
-def _prefetched_chunks(cursor: PostgresCursor) -> Iterator[Chunk]:
+def _prefetched_chunks(cursor: PostgresCursor, *, columns_apart: bool) -> Iterator[Chunk]:
     """PostgreSQL's chunks, the next one asked for while the caller checks the last: the
-    server writes JSON and reads pages on one core while Python hashes on the other. One
-    query in flight at a time on the connection (psycopg serialises any other use of it)."""
-    sql = _PG_CHUNK.format(json=_pg_json_sql(), limit=CHUNK)
+    server reads pages on one core while Python hashes on the other. One query in flight at a
+    time on the connection (psycopg serialises any other use of it)."""
+    same = "true" if columns_apart else f"convert_to({_pg_json_sql()}, 'UTF8') = e.canonical"
+    sql = _PG_CHUNK.format(same=same, limit=CHUNK)
     texts_sql = _FREE_TEXT.format(placeholder="%s")
 
     def fetch(after: int) -> Chunk:
@@ -176,6 +178,58 @@ def _prefetched_chunks(cursor: PostgresCursor) -> Iterator[Chunk]:
             yield rows, texts
             if len(rows) < CHUNK:
                 return
+
+
+# Every event whose columns PostgreSQL finds to differ from its canonical bytes (see above),
+# in one pass over the table.
+_PG_DIFFERING = (
+    "SELECT e.seq FROM audit_event e "
+    "WHERE NOT coalesce(convert_to({json}, 'UTF8') = e.canonical, false) ORDER BY e.seq"
+)
+
+
+class ColumnCheck:
+    """The database's column check of every event (PostgreSQL), on a second connection in the
+    same snapshot as the chain's read (`pg_export_snapshot`, `SET TRANSACTION SNAPSHOT`), in
+    a thread of its own: the server writes the JSON of every event on one core while the
+    other reads the chain's pages and Python hashes them. `differing()` waits for the seqs
+    it found to differ, which the caller checks again in Python (`columns_differ`)."""
+
+    def __init__(self, connection: Connection) -> None:
+        snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-columns")
+        self._found = self._pool.submit(_differing, connection.engine, str(snapshot))
+
+    def differing(self) -> list[int]:
+        try:
+            return self._found.result()
+        finally:
+            self._pool.shutdown()
+
+
+def _differing(engine: Engine, snapshot: str) -> list[int]:
+    with engine.connect() as connection:
+        other = connection.execution_options(isolation_level="REPEATABLE READ")
+        with closing(postgres_cursor(other)) as cursor:
+            # First in the transaction, as the server requires; an id the server made.
+            cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            cursor.execute("SET TRANSACTION READ ONLY")
+            cursor.execute(_PG_DIFFERING.format(json=_pg_json_sql()))
+            seqs = [seq for (seq,) in cursor.fetchall()]
+        other.rollback()
+    return seqs
+
+
+def canonical_of(cursor: DriverCursor, dialect: str, seq: int) -> bytes:
+    """The stored canonical bytes of one event."""
+    placeholder = "%s" if dialect == "postgresql" else "?"
+    row = cursor.execute(
+        f"SELECT canonical FROM audit_event WHERE seq = {placeholder}",  # noqa: S608
+        (seq,),
+    ).fetchone()
+    if row is None:  # read in this snapshot a moment ago
+        raise RuntimeError(f"audit event {seq} vanished from the snapshot")
+    return bytes(row[0])
 
 
 def row_columns(cursor: DriverCursor, dialect: str, seq: int) -> list[Any]:

@@ -13,7 +13,12 @@ from prefcenter.db import UtcDateTime
 class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_event"
     # One per `/v1/audit` filter, ending in `seq` so that a page is one index range scan
-    # (migration 0005, audit.queries).
+    # (migration 0005, audit.queries): `email` (the address hash, and the contact that holds
+    # the address now), `contact_id` (also a contact's history and receipt), `topic`,
+    # `source`, `actor`, `since`/`until` (`recorded_at`). No query of the contract looks an
+    # event up by its `id` alone (a receipt reads its contact's events), so there is no index
+    # of ids: a random key costs every append an index write at a random place (migration
+    # 0018).
     __table_args__ = (
         Index("ix_audit_event_address_hash_seq", "address_hash", "seq"),
         Index("ix_audit_event_contact_id_seq", "contact_id", "seq"),
@@ -25,7 +30,8 @@ class AuditEvent(SQLModel, table=True):
 
     # Gap-free, assigned inside the writing transaction from audit_head: 1, 2, 3, …
     seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
-    id: str = Field(max_length=40, unique=True)
+    # A UUID (audit.schemas.new_event_id): unique by construction, not by an index.
+    id: str = Field(max_length=40)
     kind: str = Field(max_length=32)  # audit.schemas.EventKind
     recorded_at: datetime = Field(sa_type=UtcDateTime)
     occurred_at: datetime = Field(sa_type=UtcDateTime)

@@ -168,6 +168,12 @@ def guarded_append_pg(
     return ctes, params
 
 
+def append_prepared(session: Session, items: list[PreparedEvent]) -> None:
+    """Append events already prepared (`prepared.PartsTemplate`: an import's), in order, as
+    `append_event` does."""
+    session.info.setdefault(_PENDING, []).extend(items)
+
+
 @sa_event.listens_for(OrmSession, "before_commit")
 def _write_pending(session: OrmSession) -> None:
     """Write the session's pending events, last thing before its COMMIT.
@@ -179,11 +185,13 @@ def _write_pending(session: OrmSession) -> None:
     follow (set-based: executemany, from 100 events a binary COPY), then the new head hash.
     SQLite goes through its driver (`driver_appends.append_sqlite`).
     """
-    pending: list[NewEvent] = session.info.pop(_PENDING, [])
+    pending: list[NewEvent | PreparedEvent] = session.info.pop(_PENDING, [])
     if not pending:
         return
     keys = AuditKeys.from_settings(settings_of_session(session))
-    prepared = [prepare_event(keys, new) for new in pending]
+    prepared = [
+        item if isinstance(item, PreparedEvent) else prepare_event(keys, item) for item in pending
+    ]
     session.flush()  # every other change first: the head lock is the last one taken
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres and len(prepared) == 1:

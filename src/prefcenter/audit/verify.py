@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlmodel import Session, col, select
 
 from prefcenter.audit import chain_rows
@@ -140,8 +140,46 @@ def _walk(
     Per event: SHA-256 onto the previous hash, compared with the stored one; the columns
     against the canonical bytes (`_check_columns`; only where the database's SQL said they
     differ); the evidence document's and the free text's keyed digests. Locals, not globals,
-    in the loop: it runs a million times.
+    in the loop: it runs a million times. On PostgreSQL the database's column check runs apart
+    (`chain_rows.ColumnCheck`, in the same snapshot), and what it found is checked once the
+    walk ends: an event it names before the first event found bad otherwise comes first.
     """
+    connection = session.connection()
+    lookup = driver_cursor(connection)
+    apart = chain_rows.ColumnCheck(connection) if dialect == "postgresql" else None
+    try:
+        result = _walk_chain(session, keys, connection, lookup, head_seq, progress, apart)
+    except _Bad as bad:
+        if apart is not None:
+            _check_differing(lookup, dialect, apart.differing(), before=bad.seq)
+        raise
+    if apart is not None:
+        _check_differing(lookup, dialect, apart.differing(), before=None)
+    return result
+
+
+def _check_differing(
+    lookup: DriverCursor, dialect: str, differing: list[int], *, before: int | None
+) -> None:
+    """The events the database's column check found to differ (`ColumnCheck`), before the
+    first event found bad otherwise, checked again in Python: the first that does differ is
+    the first bad one."""
+    for seq in differing:
+        if before is not None and seq >= before:
+            return
+        _check_columns(lookup, dialect, seq, chain_rows.canonical_of(lookup, dialect, seq))
+
+
+def _walk_chain(
+    session: Session,
+    keys: AuditKeys,
+    connection: Connection,
+    lookup: DriverCursor,
+    head_seq: int,
+    progress: Progress | None,
+    apart: chain_rows.ColumnCheck | None,
+) -> tuple[int, str]:
+    dialect = connection.dialect.name
     sha256 = hashlib.sha256
     hmac_sha256 = keys.hmac_sha256
     no_digests: list[str | None] = [None] * len(FREE_TEXT_FIELDS)
@@ -149,9 +187,7 @@ def _walk(
     prev = GENESIS_HASH
     last_hex = GENESIS_HASH.hex()
     expected_seq = 1
-    connection = session.connection()
-    lookup = driver_cursor(connection)
-    for rows, free_texts in chain_rows.read_chunks(connection):
+    for rows, free_texts in chain_rows.read_chunks(connection, columns_apart=apart is not None):
         erased_candidates: list[tuple[int, str | None, str]] = []
         for canonical, stored_hash, document, seq, contact_id, digest, same, *digests in rows:
             if seq != expected_seq:

@@ -1,11 +1,13 @@
 """Owns bringing an address into the ledger: the one place that creates contacts, and so the one
 place that asks whether the address was erased first.
 
-Every path that can create a contact (a consent change, links for a send, imports, the
-console) goes through `lock_new_contact` (one address, locked for the change that follows) or
+Every path that can create a contact (a consent change, links for a send, the console) goes
+through `lock_new_contact` (one address, locked for the change that follows) or
 `create_contacts` (many, set-based); address correction gives an existing contact its new
-address through `readdress_contact`. An erased address is never stored again: the single forms
-refuse it with `address-erased`, the bulk form leaves it out and names it.
+address through `readdress_contact`; an import, whose batches stage their addresses in a TEMP
+table, through consent.ledger.bulk's insert from it, which carries the same erased check in its
+SQL. An erased address is never stored again: the single forms refuse it with
+`address-erased`, the bulk forms leave it out and name it.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ opt-out) is consent.rules.decide_change itself, so an import and the API agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -25,6 +25,8 @@ from prefcenter.topics.schemas import TopicKind
 # The contract's source for every change an import makes; the import's own name goes into
 # the event's evidence.
 IMPORT_SOURCE = "import"
+# Who makes an import's changes: an operator, never the person.
+IMPORT_ACTOR = ActorKind.ADMIN
 
 
 class RowOutcome(StrEnum):
@@ -65,7 +67,7 @@ class RowDecision:
 def requested_change(status: Status, occurred_at: datetime) -> RequestedChange:
     """An import row as a consent change: an operator's act, never the person's own."""
     return RequestedChange(
-        status=status, occurred_at=occurred_at, actor=ActorKind.ADMIN, source=IMPORT_SOURCE
+        status=status, occurred_at=occurred_at, actor=IMPORT_ACTOR, source=IMPORT_SOURCE
     )
 
 
@@ -109,28 +111,21 @@ def decide_row(
         return RowDecision(RowOutcome.SUPERSEDED, decision)
     if decision.outcome is Outcome.UNCHANGED:
         return RowDecision(RowOutcome.UNCHANGED, decision)
-    applied = (
-        RowOutcome.SUBSCRIBED if decision.status is Status.SUBSCRIBED else RowOutcome.UNSUBSCRIBED
-    )
-    return RowDecision(applied, decision)
+    if decision.status is Status.SUBSCRIBED:
+        return RowDecision(RowOutcome.SUBSCRIBED, decision)
+    # An imported opt-out is guarded like the person's own (`by_recipient`): the file cannot
+    # say who opted out, and an API client syncing from the old tool must not be able to
+    # subscribe the person again (the sync-loop guard of consent.rules).
+    return RowDecision(RowOutcome.UNSUBSCRIBED, replace(decision, by_recipient=True))
 
 
 def state_after(state: ContactState, row: RowDecision) -> ContactState:
     """The contact's state once an applied row is written, for the next row of the same
-    contact in the same batch (rows are decided in file order).
-
-    An imported opt-out is guarded like the person's own (`by_recipient`): the file cannot
-    say who opted out, and an API client syncing from the old tool must not be able to
-    subscribe the person again (the sync-loop guard of consent.rules).
-    """
+    contact in the same batch (rows are decided in file order)."""
     if not row.applied or row.decision is None:
         return state
     decision = row.decision
-    subscription = CurrentState(
-        status=decision.status,
-        occurred_at=decision.occurred_at,
-        by_recipient=decision.by_recipient or decision.status is Status.UNSUBSCRIBED,
-    )
+    subscription = CurrentState(decision.status, decision.occurred_at, decision.by_recipient)
     return ContactState(
         erased=state.erased, suppression=state.suppression, subscription=subscription
     )

@@ -1,0 +1,241 @@
+"""Owns the import's statements on the ledger, set-based and engine-specific: stage a batch's
+addresses, create the missing contacts (never an erased address: the check is in the insert's
+own SQL), lock the contacts and read their state as every writer reads it (ledger.state), and
+write the decided subscriptions, whose values ledger.changes makes, in one statement.
+
+PostgreSQL fills TEMP tables with `COPY`, SQLite with `executemany`; everything after that is
+one statement per step, whatever the batch size. Each address comes with its keyed hash,
+computed once by the caller: the erased check joins on it, and the events carry it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Integer, String, bindparam, text
+from sqlalchemy.dialects import sqlite
+from sqlmodel import Session
+
+from prefcenter.consent.ledger.changes import SUBSCRIPTION_COLUMNS
+from prefcenter.consent.ledger.sql import postgres_session
+from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
+from prefcenter.consent.models import Subscription
+from prefcenter.consent.rules import CurrentState
+from prefcenter.db import UtcDateTime
+from prefcenter.driver import postgres_cursor
+
+# Any fixed number: held by each import batch until it commits, so that two imports never
+# interleave their contact locks (API writers lock one contact at a time and cannot
+# deadlock against a batch that locks in contact id order).
+_IMPORT_LOCK_ID = 0x696D7074  # "impt"
+
+
+@dataclass(frozen=True, slots=True)
+class StagedAddress:
+    address: str  # normalised
+    given: str  # as the file wrote it (the new contact's display form)
+    address_hash: str  # AuditKeys.address_hash(address)
+    public_id: str  # the new contact's public id, should it be created
+
+
+@dataclass(frozen=True, slots=True)
+class StoredContact:
+    """A contact as a batch decides on it: its state as ledger.state reads it."""
+
+    id: int
+    public_id: str
+    erased: bool
+    subscription: CurrentState | None  # to the batch's topic
+    suppression: CurrentState | None  # the contact-wide marketing opt-out
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBatch:
+    erased: frozenset[str]  # normalised addresses that were erased: nothing was created
+    contacts: dict[str, StoredContact]  # by normalised address, for the others that exist
+
+
+def stage_batch(
+    session: Session,
+    addresses: Sequence[StagedAddress],
+    *,
+    topic_id: int,
+    write: bool,
+    now: datetime,
+) -> StagedBatch:
+    """The batch's erased addresses, and its other addresses' contacts with their state;
+    with `write`, the missing contacts are created and all are locked until the transaction
+    ends (a dry run writes nothing)."""
+    postgres = postgres_session(session)
+    _stage(session, addresses, postgres=postgres)
+    erased = frozenset(session.execute(_ERASED).scalars())
+    created: dict[str, StoredContact] = {}
+    if write and postgres:
+        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _IMPORT_LOCK_ID})
+        # The contacts made here have no state and no other writer sees them yet: they are
+        # marked in the staging table and neither read again nor locked.
+        for row_id, public_id, address in session.execute(_CREATE_CONTACTS_PG, {"now": now}):
+            created[address] = StoredContact(
+                row_id, public_id, erased=False, subscription=None, suppression=None
+            )
+    elif write:
+        session.execute(_CREATE_CONTACTS, {"now": now})
+    contacts = _read_states(session, topic_id=topic_id, lock=write and postgres)
+    if not postgres:
+        session.execute(text("DROP TABLE IF EXISTS temp.import_address"))
+    return StagedBatch(erased=erased, contacts={**contacts, **created})
+
+
+def _copy(session: Session, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+    """`COPY … FROM STDIN` on the session's own connection (inside its transaction)."""
+    with closing(postgres_cursor(session.connection())) as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+_STAGED_COLUMNS = "address, display, address_hash, public_id"
+
+
+def _stage(session: Session, addresses: Sequence[StagedAddress], *, postgres: bool) -> None:
+    """Each distinct address of the batch in a TEMP table the next statements join against."""
+    rows = [(a.address, a.given, a.address_hash, a.public_id) for a in addresses]
+    if postgres:
+        session.execute(
+            text(
+                "CREATE TEMP TABLE import_address (address text PRIMARY KEY, display text, "
+                "address_hash text, public_id text, created boolean NOT NULL DEFAULT false) "
+                "ON COMMIT DROP"
+            )
+        )
+        _copy(session, f"COPY import_address ({_STAGED_COLUMNS}) FROM STDIN", rows)
+        # Fresh statistics: without them the planner may hash-join against every contact.
+        session.execute(text("ANALYZE import_address"))
+        return
+    session.execute(text("DROP TABLE IF EXISTS temp.import_address"))
+    session.execute(
+        text(
+            "CREATE TEMP TABLE import_address (address TEXT PRIMARY KEY, display TEXT, "
+            "address_hash TEXT, public_id TEXT, created BOOLEAN NOT NULL DEFAULT 0)"
+        )
+    )
+    if rows:
+        session.connection().exec_driver_sql(
+            f"INSERT INTO temp.import_address ({_STAGED_COLUMNS}) VALUES (?, ?, ?, ?)",  # noqa: S608
+            rows,
+        )
+
+
+_ERASED = text(
+    "SELECT a.address FROM import_address a "
+    "JOIN erased_address e ON e.address_hash = a.address_hash"
+)
+# In address order: two writers inserting the same new addresses meet them in one order. The
+# erased check is part of the insert: an erased address is never stored again, even for the
+# instant before a rollback (as consent.contact_creation's single form).
+_CREATE_CONTACTS = text(
+    "INSERT INTO contact (public_id, address, address_display, created_at) "
+    "SELECT a.public_id, a.address, a.display, :now FROM import_address a "
+    "WHERE NOT EXISTS (SELECT 1 FROM erased_address e WHERE e.address_hash = a.address_hash) "
+    "ORDER BY a.address ON CONFLICT (address) DO NOTHING"
+).bindparams(bindparam("now", type_=UtcDateTime()))
+
+_CREATE_CONTACTS_PG = text(
+    "WITH created AS ("  # noqa: S608  (this module's constants)
+    + _CREATE_CONTACTS.text
+    + " RETURNING id, public_id, address), marked AS (UPDATE import_address a SET created = true "
+    "FROM created WHERE a.address = created.address) "
+    "SELECT id, public_id, address FROM created"
+).bindparams(bindparam("now", type_=UtcDateTime()))
+
+_READ_STATES = (
+    "SELECT c.id, c.public_id, c.address, c.erased_at, "
+    "s.status, s.occurred_at AS s_occurred_at, s.by_recipient AS s_by_recipient, "
+    "p.suppressed, p.occurred_at AS p_occurred_at, p.by_recipient AS p_by_recipient "
+    "FROM import_address a JOIN contact c ON c.address = a.address AND NOT a.created "
+    "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = :topic_id "
+    "LEFT JOIN suppression p ON p.contact_id = c.id "
+    "ORDER BY c.id"
+)
+_STATE_COLUMNS: dict[str, Any] = {
+    "id": Integer(),
+    "public_id": String(),
+    "address": String(),
+    "erased_at": UtcDateTime(),
+    "status": String(),
+    "s_occurred_at": UtcDateTime(),
+    "s_by_recipient": Boolean(),
+    "suppressed": Boolean(),
+    "p_occurred_at": UtcDateTime(),
+    "p_by_recipient": Boolean(),
+}
+
+
+def _read_states(session: Session, *, topic_id: int, lock: bool) -> dict[str, StoredContact]:
+    """The staged addresses' contacts with their subscription to the topic and their
+    contact-wide opt-out, in one query; with `lock`, locked in id order until the transaction
+    ends (PostgreSQL; SQLite's write transaction already excludes every other writer)."""
+    query = text(_READ_STATES + (" FOR UPDATE OF c" if lock else "")).columns(**_STATE_COLUMNS)
+    found: dict[str, StoredContact] = {}
+    for (
+        row_id,
+        public_id,
+        address,
+        erased_at,
+        status,
+        s_occurred_at,
+        s_by_recipient,
+        suppressed,
+        p_occurred_at,
+        p_by_recipient,
+    ) in session.execute(query, {"topic_id": topic_id}):
+        found[address] = StoredContact(
+            id=row_id,
+            public_id=public_id,
+            erased=erased_at is not None,
+            subscription=stored_subscription_state(status, s_occurred_at, s_by_recipient),
+            suppression=stored_suppression_state(suppressed, p_occurred_at, p_by_recipient),
+        )
+    return found
+
+
+# A subscription row as the batch writes it: its key, then ledger.changes' columns.
+WRITTEN_COLUMNS = ("contact_id", "topic_id", *SUBSCRIPTION_COLUMNS)
+_MERGE_SUBSCRIPTIONS = (
+    f"INSERT INTO subscription ({', '.join(WRITTEN_COLUMNS)}) "  # noqa: S608  (constants)
+    f"SELECT {', '.join(WRITTEN_COLUMNS)} FROM import_subscription WHERE true "
+    "ON CONFLICT (contact_id, topic_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in SUBSCRIPTION_COLUMNS)
+)
+
+
+def write_subscriptions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert or overwrite each row (`WRITTEN_COLUMNS`, one per contact) in one statement."""
+    if not rows:
+        return
+    if postgres_session(session):
+        session.execute(
+            text(
+                "CREATE TEMP TABLE import_subscription (contact_id integer, topic_id integer, "
+                "status text, occurred_at timestamptz, since timestamptz, source text, "
+                "by_recipient boolean, event_id text) ON COMMIT DROP"
+            )
+        )
+        _copy(
+            session,
+            f"COPY import_subscription ({', '.join(WRITTEN_COLUMNS)}) FROM STDIN",
+            [[row[c] for c in WRITTEN_COLUMNS] for row in rows],
+        )
+        session.execute(text(_MERGE_SUBSCRIPTIONS))
+        return
+    insert = sqlite.insert(Subscription)
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["contact_id", "topic_id"],
+            set_={name: insert.excluded[name] for name in SUBSCRIPTION_COLUMNS},
+        ),
+        list(rows),
+    )

@@ -1,0 +1,139 @@
+"""Owns the audit events of a bulk write (an import): many changes of one topic by one actor
+from one source, each made ready for the chain in a few µs. They are the events
+`changes.change_event` makes and `audit.prepared.prepare_event` prepares, byte for byte
+(tests/consent/test_ledger_bulk_events.py holds them to it): the canonical bytes are spliced
+into a template that `event_parts` encoded once, and the evidence document is written as
+`encode_document` writes it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from prefcenter.audit.canonical import (
+    encode_document,
+    format_time,
+    is_plain_document,
+)
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.prepared import EVENT_INSERT_COLUMNS, PartsTemplate, PreparedEvent
+from prefcenter.audit.schemas import EventKind
+from prefcenter.consent.ledger.changes import ChangeRecord
+from prefcenter.consent.rules import ActorKind, Decision, Outcome, RequestedChange
+
+# What differs from one event of the batch to the next, in the template's order.
+_VARYING = (
+    "id",
+    "occurred_at",
+    "contact_id",
+    "from_status",
+    "to_status",
+    "outcome",
+    "address_hash",
+    "evidence_digest",
+)
+
+
+class BulkEvents:
+    """The events of changes to `topic_key` recorded as `record` says (its evidence is each
+    event's, with the event's own additions; no campaign id, reason or confirmation link), by
+    an actor of kind `actor_kind`."""
+
+    def __init__(
+        self, keys: AuditKeys, *, topic_key: str, record: ChangeRecord, actor_kind: ActorKind
+    ) -> None:
+        if (
+            record.campaign_id is not None
+            or record.reason is not None
+            or record.confirm_link_to is not None
+        ):
+            raise ValueError("bulk events carry no free text and no confirmation link")
+        self._digest = keys.hmac_sha256
+        self._context = {"actor_kind": actor_kind.value, **record.context}
+        self._evidence = record.evidence
+        # Plain when its fixed part is: each event adds only integers of a line number's size
+        # and strings (encode_document's own test).
+        self._plain = is_plain_document({"context": self._context, "evidence": self._evidence})
+        fixed: dict[str, Any] = {
+            "kind": EventKind.CONSENT_CHANGE.value,
+            "topic": topic_key,
+            "actor": record.actor,
+            "source": record.source,
+            "campaign_id_digest": None,
+            "reason_digest": None,
+        }
+        self._fixed_row = fixed
+        self._template = PartsTemplate(fixed, _VARYING)
+        self._last_time: tuple[datetime, str] | None = None
+
+    def event(
+        self,
+        *,
+        event_id: str,
+        contact_id: str,
+        address_hash: str,
+        requested: RequestedChange,
+        decision: Decision,
+        added: dict[str, Any],
+    ) -> PreparedEvent:
+        """The event of one decided change; `added`: what its evidence adds to the record's."""
+        context = self._context
+        if decision.clamped:
+            context = {**context, "claimed_occurred_at": requested.occurred_at.isoformat()}
+        evidence = {**self._evidence, **added}
+        document = (
+            orjson.dumps({"context": context, "evidence": evidence}, option=orjson.OPT_SORT_KEYS)
+            if self._plain and is_plain_document(added)
+            else encode_document(context, evidence)
+        )
+        assert document is not None  # the context holds the actor's kind
+        digest = self._digest(document).hex()
+        occurred_at = decision.occurred_at
+        if self._last_time is None or self._last_time[0] != occurred_at:
+            self._last_time = (occurred_at, format_time(occurred_at))
+        occurred_text = self._last_time[1]
+        from_status = decision.from_status.value if decision.from_status else None
+        to_status = (
+            requested.status.value
+            if decision.outcome is Outcome.SUPERSEDED
+            else decision.status.value
+        )
+        outcome = decision.outcome.value
+        parts = self._template.parts(
+            (
+                event_id,
+                occurred_text,
+                contact_id,
+                from_status,
+                to_status,
+                outcome,
+                address_hash,
+                digest,
+            )
+        )
+        row = {
+            **self._fixed_row,
+            "id": event_id,
+            "occurred_at": occurred_at,
+            "contact_id": contact_id,
+            "from_status": from_status,
+            "to_status": to_status,
+            "outcome": outcome,
+            "address_hash": address_hash,
+            "evidence_digest": digest,
+        }
+        return PreparedEvent(
+            row=row, parts=parts, document=document, free_text=None, occurred_text=occurred_text
+        )
+
+
+assert set(_VARYING) | {
+    "kind",
+    "topic",
+    "actor",
+    "source",
+    "campaign_id_digest",
+    "reason_digest",
+} == set(EVENT_INSERT_COLUMNS)

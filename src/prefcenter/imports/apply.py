@@ -1,0 +1,221 @@
+"""Owns applying one batch of an import: decide every row in file order against the state the
+rows before it left, then write through the ledger's write model (consent.ledger): the
+subscriptions as ledger.changes makes their values, by ledger.bulk's set-based statements, and
+one audit event per applied row as ledger.changes makes every consent change's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session
+
+from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.prepared import PreparedEvent
+from prefcenter.audit.schemas import new_event_id
+from prefcenter.audit.service import append_prepared
+from prefcenter.consent.ledger import bulk
+from prefcenter.consent.ledger.bulk_events import BulkEvents
+from prefcenter.consent.ledger.changes import ChangeRecord, subscription_change
+from prefcenter.consent.rules import Outcome
+from prefcenter.contacts.service import mask_address, new_public_id
+from prefcenter.db import settings_of_session, utcnow
+from prefcenter.imports.formats import BrokenRow, ImportRow, Row
+from prefcenter.imports.rules import (
+    IMPORT_ACTOR,
+    IMPORT_SOURCE,
+    NEW_CONTACT,
+    ContactState,
+    RowOutcome,
+    decide_row,
+    requested_change,
+    state_after,
+)
+from prefcenter.imports.schemas import CountWithSample
+from prefcenter.metrics import count_consent_change
+from prefcenter.topics.schemas import TopicKind
+from prefcenter.webhooks.queue import queue_many_deliveries
+from prefcenter.webhooks.rules import EventType
+
+
+@dataclass(frozen=True, slots=True)
+class ImportTopic:
+    id: int
+    key: str
+    kind: TopicKind
+
+
+@dataclass(frozen=True, slots=True)
+class BatchContext:
+    """What every batch of one import shares."""
+
+    topic: ImportTopic
+    actor: str  # who runs it: the API key, or `cli:<os user>`
+    # The import's name, file, checksum and format, in each event's evidence.
+    evidence: dict[str, Any]
+    # What the service observed about the request (client address, user agent), for events.
+    context: dict[str, Any]
+    started: datetime  # a row without a time is taken at the import's start
+    dry_run: bool
+
+
+@dataclass(slots=True)
+class Tally:
+    """One batch's counts, merged into the report only if the batch commits."""
+
+    subscribed: int = 0
+    unsubscribed: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    superseded: CountWithSample = field(default_factory=CountWithSample)
+    refused_reversal: CountWithSample = field(default_factory=CountWithSample)
+    refused_erased: CountWithSample = field(default_factory=CountWithSample)
+    refused_no_evidence: CountWithSample = field(default_factory=CountWithSample)
+    invalid: CountWithSample = field(default_factory=CountWithSample)
+
+    @property
+    def applied(self) -> int:
+        return self.subscribed + self.unsubscribed
+
+
+def apply_batch(session: Session, batch: list[Row], shared: BatchContext, tally: Tally) -> None:
+    """Decide every row of the batch in file order against the state the rows before it
+    left, then write the final subscriptions and one audit event per applied row."""
+    now = utcnow()
+    keys = AuditKeys.from_settings(settings_of_session(session))
+    topic = shared.topic
+    good = _valid_rows(batch, tally)
+    hashes = _address_hashes(keys, good)
+    staged = bulk.stage_batch(
+        session,
+        [
+            bulk.StagedAddress(a, given, hashes[a], new_public_id())
+            for a, given in _distinct(good).items()
+        ],
+        topic_id=topic.id,
+        write=not shared.dry_run,
+        now=now,
+    )
+    events = BulkEvents(
+        keys,
+        topic_key=topic.key,
+        record=ChangeRecord(
+            actor=shared.actor,
+            source=IMPORT_SOURCE,
+            evidence=shared.evidence,
+            context=shared.context,
+        ),
+        actor_kind=IMPORT_ACTOR,
+    )
+    states: dict[str, ContactState] = {}
+    writes: dict[int, dict[str, Any]] = {}
+    appended: list[PreparedEvent] = []
+    deliveries: list[tuple[str, str]] = []  # (event id, contact id), in the order appended
+    seen: set[str] = set()
+    for row in good:
+        address = row.address.normalised
+        if address in seen:
+            tally.duplicates += 1
+        seen.add(address)
+        contact = staged.contacts.get(address)
+        state = states.get(address) or _state_of(contact, erased=address in staged.erased)
+        occurred_at = row.occurred_at or shared.started
+        decided = decide_row(
+            state,
+            row.status,
+            occurred_at,
+            topic_kind=topic.kind,
+            now=now,
+            with_evidence=row.evidence is not None,
+        )
+        _count(tally, row.line, address, decided.outcome)
+        if not decided.applied or decided.decision is None:
+            continue
+        states[address] = state_after(state, decided)
+        if shared.dry_run:
+            continue
+        assert contact is not None
+        requested = requested_change(row.status, occurred_at)
+        event_id = new_event_id()
+        values = subscription_change(decided.decision, requested, now=now, event_id=event_id)
+        writes[contact.id] = {**values, "contact_id": contact.id, "topic_id": topic.id}
+        added: dict[str, Any] = {"line": row.line}
+        if row.evidence is not None:
+            added["row_evidence"] = row.evidence
+        appended.append(
+            events.event(
+                event_id=event_id,
+                contact_id=contact.public_id,
+                address_hash=hashes[address],
+                requested=requested,
+                decision=decided.decision,
+                added=added,
+            )
+        )
+        deliveries.append((event_id, contact.public_id))
+    if shared.dry_run:
+        return
+    bulk.write_subscriptions(session, list(writes.values()))
+    append_prepared(session, appended)
+    if appended:
+        count_consent_change(
+            session, source=IMPORT_SOURCE, outcome=Outcome.APPLIED.value, count=len(appended)
+        )
+    queue_many_deliveries(session, deliveries, event_type=EventType.CONSENT_CHANGED, now=now)
+
+
+def _state_of(contact: bulk.StoredContact | None, *, erased: bool) -> ContactState:
+    if erased:
+        return ContactState(erased=True, suppression=None, subscription=None)
+    if contact is None:
+        return NEW_CONTACT
+    return ContactState(
+        erased=contact.erased, suppression=contact.suppression, subscription=contact.subscription
+    )
+
+
+def _distinct(rows: list[ImportRow]) -> dict[str, str]:
+    """Each normalised address of the rows, with its first form as given."""
+    given: dict[str, str] = {}
+    for row in rows:
+        given.setdefault(row.address.normalised, row.address.given)
+    return given
+
+
+def _address_hashes(keys: AuditKeys, rows: list[ImportRow]) -> dict[str, str]:
+    """The keyed hash of each address, once: the erased check joins on it, the events carry
+    it."""
+    return {a: keys.address_hash(a) for a in {row.address.normalised for row in rows}}
+
+
+def masked_cell(text: str) -> str:
+    return mask_address(text) if "@" in text else (text[:1] + "•••" if text else "")
+
+
+def _valid_rows(batch: list[Row], tally: Tally) -> list[ImportRow]:
+    good: list[ImportRow] = []
+    for row in batch:
+        if isinstance(row, BrokenRow):
+            tally.invalid.add(row.line, masked_cell(row.email), row.problem)
+        else:
+            good.append(row)
+    return good
+
+
+def _count(tally: Tally, line: int, address: str, outcome: RowOutcome) -> None:
+    match outcome:
+        case RowOutcome.SUBSCRIBED:
+            tally.subscribed += 1
+        case RowOutcome.UNSUBSCRIBED:
+            tally.unsubscribed += 1
+        case RowOutcome.UNCHANGED:
+            tally.unchanged += 1
+        case RowOutcome.SUPERSEDED:
+            tally.superseded.add(line, mask_address(address))
+        case RowOutcome.REFUSED_REVERSAL:
+            tally.refused_reversal.add(line, mask_address(address))
+        case RowOutcome.REFUSED_ERASED:
+            tally.refused_erased.add(line, mask_address(address))
+        case RowOutcome.REFUSED_NO_EVIDENCE:
+            tally.refused_no_evidence.add(line, mask_address(address))
