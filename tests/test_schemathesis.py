@@ -41,7 +41,7 @@ from prefcenter.notices.errors import (
 )
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 from prefcenter.settings import Settings
-from prefcenter.topics.errors import InvalidSharingTopic, UnknownTopic
+from prefcenter.topics.errors import InvalidSharingTopic, UnknownNotice, UnknownTopic
 from prefcenter.topics.schemas import ConsentModel, TopicIn, TopicKind
 from prefcenter.topics.service import put_topic
 from prefcenter.webhooks.errors import WebhookUrlRefused
@@ -243,6 +243,7 @@ STATE_DEPENDENT_422 = {
         NoticePeriodTooShort,  # an effective_at against the clock
         TextDigestMismatch,  # what a text hashes to
         InvalidSharingTopic,  # kind, consent and third_party together: across fields
+        UnknownNotice,  # a topic's notice: which notices exist
     )
 }
 

@@ -93,6 +93,15 @@ class NoticeList(BaseModel):
     notices: list[NoticeOut]
 
 
+# No control character and no white space, the characters named one by one: `\s` means other
+# things to the validator (Rust's regex: Unicode White_Space, U+0085 included) and to a client's
+# JSON Schema engine (ECMAScript: U+FEFF included, U+0085 not).
+_URL = (
+    r"^https?://[^\x00-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
+    r"\u3000\ufeff]+$"
+)
+
+
 class NoticeVersionIn(BaseModel):
     # The text, its URL, or both: said in the schema too, so clients and fuzzers know it.
     model_config = ConfigDict(
@@ -101,10 +110,9 @@ class NoticeVersionIn(BaseModel):
 
     version: VersionLabel
     language: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}$")]
-    url: (
-        Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://[^\s\x00-\x1f]+$")]
-        | SkipJsonSchema[None]
-    ) = None
+    url: Annotated[str, StringConstraints(max_length=2000, pattern=_URL)] | SkipJsonSchema[None] = (
+        None
+    )
     text: (
         Annotated[str, StringConstraints(max_length=1_000_000, pattern=_PRINTABLE)]
         | SkipJsonSchema[None]
