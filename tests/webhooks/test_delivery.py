@@ -15,6 +15,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from prefcenter.app import create_app
 from prefcenter.audit.models import AuditEvent
+from prefcenter.consent import change_lane
 from prefcenter.consent.ledger import orm as ledger_orm
 from prefcenter.db import Database
 from prefcenter.delivery.webhooks import WebhookSender
@@ -180,8 +181,13 @@ class TestWhatIsQueued:
         client: TestClient,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """The request fails after the state, the event and the delivery were written."""
+        """The request fails after the state, the event and the delivery were written.
+
+        The locking path's (every engine's, and PostgreSQL's for what its lane hands on): the
+        lane writes the state, the event and the deliveries in one statement, which PostgreSQL
+        applies whole or not at all (tests/consent/test_change_lane.py)."""
         create_endpoint(client, admin, hooks.url)
+        monkeypatch.setattr(change_lane, "record_on_cursor", lambda *_, **__: None)
         queue = queue_change_deliveries
         queued: list[int] = []
 
