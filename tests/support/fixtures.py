@@ -128,21 +128,3 @@ def _no_log_handler_left_on_a_closed_stream() -> Iterator[None]:
             stream = getattr(handler, "stream", None)
             if stream is not None and getattr(stream, "closed", False):
                 logger.removeHandler(handler)
-
-
-# Fixtures set up once for a whole module or class: a real server, a browser.
-_SHARED_SCOPES = frozenset({"package", "module", "class"})
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make pytest` runs `-n auto --dist loadgroup`), the tests of one
-    module that share a module- or class-scoped fixture run on one worker, so that the fixture
-    is set up once rather than once on each worker; every other test goes to whichever worker
-    is free. A new module with such a fixture is grouped without anyone marking it."""
-    for item in items:
-        if not isinstance(item, pytest.Function):
-            continue
-        scopes = {defs[-1].scope for defs in item._fixtureinfo.name2fixturedefs.values() if defs}
-        if scopes & _SHARED_SCOPES:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
