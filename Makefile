@@ -66,8 +66,10 @@ typecheck: $(STAMP)
 check-imports: $(STAMP)
 	$(BIN)/lint-imports
 
+## pytest: the default suite on every core (pytest-xdist; PYTEST_WORKERS=0 runs it in one process)
+PYTEST_WORKERS ?= auto
 pytest: $(STAMP) browser
-	$(BIN)/pytest -m 'not faults' $(PYTEST_ARGS)
+	$(BIN)/pytest -m 'not faults' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## test-faults: the fault tests (tests/faults, 1½–3 min on 2 cores): PostgreSQL restarted, absent, locked;
 ## SIGTERM and kill -9 under load; the clock stepped back; a full disk (docs/operations.md)

@@ -16,6 +16,7 @@ from prefcenter.app import create_app
 from prefcenter.audit.models import AuditEvent
 from prefcenter.db import Database
 from prefcenter.settings import Settings
+from prefcenter.webhooks.addresses import system_resolve
 from prefcenter.webhooks.models import WebhookEndpoint
 from tests.support.factories import Headers, assert_problem
 from tests.support.harness import issue_key, make_settings
@@ -139,6 +140,17 @@ class TestCreate:
         client.app.state.webhook_resolve = nowhere  # type: ignore[attr-defined]
         response = client.post("/v1/webhooks", headers=admin, json={"url": URL, "events": ["*"]})
         assert_problem(response, 422)
+
+    @pytest.mark.parametrize("host", ["bad\x80host.example", "a" * 64 + ".example"])
+    def test_a_host_no_resolver_can_encode_is_refused(
+        self, client: TestClient, admin: Headers, host: str
+    ) -> None:
+        # The system resolver: IDNA refuses these names before any lookup is sent.
+        client.app.state.webhook_resolve = system_resolve  # type: ignore[attr-defined]
+        url = f"https://{host}/hooks"
+        response = client.post("/v1/webhooks", headers=admin, json={"url": url, "events": ["*"]})
+        assert_problem(response, 422)
+        assert response.json()["type"].endswith("webhook-url-refused")
 
     def test_private_addresses_are_allowed_when_the_setting_says_so(
         self, database_url: str, admin: Headers

@@ -104,10 +104,12 @@ def sign_in_wait(recent: Mapping[ThrottleScope, RecentFailures], now: datetime) 
     The longest wait of any scope counts."""
     wait = timedelta(0)
     for scope, failures in recent.items():
-        if failures.latest_at is None:
+        delay = failure_delay(failures.count, free=FREE_FAILURES[scope])
+        # Below the free failures nothing waits, even when a parallel try's failure carries a
+        # later time than this try's `now` (taken before it queued for the scope's lock).
+        if failures.latest_at is None or not delay:
             continue
-        until = failures.latest_at + failure_delay(failures.count, free=FREE_FAILURES[scope])
-        wait = max(wait, until - now)
+        wait = max(wait, failures.latest_at + delay - now)
     return wait
 
 

@@ -17,9 +17,13 @@ Resolve = Callable[[str, int], list[IpAddress]]
 def system_resolve(host: str, port: int) -> list[IpAddress]:
     """The addresses the system resolver gives (the order it gives them in, no duplicates)."""
     found: list[IpAddress] = []
-    for _family, _type, _proto, _name, sockaddr in socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM
-    ):
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:
+        # A label IDNA cannot encode (a control character, over 63 characters) is no name
+        # anyone can resolve: refused like one, not a 500 (found by tests/test_schemathesis.py).
+        raise OSError(f"not a host name: {exc}") from None
+    for _family, _type, _proto, _name, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if address not in found:
             found.append(address)
