@@ -72,9 +72,7 @@ def _find_topic_ref(database: Database, key: str, *, now: datetime) -> TopicRef 
 async def require_topic(database: Database, key: str, *, now: datetime) -> TopicRef:
     """The stream's topic, checked before anything is streamed: unknown is a 404."""
     async with database.session_slots:
-        topic = await anyio.to_thread.run_sync(
-            lambda: _find_topic_ref(database, key, now=now)
-        )
+        topic = await anyio.to_thread.run_sync(lambda: _find_topic_ref(database, key, now=now))
     if topic is None:
         raise TopicNotFound(f"There is no topic {key!r}.")
     return topic
