@@ -472,7 +472,7 @@ class TestLookupAnswerMatchesTheModel:
         keys = AuditKeys.from_settings(database.settings)
         with database.transaction(write=False) as session:
             expected = lookup_contacts(
-                session, [parse_address(a) for a in asked], keys=keys
+                session, [parse_address(a) for a in asked], keys=keys, now=datetime.now(UTC)
             ).model_dump(mode="json")
         assert response.json() == expected
         answers = response.json()["contacts"]

@@ -54,8 +54,8 @@ def find_contact_id(session: Session, query: str) -> str | None:
     return contact.public_id if contact is not None else None
 
 
-def contact_view(session: Session, contact_id: str) -> ContactView:
-    contact = read_contact(session, contact_id, with_evidence=True)
+def contact_view(session: Session, contact_id: str, *, now: datetime) -> ContactView:
+    contact = read_contact(session, contact_id, with_evidence=True, now=now)
     sources = session.exec(
         select(Topic.key, Subscription.source)
         .join(Subscription, col(Subscription.topic_id) == col(Topic.id))

@@ -207,7 +207,7 @@ def _contact_page(
 def show_contact(
     request: Request, contact_id: ContactId, admin: SignedIn, session: ReadSession
 ) -> HTMLResponse:
-    return _contact_page(request, admin, contacts.contact_view(session, contact_id))
+    return _contact_page(request, admin, contacts.contact_view(session, contact_id, now=utcnow()))
 
 
 @router.post("/contacts/{contact_id}/changes")
@@ -230,7 +230,7 @@ def record_change(
         return _contact_page(
             request,
             admin,
-            contacts.contact_view(session, contact_id),
+            contacts.contact_view(session, contact_id, now=utcnow()),
             form=fields,
             errors=form_errors(exc),
             status_code=422,
@@ -256,7 +256,7 @@ def lift_bounce(
         return _contact_page(
             request,
             admin,
-            contacts.contact_view(session, contact_id),
+            contacts.contact_view(session, contact_id, now=utcnow()),
             errors={"lift_reason": "Say why the address may be mailed again."},
             status_code=422,
         )
@@ -277,7 +277,7 @@ def confirm_erase(
     request: Request, contact_id: ContactId, admin: SignedIn, session: ReadSession
 ) -> HTMLResponse:
     """The confirmation step: erasure cannot be undone."""
-    view = contacts.contact_view(session, contact_id)
+    view = contacts.contact_view(session, contact_id, now=utcnow())
     return render(request, "erase.html", {"contact": view.contact}, admin=admin)
 
 

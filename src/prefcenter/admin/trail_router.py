@@ -100,7 +100,7 @@ def export_audience(
 ) -> StreamingResponse:
     database = read_database_of(request)
     with database.transaction(write=False) as session:
-        topic = exports.find_audience_topic(session, key)
+        topic = exports.find_audience_topic(session, key, now=utcnow())
     stream = exports.audience_csv(database, topic)
     return _download(StreamingResponse(stream, media_type=CSV_MEDIA_TYPE), f"audience-{key}.csv")
 

@@ -20,7 +20,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.queries import lookup_contacts
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.addresses import Address
-from prefcenter.db import ConnectionLost, Database, utcnow
+from prefcenter.db import ConnectionLost, Database
 from prefcenter.notices.reconsent import reconsent_by_notice
 from prefcenter.notices.rules import Reconsent
 
@@ -42,12 +42,13 @@ _VALID_STATUS = frozenset(s.value for s in Status)
 
 
 async def lookup_json(
-    database: Database, addresses: Sequence[Address], *, keys: AuditKeys
+    database: Database, addresses: Sequence[Address], *, keys: AuditKeys, now: datetime
 ) -> bytes:
-    """The lookup's answer as JSON bytes."""
+    """The lookup's answer as JSON bytes; `now`: the moment re-consent is decided at, taken
+    as the request's handling starts."""
 
     def read(session: Session) -> bytes:
-        return lookup_contacts(session, addresses, keys=keys).model_dump_json().encode()
+        return lookup_contacts(session, addresses, keys=keys, now=now).model_dump_json().encode()
 
     if database.settings.is_sqlite:
         return await database.run_in_transaction(read, write=False)
@@ -67,7 +68,6 @@ async def lookup_json(
     rules: dict[str, Reconsent] = {}
     if bound:
         # Only when a subscription is to a topic bound to a notice: one more short read.
-        now = utcnow()
         rules = await database.run_in_transaction(
             lambda session: reconsent_by_notice(session, bound, now=now), write=False
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlmodel import Session, col, select
 
@@ -27,7 +28,6 @@ from prefcenter.consent.schemas import (
 )
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.service import find_contact_by_public_id, find_contacts
-from prefcenter.db import utcnow
 from prefcenter.notices.reconsent import reconsent_by_notice
 from prefcenter.problems import NotFound
 from prefcenter.topics.models import Topic
@@ -48,7 +48,7 @@ class ContactNotFound(NotFound):
 
 
 def _subscriptions_of(
-    session: Session, contact_ids: Sequence[int]
+    session: Session, contact_ids: Sequence[int], *, now: datetime
 ) -> dict[int, list[SubscriptionOut]]:
     found: dict[int, list[SubscriptionOut]] = defaultdict(list)
     if not contact_ids:
@@ -60,7 +60,7 @@ def _subscriptions_of(
         .order_by(col(Topic.key))
     ).all()
     bound = {notice for _, _, notice in rows if notice is not None}
-    rules = reconsent_by_notice(session, bound, now=utcnow())
+    rules = reconsent_by_notice(session, bound, now=now)
     for subscription, key, notice in rows:
         rule = rules.get(notice) if notice is not None else None
         status = Status(subscription.status)
@@ -85,7 +85,7 @@ def _suppressions_of(session: Session, contact_ids: Sequence[int]) -> dict[int, 
 
 
 def lookup_contacts(
-    session: Session, addresses: Sequence[Address], *, keys: AuditKeys
+    session: Session, addresses: Sequence[Address], *, keys: AuditKeys, now: datetime
 ) -> LookupOut:
     """One entry per address asked for, in the order asked, echoing each as given. An erased
     address has no contact and is `suppressed`, even where a contact row came back for it."""
@@ -96,7 +96,7 @@ def lookup_contacts(
         if address not in erased
     }
     ids = [c.id for c in contacts.values() if c.id is not None]
-    subscriptions = _subscriptions_of(session, ids)
+    subscriptions = _subscriptions_of(session, ids, now=now)
     suppressions = _suppressions_of(session, ids)
     bounced = bounced_among(session, ids)
     answers = []
@@ -125,7 +125,9 @@ def lookup_contacts(
     return LookupOut(contacts=answers)
 
 
-def read_contact(session: Session, public_id: str, *, with_evidence: bool) -> ContactOut:
+def read_contact(
+    session: Session, public_id: str, *, with_evidence: bool, now: datetime
+) -> ContactOut:
     """The contact, its state and its history; the events' evidence and request context only
     `with_evidence` (a reader of the audit trail)."""
     contact = find_contact_by_public_id(session, public_id) if is_public_id(public_id) else None
@@ -146,7 +148,7 @@ def read_contact(session: Session, public_id: str, *, with_evidence: bool) -> Co
         )
         if suppression is not None
         else None,
-        subscriptions=_subscriptions_of(session, [contact.id]).get(contact.id, []),
+        subscriptions=_subscriptions_of(session, [contact.id], now=now).get(contact.id, []),
         events=[
             ScopedAuditEventOut.of(event, with_evidence=with_evidence)
             for event in events_of_contact(session, contact.public_id)

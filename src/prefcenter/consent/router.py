@@ -178,7 +178,9 @@ def _json_answer(answer: BaseModel, response: Response) -> Response:
 async def lookup_contacts(
     query: LookupIn, _: ConsentReader, request: Request, keys: AuditKeysDep
 ) -> Response:
-    answer = await lookup.lookup_json(read_database_of(request), query.emails, keys=keys)
+    answer = await lookup.lookup_json(
+        read_database_of(request), query.emails, keys=keys, now=utcnow()
+    )
     return Response(answer, media_type="application/json")
 
 
@@ -188,7 +190,9 @@ async def lookup_contacts(
     responses=problem_responses(404, 422),
 )
 def read_contact(contact_id: ContactId, caller: ConsentReader, session: ReadSession) -> ContactOut:
-    return queries.read_contact(session, contact_id, with_evidence=caller.allows(Scope.AUDIT_READ))
+    return queries.read_contact(
+        session, contact_id, with_evidence=caller.allows(Scope.AUDIT_READ), now=utcnow()
+    )
 
 
 @router.delete(

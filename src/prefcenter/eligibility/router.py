@@ -12,7 +12,7 @@ from starlette.types import Scope as AsgiScope
 from prefcenter.apikeys.auth import requires
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
-from prefcenter.db import ReplicaSession, read_database_of
+from prefcenter.db import ReplicaSession, read_database_of, utcnow
 from prefcenter.eligibility import service, stream
 from prefcenter.eligibility.schemas import EligibilityIn, EligibilityOut
 from prefcenter.metrics import count_eligibility_addresses
@@ -74,7 +74,7 @@ def check_eligibility(
     session: ReplicaSession,
     keys: Annotated[AuditKeys, Depends(audit_keys_of)],
 ) -> Response:
-    answer = service.check_eligibility(session, query, keys=keys)
+    answer = service.check_eligibility(session, query, keys=keys, now=utcnow())
     count_eligibility_addresses("batch", len(query.emails))
     return Response(answer, media_type="application/json")
 
@@ -93,7 +93,7 @@ async def stream_eligibility(
 ) -> StreamingResponse:
     csv_body = stream.is_csv(request.headers.get("content-type"))
     database = read_database_of(request)
-    ref = await stream.require_topic(database, topic)
+    ref = await stream.require_topic(database, topic, now=utcnow())
     answer = await stream.open_stream(
         database, ref, request.stream(), csv_body=csv_body, keys=audit_keys_of(request)
     )

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 from sqlmodel import Session
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.contacts.addresses import InvalidAddress, _fast_normalise, parse_address
-from prefcenter.db import utcnow
 from prefcenter.eligibility.lookup import StateTable, read_erased, read_states
 from prefcenter.eligibility.rules import (
     INVALID_EMAIL,
@@ -40,15 +40,15 @@ class TopicRef:
     reconsent: Reconsent | None = None
 
 
-def find_topic_ref(session: Session, key: str) -> TopicRef | None:
-    """The topic, with the re-consent its notice asks for now (a query only when bound)."""
+def find_topic_ref(session: Session, key: str, *, now: datetime) -> TopicRef | None:
+    """The topic, with the re-consent its notice asks for at `now` (a query only when bound)."""
     topic = find_topic(session, key)
     if topic is None or topic.id is None:
         return None
     return TopicRef(
         id=topic.id,
         model=TopicModel(kind=TopicKind(topic.kind), consent=ConsentModel(topic.consent)),
-        reconsent=reconsent_of(session, topic.notice_key, now=utcnow()),
+        reconsent=reconsent_of(session, topic.notice_key, now=now),
     )
 
 
@@ -97,7 +97,9 @@ def decide_addresses(
     return answers
 
 
-def check_eligibility(session: Session, query: EligibilityIn, *, keys: AuditKeys) -> bytes:
+def check_eligibility(
+    session: Session, query: EligibilityIn, *, keys: AuditKeys, now: datetime
+) -> bytes:
     """The answer as `EligibilityOut` JSON. Written directly (orjson) rather than through the
     model: for ten thousand results, building and serialising models costs more than the
     lookup itself. `test_router` holds the output to the model's schema."""
@@ -107,7 +109,7 @@ def check_eligibility(session: Session, query: EligibilityIn, *, keys: AuditKeys
             "use /v1/eligibility/stream for more."
         )
     answers = decide_addresses(
-        session, find_topic_ref(session, query.topic), query.emails, keys=keys
+        session, find_topic_ref(session, query.topic, now=now), query.emails, keys=keys
     )
     rendered = {answer: (answer.allowed, answer.reason.value) for answer in set(answers)}
     results = []

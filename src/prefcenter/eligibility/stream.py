@@ -17,6 +17,7 @@ import codecs
 import csv
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
 
 import anyio
 
@@ -63,15 +64,15 @@ class MissingEmailColumn(Unprocessable):
     title = "The CSV has no `email` column"
 
 
-def _find_topic_ref(database: Database, key: str) -> TopicRef | None:
+def _find_topic_ref(database: Database, key: str, *, now: datetime) -> TopicRef | None:
     with database.transaction(write=False) as session:
-        return find_topic_ref(session, key)
+        return find_topic_ref(session, key, now=now)
 
 
-async def require_topic(database: Database, key: str) -> TopicRef:
+async def require_topic(database: Database, key: str, *, now: datetime) -> TopicRef:
     """The stream's topic, checked before anything is streamed: unknown is a 404."""
     async with database.session_slots:
-        topic = await anyio.to_thread.run_sync(_find_topic_ref, database, key)
+        topic = await anyio.to_thread.run_sync(lambda: _find_topic_ref(database, key, now=now))
     if topic is None:
         raise TopicNotFound(f"There is no topic {key!r}.")
     return topic

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from prefcenter.apikeys.auth import ConsentReader, requires
 from prefcenter.apikeys.schemas import Caller, Scope
-from prefcenter.db import read_database_of
+from prefcenter.db import read_database_of, utcnow
 from prefcenter.exports import service
 from prefcenter.problems import problem_responses
 from prefcenter.topics.schemas import TopicKey
@@ -49,6 +49,6 @@ def export_audience(
 ) -> StreamingResponse:
     database = read_database_of(request)
     with database.transaction(write=False) as session:
-        topic = service.find_audience_topic(session, key)
+        topic = service.find_audience_topic(session, key, now=utcnow())
     stream = service.audience_csv(database, topic)
     return StreamingResponse(stream, media_type=CSV_MEDIA_TYPE)

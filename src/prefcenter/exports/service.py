@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlmodel import Session
 
-from prefcenter.db import Database, utcnow
+from prefcenter.db import Database
 from prefcenter.exports import chunks, ranges
 from prefcenter.exports.schemas import AUDIENCE_HEADER, SUPPRESSIONS_HEADER
 from prefcenter.notices.reconsent import reconsent_of
@@ -24,11 +25,11 @@ class AudienceTopic:
     reconsent: Reconsent | None
 
 
-def find_audience_topic(session: Session, key: str) -> AudienceTopic:
+def find_audience_topic(session: Session, key: str, *, now: datetime) -> AudienceTopic:
     """The topic, read before the answer starts so that an unknown one is a 404 problem, with
-    the re-consent its notice asks for now."""
+    the re-consent its notice asks for at `now`."""
     topic = require_topic(session, key)
-    return AudienceTopic(topic, reconsent_of(session, topic.notice_key, now=utcnow()))
+    return AudienceTopic(topic, reconsent_of(session, topic.notice_key, now=now))
 
 
 def _on_postgres(database: Database) -> bool:
