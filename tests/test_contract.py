@@ -155,9 +155,8 @@ class TestContractSurface:
 
 
 class TestTransactionBoundary:
-    # The one transaction boundary for requests (db.py), and the migration lock's connection,
-    # which left db.py with the engines (engines.py).
-    COMMITTERS = {"db.py", "engines.py"}
+    # The one transaction boundary, for requests and for the migration lock alike.
+    COMMITTERS = {"db.py"}
 
     def test_only_the_transaction_boundary_commits(self) -> None:
         offenders = []

@@ -1,16 +1,13 @@
 """Owns building the engines: SQLite's pragmas and file mode, PostgreSQL's session settings,
-and the connection that holds the migration lock. db.py builds on these."""
+and the connection for the migration lock. db.py builds on these."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Engine, create_engine, event
 
 from prefcenter.settings import Settings
 
@@ -102,29 +99,3 @@ def _sqlite_engine(settings: Settings) -> Engine:
             connection.exec_driver_sql("BEGIN")
 
     return engine
-
-
-# Any fixed number: held while migrating, so that hosts starting together migrate one at a time.
-_MIGRATION_LOCK_ID = 0x70726566  # "pref"
-
-
-@contextmanager
-def migration_connection(settings: Settings) -> Iterator[Connection]:
-    """A PostgreSQL connection holding the migration advisory lock; what the block did is
-    committed when it ends, and the lock released either way."""
-    engine = create_engine(settings.database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-            connection.commit()
-            try:
-                yield connection
-                connection.commit()
-            finally:
-                connection.rollback()
-                connection.execute(
-                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
-                )
-                connection.commit()
-    finally:
-        engine.dispose()

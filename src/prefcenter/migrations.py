@@ -15,7 +15,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, make_url
 from sqlalchemy.exc import OperationalError
 
-from prefcenter.engines import create_private_sqlite_file, migration_connection
+from prefcenter.db import migration_connection
+from prefcenter.engines import create_private_sqlite_file
 from prefcenter.settings import Settings
 
 logger = logging.getLogger(__name__)
