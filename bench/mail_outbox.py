@@ -100,8 +100,15 @@ def bench_database(engine: str, keep: bool) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as tmp:
             yield f"sqlite:///{Path(tmp) / 'bench.db'}"
         return
+    with throwaway_postgres("prefcenter_bench_mail", keep=keep) as url:
+        yield url
+
+
+@contextmanager
+def throwaway_postgres(prefix: str, *, keep: bool) -> Iterator[str]:
+    """A new PostgreSQL database named `prefix_<hex>`, dropped afterwards unless `keep`."""
     admin_url = make_url(ADMIN_URL)
-    name = f"prefcenter_bench_mail_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin_dsn = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -111,6 +118,8 @@ def bench_database(engine: str, keep: bool) -> Iterator[str]:
         if not keep:
             with psycopg.connect(admin_dsn, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        else:
+            print(f"kept database {name}")
 
 
 def the_messages(count: int) -> list[tuple[str, Message]]:

@@ -31,14 +31,10 @@ import os
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 
 from prefcenter import migrations
 from prefcenter.db import Database
@@ -47,29 +43,20 @@ from prefcenter.notices.schemas import NoticeIn, NoticeKind, NoticeVersionIn, Ru
 from prefcenter.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mail_outbox import ADMIN_URL, AUDIT_KEY, HOST, SENDER, SIGNING_KEYS, bare_processes, sink
+from mail_outbox import (
+    AUDIT_KEY,
+    HOST,
+    SENDER,
+    SIGNING_KEYS,
+    bare_processes,
+    sink,
+    throwaway_postgres,
+)
 from outbox_workers import start_workers, stop_workers
 
 QUEUE_GOAL_S = 30.0
 SEND_GOAL = 500.0
 TEXT = "We keep your address to send you what you asked for.\n"
-
-
-@contextmanager
-def throwaway_database(keep: bool) -> Iterator[str]:
-    admin_url = make_url(ADMIN_URL)
-    name = f"prefcenter_bench_notice_{uuid.uuid4().hex[:8]}"
-    admin_dsn = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        if not keep:
-            with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        else:
-            print(f"kept database {name}")
 
 
 def seed(database: Database, contacts: int) -> float:
@@ -203,7 +190,10 @@ def main() -> None:
     parser.add_argument("--sinks", type=int, default=2, help="SMTP server processes")
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args()
-    with sink(args.sinks) as port, throwaway_database(args.keep_db) as url:
+    with (
+        sink(args.sinks) as port,
+        throwaway_postgres("prefcenter_bench_notice", keep=args.keep_db) as url,
+    ):
         mail_url = f"smtp://{HOST}:{port}?starttls=off"
         settings = Settings(
             _env_file=None,
