@@ -28,12 +28,9 @@ from prefcenter.engines import WRITE_OPTION
 from prefcenter.problems import Conflict, ServiceUnavailable
 from prefcenter.replica import ReadPosition, Replica
 from prefcenter.settings import Settings
+from prefcenter.storage_errors import ConnectionLost, StorageFull, is_disk_full
 
 logger = logging.getLogger(__name__)
-
-# Built in engines.py now; still importable from here, where they were.
-create_private_sqlite_file = engines.create_private_sqlite_file
-make_engine = engines.make_engine
 
 T = TypeVar("T")
 
@@ -53,30 +50,6 @@ SQLModel.metadata.naming_convention = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class ConnectionLost(ServiceUnavailable):
-    """The pooled connection was dead (e.g. the server restarted): nothing was changed."""
-
-
-class StorageFull(ServiceUnavailable):
-    """The database's disk is full: nothing was changed, reads still work, writes will again
-    once there is space."""
-
-    slug = "storage-full"
-    title = "Storage full"
-
-
-# PostgreSQL's disk_full; SQLite's SQLITE_FULL.
-_PG_DISK_FULL = "53100"
-_SQLITE_FULL = 13
-
-
-def _is_disk_full(error: BaseException | None) -> bool:
-    return (
-        getattr(error, "sqlstate", None) == _PG_DISK_FULL
-        or getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL
-    )
 
 
 def utcnow() -> datetime:
@@ -137,7 +110,7 @@ class Database:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = make_engine(settings)
+        self.engine = engines.make_engine(settings)
         metrics.watch_pool(self.engine)
         # Fewer than the worker threads and the pool (2 × db_pool_size), so that a request
         # holding a connection always finds a thread, and a key lookup a connection.
@@ -210,7 +183,7 @@ class Database:
                     "The database connection was lost; nothing was changed. Retry.",
                     headers={"Retry-After": "1"},
                 ) from exc
-            if _is_disk_full(exc.orig):
+            if is_disk_full(exc.orig):
                 # The cause is the message: a traceback per refused write would add nothing.
                 logger.error("the database's disk is full, rolled back: %s", exc.orig)  # noqa: TRY400
                 raise StorageFull(

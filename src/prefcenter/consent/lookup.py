@@ -20,9 +20,10 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.queries import lookup_contacts
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.addresses import Address
-from prefcenter.db import ConnectionLost, Database
+from prefcenter.db import Database
 from prefcenter.notices.reconsent import reconsent_by_notice
 from prefcenter.notices.rules import Reconsent
+from prefcenter.storage_errors import ConnectionLost
 
 # One statement whatever the number of addresses: the addresses and their keyed hashes as two
 # text parameters, one per line, split by the server (normalised addresses and hex hashes
