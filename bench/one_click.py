@@ -262,6 +262,13 @@ class Load:
             f"max {self.ms('max'):.1f} | errors {self.error_count} "
             f"(non-200 {self.non_200}, socket {self.errors})"
             + (f" | REPLAYED {self.replays} tokens (ran out)" if self.replays else "")
+            + (
+                f"\n    wrk's p99, corrected for coordinated omission: "
+                f"{self.extra['wrk_latency_us']['p99'] / 1000:.1f} ms (the p99 above is of the "
+                "requests made, timed by bench/tokens.lua)"
+                if "wrk_latency_us" in self.extra
+                else ""
+            )
             + f"\n    CPU s: server {self.server_cpu_s:.1f}, postgres {self.postgres_cpu_s:.1f}, "
             f"load generator ({self.generator}) {self.client_cpu_s:.1f}; machine busy "
             f"{self.machine_busy_pct:.0f}% of {NCPU} CPUs"
@@ -349,6 +356,7 @@ def run_load(
         server_cpu_s=server_cpu,
         postgres_cpu_s=pg_cpu,
         machine_busy_pct=100.0 * (busy_after - busy_before) / max(1, total_after - total_before),
+        extra={"wrk_latency_us": figures["wrk_latency_us"]} if figures.get("timed") else {},
     )
 
 
