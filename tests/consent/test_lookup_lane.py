@@ -306,11 +306,12 @@ def test_a_refused_callers_statement_reads_no_table_but_the_keys(
 
     def tables_read(headers: Headers | None) -> set[str]:
         secret = "pck_unknown" if headers is None else headers["Authorization"][7:]
-        asked = lookup_parameters([parse_address(ADA)], keys)
+        one, asked = lookup_parameters([parse_address(ADA)], keys)
         parameters = {"secret_hash": hash_secret(secret), **asked}
 
         def explain(cursor: DriverCursor) -> Any:
-            cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {CALLER_AND_LOOKUP_PG}", parameters)
+            statement = CALLER_AND_LOOKUP_PG[one]
+            cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters)
             return cursor.fetchone()
 
         (plan,) = database.on_connection(explain)
