@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from httpx import Response
+from httpx2 import Response
 from sqlalchemy import text
 from sqlmodel import select
 
+from prefcenter import lane_io
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.apikeys.service import find_caller, hash_secret, revoke_api_key
 from prefcenter.app import create_app
@@ -74,7 +75,7 @@ def _lane_of(client: TestClient) -> lookup_lane.LookupLane:
 def ask(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Any:
     """`ask(headers, **request)`: the same request through the lane and the route alone."""
     sent: list[int] = []
-    real = lookup_lane.send_json
+    real = lane_io.send_json
 
     async def counted(*args: Any, **kwargs: Any) -> None:
         sent.append(1)
