@@ -22,6 +22,7 @@ from prefcenter.audit.router import router as audit_router
 from prefcenter.bounces.router import router as bounces_router
 from prefcenter.consent.change_lane import ChangeLane
 from prefcenter.consent.ledger.replay import first_contact_off_its_events
+from prefcenter.consent.lookup_lane import LookupLane
 from prefcenter.consent.router import router as consent_router
 from prefcenter.db import Database, ReadSession
 from prefcenter.draining import Drain, drain_on_sigterm
@@ -159,7 +160,7 @@ def app_from_environment() -> FastAPI:
 
 def _install_middleware(app: FastAPI, settings: Settings, database: Database) -> None:
     """Innermost first: the recipient pages' headers, the body size limit, the unsubscribe
-    lane, the body timeout."""
+    lane, the API lanes, the body timeout."""
     app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
@@ -184,6 +185,10 @@ def _install_middleware(app: FastAPI, settings: Settings, database: Database) ->
         signing_keys=app.state.signing_keys,
         trusted_proxies=app.state.trusted_proxies,
         audit_keys=app.state.audit_keys,
+    )
+    # POST /v1/contacts/lookup likewise (consent.lookup_lane): key and rows in one read.
+    app.add_middleware(
+        LookupLane, settings=settings, database=database, audit_keys=app.state.audit_keys
     )
     # Outside the lanes too, which read their bodies themselves.
     app.add_middleware(

@@ -20,6 +20,11 @@ class Scope(StrEnum):
     ADMIN = "admin"  # implies every other scope
 
 
+def granting(scope: Scope) -> frozenset[Scope]:
+    """The scopes that each allow `scope`: itself, and admin, which implies every other."""
+    return frozenset((scope, Scope.ADMIN))
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who is calling: an API key that was found, is not revoked, and was checked for a scope."""
@@ -33,7 +38,7 @@ class Caller:
         return Scope.ADMIN in self.scopes
 
     def allows(self, scope: Scope) -> bool:
-        return self.is_admin or scope in self.scopes
+        return not self.scopes.isdisjoint(granting(scope))
 
     @property
     def actor(self) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from prefcenter.apikeys.models import ApiKey
-from prefcenter.apikeys.schemas import ApiKeyInfo, Caller, IssuedApiKey, Scope
+from prefcenter.apikeys.schemas import ApiKeyInfo, Caller, IssuedApiKey, Scope, granting
 from prefcenter.db import utcnow
 from prefcenter.driver import driver_sql
 from prefcenter.plain_text import is_plain_text
@@ -76,19 +76,46 @@ def find_caller(session: Session, secret: str) -> Caller | None:
     if not secret.startswith(SECRET_PREFIX) or len(secret) > MAX_SECRET_LENGTH:
         return None
     key = session.exec(select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret))).first()
-    if key is None or key.revoked_at is not None or key.id is None:
+    if key is None or key.revoked_at is not None:
         return None
-    return Caller(
-        key_id=key.id,
-        name=key.name,
-        scopes=frozenset(Scope(s) for s in key.scopes.split()),
-    )
+    return caller_of_row(key.id, key.name, key.scopes)
 
 
-_CALLER_SQL = (
-    "SELECT id, name, scopes FROM api_key WHERE secret_hash = %(hash)s AND revoked_at IS NULL"
-)
+# The caller's key, for a statement that reads it (as `k`) with its request's own rows (the
+# API lanes, consent.change_lane and consent.lookup_lane): found by the hash of the bearer
+# secret (%(secret_hash)s, `hash_secret`), unless revoked. Read on every request, never
+# cached, so that a revoked key's next request is refused.
+CALLER_MATCH = "k.secret_hash = %(secret_hash)s AND k.revoked_at IS NULL"
+CALLER_COLUMNS = ("k.id", "k.name", "k.scopes")
+_CALLER_SQL = f"SELECT {', '.join(CALLER_COLUMNS)} FROM api_key AS k WHERE {CALLER_MATCH}"  # noqa: S608  (constants)
 _CALLER = {sqlite: driver_sql(_CALLER_SQL, sqlite=sqlite) for sqlite in (False, True)}
+
+
+def bearer_secret(authorization: str | None) -> str | None:
+    """The secret of an `Authorization: Bearer <secret>` header, if it has an API key's form;
+    None for anything else (which no key matches: the app's 401)."""
+    if authorization is None:
+        return None
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.startswith(SECRET_PREFIX):
+        return None
+    return secret if len(secret) <= MAX_SECRET_LENGTH else None
+
+
+def caller_of_row(key_id: int | None, name: str | None, scopes: str | None) -> Caller | None:
+    """The caller of `CALLER_COLUMNS` as read; None when no key matched (NULLs of an outer
+    join)."""
+    if key_id is None or name is None or scopes is None:
+        return None
+    return Caller(key_id=key_id, name=name, scopes=frozenset(Scope(s) for s in scopes.split()))
+
+
+def granted_pg(scope: Scope) -> str:
+    """PostgreSQL: the key `k` (CALLER_MATCH) allows `scope` (Caller.allows), for a statement
+    that reads only for a caller who may: a refused caller's request costs no more than the
+    app's refusal."""
+    granted = ", ".join(f"'{s.value}'" for s in sorted(granting(scope)))
+    return f"string_to_array(k.scopes, ' ') && ARRAY[{granted}]"
 
 
 def find_caller_on_cursor(cursor: Any, secret: str, *, sqlite: bool) -> Caller | None:
@@ -97,9 +124,8 @@ def find_caller_on_cursor(cursor: Any, secret: str, *, sqlite: bool) -> Caller |
     cached, so that a revoked key's next request is refused."""
     if not secret.startswith(SECRET_PREFIX) or len(secret) > MAX_SECRET_LENGTH:
         return None
-    cursor.execute(_CALLER[sqlite], {"hash": hash_secret(secret)})
+    cursor.execute(_CALLER[sqlite], {"secret_hash": hash_secret(secret)})
     row = cursor.fetchone()
     if row is None:
         return None
-    key_id, name, scopes = row
-    return Caller(key_id=key_id, name=name, scopes=frozenset(Scope(s) for s in scopes.split()))
+    return caller_of_row(*row)

@@ -21,7 +21,7 @@ caller's Idempotency-Key is answered from the read, as idempotency.IdempotentCal
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prefcenter.apikeys.schemas import Scope as KeyScope
-from prefcenter.apikeys.service import MAX_SECRET_LENGTH, SECRET_PREFIX, hash_secret
+from prefcenter.apikeys.service import bearer_secret, hash_secret
 from prefcenter.audit.context import IPNetwork, RequestContext, request_context
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import new_event_id
@@ -66,6 +66,7 @@ from prefcenter.idempotency import (
     StoredAnswer,
     fingerprint,
 )
+from prefcenter.lane_io import LaneRoute, send_json, small_json
 from prefcenter.mail.config import mail_config
 from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem, ServiceUnavailable
@@ -75,18 +76,7 @@ from prefcenter.topics.schemas import TopicKind
 PATH = "/v1/consents"
 # What the route's `Idempotency-Key` header accepts (idempotency._idempotent_call).
 _IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
-_JSON = (b"content-type", b"application/json")
-
-
-@dataclass(frozen=True, slots=True)
-class _RouteName:
-    """What the request log and metrics name an answered request by (the route's template,
-    request_log.route_template), as the app's route would be named."""
-
-    path_format: str
-
-
-_ROUTE = _RouteName(PATH)
+_ROUTE = LaneRoute(PATH)
 
 
 class ChangeLane:
@@ -121,12 +111,12 @@ class ChangeLane:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        secret = _bearer_secret(headers.get("authorization"))
+        secret = bearer_secret(headers.get("authorization"))
         key = headers.get("idempotency-key")
         if (
             secret is None
             or (key is not None and _IDEMPOTENCY_KEY.fullmatch(key) is None)
-            or not _small_json(headers, self.settings.max_body_bytes)
+            or not small_json(headers, self.settings.max_body_bytes)
         ):
             await self.app(scope, receive, send)
             return
@@ -179,35 +169,8 @@ class ChangeLane:
     async def _send(
         self, scope: Scope, send: Send, status: int, text: str, *, replayed: bool
     ) -> None:
-        scope["route"] = _ROUTE
-        body = text.encode()
-        headers = [_JSON, (b"content-length", str(len(body)).encode("latin-1"))]
-        if replayed:
-            headers.append((REPLAY_HEADER.lower().encode("latin-1"), b"true"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-def _bearer_secret(authorization: str | None) -> str | None:
-    """The secret of `Bearer <secret>`, if it has an API key's form (apikeys.service)."""
-    if authorization is None:
-        return None
-    scheme, _, secret = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not secret.startswith(SECRET_PREFIX):
-        return None
-    return secret if len(secret) <= MAX_SECRET_LENGTH else None
-
-
-def _small_json(headers: Headers, max_bytes: int) -> bool:
-    """A JSON body of a declared length the app would take (http_limits.BodySizeLimit): what
-    the lane reads itself."""
-    if "transfer-encoding" in headers:
-        return False
-    length_text = headers.get("content-length", "")
-    if not length_text.isdigit() or int(length_text) > max_bytes:
-        return False
-    content_type = headers.get("content-type", "")
-    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+        extra = ((REPLAY_HEADER.lower().encode("latin-1"), b"true"),) if replayed else ()
+        await send_json(scope, send, _ROUTE, status, text.encode(), extra_headers=extra)
 
 
 def record_on_cursor(

@@ -33,7 +33,8 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from prefcenter.apikeys.schemas import Caller, Scope
+from prefcenter.apikeys.schemas import Caller
+from prefcenter.apikeys.service import CALLER_COLUMNS, CALLER_MATCH, caller_of_row
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import NewEvent
 from prefcenter.audit.service import guarded_append_pg
@@ -116,9 +117,9 @@ SELECT {", ".join(f"t.{c}" for c in _TOPIC_COLUMNS)},
     s.status, s.occurred_at, s.by_recipient, s.event_id,
     p.suppressed, p.occurred_at, p.by_recipient,
     i.request_hash, i.status_code, i.response_body,
-    k.id, k.name, k.scopes
+    {", ".join(CALLER_COLUMNS)}
 FROM (SELECT 1) AS one
-LEFT JOIN api_key AS k ON k.secret_hash = %(secret_hash)s AND k.revoked_at IS NULL
+LEFT JOIN api_key AS k ON {CALLER_MATCH}
 LEFT JOIN topic AS t ON t.key = %(topic)s
 LEFT JOIN contact AS c ON c.address = %(address)s
 LEFT JOIN subscription AS s ON s.contact_id = c.id AND s.topic_id = t.id
@@ -165,13 +166,7 @@ def read_api_state(
         stored_answer=None
         if row[at + 10] is None
         else StoredAnswer(request_hash=row[at + 10], status_code=row[at + 11], body=row[at + 12]),
-        caller=None
-        if row[at + 13] is None
-        else Caller(
-            key_id=row[at + 13],
-            name=row[at + 14],
-            scopes=frozenset(Scope(s) for s in row[at + 15].split()),
-        ),
+        caller=caller_of_row(*row[at + 13 : at + 16]),
     )
 
 
