@@ -30,6 +30,7 @@ from prefcenter.exports.router import router as exports_router
 from prefcenter.http_limits import BodySizeLimit, BodyTimeout
 from prefcenter.imports.router import router as imports_router
 from prefcenter.inbound.router import install_inbound
+from prefcenter.inbound.ses_lane import SesLane
 from prefcenter.links.router import router as links_router
 from prefcenter.mail.config import mail_config
 from prefcenter.monitoring.router import install_metrics
@@ -185,6 +186,9 @@ def _install_middleware(app: FastAPI, settings: Settings, database: Database) ->
         trusted_proxies=app.state.trusted_proxies,
         audit_keys=app.state.audit_keys,
     )
+    # SES notifications through SNS (a bounce, a complaint, events to ignore) without the
+    # framework's routing and the ORM (inbound.ses_lane); anything else it hands on.
+    app.add_middleware(SesLane, settings=settings, database=database)
     # Outside the lanes too, which read their bodies themselves.
     app.add_middleware(
         BodyTimeout,
