@@ -35,6 +35,7 @@ from prefcenter.inbound import receive, ses_record
 from prefcenter.inbound.events import InboundEvent
 from prefcenter.inbound.receive import InboundState
 from prefcenter.inbound.schemas import InboundReport
+from prefcenter.metrics import instruments
 from prefcenter.settings import Settings, parse_signing_keys
 from tests.inbound.esp import SnsSigner, fixture, now_text
 from tests.inbound.helpers import subscribe, written
@@ -226,6 +227,11 @@ CASES: dict[str, Case] = {
 }
 
 
+def _complaints_counted(outcome: str) -> float:
+    value: float = instruments().consent_changes.labels("complaint", outcome)._value.get()
+    return value
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_lane_writes_what_the_route_writes(
     name: str,
@@ -246,6 +252,7 @@ def test_the_lane_writes_what_the_route_writes(
     hooks = len(deliveries(database))
     fast = sns.notification(case.last(FAST, stamp))
     slow = sns.notification(case.last(SLOW, stamp))
+    counted = {o: _complaints_counted(o) for o in ("applied", "unchanged", "superseded")}
 
     fast_answer = _lane(lane_client, database, fast, now=now)
     if not case.lane:
@@ -269,6 +276,11 @@ def test_the_lane_writes_what_the_route_writes(
     fast_types = [kind for cause, kind in queued if cause == fast_event.id]
     assert fast_types == [kind for cause, kind in queued if cause == slow_event.id]
     assert len(queued) == 2 * len(fast_types)
+    # A complaint is counted as a consent change by either path, with the same labels.
+    if fast_event.kind == "global_consent_change":
+        assert _complaints_counted(fast_event.outcome) == counted[fast_event.outcome] + 2
+    else:
+        assert {o: _complaints_counted(o) for o in counted} == counted
     # Each is a duplicate the second time, on either path.
     assert _lane(lane_client, database, slow, now=now) == ses_record._DUPLICATE
     assert _route(lane_client, database, fast, now=now) == ses_record._DUPLICATE
