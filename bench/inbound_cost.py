@@ -226,7 +226,7 @@ def _lane_call(
         (found,) = delivery.notification
         answer = database.on_connection(
             lambda cursor: ses_record.record_on_cursor(
-                _CountingCursor(cursor),  # type: ignore[arg-type]
+                _CountingCursor(cursor),
                 found,
                 settings=settings,
                 keys=keys,
