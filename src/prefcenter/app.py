@@ -160,7 +160,7 @@ def app_from_environment() -> FastAPI:
 
 def _install_middleware(app: FastAPI, settings: Settings, database: Database) -> None:
     """Innermost first: the recipient pages' headers, the body size limit, the unsubscribe
-    lane, the body timeout."""
+    lane, the consent change lane, the SNS lane, the body timeout."""
     app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
