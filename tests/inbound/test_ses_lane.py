@@ -15,30 +15,34 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
-from sqlmodel import select
 
 from prefcenter.app import create_app
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.bounces.models import Bounce
 from prefcenter.consent.ledger.replay import verify_ledger
-from prefcenter.consent.models import Suppression
-from prefcenter.contacts.models import Contact
 from prefcenter.db import Database, utcnow
 from prefcenter.driver import DriverCursor
-from prefcenter.inbound import receive, ses_record
+from prefcenter.inbound import ses_record
 from prefcenter.inbound.events import InboundEvent
 from prefcenter.inbound.receive import InboundState
 from prefcenter.inbound.schemas import InboundReport
 from prefcenter.metrics import instruments
-from prefcenter.settings import Settings, parse_signing_keys
+from prefcenter.settings import Settings
 from tests.inbound.esp import SnsSigner, fixture, now_text
 from tests.inbound.helpers import subscribe, written
+from tests.inbound.lane_helpers import (
+    FAST,
+    SLOW,
+    bounce,
+    complaint,
+    lane,
+    route,
+    rows,
+)
 from tests.support.factories import (
     Headers,
     audit_events,
@@ -47,11 +51,7 @@ from tests.support.factories import (
     make_topic,
     record_change,
 )
-from tests.support.harness import TEST_SIGNING_KEYS
 from tests.webhooks.helpers import create_endpoint, deliveries
-
-RING = parse_signing_keys(TEST_SIGNING_KEYS)
-FAST, SLOW = "fast@example.com", "slow@example.com"
 
 
 @pytest.fixture
@@ -76,92 +76,6 @@ def contacts(lane_client: TestClient, admin_headers: Headers) -> None:
 def _postgres_only(database: Database) -> None:
     if database.settings.is_sqlite:
         pytest.skip("SQLite takes the route; the lane's statements are PostgreSQL's")
-
-
-def bounce(address: str, _: str = "", *, permanent: bool = True, at: str | None = None) -> Any:
-    content: dict[str, Any] = fixture("ses_bounce.json")
-    content["bounce"]["bouncedRecipients"][0]["emailAddress"] = address
-    if not permanent:
-        content["bounce"]["bounceType"] = "Transient"
-    if at is not None:
-        content["bounce"]["timestamp"] = at
-    return content
-
-
-def complaint(address: str, at: str = "") -> dict[str, Any]:
-    """A complaint dated `at` (default: now, after the API's changes)."""
-    content: dict[str, Any] = fixture("ses_complaint.json")
-    content["complaint"]["complainedRecipients"] = [{"emailAddress": address}]
-    content["complaint"]["timestamp"] = at or now_text()
-    return content
-
-
-def _state(client: TestClient) -> InboundState:
-    state: InboundState = client.app.state.inbound  # type: ignore[attr-defined]
-    return state
-
-
-def _event(client: TestClient, message: dict[str, Any], *, now: datetime) -> InboundEvent:
-    delivery = receive.read_ses(_state(client), json.dumps(message).encode(), now=now)
-    assert isinstance(delivery.notification, list)
-    (event,) = delivery.notification
-    return event
-
-
-def _lane(
-    client: TestClient, database: Database, message: dict[str, Any], *, now: datetime
-) -> InboundReport | None:
-    event = _event(client, message, now=now)
-    keys = AuditKeys.from_settings(database.settings)
-    settings = _state(client).settings
-    return database.on_connection(
-        lambda cursor: ses_record.record_on_cursor(
-            cursor, event, settings=settings, keys=keys, now=now
-        )
-    )
-
-
-def _route(
-    client: TestClient, database: Database, message: dict[str, Any], *, now: datetime
-) -> InboundReport:
-    state = _state(client)
-    delivery = receive.read_ses(state, json.dumps(message).encode(), now=now)
-    keys = AuditKeys.from_settings(database.settings)
-    return receive.record_ses(database, state, delivery, ring=RING, keys=keys, now=now)
-
-
-def _rows(database: Database, address: str, since: datetime) -> dict[str, Any]:
-    """The contact's bounce and suppression as comparable facts: an ESP's times (the
-    samples': 2016) as they are, ours as before or after `since`."""
-
-    def when(at: datetime) -> Any:
-        return at if at.year < 2020 else ("after" if at >= since else "before")
-
-    with database.transaction(write=False) as session:
-        contact = session.exec(select(Contact).where(Contact.address == address)).one()
-        found = session.get(Bounce, contact.id)
-        suppression = session.get(Suppression, contact.id)
-    return {
-        "bounce": None
-        if found is None
-        else (
-            found.bounced,
-            when(found.occurred_at),
-            when(found.since),
-            found.source,
-            found.lifted_at is None,
-            found.soft_bounces,
-        ),
-        "suppression": None
-        if suppression is None
-        else (
-            suppression.suppressed,
-            when(suppression.occurred_at),
-            when(suppression.since),
-            suppression.source,
-            suppression.by_recipient,
-        ),
-    }
 
 
 @dataclass(frozen=True)
@@ -254,12 +168,12 @@ def test_the_lane_writes_what_the_route_writes(
     slow = sns.notification(case.last(SLOW, stamp))
     counted = {o: _complaints_counted(o) for o in ("applied", "unchanged", "superseded")}
 
-    fast_answer = _lane(lane_client, database, fast, now=now)
+    fast_answer = lane(lane_client, database, fast, now=now)
     if not case.lane:
         assert fast_answer is None
         assert audit_head_seq(database) == head  # nothing written: the route's turn
-        fast_answer = _route(lane_client, database, fast, now=now)
-    slow_answer = _route(lane_client, database, slow, now=now)
+        fast_answer = route(lane_client, database, fast, now=now)
+    slow_answer = route(lane_client, database, slow, now=now)
 
     assert fast_answer == slow_answer == ses_record._RECORDED
     assert audit_head_seq(database) == head + 2
@@ -271,7 +185,7 @@ def test_the_lane_writes_what_the_route_writes(
         return out
 
     assert facts(fast_event) == facts(slow_event)
-    assert _rows(database, FAST, now) == _rows(database, SLOW, now)
+    assert rows(database, FAST, now) == rows(database, SLOW, now)
     queued = [(d.cause_event_id, d.payload["type"]) for d in deliveries(database)[hooks:]]
     fast_types = [kind for cause, kind in queued if cause == fast_event.id]
     assert fast_types == [kind for cause, kind in queued if cause == slow_event.id]
@@ -282,8 +196,8 @@ def test_the_lane_writes_what_the_route_writes(
     else:
         assert {o: _complaints_counted(o) for o in counted} == counted
     # Each is a duplicate the second time, on either path.
-    assert _lane(lane_client, database, slow, now=now) == ses_record._DUPLICATE
-    assert _route(lane_client, database, fast, now=now) == ses_record._DUPLICATE
+    assert lane(lane_client, database, slow, now=now) == ses_record._DUPLICATE
+    assert route(lane_client, database, fast, now=now) == ses_record._DUPLICATE
     assert audit_head_seq(database) == head + 2
     result = verify_ledger(database, AuditKeys.from_settings(database.settings), deep=True)
     assert result.ok, result
@@ -352,7 +266,7 @@ def test_unknown_and_erased_addresses_go_the_routes_way_having_written_nothing(
     assert erased.status_code == 200, erased.text
     before = written(database)
     for address in ("stranger@example.com", SLOW, "not an address"):
-        assert _lane(lane_client, database, sns.notification(bounce(address)), now=utcnow()) is None
+        assert lane(lane_client, database, sns.notification(bounce(address)), now=utcnow()) is None
         assert written(database) == before
 
 
@@ -379,7 +293,7 @@ def test_a_row_that_moved_on_after_the_read_keeps_no_receipt_and_no_event(
         return found
 
     monkeypatch.setattr(ses_record, "_read", read_then_change)
-    assert _lane(lane_client, database, message, now=utcnow()) is None
+    assert lane(lane_client, database, message, now=utcnow()) is None
     assert written(database) == before
     monkeypatch.setattr(ses_record, "_read", real_read)
     assert _post(lane_client, message)["recorded"] == 1
@@ -400,12 +314,12 @@ def test_a_duplicate_claimed_between_the_read_and_the_write_is_answered_as_one(
 
     def read_then_deliver_again(cursor: DriverCursor, **fields: Any) -> Any:
         found = real_read(cursor, **fields)
-        _route(lane_client, database, message, now=utcnow())
+        route(lane_client, database, message, now=utcnow())
         return found
 
     monkeypatch.setattr(ses_record, "_read", read_then_deliver_again)
     head = audit_head_seq(database)
-    assert _lane(lane_client, database, message, now=utcnow()) == ses_record._DUPLICATE
+    assert lane(lane_client, database, message, now=utcnow()) == ses_record._DUPLICATE
     assert audit_head_seq(database) == head + 1  # the route's event alone
 
 
