@@ -6,12 +6,15 @@ and CPU time per SendGrid event and per SNS notification, on PostgreSQL (or SQLi
     .venv/bin/python bench/inbound_cost.py --profile 25         # plus cProfile's top 25
 
 Calls the use cases the routes call (`inbound.receive.receive_sendgrid`, `receive_ses`, the
-signature checks included) on a throwaway database seeded as bench/inbound.py seeds it, with
-the same event mix, and prints per event: statements (round trips), CPU µs of this process
-(`time.process_time`, which a loaded machine inflates less than wall time) over the first half
-of the deliveries, and the Python function calls cProfile counts over the second half (an
-instruction count that does not depend on the load). Then the same deliveries again:
-duplicates. Asserts no time. `PYTHONPATH=<an older checkout>/src` measures that one.
+signature checks included), and on PostgreSQL what the SNS lane calls (`receive.read_ses` on
+the cached certificate, then `inbound.ses_record.record_on_cursor` on a pooled connection;
+"SNS lane", statements counted on the driver's cursor), on a throwaway database seeded as
+bench/inbound.py seeds it, with the same event mix, and prints per event: statements (round
+trips), CPU µs of this process (`time.process_time`, which a loaded machine inflates less than
+wall time) over the first half of the deliveries, and the Python function calls cProfile
+counts over the second half (an instruction count that does not depend on the load). Then the
+same deliveries again: duplicates. Asserts no time. `PYTHONPATH=<an older checkout>/src`
+measures that one (without the lane).
 """
 
 from __future__ import annotations
@@ -40,8 +43,25 @@ from sqlalchemy import event
 import inbound as ib
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.db import Database
-from prefcenter.inbound import receive
+from prefcenter.driver import DriverCursor
+from prefcenter.inbound import receive, ses_record
 from prefcenter.settings import Settings
+
+
+class _CountingCursor:
+    """A driver cursor that counts its statements (the lane's bypass SQLAlchemy's events)."""
+
+    executed = 0
+
+    def __init__(self, cursor: DriverCursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, parameters: Any = None, /) -> Any:
+        _CountingCursor.executed += 1
+        return self._cursor.execute(sql, parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
 
 
 def _measure(
@@ -63,6 +83,7 @@ def _measure(
         shapes[" ".join(statement.split())[:70]] += 1
 
     event.listen(database.engine, "before_cursor_execute", count)
+    on_driver = _CountingCursor.executed
     cpu = time.process_time()
     wall = time.perf_counter()
     for call in calls[:half]:
@@ -70,6 +91,7 @@ def _measure(
     wall = time.perf_counter() - wall
     cpu = time.process_time() - cpu
     event.remove(database.engine, "before_cursor_execute", count)
+    statements += _CountingCursor.executed - on_driver
     profiler = cProfile.Profile()
     profiler.enable()
     for call in calls[half:]:
@@ -175,8 +197,46 @@ def main() -> int:
         calls[0]()  # the certificate, once
         _measure("SNS", database, calls[1:], 1, args.profile)
         _measure("SNS again (duplicates)", database, calls[1:], 1, 0)
+        if not target.is_sqlite:
+            lane = ib.sns_notifications(rsa_key, addresses, args.notifications, rng)
+            calls = [_lane_call(database, state, b, settings=settings, keys=keys) for b in lane]
+            _measure("SNS lane", database, calls, 1, args.profile)
+            _measure("SNS lane again (duplicates)", database, calls, 1, 0)
         database.engine.dispose()
     return 0
+
+
+def _lane_call(
+    database: Database,
+    state: receive.InboundState,
+    body: bytes,
+    *,
+    settings: Settings,
+    keys: AuditKeys,
+) -> Callable[[], Any]:
+    """What inbound.ses_lane does with one notification once its body is read (on
+    PostgreSQL, the certificate cached): verify and read it, then record it on a connection."""
+
+    def call() -> Any:
+        now = datetime.now(UTC)
+        delivery = receive.read_ses(state, body, now=now, fetch=False)
+        if (answer := receive.answer_at_once(delivery)) is not None:
+            return answer
+        assert isinstance(delivery.notification, list)
+        (found,) = delivery.notification
+        answer = database.on_connection(
+            lambda cursor: ses_record.record_on_cursor(
+                _CountingCursor(cursor),
+                found,
+                settings=settings,
+                keys=keys,
+                now=now,
+            )
+        )
+        assert answer is not None, "the lane gave way"
+        return answer
+
+    return call
 
 
 def _seed_sqlite(target: oc.Target, contacts: int) -> list[str]:

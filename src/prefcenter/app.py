@@ -31,6 +31,7 @@ from prefcenter.exports.router import router as exports_router
 from prefcenter.http_limits import BodySizeLimit, BodyTimeout
 from prefcenter.imports.router import router as imports_router
 from prefcenter.inbound.router import install_inbound
+from prefcenter.inbound.ses_lane import SesLane
 from prefcenter.links.router import router as links_router
 from prefcenter.mail.config import mail_config
 from prefcenter.monitoring.router import install_metrics
@@ -160,7 +161,7 @@ def app_from_environment() -> FastAPI:
 
 def _install_middleware(app: FastAPI, settings: Settings, database: Database) -> None:
     """Innermost first: the recipient pages' headers, the body size limit, the unsubscribe
-    lane, the API lanes, the body timeout."""
+    lane, the API lanes (consent changes, lookups), the SNS lane, the body timeout."""
     app.add_middleware(RecipientPageHeaders, prefixes=RECIPIENT_PREFIXES)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=STREAMING_PREFIXES
@@ -190,6 +191,9 @@ def _install_middleware(app: FastAPI, settings: Settings, database: Database) ->
     app.add_middleware(
         LookupLane, settings=settings, database=database, audit_keys=app.state.audit_keys
     )
+    # SES notifications through SNS (a bounce, a complaint, events to ignore) without the
+    # framework's routing and the ORM (inbound.ses_lane); anything else it hands on.
+    app.add_middleware(SesLane, settings=settings, database=database)
     # Outside the lanes too, which read their bodies themselves.
     app.add_middleware(
         BodyTimeout,

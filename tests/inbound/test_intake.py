@@ -16,7 +16,7 @@ from prefcenter.contacts.addresses import parse_address
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import lock_contact
 from prefcenter.db import Database
-from prefcenter.inbound.events import Action, InboundEvent, Provider
+from prefcenter.inbound.events import MAX_EVIDENCE_TEXT, Action, InboundEvent, Provider, text_of
 from prefcenter.inbound.intake import Intake, take_in
 from prefcenter.settings import Settings
 
@@ -109,3 +109,15 @@ def test_a_delivery_taken_in_twice_at_once_is_claimed_once(
     assert set(first.contacts) == {"ada@example.com"}
     assert results[0].claimed == set()
     assert results[0].contacts == {}
+
+
+def test_evidence_text_is_printable_and_short() -> None:
+    assert text_of("550 5.1.1 <jane@example.com>... User unknown") == (
+        "550 5.1.1 <jane@example.com>... User unknown"
+    )
+    assert text_of("line\r\nnext\x00\x1b[31m") == "line  next  [31m"
+    assert text_of("x" * (MAX_EVIDENCE_TEXT + 5)) == "x" * MAX_EVIDENCE_TEXT
+    assert text_of("\x07" * (MAX_EVIDENCE_TEXT + 5)) == " " * MAX_EVIDENCE_TEXT
+    assert text_of(42) == "42"
+    assert text_of(None) is None
+    assert text_of({"nested": 1}) is None

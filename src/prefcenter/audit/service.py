@@ -3,6 +3,7 @@ events back is audit.reading."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import datetime
 from typing import Any
@@ -84,6 +85,7 @@ _CANONICAL_PG = """%(head)s::bytea || convert_to(
     || '","seq":' || seq, 'UTF8') || %(tail)s::bytea"""
 
 
+@functools.cache  # one text per condition (a handful): built once, not per event
 def _append_ctes_pg(*, only_if: str = "") -> str:
     """The append of one event as two CTEs, `moved` (the head, which RETURNs the event's seq)
     and `event`. `only_if`: a further SQL condition for moving the head (see

@@ -36,7 +36,15 @@ LIFT_SOURCE = "admin"
 # What contacts.service.new_public_id makes; anything else cannot exist.
 _PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _TABLE = Bounce.__table__  # type: ignore[attr-defined]
-_COLUMNS = ("bounced", "occurred_at", "since", "source", "event_id", "lifted_at", "soft_bounces")
+BOUNCE_COLUMNS = (
+    "bounced",
+    "occurred_at",
+    "since",
+    "source",
+    "event_id",
+    "lifted_at",
+    "soft_bounces",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +99,7 @@ def stored_bounces(session: Session, contact_ids: Sequence[int]) -> dict[int, St
     if not contact_ids:
         return {}
     rows = session.execute(
-        core_select(*(_TABLE.c[name] for name in ("contact_id", *_COLUMNS))).where(
+        core_select(*(_TABLE.c[name] for name in ("contact_id", *BOUNCE_COLUMNS))).where(
             _among(session, sorted(set(contact_ids)))
         )
     )
@@ -141,7 +149,7 @@ ON CONFLICT (contact_id) DO UPDATE SET bounced = excluded.bounced,
 _INSERT_SQLITE = sqlite_insert(_TABLE)
 _UPSERT_SQLITE = _INSERT_SQLITE.on_conflict_do_update(
     index_elements=[_TABLE.c.contact_id],
-    set_={name: _INSERT_SQLITE.excluded[name] for name in _COLUMNS},
+    set_={name: _INSERT_SQLITE.excluded[name] for name in BOUNCE_COLUMNS},
 )
 
 
@@ -152,15 +160,66 @@ def _write_rows(session: Session, rows: Mapping[int, StoredBounce]) -> None:
     ordered = sorted(rows.items())
     if postgres_session(session):
         params: dict[str, list[Any]] = {"contact_id": [cid for cid, _ in ordered]}
-        for name in _COLUMNS:
+        for name in BOUNCE_COLUMNS:
             params[name] = [getattr(row, name) for _, row in ordered]
         session.connection().exec_driver_sql(_UPSERT_PG, params)
         return
     values = [
-        {"contact_id": cid, **{name: getattr(row, name) for name in _COLUMNS}}
+        {"contact_id": cid, **{name: getattr(row, name) for name in BOUNCE_COLUMNS}}
         for cid, row in ordered
     ]
     session.execute(_UPSERT_SQLITE, values)
+
+
+@dataclass(frozen=True, slots=True)
+class DecidedBounce:
+    """One report decided against its contact's row: the decision, its audit event (written
+    for every report, a superseded or counted one too: the trail keeps what the ESP said), and
+    the row to write (None: the row stays as it is)."""
+
+    decision: BounceDecision
+    event: NewEvent
+    row: StoredBounce | None
+
+
+def decide_report(
+    row: StoredBounce | None, report: BounceReport, *, policy: SoftBouncePolicy, now: datetime
+) -> DecidedBounce:
+    """What one report does to the contact's `bounce` row as read (`row`; None: it has none).
+    Pure but for the new event's id; every writer of bounces decides through it."""
+    decision = decide_bounce(
+        row.state if row is not None else None,
+        report.kind,
+        report.occurred_at,
+        policy=policy,
+        now=now,
+    )
+    event_id = new_event_id()
+    after: StoredBounce | None = None
+    if decision.outcome is not BounceOutcome.SUPERSEDED:
+        after = _next_row(row, decision, source=report.source, event_id=event_id, now=now)
+        if after == row:  # bounced already: nothing to write
+            after = None
+    context: dict[str, Any] = {"bounce": report.kind.value, **report.context}
+    if decision.soft_count:
+        context["soft_bounces_in_window"] = decision.soft_count
+    if decision.occurred_at != report.occurred_at:
+        context["claimed_occurred_at"] = report.occurred_at.isoformat()
+    event = NewEvent(
+        id=event_id,
+        kind=EventKind.BOUNCE,
+        occurred_at=decision.occurred_at,
+        actor=report.actor,
+        source=report.source,
+        outcome=decision.outcome.value,
+        contact_id=report.contact.public_id,
+        address=report.contact.address,
+        from_status=decision.from_status.value,
+        to_status=decision.status.value,
+        evidence=report.evidence,
+        context=context,
+    )
+    return DecidedBounce(decision=decision, event=event, row=after)
 
 
 def record_bounces(
@@ -190,41 +249,13 @@ def record_bounces(
     for report in reports:
         contact_id = report.contact.id
         row = rows.get(contact_id)
-        decision = decide_bounce(
-            row.state if row is not None else None,
-            report.kind,
-            report.occurred_at,
-            policy=policy,
-            now=now,
+        decided = decide_report(row, report, policy=policy, now=now)
+        if decided.row is not None:
+            rows[contact_id] = changed[contact_id] = decided.row
+        append_event(session, decided.event)
+        recorded.append(
+            RecordedBounce(report=report, decision=decided.decision, event_id=decided.event.id)
         )
-        event_id = new_event_id()
-        if decision.outcome is not BounceOutcome.SUPERSEDED:
-            after = _next_row(row, decision, source=report.source, event_id=event_id, now=now)
-            if after != row:  # bounced already: nothing to write
-                rows[contact_id] = changed[contact_id] = after
-        context: dict[str, Any] = {"bounce": report.kind.value, **report.context}
-        if decision.soft_count:
-            context["soft_bounces_in_window"] = decision.soft_count
-        if decision.occurred_at != report.occurred_at:
-            context["claimed_occurred_at"] = report.occurred_at.isoformat()
-        append_event(
-            session,
-            NewEvent(
-                id=event_id,
-                kind=EventKind.BOUNCE,
-                occurred_at=decision.occurred_at,
-                actor=report.actor,
-                source=report.source,
-                outcome=decision.outcome.value,
-                contact_id=report.contact.public_id,
-                address=report.contact.address,
-                from_status=decision.from_status.value,
-                to_status=decision.status.value,
-                evidence=report.evidence,
-                context=context,
-            ),
-        )
-        recorded.append(RecordedBounce(report=report, decision=decision, event_id=event_id))
     _write_rows(session, changed)
     return recorded
 

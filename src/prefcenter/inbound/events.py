@@ -106,8 +106,9 @@ def text_of(value: Any) -> str | None:
     if value is None or isinstance(value, dict | list):
         return None
     text = str(value)
-    printable = "".join(ch if ch.isprintable() else " " for ch in text)
-    return printable[:MAX_EVIDENCE_TEXT]
+    if not text.isprintable():  # most are: no walk through them character by character
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text[:MAX_EVIDENCE_TEXT]
 
 
 def evidence_of(provider: Provider, receipt: str, kind: str, **fields: Any) -> dict[str, Any]:

@@ -71,6 +71,11 @@ class InboundState:
     def tolerance(self) -> timedelta:
         return timedelta(seconds=self.settings.inbound_timestamp_tolerance_s)
 
+    def forget_is_due(self) -> bool:
+        """Whether the next `forget_due` would say True (and the delivery delete old
+        receipts), without taking the turn: the SNS lane leaves that delivery to the route."""
+        return time.monotonic() >= self._next_forget
+
     def forget_due(self) -> bool:
         """True once an hour per process: this delivery also deletes old receipts."""
         now = time.monotonic()

@@ -103,9 +103,11 @@ async def _from_esp(
     openapi_extra=_raw_body("text/plain", "application/json"),
 )
 async def receive_ses(request: Request) -> InboundReport:
-    # With its certificate cached, a notification is checked here, on the event loop (one
-    # RSA verification: tens of µs), and one of ignored events only (most are) is answered
-    # without a thread or a session; the rest is recorded in a worker thread as usual.
+    # On PostgreSQL inbound.ses_lane answers the common cases before this route (events to
+    # ignore, one recipient's bounce or complaint). With its certificate cached, a
+    # notification is checked here, on the event loop (one RSA verification: tens of µs), and
+    # one of ignored events only (most are) is answered without a thread or a session; the
+    # rest is recorded in a worker thread as usual.
     body = await request.body()
     state, now = inbound_state(request), utcnow()
     try:

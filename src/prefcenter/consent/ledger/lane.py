@@ -209,15 +209,9 @@ def write_optout(
     else:
         was = None if state.suppression is None else state.suppression[0]
         values = suppression_change(decision, requested, now=now, was_suppressed=was)
-        if state.suppression is None:
-            written = _insert_suppression
-            columns = _SUPPRESSION_COLUMNS
-        else:
-            written = _UPDATE_SUPPRESSION[frozenset(values)]
-            columns = tuple(values)
-            params.update(
-                zip((f"x_{c}" for c in _EXPECTED_SUPPRESSION), state.suppression, strict=True)
-            )
+        written, written_params = guarded_suppression_write(state.suppression, values)
+        params.update(written_params)
+        columns = ()
     params.update((f"w_{c}", values[c]) for c in columns)
     append_ctes, event_params = guarded_append_pg(keys, event, only_if=_GUARD)
     params.update(event_params)
@@ -234,6 +228,22 @@ def write_optout(
     if cursor.fetchone() is None:
         return None
     return OptOutWritten(decision_outcome=decision.outcome, event_id=event.id)
+
+
+def guarded_suppression_write(
+    expected: tuple[bool, datetime, bool] | None, values: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The `written AS (…)` CTE that sets a contact's suppression to `values`
+    (`suppression_change`'s) only if the row is still as read (`expected`: suppressed,
+    occurred_at, by_recipient; None: there is none), with its parameters. It writes only where
+    the caller's own `locked` CTE found the contact (`%(w_contact)s`, the caller's parameter)."""
+    params: dict[str, Any]
+    if expected is None:
+        params = {f"w_{c}": values[c] for c in _SUPPRESSION_COLUMNS}
+        return _insert_suppression, params
+    params = {f"w_{c}": value for c, value in values.items()}
+    params.update(zip((f"x_{c}" for c in _EXPECTED_SUPPRESSION), expected, strict=True))
+    return _UPDATE_SUPPRESSION[frozenset(values)], params
 
 
 _insert_subscription = _insert("subscription", ("topic_id", *_SUBSCRIPTION_COLUMNS))
