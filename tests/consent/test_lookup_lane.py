@@ -35,8 +35,8 @@ from prefcenter.consent.lookup import (
 from prefcenter.contacts.addresses import parse_address
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
-from prefcenter.storage_errors import ConnectionLost
 from prefcenter.driver import DriverCursor
+from prefcenter.storage_errors import ConnectionLost
 from tests.notices.reconsent_helpers import MOMENT, bound_topic, moved_clock
 from tests.support.factories import Headers, make_topic, record_change
 from tests.support.harness import issue_key, make_settings
