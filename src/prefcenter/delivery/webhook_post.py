@@ -53,7 +53,7 @@ async def post_delivery(
         error = f"refused: {exc}"
         unreachable = error
     except TimeoutError:
-        error = f"no answer within {TIMEOUT_S:.0f} s"
+        error = f"no answer within {TIMEOUT_S:g} s"
         unreachable = error
     except OSError as exc:  # resolving or connecting
         error = f"cannot connect: {exc or type(exc).__name__}"
