@@ -302,6 +302,38 @@ class TestKeptConnections:
         assert all(isinstance(a, Answer) for a in answers)
         assert run.connections == 2
 
+    def test_pruning_closes_the_idle_ones_of_every_origin(self, monkeypatch: Any) -> None:
+        closed: list[int] = []
+
+        async def script(peer: Peer) -> None:
+            await peer.request()
+            await peer.answer(OK)
+            await peer.reader.read()  # until the client closes it
+            closed.append(peer.number)
+            peer.writer.close()
+
+        async def go() -> None:
+            server = await asyncio.start_server(lambda r, w: script(Peer(r, w, 1)), "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            connections = CheckedConnections(resolve=loopback, allow_private=True)
+            await connections.post(f"http://127.0.0.1:{port}/a", HEADERS, b"{}")
+            monkeypatch.setattr(checked_transport, "KEEPALIVE_S", 3600.0)
+            connections.prune()
+            await asyncio.sleep(0.1)
+            assert closed == []  # still kept
+            monkeypatch.setattr(checked_transport, "KEEPALIVE_S", 0.0)
+            connections.prune()
+            for _ in range(100):
+                if closed:
+                    break
+                await asyncio.sleep(0.01)
+            assert closed == [1]
+            await connections.aclose()
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run(go())
+
 
 class TestWhereItConnects:
     def test_a_refused_address_is_never_connected_to(self) -> None:

@@ -115,6 +115,20 @@ class CheckedConnections:
         except _ClosedUnasked:
             raise BrokenAnswer("the receiver closed the connection without answering") from None
 
+    def prune(self) -> None:
+        """Close the connections that have been idle too long, of every origin (those of an
+        origin no longer posted to would otherwise stay open)."""
+        now = asyncio.get_running_loop().time()
+        for origin, idle in list(self._idle.items()):
+            kept = [c for c in idle if c.usable(now)]
+            for connection in idle:
+                if connection not in kept:
+                    connection.close()
+            if kept:
+                self._idle[origin] = kept
+            else:
+                del self._idle[origin]
+
     async def aclose(self) -> None:
         idle, self._idle = self._idle, {}
         for connections in idle.values():

@@ -213,6 +213,7 @@ class WebhookSender:
         be reached, its deliveries that have not started are retried later without a try;
         after a stop or half the claim's time, those not started are given back untried."""
         connections = self.connections()
+        connections.prune()
         down: dict[int, str] = {}
         deadline = claimed_at + self.lease / 2
         sent: list[Sent] = []
