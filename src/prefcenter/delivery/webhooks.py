@@ -1,4 +1,4 @@
-"""Owns sending webhook deliveries (Standard Webhooks v1) with httpx: claim due deliveries,
+"""Owns sending webhook deliveries (Standard Webhooks v1): claim due deliveries,
 build each body from its audit event (delivery.webhook_outgoing), sign it with every secret
 that signs, POST them concurrently through a transport that connects only to addresses it has
 checked (delivery.checked_transport), and record every attempt, what it did to its endpoint
