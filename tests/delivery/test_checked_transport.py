@@ -212,6 +212,9 @@ class TestAnswers:
         for answer in (
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            # Framed both ways, or followed by bytes nobody asked for: not trusted again.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            OK + OK,
         ):
             answers, run = post_all(answering(answer), 2)
             assert all(isinstance(a, Answer) for a in answers)
@@ -237,12 +240,15 @@ class TestAnswers:
             b"SSH-2.0-OpenSSH\r\n\r\n",
             b"HTTP/1.1 2x0 OK\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n folded\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n 0\r\n\r\nhello",
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
             b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n",
+            (b"HTTP/1.1 103 Early Hints\r\nLink: " + b"a" * (MAX_HEAD_BYTES // 2) + b"\r\n\r\n")
+            * 2,
         ],
     )
     def test_what_is_not_an_http_answer_is_a_broken_answer(self, raw: bytes) -> None:
@@ -252,6 +258,20 @@ class TestAnswers:
 
         (answer,), _ = post_all(script)
         assert isinstance(answer, BrokenAnswer)
+
+    def test_a_head_up_to_its_limit_is_read(self) -> None:
+        fill = MAX_HEAD_BYTES - 100
+        raw = b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * fill + b"\r\nContent-Length: 0\r\n\r\n"
+        (answer,), _ = post_all(answering(raw))
+        assert isinstance(answer, Answer)
+        assert len(answer.headers["x-long"]) == fill
+
+    def test_a_folded_header_line_is_unfolded(self) -> None:
+        """RFC 9112 §5.2: a user agent replaces an obs-fold with a space (h11 does); a fold
+        in a framing header leaves a malformed one, refused above."""
+        folded = b"HTTP/1.1 503 Busy\r\nX-A: 1\r\n\t folded\r\nContent-Length: 0\r\n\r\n"
+        (answer,), _ = post_all(answering(folded))
+        assert answer == Answer(503, {"x-a": "1 folded", "content-length": "0"}, b"")
 
     def test_a_new_connection_closed_without_an_answer_is_a_broken_answer(self) -> None:
         async def script(peer: Peer) -> None:

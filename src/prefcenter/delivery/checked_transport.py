@@ -6,10 +6,16 @@ SSRF: the endpoint's host is resolved when a connection is opened, every address
 checked, never to the result of a second lookup; TLS still verifies the certificate against
 the host name. Redirects are not followed (an answer is only read); no proxy is used.
 
-Why not httpx: a delivery is one small POST and one small answer, and httpx's layers (client,
-transport, httpcore's pool, anyio streams, h11) cost the worker more CPU than everything else
-it does per delivery. The answer is read with hard limits: its head up to MAX_HEAD_BYTES, its
-body up to MAX_ANSWER_BYTES (a longer one is not read on: the connection is dropped).
+HTTP/1.1 is h11's, one h11.Connection per connection: it writes the request, parses and
+frames the answer (a length, chunked, until the connection closes; interim 1xx answers) and
+decides whether the connection may carry the next request. What is ours: the sockets, which
+connection is used again, and hard limits on what is read: the answer's head (with any
+interim answers) up to MAX_HEAD_BYTES, its body up to MAX_ANSWER_BYTES (a longer one is not
+read on: the connection is dropped).
+
+Why not httpx: a delivery is one small POST and one small answer, and httpx's layers above
+h11 (client, transport, httpcore's pool, anyio streams) cost the worker more CPU than
+everything else it does per delivery.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import ssl
 from dataclasses import dataclass, field
 
 import anyio
+import h11
 import httpx
 
 from prefcenter.webhooks.addresses import Resolve, checked_addresses
@@ -28,14 +35,15 @@ from prefcenter.webhooks.addresses import Resolve, checked_addresses
 # An idle connection is used again for this long, then closed (receivers close theirs after
 # a few seconds too: uvicorn after 5).
 KEEPALIVE_S = 4.0
-# An answer's head (status line and headers), and the part of its body that is read; a body
-# longer than that is not read on and its connection is dropped.
+# An answer's head (status line and headers, with any interim answers before it), and the
+# part of its body that is read; a body longer than that is not read on and its connection
+# is dropped.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 64 * 1024
 # What is kept of an answer's body (for the attempt's error).
 ANSWER_KEPT = 200
 USER_AGENT = b"prefcenter-webhooks/1"
-_NO_BODY = frozenset({204, 304})
+_READ_BYTES = 64 * 1024
 
 
 class BrokenAnswer(Exception):
@@ -58,13 +66,15 @@ class _Target:
     host: str  # what is resolved, and the TLS server name
     port: int
     tls: bool
-    request_line: bytes  # `POST /path?query HTTP/1.1\r\nHost: …\r\n…` up to the lengths
+    path: bytes  # the request target: path and query, percent-encoded
+    host_header: bytes  # the host (IDNA), and the port unless it is the scheme's
 
 
 @dataclass(slots=True)
 class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    http: h11.Connection
     idle_since: float = 0.0
 
     def usable(self, now: float) -> bool:
@@ -102,16 +112,28 @@ class CheckedConnections:
         `url`. Raises AddressRefused or OSError when no connection can be opened,
         BrokenAnswer when the answer is not one."""
         target = self._target(url)
-        request = b"%b%d\r\n%b\r\n%b" % (target.request_line, len(body), headers, body)
+        fields = [
+            (b"Host", target.host_header),
+            (b"User-Agent", USER_AGENT),
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", b"%d" % len(body)),
+        ]
+        for line in headers.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b": ")
+                fields.append((name, value))
+        # h11 checks every name and value (no line breaks): a bad one raises
+        # h11.LocalProtocolError before anything is sent.
+        request = h11.Request(method=b"POST", target=target.path, headers=fields)
         connection = self._kept(target)
         if connection is not None:
             try:
-                return await self._exchange(target, connection, request)
+                return await self._exchange(target, connection, request, body)
             except _ClosedUnasked:
                 pass  # the receiver closed it while it was idle: once more, on a new one
         connection = await self._open(target)
         try:
-            return await self._exchange(target, connection, request)
+            return await self._exchange(target, connection, request, body)
         except _ClosedUnasked:
             raise BrokenAnswer("the receiver closed the connection without answering") from None
 
@@ -180,49 +202,107 @@ class CheckedConnections:
             except OSError as exc:
                 failure = exc
             else:
-                return _Connection(reader, writer)
+                http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+                return _Connection(reader, writer, http)
         assert failure is not None
         raise failure
 
-    async def _exchange(self, target: _Target, connection: _Connection, request: bytes) -> Answer:
+    async def _exchange(
+        self, target: _Target, connection: _Connection, request: h11.Request, body: bytes
+    ) -> Answer:
         """Send the request, read the answer; the connection is kept for the next one when
-        the answer allows, closed otherwise (also when this is cancelled: a timeout)."""
+        h11 says it may be, closed otherwise (also when this is cancelled: a timeout)."""
+        http = connection.http
+        reading = _Reading(http, connection.reader)
         kept = False
-        answered = False
         try:
-            connection.writer.write(request)
+            sent = (
+                http.send(request),
+                http.send(h11.Data(data=body)),
+                http.send(h11.EndOfMessage()),
+            )
+            connection.writer.write(b"".join(part for part in sent if part is not None))
             await connection.writer.drain()
-            try:
-                line = await connection.reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as exc:
-                if not exc.partial:
-                    raise _ClosedUnasked from None
-                raise
-            answered = True
-            status, headers, reusable = _parse_head(line)
-            while 100 <= status < 200:  # an interim answer (100, 103): the real one follows
-                if status == 101:
-                    raise BrokenAnswer("the receiver switched protocols")
-                status, headers, reusable = _parse_head(
-                    await connection.reader.readuntil(b"\r\n\r\n")
-                )
-            head, complete = await _read_body(connection.reader, status, headers)
-            kept = reusable and complete
-            return Answer(status, headers, head)
+            answer, kept = await reading.answer()
+        except h11.RemoteProtocolError as exc:
+            raise BrokenAnswer(f"not an HTTP/1.1 answer: {exc}") from None
         except (ConnectionError, ssl.SSLError) as exc:
-            if not answered and connection.idle_since:
+            if not reading.received and connection.idle_since:
                 raise _ClosedUnasked from None
             raise BrokenAnswer(f"the connection broke: {exc or type(exc).__name__}") from None
-        except asyncio.IncompleteReadError:
-            raise BrokenAnswer("the receiver closed the connection in its answer") from None
-        except (asyncio.LimitOverrunError, ValueError) as exc:
-            raise BrokenAnswer(f"the answer's head is too long or malformed ({exc})") from None
+        else:
+            if kept:
+                http.start_next_cycle()
+            return answer
         finally:
             if kept:
                 connection.idle_since = asyncio.get_running_loop().time()
                 self._idle.setdefault(target.origin, []).append(connection)
             else:
                 connection.close()
+
+
+@dataclass(slots=True)
+class _Reading:
+    """One answer, parsed by h11 from what is read with the limits."""
+
+    http: h11.Connection
+    reader: asyncio.StreamReader
+    received: int = 0  # bytes read, heads and body
+    response: h11.Response | None = None
+    start: bytes = b""  # of the body, up to ANSWER_KEPT bytes
+    body_read: int = 0
+
+    async def answer(self) -> tuple[Answer, bool]:
+        """The answer, and whether its connection may carry the next request. Raises
+        h11.RemoteProtocolError, BrokenAnswer, _ClosedUnasked."""
+        while True:
+            event = self.http.next_event()
+            if event is h11.NEED_DATA:
+                await self._receive()
+            elif type(event) is h11.Data:
+                self.body_read += len(event.data)
+                if len(self.start) < ANSWER_KEPT:
+                    self.start = (self.start + event.data)[:ANSWER_KEPT]
+                if self.body_read > MAX_ANSWER_BYTES:
+                    return self._answer(), False  # not read on: the connection is dropped
+            elif type(event) is h11.Response:
+                self.response = event
+            elif type(event) is h11.EndOfMessage:
+                answer = self._answer()
+                # Not trusted with another request: an answer framed both ways (h11 goes by
+                # its chunks; a smuggling sign, RFC 9112 §6.3), or bytes after its end.
+                reusable = (
+                    self.http.our_state is h11.DONE
+                    and self.http.their_state is h11.DONE
+                    and self.http.trailing_data == (b"", False)
+                    and not (
+                        "content-length" in answer.headers and "transfer-encoding" in answer.headers
+                    )
+                )
+                return answer, reusable
+            elif type(event) is not h11.InformationalResponse:  # a 1xx: the answer follows
+                raise BrokenAnswer(f"the answer ended unexpectedly: {event!r}"[:200])
+
+    async def _receive(self) -> None:
+        # Until the head is complete, never more than its limit: h11's own limit holds for
+        # one incomplete head, not for a head that arrives whole in one read, nor for
+        # interim answers before it.
+        size = _READ_BYTES if self.response is not None else MAX_HEAD_BYTES + 1 - self.received
+        if size <= 0:
+            raise BrokenAnswer("the answer's head is too long")
+        data = await self.reader.read(size)
+        if not data and not self.received:
+            raise _ClosedUnasked
+        self.received += len(data)
+        self.http.receive_data(data)
+
+    def _answer(self) -> Answer:
+        assert self.response is not None
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in self.response.headers
+        }
+        return Answer(self.response.status_code, headers, self.start)
 
 
 class _ClosedUnasked(Exception):
@@ -239,88 +319,4 @@ def _target_of(url: str) -> _Target:
     tls = parsed.scheme == "https"
     port = parsed.port or (443 if tls else 80)
     host = parsed.raw_host.decode("ascii")
-    request_line = (
-        b"POST %b HTTP/1.1\r\nHost: %b\r\nUser-Agent: %b\r\n"
-        b"Content-Type: application/json\r\nContent-Length: "
-        % (parsed.raw_path, parsed.netloc, USER_AGENT)
-    )
-    return _Target((parsed.scheme, host, port), host, port, tls, request_line)
-
-
-def _parse_head(raw: bytes) -> tuple[int, dict[str, str], bool]:
-    """Status, headers and whether the connection may be kept (HTTP/1.1 without
-    `Connection: close`). Raises BrokenAnswer."""
-    lines = raw[:-4].split(b"\r\n")
-    version, _, rest = lines[0].partition(b" ")
-    code = rest[:3]
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise BrokenAnswer(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
-            raise BrokenAnswer(f"a malformed header line: {line[:80]!r}")
-        headers[name.decode("latin-1").lower()] = value.strip().decode("latin-1")
-    connection = headers.get("connection", "").lower()
-    reusable = version == b"HTTP/1.1" and "close" not in connection
-    return int(code), headers, reusable
-
-
-async def _read_body(
-    reader: asyncio.StreamReader, status: int, headers: dict[str, str]
-) -> tuple[bytes, bool]:
-    """The start of the body, and whether it was read to its end (RFC 9112 §6.3: chunked,
-    a length, or until the connection closes, which leaves nothing to keep)."""
-    if status in _NO_BODY:
-        return b"", True
-    coding = headers.get("transfer-encoding")
-    if coding is not None:
-        if coding.lower().rsplit(",", 1)[-1].strip() != "chunked":
-            return await _read_to_close(reader), False
-        return await _read_chunked(reader)
-    length = headers.get("content-length")
-    if length is None:
-        return await _read_to_close(reader), False
-    if not length.isdigit() or len(length) > 18:
-        raise BrokenAnswer(f"a malformed Content-Length: {length[:40]!r}")
-    size = int(length)
-    if size > MAX_ANSWER_BYTES:
-        return await reader.readexactly(min(size, ANSWER_KEPT)), False
-    body = await reader.readexactly(size) if size else b""
-    return body[:ANSWER_KEPT], True
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
-    kept = b""
-    total = 0
-    while True:
-        line = (await reader.readuntil(b"\r\n"))[:-2]
-        size_text = line.split(b";", 1)[0].strip()
-        if not size_text or len(size_text) > 16 or size_text.strip(b"0123456789abcdefABCDEF"):
-            raise BrokenAnswer(f"a malformed chunk size: {line[:40]!r}")
-        size = int(size_text, 16)
-        if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, if any
-                pass
-            return kept, True
-        total += size
-        if total > MAX_ANSWER_BYTES:
-            return kept, False
-        chunk = await reader.readexactly(size)
-        if len(kept) < ANSWER_KEPT:
-            kept = (kept + chunk)[:ANSWER_KEPT]
-        if await reader.readexactly(2) != b"\r\n":
-            raise BrokenAnswer("a chunk does not end with CRLF")
-
-
-async def _read_to_close(reader: asyncio.StreamReader) -> bytes:
-    kept = b""
-    total = 0
-    while total <= MAX_ANSWER_BYTES:
-        chunk = await reader.read(16 * 1024)
-        if not chunk:
-            break
-        total += len(chunk)
-        if len(kept) < ANSWER_KEPT:
-            kept = (kept + chunk)[:ANSWER_KEPT]
-    return kept
+    return _Target((parsed.scheme, host, port), host, port, tls, parsed.raw_path, parsed.netloc)
