@@ -5,6 +5,7 @@ that roll back, and rotation (both secrets verify for a day)."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from prefcenter.audit.models import AuditEvent
 from prefcenter.consent import change_lane
 from prefcenter.consent.ledger import orm as ledger_orm
 from prefcenter.db import Database
+from prefcenter.delivery import webhook_post
 from prefcenter.delivery.webhooks import WebhookSender
 from prefcenter.outbox.rules import WEBHOOK_RETRY_SCHEDULE
 from prefcenter.settings import Settings
@@ -288,3 +290,36 @@ class TestRetries:
             d.webhook_id for d in inbox.received() if d.webhook_id == accepted[0].webhook_id
         ]
         assert len(first_ids) >= 2
+
+
+class TestSlowReceivers:
+    def test_no_answer_within_the_timeout_is_retried_on_the_schedule(
+        self,
+        client: TestClient,
+        admin: Headers,
+        writer: Headers,
+        topic: str,
+        database: Database,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The timeout is the contract's 15 s (shortened here); the connection is dropped."""
+        monkeypatch.setattr(webhook_post, "TIMEOUT_S", 0.3)
+        released = threading.Event()
+
+        def stall(_: Any) -> tuple[int, dict[str, str]]:
+            released.wait(10)
+            return 200, {}
+
+        inbox = Inbox(answer=stall)
+        with receiver(inbox) as slow:
+            create_endpoint(client, admin, slow.url)
+            change(client, writer, "ada@example.com", "subscribed")
+            clock = Clock()
+            report = run(sender_for(database, settings, clock), due=False)
+            released.set()
+        assert (report.claimed, report.retried, report.sent) == (1, 1, 0)
+        (row,) = deliveries(database)
+        assert row.status == "queued"
+        assert row.due_at == clock.now + WEBHOOK_RETRY_SCHEDULE[0]
+        assert "no answer within 0.3 s" in (row.last_error or "")

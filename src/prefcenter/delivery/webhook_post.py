@@ -9,27 +9,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import httpcore
-import httpx
-
-from prefcenter.delivery.checked_transport import CheckedTransport
+from prefcenter.delivery.checked_transport import Answer, BrokenAnswer, CheckedConnections
 from prefcenter.delivery.webhook_outgoing import Outgoing
 from prefcenter.delivery.webhook_records import Sent
 from prefcenter.outbox.schemas import Attempted, AttemptOutcome
 from prefcenter.webhooks.addresses import AddressRefused
-from prefcenter.webhooks.rules import Answer, answer_of, retry_after
+from prefcenter.webhooks.rules import Answer as Meaning
+from prefcenter.webhooks.rules import answer_of, retry_after
 from prefcenter.webhooks.rules import signature_header as sign
 
 logger = logging.getLogger(__name__)
 
-# The whole of one attempt: resolving, connecting, sending, the answer's head.
+# The whole of one attempt: resolving, connecting, sending, the answer.
 TIMEOUT_S = 15.0
-# What is kept of a receiver's answer in the attempt's error.
-ANSWER_CHARS = 200
-# An answer's body is read up to this much (then the connection is dropped, not read on).
-MAX_ANSWER_BYTES = 64 * 1024
-USER_AGENT = "prefcenter-webhooks/1"
-_TIMEOUT = httpx.Timeout(TIMEOUT_S)
 _RETRY = AttemptOutcome.RETRY
 
 
@@ -41,7 +33,7 @@ class PostResult:
 
 async def post_delivery(
     item: Outgoing,
-    lane: CheckedTransport,
+    connections: CheckedConnections,
     *,
     started: datetime,
     clock: Callable[[], datetime],
@@ -51,49 +43,30 @@ async def post_delivery(
     answer makes of it; `unreachable` says why the endpoint could not be reached at all."""
     endpoint_id = item.claimed.endpoint_id
     timestamp = int(wall())
-    headers = {
-        "user-agent": USER_AGENT,
-        "content-type": "application/json",
-        "webhook-id": item.webhook_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(list(item.keys), item.webhook_id, timestamp, item.body),
-    }
+    signature = sign(list(item.keys), item.webhook_id, timestamp, item.body)
     unreachable: str | None = None
     try:
+        headers = _headers(item.webhook_id, timestamp, signature)
         async with asyncio.timeout(TIMEOUT_S):
-            request = httpx.Request(
-                "POST",
-                item.url,
-                content=item.body,
-                headers=headers,
-                extensions={"timeout": _TIMEOUT.as_dict()},
-            )
-            response = await lane.handle_async_request(request)
-            try:
-                head = await _read_some(response)
-            finally:
-                await response.aclose()
+            response = await connections.post(item.url, headers, item.body)
     except AddressRefused as exc:
         error = f"refused: {exc}"
         unreachable = error
     except TimeoutError:
-        error = f"no answer within {TIMEOUT_S:.0f} s"
+        error = f"no answer within {TIMEOUT_S:g} s"
         unreachable = error
-    except httpx.TimeoutException:
-        error = f"no answer within {TIMEOUT_S:.0f} s"
-        unreachable = error
-    except (httpx.ConnectError, OSError) as exc:
+    except OSError as exc:  # resolving or connecting
         error = f"cannot connect: {exc or type(exc).__name__}"
         unreachable = error
-    except (httpx.HTTPError, httpcore.ProtocolError) as exc:
+    except BrokenAnswer as exc:
         error = f"{type(exc).__name__}: {exc}"
     except Exception as exc:
         logger.warning("webhook %s: unexpected error", item.webhook_id, exc_info=True)
         error = f"{type(exc).__name__}: {exc}"
     else:
         finished = clock()
-        answer = answer_of(response.status_code)
-        if answer is Answer.DELIVERED:
+        meaning = answer_of(response.status)
+        if meaning is Meaning.DELIVERED:
             return PostResult(
                 Sent(
                     Attempted(item.claimed, AttemptOutcome.SENT, started, finished),
@@ -101,8 +74,8 @@ async def post_delivery(
                     reached=True,
                 )
             )
-        error = _answer_error(response, head)
-        if answer is Answer.GONE:
+        error = _answer_error(response)
+        if meaning is Meaning.GONE:
             return PostResult(
                 Sent(
                     Attempted(item.claimed, AttemptOutcome.FAILED, started, finished, error),
@@ -110,9 +83,7 @@ async def post_delivery(
                     gone=True,
                 )
             )
-        not_before = retry_after(
-            response.status_code, response.headers.get("retry-after"), now=finished
-        )
+        not_before = retry_after(response.status, response.headers.get("retry-after"), now=finished)
         return PostResult(
             Sent(
                 Attempted(item.claimed, _RETRY, started, finished, error, not_before=not_before),
@@ -125,22 +96,21 @@ async def post_delivery(
     )
 
 
-async def _read_some(response: httpx.Response) -> bytes:
-    """The start of an answer's body, for the error. A short body is read to its end, so
-    that the connection is kept for the next delivery; a long one is not read further (the
-    connection is then closed)."""
-    head = b""
-    async for chunk in response.aiter_raw():
-        head += chunk
-        if len(head) > MAX_ANSWER_BYTES:
-            break
-    return head[:ANSWER_CHARS]
+def _headers(webhook_id: str, timestamp: int, signature: str) -> bytes:
+    """The Standard Webhooks headers, as lines; the id is ours, but a line break in it would
+    let it write headers of its own: refused, never sent."""
+    if not (webhook_id.isascii() and webhook_id.isprintable()):
+        raise BrokenAnswer(f"the webhook-id holds a control character: {webhook_id!r}")
+    return (
+        f"webhook-id: {webhook_id}\r\nwebhook-timestamp: {timestamp}\r\n"
+        f"webhook-signature: {signature}\r\n"
+    ).encode()
 
 
-def _answer_error(response: httpx.Response, head: bytes) -> str:
-    text = head.decode("utf-8", "replace")
+def _answer_error(response: Answer) -> str:
+    text = response.head.decode("utf-8", "replace")
     text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
-    reason = f"HTTP {response.status_code}"
-    if 300 <= response.status_code < 400:
+    reason = f"HTTP {response.status}"
+    if 300 <= response.status < 400:
         reason += " (redirects are not followed)"
     return f"{reason}: {text}" if text else reason

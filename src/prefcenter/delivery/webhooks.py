@@ -1,4 +1,4 @@
-"""Owns sending webhook deliveries (Standard Webhooks v1) with httpx: claim due deliveries,
+"""Owns sending webhook deliveries (Standard Webhooks v1): claim due deliveries,
 build each body from its audit event (delivery.webhook_outgoing), sign it with every secret
 that signs, POST them concurrently through a transport that connects only to addresses it has
 checked (delivery.checked_transport), and record every attempt, what it did to its endpoint
@@ -23,11 +23,7 @@ import anyio
 
 from prefcenter import metrics
 from prefcenter.db import Database, utcnow
-from prefcenter.delivery.checked_transport import (
-    LANE_CONNECTIONS,
-    CheckedTransport,
-    checked_transport,
-)
+from prefcenter.delivery.checked_transport import CheckedConnections
 from prefcenter.delivery.webhook_outgoing import Outgoing, prepare_outgoing
 from prefcenter.delivery.webhook_post import post_delivery
 from prefcenter.delivery.webhook_records import Sent, record_batch
@@ -38,9 +34,8 @@ from prefcenter.webhooks.addresses import Resolve, system_resolve
 
 logger = logging.getLogger(__name__)
 
-# Deliveries claimed at once, and sent at once at most (across endpoints), over lanes of
-# LANE_CONNECTIONS connections each: httpcore's pool looks at each of its connections for
-# every request, so a few small pools cost less than one large one.
+# Deliveries claimed at once, and sent at once at most (across endpoints, each over a
+# connection of its own).
 BATCH_SIZE = 200
 CONCURRENCY = 32
 
@@ -88,24 +83,20 @@ class WebhookSender:
         self.concurrency = concurrency
         self.name = name
         self.lease = timedelta(seconds=settings.outbox_lease_seconds)
-        # httpx's transport without its client: no cookie jar carried from one receiver to
-        # the next, no redirects, no proxies from the environment, less work per request.
-        self._lanes: list[CheckedTransport] = []
+        # No cookie jar carried from one receiver to the next, no redirects, no proxies.
+        self._connections: CheckedConnections | None = None
 
-    def lanes(self) -> list[CheckedTransport]:
-        if not self._lanes:
-            self._lanes = [
-                checked_transport(
-                    resolve=self.resolve, allow_private=self.settings.webhooks_allow_private
-                )
-                for _ in range(max(1, -(-self.concurrency // LANE_CONNECTIONS)))
-            ]
-        return self._lanes
+    def connections(self) -> CheckedConnections:
+        if self._connections is None:
+            self._connections = CheckedConnections(
+                resolve=self.resolve, allow_private=self.settings.webhooks_allow_private
+            )
+        return self._connections
 
     async def aclose(self) -> None:
-        lanes, self._lanes = self._lanes, []
-        for lane in lanes:
-            await lane.aclose()
+        connections, self._connections = self._connections, None
+        if connections is not None:
+            await connections.aclose()
 
     async def deliver_batch(self, *, stop: asyncio.Event | None = None) -> BatchReport:
         """One round: claim up to a batch of due deliveries, send them, record the attempts."""
@@ -217,46 +208,48 @@ class WebhookSender:
     async def _send_all(
         self, outgoing: list[Outgoing], *, stop: asyncio.Event | None, claimed_at: datetime
     ) -> tuple[list[Sent], list[int]]:
-        """Send concurrently: each lane (a pool of its own) sends at most LANE_CONNECTIONS at
-        once. Once an endpoint cannot be reached, its deliveries that have not started are
-        retried later without a try; after a stop or half the claim's time, those not started
-        are given back untried."""
-        lanes = self.lanes()
-        gates = [asyncio.Semaphore(LANE_CONNECTIONS) for _ in lanes]
+        """Send concurrently, `concurrency` at most at once (a batch holds one delivery per
+        contact and endpoint at most: the claim keeps their order). Once an endpoint cannot
+        be reached, its deliveries that have not started are retried later without a try;
+        after a stop or half the claim's time, those not started are given back untried."""
+        connections = self.connections()
+        connections.prune()
         down: dict[int, str] = {}
         deadline = claimed_at + self.lease / 2
         sent: list[Sent] = []
         untried: list[int] = []
+        queue = iter(outgoing)
 
-        async def one(item: Outgoing, lane: int) -> None:
-            started = self.clock()
-            endpoint_id = item.claimed.endpoint_id
-            if item.skip is not None:
-                attempted = Attempted(item.claimed, item.skip_outcome, started, started, item.skip)
-                sent.append(Sent(attempted, endpoint_id))
-                return
-            async with gates[lane]:
+        async def sender() -> None:
+            for item in queue:
                 started = self.clock()
+                endpoint_id = item.claimed.endpoint_id
+                if item.skip is not None:
+                    attempted = Attempted(
+                        item.claimed, item.skip_outcome, started, started, item.skip
+                    )
+                    sent.append(Sent(attempted, endpoint_id))
+                    continue
                 if (stop is not None and stop.is_set()) or started >= deadline:
                     untried.append(item.claimed.id)
-                    return
+                    continue
                 assert endpoint_id is not None
                 if endpoint_id in down:
                     error = f"not tried, the endpoint is unreachable: {down[endpoint_id]}"
                     sent.append(
                         Sent(Attempted(item.claimed, _RETRY, started, started, error), None)
                     )
-                    return
+                    continue
                 result = await post_delivery(
-                    item, lanes[lane], started=started, clock=self.clock, wall=self.wall
+                    item, connections, started=started, clock=self.clock, wall=self.wall
                 )
                 if result.unreachable is not None:
                     down[endpoint_id] = result.unreachable
                 sent.append(result.sent)
 
         async with anyio.create_task_group() as group:
-            for number, item in enumerate(outgoing):
-                group.start_soon(one, item, number % len(lanes))
+            for _ in range(min(self.concurrency, len(outgoing))):
+                group.start_soon(sender)
         return sent, untried
 
     async def run(self, stop: asyncio.Event) -> None:
