@@ -305,16 +305,44 @@ def _verify_once(engine: str, settings: Settings, count: int) -> None:
         result = verify_chain(database, keys)
         verify_s = time.perf_counter() - t0
         cpu_s = time.process_time() - cpu0
+        server_s = _backends_cpu(database)
     finally:
         database.dispose()
     assert result.ok, result
     assert result.checked == count, result
     print(
         f"[{engine}] verify {count:,} events: {verify_s:.2f} s "
-        f"({count / verify_s:,.0f} events/s; goal ≤ 5 s per 1M; verifier CPU {cpu_s:.2f} s); "
+        f"({count / verify_s:,.0f} events/s; goal ≤ 5 s per 1M; verifier CPU {cpu_s:.2f} s, "
+        f"server CPU {server_s}); "
         f"floor {floor_s:.2f} s ({count / floor_s:,.0f} events/s); "
         f"ratio {verify_s / floor_s:.2f}x; load {os.getloadavg()[0]:.2f}"
     )
+
+
+def _backends_cpu(database: Database) -> str:
+    """CPU seconds of the PostgreSQL backends the verification's pool holds (each opened by
+    it, so all theirs is its), read from /proc: the server on this machine only, and without
+    parallel workers (run with PGOPTIONS='-c max_parallel_workers_per_gather=0' to have them
+    all counted). SQLite: none."""
+    if database.settings.is_sqlite:
+        return "none"
+    url = make_url(database.settings.database_url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False)) as connection:
+        pids = [
+            pid
+            for (pid,) in connection.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        ]
+    seconds = 0.0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return "n/a"
+    return f"{seconds:.2f} s in {len(pids)} backends"
 
 
 # --- the append path, with and without the hash ----------------------------------------------
