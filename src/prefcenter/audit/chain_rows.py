@@ -114,6 +114,12 @@ def _pg_json_of() -> dict[int, str]:
     return json_of
 
 
+def pg_json_sql() -> str:
+    """The canonical bytes as PostgreSQL writes them from the columns, every string through
+    `to_json` (`pg_same_sql` asks it only where plain concatenation cannot tell)."""
+    return _by_format(_pg_json_of(), "postgresql")
+
+
 def _pg_time(name: str) -> str:
     return f"""to_char(e.{name} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
@@ -123,7 +129,7 @@ def _pg_time(name: str) -> str:
 _REQUIRED = frozenset(("id", "kind", "outcome", "actor", "source"))
 
 
-def _pg_same_sql() -> str:
+def pg_same_sql() -> str:
     """Whether PostgreSQL finds the columns to be what the canonical bytes say (null: it
     could not tell, which the caller takes as "they differ").
 
@@ -216,7 +222,7 @@ def _prefetched_chunks(cursor: PostgresCursor, *, columns_apart: bool) -> Iterat
     """PostgreSQL's chunks, the next one asked for while the caller checks the last: the
     server reads pages on one core while Python hashes on the other. One query in flight at a
     time on the connection (psycopg serialises any other use of it)."""
-    same = "true" if columns_apart else _pg_same_sql()
+    same = "true" if columns_apart else pg_same_sql()
     sql = _PG_CHUNK.format(same=same, limit=CHUNK)
     texts_sql = _FREE_TEXT.format(placeholder="%s")
 
@@ -240,10 +246,7 @@ def _prefetched_chunks(cursor: PostgresCursor, *, columns_apart: bool) -> Iterat
 
 # Every event whose columns PostgreSQL finds to differ from its canonical bytes (see above),
 # in one pass over the table.
-_PG_DIFFERING = (
-    "SELECT e.seq FROM audit_event e "
-    "WHERE NOT coalesce({same}, false) ORDER BY e.seq"
-)
+_PG_DIFFERING = "SELECT e.seq FROM audit_event e WHERE NOT coalesce({same}, false) ORDER BY e.seq"
 
 
 class ColumnCheck:
@@ -272,7 +275,7 @@ def _differing(engine: Engine, snapshot: str) -> list[int]:
             # First in the transaction, as the server requires; an id the server made.
             cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
             cursor.execute("SET TRANSACTION READ ONLY")
-            cursor.execute(_PG_DIFFERING.format(same=_pg_same_sql()))
+            cursor.execute(_PG_DIFFERING.format(same=pg_same_sql()))
             seqs = [seq for (seq,) in cursor.fetchall()]
         other.rollback()
     return seqs
