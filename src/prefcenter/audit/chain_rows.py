@@ -35,7 +35,7 @@ _NULL = {v: [i for i, k in enumerate(_COLUMNS) if k not in keys] for v, keys in 
 _TIMES = ("occurred_at", "recorded_at")
 # The stored bytes end in `"v":N}`: which format's JSON the SQL compares them with.
 _SUFFIXES = {v: b'"v":%d}' % v for v in EVENT_KEYS}
-# A chunk's row: canonical, hash, document, seq, contact_id, evidence_digest, whether the
+# A chunk's row: canonical, hash, document, seq, evidence_digest, whether the
 # database finds the columns to be what the canonical bytes say, then the chain's digests of
 # the free text (FREE_TEXT_DIGESTS order). The database checks the columns by writing them as
 # JSON itself, keys in sorted order, in the format the bytes end in (the columns of the other
@@ -52,13 +52,13 @@ _SUFFIXES = {v: b'"v":%d}' % v for v in EVENT_KEYS}
 # would cost SQLite a b-tree probe for every event, with free text or without.
 _DIGESTS_SQL = ", ".join(f"e.{name}" for name in FREE_TEXT_DIGESTS)
 _PG_CHUNK = (
-    "SELECT e.canonical, e.hash, d.document, e.seq, e.contact_id, e.evidence_digest, "  # noqa: S608
+    "SELECT e.canonical, e.hash, d.document, e.seq, e.evidence_digest, "  # noqa: S608
     f"{{same}}, {_DIGESTS_SQL} "
     "FROM audit_event e LEFT JOIN audit_evidence d ON d.seq = e.seq AND d.seq > %(after)s "
     "WHERE e.seq > %(after)s ORDER BY e.seq LIMIT {limit}"
 )
 _SQLITE_ALL = (
-    "SELECT e.canonical, e.hash, d.document, e.seq, e.contact_id, e.evidence_digest, "  # noqa: S608
+    "SELECT e.canonical, e.hash, d.document, e.seq, e.evidence_digest, "  # noqa: S608
     f"{{json}} = e.canonical, {_DIGESTS_SQL} "
     "FROM audit_event e LEFT JOIN audit_evidence d ON d.seq = e.seq "
     "WHERE e.seq > 0 ORDER BY e.seq"

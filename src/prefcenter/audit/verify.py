@@ -19,6 +19,7 @@ from prefcenter.audit.canonical import (
 )
 from prefcenter.audit.key_check import key_matches_trail, wrong_key_detail
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.models import AuditEvent
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
 from prefcenter.driver import DriverCursor, driver_cursor
@@ -190,11 +191,11 @@ def _walk_chain(
     last_hex = GENESIS_HASH.hex()
     expected_seq = 1
     for rows, free_texts in chain_rows.read_chunks(connection, columns_apart=apart is not None):
-        erased_candidates: list[tuple[int, str | None, str]] = []
+        erased_candidates: list[tuple[int, str]] = []
         texts_of = free_texts.get
         # The chain's digests of the free text, one name each (FREE_TEXT_DIGESTS order): the
         # row is unpacked in one step, no list an event.
-        for canonical, stored_hash, document, seq, contact_id, digest, same, d0, d1 in rows:
+        for canonical, stored_hash, document, seq, digest, same, d0, d1 in rows:
             if seq != expected_seq:
                 raise _Bad(expected_seq, f"seq {expected_seq} is missing")
             prev = sha256(prev + canonical).digest()
@@ -211,13 +212,13 @@ def _walk_chain(
                 if outer.hexdigest() != digest:  # a null digest too
                     raise _Bad(seq, "its evidence document does not match its digest")
             elif digest is not None:
-                erased_candidates.append((seq, contact_id, "evidence document"))
+                erased_candidates.append((seq, "evidence document"))
             texts = texts_of(seq)
             if texts is not None:
                 if known(texts) != (d0, d1):  # not known yet, or not these
                     _check_free_text(keys, known_digests, seq, texts, (d0, d1))
             elif d0 is not None or d1 is not None:
-                erased_candidates.append((seq, contact_id, "free text (reason, campaign id)"))
+                erased_candidates.append((seq, "free text (reason, campaign id)"))
             expected_seq += 1
         _check_missing_documents(session, erased_candidates)  # most often none: no query
         if progress is not None:
@@ -262,10 +263,23 @@ def _check_columns(lookup: DriverCursor, dialect: str, seq: int, canonical: byte
         raise _Bad(seq, wrong)
 
 
-def _check_missing_documents(session: Session, missing: list[tuple[int, str | None, str]]) -> None:
+def _check_missing_documents(session: Session, missing: list[tuple[int, str]]) -> None:
     """An evidence document or free text may be missing only because its contact was
-    erased. `missing`: (seq, contact id, what is missing)."""
-    contact_ids = sorted({c for _, c, _ in missing if c is not None})
+    erased. `missing`: (seq, what is missing). The events' contacts are read here, for these
+    events only: not a column more for every event of the walk."""
+    if not missing:
+        return
+    contact_of: dict[int, str | None] = {}
+    seqs = [seq for seq, _ in missing]
+    for start in range(0, len(seqs), 500):
+        contact_of.update(
+            session.exec(
+                select(AuditEvent.seq, AuditEvent.contact_id).where(
+                    col(AuditEvent.seq).in_(seqs[start : start + 500])
+                )
+            ).all()
+        )
+    contact_ids = sorted({c for c in contact_of.values() if c is not None})
     erased: set[str] = set()
     for start in range(0, len(contact_ids), 500):
         part = contact_ids[start : start + 500]
@@ -276,6 +290,6 @@ def _check_missing_documents(session: Session, missing: list[tuple[int, str | No
                 )
             )
         )
-    for seq, contact_id, what in missing:
-        if contact_id not in erased:
+    for seq, what in missing:
+        if contact_of.get(seq) not in erased:
             raise _Bad(seq, f"its {what} is missing and its contact was not erased")
