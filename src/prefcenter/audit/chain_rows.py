@@ -139,8 +139,9 @@ def pg_same_sql() -> str:
     written with plain concatenation, one `to_json` over all the strings at once telling
     whether that holds (it adds exactly the two quotes around them then, and at least one
     more character for each character it escapes). An event for which the plain way does not
-    find them equal is asked the `to_json` way: the answer is the same as that way's alone,
-    at some half of its cost."""
+    find them equal is asked the `to_json` way: the answer is the same as that way's alone
+    (tests/audit/test_column_check.py), for some 30 % less of the server's CPU over 1M
+    events (bench/audit_verify.py)."""
     json_of = _pg_json_of()
     same_of = {}
     for version, keys in SORTED_KEYS.items():
