@@ -198,7 +198,8 @@ def _free_texts(
     """The free text of the events in `rows` (those after the seq before the first up to the
     last: the events are checked gap-free), by seq."""
     cursor.execute(sql, (rows[0][3] - 1, rows[-1][3]))
-    return {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
+    # One name a field (FREE_TEXT_FIELDS, two), as the walk unpacks their digests.
+    return {seq: (campaign_id, reason) for seq, campaign_id, reason in cursor.fetchall()}
 
 
 def read_chunks(connection: Connection, *, columns_apart: bool = False) -> Iterator[Chunk]:
