@@ -4,6 +4,13 @@ against a floor measured in the same run, and what the hash costs a single-event
     .venv/bin/python bench/audit_verify.py                      # both engines, 1M events
     .venv/bin/python bench/audit_verify.py --engines sqlite --events 200000
     .venv/bin/python bench/audit_verify.py --append 2000        # append cost only (N txns)
+    .venv/bin/python bench/audit_verify.py --engines postgresql --append 0 \
+        --keep-database bench_audit_1m --repeat 3                # seed once, verify 3 times
+
+`--keep-database NAME` keeps the seeded database (PostgreSQL: a database of that name; SQLite:
+a file of that name in the temporary directory's parent) and reuses it on the next run when its
+head is at `--events`: iterating on the verifier need not reseed a million events each time.
+Drop it by hand (`DROP DATABASE NAME`, or delete the file) when done.
 
 Verify: a fresh, migrated database is seeded with N chained events (each with a contact,
 an address hash, an evidence document and a campaign id, like a one-click from a campaign's
@@ -36,6 +43,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import create_engine, insert, make_url, text
 from sqlalchemy import event as sa_event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session as OrmSession
 
 from prefcenter import migrations
@@ -67,6 +75,55 @@ def bench_settings(url: str) -> Settings:
     return Settings(
         _env_file=None, database_url=url, signing_keys=SIGNING_KEYS, audit_key=AUDIT_KEY
     )
+
+
+@contextmanager
+def kept_database(engine: str, name: str, count: int) -> Iterator[Settings]:
+    """The database `name`, kept after the run; seeded with `count` events unless its head
+    is at `count` already (then reused as it is)."""
+    if engine == "sqlite":
+        path = Path(tempfile.gettempdir()) / f"{name}.db"
+        settings = bench_settings(f"sqlite:///{path}")
+        exists = path.exists()
+    else:
+        admin_url = make_url(PG_ADMIN_URL)
+        settings = bench_settings(
+            admin_url.set(database=name).render_as_string(hide_password=False)
+        )
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            exists = (
+                connection.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+                ).first()
+                is not None
+            )
+            if not exists:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+    if exists and _head_seq(settings) == count:
+        print(f"[{engine}] reusing {name} ({count:,} events)")
+        yield settings
+        return
+    if exists:
+        raise SystemExit(f"{name} exists but its head is not at {count:,} events: drop it first")
+    migrations.upgrade(settings)
+    t0 = time.perf_counter()
+    seed(settings, count)
+    print(f"[{engine}] seeded {count:,} events in {time.perf_counter() - t0:.1f} s into {name}")
+    yield settings
+
+
+def _head_seq(settings: Settings) -> int | None:
+    database = Database(settings)
+    try:
+        with database.transaction(write=False) as session:
+            seq = session.execute(text("SELECT seq FROM audit_head WHERE id = 1")).scalar()
+    except DBAPIError:  # not migrated: not ours to reuse
+        return None
+    finally:
+        database.dispose()
+    return None if seq is None else int(seq)
 
 
 @contextmanager
@@ -222,28 +279,70 @@ def floor(settings: Settings) -> float:
     return time.perf_counter() - started
 
 
-def measure_verify(engine: str, count: int, tmp: Path) -> None:
-    with fresh_database(engine, tmp) as settings:
-        t0 = time.perf_counter()
-        seed(settings, count)
-        print(f"[{engine}] seeded {count:,} events in {time.perf_counter() - t0:.1f} s")
-        database = Database(settings)
-        keys = AuditKeys.from_settings(settings)
-        try:
-            floor_s = floor(settings)
+def measure_verify(
+    engine: str, count: int, tmp: Path, *, keep: str | None = None, repeat: int = 1
+) -> None:
+    if keep is not None:
+        database_of = kept_database(engine, keep, count)
+    else:
+        database_of = fresh_database(engine, tmp)
+    with database_of as settings:
+        if keep is None:
             t0 = time.perf_counter()
-            result = verify_chain(database, keys)
-            verify_s = time.perf_counter() - t0
-        finally:
-            database.dispose()
-        assert result.ok, result
-        assert result.checked == count, result
-        print(
-            f"[{engine}] verify {count:,} events: {verify_s:.2f} s "
-            f"({count / verify_s:,.0f} events/s; goal ≤ 5 s per 1M); "
-            f"floor {floor_s:.2f} s ({count / floor_s:,.0f} events/s); "
-            f"ratio {verify_s / floor_s:.2f}x"
-        )
+            seed(settings, count)
+            print(f"[{engine}] seeded {count:,} events in {time.perf_counter() - t0:.1f} s")
+        for _ in range(repeat):
+            _verify_once(engine, settings, count)
+
+
+def _verify_once(engine: str, settings: Settings, count: int) -> None:
+    database = Database(settings)
+    keys = AuditKeys.from_settings(settings)
+    try:
+        floor_s = floor(settings)
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        result = verify_chain(database, keys)
+        verify_s = time.perf_counter() - t0
+        cpu_s = time.process_time() - cpu0
+        server_s = _backends_cpu(database)
+    finally:
+        database.dispose()
+    assert result.ok, result
+    assert result.checked == count, result
+    print(
+        f"[{engine}] verify {count:,} events: {verify_s:.2f} s "
+        f"({count / verify_s:,.0f} events/s; goal ≤ 5 s per 1M; verifier CPU {cpu_s:.2f} s, "
+        f"server CPU {server_s}); "
+        f"floor {floor_s:.2f} s ({count / floor_s:,.0f} events/s); "
+        f"ratio {verify_s / floor_s:.2f}x; load {os.getloadavg()[0]:.2f}"
+    )
+
+
+def _backends_cpu(database: Database) -> str:
+    """CPU seconds of the PostgreSQL backends the verification's pool holds (each opened by
+    it, so all theirs is its), read from /proc: the server on this machine only, and without
+    parallel workers (run with PGOPTIONS='-c max_parallel_workers_per_gather=0' to have them
+    all counted). SQLite: none."""
+    if database.settings.is_sqlite:
+        return "none"
+    url = make_url(database.settings.database_url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False)) as connection:
+        pids = [
+            pid
+            for (pid,) in connection.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        ]
+    seconds = 0.0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return "n/a"
+    return f"{seconds:.2f} s in {len(pids)} backends"
 
 
 # --- the append path, with and without the hash ----------------------------------------------
@@ -427,11 +526,23 @@ def main() -> None:
     parser.add_argument("--append", type=int, default=2000, help="transactions per append run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-verify", action="store_true")
+    parser.add_argument(
+        "--keep-database",
+        metavar="NAME",
+        help="seed this database once and keep it; reused when its head is at --events",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="verify runs (each with its floor)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="prefcenter-audit-bench-") as tmp:
         for engine in args.engines:
             if not args.no_verify:
-                measure_verify(engine, args.events, Path(tmp) / f"{engine}-verify")
+                measure_verify(
+                    engine,
+                    args.events,
+                    Path(tmp) / f"{engine}-verify",
+                    keep=args.keep_database,
+                    repeat=args.repeat,
+                )
             if args.append:
                 measure_append(engine, args.append, Path(tmp) / f"{engine}-append", args.rounds)
 

@@ -19,6 +19,7 @@ from prefcenter.audit.canonical import (
 )
 from prefcenter.audit.key_check import key_matches_trail, wrong_key_detail
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.audit.models import AuditEvent
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database
 from prefcenter.driver import DriverCursor, driver_cursor
@@ -181,15 +182,20 @@ def _walk_chain(
 ) -> tuple[int, str]:
     dialect = connection.dialect.name
     sha256 = hashlib.sha256
-    hmac_sha256 = keys.hmac_sha256
-    no_digests: list[str | None] = [None] * len(FREE_TEXT_FIELDS)
+    # `keys.hmac_sha256(document).hex()`, inlined: a call less an event.
+    copy_inner = keys.hmac_sha256.inner.copy
+    copy_outer = keys.hmac_sha256.outer.copy
     known_digests: _KnownDigests = {}
+    known = known_digests.get
     prev = GENESIS_HASH
     last_hex = GENESIS_HASH.hex()
     expected_seq = 1
     for rows, free_texts in chain_rows.read_chunks(connection, columns_apart=apart is not None):
-        erased_candidates: list[tuple[int, str | None, str]] = []
-        for canonical, stored_hash, document, seq, contact_id, digest, same, *digests in rows:
+        erased_candidates: list[tuple[int, str]] = []
+        texts_of = free_texts.get
+        # The chain's digests of the free text, one name each (FREE_TEXT_DIGESTS order): the
+        # row is unpacked in one step, no list an event.
+        for canonical, stored_hash, document, seq, digest, same, d0, d1 in rows:
             if seq != expected_seq:
                 raise _Bad(expected_seq, f"seq {expected_seq} is missing")
             prev = sha256(prev + canonical).digest()
@@ -199,18 +205,22 @@ def _walk_chain(
             if not same:  # the database says they differ: look again, in Python
                 _check_columns(lookup, dialect, seq, canonical)
             if document is not None:
-                if digest is None or hmac_sha256(document).hex() != digest:
+                inner = copy_inner()
+                inner.update(document)
+                outer = copy_outer()
+                outer.update(inner.digest())
+                if outer.hexdigest() != digest:  # a null digest too
                     raise _Bad(seq, "its evidence document does not match its digest")
             elif digest is not None:
-                erased_candidates.append((seq, contact_id, "evidence document"))
-            texts = free_texts.get(seq)
+                erased_candidates.append((seq, "evidence document"))
+            texts = texts_of(seq)
             if texts is not None:
-                _check_free_text(keys, known_digests, seq, texts, digests)
-            elif digests != no_digests:
-                erased_candidates.append((seq, contact_id, "free text (reason, campaign id)"))
+                if known(texts) != (d0, d1):  # not known yet, or not these
+                    _check_free_text(keys, known_digests, seq, texts, (d0, d1))
+            elif d0 is not None or d1 is not None:
+                erased_candidates.append((seq, "free text (reason, campaign id)"))
             expected_seq += 1
-        if erased_candidates:
-            _check_missing_documents(session, erased_candidates)
+        _check_missing_documents(session, erased_candidates)  # most often none: no query
         if progress is not None:
             progress(expected_seq - 1, head_seq)
     return expected_seq - 1, last_hex
@@ -220,7 +230,7 @@ def _walk_chain(
 # per run (an HMAC and its hex are some 3 µs an event in Python, a look-up a tenth of that),
 # up to this many texts.
 _KNOWN_TEXTS = 10_000
-_KnownDigests = dict[tuple[str | None, ...], list[str | None]]
+_KnownDigests = dict[tuple[str | None, ...], tuple[str | None, ...]]
 
 
 def _check_free_text(
@@ -228,16 +238,16 @@ def _check_free_text(
     known: _KnownDigests,
     seq: int,
     texts: tuple[str | None, ...],
-    stored: list[str | None],
+    stored: tuple[str | None, ...],
 ) -> None:
     """The event's free text is what the chain's digests of it stand for (FREE_TEXT_FIELDS
     order); a text the chain has no digest for is not. Names the first field that differs."""
     expected = known.get(texts)
     if expected is None:
-        expected = [
+        expected = tuple(
             keys.free_text_digest(name, value)
             for name, value in zip(FREE_TEXT_FIELDS, texts, strict=True)
-        ]
+        )
         if len(known) < _KNOWN_TEXTS:
             known[texts] = expected
     if expected != stored:
@@ -253,10 +263,23 @@ def _check_columns(lookup: DriverCursor, dialect: str, seq: int, canonical: byte
         raise _Bad(seq, wrong)
 
 
-def _check_missing_documents(session: Session, missing: list[tuple[int, str | None, str]]) -> None:
+def _check_missing_documents(session: Session, missing: list[tuple[int, str]]) -> None:
     """An evidence document or free text may be missing only because its contact was
-    erased. `missing`: (seq, contact id, what is missing)."""
-    contact_ids = sorted({c for _, c, _ in missing if c is not None})
+    erased. `missing`: (seq, what is missing). The events' contacts are read here, for these
+    events only: not a column more for every event of the walk."""
+    if not missing:
+        return
+    contact_of: dict[int, str | None] = {}
+    seqs = [seq for seq, _ in missing]
+    for start in range(0, len(seqs), 500):
+        contact_of.update(
+            session.exec(
+                select(AuditEvent.seq, AuditEvent.contact_id).where(
+                    col(AuditEvent.seq).in_(seqs[start : start + 500])
+                )
+            ).all()
+        )
+    contact_ids = sorted({c for c in contact_of.values() if c is not None})
     erased: set[str] = set()
     for start in range(0, len(contact_ids), 500):
         part = contact_ids[start : start + 500]
@@ -267,6 +290,6 @@ def _check_missing_documents(session: Session, missing: list[tuple[int, str | No
                 )
             )
         )
-    for seq, contact_id, what in missing:
-        if contact_id not in erased:
+    for seq, what in missing:
+        if contact_of.get(seq) not in erased:
             raise _Bad(seq, f"its {what} is missing and its contact was not erased")
