@@ -200,11 +200,8 @@ def cpu_ms(load: Load) -> float:
 
 
 def print_load(load: Load) -> None:
+    """The load's line (with wrk's corrected p99 beside the timed one) and the server's CPU."""
     print(load.line())
-    wrk_latency = load.extra.get("wrk_latency_us")
-    if wrk_latency:
-        p99, p95 = wrk_latency["p99"] / 1000, wrk_latency["p95"] / 1000
-        print(f"    wrk's p99, corrected for coordinated omission: {p99:.1f} ms (p95 {p95:.1f} ms)")
     print(f"    server CPU per request: {cpu_ms(load):.2f} ms")
 
 

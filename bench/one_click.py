@@ -265,7 +265,7 @@ class Load:
             + (
                 f"\n    wrk's p99, corrected for coordinated omission: "
                 f"{self.extra['wrk_latency_us']['p99'] / 1000:.1f} ms (the p99 above is of the "
-                "requests made, timed by bench/tokens.lua)"
+                "requests made, each timed by the wrk script)"
                 if "wrk_latency_us" in self.extra
                 else ""
             )
