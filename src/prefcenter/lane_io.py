@@ -1,6 +1,7 @@
 """Owns what an API lane (an ASGI middleware that answers a route's common case in front of the
-app: consent.change_lane, consent.lookup_lane) takes and sends itself: a JSON body the app
-would take, and its answer, named for the request log as the route's."""
+app: consent.change_lane, consent.lookup_lane, inbound.ses_lane) takes and sends itself: which
+requests, a JSON body the app would take, and its answer, named for the request log as the
+route's."""
 
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ class LaneRoute:
     template, request_log.route_template), as the app's route would be named."""
 
     path_format: str
+
+
+def posted_to(scope: Scope, path: str) -> bool:
+    """An HTTP `POST` to `path` of the app mounted at the root: the requests a lane may take."""
+    return (
+        scope["type"] == "http"
+        and scope["path"] == path
+        and scope["method"] == "POST"
+        and not scope.get("root_path")
+    )
 
 
 def small_json(headers: Headers, max_bytes: int) -> bool:

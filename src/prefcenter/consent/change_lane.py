@@ -66,7 +66,7 @@ from prefcenter.idempotency import (
     StoredAnswer,
     fingerprint,
 )
-from prefcenter.lane_io import LaneRoute, send_json, small_json
+from prefcenter.lane_io import LaneRoute, posted_to, send_json, small_json
 from prefcenter.mail.config import mail_config
 from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem, ServiceUnavailable
@@ -101,13 +101,7 @@ class ChangeLane:
         self.audit_keys = audit_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != PATH
-            or scope["method"] != "POST"
-            or scope.get("root_path")
-            or self.settings.is_sqlite
-        ):
+        if not posted_to(scope, PATH) or self.settings.is_sqlite:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

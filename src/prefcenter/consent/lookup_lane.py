@@ -26,7 +26,7 @@ from prefcenter.consent.lookup import answer_of_rows, read_caller_and_rows
 from prefcenter.consent.schemas import LookupIn
 from prefcenter.db import Database, utcnow
 from prefcenter.http_limits import read_whole_body, replay_body
-from prefcenter.lane_io import LaneRoute, send_json, small_json
+from prefcenter.lane_io import LaneRoute, posted_to, send_json, small_json
 from prefcenter.problems import ServiceUnavailable
 from prefcenter.settings import Settings
 
@@ -50,13 +50,7 @@ class LookupLane:
         self.applies = not settings.is_sqlite and database.replica is None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != PATH
-            or scope["method"] != "POST"
-            or scope.get("root_path")
-            or not self.applies
-        ):
+        if not posted_to(scope, PATH) or not self.applies:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

@@ -28,6 +28,7 @@ from prefcenter.db import Database, utcnow
 from prefcenter.http_limits import read_whole_body, replay_body
 from prefcenter.inbound import receive, ses_record, sns
 from prefcenter.inbound.schemas import InboundReport
+from prefcenter.lane_io import posted_to
 from prefcenter.problems import Problem, ServiceUnavailable
 from prefcenter.settings import Settings
 
@@ -61,10 +62,7 @@ class SesLane:
 
     async def __call__(self, scope: Scope, receive_: Receive, send: Send) -> None:
         if (
-            scope["type"] != "http"
-            or scope["path"] != PATH
-            or scope["method"] != "POST"
-            or scope.get("root_path")
+            not posted_to(scope, PATH)
             or self.settings.is_sqlite
             or not _declared_small(Headers(scope=scope), self.settings.max_body_bytes)
         ):
