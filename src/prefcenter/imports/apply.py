@@ -13,15 +13,14 @@ from sqlmodel import Session
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.prepared import PreparedEvent
-from prefcenter.audit.schemas import new_event_id
 from prefcenter.audit.service import append_prepared
 from prefcenter.consent.ledger import bulk
 from prefcenter.consent.ledger.bulk_events import BulkEvents
 from prefcenter.consent.ledger.changes import ChangeRecord, subscription_change
 from prefcenter.consent.rules import Outcome
-from prefcenter.contacts.service import mask_address, new_public_id
+from prefcenter.contacts.service import mask_address
 from prefcenter.db import settings_of_session, utcnow
-from prefcenter.imports.formats import BrokenRow, ImportRow, Row
+from prefcenter.imports.prepare import PreparedBatch, evidence_added
 from prefcenter.imports.rules import (
     IMPORT_ACTOR,
     IMPORT_SOURCE,
@@ -79,27 +78,11 @@ class Tally:
         return self.subscribed + self.unsubscribed
 
 
-def apply_batch(session: Session, batch: list[Row], shared: BatchContext, tally: Tally) -> None:
-    """Decide every row of the batch in file order against the state the rows before it
-    left, then write the final subscriptions and one audit event per applied row."""
-    now = utcnow()
-    keys = AuditKeys.from_settings(settings_of_session(session))
-    topic = shared.topic
-    good = _valid_rows(batch, tally)
-    hashes = _address_hashes(keys, good)
-    staged = bulk.stage_batch(
-        session,
-        [
-            bulk.StagedAddress(a, given, hashes[a], new_public_id())
-            for a, given in _distinct(good).items()
-        ],
-        topic_id=topic.id,
-        write=not shared.dry_run,
-        now=now,
-    )
-    events = BulkEvents(
+def batch_events(keys: AuditKeys, shared: BatchContext) -> BulkEvents:
+    """The maker of the events of an import's batches (and of their evidence documents)."""
+    return BulkEvents(
         keys,
-        topic_key=topic.key,
+        topic_key=shared.topic.key,
         record=ChangeRecord(
             actor=shared.actor,
             source=IMPORT_SOURCE,
@@ -108,12 +91,27 @@ def apply_batch(session: Session, batch: list[Row], shared: BatchContext, tally:
         ),
         actor_kind=IMPORT_ACTOR,
     )
+
+
+def apply_batch(session: Session, batch: PreparedBatch, shared: BatchContext, tally: Tally) -> None:
+    """Decide every row of the batch in file order against the state the rows before it
+    left, then write the final subscriptions and one audit event per applied row."""
+    now = utcnow()
+    keys = AuditKeys.from_settings(settings_of_session(session))
+    topic = shared.topic
+    for broken in batch.broken:
+        tally.invalid.add(broken.line, masked_cell(broken.email), broken.problem)
+    hashes = batch.hashes
+    staged = bulk.stage_batch(
+        session, batch.addresses, topic_id=topic.id, write=not shared.dry_run, now=now
+    )
+    events = batch_events(keys, shared)
     states: dict[str, ContactState] = {}
     writes: dict[int, dict[str, Any]] = {}
     appended: list[PreparedEvent] = []
     deliveries: list[tuple[str, str]] = []  # (event id, contact id), in the order appended
     seen: set[str] = set()
-    for row in good:
+    for index, row in enumerate(batch.good):
         address = row.address.normalised
         if address in seen:
             tally.duplicates += 1
@@ -137,12 +135,9 @@ def apply_batch(session: Session, batch: list[Row], shared: BatchContext, tally:
             continue
         assert contact is not None
         requested = requested_change(row.status, occurred_at)
-        event_id = new_event_id()
+        event_id = batch.event_ids[index]
         values = subscription_change(decided.decision, requested, now=now, event_id=event_id)
         writes[contact.id] = {**values, "contact_id": contact.id, "topic_id": topic.id}
-        added: dict[str, Any] = {"line": row.line}
-        if row.evidence is not None:
-            added["row_evidence"] = row.evidence
         appended.append(
             events.event(
                 event_id=event_id,
@@ -150,7 +145,8 @@ def apply_batch(session: Session, batch: list[Row], shared: BatchContext, tally:
                 address_hash=hashes[address],
                 requested=requested,
                 decision=decided.decision,
-                added=added,
+                added=evidence_added(row),
+                document=batch.documents[index],
             )
         )
         deliveries.append((event_id, contact.public_id))
@@ -175,32 +171,8 @@ def _state_of(contact: bulk.StoredContact | None, *, erased: bool) -> ContactSta
     )
 
 
-def _distinct(rows: list[ImportRow]) -> dict[str, str]:
-    """Each normalised address of the rows, with its first form as given."""
-    given: dict[str, str] = {}
-    for row in rows:
-        given.setdefault(row.address.normalised, row.address.given)
-    return given
-
-
-def _address_hashes(keys: AuditKeys, rows: list[ImportRow]) -> dict[str, str]:
-    """The keyed hash of each address, once: the erased check joins on it, the events carry
-    it."""
-    return {a: keys.address_hash(a) for a in {row.address.normalised for row in rows}}
-
-
 def masked_cell(text: str) -> str:
     return mask_address(text) if "@" in text else (text[:1] + "•••" if text else "")
-
-
-def _valid_rows(batch: list[Row], tally: Tally) -> list[ImportRow]:
-    good: list[ImportRow] = []
-    for row in batch:
-        if isinstance(row, BrokenRow):
-            tally.invalid.add(row.line, masked_cell(row.email), row.problem)
-        else:
-            good.append(row)
-    return good
 
 
 def _count(tally: Tally, line: int, address: str, outcome: RowOutcome) -> None:

@@ -4,16 +4,23 @@ transaction of its own, imports.apply), and report what happened."""
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from prefcenter.audit.keys import AuditKeys
 from prefcenter.db import Database, utcnow
-from prefcenter.imports.apply import BatchContext, ImportTopic, Tally, apply_batch
+from prefcenter.imports.apply import (
+    BatchContext,
+    ImportTopic,
+    Tally,
+    apply_batch,
+    batch_events,
+)
 from prefcenter.imports.formats import ImportFormat, Row, open_text, read_rows
+from prefcenter.imports.prepare import PreparedBatch, ReadAhead, prepared_batches
 from prefcenter.imports.schemas import (
     SAMPLE_SIZE,
     BatchReport,
@@ -132,28 +139,15 @@ def _run(
         started=started,
         dry_run=request.dry_run,
     )
-    for number, batch in enumerate(_batches(rows, request.batch_size), start=1):
-        tally = Tally()
-        report.rows += len(batch)
-        try:
-            with database.transaction(write=not request.dry_run) as session:
-                apply_batch(session, batch, shared, tally)
-        except (Problem, SQLAlchemyError) as exc:
-            result = _batch_report(number, batch, tally, BatchStatus.FAILED, error=_why(exc))
-            report.batches.append(result)
-            # Broken rows are a fact of the file, whatever became of the batch.
-            _merge_sample(report.invalid, tally.invalid)
-            report.failed_rows += len(batch) - tally.invalid.count
-            report.complete = False
-            if on_batch is not None:
-                on_batch(result)
-            break
-        status = BatchStatus.DRY_RUN if request.dry_run else BatchStatus.COMMITTED
-        result = _batch_report(number, batch, tally, status)
-        report.batches.append(result)
-        _merge(report, tally)
-        if on_batch is not None:
-            on_batch(result)
+    keys = AuditKeys.from_settings(database.settings)
+    # The next batch is read and prepared while this one is written (imports.prepare).
+    prepared = prepared_batches(
+        rows, request.batch_size, keys=keys, events=batch_events(keys, shared)
+    )
+    with ReadAhead(prepared) as batches:
+        for number, batch in enumerate(batches, start=1):
+            if not _apply(database, request, report, shared, number, batch, on_batch):
+                break
     if not request.dry_run:
         with database.transaction(write=True) as session:
             queue_inline_delivery(
@@ -163,6 +157,42 @@ def _run(
                 now=utcnow(),
             )
     return report
+
+
+def _apply(
+    database: Database,
+    request: ImportRequest,
+    report: ImportReport,
+    shared: BatchContext,
+    number: int,
+    batch: PreparedBatch,
+    on_batch: Callable[[BatchReport], None] | None,
+) -> bool:
+    """Apply one batch in a transaction of its own and add it to the report; False when it
+    failed (and the import stops)."""
+    tally = Tally()
+    rows = batch.rows
+    report.rows += len(rows)
+    try:
+        with database.transaction(write=not request.dry_run) as session:
+            apply_batch(session, batch, shared, tally)
+    except (Problem, SQLAlchemyError) as exc:
+        result = _batch_report(number, rows, tally, BatchStatus.FAILED, error=_why(exc))
+        report.batches.append(result)
+        # Broken rows are a fact of the file, whatever became of the batch.
+        _merge_sample(report.invalid, tally.invalid)
+        report.failed_rows += len(rows) - tally.invalid.count
+        report.complete = False
+        if on_batch is not None:
+            on_batch(result)
+        return False
+    status = BatchStatus.DRY_RUN if request.dry_run else BatchStatus.COMMITTED
+    result = _batch_report(number, rows, tally, status)
+    report.batches.append(result)
+    _merge(report, tally)
+    if on_batch is not None:
+        on_batch(result)
+    return True
 
 
 def finished_data(report: ImportReport, *, actor: str) -> dict[str, Any]:
@@ -186,11 +216,6 @@ def _why(exc: Exception) -> str:
     if orig is None:
         return str(exc)
     return f"{exc if isinstance(exc, Problem) else type(orig).__name__}: {orig}".strip()
-
-
-def _batches(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
-    while batch := list(itertools.islice(rows, size)):
-        yield batch
 
 
 def _batch_report(

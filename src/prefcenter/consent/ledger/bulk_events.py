@@ -68,6 +68,24 @@ class BulkEvents:
         self._template = PartsTemplate(fixed, _VARYING)
         self._last_time: tuple[datetime, str] | None = None
 
+    def document(
+        self, added: dict[str, Any], *, claimed: datetime | None = None
+    ) -> tuple[bytes, str]:
+        """The evidence document of an event whose evidence adds `added` to the record's, and
+        its keyed digest; `claimed`: the time a clamped change claimed. Depends on nothing
+        decided, so an import makes it before the batch's state is read."""
+        context = self._context
+        if claimed is not None:
+            context = {**context, "claimed_occurred_at": claimed.isoformat()}
+        evidence = {**self._evidence, **added}
+        document = (
+            orjson.dumps({"context": context, "evidence": evidence}, option=orjson.OPT_SORT_KEYS)
+            if self._plain and is_plain_document(added)
+            else encode_document(context, evidence)
+        )
+        assert document is not None  # the context holds the actor's kind
+        return document, self._digest(document).hex()
+
     def event(
         self,
         *,
@@ -77,19 +95,16 @@ class BulkEvents:
         requested: RequestedChange,
         decision: Decision,
         added: dict[str, Any],
+        document: tuple[bytes, str] | None = None,
     ) -> PreparedEvent:
-        """The event of one decided change; `added`: what its evidence adds to the record's."""
-        context = self._context
+        """The event of one decided change; `added`: what its evidence adds to the record's;
+        `document`: `self.document(added)` if already made (not used for a clamped change,
+        whose document also holds the time it claimed)."""
         if decision.clamped:
-            context = {**context, "claimed_occurred_at": requested.occurred_at.isoformat()}
-        evidence = {**self._evidence, **added}
-        document = (
-            orjson.dumps({"context": context, "evidence": evidence}, option=orjson.OPT_SORT_KEYS)
-            if self._plain and is_plain_document(added)
-            else encode_document(context, evidence)
-        )
-        assert document is not None  # the context holds the actor's kind
-        digest = self._digest(document).hex()
+            document = self.document(added, claimed=requested.occurred_at)
+        elif document is None:
+            document = self.document(added)
+        document_bytes, digest = document
         occurred_at = decision.occurred_at
         if self._last_time is None or self._last_time[0] != occurred_at:
             self._last_time = (occurred_at, format_time(occurred_at))
@@ -125,7 +140,11 @@ class BulkEvents:
             "evidence_digest": digest,
         }
         return PreparedEvent(
-            row=row, parts=parts, document=document, free_text=None, occurred_text=occurred_text
+            row=row,
+            parts=parts,
+            document=document_bytes,
+            free_text=None,
+            occurred_text=occurred_text,
         )
 
 
