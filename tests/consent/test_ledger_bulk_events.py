@@ -65,9 +65,8 @@ def _both(
             decision=decision,
         ),
     )
-    fast = BulkEvents(
-        KEYS, topic_key="newsletter", record=record, actor_kind=requested.actor
-    ).event(
+    events = BulkEvents(KEYS, topic_key="newsletter", record=record, actor_kind=requested.actor)
+    fast = events.event(
         event_id="e-1",
         contact_id="pub_Id-1",
         address_hash=KEYS.address_hash(address),
@@ -75,6 +74,18 @@ def _both(
         decision=decision,
         added=added,
     )
+    # An import makes the document before deciding (imports.prepare): the same event, also
+    # when the change is clamped and its document must hold the time it claimed.
+    made_before = events.event(
+        event_id="e-1",
+        contact_id="pub_Id-1",
+        address_hash=KEYS.address_hash(address),
+        requested=requested,
+        decision=decision,
+        added=added,
+        document=events.document(added),
+    )
+    assert _as_values(made_before) == _as_values(fast)
     return _as_values(fast), _as_values(slow)
 
 

@@ -233,6 +233,25 @@ class TestBatches:
         assert count_rows(database, Contact) == 3
         assert len(audit_events(database)) == before + 3
 
+    def test_a_file_that_fails_to_read_midway_raises_as_before_after_the_batches_before_it(
+        self, database: Database, topic: str
+    ) -> None:
+        # The rows are read in the preparing thread (imports.prepare): its error still reaches
+        # the caller, after the batches before it committed, with nothing of its batch written.
+        rows = [f"p{i}@example.com,subscribed" for i in range(9)]
+        data = csv_file(*rows)
+        binary = _FailingRead(data, fail_after=len(data) // 2)
+        request = ImportRequest(topic=topic, name="crm", actor="cli:test", batch_size=3)
+        before = len(audit_events(database))
+
+        with pytest.raises(OSError, match="disk went away"):
+            run_import(database, binary, request, sha256="00" * 32)
+
+        # The first batch (read whole before the failing read) landed; the second did not.
+        assert count_rows(database, Subscription) == 3
+        assert count_rows(database, Contact) == 3
+        assert len(audit_events(database)) == before + 3
+
     def test_duplicates_are_decided_in_file_order(self, database: Database, topic: str) -> None:
         report = run(
             database,
@@ -250,3 +269,20 @@ class TestBatches:
     def test_an_unknown_topic_is_refused_before_anything(self, database: Database) -> None:
         with pytest.raises(UnknownTopic):
             run(database, csv_file("ada@example.com,subscribed"), topic="nope")
+
+
+class _FailingRead(io.BytesIO):
+    """A file whose reads fail once `fail_after` bytes have been read."""
+
+    def __init__(self, data: bytes, *, fail_after: int) -> None:
+        super().__init__(data)
+        self._fail_after = fail_after
+
+    def read1(self, size: int | None = -1, /) -> bytes:
+        return self.read(size)
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self.tell() >= self._fail_after:
+            raise OSError("disk went away")
+        limit = self._fail_after - self.tell()
+        return super().read(limit if size is None or size < 0 else min(size, limit))
