@@ -277,6 +277,7 @@ class ColumnCheck:
 
 def _differing(engine: Engine, snapshot: str) -> list[int]:
     with _in_snapshot(engine, snapshot) as cursor:
+        cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         cursor.execute(_PG_DIFFERING.format(same=pg_same_sql()))
         return [seq for (seq,) in cursor.fetchall()]
 
