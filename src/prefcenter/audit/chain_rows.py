@@ -5,7 +5,7 @@ Python that decides (`columns_differ`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from datetime import datetime
@@ -240,7 +240,7 @@ def _in_snapshot(engine: Engine, snapshot: str) -> Iterator[PostgresCursor]:
             other.rollback()
 
 
-def stream_events(engine: Engine, snapshot: str) -> Iterator[tuple[Any, ...]]:
+def stream_events(engine: Engine, snapshot: str) -> Generator[tuple[Any, ...]]:
     """PostgreSQL: every event, in seq order, on a connection of its own in `snapshot` (the
     verifying one stays free for its look-ups): canonical, hash, document, seq,
     evidence_digest, the chain's digests of the free text (FREE_TEXT_DIGESTS order), whether

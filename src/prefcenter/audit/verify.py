@@ -274,17 +274,27 @@ def _walk_stream(
         elif d0 is not None or d1 is not None:
             erased_candidates.append((seq, "free text (reason, campaign id)"))
         if seq == chunk_end:
-            _check_missing_documents(session, erased_candidates)  # most often none: no query
-            erased_candidates.clear()
-            if progress is not None:
-                progress(seq, head_seq)
+            _end_chunk(session, erased_candidates, progress, seq, head_seq)
             chunk_end += chunk
         expected_seq += 1
     if expected_seq - 1 != chunk_end - chunk:  # a last, short chunk
-        _check_missing_documents(session, erased_candidates)
-        if progress is not None:
-            progress(expected_seq - 1, head_seq)
+        _end_chunk(session, erased_candidates, progress, expected_seq - 1, head_seq)
     return expected_seq - 1, last_hex
+
+
+def _end_chunk(
+    session: Session,
+    erased_candidates: list[tuple[int, str]],
+    progress: Progress | None,
+    checked: int,
+    head_seq: int,
+) -> None:
+    """What `_walk_chain` does at the end of each chunk: the chunk's missing documents
+    (most often none: no query), then progress."""
+    _check_missing_documents(session, erased_candidates)
+    erased_candidates.clear()
+    if progress is not None:
+        progress(checked, head_seq)
 
 
 # A campaign's id comes back with each of its one-clicks: each distinct text is hashed once
