@@ -58,9 +58,10 @@ _PG_STREAM = (
     "FROM audit_event e LEFT JOIN audit_evidence d ON d.seq = e.seq "
     "LEFT JOIN audit_free_text f ON f.seq = e.seq ORDER BY e.seq"
 )
-# Rows a message of the stream (libpq's chunked rows): large enough that the server is not
-# asked for each, small enough to keep the memory flat.
-_STREAM_ROWS = 2_000
+# Rows a result of the stream holds (libpq's chunked rows; the server sends without waiting
+# for them): fewer results, less of Python's CPU (1M events: ~1.45 s at 20,000 against
+# ~1.65 s at 2,000), memory as flat as a chunk's.
+_STREAM_ROWS = 20_000
 _SQLITE_ALL = (
     "SELECT e.canonical, e.hash, d.document, e.seq, e.evidence_digest, "  # noqa: S608
     f"{{json}} = e.canonical, {_DIGESTS_SQL} "
