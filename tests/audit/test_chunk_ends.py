@@ -1,16 +1,21 @@
-"""The walk's chunk ends on both engines (PostgreSQL streams the chain, SQLite reads it a
-chunk at a time): progress is reported at each, and a missing evidence document is named
-there, before anything found bad in a later chunk."""
+"""How verification reads the chain, on both engines (PostgreSQL streams it on a connection
+of its own, SQLite reads it a chunk at a time): progress is reported at each chunk's end, a
+missing evidence document is named there, before anything found bad in a later chunk, and
+the readers beside the verifying connection need no room in the service's pool."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.pool import QueuePool
 
 from prefcenter.audit import chain_rows
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.verify import check_chain
 from prefcenter.db import Database
+from prefcenter.settings import Settings
 from tests.audit.tampering import fetch, tamper
 from tests.support.factories import Headers, make_topic, record_change
 
@@ -62,3 +67,25 @@ def test_a_missing_document_is_named_before_a_broken_hash_in_a_later_chunk(
 
     assert (result.ok, result.first_bad_seq) == (False, missing)
     assert result.detail == "its evidence document is missing and its contact was not erased"
+
+
+def test_the_readers_take_no_connection_of_the_pool(
+    settings: Settings, trail: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's column check and stream read beside the verifying connection, outside
+    the service's pool: a pool of one (and one overflowing) could not hold all three."""
+    monkeypatch.setattr(chain_rows, "CHUNK", 2)
+    database = Database(settings.model_copy(update={"db_pool_size": 1}))
+    pool = cast(QueuePool, database.engine.pool)
+    pooled: list[int] = []
+    try:
+        result = check_chain(
+            database,
+            AuditKeys.from_settings(database.settings),
+            progress=lambda _done, _total: pooled.append(pool.checkedout()),
+        )
+    finally:
+        database.dispose()
+
+    assert (result.ok, result.checked) == (True, trail)
+    assert set(pooled) == {1}  # the verifying connection only, while the chain is read

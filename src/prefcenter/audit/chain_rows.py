@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.pool import NullPool
 
 from prefcenter.audit.canonical import (
     EVENT_COLUMNS,
@@ -21,6 +22,8 @@ from prefcenter.audit.canonical import (
     FREE_TEXT_FIELDS,
 )
 from prefcenter.driver import DriverCursor, PostgresCursor, driver_cursor, postgres_cursor
+from prefcenter.engines import session_options
+from prefcenter.settings import Settings
 
 CHUNK = 20_000
 
@@ -227,6 +230,22 @@ def export_snapshot(connection: Connection) -> str:
 
 
 @contextmanager
+def readers(settings: Settings) -> Iterator[Engine]:
+    """The engine of the verification's other readers (the column check, the chain's
+    stream), its connections outside the service's pool: with the verifying one that is
+    three at once, more than a pool of one (`db_pool_size`, as many overflowing) gives."""
+    engine = create_engine(
+        settings.database_url,
+        poolclass=NullPool,
+        connect_args={"options": session_options(settings)},
+    )
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
 def _in_snapshot(engine: Engine, snapshot: str) -> Iterator[PostgresCursor]:
     """A cursor on a connection of its own, read only, in `snapshot`."""
     with engine.connect() as connection:
@@ -236,6 +255,9 @@ def _in_snapshot(engine: Engine, snapshot: str) -> Iterator[PostgresCursor]:
                 # First in the transaction, as the server requires; an id the server made.
                 cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
                 cursor.execute("SET TRANSACTION READ ONLY")
+                # One statement over the whole chain, as long as the walk: a timeout meant
+                # for requests (`db_statement_timeout_s`) would end any long verification.
+                cursor.execute("SET LOCAL statement_timeout = 0")
                 yield cursor
         finally:
             other.rollback()

@@ -86,12 +86,13 @@ def check_chain(
     with database.transaction(write=False, snapshot=True) as session:
         if key_matches_trail(session, keys) is False:
             return VerifyResult(ok=False, checked=0, detail=wrong_key_detail(keys))
-        dialect = session.get_bind().dialect.name
         head_seq, head_hash = session.execute(
             text("SELECT seq, hash FROM audit_head WHERE id = 1")
         ).one()
         try:
-            checked, last_hash = _walk(session, keys, dialect, head_seq=head_seq, progress=progress)
+            checked, last_hash = _walk(
+                session, keys, database, head_seq=head_seq, progress=progress
+            )
         except _Bad as bad:
             return VerifyResult(
                 ok=False, checked=bad.seq - 1, first_bad_seq=bad.seq, detail=bad.detail
@@ -133,7 +134,7 @@ def check_chain(
 def _walk(
     session: Session,
     keys: AuditKeys,
-    dialect: str,
+    database: Database,
     *,
     head_seq: int,
     progress: Progress | None,
@@ -149,17 +150,19 @@ def _walk(
     """
     connection = session.connection()
     lookup = driver_cursor(connection)
+    dialect = connection.dialect.name
     if dialect != "postgresql":
         return _walk_chain(session, keys, connection, lookup, head_seq, progress)
     snapshot = chain_rows.export_snapshot(connection)
-    apart = chain_rows.ColumnCheck(connection.engine, snapshot)
-    try:
-        with closing(chain_rows.stream_events(connection.engine, snapshot)) as rows:
-            result = _walk_stream(session, keys, rows, head_seq, progress)
-    except _Bad as bad:
-        _check_differing(lookup, dialect, apart.differing(), before=bad.seq)
-        raise
-    _check_differing(lookup, dialect, apart.differing(), before=None)
+    with chain_rows.readers(database.settings) as readers:
+        apart = chain_rows.ColumnCheck(readers, snapshot)
+        try:
+            with closing(chain_rows.stream_events(readers, snapshot)) as rows:
+                result = _walk_stream(session, keys, rows, head_seq, progress)
+        except _Bad as bad:
+            _check_differing(lookup, dialect, apart.differing(), before=bad.seq)
+            raise
+        _check_differing(lookup, dialect, apart.differing(), before=None)
     return result
 
 
