@@ -38,10 +38,13 @@ class CopyWriter(Protocol):
 
 
 class PostgresCursor(DriverCursor, Protocol):
-    """psycopg's cursor: results in binary on request, and `COPY`."""
+    """psycopg's cursor: results in binary on request, streamed rows, and `COPY`."""
 
     def execute(self, sql: str, parameters: Any = ..., /, *, binary: bool | None = ...) -> Self: ...
     def copy(self, statement: str, /) -> AbstractContextManager[CopyWriter]: ...
+    def stream(
+        self, sql: str, parameters: Any = ..., /, *, binary: bool | None = ..., size: int = ...
+    ) -> Iterator[tuple[Any, ...]]: ...
 
 
 def driver_cursor(connection: Connection) -> DriverCursor:

@@ -252,8 +252,9 @@ class TestTampering:
         monkeypatch: pytest.MonkeyPatch,
         chunk: int,
     ) -> None:
-        """Each chunk's free text is read apart, by its range of seq: at either end of a
-        chunk, or alone in one, it is checked once."""
+        """SQLite reads each chunk's free text apart, by its range of seq (PostgreSQL joins it
+        into the streamed chain): at either end of a chunk, or alone in one, it is checked
+        once."""
         monkeypatch.setattr(chain_rows, "CHUNK", chunk)
         record_change(client, admin_headers, BOB, "unsubscribed", reason=BOB_REASON)
         assert verify_trail(database) == VerifyResult(ok=True, checked=4)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlmodel import Session, col, select
@@ -84,12 +86,13 @@ def check_chain(
     with database.transaction(write=False, snapshot=True) as session:
         if key_matches_trail(session, keys) is False:
             return VerifyResult(ok=False, checked=0, detail=wrong_key_detail(keys))
-        dialect = session.get_bind().dialect.name
         head_seq, head_hash = session.execute(
             text("SELECT seq, hash FROM audit_head WHERE id = 1")
         ).one()
         try:
-            checked, last_hash = _walk(session, keys, dialect, head_seq=head_seq, progress=progress)
+            checked, last_hash = _walk(
+                session, keys, database, head_seq=head_seq, progress=progress
+            )
         except _Bad as bad:
             return VerifyResult(
                 ok=False, checked=bad.seq - 1, first_bad_seq=bad.seq, detail=bad.detail
@@ -131,7 +134,7 @@ def check_chain(
 def _walk(
     session: Session,
     keys: AuditKeys,
-    dialect: str,
+    database: Database,
     *,
     head_seq: int,
     progress: Progress | None,
@@ -147,14 +150,18 @@ def _walk(
     """
     connection = session.connection()
     lookup = driver_cursor(connection)
-    apart = chain_rows.ColumnCheck(connection) if dialect == "postgresql" else None
-    try:
-        result = _walk_chain(session, keys, connection, lookup, head_seq, progress, apart)
-    except _Bad as bad:
-        if apart is not None:
+    dialect = connection.dialect.name
+    if dialect != "postgresql":
+        return _walk_chain(session, keys, connection, lookup, head_seq, progress)
+    snapshot = chain_rows.export_snapshot(connection)
+    with chain_rows.readers(database.settings) as readers:
+        apart = chain_rows.ColumnCheck(readers, snapshot)
+        try:
+            with closing(chain_rows.stream_events(readers, snapshot)) as rows:
+                result = _walk_stream(session, keys, rows, head_seq, progress)
+        except _Bad as bad:
             _check_differing(lookup, dialect, apart.differing(), before=bad.seq)
-        raise
-    if apart is not None:
+            raise
         _check_differing(lookup, dialect, apart.differing(), before=None)
     return result
 
@@ -178,8 +185,8 @@ def _walk_chain(
     lookup: DriverCursor,
     head_seq: int,
     progress: Progress | None,
-    apart: chain_rows.ColumnCheck | None,
 ) -> tuple[int, str]:
+    """SQLite's walk (`_walk_stream` is PostgreSQL's, the same checks of the same rows)."""
     dialect = connection.dialect.name
     sha256 = hashlib.sha256
     # `keys.hmac_sha256(document).hex()`, inlined: a call less an event.
@@ -190,7 +197,7 @@ def _walk_chain(
     prev = GENESIS_HASH
     last_hex = GENESIS_HASH.hex()
     expected_seq = 1
-    for rows, free_texts in chain_rows.read_chunks(connection, columns_apart=apart is not None):
+    for rows, free_texts in chain_rows.read_chunks(connection):
         erased_candidates: list[tuple[int, str]] = []
         texts_of = free_texts.get
         # The chain's digests of the free text, one name each (FREE_TEXT_DIGESTS order): the
@@ -224,6 +231,73 @@ def _walk_chain(
         if progress is not None:
             progress(expected_seq - 1, head_seq)
     return expected_seq - 1, last_hex
+
+
+def _walk_stream(
+    session: Session,
+    keys: AuditKeys,
+    rows: Iterator[tuple[Any, ...]],
+    head_seq: int,
+    progress: Progress | None,
+) -> tuple[int, str]:
+    """PostgreSQL's walk over `chain_rows.stream_events`: `_walk_chain`'s checks, in the same
+    order, the missing documents and progress at the same chunk ends (every `CHUNK` events),
+    the free text in the row (no look-up), the columns checked apart."""
+    sha256 = hashlib.sha256
+    copy_inner = keys.hmac_sha256.inner.copy
+    copy_outer = keys.hmac_sha256.outer.copy
+    known_digests: _KnownDigests = {}
+    known = known_digests.get
+    prev = GENESIS_HASH
+    last_hex = GENESIS_HASH.hex()
+    expected_seq = 1
+    chunk = chain_rows.CHUNK
+    chunk_end = chunk
+    erased_candidates: list[tuple[int, str]] = []
+    for canonical, stored_hash, document, seq, digest, d0, d1, has_text, t0, t1 in rows:
+        if seq != expected_seq:
+            raise _Bad(expected_seq, f"seq {expected_seq} is missing")
+        prev = sha256(prev + canonical).digest()
+        last_hex = prev.hex()
+        if last_hex != stored_hash:
+            raise _Bad(seq, "its hash is not SHA-256(previous hash ‖ its canonical bytes)")
+        if document is not None:
+            inner = copy_inner()
+            inner.update(document)
+            outer = copy_outer()
+            outer.update(inner.digest())
+            if outer.hexdigest() != digest:  # a null digest too
+                raise _Bad(seq, "its evidence document does not match its digest")
+        elif digest is not None:
+            erased_candidates.append((seq, "evidence document"))
+        if has_text:
+            texts = (t0, t1)
+            if known(texts) != (d0, d1):  # not known yet, or not these
+                _check_free_text(keys, known_digests, seq, texts, (d0, d1))
+        elif d0 is not None or d1 is not None:
+            erased_candidates.append((seq, "free text (reason, campaign id)"))
+        if seq == chunk_end:
+            _end_chunk(session, erased_candidates, progress, seq, head_seq)
+            chunk_end += chunk
+        expected_seq += 1
+    if expected_seq - 1 != chunk_end - chunk:  # a last, short chunk
+        _end_chunk(session, erased_candidates, progress, expected_seq - 1, head_seq)
+    return expected_seq - 1, last_hex
+
+
+def _end_chunk(
+    session: Session,
+    erased_candidates: list[tuple[int, str]],
+    progress: Progress | None,
+    checked: int,
+    head_seq: int,
+) -> None:
+    """What `_walk_chain` does at the end of each chunk: the chunk's missing documents
+    (most often none: no query), then progress."""
+    _check_missing_documents(session, erased_candidates)
+    erased_candidates.clear()
+    if progress is not None:
+        progress(checked, head_seq)
 
 
 # A campaign's id comes back with each of its one-clicks: each distinct text is hashed once
