@@ -89,3 +89,25 @@ def test_the_readers_take_no_connection_of_the_pool(
 
     assert (result.ok, result.checked) == (True, trail)
     assert set(pooled) == {1}  # the verifying connection only, while the chain is read
+
+
+def test_the_readers_outlive_the_statement_timeout_of_requests(settings: Settings) -> None:
+    """The chain's stream is one statement as long as the whole walk: a statement timeout set
+    for requests (`db_statement_timeout_s`) must not end a verification on its readers."""
+    if settings.is_sqlite:
+        pytest.skip("the readers are PostgreSQL's")
+    timed = settings.model_copy(update={"db_statement_timeout_s": 0.2})
+    database = Database(timed)
+    try:
+        with database.engine.connect() as verifying:
+            held = verifying.execution_options(isolation_level="REPEATABLE READ")
+            snapshot = held.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+            with (
+                chain_rows.readers(timed) as engine,
+                chain_rows.in_snapshot(engine, snapshot) as cursor,
+            ):
+                cursor.execute("SELECT pg_sleep(0.5)")
+                assert len(cursor.fetchall()) == 1  # not cancelled by the 0.2 s timeout
+            held.rollback()
+    finally:
+        database.dispose()

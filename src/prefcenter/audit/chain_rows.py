@@ -246,7 +246,7 @@ def readers(settings: Settings) -> Iterator[Engine]:
 
 
 @contextmanager
-def _in_snapshot(engine: Engine, snapshot: str) -> Iterator[PostgresCursor]:
+def in_snapshot(engine: Engine, snapshot: str) -> Iterator[PostgresCursor]:
     """A cursor on a connection of its own, read only, in `snapshot`."""
     with engine.connect() as connection:
         other = connection.execution_options(isolation_level="REPEATABLE READ")
@@ -271,7 +271,7 @@ def stream_events(engine: Engine, snapshot: str) -> Generator[tuple[Any, ...]]:
     streamed, not a query a chunk: the server reads and sends the next rows while Python
     checks the last (a chunk's query waited for the server, then the server for Python).
     Close it (`contextlib.closing`) to stop early: the query is cancelled."""
-    with _in_snapshot(engine, snapshot) as cursor:
+    with in_snapshot(engine, snapshot) as cursor:
         yield from cursor.stream(_PG_STREAM, binary=True, size=_STREAM_ROWS)
 
 
@@ -299,7 +299,7 @@ class ColumnCheck:
 
 
 def _differing(engine: Engine, snapshot: str) -> list[int]:
-    with _in_snapshot(engine, snapshot) as cursor:
+    with in_snapshot(engine, snapshot) as cursor:
         cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         cursor.execute(_PG_DIFFERING.format(same=pg_same_sql()))
         return [seq for (seq,) in cursor.fetchall()]
