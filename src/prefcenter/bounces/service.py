@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ARRAY, Integer, any_, bindparam
@@ -66,6 +66,21 @@ class StoredBounce:
     event_id: str
     lifted_at: datetime | None
     soft_bounces: str
+
+    @classmethod
+    def from_driver_row(cls, values: Sequence[Any]) -> StoredBounce:
+        """The row's BOUNCE_COLUMNS as a driver returned them (PostgreSQL's times in the
+        session's zone), its times in UTC."""
+        bounced, occurred_at, since, source, event_id, lifted_at, soft_bounces = values
+        return cls(
+            bounced=bounced,
+            occurred_at=occurred_at.astimezone(UTC),
+            since=since.astimezone(UTC),
+            source=source,
+            event_id=event_id,
+            lifted_at=lifted_at.astimezone(UTC) if lifted_at is not None else None,
+            soft_bounces=soft_bounces,
+        )
 
     @property
     def state(self) -> BounceState:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -90,10 +90,6 @@ WHERE EXISTS (
 """
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return value.astimezone(UTC) if value is not None else None
-
-
 def take_in(
     session: Session,
     keys: AuditKeys,
@@ -127,19 +123,7 @@ def take_in(
         if part == 0:
             claimed.add(text)
         elif part == 1:
-            bounce = (
-                StoredBounce(
-                    bounced=row[4],
-                    occurred_at=row[5].astimezone(UTC),
-                    since=row[6].astimezone(UTC),
-                    source=row[7],
-                    event_id=row[8],
-                    lifted_at=_utc(row[9]),
-                    soft_bounces=row[10],
-                )
-                if row[4] is not None
-                else None
-            )
+            bounce = None if row[4] is None else StoredBounce.from_driver_row(row[4:11])
             contacts[text] = FoundContact(id=row[2], public_id=row[3], address=text, bounce=bounce)
         else:
             announced.add(EventType(text))

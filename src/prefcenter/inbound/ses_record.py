@@ -88,10 +88,6 @@ class _Found:
     suppression: tuple[bool, datetime, bool] | None  # suppressed, occurred_at, by_recipient
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return value.astimezone(UTC) if value is not None else None
-
-
 def _read(
     cursor: DriverCursor, *, address: str, address_hash: str, key: str
 ) -> _Found | bool | None:
@@ -104,17 +100,7 @@ def _read(
         return True
     if row[0] is None or row[3]:
         return None
-    bounce = None
-    if row[5] is not None:
-        bounce = StoredBounce(
-            bounced=row[5],
-            occurred_at=row[6].astimezone(UTC),
-            since=row[7].astimezone(UTC),
-            source=row[8],
-            event_id=row[9],
-            lifted_at=_utc(row[10]),
-            soft_bounces=row[11],
-        )
+    bounce = None if row[5] is None else StoredBounce.from_driver_row(row[5:12])
     suppression = None if row[12] is None else (row[12], row[13].astimezone(UTC), row[14])
     return _Found(BouncedContact(row[0], row[1], row[2]), bounce, suppression)
 
