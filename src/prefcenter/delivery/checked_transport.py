@@ -84,7 +84,9 @@ class _Connection:
             and not self.writer.is_closing()
             and not self.reader.at_eof()
             # Bytes the receiver sent unasked: whatever they are, they are not our answer.
-            and not getattr(self.reader, "_buffer", None)
+            # (StreamReader keeps them in `_buffer`; a Python without it gets no reuse, rather
+            # than an answer read from bytes that came before its request.)
+            and not getattr(self.reader, "_buffer", b"unknown")
         )
 
     def close(self) -> None:
