@@ -31,13 +31,18 @@ def posted_to(scope: Scope, path: str) -> bool:
     )
 
 
-def small_json(headers: Headers, max_bytes: int) -> bool:
-    """A JSON body of a declared length the app would take (http_limits.BodySizeLimit): what
-    a lane reads itself; anything else is the app's."""
+def declared_small(headers: Headers, max_bytes: int) -> bool:
+    """A body of a declared length the app would take (http_limits.BodySizeLimit): what a
+    lane reads itself; a chunked or larger one is the app's."""
     if "transfer-encoding" in headers:
         return False
     length_text = headers.get("content-length", "")
-    if not length_text.isdigit() or int(length_text) > max_bytes:
+    return length_text.isdigit() and int(length_text) <= max_bytes
+
+
+def small_json(headers: Headers, max_bytes: int) -> bool:
+    """A JSON body the app would take, of a declared length (`declared_small`)."""
+    if not declared_small(headers, max_bytes):
         return False
     content_type = headers.get("content-type", "")
     return content_type.split(";", 1)[0].strip().lower() == "application/json"

@@ -28,7 +28,7 @@ from prefcenter.db import Database, utcnow
 from prefcenter.http_limits import read_whole_body, replay_body
 from prefcenter.inbound import receive, ses_record, sns
 from prefcenter.inbound.schemas import InboundReport
-from prefcenter.lane_io import posted_to
+from prefcenter.lane_io import declared_small, posted_to
 from prefcenter.problems import Problem, ServiceUnavailable
 from prefcenter.settings import Settings
 
@@ -64,7 +64,7 @@ class SesLane:
         if (
             not posted_to(scope, PATH)
             or self.settings.is_sqlite
-            or not _declared_small(Headers(scope=scope), self.settings.max_body_bytes)
+            or not declared_small(Headers(scope=scope), self.settings.max_body_bytes)
         ):
             await self.app(scope, receive_, send)
             return
@@ -109,12 +109,3 @@ class SesLane:
             )
         except ServiceUnavailable:
             return None  # the app's path retries on a fresh connection, or answers 503
-
-
-def _declared_small(headers: Headers, max_bytes: int) -> bool:
-    """A body of a declared length the app would take (http_limits.BodySizeLimit): what the
-    lane reads itself."""
-    if "transfer-encoding" in headers:
-        return False
-    length_text = headers.get("content-length", "")
-    return length_text.isdigit() and int(length_text) <= max_bytes
