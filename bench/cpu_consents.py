@@ -4,6 +4,7 @@ moves with what else the machine is doing (unlike requests/s on a shared machine
 
     .venv/bin/python bench/cpu_consents.py                  # PostgreSQL, 2,000 of each kind
     .venv/bin/python bench/cpu_consents.py --profile 30     # plus cProfile's top 30
+    .venv/bin/python bench/cpu_consents.py --sqlite         # SQLite (the ORM route, no lane)
 
 Three kinds of change, each sent one after another straight into the ASGI app with a bearer
 key (as uvicorn would, minus the socket):
@@ -68,23 +69,27 @@ def prepare(settings: Settings, known: int) -> str:
                     caller=caller,
                     now=utcnow(),
                 )
+        seeded_at = "2020-01-01 00:00:00" + ("" if settings.is_sqlite else "+00")
         with database.engine.begin() as connection:
+            # A recursive count rather than generate_series, which SQLite lacks.
             connection.execute(
                 text(
-                    "INSERT INTO contact (public_id, address, address_display, created_at)"
+                    "WITH RECURSIVE n(i) AS"
+                    " (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :n - 1)"
+                    " INSERT INTO contact (public_id, address, address_display, created_at)"
                     " SELECT 'k' || i, 'known.' || i || '@bench.example.com',"
-                    " 'known.' || i || '@bench.example.com', now()"
-                    " FROM generate_series(0, :n - 1) AS i"
+                    " 'known.' || i || '@bench.example.com', :at FROM n"
                 ),
-                {"n": known},
+                {"n": known, "at": seeded_at},
             )
             connection.execute(
                 text(
                     "INSERT INTO subscription (contact_id, topic_id, status, occurred_at, since,"
                     " source, by_recipient, event_id) SELECT c.id, t.id, 'subscribed',"
-                    " '2020-01-01 00:00:00+00', '2020-01-01 00:00:00+00', 'bench_seed', false,"
+                    " :at, :at, 'bench_seed', false,"
                     " 'seed' FROM contact c, topic t WHERE t.key = 'orders'"
                 ),
+                {"at": seeded_at},
             )
     finally:
         database.dispose()
@@ -98,7 +103,7 @@ def _post(address: str, status: str) -> bytes:
 
 
 async def run(args: argparse.Namespace) -> None:
-    with throwaway_database(sqlite=False) as url:
+    with throwaway_database(sqlite=args.sqlite) as url:
         settings = bench_settings(url)
         n, warm = args.requests, args.warmup
         secret = prepare(settings, n + warm)
@@ -150,7 +155,8 @@ async def run(args: argparse.Namespace) -> None:
 
             database.on_connection = profiled(on_connection)
             database._run_write = profiled(run_write)
-        print(f"prefcenter in-process CPU per request, PostgreSQL, pid {os.getpid()}")
+        engine = "SQLite" if args.sqlite else "PostgreSQL"
+        print(f"prefcenter in-process CPU per request, {engine}, pid {os.getpid()}")
         await measure(
             "new address subscribes",
             caller,
@@ -182,6 +188,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile top N")
+    parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -17,8 +17,11 @@ from sqlmodel import select as sqlmodel_select
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent
-from prefcenter.consent.erased import erased_among, is_erased_address
-from prefcenter.db import Database
+from prefcenter.consent.contact_creation import lock_new_contact
+from prefcenter.consent.erased import AddressErased, erased_among, is_erased_address
+from prefcenter.contacts.addresses import parse_address
+from prefcenter.contacts.models import Contact
+from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
 from prefcenter.tables import metadata
 from tests.support.factories import (
@@ -256,6 +259,25 @@ class TestStaysSuppressed:
             response = client.post("/v1/consents", headers=headers, json=body)
             assert_problem(response, 409, "address-erased")
         assert row_counts(database) == before
+
+    def test_the_address_is_not_stored_even_for_the_instant_before_the_refusal(
+        self, client: TestClient, admin_headers: Headers, database: Database, ada: str
+    ) -> None:
+        # lock_new_contact's insert carries the erased check itself: inside the refused
+        # change's own transaction, before its rollback, there is no row with the address.
+        erase(client, admin_headers, ada)
+        with database.transaction(write=True) as session:
+            with pytest.raises(AddressErased):
+                lock_new_contact(
+                    session,
+                    AuditKeys.from_settings(database.settings),
+                    parse_address(GIVEN),
+                    now=utcnow(),
+                )
+            stored = session.exec(
+                sqlmodel_select(Contact).where(col(Contact.address) == ADDRESS)
+            ).all()
+            assert stored == []
 
     def test_eligibility_answers_suppressed(
         self, client: TestClient, admin_headers: Headers, auditor_headers: Headers, ada: str

@@ -11,6 +11,7 @@ writer of a contact's consent holds the contact's lock (or SQLite's one write lo
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from contextlib import closing
@@ -21,6 +22,7 @@ import orjson
 from sqlalchemy import JSON, String, bindparam, cast, literal, text, union_all
 from sqlalchemy import insert as core_insert
 from sqlalchemy import select as core_select
+from sqlalchemy.sql.elements import TextClause
 from sqlmodel import Session
 
 from prefcenter.audit.canonical import format_time
@@ -123,17 +125,45 @@ def queue_event_deliveries(
         )
         session.connection().exec_driver_sql(f"WITH {cte.removeprefix(', ')} SELECT 1", params)
         return
+    if contact_id is not None:
+        # SQLite: one text statement per number of types, compiled once (the SQLAlchemy form
+        # below costs about a millisecond of CPU to build, key and compile each time).
+        bound: dict[str, Any] = {"event": event_id, "contact": contact_id, "now": now}
+        for n, event_type in enumerate(types):
+            bound[f"type{n}"] = event_type.value
+            bound[f"id{n}"] = webhook_id_of(event_id, event_type)
+            bound[f"payload{n}"] = {"type": event_type.value}
+        session.execute(_contact_deliveries(len(types)), bound)
+        return
     wanted = _wanted([(t, webhook_id_of(event_id, t), {"type": t.value}) for t in types])
     session.execute(
         core_insert(_MESSAGES).from_select(
             list(_COLUMNS),
-            _rows_for(
-                wanted,
-                cause_event_id=literal(event_id, String()),
-                contact_id=literal(contact_id, String()) if contact_id is not None else None,
-                now=now,
-            ),
+            _rows_for(wanted, cause_event_id=literal(event_id, String()), contact_id=None, now=now),
         )
+    )
+
+
+@functools.cache
+def _contact_deliveries(count: int) -> TextClause:
+    """The INSERT of the deliveries of one contact's audit event as `count` types (the rows
+    `_rows_for` selects), for any engine: a `VALUES` list of the types joined to the enabled
+    endpoints that want each."""
+    values = ", ".join(f"({n}, :type{n}, :id{n}, :payload{n})" for n in range(count))
+    statement = text(
+        f"""WITH wanted (ord, type, webhook_id, payload) AS (VALUES {values})
+INSERT INTO outbox_message ({", ".join(_COLUMNS)})
+SELECT '{OutboxKind.WEBHOOK.value}', wanted.webhook_id || '@' || CAST(e.id AS VARCHAR), :event,
+    wanted.payload, '{OutboxStatus.QUEUED.value}', :now, :now, 0,
+    CAST(e.id AS VARCHAR) || ':' || :contact, e.id
+FROM wanted
+JOIN webhook_endpoint_event AS s ON s.event_type IN (wanted.type, '{EVERY_TYPE}')
+JOIN webhook_endpoint AS e ON e.id = s.endpoint_id AND e.enabled
+ORDER BY wanted.ord, e.id"""  # noqa: S608  (this module's constants; values are bound)
+    )
+    return statement.bindparams(
+        bindparam("now", type_=UtcDateTime()),
+        *(bindparam(f"payload{n}", type_=JSON()) for n in range(count)),
     )
 
 
