@@ -161,9 +161,9 @@ def seed_contacts_sqlite(target: Target, contacts: int) -> None:
 
 
 def sqlite_floor(target: Target, *, clients: int, duration: float) -> Load:
-    """CLIENTS threads of the sqlite3 module, each committing one `INSERT` at a time, for
-    DURATION seconds, on a file beside the benchmark's with prefcenter's pragmas: the bare
-    durable write of one consent, without HTTP, the app or the audit chain."""
+    """CLIENTS threads of the sqlite3 module, each committing one `INSERT` at a time (taking
+    turns on a lock), for DURATION seconds, on a file beside the benchmark's with prefcenter's
+    pragmas: the bare durable write of one consent, without HTTP, the app or the audit chain."""
     path = Path(make_url(target.url).database or "").with_name("floor.db")
     with closing(sqlite3.connect(path)) as setup:
         setup.execute("PRAGMA journal_mode=WAL")
@@ -171,6 +171,7 @@ def sqlite_floor(target: Target, *, clients: int, duration: float) -> Load:
         setup.commit()
     deadline = time.monotonic() + duration
     latencies: list[list[float]] = [[] for _ in range(clients)]
+    writer = threading.Lock()
 
     def client(slot: int) -> None:
         with closing(sqlite3.connect(path, timeout=10, isolation_level=None)) as conn:
@@ -178,9 +179,14 @@ def sqlite_floor(target: Target, *, clients: int, duration: float) -> Load:
             conn.execute("PRAGMA busy_timeout=5000")
             mine = latencies[slot]
             while (start := time.monotonic()) < deadline:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("INSERT INTO floor_row (token) VALUES (?)", (secrets.token_hex(16),))
-                conn.execute("COMMIT")
+                # Queued on a lock, not at SQLite's busy handler (which sleeps), as
+                # prefcenter's writers in one process are.
+                with writer:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute(
+                        "INSERT INTO floor_row (token) VALUES (?)", (secrets.token_hex(16),)
+                    )
+                    conn.execute("COMMIT")
                 mine.append(time.monotonic() - start)
 
     started = time.monotonic()
