@@ -45,6 +45,8 @@ class TestSqliteFiles:
             # Checked while a connection holds the database open: SQLite removes the WAL
             # and SHM files when the last one closes.
             files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+            # and the file the writers of the host take turns on (sqlite_writers)
+            files.append(path.with_name(path.name + ".writers"))
             assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files}
         finally:
             database.dispose()

@@ -1,13 +1,17 @@
-"""SQLite's writers in one process queue on the process's own lock (db._sqlite_writer) before
-`BEGIN IMMEDIATE`, instead of meeting at SQLite's busy handler, which waits by sleeping. The
-wait is still bounded by `PREFCENTER_SQLITE_BUSY_TIMEOUT_S`: past it, a 503 to retry.
+"""SQLite's writers queue for their turn (prefcenter.sqlite_writers) before `BEGIN IMMEDIATE`:
+those of one process on a lock, the processes of one host on a file lock, instead of meeting
+at SQLite's busy handler, which waits by sleeping. The wait is still bounded by
+`PREFCENTER_SQLITE_BUSY_TIMEOUT_S`: past it, a 503 to retry.
 
 SQLite only: PostgreSQL has no database-wide write lock (its writers wait on the rows they
 share, under `lock_timeout`, as tests/test_concurrency.py shows on both engines)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +97,30 @@ def test_writers_in_one_process_take_turns_without_failing(database: Database) -
         thread.join()
     assert failures == []
     assert len(_topics(database)) == 80
+
+
+def test_writers_of_two_processes_take_turns(tmp_path: Path) -> None:
+    """A process holding the host's turn (the file lock beside the database) makes this
+    process's writer wait for it, then go, rather than fail at the busy handler."""
+    path = tmp_path / "shared.db"
+    settings = make_settings(f"sqlite:///{path}", sqlite_busy_timeout_s=5)
+    migrations.upgrade(settings)
+    database = Database(settings)
+    holds_the_turn = (
+        "import fcntl, os, time;"
+        f"fd = os.open({str(path) + '.writers'!r}, os.O_RDWR | os.O_CREAT, 0o600);"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(0.5)"
+    )
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-c", holds_the_turn], stdout=subprocess.PIPE, text=True
+        ) as holder:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "held"
+            started = time.monotonic()
+            _add_topic(database, "after-the-other")
+            waited = time.monotonic() - started
+        assert waited >= 0.3  # it waited for the other process's turn …
+        assert _topics(database) == ["after-the-other"]  # … and then wrote
+    finally:
+        database.dispose()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from prefcenter.engines import WRITE_OPTION
 from prefcenter.problems import Conflict, ServiceUnavailable
 from prefcenter.replica import ReadPosition, Replica
 from prefcenter.settings import Settings
+from prefcenter.sqlite_writers import writer_turn
 from prefcenter.storage_errors import ConnectionLost, StorageFull, is_disk_full
 
 logger = logging.getLogger(__name__)
@@ -106,30 +106,6 @@ class SessionSlots:
         self._semaphore.release()
 
 
-# One writer at a time per SQLite database in this process, queued on a lock: SQLite's own
-# busy handler waits by sleeping (1, 2, 5, … up to 100 ms at a time), so writers that met at
-# BEGIN IMMEDIATE lost far more time than the write lock is ever held. Writers in other
-# processes still meet at the busy handler.
-_SQLITE_WRITERS: dict[str, threading.Lock] = {}
-_SQLITE_WRITERS_GUARD = threading.Lock()
-
-
-@contextmanager
-def _sqlite_writer(settings: Settings) -> Iterator[None]:
-    with _SQLITE_WRITERS_GUARD:
-        lock = _SQLITE_WRITERS.setdefault(settings.database_url, threading.Lock())
-    if not lock.acquire(timeout=settings.sqlite_busy_timeout_s):
-        logger.warning("SQLite write lock not had in %s s", settings.sqlite_busy_timeout_s)
-        raise ServiceUnavailable(
-            "The database is busy or unreachable; nothing was changed. Retry shortly.",
-            headers={"Retry-After": "1"},
-        )
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 class Database:
     """The engine plus the transaction boundary. Services receive a session and never commit."""
 
@@ -182,7 +158,7 @@ class Database:
         """
         try:
             engine = self._engine(write=write)
-            gate = _sqlite_writer(self.settings) if write and self.settings.is_sqlite else None
+            gate = writer_turn(self.settings) if write and self.settings.is_sqlite else None
             with (
                 gate or nullcontext(),
                 Session(engine, expire_on_commit=False, autoflush=True) as session,
