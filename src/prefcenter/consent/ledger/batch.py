@@ -179,7 +179,9 @@ def _apply_one(
     """One change against the batch's rows, as ledger.orm.apply_change does it against the
     database's, and its audit event; raises the rules' problems before anything is
     changed."""
-    requested = replace(change.requested, with_evidence=bool(change.record.evidence))
+    requested = change.requested
+    if requested.with_evidence != bool(change.record.evidence):
+        requested = replace(requested, with_evidence=bool(change.record.evidence))
     event_id = new_event_id()
     suppression = suppressions.by_key.get((contact.id,))
     subscription_event_id: str | None = None
