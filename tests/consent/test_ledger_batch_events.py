@@ -1,6 +1,6 @@
-"""consent.ledger.batch_events: a batch's events, built from templates and with documents
-reused, are byte for byte the events `change_event` makes and `prepare_event` prepares (no
-database)."""
+"""consent.ledger.batch_events: a batch's events, built straight from its changes and with
+documents reused, are byte for byte the events `change_event` makes and `prepare_event`
+prepares (no database)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def _fast(
     ids=["new", "was-subscribed", "was-unsubscribed", "newer-stored"],
 )
 @pytest.mark.parametrize("future", [False, True], ids=["past", "clamped"])
-def test_the_templates_write_what_the_write_model_writes(
+def test_the_batch_writes_what_the_write_model_writes(
     topic: str | None, status: Status, current: CurrentState | None, future: bool
 ) -> None:
     at = NOW + timedelta(hours=1) if future else NOW - timedelta(hours=2, microseconds=7)
@@ -116,7 +116,7 @@ def test_the_templates_write_what_the_write_model_writes(
         context={**CONTEXT, "notice": "privacy@v3"},
     )
     events = BatchEvents(KEYS, actor=ACTOR)
-    # Each a few times over: the second of each reuses its template and its document.
+    # Each a few times over: the second of each reuses its document.
     for number, record in enumerate([plain, free_text, plain, free_text, plain]):
         event_id = f"e-{number}"
 
@@ -149,7 +149,7 @@ def test_documents_that_are_not_plain_are_written_the_reference_way() -> None:
         )
 
 
-def test_past_its_templates_an_event_is_encoded_whole() -> None:
+def test_changes_each_of_its_own_source() -> None:
     requested = RequestedChange(Status.SUBSCRIBED, NOW, ActorKind.API_CLIENT, "api")
     events = BatchEvents(KEYS, actor=ACTOR)
     for number in range(40):

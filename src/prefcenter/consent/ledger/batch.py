@@ -28,9 +28,9 @@ from sqlmodel import Session, col
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.prepared import PreparedEvent
-from prefcenter.audit.schemas import new_event_id
+from prefcenter.audit.schemas import new_event_ids
 from prefcenter.audit.service import append_prepared
-from prefcenter.consent.contact_creation import create_contacts
+from prefcenter.consent.contact_creation import insert_contacts
 from prefcenter.consent.erased import AddressErased
 from prefcenter.consent.ledger.batch_events import BatchEvents
 from prefcenter.consent.ledger.changes import (
@@ -115,7 +115,7 @@ def apply_changes(
     given: dict[str, str] = {}
     for change in changes:
         given.setdefault(change.address.normalised, change.address.given)
-    erased = create_contacts(session, keys, given, now=now).erased
+    erased = insert_contacts(session, keys, given, now=now)
     contacts = _lock_contacts(session, [a for a in given if a not in erased])
     ids = [c.id for c in contacts.values()]
     topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
@@ -129,7 +129,7 @@ def apply_changes(
     builder = BatchEvents(keys, actor=changes[0].record.actor) if changes else None
     address_hashes: dict[str, str] = {}
     counted: Counter[tuple[str, str]] = Counter()
-    for change in changes:
+    for change, event_id in zip(changes, new_event_ids(len(changes)), strict=True):
         contact = contacts.get(change.address.normalised)
         if contact is None:
             results.append(_erased())
@@ -141,6 +141,7 @@ def apply_changes(
         try:
             written, event = _apply_one(
                 builder,
+                event_id,
                 contact,
                 address_hash,
                 change,
@@ -167,6 +168,7 @@ def apply_changes(
 
 def _apply_one(
     events: BatchEvents,
+    event_id: str,
     contact: _Contact,
     address_hash: str,
     change: BatchChange,
@@ -182,7 +184,6 @@ def _apply_one(
     requested = change.requested
     if requested.with_evidence != bool(change.record.evidence):
         requested = replace(requested, with_evidence=bool(change.record.evidence))
-    event_id = new_event_id()
     suppression = suppressions.by_key.get((contact.id,))
     subscription_event_id: str | None = None
     record = change.record

@@ -1,9 +1,13 @@
 """Owns the audit events of a batch of API changes (consent.ledger.batch): each made ready for
 the chain in a few µs. They are the events `changes.change_event` makes and
 `audit.prepared.prepare_event` prepares, byte for byte (tests/consent/test_ledger_batch_events.py
-holds them to it): the canonical bytes are spliced into a template that `event_parts` encoded
-once per kind, topic, source and free text (a batch has a handful), and an evidence document
-that an earlier change of the batch already had is not encoded and digested again."""
+holds them to it), made straight from the decided change (no `NewEvent` in between), with the
+contact's address hash given, and an evidence document that an earlier change of the batch
+already had not encoded and digested again.
+
+Not from a template as an import's events are (ledger.bulk_events): a batch's events share
+only their actor, and splicing the eight values that differ costs more than encoding the
+event whole."""
 
 from __future__ import annotations
 
@@ -11,28 +15,10 @@ from typing import Any
 
 from prefcenter.audit.canonical import encode_document, event_parts, format_time
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.prepared import PartsTemplate, PreparedEvent
+from prefcenter.audit.prepared import PreparedEvent
 from prefcenter.audit.schemas import EventKind
 from prefcenter.consent.ledger.changes import ChangeRecord, event_context
 from prefcenter.consent.rules import Decision, Outcome, RequestedChange
-
-# What differs from one event of a template to the next, in the template's order.
-_VARYING = (
-    "id",
-    "occurred_at",
-    "contact_id",
-    "from_status",
-    "to_status",
-    "outcome",
-    "address_hash",
-    "evidence_digest",
-)
-# Past this many templates (a batch whose every change names its own source or campaign),
-# an event's parts are encoded whole: a template costs more to make than it saves on one.
-_MAX_TEMPLATES = 16
-
-# (kind, topic, source, campaign id, reason): what a template fixes beside the actor.
-_TemplateKey = tuple[str, str | None, str, str | None, str | None]
 
 
 class BatchEvents:
@@ -41,7 +27,6 @@ class BatchEvents:
     def __init__(self, keys: AuditKeys, *, actor: str) -> None:
         self._keys = keys
         self._actor = actor
-        self._templates: dict[_TemplateKey, PartsTemplate] = {}
         # Documents made so far, by their context's items when every value is text and the
         # evidence is empty (the usual case: a sync's changes carry only the request's context).
         self._documents: dict[tuple[tuple[str, Any], ...], tuple[bytes, str]] = {}
@@ -91,25 +76,7 @@ class BatchEvents:
             "address_hash": address_hash,
             "evidence_digest": digest,
         }
-        template = self._template(
-            (kind, topic_key, record.source, record.campaign_id, record.reason), row
-        )
-        parts = (
-            event_parts(row)
-            if template is None
-            else template.parts(
-                (
-                    event_id,
-                    occurred_text,
-                    contact_id,
-                    from_status,
-                    to_status,
-                    outcome,
-                    address_hash,
-                    digest,
-                )
-            )
-        )
+        parts = event_parts(row)
         row["occurred_at"] = occurred_at
         free_text = (record.campaign_id, record.reason)
         return PreparedEvent(
@@ -119,13 +86,6 @@ class BatchEvents:
             free_text=None if free_text == (None, None) else free_text,
             occurred_text=occurred_text,
         )
-
-    def _template(self, key: _TemplateKey, row: dict[str, Any]) -> PartsTemplate | None:
-        template = self._templates.get(key)
-        if template is None and len(self._templates) < _MAX_TEMPLATES:
-            fixed = {name: value for name, value in row.items() if name not in _VARYING}
-            template = self._templates[key] = PartsTemplate(fixed, _VARYING)
-        return template
 
     def _document(self, context: dict[str, Any], record: ChangeRecord) -> tuple[bytes, str]:
         """The evidence document (`encode_document`'s) and its keyed digest."""
