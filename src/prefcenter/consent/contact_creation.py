@@ -24,7 +24,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.consent.erased import address_erased, erased_among, refuse_erased_address
+from prefcenter.consent.erased import (
+    address_erased,
+    erased_among,
+    erased_of_hashes,
+    refuse_erased_address,
+)
 from prefcenter.consent.ledger.sql import among, postgres_session
 from prefcenter.consent.models import ErasedAddress
 from prefcenter.contacts.addresses import Address
@@ -183,13 +188,20 @@ def create_contacts(
 
 
 def insert_contacts(
-    session: Session, keys: AuditKeys, given_by_address: Mapping[str, str], *, now: datetime
+    session: Session,
+    given_by_address: Mapping[str, str],
+    *,
+    address_hashes: Mapping[str, str],
+    now: datetime,
 ) -> frozenset[str]:
     """`create_contacts` for a caller that reads the contacts itself next (and locks them:
-    consent.ledger.batch): every address not erased is inserted, one that has a contact
-    already left as it is (ON CONFLICT DO NOTHING), and nothing is read back. Returns the
-    erased addresses, which get nothing."""
-    erased = erased_among(session, keys, given_by_address)
+    consent.ledger.batch) and has the addresses' keyed hashes (`address_hashes`, by
+    address): every address not erased is inserted, one that has a contact already left as
+    it is (ON CONFLICT DO NOTHING), and nothing is read back. Returns the erased addresses,
+    which get nothing."""
+    erased = erased_of_hashes(
+        session, {address_hashes[address]: address for address in given_by_address}
+    )
     new_rows = [
         {
             "public_id": new_public_id(),

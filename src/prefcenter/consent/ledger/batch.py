@@ -115,7 +115,9 @@ def apply_changes(
     given: dict[str, str] = {}
     for change in changes:
         given.setdefault(change.address.normalised, change.address.given)
-    erased = insert_contacts(session, keys, given, now=now)
+    # Each address's keyed hash, made once: for the erased check and the events.
+    address_hashes = {address: keys.address_hash(address) for address in given}
+    erased = insert_contacts(session, given, address_hashes=address_hashes, now=now)
     contacts = _lock_contacts(session, [a for a in given if a not in erased])
     ids = [c.id for c in contacts.values()]
     topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
@@ -127,7 +129,6 @@ def apply_changes(
     results: list[BatchWritten | Problem] = []
     events: list[PreparedEvent] = []
     builder = BatchEvents(keys, actor=changes[0].record.actor) if changes else None
-    address_hashes: dict[str, str] = {}
     counted: Counter[tuple[str, str]] = Counter()
     for change, event_id in zip(changes, new_event_ids(len(changes)), strict=True):
         contact = contacts.get(change.address.normalised)
@@ -135,15 +136,12 @@ def apply_changes(
             results.append(_erased())
             continue
         assert builder is not None
-        address_hash = address_hashes.get(contact.address)
-        if address_hash is None:
-            address_hash = address_hashes[contact.address] = keys.address_hash(contact.address)
         try:
             written, event = _apply_one(
                 builder,
                 event_id,
                 contact,
-                address_hash,
+                address_hashes[contact.address],
                 change,
                 subscriptions,
                 suppressions,
