@@ -38,8 +38,10 @@ def erased_of_hashes(session: Session, by_hash: Mapping[str, str]) -> set[str]:
     hashes = sorted(by_hash)
     found: set[str] = set()
     postgres = postgres_session(session)
-    for start in range(0, len(hashes), _QUERY_CHUNK):
-        chunk = hashes[start : start + _QUERY_CHUNK]
+    # PostgreSQL takes them all as one array parameter.
+    size = max(len(hashes), 1) if postgres else _QUERY_CHUNK
+    for start in range(0, len(hashes), size):
+        chunk = hashes[start : start + size]
         found.update(
             session.exec(
                 select(ErasedAddress.address_hash).where(

@@ -351,12 +351,12 @@ def _queue_deliveries(
     """The webhook deliveries of the batch's events, in order; none, after one query per
     event type, when no endpoint wants any of them (the usual case for a sync)."""
     written = [r for r in results if isinstance(r, BatchWritten)]
+    # The types of each kind of event once, not of each event.
+    kinds = {(r.event_kind, r.decision.outcome.value, r.to_status) for r in written}
     types = {
         t
-        for r in written
-        for t in types_of_event(
-            r.event_kind, outcome=r.decision.outcome.value, to_status=r.to_status
-        )
+        for kind, outcome, to_status in kinds
+        for t in types_of_event(kind, outcome=outcome, to_status=to_status)
     }
     if not any(subscribed(session, t) for t in types):
         return
