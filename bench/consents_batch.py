@@ -7,8 +7,9 @@ against a floor measured in the same run: the same rows and audit events written
 What it does:
   1. a throwaway database `prefcenter_bench_batch_…` (dropped at the end; `--keep-db` keeps
      it), migrated; CONTACTS contacts seeded by COPY, a marketing topic, an API key;
-  2. BATCHES batches of 1,000 changes through the app in-process (FastAPI's ASGI app driven by
-     its TestClient: JSON in and out, the key check, the Idempotency-Key, one transaction per
+  2. BATCHES batches of 1,000 changes through the app in-process (FastAPI's ASGI app, frozen
+     for the garbage collector as a worker process freezes it, driven by its TestClient: JSON
+     in and out, the key check, the Idempotency-Key, one transaction per
      batch with its 1,000 audit events): half known contacts, half new; topic and
      contact-wide changes; a tenth opt-outs. Prints changes/s and the p50/max batch time;
   3. the floor: per batch, in one transaction on psycopg, the same number of contacts upserted
