@@ -87,37 +87,65 @@ class IdempotentCall:
         Must run inside a write transaction: on SQLite that serialises concurrent retries; on
         PostgreSQL a concurrent duplicate fails on the primary key and is told to retry (409).
         """
+        return self._run(session, owner, response, model, call, status_code)[0]
+
+    def run_json(
+        self,
+        session: Session,
+        *,
+        owner: str,
+        response: Response,
+        model: type[ModelT],
+        call: Callable[[], ModelT],
+    ) -> str:
+        """`run`, answering the answer's JSON: serialised once for the stored record and the
+        response alike (a batch's thousand results are not written twice)."""
+        result, body = self._run(session, owner, response, model, call, None)
+        return body if body is not None else result.model_dump_json()
+
+    def _run(
+        self,
+        session: Session,
+        owner: str,
+        response: Response,
+        model: type[ModelT],
+        call: Callable[[], ModelT],
+        status_code: Callable[[ModelT], int] | None,
+    ) -> tuple[ModelT, str | None]:
+        """The answer, and its JSON as stored when this call stored it."""
         if self.key is None:
             result = call()
             if status_code is not None:
                 response.status_code = status_code(result)
-            return result
+            return result, None
         stored = session.exec(
             select(IdempotencyRecord).where(
                 IdempotencyRecord.owner == owner, IdempotencyRecord.key == self.key
             )
         ).first()
         if stored is not None:
-            return self.replay(
+            answer = self.replay(
                 StoredAnswer(stored.request_hash, stored.status_code, stored.response_body),
                 response=response,
                 model=model,
             )
+            return answer, None
         result = call()
         code = status_code(result) if status_code is not None else (response.status_code or 200)
         response.status_code = code
+        body = result.model_dump_json()
         session.add(
             IdempotencyRecord(
                 owner=owner,
                 key=self.key,
                 request_hash=self.request_hash,
                 status_code=code,
-                response_body=result.model_dump_json(),
+                response_body=body,
                 created_at=utcnow(),
             )
         )
         session.flush()
-        return result
+        return result, body
 
     def replay(self, stored: StoredAnswer, *, response: Response, model: type[ModelT]) -> ModelT:
         """The first answer again, if this is the request it answered; else

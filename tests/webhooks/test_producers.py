@@ -1,7 +1,7 @@
 """Every path that changes consent queues its deliveries in its own transaction, on both
 engines: the one-click (PostgreSQL's single statement included), a contact-wide opt-out
-(also `contact.suppressed`), an erasure, an import (set-based, per batch, in order; then
-`import.finished`), and replays from the audit trail."""
+(also `contact.suppressed`), a batch of API changes, an erasure, an import (set-based, per
+batch, in order; then `import.finished`), and replays from the audit trail."""
 
 from __future__ import annotations
 
@@ -107,6 +107,59 @@ class TestRecipientOptOuts:
         assert suppressed[0]["data"]["to_status"] == "unsubscribed"
         ids = [d.webhook_id for d in hooks.inbox.received()]
         assert len(set(ids)) == len(ids)  # the same event as two types: two webhook-ids
+
+
+class TestConsentBatch:
+    def test_a_batch_queues_each_applied_change_in_order(
+        self,
+        client: TestClient,
+        admin: Headers,
+        writer: Headers,
+        topic: str,
+        hooks: Receiver,
+        database: Database,
+    ) -> None:
+        create_endpoint(client, admin, hooks.url)
+        response = client.post(
+            "/v1/consents/batch",
+            headers=writer,
+            json={
+                "changes": [
+                    {"email": "ada@example.com", "topic": topic, "status": "subscribed"},
+                    {"email": "bob@example.com", "status": "unsubscribed"},
+                    {"email": "ada@example.com", "topic": topic, "status": "unsubscribed"},
+                    {"email": "not an address", "status": "unsubscribed"},
+                ]
+            },
+        )
+        assert response.status_code == 200, response.text
+        events = [r["event_id"] for r in response.json()["results"][:3]]
+
+        assert [(d.payload["type"], d.cause_event_id) for d in deliveries(database)] == [
+            ("consent.changed", events[0]),
+            ("consent.changed", events[1]),
+            ("contact.suppressed", events[1]),
+            ("consent.changed", events[2]),
+        ]
+
+    def test_an_endpoint_of_one_type_gets_that_type_only(
+        self,
+        client: TestClient,
+        admin: Headers,
+        writer: Headers,
+        topic: str,
+        hooks: Receiver,
+        database: Database,
+    ) -> None:
+        create_endpoint(client, admin, hooks.url, events=["contact.suppressed"])
+        changes = [
+            {"email": "ada@example.com", "topic": topic, "status": "subscribed"},
+            {"email": "bob@example.com", "status": "unsubscribed"},
+        ]
+        response = client.post("/v1/consents/batch", headers=writer, json={"changes": changes})
+        assert response.status_code == 200, response.text
+
+        assert types_of(database) == ["contact.suppressed"]
 
 
 class TestErasure:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +40,20 @@ class EventKind(StrEnum):
 
 def new_event_id() -> str:
     return str(uuid.uuid4())
+
+
+def new_event_ids(count: int) -> list[str]:
+    """`count` ids as `new_event_id` makes them (random UUIDs, version 4), from one read of
+    the system's randomness: a batch's thousand ids without a thousand reads and UUID
+    objects."""
+    random = bytearray(os.urandom(16 * count))
+    ids: list[str] = []
+    for start in range(0, 16 * count, 16):
+        random[start + 6] = random[start + 6] & 0x0F | 0x40  # version 4
+        random[start + 8] = random[start + 8] & 0x3F | 0x80  # the RFC 4122 variant
+        h = random[start : start + 16].hex()
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
 
 
 @dataclass(frozen=True, slots=True)

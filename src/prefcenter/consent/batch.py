@@ -24,7 +24,7 @@ from prefcenter.consent.errors import ConsentBatchTooLarge
 from prefcenter.consent.ledger.batch import BatchChange, BatchWritten, apply_changes
 from prefcenter.consent.rules import Status
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
-from prefcenter.consent.service import api_change_record, pending_confirmation, requested_change
+from prefcenter.consent.service import ApiRecords, pending_confirmation, requested_change
 from prefcenter.notices.service import NoticeChecks
 from prefcenter.problems import Problem, problem_body
 from prefcenter.settings import Settings, SigningKey
@@ -80,6 +80,7 @@ def record_changes(
         accepted.append((index, change, topic))
     # Each change at its own instant, a microsecond apart in request order (ledger.batch).
     instants = [now + timedelta(microseconds=index) for index, _, _ in accepted]
+    records = ApiRecords.of(caller=caller, request=request, settings=settings)
     written = apply_changes(
         session,
         keys,
@@ -88,13 +89,7 @@ def record_changes(
                 address=change.email,
                 topic=topic,
                 requested=requested_change(change, topic, caller=caller, now=at),
-                record=api_change_record(
-                    change,
-                    caller=caller,
-                    request=request,
-                    settings=settings,
-                    notice=checked.get(index),
-                ),
+                record=records.record(change, notice=checked.get(index)),
                 at=at,
             )
             for (index, change, topic), at in zip(accepted, instants, strict=True)

@@ -2,8 +2,9 @@
 place that asks whether the address was erased first.
 
 Every path that can create a contact (a consent change, links for a send, the console) goes
-through `lock_new_contact` (one address, locked for the change that follows) or
-`create_contacts` (many, set-based); address correction gives an existing contact its new
+through `lock_new_contact` (one address, locked for the change that follows),
+`create_contacts` (many, set-based) or `insert_contacts` (many, for a caller that reads them
+back itself); address correction gives an existing contact its new
 address through `readdress_contact`; an import, whose batches stage their addresses in a TEMP
 table, through consent.ledger.bulk's insert from it, which carries the same erased check in its
 SQL. An erased address is never stored again: the single forms refuse it with
@@ -23,7 +24,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.consent.erased import address_erased, erased_among, refuse_erased_address
+from prefcenter.consent.erased import (
+    address_erased,
+    erased_among,
+    erased_of_hashes,
+    refuse_erased_address,
+)
 from prefcenter.consent.ledger.sql import among, postgres_session
 from prefcenter.consent.models import ErasedAddress
 from prefcenter.contacts.addresses import Address
@@ -179,6 +185,45 @@ def create_contacts(
                 )
             public_ids.update(_public_ids(session, missing))
     return CreatedContacts(public_ids=public_ids, erased=frozenset(erased))
+
+
+def insert_contacts(
+    session: Session,
+    given_by_address: Mapping[str, str],
+    *,
+    address_hashes: Mapping[str, str],
+    now: datetime,
+) -> frozenset[str]:
+    """`create_contacts` for a caller that reads the contacts itself next (and locks them:
+    consent.ledger.batch) and has the addresses' keyed hashes (`address_hashes`, by
+    address): every address not erased is inserted, one that has a contact already left as
+    it is (ON CONFLICT DO NOTHING), and nothing is read back. Returns the erased addresses,
+    which get nothing."""
+    erased = erased_of_hashes(
+        session, {address_hashes[address]: address for address in given_by_address}
+    )
+    new_rows = [
+        {
+            "public_id": new_public_id(),
+            "address": address,
+            "address_display": given_by_address[address],
+            "created_at": now,
+        }
+        for address in sorted(a for a in given_by_address if a not in erased)
+    ]
+    if not new_rows:
+        return frozenset(erased)
+    if postgres_session(session):
+        session.connection().exec_driver_sql(
+            _INSERT_CONTACTS_PG, {"rows": orjson.dumps(new_rows).decode()}
+        )
+    else:
+        for start in range(0, len(new_rows), _CHUNK):
+            session.execute(
+                sqlite.insert(Contact).on_conflict_do_nothing(index_elements=["address"]),
+                new_rows[start : start + _CHUNK],
+            )
+    return frozenset(erased)
 
 
 def _public_ids(session: Session, addresses: list[str]) -> dict[str, str]:

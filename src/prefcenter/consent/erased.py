@@ -6,7 +6,7 @@ the answer needs the audit key. Imports call `erased_among` once per chunk of ad
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from sqlalchemy import String
 from sqlmodel import Session, col, select
@@ -27,12 +27,21 @@ class AddressErased(Conflict):
 
 def erased_among(session: Session, keys: AuditKeys, addresses: Iterable[str]) -> set[str]:
     """Which of these normalised addresses were erased: one query per chunk of addresses."""
-    by_hash = {keys.address_hash(address): address for address in set(addresses)}
+    return erased_of_hashes(
+        session, {keys.address_hash(address): address for address in set(addresses)}
+    )
+
+
+def erased_of_hashes(session: Session, by_hash: Mapping[str, str]) -> set[str]:
+    """`erased_among` for a caller that has the addresses' keyed hashes already (`by_hash`:
+    each address by its hash)."""
     hashes = sorted(by_hash)
     found: set[str] = set()
     postgres = postgres_session(session)
-    for start in range(0, len(hashes), _QUERY_CHUNK):
-        chunk = hashes[start : start + _QUERY_CHUNK]
+    # PostgreSQL takes them all as one array parameter.
+    size = max(len(hashes), 1) if postgres else _QUERY_CHUNK
+    for start in range(0, len(hashes), size):
+        chunk = hashes[start : start + size]
         found.update(
             session.exec(
                 select(ErasedAddress.address_hash).where(

@@ -55,7 +55,7 @@ ContactId = Annotated[str, Path(description="The contact's opaque id.")]
 @router.post(
     "/consents",
     summary="Record a consent change",
-    # Written by pydantic once (_json_answer); the model documents it.
+    # Written by pydantic once (_record_idempotently); the model documents it.
     response_model=ConsentChangeOut,
     responses=problem_responses(400, 409, 413, 422),
 )
@@ -97,7 +97,7 @@ async def post_consent(
     "in request order (a later change of the same contact sees the earlier) under the same "
     "rules and guard. Each gets its own answer or problem document, in request order; the "
     "valid ones commit together. `Idempotency-Key` covers the whole batch.",
-    # Written by pydantic once (_json_answer); the model documents it.
+    # Written by pydantic once (_record_idempotently); the model documents it.
     response_model=ConsentBatchOut,
     responses=problem_responses(400, 413, 422),
 )
@@ -140,13 +140,14 @@ async def _record_idempotently(
     response: Response,
     model: type[AnswerT],
     record: Callable[[Session, Settings, tuple[SigningKey, ...]], AnswerT],
-) -> AnswerT:
+) -> str:
     """`record` under the request's Idempotency-Key, its whole transaction in one worker
-    thread (db.Database.run_api_write)."""
+    thread (db.Database.run_api_write); its answer as JSON, written by pydantic once (for the
+    Idempotency-Key's record too)."""
     settings = settings_of(http_request)
     ring = signing_keys_of(http_request)
     return await database_of(http_request).run_api_write(
-        lambda session: idempotency.run(
+        lambda session: idempotency.run_json(
             session,
             owner=caller.owner,
             response=response,
@@ -156,12 +157,12 @@ async def _record_idempotently(
     )
 
 
-def _json_answer(answer: BaseModel, response: Response) -> Response:
-    """The answer serialised once, by pydantic (FastAPI would validate it again, a batch's
-    thousand results too, and encode it with the json module), with the status and headers
-    the Idempotency-Key check set on `response`."""
+def _json_answer(answer: str, response: Response) -> Response:
+    """The answer as pydantic wrote it (FastAPI would validate it again, a batch's thousand
+    results too, and encode it with the json module), with the status and headers the
+    Idempotency-Key check set on `response`."""
     return Response(
-        answer.model_dump_json(),
+        answer,
         status_code=response.status_code or 200,
         headers=dict(response.headers),
         media_type="application/json",

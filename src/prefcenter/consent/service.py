@@ -3,8 +3,9 @@ audit event, in the caller's transaction."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlmodel import Session
 
@@ -122,19 +123,40 @@ def api_change_record(
 ) -> ChangeRecord:
     """What an API client's change puts in its audit event; `notice`: the version it names,
     checked (notices.service.NoticeChecks)."""
-    mail_on = mail_config(settings) is not None
-    context = request.as_evidence()
-    if notice is not None:
-        context["notice"] = notice
-    return ChangeRecord(
-        actor=caller.actor,
-        source=change.source,
-        campaign_id=change.campaign_id,
-        reason=change.reason,
-        evidence=change.evidence,
-        context=context,
-        confirm_link_to=CONFIRM_BY_MAIL if mail_on else caller.actor,
+    return ApiRecords.of(caller=caller, request=request, settings=settings).record(
+        change, notice=notice
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRecords:
+    """What every change of one request by an API client puts in its audit event, read once
+    (a batch's thousand changes share the caller, the request and the settings)."""
+
+    actor: str
+    context: dict[str, Any]  # the request's evidence; never changed in place
+    confirm_link_to: str
+
+    @classmethod
+    def of(cls, *, caller: Caller, request: RequestContext, settings: Settings) -> ApiRecords:
+        mail_on = mail_config(settings) is not None
+        return cls(
+            actor=caller.actor,
+            context=request.as_evidence(),
+            confirm_link_to=CONFIRM_BY_MAIL if mail_on else caller.actor,
+        )
+
+    def record(self, change: ConsentChangeIn, *, notice: str | None = None) -> ChangeRecord:
+        """The change's record (`api_change_record`)."""
+        return ChangeRecord(
+            actor=self.actor,
+            source=change.source,
+            campaign_id=change.campaign_id,
+            reason=change.reason,
+            evidence=change.evidence,
+            context=self.context if notice is None else {**self.context, "notice": notice},
+            confirm_link_to=self.confirm_link_to,
+        )
 
 
 def pending_confirmation(

@@ -15,6 +15,7 @@ COMMIT (audit.service).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -26,14 +27,15 @@ from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, col
 
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.schemas import new_event_id
-from prefcenter.audit.service import append_event
-from prefcenter.consent.contact_creation import create_contacts
+from prefcenter.audit.prepared import PreparedEvent
+from prefcenter.audit.schemas import new_event_ids
+from prefcenter.audit.service import append_prepared
+from prefcenter.consent.contact_creation import insert_contacts
 from prefcenter.consent.erased import AddressErased
+from prefcenter.consent.ledger.batch_events import BatchEvents
 from prefcenter.consent.ledger.changes import (
     BoundNotice,
     ChangeRecord,
-    change_event,
     counted_source,
     decide_global_change,
     decide_topic_change,
@@ -113,7 +115,9 @@ def apply_changes(
     given: dict[str, str] = {}
     for change in changes:
         given.setdefault(change.address.normalised, change.address.given)
-    erased = create_contacts(session, keys, given, now=now).erased
+    # Each address's keyed hash, made once: for the erased check and the events.
+    address_hashes = {address: keys.address_hash(address) for address in given}
+    erased = insert_contacts(session, given, address_hashes=address_hashes, now=now)
     contacts = _lock_contacts(session, [a for a in given if a not in erased])
     ids = [c.id for c in contacts.values()]
     topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
@@ -123,15 +127,21 @@ def apply_changes(
     topics = {c.topic.key: c.topic for c in changes if c.topic is not None}
     bound = {key: bound_notice(session, topic.notice_key) for key, topic in topics.items()}
     results: list[BatchWritten | Problem] = []
-    for change in changes:
+    events: list[PreparedEvent] = []
+    builder = BatchEvents(keys, actor=changes[0].record.actor) if changes else None
+    counted: Counter[tuple[str, str]] = Counter()
+    for change, event_id in zip(changes, new_event_ids(len(changes)), strict=True):
         contact = contacts.get(change.address.normalised)
         if contact is None:
             results.append(_erased())
             continue
+        assert builder is not None
         try:
-            written = _apply_one(
-                session,
+            written, event = _apply_one(
+                builder,
+                event_id,
                 contact,
+                address_hashes[contact.address],
                 change,
                 subscriptions,
                 suppressions,
@@ -142,6 +152,11 @@ def apply_changes(
             results.append(refused)
             continue
         results.append(written)
+        events.append(event)
+        counted[counted_source(change.requested), written.decision.outcome.value] += 1
+    append_prepared(session, events)
+    for (source, outcome), count in counted.items():
+        count_consent_change(session, source=source, outcome=outcome, count=count)
     _upsert(session, _SUBSCRIPTION, _SUBSCRIPTION_KEY, subscriptions)
     _upsert(session, _SUPPRESSION, _SUPPRESSION_KEY, suppressions)
     if changes:
@@ -150,19 +165,23 @@ def apply_changes(
 
 
 def _apply_one(
-    session: Session,
+    events: BatchEvents,
+    event_id: str,
     contact: _Contact,
+    address_hash: str,
     change: BatchChange,
     subscriptions: _Rows,
     suppressions: _Rows,
     *,
     bound: dict[str, BoundNotice | None],
     now: datetime,
-) -> BatchWritten:
+) -> tuple[BatchWritten, PreparedEvent]:
     """One change against the batch's rows, as ledger.orm.apply_change does it against the
-    database's; raises the rules' problems before anything is changed."""
-    requested = replace(change.requested, with_evidence=bool(change.record.evidence))
-    event_id = new_event_id()
+    database's, and its audit event; raises the rules' problems before anything is
+    changed."""
+    requested = change.requested
+    if requested.with_evidence != bool(change.record.evidence):
+        requested = replace(requested, with_evidence=bool(change.record.evidence))
     suppression = suppressions.by_key.get((contact.id,))
     subscription_event_id: str | None = None
     record = change.record
@@ -197,29 +216,24 @@ def _apply_one(
                 {**values, **given.values, "contact_id": contact.id, "topic_id": change.topic.id},
             )
         subscription_event_id = None if row is None else row["event_id"]
-    event = change_event(
+    event = events.event(
         event_id=event_id,
         contact_id=contact.public_id,
-        address=contact.address,
+        address_hash=address_hash,
         topic_key=change.topic.key if change.topic else None,
         requested=requested,
         record=record,
         decision=decision,
     )
-    append_event(session, event)
-    count_consent_change(
-        session,
-        source=counted_source(requested),
-        outcome=decision.outcome.value,
-    )
-    return BatchWritten(
+    written = BatchWritten(
         contact_id=contact.public_id,
         decision=decision,
         event_id=event_id,
         subscription_event_id=subscription_event_id,
-        event_kind=event.kind.value,
-        to_status=event.to_status,
+        event_kind=event.row["kind"],
+        to_status=event.row["to_status"],
     )
+    return written, event
 
 
 def _erased() -> AddressErased:
@@ -337,12 +351,12 @@ def _queue_deliveries(
     """The webhook deliveries of the batch's events, in order; none, after one query per
     event type, when no endpoint wants any of them (the usual case for a sync)."""
     written = [r for r in results if isinstance(r, BatchWritten)]
+    # The types of each kind of event once, not of each event.
+    kinds = {(r.event_kind, r.decision.outcome.value, r.to_status) for r in written}
     types = {
         t
-        for r in written
-        for t in types_of_event(
-            r.event_kind, outcome=r.decision.outcome.value, to_status=r.to_status
-        )
+        for kind, outcome, to_status in kinds
+        for t in types_of_event(kind, outcome=outcome, to_status=to_status)
     }
     if not any(subscribed(session, t) for t in types):
         return

@@ -132,15 +132,7 @@ def change_event(
     decision: Decision,
 ) -> NewEvent:
     """The audit event of a decided change: what every writer of consent records."""
-    context = {"actor_kind": requested.actor.value, **record.context}
-    if decision.clamped:
-        context["claimed_occurred_at"] = requested.occurred_at.isoformat()
-    if (
-        record.confirm_link_to is not None
-        and decision.outcome is Outcome.APPLIED
-        and decision.status is Status.PENDING
-    ):
-        context["confirm_link_to"] = record.confirm_link_to
+    context = event_context(requested, record, decision)
     return NewEvent(
         id=event_id,
         kind=EventKind.CONSENT_CHANGE if topic_key is not None else EventKind.GLOBAL_CONSENT_CHANGE,
@@ -160,6 +152,23 @@ def change_event(
         evidence=record.evidence,
         context=context,
     )
+
+
+def event_context(
+    requested: RequestedChange, record: ChangeRecord, decision: Decision
+) -> dict[str, Any]:
+    """The context of a decided change's evidence document: who acted, what the record gives,
+    the time a clamped change claimed, who was handed a pending subscription's link."""
+    context = {"actor_kind": requested.actor.value, **record.context}
+    if decision.clamped:
+        context["claimed_occurred_at"] = requested.occurred_at.isoformat()
+    if (
+        record.confirm_link_to is not None
+        and decision.outcome is Outcome.APPLIED
+        and decision.status is Status.PENDING
+    ):
+        context["confirm_link_to"] = record.confirm_link_to
+    return context
 
 
 def counted_source(requested: RequestedChange) -> str:
