@@ -1,6 +1,7 @@
 """Owns the exports' PostgreSQL path: the database writes each CSV row as one text value, one
 range of contact ids per query, so Python only fetches and joins strings (SQLite streams the
-keyset chunks of `chunks`).
+keyset chunks of `chunks`). The suppressions' rows come joined already, one text value a
+range: a row fetched costs both the database and the driver more than its text does.
 
 Each range (`contact.id` in `(low, low + EXPORT_RANGE]`) is one query in a short read
 transaction of its own, in id order: memory is bounded by the range's width, no snapshot is
@@ -29,6 +30,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    false,
     func,
     literal,
     or_,
@@ -36,6 +38,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Mapped
 from sqlalchemy.sql import ClauseElement
 from sqlmodel import Session, col
@@ -74,8 +77,11 @@ _RANGE_PLAN = (
 # Suppressions are a few percent of contacts: walk the range of `suppression` and probe
 # `contact` by key. The planner, misjudging the two range conditions as independent, prefers
 # reading every contact of the range into a hash join (measured: 3-4 times slower).
+# The range's rows are sorted for the aggregate's order (`_suppressions_range`): ~60 bytes of
+# text a row, past the default 4 MB for a range of suppressions only, which then spills to disk.
 _SUPPRESSIONS_PLAN = (
     _RANGE_PLAN + "; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+    "; SET LOCAL work_mem = '32MB'"
 )
 # A column as the models give it, or an expression over columns.
 Sql = ColumnElement[Any] | Mapped[Any]
@@ -89,7 +95,9 @@ def csv_cell_sql(value: Sql, *, may_need_quotes: bool = True) -> ColumnElement[s
     safe = case((func.ascii(value).in_(_FORMULA_CODES), literal("'") + value), else_=value)
     if not may_need_quotes:
         return safe
-    needs_quotes = or_(*(func.strpos(safe, special) > 0 for special in (",", '"', "\r", "\n")))
+    # Asked of the value, not of `safe` (the same answer: `'` is none of the four), so that
+    # the expression above is written out once per branch rather than once per check.
+    needs_quotes = or_(*(func.strpos(value, special) > 0 for special in (",", '"', "\r", "\n")))
     return case((needs_quotes, '"' + func.replace(safe, '"', '""') + '"'), else_=safe)
 
 
@@ -100,41 +108,56 @@ def _csv_line(*cells: ColumnElement[str]) -> ColumnElement[str]:
     return line + "\r\n"
 
 
-def timestamp_sql(value: Sql) -> ColumnElement[str]:
-    """SQL for `chunks.csv_timestamp`: RFC 3339 in UTC, microseconds only when not zero. The
-    text of a timestamp in the ISO date style (set for the transaction, see `_RANGE_PLAN`) is
-    that with a space for the `T` and the fraction's trailing zeros cut (put back: Python
-    writes all six digits): far cheaper per row than `to_char`."""
-    iso = func.replace(cast(func.timezone("UTC", value), Text), " ", "T")
+def timestamp_text(value: Sql) -> ColumnElement[str]:
+    """A timestamp's text in UTC in the ISO date style (set for the transaction, see
+    `_RANGE_PLAN`): `2026-01-02 03:04:05.6789`, the fraction's trailing zeros cut."""
+    return cast(func.timezone("UTC", value), Text)
+
+
+def rfc3339_sql(text: Sql) -> ColumnElement[str]:
+    """SQL for `chunks.csv_timestamp` from `timestamp_text`: RFC 3339, microseconds only when
+    not zero (Python writes all six digits: the cut zeros are put back)."""
+    iso = func.replace(text, " ", "T")
     whole_seconds = len("2026-01-01T00:00:00")
     with_micros = len("2026-01-01T00:00:00.000000")
     return (
         case(
-            (func.length(iso) > whole_seconds, func.rpad(iso, with_micros, "0")),
+            (func.length(text) > whole_seconds, func.rpad(iso, with_micros, "0")),
             else_=iso,
         )
         + "Z"
     )
 
 
+def timestamp_sql(value: Sql) -> ColumnElement[str]:
+    """SQL for `chunks.csv_timestamp`: far cheaper per row than `to_char`."""
+    return rfc3339_sql(timestamp_text(value))
+
+
 def _suppressions_range(low: int, high: int) -> Select[str]:
-    """The range's opt-outs and bounces, a row each, in contact order (the opt-out first)."""
+    """The range's opt-outs and bounces, a row each, in contact order (the opt-out first), as
+    one text value: a row a range for the driver to hand over, not a row a suppression.
+
+    Each branch reads its values in a subquery the planner keeps (`OFFSET 0`), and the CSV
+    line is written over that subquery's columns: inlined, the address and the timestamp's
+    text would be computed again for every test and branch of the line's expression."""
     # An erased contact is counted without an address (`SuppressionReason.ERASED`).
     erased = col(Contact.erased_at).is_not(None)
-    email = case((erased, literal("")), else_=csv_cell_sql(contact_address()))
-    reason = case(
-        (erased, literal(SuppressionReason.ERASED.value)),
-        else_=literal(SuppressionReason.UNSUBSCRIBED_ALL.value),
-    )
-    since = case(
-        (erased, timestamp_sql(col(Contact.erased_at))),
-        else_=timestamp_sql(col(Suppression.since)),
-    )
-    opted_out: Select[int, int, str] = (
+    # contact_id, rank, erased, address, reason, since (`timestamp_text`)
+    opted_out: Select[int, int, bool, str, str, str] = (
         select(
             col(Suppression.contact_id).label("contact_id"),
             literal(0).label("rank"),
-            _csv_line(email, reason, since).label("line"),
+            erased.label("erased"),
+            contact_address().label("address"),
+            case(
+                (erased, literal(SuppressionReason.ERASED.value)),
+                else_=literal(SuppressionReason.UNSUBSCRIBED_ALL.value),
+            ).label("reason"),
+            # The erasure for an erased contact, the opt-out for the others.
+            timestamp_text(func.coalesce(col(Contact.erased_at), col(Suppression.since))).label(
+                "since"
+            ),
         )
         .select_from(Contact)
         .join(Suppression, col(Suppression.contact_id) == col(Contact.id))
@@ -146,16 +169,16 @@ def _suppressions_range(low: int, high: int) -> Select[str]:
             col(Contact.id) <= high,
             col(Suppression.suppressed) == true(),
         )
+        .offset(0)
     )
-    bounced: Select[int, int, str] = (
+    bounced: Select[int, int, bool, str, str, str] = (
         select(
             col(Bounce.contact_id).label("contact_id"),
             literal(1).label("rank"),
-            _csv_line(
-                csv_cell_sql(contact_address()),
-                literal(SuppressionReason.BOUNCED.value),
-                timestamp_sql(col(Bounce.since)),
-            ).label("line"),
+            false().label("erased"),
+            contact_address().label("address"),
+            literal(SuppressionReason.BOUNCED.value).label("reason"),
+            timestamp_text(col(Bounce.since)).label("since"),
         )
         .select_from(Contact)
         .join(Bounce, col(Bounce.contact_id) == col(Contact.id))
@@ -167,9 +190,13 @@ def _suppressions_range(low: int, high: int) -> Select[str]:
             col(Bounce.bounced) == true(),
             col(Contact.erased_at).is_(None),
         )
+        .offset(0)
     )
     both = union_all(opted_out, bounced).subquery()
-    return select(both.c.line).order_by(both.c.contact_id, both.c.rank)
+    email = case((both.c.erased, literal("")), else_=csv_cell_sql(both.c.address))
+    line = _csv_line(email, both.c.reason, rfc3339_sql(both.c.since))
+    in_order = aggregate_order_by(literal(""), both.c.contact_id, both.c.rank)
+    return select(func.coalesce(func.string_agg(line, in_order), ""))
 
 
 def _audience_range(topic: Topic, rule: Reconsent | None) -> RangeQuery:
