@@ -71,14 +71,15 @@ _FORMULA_CODES = tuple(ord(start) for start in FORMULA_STARTS)
 
 # A range's query over the bounds given (`_LOW`, `_HIGH`: `contact.id` in `(low, high]`).
 RangeQuery = Callable[[ColumnElement[int], ColumnElement[int]], ClauseElement]
-# (Their values are given for each range; these are for compiling `IN (…)` lists out.)
+# Placeholder values: compiling `IN (…)` lists out wants one for every parameter; each
+# range's own bounds are passed as it is read (`_read_range`).
 _LOW = bindparam("low", 0, type_=Integer)
 _HIGH = bindparam("high", 0, type_=Integer)
 
 # Per range transaction. JIT compilation costs more than running the query on one range, and
-# parallel workers compete with the next range for the same cores.
-# The statement's text is the same for every range, so the driver prepares it after a few:
-# planned for the range's bounds each time all the same, never once for any bounds.
+# parallel workers compete with the next range for the same cores. The statement's text is
+# the same for every range (its bounds are parameters), so the driver prepares it after a few
+# executions: it is still planned for each range's own bounds, not once for any bounds.
 _RANGE_PLAN = (
     "SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0; "
     "SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL plan_cache_mode = force_custom_plan"
