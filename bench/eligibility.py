@@ -7,6 +7,7 @@
     .venv/bin/python bench/eligibility.py --contacts 1000000 --addresses 200000   # quick
     .venv/bin/python bench/eligibility.py --keep-db               # seed once ...
     .venv/bin/python bench/eligibility.py --reuse-db NAME         # ... and reuse it
+    .venv/bin/python bench/eligibility.py --reuse-db NAME --only suppressions   # one part
 
 Reference data (seeded here by SQL, straight into the tables migrations built): N contacts
 (`user{i}@example{i % 100}.com`), three topics — `newsletter` (marketing, opt-in: a row per
@@ -95,6 +96,8 @@ GOAL_SUPPRESSIONS_S = 1.5  # 1M rows
 GOAL_AUDIENCE_S = 6.0  # 5M contacts
 GOAL_ELIGIBILITY_P99_MS = 150.0
 SUPPRESSED_FOR_EXPORT = 1_000_000
+# What `--only` may pick (all by default): 1-3, 4, 5 and 6 of the list above.
+PARTS = ("stream", "suppressions", "audience", "eligibility")
 AUDIT_KEY = "a" * 48
 
 
@@ -681,6 +684,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
     figures: list[Figure] = []
     record: dict[str, Any] = {"scale": {"contacts": args.contacts, "addresses": args.addresses}}
     reference = args.contacts == REFERENCE_CONTACTS
+    parts = set(args.only or PARTS)
     with bench_database(args, work) as (target, fresh):
         print(f"database: {target.name}")
         headers = prepare(target)
@@ -692,10 +696,12 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
         print(f"rows: {counts}")
         record["rows"] = counts
         started = time.monotonic()
-        files = {
-            "stream": write_addresses(work / "addresses.txt", args.addresses, counts["contact"], 1)
-        }
-        if args.big:
+        files: dict[str, AddressFile] = {}
+        if {"stream", "eligibility"} & parts:
+            files["stream"] = write_addresses(
+                work / "addresses.txt", args.addresses, counts["contact"], 1
+            )
+        if args.big and "stream" in parts:
             files["big"] = write_addresses(
                 work / "addresses-big.txt", args.big_addresses, counts["contact"], 2
             )
@@ -703,7 +709,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
         floor = floor_sqlite if target.is_sqlite else floor_postgres
         server = start_prefcenter(target, work)
         try:
-            for label, addresses in files.items():
+            for label, addresses in files.items() if "stream" in parts else ():
                 scale = addresses.lines / 1_000_000
                 goal_s = (
                     (GOAL_STREAM_SQLITE_S if target.is_sqlite else GOAL_STREAM_PG_S) * scale
@@ -762,9 +768,10 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
                     record.setdefault(label, []).append(
                         {"floor": vars(floor_answer), "server": vars(answer), "ratio": ratio}
                     )
-            with extra_suppressions(target, min(SUPPRESSED_FOR_EXPORT, counts["contact"])) as n:
+            suppressed = min(SUPPRESSED_FOR_EXPORT, counts["contact"])
+            with extra_suppressions(target, suppressed if "suppressions" in parts else 0) as n:
                 goal_s = GOAL_SUPPRESSIONS_S * n / SUPPRESSED_FOR_EXPORT
-                for attempt in range(args.repeat):
+                for attempt in range(args.repeat if "suppressions" in parts else 0):
                     answer = download(server, target, headers, "/v1/suppressions")
                     print(
                         f"suppressions ({n:,} suppressed): {answer.seconds:.2f} s, "
@@ -783,7 +790,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
                     )
                     record.setdefault("suppressions", []).append(vars(answer))
             goal_s = GOAL_AUDIENCE_S * counts["contact"] / REFERENCE_CONTACTS
-            for attempt in range(args.repeat):
+            for attempt in range(args.repeat if "audience" in parts else 0):
                 answer = download(server, target, headers, f"/v1/topics/{AUDIENCE_TOPIC}/audience")
                 print(
                     f"audience of {AUDIENCE_TOPIC} ({counts['contact']:,} contacts): "
@@ -802,7 +809,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
                     )
                 )
                 record.setdefault("audience", []).append(vars(answer))
-            for attempt in range(args.repeat):
+            for attempt in range(args.repeat if "eligibility" in parts else 0):
                 calls = eligibility_calls(server, headers, files["stream"], args.calls)
                 print(
                     f"POST /v1/eligibility × {calls['calls']:.0f} (10,000 addresses each): "
@@ -861,6 +868,9 @@ def main() -> int:
     parser.add_argument("--keep-db", action="store_true", help="keep the seeded database")
     parser.add_argument(
         "--reuse-db", help="a database kept by --keep-db (PostgreSQL: its name; SQLite: its path)"
+    )
+    parser.add_argument(
+        "--only", action="append", choices=PARTS, help="run only this part (may be repeated)"
     )
     parser.add_argument("--json", type=Path, help="also write all figures here")
     args = parser.parse_args()

@@ -3,21 +3,33 @@ SQL against Python's csv module and `chunks.csv_timestamp`, and ranges across bo
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import literal, select, text
+from sqlalchemy import literal, select, text, update
+from sqlmodel import col
 
 from prefcenter.apikeys.schemas import Scope
+from prefcenter.bounces.models import Bounce
+from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
-from prefcenter.exports import ranges
+from prefcenter.exports import chunks, ranges
 from prefcenter.exports.chunks import csv_timestamp
+from prefcenter.exports.schemas import SUPPRESSIONS_HEADER
 from tests.csv_cases import AWKWARD_CELLS, python_csv
-from tests.support.factories import Headers, make_topic, record_change
+from tests.support.factories import (
+    Headers,
+    make_change,
+    make_contact,
+    make_topic,
+    record_change,
+)
 from tests.support.harness import issue_key
 
 
@@ -86,3 +98,59 @@ class TestPostgresExportRanges:
         assert allowed == [spreadsheet_safe(emails[i]) for i in (0, 3, 4, 6)]
         assert suppressions.text.endswith("\r\n")
         assert audience.text.endswith("\r\n")
+
+
+def _collected(stream: AsyncIterator[bytes]) -> bytes:
+    async def collect() -> bytes:
+        return b"".join([block async for block in stream])
+
+    return asyncio.run(collect())
+
+
+class TestPostgresSuppressionsBytes:
+    def test_are_the_python_writers_bytes(
+        self, monkeypatch: pytest.MonkeyPatch, database: Database
+    ) -> None:
+        """Every awkward address as a suppressed contact's display form, some bounced too,
+        some only bounced, one erased; timestamps with and without a fraction; ranges of
+        three contact ids, some without a row."""
+        _on_postgres(database)
+        monkeypatch.setattr(ranges, "EXPORT_RANGE", 3)
+        base = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        with database.transaction(write=True) as session:
+            for i, cell in enumerate(AWKWARD_CELLS):
+                moment = base + timedelta(seconds=i, microseconds=(i % 3) * 120_000 + i % 2)
+                email = f"c{i}@example.com"
+                contact = make_contact(session, email, now=moment)
+                assert contact.id is not None
+                make_contact(session, f"not-suppressed{i}@example.com")
+                if i % 4 != 3:  # every fourth is only bounced
+                    make_change(session, email, "unsubscribed", occurred_at=moment, now=moment)
+                session.execute(
+                    update(Contact)
+                    .where(col(Contact.id) == contact.id)
+                    .values(address_display=cell)
+                )
+                if i % 2 == 0:
+                    session.add(
+                        Bounce(
+                            contact_id=contact.id,
+                            bounced=True,
+                            occurred_at=moment,
+                            since=moment + timedelta(microseconds=7),
+                            source="admin",
+                            event_id=f"bounce-{i}",
+                        )
+                    )
+            session.execute(
+                update(Contact)
+                .where(col(Contact.address) == "c5@example.com")
+                .values(address=None, address_display=None, erased_at=base)
+            )
+        python = _collected(
+            chunks.stream_csv(database, SUPPRESSIONS_HEADER, chunks.read_suppressions)
+        )
+        built_by_postgres = _collected(ranges.suppressions_ranges(database))
+        assert b"erased" in python
+        assert b"bounced" in python
+        assert built_by_postgres == python

@@ -92,7 +92,9 @@ def allowed_where(
     return or_(*alternatives), needs_no_row
 
 
-def bounced_exists(low: int, high: int | None = None) -> ColumnElement[bool]:
+def bounced_exists(
+    low: int | ColumnElement[int], high: int | ColumnElement[int] | None = None
+) -> ColumnElement[bool]:
     """Whether the outer query's contact is bounced, read from the bounce key index within the
     keyset range (the range repeated here for the reason the other tables repeat it)."""
     conditions = [

@@ -1,6 +1,7 @@
 """Owns the exports' PostgreSQL path: the database writes each CSV row as one text value, one
 range of contact ids per query, so Python only fetches and joins strings (SQLite streams the
-keyset chunks of `chunks`).
+keyset chunks of `chunks`). The suppressions' rows come joined already, one text value a
+range: a row fetched costs both the database and the driver more than its text does.
 
 Each range (`contact.id` in `(low, low + EXPORT_RANGE]`) is one query in a short read
 transaction of its own, in id order: memory is bounded by the range's width, no snapshot is
@@ -19,16 +20,20 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     Text,
     and_,
+    bindparam,
     case,
     cast,
+    false,
     func,
     literal,
     or_,
@@ -36,6 +41,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Mapped
 from sqlalchemy.sql import ClauseElement
 from sqlmodel import Session, col
@@ -63,19 +69,29 @@ EXPORT_RANGE = 100_000
 _IN_FLIGHT = 2
 _FORMULA_CODES = tuple(ord(start) for start in FORMULA_STARTS)
 
-RangeQuery = Callable[[int, int], ClauseElement]
+# A range's query over the bounds given (`_LOW`, `_HIGH`: `contact.id` in `(low, high]`).
+RangeQuery = Callable[[ColumnElement[int], ColumnElement[int]], ClauseElement]
+# Placeholder values: compiling `IN (…)` lists out wants one for every parameter; each
+# range's own bounds are passed as it is read (`_read_range`).
+_LOW = bindparam("low", 0, type_=Integer)
+_HIGH = bindparam("high", 0, type_=Integer)
 
 # Per range transaction. JIT compilation costs more than running the query on one range, and
-# parallel workers compete with the next range for the same cores.
+# parallel workers compete with the next range for the same cores. The statement's text is
+# the same for every range (its bounds are parameters), so the driver prepares it after a few
+# executions: it is still planned for each range's own bounds, not once for any bounds.
 _RANGE_PLAN = (
     "SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0; "
-    "SET LOCAL DateStyle = 'ISO, MDY'"
+    "SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL plan_cache_mode = force_custom_plan"
 )
 # Suppressions are a few percent of contacts: walk the range of `suppression` and probe
 # `contact` by key. The planner, misjudging the two range conditions as independent, prefers
 # reading every contact of the range into a hash join (measured: 3-4 times slower).
+# The range's rows are sorted for the aggregate's order (`_suppressions_range`): ~60 bytes of
+# text a row, past the default 4 MB for a range of suppressions only, which then spills to disk.
 _SUPPRESSIONS_PLAN = (
     _RANGE_PLAN + "; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+    "; SET LOCAL work_mem = '32MB'"
 )
 # A column as the models give it, or an expression over columns.
 Sql = ColumnElement[Any] | Mapped[Any]
@@ -89,7 +105,9 @@ def csv_cell_sql(value: Sql, *, may_need_quotes: bool = True) -> ColumnElement[s
     safe = case((func.ascii(value).in_(_FORMULA_CODES), literal("'") + value), else_=value)
     if not may_need_quotes:
         return safe
-    needs_quotes = or_(*(func.strpos(safe, special) > 0 for special in (",", '"', "\r", "\n")))
+    # Asked of the value, not of `safe` (the same answer: `'` is none of the four), so that
+    # the expression above is written out once per branch rather than once per check.
+    needs_quotes = or_(*(func.strpos(value, special) > 0 for special in (",", '"', "\r", "\n")))
     return case((needs_quotes, '"' + func.replace(safe, '"', '""') + '"'), else_=safe)
 
 
@@ -100,41 +118,56 @@ def _csv_line(*cells: ColumnElement[str]) -> ColumnElement[str]:
     return line + "\r\n"
 
 
-def timestamp_sql(value: Sql) -> ColumnElement[str]:
-    """SQL for `chunks.csv_timestamp`: RFC 3339 in UTC, microseconds only when not zero. The
-    text of a timestamp in the ISO date style (set for the transaction, see `_RANGE_PLAN`) is
-    that with a space for the `T` and the fraction's trailing zeros cut (put back: Python
-    writes all six digits): far cheaper per row than `to_char`."""
-    iso = func.replace(cast(func.timezone("UTC", value), Text), " ", "T")
+def timestamp_text(value: Sql) -> ColumnElement[str]:
+    """A timestamp's text in UTC in the ISO date style (set for the transaction, see
+    `_RANGE_PLAN`): `2026-01-02 03:04:05.6789`, the fraction's trailing zeros cut."""
+    return cast(func.timezone("UTC", value), Text)
+
+
+def rfc3339_sql(text: Sql) -> ColumnElement[str]:
+    """SQL for `chunks.csv_timestamp` from `timestamp_text`: RFC 3339, microseconds only when
+    not zero (Python writes all six digits: the cut zeros are put back)."""
+    iso = func.replace(text, " ", "T")
     whole_seconds = len("2026-01-01T00:00:00")
     with_micros = len("2026-01-01T00:00:00.000000")
     return (
         case(
-            (func.length(iso) > whole_seconds, func.rpad(iso, with_micros, "0")),
+            (func.length(text) > whole_seconds, func.rpad(iso, with_micros, "0")),
             else_=iso,
         )
         + "Z"
     )
 
 
-def _suppressions_range(low: int, high: int) -> Select[str]:
-    """The range's opt-outs and bounces, a row each, in contact order (the opt-out first)."""
+def timestamp_sql(value: Sql) -> ColumnElement[str]:
+    """SQL for `chunks.csv_timestamp`: far cheaper per row than `to_char`."""
+    return rfc3339_sql(timestamp_text(value))
+
+
+def _suppressions_range(low: ColumnElement[int], high: ColumnElement[int]) -> Select[str]:
+    """The range's opt-outs and bounces, a row each, in contact order (the opt-out first), as
+    one text value: a row a range for the driver to hand over, not a row a suppression.
+
+    Each branch reads its values in a subquery the planner keeps (`OFFSET 0`), and the CSV
+    line is written over that subquery's columns: inlined, the address and the timestamp's
+    text would be computed again for every test and branch of the line's expression."""
     # An erased contact is counted without an address (`SuppressionReason.ERASED`).
     erased = col(Contact.erased_at).is_not(None)
-    email = case((erased, literal("")), else_=csv_cell_sql(contact_address()))
-    reason = case(
-        (erased, literal(SuppressionReason.ERASED.value)),
-        else_=literal(SuppressionReason.UNSUBSCRIBED_ALL.value),
-    )
-    since = case(
-        (erased, timestamp_sql(col(Contact.erased_at))),
-        else_=timestamp_sql(col(Suppression.since)),
-    )
-    opted_out: Select[int, int, str] = (
+    # contact_id, rank, erased, address, reason, since (`timestamp_text`)
+    opted_out: Select[int, int, bool, str, str, str] = (
         select(
             col(Suppression.contact_id).label("contact_id"),
             literal(0).label("rank"),
-            _csv_line(email, reason, since).label("line"),
+            erased.label("erased"),
+            contact_address().label("address"),
+            case(
+                (erased, literal(SuppressionReason.ERASED.value)),
+                else_=literal(SuppressionReason.UNSUBSCRIBED_ALL.value),
+            ).label("reason"),
+            # The erasure for an erased contact, the opt-out for the others.
+            timestamp_text(func.coalesce(col(Contact.erased_at), col(Suppression.since))).label(
+                "since"
+            ),
         )
         .select_from(Contact)
         .join(Suppression, col(Suppression.contact_id) == col(Contact.id))
@@ -146,16 +179,16 @@ def _suppressions_range(low: int, high: int) -> Select[str]:
             col(Contact.id) <= high,
             col(Suppression.suppressed) == true(),
         )
+        .offset(0)
     )
-    bounced: Select[int, int, str] = (
+    bounced: Select[int, int, bool, str, str, str] = (
         select(
             col(Bounce.contact_id).label("contact_id"),
             literal(1).label("rank"),
-            _csv_line(
-                csv_cell_sql(contact_address()),
-                literal(SuppressionReason.BOUNCED.value),
-                timestamp_sql(col(Bounce.since)),
-            ).label("line"),
+            false().label("erased"),
+            contact_address().label("address"),
+            literal(SuppressionReason.BOUNCED.value).label("reason"),
+            timestamp_text(col(Bounce.since)).label("since"),
         )
         .select_from(Contact)
         .join(Bounce, col(Bounce.contact_id) == col(Contact.id))
@@ -167,15 +200,19 @@ def _suppressions_range(low: int, high: int) -> Select[str]:
             col(Bounce.bounced) == true(),
             col(Contact.erased_at).is_(None),
         )
+        .offset(0)
     )
     both = union_all(opted_out, bounced).subquery()
-    return select(both.c.line).order_by(both.c.contact_id, both.c.rank)
+    email = case((both.c.erased, literal("")), else_=csv_cell_sql(both.c.address))
+    line = _csv_line(email, both.c.reason, rfc3339_sql(both.c.since))
+    in_order = aggregate_order_by(literal(""), both.c.contact_id, both.c.rank)
+    return select(func.coalesce(func.string_agg(line, in_order), ""))
 
 
 def _audience_range(topic: Topic, rule: Reconsent | None) -> RangeQuery:
     model = topic_model(topic)
 
-    def query(low: int, high: int) -> Select[str]:
+    def query(low: ColumnElement[int], high: ColumnElement[int]) -> Select[str]:
         suppressed = (
             select(col(Suppression.contact_id))
             .where(
@@ -224,20 +261,35 @@ def _audience_range(topic: Topic, rule: Reconsent | None) -> RangeQuery:
     return query
 
 
-def _read_range(database: Database, query: RangeQuery, plan: str, low: int) -> tuple[bytes, int]:
+@dataclass(frozen=True, slots=True)
+class _RangeStatement:
+    """A range query compiled once for a whole export: its text with the range's bounds as the
+    parameters `low` and `high`, and its other parameters' values (constants of this module)."""
+
+    sql: str
+    params: dict[str, Any]
+
+    @classmethod
+    def of(cls, database: Database, query: RangeQuery) -> _RangeStatement:
+        # Compiling costs more than the driver's part of a range (~7 ms, every range alike).
+        compiled = query(_LOW, _HIGH).compile(
+            dialect=database.engine.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        return cls(str(compiled), dict(compiled.params))
+
+
+def _read_range(
+    database: Database, statement: _RangeStatement, plan: str, low: int
+) -> tuple[bytes, int]:
     """One range's CSV rows, and the highest contact id there is (where the export ends)."""
     with database.transaction(write=False) as session:
         connection = session.connection()
-        # Literals only: every one is an integer or a constant of this module, and the
-        # statement goes to the driver as is (no row processing on the way back).
-        statement = str(
-            query(low, low + EXPORT_RANGE).compile(
-                dialect=connection.dialect, compile_kwargs={"literal_binds": True}
-            )
-        )
+        # To the driver as is: no row processing on the way back.
         with closing(postgres_cursor(connection)) as cursor:
             cursor.execute(plan)
-            lines = cursor.execute(statement).fetchall()
+            lines = cursor.execute(
+                statement.sql, {**statement.params, "low": low, "high": low + EXPORT_RANGE}
+            ).fetchall()
         last = _last_contact_id(session)
     return "".join([line for (line,) in lines]).encode(), last
 
@@ -247,10 +299,10 @@ def _last_contact_id(session: Session) -> int:
 
 
 async def _range_in_thread(
-    database: Database, query: RangeQuery, plan: str, low: int
+    database: Database, statement: _RangeStatement, plan: str, low: int
 ) -> tuple[bytes, int]:
     async with database.session_slots:
-        return await anyio.to_thread.run_sync(_read_range, database, query, plan, low)
+        return await anyio.to_thread.run_sync(_read_range, database, statement, plan, low)
 
 
 async def stream_ranges(
@@ -259,6 +311,7 @@ async def stream_ranges(
     """The header row, then range after range up to the highest contact id, read again after
     each range so that contacts created meanwhile are not cut off."""
     yield csv_text([header])
+    statement = _RangeStatement.of(database, query)
     in_flight: deque[asyncio.Task[tuple[bytes, int]]] = deque()
     low = 0
     last = EXPORT_RANGE  # until the first range says
@@ -266,7 +319,7 @@ async def stream_ranges(
         while True:
             while len(in_flight) < _IN_FLIGHT and low < last:
                 in_flight.append(
-                    asyncio.ensure_future(_range_in_thread(database, query, plan, low))
+                    asyncio.ensure_future(_range_in_thread(database, statement, plan, low))
                 )
                 low += EXPORT_RANGE
             if not in_flight:
