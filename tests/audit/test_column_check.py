@@ -141,6 +141,7 @@ def _answers(url: str) -> list[tuple[bool, bool]]:
     engine = create_engine(url)
     try:
         with engine.connect() as connection:  # the SQL as the driver gets it: no binds
+            connection.exec_driver_sql("SET client_encoding = 'UTF8'")  # as the check's
             return [tuple(row) for row in connection.exec_driver_sql(f"{both} ORDER BY e.seq")]
     finally:
         engine.dispose()
