@@ -132,3 +132,80 @@ def test_the_plain_way_answers_as_the_escaping_way(
         finally:
             engine.dispose()
         assert answers == [(True, True), (same, same), (True, True)], canonical
+
+
+def _answers(url: str) -> list[tuple[bool, bool]]:
+    """Each event's answer (seq order): PostgreSQL's check, and `to_json`'s alone."""
+    escaping = f"coalesce(convert_to({chain_rows.pg_json_sql()}, 'UTF8') = e.canonical, false)"
+    both = f"SELECT coalesce({chain_rows.pg_same_sql()}, false), {escaping} FROM audit_event e"
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:  # the SQL as the driver gets it: no binds
+            connection.exec_driver_sql("SET client_encoding = 'UTF8'")  # as the check's
+            return [tuple(row) for row in connection.exec_driver_sql(f"{both} ORDER BY e.seq")]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("nulled", [None, "topic", "contact_id"])
+@pytest.mark.parametrize(
+    "actor",
+    # What `to_json` adds to the strings' length: 1, 2, 3 and 5 characters; none.
+    ["admin\\", 'a"b"', 'a"b\\', "admin\u0007", 'a"b"c"d"e"', "admin ✓"],
+)
+def test_the_plain_way_answers_as_the_escaping_way_with_null_columns(
+    keys: AuditKeys, settings: Settings, actor: str, nulled: str | None
+) -> None:
+    """The plain way measures the strings by the stored bytes, less what it writes around
+    them (a `null` is two characters more than a string's quotes): with any number of
+    characters to escape, and nullable columns null or not, it says what `to_json` alone
+    says, of the bytes written as the service writes them and of the same bytes forged
+    unescaped."""
+    if settings.is_sqlite:
+        pytest.skip("the plain way is PostgreSQL's")
+    url = settings.database_url
+    values = orjson.loads(canonical_of(url))
+    del values["v"]
+    if nulled is not None:
+        values[nulled] = None
+        tamper(url, f"UPDATE audit_event SET {nulled} = NULL WHERE seq = :seq", {"seq": SEQ})
+    written = encode_event({**values, "actor": actor})
+    forged = written.replace(orjson.dumps(actor), b'"' + actor.encode() + b'"')
+    for canonical, same in ((written, True), (forged, forged == written)):
+        rewrite_actor(url, actor, canonical)
+        assert _answers(url) == [(True, True), (same, same), (True, True)], canonical
+
+
+@pytest.mark.parametrize(
+    ("column", "text"),
+    [
+        ("recorded_at", "10000-01-01T00:00:00.500000Z"),
+        ("occurred_at", "12345-06-07T08:09:10.123456Z"),
+        ("recorded_at", "0001-01-01T00:00:00.000000Z"),
+        ("occurred_at", "9999-12-31T23:59:59.999999Z"),
+    ],
+)
+@pytest.mark.parametrize("actor", ["admin", 'a"b', "a\\"])
+def test_the_plain_way_answers_as_the_escaping_way_at_the_edges_of_time(
+    keys: AuditKeys, settings: Settings, column: str, text: str, actor: str
+) -> None:
+    """A time the service cannot write (a year past 9999) is written one character longer
+    than the plain way counts on: with the bytes saying that time, and strings to escape
+    or not, it still says what `to_json` alone says."""
+    if settings.is_sqlite:
+        pytest.skip("the plain way is PostgreSQL's")
+    url = settings.database_url
+    values = orjson.loads(canonical_of(url))
+    del values["v"]
+    tamper(
+        url,
+        f"UPDATE audit_event SET {column} = CAST(:at AS timestamptz) WHERE seq = :seq",
+        {"at": text.replace("T", " ").replace("Z", "+00"), "seq": SEQ},
+    )
+    written = encode_event({**values, column: text, "actor": actor})
+    forged = written.replace(orjson.dumps(actor), b'"' + actor.encode() + b'"')
+    for canonical in (written, forged):
+        rewrite_actor(url, actor, canonical)
+        answers = _answers(url)
+        assert answers[0] == answers[2] == (True, True)
+        assert answers[1][0] == answers[1][1] == (canonical == written), canonical

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +156,7 @@ def _walk(
     with chain_rows.readers(database.settings) as readers:
         apart = chain_rows.ColumnCheck(readers, snapshot)
         try:
-            with closing(chain_rows.stream_events(readers, snapshot)) as rows:
+            with chain_rows.stream_events(readers, snapshot) as rows:
                 result = _walk_stream(session, keys, rows, head_seq, progress)
         except _Bad as bad:
             _check_differing(lookup, dialect, apart.differing(), before=bad.seq)
