@@ -7,7 +7,7 @@ one. The stream (`/v1/eligibility/stream`) is in `stream`, on the same lookup.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.contacts.addresses import InvalidAddress, _fast_normalise, parse_address
-from prefcenter.eligibility.lookup import StateTable, read_erased, read_states
+from prefcenter.eligibility.lookup import StateTable, read_answers
 from prefcenter.eligibility.rules import (
     INVALID_EMAIL,
     UNKNOWN_TOPIC,
@@ -69,31 +69,50 @@ def normalise(text: str) -> str | None:
     return fast if fast is not None else normalise_slowly(text)
 
 
+# Addresses per query of a call (lookup.read_answers): on PostgreSQL the database reads one
+# chunk while the next is normalised and the previous one answered, so the smaller the chunk,
+# the less of the call is not overlapped; each chunk costs two more round trips.
+CALL_CHUNK = 2_000
+_INVALID_EMAIL = (INVALID_EMAIL.allowed, INVALID_EMAIL.reason.value)
+
+
+def _rendered(answer: Eligibility) -> tuple[bool, str]:
+    return answer.allowed, answer.reason.value
+
+
 def decide_addresses(
     session: Session, topic: TopicRef | None, emails: Sequence[str], *, keys: AuditKeys
-) -> list[Eligibility]:
-    """One answer per text, in order; duplicates each get the same answer. Every address is
-    also looked up by keyed hash among the erased, in the same query count: an erased address
-    is suppressed for good, even if a contact row came back for it."""
+) -> list[tuple[bool, str]]:
+    """One answer (`allowed`, `reason` value) per text, in order; duplicates each get the same
+    answer. Every address is also looked up by keyed hash among the erased, in the same query
+    count: an erased address is suppressed for good, even if a contact row came back for it."""
     if topic is None:
-        return [UNKNOWN_TOPIC] * len(emails)
-    normalised = [normalise(text) for text in emails]
-    wanted = {n for n in normalised if n is not None}
-    table = StateTable(topic.model, lambda answer: answer)
-    connection = session.connection()
-    found = read_states(connection, topic.id, wanted, table, topic.reconsent)
-    erased = read_erased(connection, keys, wanted)
-    erased_answer = decide_eligibility(
-        topic.model, erased=True, suppressed=False, subscription=None, bounced=False
+        return [_rendered(UNKNOWN_TOPIC)] * len(emails)
+    table = StateTable(topic.model, _rendered)
+    erased = _rendered(
+        decide_eligibility(
+            topic.model, erased=True, suppressed=False, subscription=None, bounced=False
+        )
     )
-    answers: list[Eligibility] = []
-    for address in normalised:
-        if address is None:
-            answers.append(INVALID_EMAIL)
-        elif address in erased:
-            answers.append(erased_answer)
-        else:
-            answers.append(found.get(address, table.unknown))
+    normalised: list[list[str | None]] = []
+
+    def chunks() -> Iterator[set[str]]:
+        # Lazy: each chunk is normalised while the database reads the one before.
+        for start in range(0, len(emails), CALL_CHUNK):
+            chunk = [normalise(text) for text in emails[start : start + CALL_CHUNK]]
+            normalised.append(chunk)
+            yield {address for address in chunk if address is not None}
+
+    answers: list[tuple[bool, str]] = []
+    unknown = table.unknown
+    found_chunks = read_answers(
+        session.connection(), topic.id, chunks(), table, topic.reconsent, keys=keys, erased=erased
+    )
+    for index, found in enumerate(found_chunks):
+        answers += [
+            _INVALID_EMAIL if address is None else found.get(address, unknown)
+            for address in normalised[index]
+        ]
     return answers
 
 
@@ -111,9 +130,8 @@ def check_eligibility(
     answers = decide_addresses(
         session, find_topic_ref(session, query.topic, now=now), query.emails, keys=keys
     )
-    rendered = {answer: (answer.allowed, answer.reason.value) for answer in set(answers)}
-    results = []
-    for text, answer in zip(query.emails, answers, strict=True):
-        allowed, reason = rendered[answer]
-        results.append({"email": text, "allowed": allowed, "reason": reason})
+    results = [
+        {"email": text, "allowed": allowed, "reason": reason}
+        for text, (allowed, reason) in zip(query.emails, answers, strict=True)
+    ]
     return orjson.dumps({"results": results})
