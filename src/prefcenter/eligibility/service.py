@@ -56,7 +56,8 @@ def normalise_slowly(text: str) -> str | None:
     """The normalised address of a text the fast path could not vouch for, or None when the
     text is none. U+FFFD is what undecodable bytes became: no mailbox, though email-validator
     admits it."""
-    if "\ufffd" in text:
+    if "\ufffd" in text or "@" not in text:
+        # No @-sign: no address, as email-validator would say, ~50 times slower.
         return None
     try:
         return parse_address(text).normalised
@@ -70,9 +71,10 @@ def normalise(text: str) -> str | None:
 
 
 # Addresses per query of a call (lookup.read_answers): on PostgreSQL the database reads one
-# chunk while the next is normalised and the previous one answered, so the smaller the chunk,
-# the less of the call is not overlapped; each chunk costs two more round trips.
-CALL_CHUNK = 2_000
+# chunk while the next is normalised and the previous one answered. Not smaller: the database's
+# share grows as the chunks shrink (measured on 5M contacts: +15% with 2,000), more than the
+# overlap gains.
+CALL_CHUNK = 5_000
 _INVALID_EMAIL = (INVALID_EMAIL.allowed, INVALID_EMAIL.reason.value)
 
 
