@@ -84,12 +84,15 @@ def _rendered(answer: Eligibility) -> tuple[bool, str]:
 
 def decide_addresses(
     session: Session, topic: TopicRef | None, emails: Sequence[str], *, keys: AuditKeys
-) -> list[tuple[bool, str]]:
-    """One answer (`allowed`, `reason` value) per text, in order; duplicates each get the same
-    answer. Every address is also looked up by keyed hash among the erased, in the same query
-    count: an erased address is suppressed for good, even if a contact row came back for it."""
+) -> Iterator[list[tuple[bool, str]]]:
+    """One answer (`allowed`, `reason` value) per text, in order, a chunk of `CALL_CHUNK` at a
+    time (on PostgreSQL the database reads the next chunk while the caller uses one);
+    duplicates each get the same answer. Every address is also looked up by keyed hash among
+    the erased, in the same query count: an erased address is suppressed for good, even if a
+    contact row came back for it."""
     if topic is None:
-        return [_rendered(UNKNOWN_TOPIC)] * len(emails)
+        yield [_rendered(UNKNOWN_TOPIC)] * len(emails)
+        return
     table = StateTable(topic.model, _rendered)
     erased = _rendered(
         decide_eligibility(
@@ -105,17 +108,15 @@ def decide_addresses(
             normalised.append(chunk)
             yield {address for address in chunk if address is not None}
 
-    answers: list[tuple[bool, str]] = []
     unknown = table.unknown
     found_chunks = read_answers(
         session.connection(), topic.id, chunks(), table, topic.reconsent, keys=keys, erased=erased
     )
     for index, found in enumerate(found_chunks):
-        answers += [
+        yield [
             _INVALID_EMAIL if address is None else found.get(address, unknown)
             for address in normalised[index]
         ]
-    return answers
 
 
 def check_eligibility(
@@ -123,17 +124,24 @@ def check_eligibility(
 ) -> bytes:
     """The answer as `EligibilityOut` JSON. Written directly (orjson) rather than through the
     model: for ten thousand results, building and serialising models costs more than the
-    lookup itself. `test_router` holds the output to the model's schema."""
+    lookup itself. `test_router` holds the output to the model's schema. Each chunk's results
+    are written as it is answered, while the database reads the next; orjson writes no
+    whitespace, so the chunks' lists joined are the whole list as it would write it."""
     if len(query.emails) > MAX_ELIGIBILITY:
         raise PayloadTooLarge(
             f"At most {MAX_ELIGIBILITY:,} addresses per call, not {len(query.emails):,}; "
             "use /v1/eligibility/stream for more."
         )
-    answers = decide_addresses(
-        session, find_topic_ref(session, query.topic, now=now), query.emails, keys=keys
-    )
-    results = [
-        {"email": text, "allowed": allowed, "reason": reason}
-        for text, (allowed, reason) in zip(query.emails, answers, strict=True)
-    ]
-    return orjson.dumps({"results": results})
+    topic = find_topic_ref(session, query.topic, now=now)
+    written: list[bytes] = []
+    done = 0
+    for answers in decide_addresses(session, topic, query.emails, keys=keys):
+        texts = query.emails[done : done + len(answers)]
+        done += len(answers)
+        results = [
+            {"email": text, "allowed": allowed, "reason": reason}
+            for text, (allowed, reason) in zip(texts, answers, strict=True)
+        ]
+        if results:
+            written.append(orjson.dumps(results)[1:-1])  # without its brackets
+    return b'{"results":[' + b",".join(written) + b"]}"
