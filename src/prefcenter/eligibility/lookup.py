@@ -177,7 +177,7 @@ def read_erased(connection: Connection, keys: AuditKeys, addresses: Collection[s
     consent.erased.erased_among, asked in one query per chunk at driver level."""
     if not addresses:
         return set()
-    by_hash = {keys.address_hash(address): address for address in addresses}
+    by_hash = keys.address_hashes(addresses)
     found: list[str] = []
     if connection.dialect.name == "postgresql":
         with closing(driver_cursor(connection)) as cursor:
@@ -230,7 +230,7 @@ def read_answers(
                 return {}
             states.execute(query, (topic_id, "\n".join(addresses)), prepare=True)
             # Hashed while the database reads the states.
-            by_hash = {keys.address_hash(address): address for address in addresses}
+            by_hash = keys.address_hashes(addresses)
             erasures.execute(_POSTGRES_ERASED, ("\n".join(by_hash),), prepare=True)
             return by_hash
 
