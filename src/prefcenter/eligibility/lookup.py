@@ -52,9 +52,9 @@ _POSTGRES_PLAN = (
     "SET LOCAL enable_mergejoin = off; SET LOCAL enable_bitmapscan = off; "
     "SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off"
 )
-# With the above, for `read_answers`' statements (prepared): a generic plan. A custom one is no
-# better, as the settings above fix the plan's shape, yet planning it with thousands of
-# addresses written in costs an estimate per address.
+# With the above, for `read_answers`' statements (prepared): a generic plan, the same shape
+# (the settings above fix it) planned once per connection, where a custom one is planned per
+# call with the addresses written in, an estimate each (3-6 ms for 10,000 on 5M contacts).
 _POSTGRES_GENERIC_PLAN = "; SET LOCAL plan_cache_mode = force_generic_plan"
 _SQLITE_QUERY = (
     "SELECT c.address, p.suppressed, s.status, b.bounced, {reconsent} FROM contact c "
