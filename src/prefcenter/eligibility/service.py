@@ -87,9 +87,9 @@ def _rendered(answer: Eligibility) -> tuple[bool, str]:
 def decide_addresses(
     session: Session, topic: TopicRef | None, emails: Sequence[str], *, keys: AuditKeys
 ) -> Iterator[list[tuple[bool, str]]]:
-    """One answer (`allowed`, `reason` value) per text, in order, a chunk of `CALL_CHUNK` at a
-    time (on PostgreSQL the database reads the next chunk while the caller uses one);
-    duplicates each get the same answer. Every address is also looked up by keyed hash among
+    """One answer (`allowed`, `reason` value) per text, in order, chunk by chunk (on
+    PostgreSQL the database reads the next chunk while the caller uses one); duplicates each
+    get the same answer. Every address is also looked up by keyed hash among
     the erased, in the same query count: an erased address is suppressed for good, even if a
     contact row came back for it."""
     if topic is None:
