@@ -8,6 +8,8 @@
     .venv/bin/python bench/eligibility.py --keep-db               # seed once ...
     .venv/bin/python bench/eligibility.py --reuse-db NAME         # ... and reuse it
     .venv/bin/python bench/eligibility.py --reuse-db NAME --only suppressions   # one part
+    .venv/bin/python bench/eligibility.py --reuse-db NAME --only-calls   # step 6 alone, with
+                                          # a 10,000-line file (= --only eligibility otherwise)
 
 Reference data (seeded here by SQL, straight into the tables migrations built): N contacts
 (`user{i}@example{i % 100}.com`), three topics — `newsletter` (marketing, opt-in: a row per
@@ -25,7 +27,9 @@ Measured, each `--repeat` times:
   3. `--big`: the same with 10M addresses (floor too);
   4. `GET /v1/suppressions` with 1M suppressed (rows added for the measurement, removed after);
   5. `GET /v1/topics/offers/audience` (every contact neither opted out nor suppressed);
-  6. `POST /v1/eligibility` with 10,000 addresses, `--calls` times one after another: p50/p99.
+  6. `POST /v1/eligibility` with 10,000 addresses, `--calls` times one after another: p50/p99,
+     and the CPU time per call of the server and of its PostgreSQL backends (`--only-calls`:
+     this alone, steps 1-5 skipped).
 """
 
 from __future__ import annotations
@@ -616,23 +620,33 @@ def download(server: Server, target: Target, headers: dict[str, str], path: str)
     return Answer(seconds, rows - 1, 0, server_cpu_s=cpu.server_s, postgres_cpu_s=cpu.postgres_s)
 
 
+CALLS_SAMPLE = 10_000
+WARM_UP_CALLS = 3
+
+
 def eligibility_calls(
-    server: Server, headers: dict[str, str], addresses: AddressFile, calls: int
+    server: Server, target: Target, headers: dict[str, str], addresses: AddressFile, calls: int
 ) -> dict[str, float]:
+    """Latencies of `calls` calls (after a few that warm the caches), and the CPU time per call
+    of the server and of the PostgreSQL backends of the bench database (the steadier figures
+    on a shared machine)."""
     with addresses.path.open(encoding="ascii") as source:
-        sample = [next(source).rstrip("\n") for _ in range(min(10_000, addresses.lines))]
+        sample = [next(source).rstrip("\n") for _ in range(min(CALLS_SAMPLE, addresses.lines))]
+    bodies = [
+        json.dumps({"topic": STREAM_TOPIC, "emails": random.Random(n).sample(sample, len(sample))})
+        for n in range(calls + WARM_UP_CALLS)
+    ]
     latencies: list[float] = []
-    with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as client:
-        for n in range(calls + 3):
-            rng = random.Random(n)
-            emails = rng.sample(sample, len(sample))
-            started = time.perf_counter()
-            response = client.post(
-                "/v1/eligibility", json={"topic": STREAM_TOPIC, "emails": emails}
-            )
-            elapsed = time.perf_counter() - started
-            response.raise_for_status()
-            if n >= 3:  # the first calls warm the caches
+    json_headers = {**headers, "Content-Type": "application/json"}
+    with httpx.Client(base_url=server.base_url, headers=json_headers, timeout=60) as client:
+        for body in bodies[:WARM_UP_CALLS]:
+            client.post("/v1/eligibility", content=body).raise_for_status()
+        with CpuMeter(server, target) as cpu:
+            for body in bodies[WARM_UP_CALLS:]:
+                started = time.perf_counter()
+                response = client.post("/v1/eligibility", content=body)
+                elapsed = time.perf_counter() - started
+                response.raise_for_status()
                 latencies.append(elapsed * 1000)
     latencies.sort()
     return {
@@ -640,6 +654,8 @@ def eligibility_calls(
         "p50_ms": statistics.median(latencies),
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "max_ms": latencies[-1],
+        "server_cpu_ms": cpu.server_s * 1000 / len(latencies),
+        "postgres_cpu_ms": cpu.postgres_s * 1000 / len(latencies),
     }
 
 
@@ -680,11 +696,128 @@ def _met(ok: bool | None) -> str:
     return "" if ok is None else ("met" if ok else "NOT met")
 
 
+def stream_and_exports(
+    args: argparse.Namespace,
+    target: Target,
+    server: Server,
+    headers: dict[str, str],
+    files: dict[str, AddressFile],
+    counts: dict[str, int],
+    figures: list[Figure],
+    record: dict[str, Any],
+    parts: set[str],
+) -> None:
+    """Steps 1-5: the streams beside their floors, the suppressions and the audience export
+    (those of them in `parts`)."""
+    floor = floor_sqlite if target.is_sqlite else floor_postgres
+
+    for label, addresses in files.items() if "stream" in parts else ():
+        scale = addresses.lines / 1_000_000
+        goal_s = (
+            (GOAL_STREAM_SQLITE_S if target.is_sqlite else GOAL_STREAM_PG_S) * scale
+            if label == "stream"
+            else GOAL_BIG_PG_S * scale / 10
+        )
+        for attempt in range(args.repeat):
+            floor_answer = floor(target, addresses)
+            print(
+                f"floor, {addresses.lines:,} addresses: {floor_answer.seconds:.2f} s "
+                f"({floor_answer.rows:,} rows, {floor_answer.allowed:,} allowed)"
+                + (
+                    ""
+                    if floor_answer.postgres_cpu_s is None
+                    else f"; CPU s: its backend {floor_answer.postgres_cpu_s:.1f} "
+                    "(parallel workers not counted)"
+                )
+            )
+            answer = stream_answer(server, target, headers, addresses)
+            ratio = answer.seconds / floor_answer.seconds
+            same = answer.rows == addresses.lines and answer.allowed == floor_answer.allowed
+            print(
+                f"stream, {addresses.lines:,} addresses: {answer.seconds:.2f} s "
+                f"({addresses.lines / answer.seconds:,.0f}/s; {answer.rows:,} rows, "
+                f"{answer.allowed:,} allowed: {'same as' if same else 'DIFFERENT FROM'} "
+                f"the floor), {ratio:.2f}× the floor; server RSS {answer.base_rss_mb:.0f} "
+                f"MB before, peak {answer.peak_rss_mb:.0f} MB; CPU s: server "
+                f"{answer.server_cpu_s:.1f}, postgres {answer.postgres_cpu_s:.1f}"
+            )
+            ok: bool | None = answer.seconds <= goal_s and same
+            if not target.is_sqlite and label == "stream":
+                ok = ok and ratio <= GOAL_STREAM_PG_FLOOR_RATIO
+            figures.append(
+                Figure(
+                    f"stream {addresses.lines / 1e6:g}M addr. (#{attempt + 1})",
+                    f"≤ {goal_s:g} s"
+                    + ("" if target.is_sqlite or label != "stream" else " & ≤ 2×"),
+                    f"{answer.seconds:.2f} s",
+                    f"{floor_answer.seconds:.2f} s",
+                    f"{ratio:.2f}",
+                    _met(ok),
+                )
+            )
+            if label == "big":
+                peak = answer.peak_rss_mb or 0.0
+                figures.append(
+                    Figure(
+                        f"stream {addresses.lines / 1e6:g}M peak RSS (#{attempt + 1})",
+                        f"≤ {GOAL_BIG_RSS_MB:g} MB",
+                        f"{peak:.0f} MB",
+                        "-",
+                        "-",
+                        _met(peak <= GOAL_BIG_RSS_MB),
+                    )
+                )
+            record.setdefault(label, []).append(
+                {"floor": vars(floor_answer), "server": vars(answer), "ratio": ratio}
+            )
+    suppressed = min(SUPPRESSED_FOR_EXPORT, counts["contact"])
+    with extra_suppressions(target, suppressed if "suppressions" in parts else 0) as n:
+        goal_s = GOAL_SUPPRESSIONS_S * n / SUPPRESSED_FOR_EXPORT
+        for attempt in range(args.repeat if "suppressions" in parts else 0):
+            answer = download(server, target, headers, "/v1/suppressions")
+            print(
+                f"suppressions ({n:,} suppressed): {answer.seconds:.2f} s, "
+                f"{answer.rows:,} rows ({answer.rows / answer.seconds:,.0f}/s); CPU s: "
+                f"server {answer.server_cpu_s:.1f}, postgres {answer.postgres_cpu_s:.1f}"
+            )
+            figures.append(
+                Figure(
+                    f"suppressions {n / 1e6:g}M (#{attempt + 1})",
+                    f"≤ {goal_s:g} s",
+                    f"{answer.seconds:.2f} s",
+                    "-",
+                    "-",
+                    _met(answer.seconds <= goal_s if not target.is_sqlite else None),
+                )
+            )
+            record.setdefault("suppressions", []).append(vars(answer))
+    goal_s = GOAL_AUDIENCE_S * counts["contact"] / REFERENCE_CONTACTS
+    for attempt in range(args.repeat if "audience" in parts else 0):
+        answer = download(server, target, headers, f"/v1/topics/{AUDIENCE_TOPIC}/audience")
+        print(
+            f"audience of {AUDIENCE_TOPIC} ({counts['contact']:,} contacts): "
+            f"{answer.seconds:.2f} s, {answer.rows:,} rows "
+            f"({answer.rows / answer.seconds:,.0f}/s); CPU s: server "
+            f"{answer.server_cpu_s:.1f}, postgres {answer.postgres_cpu_s:.1f}"
+        )
+        figures.append(
+            Figure(
+                f"audience {counts['contact'] / 1e6:g}M (#{attempt + 1})",
+                f"≤ {goal_s:g} s",
+                f"{answer.seconds:.2f} s",
+                "-",
+                "-",
+                _met(answer.seconds <= goal_s if not target.is_sqlite else None),
+            )
+        )
+        record.setdefault("audience", []).append(vars(answer))
+
+
 def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, Any]]:
     figures: list[Figure] = []
     record: dict[str, Any] = {"scale": {"contacts": args.contacts, "addresses": args.addresses}}
     reference = args.contacts == REFERENCE_CONTACTS
-    parts = set(args.only or PARTS)
+    parts = {"eligibility"} if args.only_calls else set(args.only or PARTS)
     with bench_database(args, work) as (target, fresh):
         print(f"database: {target.name}")
         headers = prepare(target)
@@ -698,123 +831,25 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Figure], dict[str, A
         started = time.monotonic()
         files: dict[str, AddressFile] = {}
         if {"stream", "eligibility"} & parts:
-            files["stream"] = write_addresses(
-                work / "addresses.txt", args.addresses, counts["contact"], 1
-            )
+            # The calls alone take the file's first lines only, the same whatever its length.
+            alone = parts == {"eligibility"}
+            lines = min(args.addresses, CALLS_SAMPLE) if alone else args.addresses
+            files["stream"] = write_addresses(work / "addresses.txt", lines, counts["contact"], 1)
         if args.big and "stream" in parts:
             files["big"] = write_addresses(
                 work / "addresses-big.txt", args.big_addresses, counts["contact"], 2
             )
         print(f"address files written in {time.monotonic() - started:.1f} s")
-        floor = floor_sqlite if target.is_sqlite else floor_postgres
         server = start_prefcenter(target, work)
         try:
-            for label, addresses in files.items() if "stream" in parts else ():
-                scale = addresses.lines / 1_000_000
-                goal_s = (
-                    (GOAL_STREAM_SQLITE_S if target.is_sqlite else GOAL_STREAM_PG_S) * scale
-                    if label == "stream"
-                    else GOAL_BIG_PG_S * scale / 10
-                )
-                for attempt in range(args.repeat):
-                    floor_answer = floor(target, addresses)
-                    print(
-                        f"floor, {addresses.lines:,} addresses: {floor_answer.seconds:.2f} s "
-                        f"({floor_answer.rows:,} rows, {floor_answer.allowed:,} allowed)"
-                        + (
-                            ""
-                            if floor_answer.postgres_cpu_s is None
-                            else f"; CPU s: its backend {floor_answer.postgres_cpu_s:.1f} "
-                            "(parallel workers not counted)"
-                        )
-                    )
-                    answer = stream_answer(server, target, headers, addresses)
-                    ratio = answer.seconds / floor_answer.seconds
-                    same = answer.rows == addresses.lines and answer.allowed == floor_answer.allowed
-                    print(
-                        f"stream, {addresses.lines:,} addresses: {answer.seconds:.2f} s "
-                        f"({addresses.lines / answer.seconds:,.0f}/s; {answer.rows:,} rows, "
-                        f"{answer.allowed:,} allowed: {'same as' if same else 'DIFFERENT FROM'} "
-                        f"the floor), {ratio:.2f}× the floor; server RSS {answer.base_rss_mb:.0f} "
-                        f"MB before, peak {answer.peak_rss_mb:.0f} MB; CPU s: server "
-                        f"{answer.server_cpu_s:.1f}, postgres {answer.postgres_cpu_s:.1f}"
-                    )
-                    ok: bool | None = answer.seconds <= goal_s and same
-                    if not target.is_sqlite and label == "stream":
-                        ok = ok and ratio <= GOAL_STREAM_PG_FLOOR_RATIO
-                    figures.append(
-                        Figure(
-                            f"stream {addresses.lines / 1e6:g}M addr. (#{attempt + 1})",
-                            f"≤ {goal_s:g} s"
-                            + ("" if target.is_sqlite or label != "stream" else " & ≤ 2×"),
-                            f"{answer.seconds:.2f} s",
-                            f"{floor_answer.seconds:.2f} s",
-                            f"{ratio:.2f}",
-                            _met(ok),
-                        )
-                    )
-                    if label == "big":
-                        peak = answer.peak_rss_mb or 0.0
-                        figures.append(
-                            Figure(
-                                f"stream {addresses.lines / 1e6:g}M peak RSS (#{attempt + 1})",
-                                f"≤ {GOAL_BIG_RSS_MB:g} MB",
-                                f"{peak:.0f} MB",
-                                "-",
-                                "-",
-                                _met(peak <= GOAL_BIG_RSS_MB),
-                            )
-                        )
-                    record.setdefault(label, []).append(
-                        {"floor": vars(floor_answer), "server": vars(answer), "ratio": ratio}
-                    )
-            suppressed = min(SUPPRESSED_FOR_EXPORT, counts["contact"])
-            with extra_suppressions(target, suppressed if "suppressions" in parts else 0) as n:
-                goal_s = GOAL_SUPPRESSIONS_S * n / SUPPRESSED_FOR_EXPORT
-                for attempt in range(args.repeat if "suppressions" in parts else 0):
-                    answer = download(server, target, headers, "/v1/suppressions")
-                    print(
-                        f"suppressions ({n:,} suppressed): {answer.seconds:.2f} s, "
-                        f"{answer.rows:,} rows ({answer.rows / answer.seconds:,.0f}/s); CPU s: "
-                        f"server {answer.server_cpu_s:.1f}, postgres {answer.postgres_cpu_s:.1f}"
-                    )
-                    figures.append(
-                        Figure(
-                            f"suppressions {n / 1e6:g}M (#{attempt + 1})",
-                            f"≤ {goal_s:g} s",
-                            f"{answer.seconds:.2f} s",
-                            "-",
-                            "-",
-                            _met(answer.seconds <= goal_s if not target.is_sqlite else None),
-                        )
-                    )
-                    record.setdefault("suppressions", []).append(vars(answer))
-            goal_s = GOAL_AUDIENCE_S * counts["contact"] / REFERENCE_CONTACTS
-            for attempt in range(args.repeat if "audience" in parts else 0):
-                answer = download(server, target, headers, f"/v1/topics/{AUDIENCE_TOPIC}/audience")
-                print(
-                    f"audience of {AUDIENCE_TOPIC} ({counts['contact']:,} contacts): "
-                    f"{answer.seconds:.2f} s, {answer.rows:,} rows "
-                    f"({answer.rows / answer.seconds:,.0f}/s); CPU s: server "
-                    f"{answer.server_cpu_s:.1f}, postgres {answer.postgres_cpu_s:.1f}"
-                )
-                figures.append(
-                    Figure(
-                        f"audience {counts['contact'] / 1e6:g}M (#{attempt + 1})",
-                        f"≤ {goal_s:g} s",
-                        f"{answer.seconds:.2f} s",
-                        "-",
-                        "-",
-                        _met(answer.seconds <= goal_s if not target.is_sqlite else None),
-                    )
-                )
-                record.setdefault("audience", []).append(vars(answer))
+            stream_and_exports(args, target, server, headers, files, counts, figures, record, parts)
             for attempt in range(args.repeat if "eligibility" in parts else 0):
-                calls = eligibility_calls(server, headers, files["stream"], args.calls)
+                calls = eligibility_calls(server, target, headers, files["stream"], args.calls)
                 print(
                     f"POST /v1/eligibility × {calls['calls']:.0f} (10,000 addresses each): "
                     f"p50 {calls['p50_ms']:.0f} ms, p99 {calls['p99_ms']:.0f} ms, "
-                    f"max {calls['max_ms']:.0f} ms"
+                    f"max {calls['max_ms']:.0f} ms; CPU ms per call: server "
+                    f"{calls['server_cpu_ms']:.0f}, postgres {calls['postgres_cpu_ms']:.0f}"
                 )
                 figures.append(
                     Figure(
@@ -859,6 +894,9 @@ def main() -> int:
     parser.add_argument("--big-addresses", type=int, default=10_000_000)
     parser.add_argument("--calls", type=int, default=100, help="POST /v1/eligibility calls")
     parser.add_argument("--repeat", type=int, default=1, help="times each measurement is run")
+    parser.add_argument(
+        "--only-calls", action="store_true", help="only the POST /v1/eligibility calls (step 6)"
+    )
     parser.add_argument(
         "--pg-admin-url",
         default=os.environ.get(

@@ -37,10 +37,28 @@ class CopyWriter(Protocol):
     def write_row(self, row: Sequence[Any], /) -> None: ...
 
 
-class PostgresCursor(DriverCursor, Protocol):
-    """psycopg's cursor: results in binary on request, streamed rows, and `COPY`."""
+class PostgresConnection(Protocol):
+    """psycopg's connection, as far as its cursors' users need it: a pipeline, in which each
+    statement is sent as it is executed and its results are read when first fetched."""
 
-    def execute(self, sql: str, parameters: Any = ..., /, *, binary: bool | None = ...) -> Self: ...
+    def pipeline(self) -> AbstractContextManager[object]: ...
+
+
+class PostgresCursor(DriverCursor, Protocol):
+    """psycopg's cursor: results in binary on request, streamed rows, `COPY`, statements
+    prepared on request, and its connection."""
+
+    @property
+    def connection(self) -> PostgresConnection: ...
+    def execute(
+        self,
+        sql: str,
+        parameters: Any = ...,
+        /,
+        *,
+        prepare: bool | None = ...,
+        binary: bool | None = ...,
+    ) -> Self: ...
     def copy(self, statement: str, /) -> AbstractContextManager[CopyWriter]: ...
     def stream(
         self, sql: str, parameters: Any = ..., /, *, binary: bool | None = ..., size: int = ...

@@ -28,6 +28,11 @@ def test_address_hashes_and_evidence_digests_are_hex_hmacs() -> None:
     assert KEYS.evidence_digest(b"{}") == hmac.digest(KEYS.hmac_key, b"{}", "sha256").hex()
 
 
+@given(st.lists(st.text(max_size=40), max_size=20))
+def test_address_hashes_are_each_address_hash(addresses: list[str]) -> None:
+    assert KEYS.address_hashes(addresses) == {KEYS.address_hash(a): a for a in addresses}
+
+
 def test_free_text_digests_are_hex_hmacs_under_a_key_of_their_own() -> None:
     """One key per field, derived from the audit key, none of them the address key."""
     for name in FREE_TEXT_FIELDS:

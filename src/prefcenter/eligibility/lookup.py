@@ -11,7 +11,7 @@ path of the stream (millions of addresses). The rule is not restated in SQL: `St
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import closing
 from datetime import UTC
 from typing import Generic, TypeVar
@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.rules import Status
-from prefcenter.driver import driver_cursor
+from prefcenter.driver import driver_cursor, postgres_cursor
 from prefcenter.eligibility.rules import Eligibility, TopicModel, decide_eligibility
 from prefcenter.notices.rules import Reconsent
 
@@ -52,6 +52,10 @@ _POSTGRES_PLAN = (
     "SET LOCAL enable_mergejoin = off; SET LOCAL enable_bitmapscan = off; "
     "SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off"
 )
+# With the above, for `read_answers`' statements (prepared): a generic plan, the same shape
+# (the settings above fix it) planned once per connection, where a custom one is planned per
+# call with the addresses written in, an estimate each (3-6 ms for 10,000 on 5M contacts).
+_POSTGRES_GENERIC_PLAN = "; SET LOCAL plan_cache_mode = force_generic_plan"
 _SQLITE_QUERY = (
     "SELECT c.address, p.suppressed, s.status, b.bounced, {reconsent} FROM contact c "
     "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = ? "
@@ -173,7 +177,7 @@ def read_erased(connection: Connection, keys: AuditKeys, addresses: Collection[s
     consent.erased.erased_among, asked in one query per chunk at driver level."""
     if not addresses:
         return set()
-    by_hash = {keys.address_hash(address): address for address in addresses}
+    by_hash = keys.address_hashes(addresses)
     found: list[str] = []
     if connection.dialect.name == "postgresql":
         with closing(driver_cursor(connection)) as cursor:
@@ -186,6 +190,72 @@ def read_erased(connection: Connection, keys: AuditKeys, addresses: Collection[s
                 cursor.execute(_SQLITE_ERASED.format(marks=marks), chunk)
                 found.extend(row[0] for row in cursor)
     return {by_hash[h] for h in found}
+
+
+def read_answers(
+    connection: Connection,
+    topic_id: int,
+    chunks: Iterable[Collection[str]],
+    table: StateTable[T],
+    reconsent: Reconsent | None,
+    *,
+    keys: AuditKeys,
+    erased: T,
+) -> Iterator[dict[str, T]]:
+    """For each chunk of normalised addresses, in order: the answer of each that a contact has
+    (`read_states`), or `erased` for each that was erased (`read_erased`); addresses absent
+    from it are unknown.
+
+    PostgreSQL: the chunks' queries go down one pipeline, one chunk's in flight at a time, so
+    that the database reads a chunk while the caller prepares the next one (`chunks` may be
+    lazy) and uses the previous one, rather than the two taking turns. All in the caller's
+    transaction, so one snapshot."""
+    if connection.dialect.name != "postgresql":
+        for addresses in chunks:
+            found = read_states(connection, topic_id, addresses, table, reconsent)
+            for address in read_erased(connection, keys, addresses):
+                found[address] = erased
+            yield found
+        return
+    query = _POSTGRES_QUERY.format(reconsent=reconsent_sql(reconsent, postgres=True))
+    with (
+        closing(postgres_cursor(connection)) as states,
+        closing(postgres_cursor(connection)) as erasures,
+    ):
+        states.execute(_POSTGRES_PLAN + _POSTGRES_GENERIC_PLAN)
+
+        def send(addresses: Collection[str]) -> dict[str, str]:
+            """Send the chunk's two queries; the addresses by keyed hash."""
+            if not addresses:
+                return {}
+            states.execute(query, (topic_id, "\n".join(addresses)), prepare=True)
+            # Hashed while the database reads the states.
+            by_hash = keys.address_hashes(addresses)
+            erasures.execute(_POSTGRES_ERASED, ("\n".join(by_hash),), prepare=True)
+            return by_hash
+
+        def receive(by_hash: dict[str, str]) -> dict[str, T]:
+            if not by_hash:
+                return {}
+            found = {
+                address: table[(suppressed, status, bounced, stale)]
+                for address, suppressed, status, bounced, stale in states.fetchall()
+            }
+            for (address_hash,) in erasures.fetchall():
+                found[by_hash[address_hash]] = erased
+            return found
+
+        with states.connection.pipeline():
+            pending: dict[str, str] | None = None
+            for addresses in chunks:
+                if pending is not None:
+                    answered = receive(pending)
+                    pending = send(addresses)
+                    yield answered
+                else:
+                    pending = send(addresses)
+            if pending is not None:
+                yield receive(pending)
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
