@@ -17,7 +17,7 @@ from prefcenter.audit.service import append_prepared
 from prefcenter.consent.ledger import bulk
 from prefcenter.consent.ledger.bulk_events import BulkEvents
 from prefcenter.consent.ledger.changes import ChangeRecord, subscription_change
-from prefcenter.consent.rules import Outcome
+from prefcenter.consent.rules import Decision, Outcome, RequestedChange
 from prefcenter.contacts.service import mask_address
 from prefcenter.db import settings_of_session, utcnow
 from prefcenter.imports.prepare import PreparedBatch, evidence_added
@@ -105,11 +105,10 @@ def apply_batch(session: Session, batch: PreparedBatch, shared: BatchContext, ta
     staged = bulk.stage_batch(
         session, batch.addresses, topic_id=topic.id, write=not shared.dry_run, now=now
     )
-    events = batch_events(keys, shared)
     states: dict[str, ContactState] = {}
     writes: dict[int, dict[str, Any]] = {}
-    appended: list[PreparedEvent] = []
-    deliveries: list[tuple[str, str]] = []  # (event id, contact id), in the order appended
+    # Each applied row (its index among the good rows), with what its event is made of.
+    applied: list[tuple[int, bulk.StoredContact, RequestedChange, Decision]] = []
     seen: set[str] = set()
     for index, row in enumerate(batch.good):
         address = row.address.normalised
@@ -135,29 +134,37 @@ def apply_batch(session: Session, batch: PreparedBatch, shared: BatchContext, ta
             continue
         assert contact is not None
         requested = requested_change(row.status, occurred_at)
-        event_id = batch.event_ids[index]
-        values = subscription_change(decided.decision, requested, now=now, event_id=event_id)
-        writes[contact.id] = {**values, "contact_id": contact.id, "topic_id": topic.id}
-        appended.append(
-            events.event(
-                event_id=event_id,
-                contact_id=contact.public_id,
-                address_hash=hashes[address],
-                requested=requested,
-                decision=decided.decision,
-                added=evidence_added(row),
-                document=batch.documents[index],
-            )
+        values = subscription_change(
+            decided.decision, requested, now=now, event_id=batch.event_ids[index]
         )
-        deliveries.append((event_id, contact.public_id))
+        writes[contact.id] = {**values, "contact_id": contact.id, "topic_id": topic.id}
+        applied.append((index, contact, requested, decided.decision))
     if shared.dry_run:
         return
-    bulk.write_subscriptions(session, list(writes.values()))
+    events = batch_events(keys, shared)
+    # The events are made while the server merges the subscriptions.
+    with bulk.subscriptions_written(session, list(writes.values())):
+        appended: list[PreparedEvent] = []
+        for index, contact, requested, decision in applied:
+            row = batch.good[index]
+            appended.append(
+                events.event(
+                    event_id=batch.event_ids[index],
+                    contact_id=contact.public_id,
+                    address_hash=hashes[row.address.normalised],
+                    requested=requested,
+                    decision=decision,
+                    added=evidence_added(row),
+                    document=batch.documents[index],
+                )
+            )
     append_prepared(session, appended)
     if appended:
         count_consent_change(
             session, source=IMPORT_SOURCE, outcome=Outcome.APPLIED.value, count=len(appended)
         )
+    # (event id, contact id), in the order appended
+    deliveries = [(batch.event_ids[index], contact.public_id) for index, contact, _, _ in applied]
     queue_many_deliveries(session, deliveries, event_type=EventType.CONSENT_CHANGED, now=now)
 
 
