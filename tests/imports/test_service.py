@@ -280,6 +280,25 @@ class TestBatches:
         assert count_rows(database, Contact) == 3
         assert len(audit_events(database)) == before + 3
 
+    def test_rows_alike_but_for_their_evidence_are_decided_apart(
+        self, client: TestClient, admin_headers: Headers, database: Database
+    ) -> None:
+        # A batch decides rows alike (state, status, time, evidence or not) once: the row's
+        # own evidence is part of what makes them alike.
+        make_topic(client, admin_headers, "partners", kind="sharing", third_party="Acme Ltd")
+        report = run(
+            database,
+            csv_file(
+                "ada@example.com,subscribed,",
+                "bob@example.com,subscribed,signed form 12",
+                header="email,status,evidence",
+            ),
+            topic="partners",
+        )
+
+        assert report.refused_no_evidence.count == 1
+        assert report.applied.subscribed == 1
+
     def test_duplicates_are_decided_in_file_order(self, database: Database, topic: str) -> None:
         report = run(
             database,
