@@ -5,6 +5,8 @@ fails leaves nothing half-applied."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -205,16 +207,18 @@ class TestBatches:
     def test_a_failing_batch_is_rolled_back_whole_and_the_import_stops(
         self, monkeypatch: pytest.MonkeyPatch, database: Database, topic: str
     ) -> None:
-        original = bulk.write_subscriptions
+        original = bulk.subscriptions_written
         calls: list[int] = []
 
-        def fail_on_second_batch(session: Session, *args: Any, **kwargs: Any) -> None:
+        @contextmanager
+        def fail_on_second_batch(session: Session, *args: Any, **kwargs: Any) -> Iterator[None]:
             calls.append(1)
-            original(session, *args, **kwargs)  # written, then undone by the rollback
+            with original(session, *args, **kwargs):  # written, then undone by the rollback
+                yield
             if len(calls) == 2:
                 session.execute(text("INSERT INTO no_such_table VALUES (1)"))
 
-        monkeypatch.setattr(bulk, "write_subscriptions", fail_on_second_batch)
+        monkeypatch.setattr(bulk, "subscriptions_written", fail_on_second_batch)
         rows = [f"p{i}@example.com,subscribed" for i in range(9)]
         before = len(audit_events(database))
 
@@ -232,6 +236,30 @@ class TestBatches:
         assert count_rows(database, Subscription) == 3
         assert count_rows(database, Contact) == 3
         assert len(audit_events(database)) == before + 3
+
+    def test_a_merge_failing_beside_the_events_fails_its_batch_with_the_databases_words(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        database_url: str,
+        database: Database,
+        topic: str,
+    ) -> None:
+        # PostgreSQL merges the subscriptions in another thread while the events are made
+        # (ledger.bulk.subscriptions_written): its error still fails the batch, as one raised
+        # in the batch's own thread does, and nothing of the batch is written.
+        if not database_url.startswith("postgresql"):
+            pytest.skip("SQLite merges in the batch's own thread")
+        monkeypatch.setattr(bulk, "_MERGE_SUBSCRIPTIONS", "INSERT INTO no_such_table VALUES (1)")
+        before = len(audit_events(database))
+
+        report = run(database, csv_file("p1@example.com,subscribed"), batch_size=3)
+
+        assert [(b.number, b.status) for b in report.batches] == [(1, BatchStatus.FAILED)]
+        assert "no_such_table" in (report.batches[0].error or "")
+        assert not report.complete
+        assert count_rows(database, Subscription) == 0
+        assert count_rows(database, Contact) == 0
+        assert len(audit_events(database)) == before
 
     def test_a_file_that_fails_to_read_midway_raises_as_before_after_the_batches_before_it(
         self, database: Database, topic: str
@@ -251,6 +279,25 @@ class TestBatches:
         assert count_rows(database, Subscription) == 3
         assert count_rows(database, Contact) == 3
         assert len(audit_events(database)) == before + 3
+
+    def test_rows_alike_but_for_their_evidence_are_decided_apart(
+        self, client: TestClient, admin_headers: Headers, database: Database
+    ) -> None:
+        # A batch decides rows alike (state, status, time, evidence or not) once: the row's
+        # own evidence is part of what makes them alike.
+        make_topic(client, admin_headers, "partners", kind="sharing", third_party="Acme Ltd")
+        report = run(
+            database,
+            csv_file(
+                "ada@example.com,subscribed,",
+                "bob@example.com,subscribed,signed form 12",
+                header="email,status,evidence",
+            ),
+            topic="partners",
+        )
+
+        assert report.refused_no_evidence.count == 1
+        assert report.applied.subscribed == 1
 
     def test_duplicates_are_decided_in_file_order(self, database: Database, topic: str) -> None:
         report = run(

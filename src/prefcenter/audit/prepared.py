@@ -84,21 +84,20 @@ class PartsTemplate:
         markers = {name: f"\x00slot {name}\x00" for name in varying}
         parts = event_parts({**fixed, **markers})
         encoded = {orjson.dumps(marker): name for name, marker in markers.items()}
-        self._head, self._head_slots = _split(parts.head, encoded, varying)
-        self._tail, self._tail_slots = _split(parts.tail, encoded, varying)
+        head, self._head_slots = _split(parts.head, encoded, varying)
+        tail, self._tail_slots = _split(parts.tail, encoded, varying)
+        # Each part as one `%` format, the values going in as their JSON (`%b`): one
+        # formatting a part, not a join of its pieces.
+        self._head = b"%b".join(piece.replace(b"%", b"%%") for piece in head)
+        self._tail = b"%b".join(piece.replace(b"%", b"%%") for piece in tail)
 
     def parts(self, values: tuple[EventValue, ...]) -> EventParts:
         """The parts of the event whose varying values are `values` (in `varying` order)."""
-        dumps = orjson.dumps
-        head = self._head
-        pieces = [head[0]]
-        for index, piece in zip(self._head_slots, head[1:], strict=True):
-            pieces += (dumps(values[index]), piece)
-        tail = self._tail
-        tail_pieces = [tail[0]]
-        for index, piece in zip(self._tail_slots, tail[1:], strict=True):
-            tail_pieces += (dumps(values[index]), piece)
-        return EventParts(head=b"".join(pieces), tail=b"".join(tail_pieces))
+        encoded = [orjson.dumps(value) for value in values]
+        return EventParts(
+            head=self._head % tuple([encoded[i] for i in self._head_slots]),
+            tail=self._tail % tuple([encoded[i] for i in self._tail_slots]),
+        )
 
 
 def _split(

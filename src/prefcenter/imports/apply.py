@@ -17,7 +17,7 @@ from prefcenter.audit.service import append_prepared
 from prefcenter.consent.ledger import bulk
 from prefcenter.consent.ledger.bulk_events import BulkEvents
 from prefcenter.consent.ledger.changes import ChangeRecord, subscription_change
-from prefcenter.consent.rules import Outcome
+from prefcenter.consent.rules import Decision, Outcome, RequestedChange, Status
 from prefcenter.contacts.service import mask_address
 from prefcenter.db import settings_of_session, utcnow
 from prefcenter.imports.prepare import PreparedBatch, evidence_added
@@ -26,6 +26,7 @@ from prefcenter.imports.rules import (
     IMPORT_SOURCE,
     NEW_CONTACT,
     ContactState,
+    RowDecision,
     RowOutcome,
     decide_row,
     requested_change,
@@ -105,12 +106,12 @@ def apply_batch(session: Session, batch: PreparedBatch, shared: BatchContext, ta
     staged = bulk.stage_batch(
         session, batch.addresses, topic_id=topic.id, write=not shared.dry_run, now=now
     )
-    events = batch_events(keys, shared)
     states: dict[str, ContactState] = {}
     writes: dict[int, dict[str, Any]] = {}
-    appended: list[PreparedEvent] = []
-    deliveries: list[tuple[str, str]] = []  # (event id, contact id), in the order appended
+    # Each applied row (its index among the good rows), with what its event is made of.
+    applied: list[tuple[int, bulk.StoredContact, RequestedChange, Decision]] = []
     seen: set[str] = set()
+    decided_for: dict[tuple[ContactState, Status, datetime, bool], _Decided] = {}
     for index, row in enumerate(batch.good):
         address = row.address.normalised
         if address in seen:
@@ -119,53 +120,81 @@ def apply_batch(session: Session, batch: PreparedBatch, shared: BatchContext, ta
         contact = staged.contacts.get(address)
         state = states.get(address) or _state_of(contact, erased=address in staged.erased)
         occurred_at = row.occurred_at or shared.started
-        decided = decide_row(
-            state,
-            row.status,
-            occurred_at,
-            topic_kind=topic.kind,
-            now=now,
-            with_evidence=row.evidence is not None,
-        )
+        # The rules are pure functions of these: many rows (a file without times, contacts
+        # without a subscription) share one decision, made once.
+        key = (state, row.status, occurred_at, row.evidence is not None)
+        known = decided_for.get(key)
+        if known is None:
+            known = _decide(state, row.status, occurred_at, topic.kind, now, with_evidence=key[3])
+            decided_for[key] = known
+        decided, requested, after = known
         _count(tally, row.line, address, decided.outcome)
         if not decided.applied or decided.decision is None:
             continue
-        states[address] = state_after(state, decided)
+        states[address] = after
         if shared.dry_run:
             continue
         assert contact is not None
-        requested = requested_change(row.status, occurred_at)
-        event_id = batch.event_ids[index]
-        values = subscription_change(decided.decision, requested, now=now, event_id=event_id)
-        writes[contact.id] = {**values, "contact_id": contact.id, "topic_id": topic.id}
-        appended.append(
-            events.event(
-                event_id=event_id,
-                contact_id=contact.public_id,
-                address_hash=hashes[address],
-                requested=requested,
-                decision=decided.decision,
-                added=evidence_added(row),
-                document=batch.documents[index],
-            )
+        values = subscription_change(
+            decided.decision, requested, now=now, event_id=batch.event_ids[index]
         )
-        deliveries.append((event_id, contact.public_id))
+        writes[contact.id] = {**values, "contact_id": contact.id, "topic_id": topic.id}
+        applied.append((index, contact, requested, decided.decision))
     if shared.dry_run:
         return
-    bulk.write_subscriptions(session, list(writes.values()))
+    events = batch_events(keys, shared)
+    # The events are made while the server merges the subscriptions.
+    with bulk.subscriptions_written(session, list(writes.values())):
+        appended: list[PreparedEvent] = []
+        for index, contact, requested, decision in applied:
+            row = batch.good[index]
+            appended.append(
+                events.event(
+                    event_id=batch.event_ids[index],
+                    contact_id=contact.public_id,
+                    address_hash=hashes[row.address.normalised],
+                    requested=requested,
+                    decision=decision,
+                    added=evidence_added(row),
+                    document=batch.documents[index],
+                )
+            )
     append_prepared(session, appended)
     if appended:
         count_consent_change(
             session, source=IMPORT_SOURCE, outcome=Outcome.APPLIED.value, count=len(appended)
         )
+    # (event id, contact id), in the order appended
+    deliveries = [(batch.event_ids[index], contact.public_id) for index, contact, _, _ in applied]
     queue_many_deliveries(session, deliveries, event_type=EventType.CONSENT_CHANGED, now=now)
+
+
+# A row's decision, its requested change, and the contact's state after it.
+_Decided = tuple[RowDecision, RequestedChange, ContactState]
+
+
+def _decide(
+    state: ContactState,
+    status: Status,
+    occurred_at: datetime,
+    topic_kind: TopicKind,
+    now: datetime,
+    *,
+    with_evidence: bool,
+) -> _Decided:
+    decided = decide_row(
+        state, status, occurred_at, topic_kind=topic_kind, now=now, with_evidence=with_evidence
+    )
+    return decided, requested_change(status, occurred_at), state_after(state, decided)
 
 
 def _state_of(contact: bulk.StoredContact | None, *, erased: bool) -> ContactState:
     if erased:
         return ContactState(erased=True, suppression=None, subscription=None)
-    if contact is None:
-        return NEW_CONTACT
+    if contact is None or (
+        not contact.erased and contact.suppression is None and contact.subscription is None
+    ):
+        return NEW_CONTACT  # one object: the decisions' keys compare by identity first
     return ContactState(
         erased=contact.erased, suppression=contact.suppression, subscription=contact.subscription
     )

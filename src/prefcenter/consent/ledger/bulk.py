@@ -10,8 +10,9 @@ computed once by the caller: the erased check joins on it, and the events carry 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import closing
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -214,28 +215,52 @@ _MERGE_SUBSCRIPTIONS = (
 
 def write_subscriptions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Insert or overwrite each row (`WRITTEN_COLUMNS`, one per contact) in one statement."""
+    with subscriptions_written(session, rows):
+        pass
+
+
+@contextmanager
+def subscriptions_written(session: Session, rows: Sequence[dict[str, Any]]) -> Iterator[None]:
+    """Insert or overwrite each row (`WRITTEN_COLUMNS`, one per contact) in one statement, by
+    the end of the block.
+
+    On PostgreSQL the rows are sent first, then the merge runs on the server while the block
+    runs (the caller's Python work, which must not use the session meanwhile: the merge has
+    its connection), the block's end waiting for it. An import builds its events there, in the
+    time it would otherwise wait for the merge. The merge's error is raised as the session's
+    would be (`SQLAlchemyError`), the block's own first if both fail."""
     if not rows:
+        yield
         return
-    if postgres_session(session):
+    if not postgres_session(session):
+        insert = sqlite.insert(Subscription)
         session.execute(
-            text(
-                "CREATE TEMP TABLE import_subscription (contact_id integer, topic_id integer, "
-                "status text, occurred_at timestamptz, since timestamptz, source text, "
-                "by_recipient boolean, event_id text) ON COMMIT DROP"
-            )
+            insert.on_conflict_do_update(
+                index_elements=["contact_id", "topic_id"],
+                set_={name: insert.excluded[name] for name in SUBSCRIPTION_COLUMNS},
+            ),
+            list(rows),
         )
-        _copy(
-            session,
-            f"COPY import_subscription ({', '.join(WRITTEN_COLUMNS)}) FROM STDIN",
-            [[row[c] for c in WRITTEN_COLUMNS] for row in rows],
-        )
-        session.execute(text(_MERGE_SUBSCRIPTIONS))
+        yield
         return
-    insert = sqlite.insert(Subscription)
     session.execute(
-        insert.on_conflict_do_update(
-            index_elements=["contact_id", "topic_id"],
-            set_={name: insert.excluded[name] for name in SUBSCRIPTION_COLUMNS},
-        ),
-        list(rows),
+        text(
+            "CREATE TEMP TABLE import_subscription (contact_id integer, topic_id integer, "
+            "status text, occurred_at timestamptz, since timestamptz, source text, "
+            "by_recipient boolean, event_id text) ON COMMIT DROP"
+        )
     )
+    _copy(
+        session,
+        f"COPY import_subscription ({', '.join(WRITTEN_COLUMNS)}) FROM STDIN",
+        [[row[c] for c in WRITTEN_COLUMNS] for row in rows],
+    )
+    connection = session.connection()
+    # The server's wait releases the GIL: the block runs in the meantime.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-merge") as pool:
+        merged = pool.submit(connection.exec_driver_sql, _MERGE_SUBSCRIPTIONS)
+        try:
+            yield
+        finally:
+            wait([merged])  # the connection is the caller's again only after the merge
+        merged.result()
