@@ -209,3 +209,74 @@ def test_the_plain_way_answers_as_the_escaping_way_at_the_edges_of_time(
         answers = _answers(url)
         assert answers[0] == answers[2] == (True, True)
         assert answers[1][0] == answers[1][1] == (canonical == written), canonical
+
+
+def _set_time(url: str, column: str, at: str) -> None:
+    tamper(
+        url,
+        f"UPDATE audit_event SET {column} = CAST(:at AS timestamptz) WHERE seq = :seq",
+        {"at": at, "seq": SEQ},
+    )
+
+
+@pytest.mark.parametrize("column", ["recorded_at", "occurred_at"])
+def test_a_time_moved_to_the_same_date_bc_is_named(
+    keys: AuditKeys, database: Database, settings: Settings, column: str
+) -> None:
+    """`to_char` writes a year BC as the same four digits as the year AD: a time moved to
+    its date BC, the bytes and the chain untouched, is named by both ways of the check and by
+    the check in Python (which cannot load a year before 1)."""
+    if settings.is_sqlite:
+        pytest.skip("SQLite holds times as text, which has no era")
+    url = settings.database_url
+    ((at,),) = fetch(url, f"SELECT {column} FROM audit_event WHERE seq = :seq", {"seq": SEQ})
+    _set_time(url, column, f"{at.isoformat()} BC")
+
+    assert _answers(url) == [(True, True), (False, False), (True, True)]
+    result = verify_ledger(database, keys)
+    assert (result.ok, result.first_bad_seq) == (False, SEQ)
+    assert result.detail == "its columns differ from its canonical bytes"
+
+
+@pytest.mark.parametrize("column", ["recorded_at", "occurred_at"])
+@pytest.mark.parametrize(
+    ("at", "text"),
+    [
+        # The bytes say the first year AD, the column the first year BC.
+        ("0001-01-01 00:00:00+00 BC", "0001-01-01T00:00:00.000000Z"),
+        # Half an hour before the first year AD in UTC (in a zone ahead of it), the bytes
+        # untouched: `to_char` writes a time that differs from them.
+        ("0001-01-01 00:30:00+01", None),
+        # A year past 9999, the bytes untouched.
+        ("10000-01-01 00:00:00.5+00", None),
+    ],
+)
+def test_a_time_python_cannot_hold_is_named(
+    keys: AuditKeys,
+    database: Database,
+    settings: Settings,
+    column: str,
+    at: str,
+    text: str | None,
+) -> None:
+    """A time before the year 1 or past 9999, which psycopg refuses to read, in an event
+    whose bytes say another time (rechained when they are rewritten): named by both ways of
+    the check, and by the check in Python, which reads it as no time at all."""
+    if settings.is_sqlite:
+        pytest.skip("SQLite holds times as text, which has no era")
+    url = settings.database_url
+    _set_time(url, column, at)
+    if text is not None:
+        values = orjson.loads(canonical_of(url))
+        del values["v"]
+        tamper(
+            url,
+            "UPDATE audit_event SET canonical = :canonical WHERE seq = :seq",
+            {"canonical": encode_event({**values, column: text}), "seq": SEQ},
+        )
+        rechain(url)
+
+    assert _answers(url) == [(True, True), (False, False), (True, True)]
+    result = verify_ledger(database, keys)
+    assert (result.ok, result.first_bad_seq) == (False, SEQ)
+    assert result.detail == "its columns differ from its canonical bytes"

@@ -81,10 +81,14 @@ _ONE = "SELECT {columns} FROM audit_event e WHERE e.seq = {placeholder}"
 
 def _column_sql(name: str, dialect: str) -> str:
     """A column as `columns_differ` compares it: SQLAlchemy keeps SQLite times as
-    `YYYY-MM-DD HH:MM:SS.ffffff` UTC text; PostgreSQL's are datetimes."""
-    if dialect != "postgresql" and name in _TIMES:
+    `YYYY-MM-DD HH:MM:SS.ffffff` UTC text; PostgreSQL's are datetimes, null for one that
+    Python cannot hold (BC, or past 9999), which psycopg refuses to read: no time of the
+    bytes is null, and the event differs."""
+    if name not in _TIMES:
+        return f"e.{name}"
+    if dialect != "postgresql":
         return f"replace(e.{name}, ' ', 'T') || 'Z'"
-    return f"e.{name}"
+    return f"CASE WHEN e.{name} >= {_TIME_FROM} AND e.{name} < {_TIME_BEFORE} THEN e.{name} END"
 
 
 def _by_format(json_of: dict[int, str], dialect: str) -> str:
@@ -136,8 +140,20 @@ def pg_json_sql() -> str:
     return _by_format(_pg_json_of(), "postgresql")
 
 
+# The times Python holds (years 1 to 9999), as PostgreSQL compares them (UTC). `to_char`
+# writes a year BC as the same digits as the year AD; psycopg reads neither a year BC nor one
+# past 9999.
+_TIME_FROM = "'0001-01-01 00:00:00+00'::timestamptz"
+_TIME_BEFORE = "'10000-01-01 00:00:00+00'::timestamptz"
+
+
 def _pg_time(name: str) -> str:
-    return f"""to_char(e.{name} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+    """The time as `format_time` writes it; null (the event differs) for a time BC, which
+    `to_char` would write as the same time AD."""
+    return (
+        f"CASE WHEN e.{name} >= {_TIME_FROM} THEN "
+        f"""to_char(e.{name} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END"""
+    )
 
 
 # Columns the table holds as NOT NULL: their quotes go into the literal around them (a null,
@@ -146,7 +162,6 @@ _REQUIRED = frozenset(("id", "kind", "outcome", "actor", "source"))
 # The length of `_pg_time`'s text, `YYYY-MM-DDTHH:MI:SS.ffffffZ`, for times before
 # `_TIME_BEFORE` (later years have more digits).
 _TIME_LENGTH = 27
-_TIME_BEFORE = "'10000-01-01 00:00:00+00'::timestamptz"
 
 
 def pg_same_sql() -> str:
