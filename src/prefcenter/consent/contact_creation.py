@@ -53,6 +53,26 @@ _INSERT_CONTACTS_PG = (
 )
 
 
+# `_INSERT_CONTACTS_PG` with each row's address hash beside it: the rows whose address was
+# erased are left out (NOT EXISTS, in the insert itself) and returned.
+_INSERT_CONTACTS_UNLESS_ERASED_PG = """WITH given AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS given (
+        public_id text, address text, address_display text, created_at timestamptz,
+        address_hash text
+    )
+), inserted AS (
+    INSERT INTO contact (public_id, address, address_display, created_at)
+    SELECT public_id, address, address_display, created_at FROM given
+    WHERE NOT EXISTS (
+        SELECT 1 FROM erased_address WHERE erased_address.address_hash = given.address_hash
+    )
+    ON CONFLICT (address) DO NOTHING
+)
+SELECT given.address FROM given
+WHERE EXISTS (SELECT 1 FROM erased_address WHERE erased_address.address_hash = given.address_hash)
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class CreatedContacts:
     public_ids: dict[str, str]  # by normalised address, for every address not erased
@@ -198,7 +218,28 @@ def insert_contacts(
     consent.ledger.batch) and has the addresses' keyed hashes (`address_hashes`, by
     address): every address not erased is inserted, one that has a contact already left as
     it is (ON CONFLICT DO NOTHING), and nothing is read back. Returns the erased addresses,
-    which get nothing."""
+    which get nothing.
+
+    On PostgreSQL one statement: the insert guarded in SQL by the erased check, as
+    `lock_new_contact`'s (an erased address is never stored, even for the instant before a
+    rollback), which returns the erased addresses it left out."""
+    if postgres_session(session):
+        rows = [
+            {
+                "public_id": new_public_id(),
+                "address": address,
+                "address_display": given_by_address[address],
+                "created_at": now,
+                "address_hash": address_hashes[address],
+            }
+            for address in sorted(given_by_address)
+        ]
+        if not rows:
+            return frozenset()
+        left_out = session.connection().exec_driver_sql(
+            _INSERT_CONTACTS_UNLESS_ERASED_PG, {"rows": orjson.dumps(rows).decode()}
+        )
+        return frozenset(address for (address,) in left_out)
     erased = erased_of_hashes(
         session, {address_hashes[address]: address for address in given_by_address}
     )
@@ -211,18 +252,13 @@ def insert_contacts(
         }
         for address in sorted(a for a in given_by_address if a not in erased)
     ]
-    if not new_rows:
-        return frozenset(erased)
-    if postgres_session(session):
-        session.connection().exec_driver_sql(
-            _INSERT_CONTACTS_PG, {"rows": orjson.dumps(new_rows).decode()}
+    # SQLite: its write transaction, open since BEGIN IMMEDIATE, keeps an erasure from
+    # coming between the check and the insert.
+    for start in range(0, len(new_rows), _CHUNK):
+        session.execute(
+            sqlite.insert(Contact).on_conflict_do_nothing(index_elements=["address"]),
+            new_rows[start : start + _CHUNK],
         )
-    else:
-        for start in range(0, len(new_rows), _CHUNK):
-            session.execute(
-                sqlite.insert(Contact).on_conflict_do_nothing(index_elements=["address"]),
-                new_rows[start : start + _CHUNK],
-            )
     return frozenset(erased)
 
 

@@ -54,7 +54,7 @@ from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
-from prefcenter.webhooks.queue import queue_change_deliveries, subscribed
+from prefcenter.webhooks.queue import queue_change_deliveries, subscribed_any
 from prefcenter.webhooks.rules import types_of_event
 
 _SUBSCRIPTION = Subscription.__table__  # type: ignore[attr-defined]
@@ -348,8 +348,8 @@ _JSON_UPSERT = {
 def _queue_deliveries(
     session: Session, results: list[BatchWritten | Problem], *, now: datetime
 ) -> None:
-    """The webhook deliveries of the batch's events, in order; none, after one query per
-    event type, when no endpoint wants any of them (the usual case for a sync)."""
+    """The webhook deliveries of the batch's events, in order; none, after one query for all
+    their types, when no endpoint wants any of them (the usual case for a sync)."""
     written = [r for r in results if isinstance(r, BatchWritten)]
     # The types of each kind of event once, not of each event.
     kinds = {(r.event_kind, r.decision.outcome.value, r.to_status) for r in written}
@@ -358,7 +358,7 @@ def _queue_deliveries(
         for kind, outcome, to_status in kinds
         for t in types_of_event(kind, outcome=outcome, to_status=to_status)
     }
-    if not any(subscribed(session, t) for t in types):
+    if not subscribed_any(session, types):
         return
     for r in written:
         queue_change_deliveries(
