@@ -13,7 +13,8 @@ SQL. An erased address is never stored again: the single forms refuse it with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,7 @@ from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import lock_contact, new_public_id
 from prefcenter.db import UtcDateTime
+from prefcenter.driver import postgres_cursor, postgres_pipeline
 
 # Inserting and selecting contacts in chunks keeps every statement under SQLite's limit on
 # bound parameters.
@@ -224,22 +226,11 @@ def insert_contacts(
     `lock_new_contact`'s (an erased address is never stored, even for the instant before a
     rollback), which returns the erased addresses it left out."""
     if postgres_session(session):
-        rows = [
-            {
-                "public_id": new_public_id(),
-                "address": address,
-                "address_display": given_by_address[address],
-                "created_at": now,
-                "address_hash": address_hashes[address],
-            }
-            for address in sorted(given_by_address)
-        ]
-        if not rows:
-            return frozenset()
-        left_out = session.connection().exec_driver_sql(
-            _INSERT_CONTACTS_UNLESS_ERASED_PG, {"rows": orjson.dumps(rows).decode()}
-        )
-        return frozenset(address for (address,) in left_out)
+        with inserting_contacts(
+            session, given_by_address, address_hashes=address_hashes, now=now
+        ) as inserted:
+            pass
+        return inserted.erased
     erased = erased_of_hashes(
         session, {address_hashes[address]: address for address in given_by_address}
     )
@@ -260,6 +251,49 @@ def insert_contacts(
             new_rows[start : start + _CHUNK],
         )
     return frozenset(erased)
+
+
+@dataclass(slots=True)
+class InsertedContacts:
+    erased: frozenset[str] = frozenset()  # the erased addresses, left out
+
+
+@contextmanager
+def inserting_contacts(
+    session: Session,
+    given_by_address: Mapping[str, str],
+    *,
+    address_hashes: Mapping[str, str],
+    now: datetime,
+) -> Iterator[InsertedContacts]:
+    """`insert_contacts` around a block: on PostgreSQL its one statement is sent when the block
+    starts and its answer read when the block ends (psycopg's pipeline mode), so that the
+    server inserts while the block runs; the block must not use the session. The erased
+    addresses are in the `InsertedContacts` once the block is over."""
+    inserted = InsertedContacts()
+    if not given_by_address or not postgres_session(session):
+        if given_by_address:
+            inserted.erased = insert_contacts(
+                session, given_by_address, address_hashes=address_hashes, now=now
+            )
+        yield inserted
+        return
+    rows = [
+        {
+            "public_id": new_public_id(),
+            "address": address,
+            "address_display": given_by_address[address],
+            "created_at": now,
+            "address_hash": address_hashes[address],
+        }
+        for address in sorted(given_by_address)
+    ]
+    connection = session.connection()
+    with closing(postgres_cursor(connection)) as cursor:
+        with postgres_pipeline(connection):
+            cursor.execute(_INSERT_CONTACTS_UNLESS_ERASED_PG, {"rows": orjson.dumps(rows).decode()})
+            yield inserted
+        inserted.erased = frozenset(address for (address,) in cursor.fetchall())
 
 
 def _public_ids(session: Session, addresses: list[str]) -> dict[str, str]:

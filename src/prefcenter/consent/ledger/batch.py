@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -31,7 +31,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.prepared import PreparedEvent
 from prefcenter.audit.schemas import new_event_ids
 from prefcenter.audit.service import append_prepared
-from prefcenter.consent.contact_creation import insert_contacts
+from prefcenter.consent.contact_creation import InsertedContacts, inserting_contacts
 from prefcenter.consent.erased import AddressErased
 from prefcenter.consent.ledger.batch_events import BatchEvents
 from prefcenter.consent.ledger.changes import (
@@ -51,7 +51,7 @@ from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import CurrentState, Decision, Outcome, RequestedChange
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
-from prefcenter.driver import PostgresCursor, postgres_pipeline
+from prefcenter.driver import PostgresCursor, postgres_cursor, postgres_pipeline
 from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem
 from prefcenter.topics.models import Topic
@@ -109,17 +109,53 @@ class _Rows:
         return row
 
 
-def apply_changes(
-    session: Session, keys: AuditKeys, changes: Sequence[BatchChange], *, now: datetime
-) -> list[BatchWritten | Problem]:
-    """Decide and write `changes` in order, with an audit event each; per change what it did,
-    or the problem that refused it (an erased address, the guard, a missing reason)."""
+@dataclass(frozen=True, slots=True)
+class BatchContacts:
+    """A batch's addresses, each contact inserted unless it exists or was erased."""
+
+    given: dict[str, str]  # each normalised address's form as first given
+    address_hashes: dict[str, str]  # each normalised address's keyed hash, made once
+    contacts: InsertedContacts
+
+
+@contextmanager
+def inserting_batch_contacts(
+    session: Session, keys: AuditKeys, addresses: Sequence[Address], *, now: datetime
+) -> Iterator[BatchContacts]:
+    """The contacts of a batch's addresses inserted, on PostgreSQL while the block runs (the
+    caller makes its changes meanwhile: contact_creation.inserting_contacts)."""
     given: dict[str, str] = {}
-    for change in changes:
-        given.setdefault(change.address.normalised, change.address.given)
+    for address in addresses:
+        given.setdefault(address.normalised, address.given)
     # Each address's keyed hash, made once: for the erased check and the events.
     address_hashes = {address: keys.address_hash(address) for address in given}
-    erased = insert_contacts(session, given, address_hashes=address_hashes, now=now)
+    with inserting_contacts(session, given, address_hashes=address_hashes, now=now) as contacts:
+        yield BatchContacts(given=given, address_hashes=address_hashes, contacts=contacts)
+
+
+def apply_changes(
+    session: Session,
+    keys: AuditKeys,
+    changes: Sequence[BatchChange],
+    *,
+    now: datetime,
+    inserted: BatchContacts | None = None,
+) -> list[BatchWritten | Problem]:
+    """Decide and write `changes` in order, with an audit event each; per change what it did,
+    or the problem that refused it (an erased address, the guard, a missing reason).
+    `inserted`: the changes' contacts inserted already (`inserting_batch_contacts`), or None
+    to insert them first."""
+    if inserted is None:
+        with inserting_batch_contacts(
+            session, keys, [change.address for change in changes], now=now
+        ) as inserted_here:
+            pass
+        inserted = inserted_here
+    given = inserted.given
+    address_hashes = inserted.address_hashes
+    if any(change.address.normalised not in given for change in changes):
+        raise ValueError("a change's address was not among the contacts inserted")
+    erased = inserted.contacts.erased
     contacts = _lock_contacts(session, [a for a in given if a not in erased])
     ids = [c.id for c in contacts.values()]
     topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
@@ -191,7 +227,8 @@ def _writing_rows(session: Session, subscriptions: _Rows, suppressions: _Rows) -
     if not subscriptions.written and not suppressions.written:
         yield
         return
-    with postgres_pipeline(session.connection()) as cursor:
+    connection = session.connection()
+    with closing(postgres_cursor(connection)) as cursor, postgres_pipeline(connection):
         _upsert_pg(cursor, _SUBSCRIPTION, subscriptions)
         _upsert_pg(cursor, _SUPPRESSION, suppressions)
         yield
