@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol, Self
 
 from sqlalchemy.engine import Connection
@@ -77,6 +77,18 @@ def postgres_cursor(connection: Connection) -> PostgresCursor:
         raise RuntimeError(f"a PostgreSQL cursor asked of {connection.dialect.name}")
     cursor: PostgresCursor = _driver_of(connection).cursor()
     return cursor
+
+
+@contextmanager
+def postgres_pipeline(connection: Connection) -> Iterator[None]:
+    """psycopg's pipeline mode on the connection for the block: each statement goes to the
+    server as soon as it is executed, without waiting for the previous one's result, so the
+    server works while Python goes on; the block's end waits for them all (and raises the
+    first error). A statement's rows are read (fetch*) after the block."""
+    if connection.dialect.name != "postgresql":
+        raise RuntimeError(f"a PostgreSQL pipeline asked of {connection.dialect.name}")
+    with _driver_of(connection).pipeline():
+        yield
 
 
 def _driver_of(connection: Connection) -> Any:

@@ -17,7 +17,7 @@ from sqlmodel import select as sqlmodel_select
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent
-from prefcenter.consent.contact_creation import lock_new_contact
+from prefcenter.consent.contact_creation import insert_contacts, lock_new_contact
 from prefcenter.consent.erased import AddressErased, erased_among, is_erased_address
 from prefcenter.contacts.addresses import parse_address
 from prefcenter.contacts.models import Contact
@@ -278,6 +278,28 @@ class TestStaysSuppressed:
                 sqlmodel_select(Contact).where(col(Contact.address) == ADDRESS)
             ).all()
             assert stored == []
+
+    def test_a_batch_leaves_the_erased_address_out_of_its_insert(
+        self, client: TestClient, admin_headers: Headers, database: Database, ada: str
+    ) -> None:
+        # insert_contacts (POST /v1/consents/batch) carries the erased check in its insert too:
+        # the erased address is named, and inside the transaction there is no row with it,
+        # while the other address is inserted.
+        erase(client, admin_headers, ada)
+        keys = AuditKeys.from_settings(database.settings)
+        given = {ADDRESS: GIVEN, "grace@example.com": "grace@example.com"}
+        with database.transaction(write=True) as session:
+            erased = insert_contacts(
+                session,
+                given,
+                address_hashes={address: keys.address_hash(address) for address in given},
+                now=utcnow(),
+            )
+            stored = session.exec(
+                sqlmodel_select(Contact.address).where(col(Contact.address).in_(list(given)))
+            ).all()
+            assert erased == {ADDRESS}
+            assert stored == ["grace@example.com"]
 
     def test_eligibility_answers_suppressed(
         self, client: TestClient, admin_headers: Headers, auditor_headers: Headers, ada: str

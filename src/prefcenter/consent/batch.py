@@ -21,7 +21,12 @@ from prefcenter.consent.batch_schemas import (
     ConsentBatchOut,
 )
 from prefcenter.consent.errors import ConsentBatchTooLarge
-from prefcenter.consent.ledger.batch import BatchChange, BatchWritten, apply_changes
+from prefcenter.consent.ledger.batch import (
+    BatchChange,
+    BatchWritten,
+    apply_changes,
+    inserting_batch_contacts,
+)
 from prefcenter.consent.rules import Status
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
 from prefcenter.consent.service import ApiRecords, pending_confirmation, requested_change
@@ -81,10 +86,11 @@ def record_changes(
     # Each change at its own instant, a microsecond apart in request order (ledger.batch).
     instants = [now + timedelta(microseconds=index) for index, _, _ in accepted]
     records = ApiRecords.of(caller=caller, request=request, settings=settings)
-    written = apply_changes(
-        session,
-        keys,
-        [
+    # The contacts inserted while the changes are made (on PostgreSQL, without waiting).
+    with inserting_batch_contacts(
+        session, keys, [change.email for _, change, _ in accepted], now=now
+    ) as inserted:
+        changes = [
             BatchChange(
                 address=change.email,
                 topic=topic,
@@ -93,9 +99,8 @@ def record_changes(
                 at=at,
             )
             for (index, change, topic), at in zip(accepted, instants, strict=True)
-        ],
-        now=now,
-    )
+        ]
+    written = apply_changes(session, keys, changes, now=now, inserted=inserted)
     for (index, change, topic), outcome in zip(accepted, written, strict=True):
         if isinstance(outcome, Problem):
             results[index] = _problem(index, outcome)

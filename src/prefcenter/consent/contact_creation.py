@@ -13,7 +13,8 @@ SQL. An erased address is never stored again: the single forms refuse it with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,7 @@ from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
 from prefcenter.contacts.service import lock_contact, new_public_id
 from prefcenter.db import UtcDateTime
+from prefcenter.driver import postgres_cursor, postgres_pipeline
 
 # Inserting and selecting contacts in chunks keeps every statement under SQLite's limit on
 # bound parameters.
@@ -51,6 +53,26 @@ _INSERT_CONTACTS_PG = (
     "FROM json_populate_recordset(NULL::contact, %(rows)s::json) "
     "ON CONFLICT (address) DO NOTHING"
 )
+
+
+# `_INSERT_CONTACTS_PG` with each row's address hash beside it: the rows whose address was
+# erased are left out (NOT EXISTS, in the insert itself) and returned.
+_INSERT_CONTACTS_UNLESS_ERASED_PG = """WITH given AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS given (
+        public_id text, address text, address_display text, created_at timestamptz,
+        address_hash text
+    )
+), inserted AS (
+    INSERT INTO contact (public_id, address, address_display, created_at)
+    SELECT public_id, address, address_display, created_at FROM given
+    WHERE NOT EXISTS (
+        SELECT 1 FROM erased_address WHERE erased_address.address_hash = given.address_hash
+    )
+    ON CONFLICT (address) DO NOTHING
+)
+SELECT given.address FROM given
+WHERE EXISTS (SELECT 1 FROM erased_address WHERE erased_address.address_hash = given.address_hash)
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +220,17 @@ def insert_contacts(
     consent.ledger.batch) and has the addresses' keyed hashes (`address_hashes`, by
     address): every address not erased is inserted, one that has a contact already left as
     it is (ON CONFLICT DO NOTHING), and nothing is read back. Returns the erased addresses,
-    which get nothing."""
+    which get nothing.
+
+    On PostgreSQL one statement: the insert guarded in SQL by the erased check, as
+    `lock_new_contact`'s (an erased address is never stored, even for the instant before a
+    rollback), which returns the erased addresses it left out."""
+    if postgres_session(session):
+        with inserting_contacts(
+            session, given_by_address, address_hashes=address_hashes, now=now
+        ) as inserted:
+            pass
+        return inserted.erased
     erased = erased_of_hashes(
         session, {address_hashes[address]: address for address in given_by_address}
     )
@@ -211,19 +243,57 @@ def insert_contacts(
         }
         for address in sorted(a for a in given_by_address if a not in erased)
     ]
-    if not new_rows:
-        return frozenset(erased)
-    if postgres_session(session):
-        session.connection().exec_driver_sql(
-            _INSERT_CONTACTS_PG, {"rows": orjson.dumps(new_rows).decode()}
+    # SQLite: its write transaction, open since BEGIN IMMEDIATE, keeps an erasure from
+    # coming between the check and the insert.
+    for start in range(0, len(new_rows), _CHUNK):
+        session.execute(
+            sqlite.insert(Contact).on_conflict_do_nothing(index_elements=["address"]),
+            new_rows[start : start + _CHUNK],
         )
-    else:
-        for start in range(0, len(new_rows), _CHUNK):
-            session.execute(
-                sqlite.insert(Contact).on_conflict_do_nothing(index_elements=["address"]),
-                new_rows[start : start + _CHUNK],
-            )
     return frozenset(erased)
+
+
+@dataclass(slots=True)
+class InsertedContacts:
+    erased: frozenset[str] = frozenset()  # the erased addresses, left out
+
+
+@contextmanager
+def inserting_contacts(
+    session: Session,
+    given_by_address: Mapping[str, str],
+    *,
+    address_hashes: Mapping[str, str],
+    now: datetime,
+) -> Iterator[InsertedContacts]:
+    """`insert_contacts` around a block: on PostgreSQL its one statement is sent when the block
+    starts and its answer read when the block ends (psycopg's pipeline mode), so that the
+    server inserts while the block runs; the block must not use the session. The erased
+    addresses are in the `InsertedContacts` once the block is over."""
+    inserted = InsertedContacts()
+    if not given_by_address or not postgres_session(session):
+        if given_by_address:
+            inserted.erased = insert_contacts(
+                session, given_by_address, address_hashes=address_hashes, now=now
+            )
+        yield inserted
+        return
+    rows = [
+        {
+            "public_id": new_public_id(),
+            "address": address,
+            "address_display": given_by_address[address],
+            "created_at": now,
+            "address_hash": address_hashes[address],
+        }
+        for address in sorted(given_by_address)
+    ]
+    connection = session.connection()
+    with closing(postgres_cursor(connection)) as cursor:
+        with postgres_pipeline(connection):
+            cursor.execute(_INSERT_CONTACTS_UNLESS_ERASED_PG, {"rows": orjson.dumps(rows).decode()})
+            yield inserted
+        inserted.erased = frozenset(address for (address,) in cursor.fetchall())
 
 
 def _public_ids(session: Session, addresses: list[str]) -> dict[str, str]:

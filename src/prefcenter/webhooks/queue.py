@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import closing
 from datetime import datetime
 from typing import Any
@@ -219,6 +219,21 @@ def queue_inline_delivery(
 def subscribed(session: Session, event_type: EventType, *, every: bool = True) -> bool:
     """Whether any enabled endpoint wants `event_type` (one indexed query); with `every`
     false, only those that name it (not `*`)."""
+    if every:
+        return subscribed_any(session, [event_type])
+    return _any_endpoint(session, _SUBSCRIBED.c.event_type == event_type.value)
+
+
+def subscribed_any(session: Session, event_types: Iterable[EventType]) -> bool:
+    """Whether any enabled endpoint wants any of `event_types` (one indexed query for them
+    all: a batch's events are of several types)."""
+    wanted = sorted({t.value for t in event_types})
+    if not wanted:
+        return False
+    return _any_endpoint(session, _SUBSCRIBED.c.event_type.in_([*wanted, EVERY_TYPE]))
+
+
+def _any_endpoint(session: Session, condition: Any) -> bool:
     found = session.execute(
         core_select(_SUBSCRIBED.c.endpoint_id)
         .select_from(
@@ -227,11 +242,7 @@ def subscribed(session: Session, event_type: EventType, *, every: bool = True) -
                 (_ENDPOINTS.c.id == _SUBSCRIBED.c.endpoint_id) & _ENDPOINTS.c.enabled,
             )
         )
-        .where(
-            _SUBSCRIBED.c.event_type.in_([event_type.value, EVERY_TYPE])
-            if every
-            else _SUBSCRIBED.c.event_type == event_type.value
-        )
+        .where(condition)
         .limit(1)
     ).first()
     return found is not None

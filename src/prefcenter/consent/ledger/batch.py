@@ -16,7 +16,8 @@ COMMIT (audit.service).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -30,7 +31,7 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.prepared import PreparedEvent
 from prefcenter.audit.schemas import new_event_ids
 from prefcenter.audit.service import append_prepared
-from prefcenter.consent.contact_creation import insert_contacts
+from prefcenter.consent.contact_creation import InsertedContacts, inserting_contacts
 from prefcenter.consent.erased import AddressErased
 from prefcenter.consent.ledger.batch_events import BatchEvents
 from prefcenter.consent.ledger.changes import (
@@ -50,11 +51,12 @@ from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import CurrentState, Decision, Outcome, RequestedChange
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
+from prefcenter.driver import PostgresCursor, postgres_cursor, postgres_pipeline
 from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
-from prefcenter.webhooks.queue import queue_change_deliveries, subscribed
+from prefcenter.webhooks.queue import queue_change_deliveries, subscribed_any
 from prefcenter.webhooks.rules import types_of_event
 
 _SUBSCRIPTION = Subscription.__table__  # type: ignore[attr-defined]
@@ -107,17 +109,53 @@ class _Rows:
         return row
 
 
-def apply_changes(
-    session: Session, keys: AuditKeys, changes: Sequence[BatchChange], *, now: datetime
-) -> list[BatchWritten | Problem]:
-    """Decide and write `changes` in order, with an audit event each; per change what it did,
-    or the problem that refused it (an erased address, the guard, a missing reason)."""
+@dataclass(frozen=True, slots=True)
+class BatchContacts:
+    """A batch's addresses, each contact inserted unless it exists or was erased."""
+
+    given: dict[str, str]  # each normalised address's form as first given
+    address_hashes: dict[str, str]  # each normalised address's keyed hash, made once
+    contacts: InsertedContacts
+
+
+@contextmanager
+def inserting_batch_contacts(
+    session: Session, keys: AuditKeys, addresses: Sequence[Address], *, now: datetime
+) -> Iterator[BatchContacts]:
+    """The contacts of a batch's addresses inserted, on PostgreSQL while the block runs (the
+    caller makes its changes meanwhile: contact_creation.inserting_contacts)."""
     given: dict[str, str] = {}
-    for change in changes:
-        given.setdefault(change.address.normalised, change.address.given)
+    for address in addresses:
+        given.setdefault(address.normalised, address.given)
     # Each address's keyed hash, made once: for the erased check and the events.
     address_hashes = {address: keys.address_hash(address) for address in given}
-    erased = insert_contacts(session, given, address_hashes=address_hashes, now=now)
+    with inserting_contacts(session, given, address_hashes=address_hashes, now=now) as contacts:
+        yield BatchContacts(given=given, address_hashes=address_hashes, contacts=contacts)
+
+
+def apply_changes(
+    session: Session,
+    keys: AuditKeys,
+    changes: Sequence[BatchChange],
+    *,
+    now: datetime,
+    inserted: BatchContacts | None = None,
+) -> list[BatchWritten | Problem]:
+    """Decide and write `changes` in order, with an audit event each; per change what it did,
+    or the problem that refused it (an erased address, the guard, a missing reason).
+    `inserted`: the changes' contacts inserted already (`inserting_batch_contacts`), or None
+    to insert them first."""
+    if inserted is None:
+        with inserting_batch_contacts(
+            session, keys, [change.address for change in changes], now=now
+        ) as inserted_here:
+            pass
+        inserted = inserted_here
+    given = inserted.given
+    address_hashes = inserted.address_hashes
+    if any(change.address.normalised not in given for change in changes):
+        raise ValueError("a change's address was not among the contacts inserted")
+    erased = inserted.contacts.erased
     contacts = _lock_contacts(session, [a for a in given if a not in erased])
     ids = [c.id for c in contacts.values()]
     topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
@@ -126,59 +164,88 @@ def apply_changes(
     # The notices the batch's topics are bound to, read once each (re-consent).
     topics = {c.topic.key: c.topic for c in changes if c.topic is not None}
     bound = {key: bound_notice(session, topic.notice_key) for key, topic in topics.items()}
-    results: list[BatchWritten | Problem] = []
-    events: list[PreparedEvent] = []
-    builder = BatchEvents(keys, actor=changes[0].record.actor) if changes else None
-    counted: Counter[tuple[str, str]] = Counter()
+    results: list[BatchWritten | Problem | _Decided] = []
     for change, event_id in zip(changes, new_event_ids(len(changes)), strict=True):
         contact = contacts.get(change.address.normalised)
         if contact is None:
             results.append(_erased())
             continue
-        assert builder is not None
         try:
-            written, event = _apply_one(
-                builder,
-                event_id,
-                contact,
-                address_hashes[contact.address],
-                change,
-                subscriptions,
-                suppressions,
-                bound=bound,
-                now=change.at,
+            decided = _decide_one(
+                event_id, contact, change, subscriptions, suppressions, bound=bound, now=change.at
             )
         except Problem as refused:
             results.append(refused)
             continue
-        results.append(written)
-        events.append(event)
-        counted[counted_source(change.requested), written.decision.outcome.value] += 1
+        results.append(decided)
+    events: list[PreparedEvent] = []
+    counted: Counter[tuple[str, str]] = Counter()
+    # The rows are written first; on PostgreSQL without waiting, while the events are made.
+    with _writing_rows(session, subscriptions, suppressions):
+        if changes:
+            builder = BatchEvents(keys, actor=changes[0].record.actor)
+            for index, result in enumerate(results):
+                if not isinstance(result, _Decided):
+                    continue
+                written, event = _event_of(builder, result, address_hashes[result.contact.address])
+                results[index] = written
+                events.append(event)
+                counted[counted_source(result.requested), written.decision.outcome.value] += 1
     append_prepared(session, events)
     for (source, outcome), count in counted.items():
         count_consent_change(session, source=source, outcome=outcome, count=count)
-    _upsert(session, _SUBSCRIPTION, _SUBSCRIPTION_KEY, subscriptions)
-    _upsert(session, _SUPPRESSION, _SUPPRESSION_KEY, suppressions)
+    answers = [r for r in results if not isinstance(r, _Decided)]
+    assert len(answers) == len(results)
     if changes:
-        _queue_deliveries(session, results, now=changes[0].at)
-    return results
+        _queue_deliveries(session, answers, now=changes[0].at)
+    return answers
 
 
-def _apply_one(
-    events: BatchEvents,
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A change decided and its rows set, its event yet to be made."""
+
+    event_id: str
+    contact: _Contact
+    topic_key: str | None
+    requested: RequestedChange
+    record: ChangeRecord
+    decision: Decision
+    subscription_event_id: str | None
+
+
+@contextmanager
+def _writing_rows(session: Session, subscriptions: _Rows, suppressions: _Rows) -> Iterator[None]:
+    """Write the rows the batch changed, as it leaves them; on PostgreSQL sent in pipeline
+    mode when the block starts and awaited when it ends, so the server writes them while the
+    block runs."""
+    if not postgres_session(session):
+        yield
+        _upsert_sqlite(session, _SUBSCRIPTION, _SUBSCRIPTION_KEY, subscriptions)
+        _upsert_sqlite(session, _SUPPRESSION, _SUPPRESSION_KEY, suppressions)
+        return
+    if not subscriptions.written and not suppressions.written:
+        yield
+        return
+    connection = session.connection()
+    with closing(postgres_cursor(connection)) as cursor, postgres_pipeline(connection):
+        _upsert_pg(cursor, _SUBSCRIPTION, subscriptions)
+        _upsert_pg(cursor, _SUPPRESSION, suppressions)
+        yield
+
+
+def _decide_one(
     event_id: str,
     contact: _Contact,
-    address_hash: str,
     change: BatchChange,
     subscriptions: _Rows,
     suppressions: _Rows,
     *,
     bound: dict[str, BoundNotice | None],
     now: datetime,
-) -> tuple[BatchWritten, PreparedEvent]:
+) -> _Decided:
     """One change against the batch's rows, as ledger.orm.apply_change does it against the
-    database's, and its audit event; raises the rules' problems before anything is
-    changed."""
+    database's; raises the rules' problems before anything is changed."""
     requested = change.requested
     if requested.with_evidence != bool(change.record.evidence):
         requested = replace(requested, with_evidence=bool(change.record.evidence))
@@ -216,20 +283,35 @@ def _apply_one(
                 {**values, **given.values, "contact_id": contact.id, "topic_id": change.topic.id},
             )
         subscription_event_id = None if row is None else row["event_id"]
-    event = events.event(
+    return _Decided(
         event_id=event_id,
-        contact_id=contact.public_id,
-        address_hash=address_hash,
+        contact=contact,
         topic_key=change.topic.key if change.topic else None,
         requested=requested,
         record=record,
         decision=decision,
+        subscription_event_id=subscription_event_id,
+    )
+
+
+def _event_of(
+    events: BatchEvents, decided: _Decided, address_hash: str
+) -> tuple[BatchWritten, PreparedEvent]:
+    """The decided change's audit event, and what it did."""
+    event = events.event(
+        event_id=decided.event_id,
+        contact_id=decided.contact.public_id,
+        address_hash=address_hash,
+        topic_key=decided.topic_key,
+        requested=decided.requested,
+        record=decided.record,
+        decision=decided.decision,
     )
     written = BatchWritten(
-        contact_id=contact.public_id,
-        decision=decision,
-        event_id=event_id,
-        subscription_event_id=subscription_event_id,
+        contact_id=decided.contact.public_id,
+        decision=decided.decision,
+        event_id=decided.event_id,
+        subscription_event_id=decided.subscription_event_id,
         event_kind=event.row["kind"],
         to_status=event.row["to_status"],
     )
@@ -298,26 +380,26 @@ def _read_rows(
     return {tuple(row[k] for k in key): dict(row) for row in session.execute(query).mappings()}
 
 
-def _upsert(
-    session: Session,
-    table: Any,
-    key: tuple[str, ...],
-    rows: _Rows,
-) -> None:
+def _upsert_pg(cursor: PostgresCursor, table: Any, rows: _Rows) -> None:
+    """Every written row as the batch leaves it, in one INSERT … ON CONFLICT DO UPDATE with
+    the rows as one JSON parameter: an executemany would be one round trip per row, and an
+    array per column goes through the driver's pure-Python list dumper element by element."""
+    if not rows.written:
+        return
+    columns = [c.name for c in table.columns]
+    ordered = [rows.by_key[k] for k in sorted(rows.written)]
+    cursor.execute(
+        _JSON_UPSERT[table.name],
+        {"rows": orjson.dumps([{c: row[c] for c in columns} for row in ordered]).decode()},
+    )
+
+
+def _upsert_sqlite(session: Session, table: Any, key: tuple[str, ...], rows: _Rows) -> None:
     """Every written row as the batch leaves it, in one INSERT … ON CONFLICT DO UPDATE."""
     if not rows.written:
         return
     columns = [c.name for c in table.columns]
     ordered = [rows.by_key[k] for k in sorted(rows.written)]
-    if postgres_session(session):
-        # One statement, the rows as one JSON parameter: an executemany would be one round
-        # trip per row, and an array per column goes through the driver's pure-Python list
-        # dumper element by element.
-        session.connection().exec_driver_sql(
-            _JSON_UPSERT[table.name],
-            {"rows": orjson.dumps([{c: row[c] for c in columns} for row in ordered]).decode()},
-        )
-        return
     statement = sqlite.insert(table)
     statement = statement.on_conflict_do_update(
         index_elements=list(key),
@@ -348,8 +430,8 @@ _JSON_UPSERT = {
 def _queue_deliveries(
     session: Session, results: list[BatchWritten | Problem], *, now: datetime
 ) -> None:
-    """The webhook deliveries of the batch's events, in order; none, after one query per
-    event type, when no endpoint wants any of them (the usual case for a sync)."""
+    """The webhook deliveries of the batch's events, in order; none, after one query for all
+    their types, when no endpoint wants any of them (the usual case for a sync)."""
     written = [r for r in results if isinstance(r, BatchWritten)]
     # The types of each kind of event once, not of each event.
     kinds = {(r.event_kind, r.decision.outcome.value, r.to_status) for r in written}
@@ -358,7 +440,7 @@ def _queue_deliveries(
         for kind, outcome, to_status in kinds
         for t in types_of_event(kind, outcome=outcome, to_status=to_status)
     }
-    if not any(subscribed(session, t) for t in types):
+    if not subscribed_any(session, types):
         return
     for r in written:
         queue_change_deliveries(
