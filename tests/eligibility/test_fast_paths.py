@@ -7,26 +7,29 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import event
 
 from prefcenter.apikeys.schemas import Scope
+from prefcenter.app import create_app
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
-from prefcenter.eligibility import service, stream
+from prefcenter.eligibility import lookup, service, stream
 from prefcenter.eligibility.lookup import StateTable
 from prefcenter.eligibility.rules import Eligibility, Reason, TopicModel, decide_eligibility
 from prefcenter.eligibility.schemas import EligibilityOut
 from prefcenter.topics.schemas import ConsentModel, TopicKind
 from tests.csv_cases import AWKWARD_CELLS, python_csv
 from tests.support.factories import Headers, make_topic, record_change
-from tests.support.harness import issue_key
+from tests.support.harness import issue_key, make_settings
 
 STREAM_HEADER = ["email", "allowed", "reason"]
 
@@ -166,10 +169,13 @@ class TestCheckEligibilityChunks:
         admin_headers: Headers,
         writer_headers: Headers,
         checker_headers: Headers,
+        database_url: str,
     ) -> None:
         """Chunks of 2, then of 3 (one in flight while the next is prepared): every kind of
         answer, on both sides of chunk boundaries, and a chunk of invalid lines only (5-7),
-        byte for byte what one call per address answers (one chunk each)."""
+        byte for byte what one call per address answers (one chunk each); the same with the
+        chunks split over two connections (lookup.SPLIT_AT), and with a pool that has none to
+        spare."""
         make_topic(client, admin_headers, "news", consent="opt_in")
         record_change(client, writer_headers, "sub@example.com", "subscribed", topic="news")
         record_change(client, writer_headers, "unsub@example.com", "unsubscribed", topic="news")
@@ -195,8 +201,8 @@ class TestCheckEligibilityChunks:
             "=x@example.com",
         ]
 
-        def answer(*asked: str) -> bytes:
-            response = client.post(
+        def answer(*asked: str, via: TestClient = client) -> bytes:
+            response = via.post(
                 "/v1/eligibility",
                 headers=checker_headers,
                 json={"topic": "news", "emails": list(asked)},
@@ -207,9 +213,29 @@ class TestCheckEligibilityChunks:
         alone = [orjson.loads(answer(email))["results"][0] for email in emails]
         monkeypatch.setattr(service, "FIRST_CHUNK", 2)
         monkeypatch.setattr(service, "CALL_CHUNK", 3)
-        together = answer(*emails)
+        checkouts: list[object] = []
 
-        assert together == orjson.dumps({"results": alone})
+        def counted(call: Callable[[], bytes]) -> tuple[bytes, int]:
+            """The answer, and how many connections the pool handed out for it."""
+            before = len(checkouts)
+            answered = call()
+            return answered, len(checkouts) - before
+
+        engine = client.app.state.database.engine  # type: ignore[attr-defined]
+        event.listen(engine, "checkout", lambda *_: checkouts.append(None))
+        together, one = counted(lambda: answer(*emails))
+        # Chunks of 3 split in two halves, the second on a second connection (PostgreSQL).
+        monkeypatch.setattr(lookup, "SPLIT_AT", 3)
+        split, two = counted(lambda: answer(*emails))
+        # A pool of 1 has no connection to spare: the same call reads on its own one alone.
+        with TestClient(create_app(make_settings(database_url, db_pool_size=1))) as small:
+            small_engine = small.app.state.database.engine  # type: ignore[attr-defined]
+            event.listen(small_engine, "checkout", lambda *_: checkouts.append(None))
+            unspared, alone_in_pool = counted(lambda: answer(*emails, via=small))
+
+        assert two == one + (1 if engine.dialect.name == "postgresql" else 0)
+        assert alone_in_pool == one
+        assert together == split == unspared == orjson.dumps({"results": alone})
         assert [(r["allowed"], r["reason"]) for r in alone] == [
             (True, "subscribed"),
             (True, "subscribed"),
