@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
@@ -252,6 +253,42 @@ class TestCheckEligibilityChunks:
             (True, "subscribed"),
             (False, "not_subscribed"),
         ]
+
+
+def test_calls_that_take_every_slot_and_spare_connection_all_answer(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    client: TestClient,
+    admin_headers: Headers,
+    writer_headers: Headers,
+    checker_headers: Headers,
+) -> None:
+    """A pool of 2: two session slots, one connection to spare. Six calls at once, each
+    asking for a second connection at every chunk, all answer, and the same: a call that
+    finds none reads alone, none waits on another."""
+    make_topic(client, admin_headers, "news", consent="opt_in")
+    record_change(client, writer_headers, "sub@example.com", "subscribed", topic="news")
+    record_change(client, writer_headers, "optout@example.com", "unsubscribed")
+    emails = [f"user{n}@example.com" for n in range(50)] + ["sub@example.com", "optout@example.com"]
+    monkeypatch.setattr(service, "FIRST_CHUNK", 4)
+    monkeypatch.setattr(service, "CALL_CHUNK", 8)
+    monkeypatch.setattr(lookup, "SPLIT_AT", 1)
+    with TestClient(create_app(make_settings(database_url, db_pool_size=2))) as small:
+
+        def call() -> bytes:
+            response = small.post(
+                "/v1/eligibility", headers=checker_headers, json={"topic": "news", "emails": emails}
+            )
+            assert response.status_code == 200, response.text
+            return response.content
+
+        with ThreadPoolExecutor(max_workers=6) as calls:
+            answers = set(calls.map(lambda _: call(), range(12)))
+
+    (answer,) = answers
+    results = orjson.loads(answer)["results"]
+    assert [r["reason"] for r in results[-2:]] == ["subscribed", "suppressed"]
+    assert {r["reason"] for r in results[:-2]} == {"not_subscribed"}
 
 
 @given(st.text(max_size=40).filter(lambda text: "@" not in text))
