@@ -7,26 +7,30 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import event
 
 from prefcenter.apikeys.schemas import Scope
+from prefcenter.app import create_app
 from prefcenter.consent.rules import Status
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
 from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
-from prefcenter.eligibility import service, stream
+from prefcenter.eligibility import lookup, service, stream
 from prefcenter.eligibility.lookup import StateTable
 from prefcenter.eligibility.rules import Eligibility, Reason, TopicModel, decide_eligibility
 from prefcenter.eligibility.schemas import EligibilityOut
 from prefcenter.topics.schemas import ConsentModel, TopicKind
 from tests.csv_cases import AWKWARD_CELLS, python_csv
 from tests.support.factories import Headers, make_topic, record_change
-from tests.support.harness import issue_key
+from tests.support.harness import issue_key, make_settings
 
 STREAM_HEADER = ["email", "allowed", "reason"]
 
@@ -166,10 +170,13 @@ class TestCheckEligibilityChunks:
         admin_headers: Headers,
         writer_headers: Headers,
         checker_headers: Headers,
+        database_url: str,
     ) -> None:
         """Chunks of 2, then of 3 (one in flight while the next is prepared): every kind of
         answer, on both sides of chunk boundaries, and a chunk of invalid lines only (5-7),
-        byte for byte what one call per address answers (one chunk each)."""
+        byte for byte what one call per address answers (one chunk each); the same with the
+        chunks split over two connections (lookup.SPLIT_AT), and with a pool that has none to
+        spare."""
         make_topic(client, admin_headers, "news", consent="opt_in")
         record_change(client, writer_headers, "sub@example.com", "subscribed", topic="news")
         record_change(client, writer_headers, "unsub@example.com", "unsubscribed", topic="news")
@@ -195,8 +202,8 @@ class TestCheckEligibilityChunks:
             "=x@example.com",
         ]
 
-        def answer(*asked: str) -> bytes:
-            response = client.post(
+        def answer(*asked: str, via: TestClient = client) -> bytes:
+            response = via.post(
                 "/v1/eligibility",
                 headers=checker_headers,
                 json={"topic": "news", "emails": list(asked)},
@@ -207,9 +214,29 @@ class TestCheckEligibilityChunks:
         alone = [orjson.loads(answer(email))["results"][0] for email in emails]
         monkeypatch.setattr(service, "FIRST_CHUNK", 2)
         monkeypatch.setattr(service, "CALL_CHUNK", 3)
-        together = answer(*emails)
+        checkouts: list[object] = []
 
-        assert together == orjson.dumps({"results": alone})
+        def counted(call: Callable[[], bytes]) -> tuple[bytes, int]:
+            """The answer, and how many connections the pool handed out for it."""
+            before = len(checkouts)
+            answered = call()
+            return answered, len(checkouts) - before
+
+        engine = client.app.state.database.engine  # type: ignore[attr-defined]
+        event.listen(engine, "checkout", lambda *_: checkouts.append(None))
+        together, one = counted(lambda: answer(*emails))
+        # Chunks of 3 split in two halves, the second on a second connection (PostgreSQL).
+        monkeypatch.setattr(lookup, "SPLIT_AT", 3)
+        split, two = counted(lambda: answer(*emails))
+        # A pool of 1 has no connection to spare: the same call reads on its own one alone.
+        with TestClient(create_app(make_settings(database_url, db_pool_size=1))) as small:
+            small_engine = small.app.state.database.engine  # type: ignore[attr-defined]
+            event.listen(small_engine, "checkout", lambda *_: checkouts.append(None))
+            unspared, alone_in_pool = counted(lambda: answer(*emails, via=small))
+
+        assert two == one + (1 if engine.dialect.name == "postgresql" else 0)
+        assert alone_in_pool == one
+        assert together == split == unspared == orjson.dumps({"results": alone})
         assert [(r["allowed"], r["reason"]) for r in alone] == [
             (True, "subscribed"),
             (True, "subscribed"),
@@ -226,6 +253,42 @@ class TestCheckEligibilityChunks:
             (True, "subscribed"),
             (False, "not_subscribed"),
         ]
+
+
+def test_calls_that_take_every_slot_and_spare_connection_all_answer(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    client: TestClient,
+    admin_headers: Headers,
+    writer_headers: Headers,
+    checker_headers: Headers,
+) -> None:
+    """A pool of 2: two session slots, one connection to spare. Six calls at once, each
+    asking for a second connection at every chunk, all answer, and the same: a call that
+    finds none reads alone, none waits on another."""
+    make_topic(client, admin_headers, "news", consent="opt_in")
+    record_change(client, writer_headers, "sub@example.com", "subscribed", topic="news")
+    record_change(client, writer_headers, "optout@example.com", "unsubscribed")
+    emails = [f"user{n}@example.com" for n in range(50)] + ["sub@example.com", "optout@example.com"]
+    monkeypatch.setattr(service, "FIRST_CHUNK", 4)
+    monkeypatch.setattr(service, "CALL_CHUNK", 8)
+    monkeypatch.setattr(lookup, "SPLIT_AT", 1)
+    with TestClient(create_app(make_settings(database_url, db_pool_size=2))) as small:
+
+        def call() -> bytes:
+            response = small.post(
+                "/v1/eligibility", headers=checker_headers, json={"topic": "news", "emails": emails}
+            )
+            assert response.status_code == 200, response.text
+            return response.content
+
+        with ThreadPoolExecutor(max_workers=6) as calls:
+            answers = set(calls.map(lambda _: call(), range(12)))
+
+    (answer,) = answers
+    results = orjson.loads(answer)["results"]
+    assert [r["reason"] for r in results[-2:]] == ["subscribed", "suppressed"]
+    assert {r["reason"] for r in results[:-2]} == {"not_subscribed"}
 
 
 @given(st.text(max_size=40).filter(lambda text: "@" not in text))

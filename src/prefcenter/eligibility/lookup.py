@@ -11,12 +11,15 @@ path of the stream (millions of addresses). The rule is not restated in SQL: `St
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from datetime import UTC
 from typing import Generic, TypeVar
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection
+from sqlalchemy.pool import Pool, QueuePool
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent.rules import Status
@@ -206,10 +209,14 @@ def read_answers(
     (`read_states`), or `erased` for each that was erased (`read_erased`); addresses absent
     from it are unknown.
 
-    PostgreSQL: the chunks' queries go down one pipeline, one chunk's in flight at a time, so
+    PostgreSQL: the chunks' queries go down a pipeline, one chunk's in flight at a time, so
     that the database reads a chunk while the caller prepares the next one (`chunks` may be
-    lazy) and uses the previous one, rather than the two taking turns. All in the caller's
-    transaction, so one snapshot."""
+    lazy) and uses the previous one, rather than the two taking turns. From the first chunk of
+    `SPLIT_AT` addresses on, when the pool can spare one (`_spare_connection`), each chunk is
+    split in two halves read at once on the caller's connection and on a second one: the
+    database's share of a call runs on one core per connection. Each of the two reads what
+    was committed when its statement began, as each statement of the caller's (READ
+    COMMITTED) transaction does, so what was committed before the call is seen by both."""
     if connection.dialect.name != "postgresql":
         for addresses in chunks:
             found = read_states(connection, topic_id, addresses, table, reconsent)
@@ -218,44 +225,113 @@ def read_answers(
             yield found
         return
     query = _POSTGRES_QUERY.format(reconsent=reconsent_sql(reconsent, postgres=True))
-    with (
-        closing(postgres_cursor(connection)) as states,
-        closing(postgres_cursor(connection)) as erasures,
-    ):
-        states.execute(_POSTGRES_PLAN + _POSTGRES_GENERIC_PLAN)
+    with ExitStack() as stack:
+        first = _Pipeline(stack, connection, query, topic_id, keys)
+        second: _Pipeline | None = None
+        tried = False
+        pending: list[tuple[_Pipeline, dict[str, str]]] = []
+        for addresses in chunks:
+            answered = _receive(pending, table, erased)
+            if second is None and not tried and len(addresses) >= SPLIT_AT:
+                tried = True
+                spare = _spare_connection(stack, connection)
+                if spare is not None:
+                    second = _Pipeline(stack, spare, query, topic_id, keys)
+            if second is None:
+                pending = [(first, first.send(addresses))]
+            else:
+                listed = list(addresses)
+                half = len(listed) // 2
+                pending = [
+                    (first, first.send(listed[:half])),
+                    (second, second.send(listed[half:])),
+                ]
+            if answered is not None:
+                yield answered
+        answered = _receive(pending, table, erased)
+        if answered is not None:
+            yield answered
 
-        def send(addresses: Collection[str]) -> dict[str, str]:
-            """Send the chunk's two queries; the addresses by keyed hash."""
-            if not addresses:
-                return {}
-            states.execute(query, (topic_id, "\n".join(addresses)), prepare=True)
-            # Hashed while the database reads the states.
-            by_hash = keys.address_hashes(addresses)
-            erasures.execute(_POSTGRES_ERASED, ("\n".join(by_hash),), prepare=True)
-            return by_hash
 
-        def receive(by_hash: dict[str, str]) -> dict[str, T]:
-            if not by_hash:
-                return {}
-            found = {
-                address: table[(suppressed, status, bounced, stale)]
-                for address, suppressed, status, bounced, stale in states.fetchall()
-            }
-            for (address_hash,) in erasures.fetchall():
-                found[by_hash[address_hash]] = erased
-            return found
+class _Pipeline:
+    """One connection's part of `read_answers`: its two cursors in pipeline mode, for the
+    block of `stack`, with the plan settings of this transaction set first."""
 
-        with states.connection.pipeline():
-            pending: dict[str, str] | None = None
-            for addresses in chunks:
-                if pending is not None:
-                    answered = receive(pending)
-                    pending = send(addresses)
-                    yield answered
-                else:
-                    pending = send(addresses)
-            if pending is not None:
-                yield receive(pending)
+    def __init__(
+        self, stack: ExitStack, connection: Connection, query: str, topic_id: int, keys: AuditKeys
+    ) -> None:
+        self._states = stack.enter_context(closing(postgres_cursor(connection)))
+        self._erasures = stack.enter_context(closing(postgres_cursor(connection)))
+        self._query = query
+        self._topic_id = topic_id
+        self._keys = keys
+        self._states.execute(_POSTGRES_PLAN + _POSTGRES_GENERIC_PLAN)
+        stack.enter_context(self._states.connection.pipeline())
+
+    def send(self, addresses: Collection[str]) -> dict[str, str]:
+        """Send the chunk's two queries; the addresses by keyed hash."""
+        if not addresses:
+            return {}
+        self._states.execute(self._query, (self._topic_id, "\n".join(addresses)), prepare=True)
+        # Hashed while the database reads the states.
+        by_hash = self._keys.address_hashes(addresses)
+        self._erasures.execute(_POSTGRES_ERASED, ("\n".join(by_hash),), prepare=True)
+        return by_hash
+
+    def receive(self, by_hash: dict[str, str], table: StateTable[T], erased: T) -> dict[str, T]:
+        if not by_hash:
+            return {}
+        found = {
+            address: table[(suppressed, status, bounced, stale)]
+            for address, suppressed, status, bounced, stale in self._states.fetchall()
+        }
+        for (address_hash,) in self._erasures.fetchall():
+            found[by_hash[address_hash]] = erased
+        return found
+
+
+def _receive(
+    pending: list[tuple[_Pipeline, dict[str, str]]], table: StateTable[T], erased: T
+) -> dict[str, T] | None:
+    """The answers of the chunk in flight (its halves are disjoint), or None without one."""
+    if not pending:
+        return None
+    found: dict[str, T] = {}
+    for pipeline, by_hash in pending:
+        found.update(pipeline.receive(by_hash, table, erased))
+    return found
+
+
+# Addresses of a chunk from which `read_answers` splits it over two connections: below, the
+# second connection's statements cost more than the halving saves.
+SPLIT_AT = 2_000
+
+_spares_lock = threading.Lock()
+_spares: WeakKeyDictionary[Pool, threading.BoundedSemaphore] = WeakKeyDictionary()
+
+
+def _spare_connection(stack: ExitStack, connection: Connection) -> Connection | None:
+    """A second connection from the pool of `connection`'s engine, in a transaction of its
+    own, for the block of `stack` (back to the pool, rolled back, when it ends); or None when
+    the pool cannot spare one.
+
+    A pool of `n` plus `n` overflow (engines.make_engine) serves at most `n` request
+    transactions at once (db.Database's session slots), the rest being for short lookups
+    outside them. At most `n // 2` second connections are out at once, taken without waiting
+    when one is free (else None): a call that finds none reads on its own connection alone,
+    so calls that hold every slot never wait on each other, and `n // 2` connections stay
+    for the lookups."""
+    pool = connection.engine.pool
+    if not isinstance(pool, QueuePool):
+        return None
+    with _spares_lock:
+        spares = _spares.get(pool)
+        if spares is None:
+            spares = _spares[pool] = threading.BoundedSemaphore(pool.size() // 2)
+    if not spares.acquire(blocking=False):
+        return None
+    stack.callback(spares.release)
+    return stack.enter_context(connection.engine.connect())
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
