@@ -63,9 +63,13 @@ _PG_STREAM = (
     "LEFT JOIN audit_free_text f ON f.seq = e.seq ORDER BY e.seq"
 )
 # Rows a result of the stream holds (libpq's chunked rows; the server sends without waiting
-# for them): fewer results, less of Python's CPU (1M events: ~1.45 s at 20,000 against
-# ~1.65 s at 2,000), memory as flat as a chunk's.
-_STREAM_ROWS = 20_000
+# for them). A result of some 200 KB is parsed while it is still in the CPU's cache, and its
+# memory is reused by the next one; one of 20 MB (20,000 rows) was not, and glibc gave it
+# back to the system and faulted it in again for every result. 1M events, the walk's CPU:
+# ~2.65 s at 200 or 500 rows, ~3.1 at 1,000 or 2,000, ~3.2 at 20,000; the stream's server
+# CPU ~1.75 s against ~1.9 s (bench/audit_verify.py). Much smaller results cost a call more
+# each, for no gain (100 rows: as 200).
+_STREAM_ROWS = 200
 _SQLITE_ALL = (
     "SELECT e.canonical, e.hash, d.document, e.seq, e.evidence_digest, "  # noqa: S608
     f"{{json}} = e.canonical, {_DIGESTS_SQL} "
