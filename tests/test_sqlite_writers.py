@@ -11,11 +11,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from prefcenter import migrations
 from prefcenter.db import Database
@@ -25,7 +25,7 @@ from tests.support.harness import make_settings
 
 @pytest.fixture
 def database(tmp_path: Path) -> Database:
-    settings = make_settings(f"sqlite:///{tmp_path / 'writers.db'}", sqlite_busy_timeout_s=0.6)
+    settings = make_settings(f"sqlite:///{tmp_path / 'writers.db'}", sqlite_busy_timeout_s=0.3)
     migrations.upgrade(settings)
     return Database(settings)
 
@@ -69,9 +69,19 @@ def test_a_writer_that_waits_past_the_busy_timeout_gets_a_503(database: Database
     assert _topics(database) == []
 
 
-def test_writers_in_one_process_take_turns_without_failing(database: Database) -> None:
-    """Each writer holds the write lock a few ms; 8 threads of 10 writes each would, at
-    SQLite's busy handler, have some writer sleep past the 0.6 s timeout; queued, none does."""
+def test_writers_in_one_process_take_turns_without_failing(tmp_path: Path) -> None:
+    """8 threads of 10 writes, each holding the write lock a few ms, with SQLite's own busy
+    handler switched off (`busy_timeout=0`: a writer that meets another at `BEGIN IMMEDIATE`
+    fails at once, a 503): they never meet there, since they queue for their turn first
+    (whatever the machine's load: the turn itself may be waited for 10 s)."""
+    settings = make_settings(f"sqlite:///{tmp_path / 'turns.db'}", sqlite_busy_timeout_s=10)
+    migrations.upgrade(settings)
+    database = Database(settings)
+
+    @event.listens_for(database.engine, "connect")
+    def _no_busy_handler(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
+
     failures: list[BaseException] = []
 
     def write(thread: int) -> None:
@@ -95,32 +105,45 @@ def test_writers_in_one_process_take_turns_without_failing(database: Database) -
         thread.start()
     for thread in threads:
         thread.join()
-    assert failures == []
-    assert len(_topics(database)) == 80
+    try:
+        assert failures == []
+        assert len(_topics(database)) == 80
+    finally:
+        database.dispose()
 
 
 def test_writers_of_two_processes_take_turns(tmp_path: Path) -> None:
     """A process holding the host's turn (the file lock beside the database) makes this
     process's writer wait for it, then go, rather than fail at the busy handler."""
     path = tmp_path / "shared.db"
-    settings = make_settings(f"sqlite:///{path}", sqlite_busy_timeout_s=5)
+    settings = make_settings(f"sqlite:///{path}", sqlite_busy_timeout_s=30)
     migrations.upgrade(settings)
     database = Database(settings)
+    # Holds the turn until told to let go (a line on its stdin).
     holds_the_turn = (
-        "import fcntl, os, time;"
+        "import fcntl, os, sys;"
         f"fd = os.open({str(path) + '.writers'!r}, os.O_RDWR | os.O_CREAT, 0o600);"
-        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(0.5)"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.readline()"
     )
+    writer = threading.Thread(target=_add_topic, args=(database, "after-the-other"))
     try:
         with subprocess.Popen(
-            [sys.executable, "-c", holds_the_turn], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", holds_the_turn],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         ) as holder:
+            assert holder.stdin is not None
             assert holder.stdout is not None
             assert holder.stdout.readline().strip() == "held"
-            started = time.monotonic()
-            _add_topic(database, "after-the-other")
-            waited = time.monotonic() - started
-        assert waited >= 0.3  # it waited for the other process's turn …
-        assert _topics(database) == ["after-the-other"]  # … and then wrote
+            writer.start()
+            writer.join(0.5)
+            assert writer.is_alive()  # it waits for the other process's turn …
+            assert _topics(database) == []
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+        writer.join(30)
+        assert not writer.is_alive()
+        assert _topics(database) == ["after-the-other"]  # … and then writes
     finally:
         database.dispose()
