@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
-from prefcenter.audit import chain_rows
+from prefcenter.audit import column_sql
 from prefcenter.audit.canonical import encode_event
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.verify import VerifyResult
@@ -119,8 +119,8 @@ def test_the_plain_way_answers_as_the_escaping_way(
         pytest.skip("the plain way is PostgreSQL's")
     values = orjson.loads(canonical_of(settings.database_url))
     del values["v"]
-    escaping = f"coalesce(convert_to({chain_rows.pg_json_sql()}, 'UTF8') = e.canonical, false)"
-    both = f"SELECT coalesce({chain_rows.pg_same_sql()}, false), {escaping} FROM audit_event e"
+    escaping = f"coalesce(convert_to({column_sql.pg_json_sql()}, 'UTF8') = e.canonical, false)"
+    both = f"SELECT coalesce({column_sql.pg_same_sql()}, false), {escaping} FROM audit_event e"
     written = encode_event({**values, "actor": actor})
     forged = written.replace(orjson.dumps(actor), b'"' + actor.encode() + b'"')
     for canonical, same in ((written, True), (forged, forged == written)):
@@ -136,8 +136,8 @@ def test_the_plain_way_answers_as_the_escaping_way(
 
 def _answers(url: str) -> list[tuple[bool, bool]]:
     """Each event's answer (seq order): PostgreSQL's check, and `to_json`'s alone."""
-    escaping = f"coalesce(convert_to({chain_rows.pg_json_sql()}, 'UTF8') = e.canonical, false)"
-    both = f"SELECT coalesce({chain_rows.pg_same_sql()}, false), {escaping} FROM audit_event e"
+    escaping = f"coalesce(convert_to({column_sql.pg_json_sql()}, 'UTF8') = e.canonical, false)"
+    both = f"SELECT coalesce({column_sql.pg_same_sql()}, false), {escaping} FROM audit_event e"
     engine = create_engine(url)
     try:
         with engine.connect() as connection:  # the SQL as the driver gets it: no binds
