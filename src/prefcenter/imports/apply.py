@@ -35,7 +35,7 @@ from prefcenter.imports.rules import (
 from prefcenter.imports.schemas import CountWithSample
 from prefcenter.metrics import count_consent_change
 from prefcenter.topics.schemas import TopicKind
-from prefcenter.webhooks.queue import queue_many_deliveries
+from prefcenter.webhooks.queue_bulk import queue_many_deliveries
 from prefcenter.webhooks.rules import EventType
 
 

@@ -34,7 +34,8 @@ from prefcenter.notices.schemas import (
     NotificationOut,
 )
 from prefcenter.problems import Problem
-from prefcenter.webhooks.queue import queue_per_recipient, subscribed
+from prefcenter.webhooks.queue import queue_per_recipient
+from prefcenter.webhooks.queue_bulk import subscribed
 from prefcenter.webhooks.rules import EventType
 
 _DELIVERIES = NoticeDelivery.__table__  # type: ignore[attr-defined]

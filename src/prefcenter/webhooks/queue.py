@@ -1,6 +1,7 @@
 """Owns queuing webhook deliveries in the transaction of the change they tell of: one outbox
 row per endpoint that is enabled and subscribed to the type, none when no endpoint is (one
-indexed query), written set-based (one statement per change, per import batch, per replay).
+indexed query), written set-based (one statement per change, per replay; many events at once,
+as an import batch's: webhooks.queue_bulk).
 
 A delivery of an audit event carries only its type; the worker reads the event itself when
 it sends (delivery.webhooks): its `seq` exists only once the change commits. A contact's
@@ -13,8 +14,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable, Sequence
-from contextlib import closing
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +27,6 @@ from sqlmodel import Session
 
 from prefcenter.audit.canonical import format_time
 from prefcenter.db import UtcDateTime
-from prefcenter.driver import postgres_cursor
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
 from prefcenter.webhooks.models import WebhookEndpoint, WebhookEndpointEvent
@@ -36,7 +35,8 @@ from prefcenter.webhooks.rules import EVERY_TYPE, EventType, types_of_event, web
 _MESSAGES = OutboxMessage.__table__  # type: ignore[attr-defined]
 _ENDPOINTS = WebhookEndpoint.__table__  # type: ignore[attr-defined]
 _SUBSCRIBED = WebhookEndpointEvent.__table__  # type: ignore[attr-defined]
-_COLUMNS = (
+# The outbox columns a delivery's INSERT … SELECT writes, in its order.
+DELIVERY_COLUMNS = (
     "kind",
     "message_id",
     "cause_event_id",
@@ -138,7 +138,7 @@ def queue_event_deliveries(
     wanted = _wanted([(t, webhook_id_of(event_id, t), {"type": t.value}) for t in types])
     session.execute(
         core_insert(_MESSAGES).from_select(
-            list(_COLUMNS),
+            list(DELIVERY_COLUMNS),
             _rows_for(wanted, cause_event_id=literal(event_id, String()), contact_id=None, now=now),
         )
     )
@@ -152,7 +152,7 @@ def _contact_deliveries(count: int) -> TextClause:
     values = ", ".join(f"({n}, :type{n}, :id{n}, :payload{n})" for n in range(count))
     statement = text(
         f"""WITH wanted (ord, type, webhook_id, payload) AS (VALUES {values})
-INSERT INTO outbox_message ({", ".join(_COLUMNS)})
+INSERT INTO outbox_message ({", ".join(DELIVERY_COLUMNS)})
 SELECT '{OutboxKind.WEBHOOK.value}', wanted.webhook_id || '@' || CAST(e.id AS VARCHAR), :event,
     wanted.payload, '{OutboxStatus.QUEUED.value}', :now, :now, 0,
     CAST(e.id AS VARCHAR) || ':' || :contact, e.id
@@ -207,112 +207,10 @@ def queue_inline_delivery(
     wanted = _wanted([(event_type, webhook_id, payload)])
     session.execute(
         core_insert(_MESSAGES).from_select(
-            list(_COLUMNS),
+            list(DELIVERY_COLUMNS),
             _rows_for(wanted, cause_event_id=literal(None, String()), contact_id=None, now=now),
         )
     )
-
-
-# --- many events at once: an import batch ----------------------------------------------
-
-
-def subscribed(session: Session, event_type: EventType, *, every: bool = True) -> bool:
-    """Whether any enabled endpoint wants `event_type` (one indexed query); with `every`
-    false, only those that name it (not `*`)."""
-    if every:
-        return subscribed_any(session, [event_type])
-    return _any_endpoint(session, _SUBSCRIBED.c.event_type == event_type.value)
-
-
-def subscribed_any(session: Session, event_types: Iterable[EventType]) -> bool:
-    """Whether any enabled endpoint wants any of `event_types` (one indexed query for them
-    all: a batch's events are of several types)."""
-    wanted = sorted({t.value for t in event_types})
-    if not wanted:
-        return False
-    return _any_endpoint(session, _SUBSCRIBED.c.event_type.in_([*wanted, EVERY_TYPE]))
-
-
-def _any_endpoint(session: Session, condition: Any) -> bool:
-    found = session.execute(
-        core_select(_SUBSCRIBED.c.endpoint_id)
-        .select_from(
-            _SUBSCRIBED.join(
-                _ENDPOINTS,
-                (_ENDPOINTS.c.id == _SUBSCRIBED.c.endpoint_id) & _ENDPOINTS.c.enabled,
-            )
-        )
-        .where(condition)
-        .limit(1)
-    ).first()
-    return found is not None
-
-
-def queue_many_deliveries(
-    session: Session,
-    events: Sequence[tuple[str, str]],
-    *,
-    event_type: EventType,
-    now: datetime,
-) -> None:
-    """The deliveries of many audit events of one type ((event id, contact id) each, in
-    `seq` order), set-based: the events are staged in a TEMP table (COPY on PostgreSQL) and
-    one INSERT … SELECT joins them with the endpoints that want the type. Nothing at all
-    when none does."""
-    if not events or not subscribed(session, event_type):
-        return
-    postgres = session.get_bind().dialect.name == "postgresql"
-    suffix = "." + event_type.value
-    if postgres:
-        session.execute(
-            text(
-                "CREATE TEMP TABLE webhook_stage (ord integer, event_id text, contact_id text) "
-                "ON COMMIT DROP"
-            )
-        )
-        with (
-            closing(postgres_cursor(session.connection())) as cursor,
-            cursor.copy("COPY webhook_stage (ord, event_id, contact_id) FROM STDIN") as copy,
-        ):
-            for number, (event_id, contact_id) in enumerate(events):
-                copy.write_row((number, event_id, contact_id))
-        payload = "CAST(:payload AS JSON)"
-    else:
-        session.execute(text("DROP TABLE IF EXISTS temp.webhook_stage"))
-        session.execute(
-            text("CREATE TEMP TABLE webhook_stage (ord INTEGER, event_id TEXT, contact_id TEXT)")
-        )
-        session.connection().exec_driver_sql(
-            "INSERT INTO temp.webhook_stage (ord, event_id, contact_id) VALUES (?, ?, ?)",
-            [
-                (number, event_id, contact_id)
-                for number, (event_id, contact_id) in enumerate(events)
-            ],
-        )
-        payload = ":payload"
-    session.execute(
-        text(
-            f"INSERT INTO outbox_message ({', '.join(_COLUMNS)}) "  # noqa: S608
-            f"SELECT :kind, 'msg_' || w.event_id || :suffix || '@' || CAST(e.id AS TEXT), "
-            f"w.event_id, {payload}, :status, :now, :now, 0, "
-            "CAST(e.id AS TEXT) || ':' || w.contact_id, e.id "
-            "FROM webhook_stage AS w "
-            "JOIN webhook_endpoint_event AS s ON s.event_type IN (:type, :every) "
-            "JOIN webhook_endpoint AS e ON e.id = s.endpoint_id AND e.enabled "
-            "ORDER BY w.ord, e.id"
-        ).bindparams(bindparam("now", type_=UtcDateTime())),
-        {
-            "kind": OutboxKind.WEBHOOK.value,
-            "suffix": suffix,
-            "payload": orjson.dumps({"type": event_type.value}).decode(),
-            "status": OutboxStatus.QUEUED.value,
-            "now": now,
-            "type": event_type.value,
-            "every": EVERY_TYPE,
-        },
-    )
-    if not postgres:
-        session.execute(text("DROP TABLE IF EXISTS temp.webhook_stage"))
 
 
 # --- in the one-click's single statement (consent.ledger.lane) ------------------------
@@ -334,7 +232,7 @@ def guarded_queue_pg(
         params[f"h_id{n}"] = webhook_id_of(event_id, event_type)
         params[f"h_payload{n}"] = orjson.dumps({"type": event_type.value}).decode()
     cte = f""", hooks AS (
-    INSERT INTO outbox_message ({", ".join(_COLUMNS)})
+    INSERT INTO outbox_message ({", ".join(DELIVERY_COLUMNS)})
     SELECT '{OutboxKind.WEBHOOK.value}', t.webhook_id || '@' || e.id, %(h_event)s,
         t.payload::json, '{OutboxStatus.QUEUED.value}', %(h_now)s, %(h_now)s, 0,
         e.id || ':' || %(h_contact)s, e.id
@@ -398,7 +296,7 @@ def queue_per_recipient(
     endpoint that asks for them by name gets them."""
     session.execute(
         core_insert(_MESSAGES).from_select(
-            list(_COLUMNS),
+            list(DELIVERY_COLUMNS),
             _rows_for(
                 wanted,
                 cause_event_id=literal(cause_event_id, String()),

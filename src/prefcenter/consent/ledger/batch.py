@@ -56,7 +56,8 @@ from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
-from prefcenter.webhooks.queue import queue_change_deliveries, subscribed_any
+from prefcenter.webhooks.queue import queue_change_deliveries
+from prefcenter.webhooks.queue_bulk import subscribed_any
 from prefcenter.webhooks.rules import types_of_event
 
 _SUBSCRIPTION = Subscription.__table__  # type: ignore[attr-defined]
