@@ -17,15 +17,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-import orjson
-from sqlalchemy import Integer, String, select
-from sqlalchemy.dialects import sqlite
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.prepared import PreparedEvent
@@ -34,6 +31,14 @@ from prefcenter.audit.service import append_prepared
 from prefcenter.consent.contact_creation import InsertedContacts, inserting_contacts
 from prefcenter.consent.erased import AddressErased
 from prefcenter.consent.ledger.batch_events import BatchEvents
+from prefcenter.consent.ledger.batch_rows import (
+    LockedContact,
+    StoredRows,
+    lock_contacts,
+    read_subscriptions,
+    read_suppressions,
+    writing_rows,
+)
 from prefcenter.consent.ledger.changes import (
     BoundNotice,
     ChangeRecord,
@@ -45,13 +50,9 @@ from prefcenter.consent.ledger.changes import (
     suppression_change,
 )
 from prefcenter.consent.ledger.notices import bound_notice
-from prefcenter.consent.ledger.sql import among, postgres_session
 from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
-from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import CurrentState, Decision, Outcome, RequestedChange
 from prefcenter.contacts.addresses import Address
-from prefcenter.contacts.models import Contact
-from prefcenter.driver import PostgresCursor, postgres_cursor, postgres_pipeline
 from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem
 from prefcenter.topics.models import Topic
@@ -59,11 +60,6 @@ from prefcenter.topics.schemas import TopicKind
 from prefcenter.webhooks.queue import queue_change_deliveries
 from prefcenter.webhooks.queue_bulk import subscribed_any
 from prefcenter.webhooks.rules import types_of_event
-
-_SUBSCRIPTION = Subscription.__table__  # type: ignore[attr-defined]
-_SUPPRESSION = Suppression.__table__  # type: ignore[attr-defined]
-_SUBSCRIPTION_KEY = ("contact_id", "topic_id")
-_SUPPRESSION_KEY = ("contact_id",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,26 +84,6 @@ class BatchWritten:
     subscription_event_id: str | None
     event_kind: str
     to_status: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Contact:
-    id: int
-    public_id: str
-    address: str
-
-
-@dataclass(slots=True)
-class _Rows:
-    """The stored rows of one table for the batch's contacts, as the batch leaves them."""
-
-    by_key: dict[tuple[Any, ...], dict[str, Any]]
-    written: set[tuple[Any, ...]] = field(default_factory=set)
-
-    def set(self, key: tuple[Any, ...], values: dict[str, Any]) -> dict[str, Any]:
-        row = self.by_key[key] = {**self.by_key.get(key, {}), **values}
-        self.written.add(key)
-        return row
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +133,11 @@ def apply_changes(
     if any(change.address.normalised not in given for change in changes):
         raise ValueError("a change's address was not among the contacts inserted")
     erased = inserted.contacts.erased
-    contacts = _lock_contacts(session, [a for a in given if a not in erased])
+    contacts = lock_contacts(session, [a for a in given if a not in erased])
     ids = [c.id for c in contacts.values()]
     topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
-    subscriptions = _Rows(_read_rows(session, _SUBSCRIPTION, ids, topic_ids=topic_ids))
-    suppressions = _Rows(_read_rows(session, _SUPPRESSION, ids))
+    subscriptions = read_subscriptions(session, ids, topic_ids)
+    suppressions = read_suppressions(session, ids)
     # The notices the batch's topics are bound to, read once each (re-consent).
     topics = {c.topic.key: c.topic for c in changes if c.topic is not None}
     bound = {key: bound_notice(session, topic.notice_key) for key, topic in topics.items()}
@@ -182,7 +158,7 @@ def apply_changes(
     events: list[PreparedEvent] = []
     counted: Counter[tuple[str, str]] = Counter()
     # The rows are written first; on PostgreSQL without waiting, while the events are made.
-    with _writing_rows(session, subscriptions, suppressions):
+    with writing_rows(session, subscriptions, suppressions):
         if changes:
             builder = BatchEvents(keys, actor=changes[0].record.actor)
             for index, result in enumerate(results):
@@ -207,7 +183,7 @@ class _Decided:
     """A change decided and its rows set, its event yet to be made."""
 
     event_id: str
-    contact: _Contact
+    contact: LockedContact
     topic_key: str | None
     requested: RequestedChange
     record: ChangeRecord
@@ -215,32 +191,12 @@ class _Decided:
     subscription_event_id: str | None
 
 
-@contextmanager
-def _writing_rows(session: Session, subscriptions: _Rows, suppressions: _Rows) -> Iterator[None]:
-    """Write the rows the batch changed, as it leaves them; on PostgreSQL sent in pipeline
-    mode when the block starts and awaited when it ends, so the server writes them while the
-    block runs."""
-    if not postgres_session(session):
-        yield
-        _upsert_sqlite(session, _SUBSCRIPTION, _SUBSCRIPTION_KEY, subscriptions)
-        _upsert_sqlite(session, _SUPPRESSION, _SUPPRESSION_KEY, suppressions)
-        return
-    if not subscriptions.written and not suppressions.written:
-        yield
-        return
-    connection = session.connection()
-    with closing(postgres_cursor(connection)) as cursor, postgres_pipeline(connection):
-        _upsert_pg(cursor, _SUBSCRIPTION, subscriptions)
-        _upsert_pg(cursor, _SUPPRESSION, suppressions)
-        yield
-
-
 def _decide_one(
     event_id: str,
-    contact: _Contact,
+    contact: LockedContact,
     change: BatchChange,
-    subscriptions: _Rows,
-    suppressions: _Rows,
+    subscriptions: StoredRows,
+    suppressions: StoredRows,
     *,
     bound: dict[str, BoundNotice | None],
     now: datetime,
@@ -337,95 +293,6 @@ def _suppression_state(row: dict[str, Any] | None) -> CurrentState | None:
     if row is None:
         return None
     return stored_suppression_state(row["suppressed"], row["occurred_at"], row["by_recipient"])
-
-
-def _lock_contacts(session: Session, addresses: list[str]) -> dict[str, _Contact]:
-    """The contacts of these addresses, locked in id order until the transaction ends
-    (PostgreSQL; SQLite's write transaction already excludes other writers)."""
-    if not addresses:
-        return {}
-    postgres = postgres_session(session)
-    query = (
-        select(col(Contact.id), col(Contact.public_id), col(Contact.address))
-        .where(
-            among(col(Contact.address), addresses, String(), postgres=postgres),
-            col(Contact.erased_at).is_(None),
-        )
-        .order_by(col(Contact.id))
-    )
-    if postgres:
-        query = query.with_for_update()
-    return {
-        address: _Contact(id=row_id, public_id=public_id, address=address)
-        for row_id, public_id, address in session.execute(query)
-    }
-
-
-def _read_rows(
-    session: Session,
-    table: Any,
-    contact_ids: list[int],
-    *,
-    topic_ids: set[int] | None = None,
-) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The stored rows of these contacts (and topics), whole, by their key."""
-    if not contact_ids or topic_ids == set():
-        return {}
-    postgres = postgres_session(session)
-    query = select(table).where(
-        among(table.c.contact_id, contact_ids, Integer(), postgres=postgres)
-    )
-    if topic_ids is not None:
-        query = query.where(table.c.topic_id.in_(sorted(topic_ids)))
-    key = _SUBSCRIPTION_KEY if topic_ids is not None else _SUPPRESSION_KEY
-    return {tuple(row[k] for k in key): dict(row) for row in session.execute(query).mappings()}
-
-
-def _upsert_pg(cursor: PostgresCursor, table: Any, rows: _Rows) -> None:
-    """Every written row as the batch leaves it, in one INSERT … ON CONFLICT DO UPDATE with
-    the rows as one JSON parameter: an executemany would be one round trip per row, and an
-    array per column goes through the driver's pure-Python list dumper element by element."""
-    if not rows.written:
-        return
-    columns = [c.name for c in table.columns]
-    ordered = [rows.by_key[k] for k in sorted(rows.written)]
-    cursor.execute(
-        _JSON_UPSERT[table.name],
-        {"rows": orjson.dumps([{c: row[c] for c in columns} for row in ordered]).decode()},
-    )
-
-
-def _upsert_sqlite(session: Session, table: Any, key: tuple[str, ...], rows: _Rows) -> None:
-    """Every written row as the batch leaves it, in one INSERT … ON CONFLICT DO UPDATE."""
-    if not rows.written:
-        return
-    columns = [c.name for c in table.columns]
-    ordered = [rows.by_key[k] for k in sorted(rows.written)]
-    statement = sqlite.insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=list(key),
-        set_={c: statement.excluded[c] for c in columns if c not in key},
-    )
-    session.execute(statement, [{c: row[c] for c in columns} for row in ordered])
-
-
-def _json_upsert(table: Any, key: tuple[str, ...]) -> str:
-    """`INSERT … SELECT FROM json_populate_recordset(<the rows as one JSON array>) ON CONFLICT
-    DO UPDATE` of `table` (PostgreSQL): the server parses the rows into the table's own
-    column types."""
-    columns = ", ".join(c.name for c in table.columns)
-    updates = ", ".join(f"{c.name} = excluded.{c.name}" for c in table.columns if c.name not in key)
-    return (
-        f"INSERT INTO {table.name} ({columns}) "  # noqa: S608  (the models' names)
-        f"SELECT {columns} FROM json_populate_recordset(NULL::{table.name}, %(rows)s::json) "
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
-    )
-
-
-_JSON_UPSERT = {
-    _SUBSCRIPTION.name: _json_upsert(_SUBSCRIPTION, _SUBSCRIPTION_KEY),
-    _SUPPRESSION.name: _json_upsert(_SUPPRESSION, _SUPPRESSION_KEY),
-}
 
 
 def _queue_deliveries(

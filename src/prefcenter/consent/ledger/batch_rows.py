@@ -1,0 +1,167 @@
+"""Owns the rows a batch of consent changes reads and writes (consent.ledger.batch): its
+contacts locked in id order, their subscriptions and contact-wide opt-outs read whole, kept as
+the batch's decisions leave them, and written back set-based, one statement per table (on
+PostgreSQL in pipeline mode, while the batch builds its events)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import Integer, String, select
+from sqlalchemy.dialects import sqlite
+from sqlmodel import Session, col
+
+from prefcenter.consent.ledger.sql import among, postgres_session
+from prefcenter.consent.models import Subscription, Suppression
+from prefcenter.contacts.models import Contact
+from prefcenter.driver import PostgresCursor, postgres_cursor, postgres_pipeline
+
+_SUBSCRIPTION = Subscription.__table__  # type: ignore[attr-defined]
+_SUPPRESSION = Suppression.__table__  # type: ignore[attr-defined]
+_SUBSCRIPTION_KEY = ("contact_id", "topic_id")
+_SUPPRESSION_KEY = ("contact_id",)
+
+
+@dataclass(frozen=True, slots=True)
+class LockedContact:
+    id: int
+    public_id: str
+    address: str
+
+
+@dataclass(slots=True)
+class StoredRows:
+    """The stored rows of one table for the batch's contacts, as the batch leaves them."""
+
+    by_key: dict[tuple[Any, ...], dict[str, Any]]
+    written: set[tuple[Any, ...]] = field(default_factory=set)
+
+    def set(self, key: tuple[Any, ...], values: dict[str, Any]) -> dict[str, Any]:
+        row = self.by_key[key] = {**self.by_key.get(key, {}), **values}
+        self.written.add(key)
+        return row
+
+
+@contextmanager
+def writing_rows(
+    session: Session, subscriptions: StoredRows, suppressions: StoredRows
+) -> Iterator[None]:
+    """Write the rows the batch changed, as it leaves them; on PostgreSQL sent in pipeline
+    mode when the block starts and awaited when it ends, so the server writes them while the
+    block runs."""
+    if not postgres_session(session):
+        yield
+        _upsert_sqlite(session, _SUBSCRIPTION, _SUBSCRIPTION_KEY, subscriptions)
+        _upsert_sqlite(session, _SUPPRESSION, _SUPPRESSION_KEY, suppressions)
+        return
+    if not subscriptions.written and not suppressions.written:
+        yield
+        return
+    connection = session.connection()
+    with closing(postgres_cursor(connection)) as cursor, postgres_pipeline(connection):
+        _upsert_pg(cursor, _SUBSCRIPTION, subscriptions)
+        _upsert_pg(cursor, _SUPPRESSION, suppressions)
+        yield
+
+
+def lock_contacts(session: Session, addresses: list[str]) -> dict[str, LockedContact]:
+    """The contacts of these addresses, locked in id order until the transaction ends
+    (PostgreSQL; SQLite's write transaction already excludes other writers)."""
+    if not addresses:
+        return {}
+    postgres = postgres_session(session)
+    query = (
+        select(col(Contact.id), col(Contact.public_id), col(Contact.address))
+        .where(
+            among(col(Contact.address), addresses, String(), postgres=postgres),
+            col(Contact.erased_at).is_(None),
+        )
+        .order_by(col(Contact.id))
+    )
+    if postgres:
+        query = query.with_for_update()
+    return {
+        address: LockedContact(id=row_id, public_id=public_id, address=address)
+        for row_id, public_id, address in session.execute(query)
+    }
+
+
+def read_subscriptions(session: Session, contact_ids: list[int], topic_ids: set[int]) -> StoredRows:
+    """The subscriptions of these contacts to these topics, as stored."""
+    return StoredRows(_read(session, _SUBSCRIPTION, contact_ids, topic_ids=topic_ids))
+
+
+def read_suppressions(session: Session, contact_ids: list[int]) -> StoredRows:
+    """The contact-wide opt-outs of these contacts, as stored."""
+    return StoredRows(_read(session, _SUPPRESSION, contact_ids))
+
+
+def _read(
+    session: Session,
+    table: Any,
+    contact_ids: list[int],
+    *,
+    topic_ids: set[int] | None = None,
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The stored rows of these contacts (and topics), whole, by their key."""
+    if not contact_ids or topic_ids == set():
+        return {}
+    postgres = postgres_session(session)
+    query = select(table).where(
+        among(table.c.contact_id, contact_ids, Integer(), postgres=postgres)
+    )
+    if topic_ids is not None:
+        query = query.where(table.c.topic_id.in_(sorted(topic_ids)))
+    key = _SUBSCRIPTION_KEY if topic_ids is not None else _SUPPRESSION_KEY
+    return {tuple(row[k] for k in key): dict(row) for row in session.execute(query).mappings()}
+
+
+def _upsert_pg(cursor: PostgresCursor, table: Any, rows: StoredRows) -> None:
+    """Every written row as the batch leaves it, in one INSERT … ON CONFLICT DO UPDATE with
+    the rows as one JSON parameter: an executemany would be one round trip per row, and an
+    array per column goes through the driver's pure-Python list dumper element by element."""
+    if not rows.written:
+        return
+    columns = [c.name for c in table.columns]
+    ordered = [rows.by_key[k] for k in sorted(rows.written)]
+    cursor.execute(
+        _JSON_UPSERT[table.name],
+        {"rows": orjson.dumps([{c: row[c] for c in columns} for row in ordered]).decode()},
+    )
+
+
+def _upsert_sqlite(session: Session, table: Any, key: tuple[str, ...], rows: StoredRows) -> None:
+    """Every written row as the batch leaves it, in one INSERT … ON CONFLICT DO UPDATE."""
+    if not rows.written:
+        return
+    columns = [c.name for c in table.columns]
+    ordered = [rows.by_key[k] for k in sorted(rows.written)]
+    statement = sqlite.insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={c: statement.excluded[c] for c in columns if c not in key},
+    )
+    session.execute(statement, [{c: row[c] for c in columns} for row in ordered])
+
+
+def _json_upsert(table: Any, key: tuple[str, ...]) -> str:
+    """`INSERT … SELECT FROM json_populate_recordset(<the rows as one JSON array>) ON CONFLICT
+    DO UPDATE` of `table` (PostgreSQL): the server parses the rows into the table's own
+    column types."""
+    columns = ", ".join(c.name for c in table.columns)
+    updates = ", ".join(f"{c.name} = excluded.{c.name}" for c in table.columns if c.name not in key)
+    return (
+        f"INSERT INTO {table.name} ({columns}) "  # noqa: S608  (the models' names)
+        f"SELECT {columns} FROM json_populate_recordset(NULL::{table.name}, %(rows)s::json) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+_JSON_UPSERT = {
+    _SUBSCRIPTION.name: _json_upsert(_SUBSCRIPTION, _SUBSCRIPTION_KEY),
+    _SUPPRESSION.name: _json_upsert(_SUPPRESSION, _SUPPRESSION_KEY),
+}
