@@ -25,7 +25,8 @@ Measured, each `--repeat` times:
      httpx while the server's RSS is sampled every 100 ms; the answer's rows and `allowed`
      count are checked against the floor's;
   3. `--big`: the same with 10M addresses (floor too);
-  4. `GET /v1/suppressions` with 1M suppressed (rows added for the measurement, removed after);
+  4. `GET /v1/suppressions` with 1M suppressed (rows added for the measurement, removed after),
+     beside its floor: the same rows by one `COPY … TO STDOUT (FORMAT csv)` read through psql;
   5. `GET /v1/topics/offers/audience` (every contact neither opted out nor suppressed);
   6. `POST /v1/eligibility` with 10,000 addresses, `--calls` times one after another: p50/p99,
      and the CPU time per call of the server and of its PostgreSQL backends (`--only-calls`:
@@ -41,6 +42,7 @@ import random
 import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -441,6 +443,48 @@ def floor_postgres(target: Target, addresses: AddressFile) -> Answer:
     return Answer(seconds, rows, allowed, postgres_cpu_s=pg_cpu)
 
 
+# The suppressions' export done raw: the same rows (address, reason, time; opt-outs and
+# bounces in contact order) written by PostgreSQL's own CSV `COPY` and read by psql, the
+# client that adds nothing per row, into a pipe read here in large blocks.
+_FLOOR_SUPPRESSIONS = (
+    "COPY (SELECT address, reason, since FROM ("
+    "SELECT s.contact_id, 0 AS rank, coalesce(c.address_display, c.address) AS address, "
+    "'unsubscribed_all' AS reason, s.since FROM suppression s "
+    "JOIN contact c ON c.id = s.contact_id WHERE s.suppressed "
+    "UNION ALL SELECT b.contact_id, 1, coalesce(c.address_display, c.address), 'bounced', "
+    "b.since FROM bounce b JOIN contact c ON c.id = b.contact_id WHERE b.bounced"
+    ") AS rows ORDER BY contact_id, rank) TO STDOUT (FORMAT csv, HEADER)"
+)
+
+
+def floor_suppressions(target: Target) -> Answer:
+    """psql: the suppressions' CSV by one `COPY … TO STDOUT`, read from psql's stdout."""
+    started = time.monotonic()
+    psql = subprocess.Popen(
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            target.libpq_url,
+            "-c",
+            "SET TIME ZONE 'UTC'",
+            "-c",
+            _FLOOR_SUPPRESSIONS,
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert psql.stdout is not None
+    rows = 0
+    while block := psql.stdout.read(1 << 20):
+        rows += block.count(b"\n")
+    if psql.wait() != 0:
+        raise RuntimeError(f"psql failed ({psql.returncode})")
+    return Answer(time.monotonic() - started, rows - 1, 0)
+
+
 def floor_sqlite(target: Target, addresses: AddressFile) -> Answer:
     """sqlite3: executemany into a temp table, one join, every row fetched in order."""
     connection = sqlite3.connect(target.sqlite_file)
@@ -774,23 +818,36 @@ def stream_and_exports(
     with extra_suppressions(target, suppressed if "suppressions" in parts else 0) as n:
         goal_s = GOAL_SUPPRESSIONS_S * n / SUPPRESSED_FOR_EXPORT
         for attempt in range(args.repeat if "suppressions" in parts else 0):
+            supp_floor = None if target.is_sqlite else floor_suppressions(target)
+            if supp_floor is not None:
+                print(
+                    f"floor, suppressions: {supp_floor.seconds:.2f} s "
+                    f"({supp_floor.rows:,} rows; psql, one COPY … TO STDOUT (FORMAT csv))"
+                )
             answer = download(server, target, headers, "/v1/suppressions")
             print(
                 f"suppressions ({n:,} suppressed): {answer.seconds:.2f} s, "
                 f"{answer.rows:,} rows ({answer.rows / answer.seconds:,.0f}/s); CPU s: "
                 f"server {answer.server_cpu_s:.1f}, postgres {answer.postgres_cpu_s:.1f}"
+                + (
+                    ""
+                    if supp_floor is None
+                    else f"; {answer.seconds / supp_floor.seconds:.2f}× the floor"
+                )
             )
             figures.append(
                 Figure(
                     f"suppressions {n / 1e6:g}M (#{attempt + 1})",
                     f"≤ {goal_s:g} s",
                     f"{answer.seconds:.2f} s",
-                    "-",
-                    "-",
+                    "-" if supp_floor is None else f"{supp_floor.seconds:.2f} s",
+                    "-" if supp_floor is None else f"{answer.seconds / supp_floor.seconds:.2f}",
                     _met(answer.seconds <= goal_s if not target.is_sqlite else None),
                 )
             )
-            record.setdefault("suppressions", []).append(vars(answer))
+            record.setdefault("suppressions", []).append(
+                {**vars(answer), "floor": None if supp_floor is None else vars(supp_floor)}
+            )
     goal_s = GOAL_AUDIENCE_S * counts["contact"] / REFERENCE_CONTACTS
     for attempt in range(args.repeat if "audience" in parts else 0):
         answer = download(server, target, headers, f"/v1/topics/{AUDIENCE_TOPIC}/audience")
