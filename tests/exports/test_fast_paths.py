@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from prefcenter.bounces.models import Bounce
 from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
+from prefcenter.driver import postgres_cursor
 from prefcenter.exports import chunks, ranges
 from prefcenter.exports.chunks import csv_timestamp
 from prefcenter.exports.schemas import SUPPRESSIONS_HEADER
@@ -108,14 +110,18 @@ def _collected(stream: AsyncIterator[bytes]) -> bytes:
 
 
 class TestPostgresSuppressionsBytes:
+    @pytest.mark.parametrize("plan", ["_SUPPRESSIONS_PLAN", "_DENSE_SUPPRESSIONS_PLAN"])
     def test_are_the_python_writers_bytes(
-        self, monkeypatch: pytest.MonkeyPatch, database: Database
+        self, monkeypatch: pytest.MonkeyPatch, database: Database, plan: str
     ) -> None:
         """Every awkward address as a suppressed contact's display form, some bounced too,
         some only bounced, one erased; timestamps with and without a fraction; ranges of
-        three contact ids, some without a row."""
+        three contact ids, some without a row. Every range planned as `plan` (a probe into
+        `contact` for each row, or a merge of the key indexes)."""
         _on_postgres(database)
         monkeypatch.setattr(ranges, "EXPORT_RANGE", 3)
+        for settings in ("_SUPPRESSIONS_PLAN", "_DENSE_SUPPRESSIONS_PLAN"):
+            monkeypatch.setattr(ranges, settings, getattr(ranges, plan))
         base = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         with database.transaction(write=True) as session:
             for i, cell in enumerate(AWKWARD_CELLS):
@@ -154,3 +160,43 @@ class TestPostgresSuppressionsBytes:
         assert b"erased" in python
         assert b"bounced" in python
         assert built_by_postgres == python
+
+
+class TestPostgresSuppressionsPlan:
+    def test_ranges_with_many_rows_are_merged(
+        self, monkeypatch: pytest.MonkeyPatch, database: Database
+    ) -> None:
+        """Ranges of ten contact ids, dense from two rows: opt-outs and bounces both count."""
+        _on_postgres(database)
+        monkeypatch.setattr(ranges, "EXPORT_RANGE", 10)
+        at = datetime(2026, 1, 2, tzinfo=UTC)
+        with database.transaction(write=True) as session:
+            ids = []
+            for i in range(30):
+                contact = make_contact(session, f"d{i}@example.com", now=at)
+                assert contact.id is not None
+                ids.append(contact.id)
+            for i in (0, 1, 12):
+                make_change(session, f"d{i}@example.com", "unsubscribed", now=at)
+            for i in (20, 21):
+                session.add(
+                    Bounce(
+                        contact_id=ids[i],
+                        bounced=True,
+                        occurred_at=at,
+                        since=at,
+                        source="admin",
+                        event_id=f"bounce-{i}",
+                    )
+                )
+        plan = ranges.suppressions_plan(database)
+        with (
+            database.transaction(write=False) as session,
+            closing(postgres_cursor(session.connection())) as cursor,
+        ):
+            chosen = [plan(cursor, ids[first] - 1) for first in (0, 10, 20)]
+        assert chosen == [
+            ranges._DENSE_SUPPRESSIONS_PLAN,
+            ranges._SUPPRESSIONS_PLAN,
+            ranges._DENSE_SUPPRESSIONS_PLAN,
+        ]
