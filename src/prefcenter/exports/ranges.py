@@ -355,16 +355,22 @@ async def stream_ranges(
     in_flight: deque[asyncio.Task[tuple[bytes, int]]] = deque()
     low = 0
     last = EXPORT_RANGE  # until the first range says
+
+    def start_ranges() -> None:
+        nonlocal low
+        while len(in_flight) < _IN_FLIGHT and low < last:
+            in_flight.append(
+                asyncio.ensure_future(_range_in_thread(database, statement, plan, low))
+            )
+            low += EXPORT_RANGE
+
     try:
-        while True:
-            while len(in_flight) < _IN_FLIGHT and low < last:
-                in_flight.append(
-                    asyncio.ensure_future(_range_in_thread(database, statement, plan, low))
-                )
-                low += EXPORT_RANGE
-            if not in_flight:
-                return
+        start_ranges()
+        while in_flight:
             text, last = await in_flight.popleft()
+            # Before this range is sent: the database works on the next ones while the
+            # client reads it.
+            start_ranges()
             if text:
                 yield text
     finally:
