@@ -60,6 +60,12 @@ class TestPostgresCsv:
             datetime(2026, 11, 25, 10, 0, 0, 1, tzinfo=UTC),
             datetime(2026, 1, 2, 3, 4, 5, 678900, tzinfo=UTC),
             datetime(2026, 1, 2, 3, 4, 5, 100000, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 120000, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 123400, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 123450, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
+            datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
         ],
     )
     def test_timestamp_sql_is_what_python_writes(

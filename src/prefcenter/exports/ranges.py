@@ -112,8 +112,11 @@ def csv_cell_sql(value: Sql, *, may_need_quotes: bool = True) -> ColumnElement[s
     """SQL for `csv_cells.spreadsheet_safe(value)` written as one CSV cell, quoted where
     Python's csv module quotes (a delimiter, quote, CR or LF in it). `may_need_quotes=False`
     skips that check, for values whose alphabet has none of those characters."""
-    # The first character's code point: an integer comparison, far cheaper per row than text.
-    safe = case((func.ascii(value).in_(_FORMULA_CODES), literal("'") + value), else_=value)
+    # The first character's code point: an integer comparison, far cheaper per row than text;
+    # and most values start past every formula start, which one comparison says.
+    first = func.ascii(value)
+    formula = and_(first <= max(_FORMULA_CODES), first.in_(_FORMULA_CODES))
+    safe = case((formula, literal("'") + value), else_=value)
     if not may_need_quotes:
         return safe
     # Asked of the value, not of `safe` (the same answer: `'` is none of the four), so that
@@ -138,16 +141,12 @@ def timestamp_text(value: Sql) -> ColumnElement[str]:
 def rfc3339_sql(text: Sql) -> ColumnElement[str]:
     """SQL for `chunks.csv_timestamp` from `timestamp_text`: RFC 3339, microseconds only when
     not zero (Python writes all six digits: the cut zeros are put back)."""
-    iso = func.replace(text, " ", "T")
     whole_seconds = len("2026-01-01T00:00:00")
     with_micros = len("2026-01-01T00:00:00.000000")
-    return (
-        case(
-            (func.length(text) > whole_seconds, func.rpad(iso, with_micros, "0")),
-            else_=iso,
-        )
-        + "Z"
-    )
+    # Lengths in bytes (the text is ASCII): counting characters costs more, as does `rpad`.
+    length = func.octet_length(text)
+    zeros = func.repeat("0", with_micros - length)
+    return func.replace(text, " ", "T") + case((length > whole_seconds, zeros + "Z"), else_="Z")
 
 
 def timestamp_sql(value: Sql) -> ColumnElement[str]:
