@@ -21,7 +21,7 @@ from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
 from prefcenter.driver import postgres_cursor
-from prefcenter.exports import chunks, ranges
+from prefcenter.exports import chunks, ranges, suppression_ranges
 from prefcenter.exports.chunks import csv_timestamp
 from prefcenter.exports.schemas import SUPPRESSIONS_HEADER
 from tests.csv_cases import AWKWARD_CELLS, python_csv
@@ -116,7 +116,7 @@ def _collected(stream: AsyncIterator[bytes]) -> bytes:
 
 
 class TestPostgresSuppressionsBytes:
-    @pytest.mark.parametrize("plan", ["_SUPPRESSIONS_PLAN", "_DENSE_SUPPRESSIONS_PLAN"])
+    @pytest.mark.parametrize("plan", ["_SPARSE_PLAN", "_DENSE_PLAN"])
     def test_are_the_python_writers_bytes(
         self, monkeypatch: pytest.MonkeyPatch, database: Database, plan: str
     ) -> None:
@@ -126,8 +126,8 @@ class TestPostgresSuppressionsBytes:
         `contact` for each row, or a merge of the key indexes)."""
         _on_postgres(database)
         monkeypatch.setattr(ranges, "EXPORT_RANGE", 3)
-        for settings in ("_SUPPRESSIONS_PLAN", "_DENSE_SUPPRESSIONS_PLAN"):
-            monkeypatch.setattr(ranges, settings, getattr(ranges, plan))
+        for settings in ("_SPARSE_PLAN", "_DENSE_PLAN"):
+            monkeypatch.setattr(suppression_ranges, settings, getattr(suppression_ranges, plan))
         base = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         with database.transaction(write=True) as session:
             for i, cell in enumerate(AWKWARD_CELLS):
@@ -162,7 +162,7 @@ class TestPostgresSuppressionsBytes:
         python = _collected(
             chunks.stream_csv(database, SUPPRESSIONS_HEADER, chunks.read_suppressions)
         )
-        built_by_postgres = _collected(ranges.suppressions_ranges(database))
+        built_by_postgres = _collected(suppression_ranges.suppressions_ranges(database))
         assert b"erased" in python
         assert b"bounced" in python
         assert built_by_postgres == python
@@ -195,14 +195,14 @@ class TestPostgresSuppressionsPlan:
                         event_id=f"bounce-{i}",
                     )
                 )
-        plan = ranges.suppressions_plan(database)
+        plan = suppression_ranges.suppressions_plan(database)
         with (
             database.transaction(write=False) as session,
             closing(postgres_cursor(session.connection())) as cursor,
         ):
             chosen = [plan(cursor, ids[first] - 1) for first in (0, 10, 20)]
         assert chosen == [
-            ranges._DENSE_SUPPRESSIONS_PLAN,
-            ranges._SUPPRESSIONS_PLAN,
-            ranges._DENSE_SUPPRESSIONS_PLAN,
+            suppression_ranges._DENSE_PLAN,
+            suppression_ranges._SPARSE_PLAN,
+            suppression_ranges._DENSE_PLAN,
         ]

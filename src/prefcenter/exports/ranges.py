@@ -1,7 +1,8 @@
 """Owns the exports' PostgreSQL path: the database writes each CSV row as one text value, one
 range of contact ids per query, so Python only fetches and joins strings (SQLite streams the
 keyset chunks of `chunks`). The suppressions' rows come joined already, one text value a
-range: a row fetched costs both the database and the driver more than its text does.
+range (`suppression_ranges`): a row fetched costs both the database and the driver more than
+its text does.
 
 Each range (`contact.id` in `(low, low + EXPORT_RANGE]`) is one query in a short read
 transaction of its own, in id order: memory is bounded by the range's width, no snapshot is
@@ -33,20 +34,15 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    false,
     func,
     literal,
     or_,
     select,
-    true,
-    union_all,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Mapped
 from sqlalchemy.sql import ClauseElement
 from sqlmodel import Session, col
 
-from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import FORMULA_STARTS
@@ -60,7 +56,7 @@ from prefcenter.exports.conditions import (
     reconsent_where,
     topic_model,
 )
-from prefcenter.exports.schemas import AUDIENCE_HEADER, SUPPRESSIONS_HEADER, SuppressionReason
+from prefcenter.exports.schemas import AUDIENCE_HEADER
 from prefcenter.notices.rules import Reconsent
 from prefcenter.topics.models import Topic
 
@@ -80,30 +76,10 @@ _HIGH = bindparam("high", 0, type_=Integer)
 # parallel workers compete with the next range for the same cores. The statement's text is
 # the same for every range (its bounds are parameters), so the driver prepares it after a few
 # executions: it is still planned for each range's own bounds, not once for any bounds.
-_RANGE_PLAN = (
+RANGE_PLAN = (
     "SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0; "
     "SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL plan_cache_mode = force_custom_plan"
 )
-# The range's suppressions are sorted for the aggregate's order (`_suppressions_range`): ~60
-# bytes of text a row, past the default 4 MB for a range of suppressions only, which then
-# spills to disk. Never a hash join, for which the planner would read every contact of the
-# range into a hash table (measured: 3-4 times slower). It misjudges the two range conditions
-# on each join as independent and expects a fiftieth of the rows there are, so which join is
-# chosen here, by how many rows the range holds (`suppressions_plan`).
-_SUPPRESSIONS_SETTINGS = "; SET LOCAL work_mem = '32MB'; SET LOCAL enable_hashjoin = off"
-# Few rows (suppressions are a few percent of contacts): walk them and probe `contact` by key.
-_SUPPRESSIONS_PLAN = _RANGE_PLAN + _SUPPRESSIONS_SETTINGS + "; SET LOCAL enable_mergejoin = off"
-# Many rows: walk both key indexes in order and merge them, rather than probe `contact`'s
-# index for each row. PostgreSQL CPU, 5M contacts: ranges of 100,000 ids all suppressed, 1.4
-# against 2.2 µs a row; one in twenty suppressed, 30 against 25 ms a range. Not a bitmap scan
-# of the rows, which would then be sorted for the merge (measured 10% slower).
-_DENSE_SUPPRESSIONS_PLAN = (
-    _RANGE_PLAN + _SUPPRESSIONS_SETTINGS + "; SET LOCAL enable_nestloop = off"
-    "; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off"
-)
-# A range is dense from one row (opt-out or bounce) for every `_DENSE_SHARE` contact ids on,
-# about where the two plans cost the same by the figures above.
-_DENSE_SHARE = 10
 # A column as the models give it, or an expression over columns.
 Sql = ColumnElement[Any] | Mapped[Any]
 
@@ -125,7 +101,7 @@ def csv_cell_sql(value: Sql, *, may_need_quotes: bool = True) -> ColumnElement[s
     return case((needs_quotes, '"' + func.replace(safe, '"', '""') + '"'), else_=safe)
 
 
-def _csv_line(*cells: ColumnElement[str]) -> ColumnElement[str]:
+def csv_line(*cells: ColumnElement[str]) -> ColumnElement[str]:
     line = cells[0]
     for cell in cells[1:]:
         line = line + "," + cell
@@ -134,7 +110,7 @@ def _csv_line(*cells: ColumnElement[str]) -> ColumnElement[str]:
 
 def timestamp_text(value: Sql) -> ColumnElement[str]:
     """A timestamp's text in UTC in the ISO date style (set for the transaction, see
-    `_RANGE_PLAN`): `2026-01-02 03:04:05.6789`, the fraction's trailing zeros cut."""
+    `RANGE_PLAN`): `2026-01-02 03:04:05.6789`, the fraction's trailing zeros cut."""
     return cast(func.timezone("UTC", value), Text)
 
 
@@ -152,71 +128,6 @@ def rfc3339_sql(text: Sql) -> ColumnElement[str]:
 def timestamp_sql(value: Sql) -> ColumnElement[str]:
     """SQL for `chunks.csv_timestamp`: far cheaper per row than `to_char`."""
     return rfc3339_sql(timestamp_text(value))
-
-
-def _suppressions_range(low: ColumnElement[int], high: ColumnElement[int]) -> Select[str]:
-    """The range's opt-outs and bounces, a row each, in contact order (the opt-out first), as
-    one text value: a row a range for the driver to hand over, not a row a suppression.
-
-    Each branch reads its values in a subquery the planner keeps (`OFFSET 0`), and the CSV
-    line is written over that subquery's columns: inlined, the address and the timestamp's
-    text would be computed again for every test and branch of the line's expression."""
-    # An erased contact is counted without an address (`SuppressionReason.ERASED`).
-    erased = col(Contact.erased_at).is_not(None)
-    # contact_id, rank, erased, address, reason, since (`timestamp_text`)
-    opted_out: Select[int, int, bool, str, str, str] = (
-        select(
-            col(Suppression.contact_id).label("contact_id"),
-            literal(0).label("rank"),
-            erased.label("erased"),
-            contact_address().label("address"),
-            case(
-                (erased, literal(SuppressionReason.ERASED.value)),
-                else_=literal(SuppressionReason.UNSUBSCRIBED_ALL.value),
-            ).label("reason"),
-            # The erasure for an erased contact, the opt-out for the others.
-            timestamp_text(func.coalesce(col(Contact.erased_at), col(Suppression.since))).label(
-                "since"
-            ),
-        )
-        .select_from(Contact)
-        .join(Suppression, col(Suppression.contact_id) == col(Contact.id))
-        .where(
-            # The range on both sides of the join, so that each is read from its key index.
-            col(Suppression.contact_id) > low,
-            col(Suppression.contact_id) <= high,
-            col(Contact.id) > low,
-            col(Contact.id) <= high,
-            col(Suppression.suppressed) == true(),
-        )
-        .offset(0)
-    )
-    bounced: Select[int, int, bool, str, str, str] = (
-        select(
-            col(Bounce.contact_id).label("contact_id"),
-            literal(1).label("rank"),
-            false().label("erased"),
-            contact_address().label("address"),
-            literal(SuppressionReason.BOUNCED.value).label("reason"),
-            timestamp_text(col(Bounce.since)).label("since"),
-        )
-        .select_from(Contact)
-        .join(Bounce, col(Bounce.contact_id) == col(Contact.id))
-        .where(
-            col(Bounce.contact_id) > low,
-            col(Bounce.contact_id) <= high,
-            col(Contact.id) > low,
-            col(Contact.id) <= high,
-            col(Bounce.bounced) == true(),
-            col(Contact.erased_at).is_(None),
-        )
-        .offset(0)
-    )
-    both = union_all(opted_out, bounced).subquery()
-    email = case((both.c.erased, literal("")), else_=csv_cell_sql(both.c.address))
-    line = _csv_line(email, both.c.reason, rfc3339_sql(both.c.since))
-    in_order = aggregate_order_by(literal(""), both.c.contact_id, both.c.rank)
-    return select(func.coalesce(func.string_agg(line, in_order), ""))
 
 
 def _audience_range(topic: Topic, rule: Reconsent | None) -> RangeQuery:
@@ -248,7 +159,7 @@ def _audience_range(topic: Topic, rule: Reconsent | None) -> RangeQuery:
             col(Subscription.contact_id) <= high,
         )
         base = select(
-            _csv_line(
+            csv_line(
                 csv_cell_sql(contact_address()),
                 # token_urlsafe: letters, digits, `-` and `_`, never anything to quote.
                 csv_cell_sql(col(Contact.public_id), may_need_quotes=False),
@@ -272,7 +183,7 @@ def _audience_range(topic: Topic, rule: Reconsent | None) -> RangeQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class _RangeStatement:
+class RangeStatement:
     """A range query compiled once for a whole export: its text with the range's bounds as the
     parameters `low` and `high`, and its other parameters' values (constants of this module)."""
 
@@ -280,7 +191,7 @@ class _RangeStatement:
     params: dict[str, Any]
 
     @classmethod
-    def of(cls, database: Database, query: RangeQuery) -> _RangeStatement:
+    def of(cls, database: Database, query: RangeQuery) -> RangeStatement:
         # Compiling costs more than the driver's part of a range (~7 ms, every range alike).
         compiled = query(_LOW, _HIGH).compile(
             dialect=database.engine.dialect, compile_kwargs={"render_postcompile": True}
@@ -304,23 +215,8 @@ def fixed_plan(settings: str) -> RangePlan:
     return lambda _cursor, _low: settings
 
 
-@dataclass(frozen=True, slots=True)
-class _DensityPlan:
-    """Settings by how many rows a range holds: `dense` from `enough` on (as `rows` counts
-    them, up to `enough`), `sparse` below."""
-
-    rows: _RangeStatement
-    enough: int
-    sparse: str
-    dense: str
-
-    def __call__(self, cursor: PostgresCursor, low: int) -> str:
-        ((count,),) = self.rows.run(cursor, low)
-        return self.dense if count >= self.enough else self.sparse
-
-
 def _read_range(
-    database: Database, statement: _RangeStatement, plan: RangePlan, low: int
+    database: Database, statement: RangeStatement, plan: RangePlan, low: int
 ) -> tuple[bytes, int]:
     """One range's CSV rows, and the highest contact id there is (where the export ends)."""
     with database.transaction(write=False) as session:
@@ -338,7 +234,7 @@ def _last_contact_id(session: Session) -> int:
 
 
 async def _range_in_thread(
-    database: Database, statement: _RangeStatement, plan: RangePlan, low: int
+    database: Database, statement: RangeStatement, plan: RangePlan, low: int
 ) -> tuple[bytes, int]:
     async with database.session_slots:
         return await anyio.to_thread.run_sync(_read_range, database, statement, plan, low)
@@ -350,7 +246,7 @@ async def stream_ranges(
     """The header row, then range after range up to the highest contact id, read again after
     each range so that contacts created meanwhile are not cut off."""
     yield csv_text([header])
-    statement = _RangeStatement.of(database, query)
+    statement = RangeStatement.of(database, query)
     in_flight: deque[asyncio.Task[tuple[bytes, int]]] = deque()
     low = 0
     last = EXPORT_RANGE  # until the first range says
@@ -379,43 +275,10 @@ async def stream_ranges(
             task.cancel()
 
 
-def _dense_rows() -> int:
-    """The rows from which a range is dense (`_DENSE_SHARE`)."""
-    return EXPORT_RANGE // _DENSE_SHARE + 1
-
-
-def _suppressions_rows(low: ColumnElement[int], high: ColumnElement[int]) -> Select[int]:
-    """How many opt-outs and bounces, in force or not, the range has, each counted up to
-    `_dense_rows` (from their key indexes alone)."""
-    counts = [
-        select(func.count())
-        .select_from(
-            select(literal(1)).where(key > low, key <= high).limit(_dense_rows()).subquery()
-        )
-        .scalar_subquery()
-        for key in (col(Suppression.contact_id), col(Bounce.contact_id))
-    ]
-    return select(counts[0] + counts[1])
-
-
-def suppressions_plan(database: Database) -> RangePlan:
-    """The plan of a range of `_suppressions_range` by how many rows it holds."""
-    rows = _RangeStatement.of(database, _suppressions_rows)
-    return _DensityPlan(
-        rows, _dense_rows(), sparse=_SUPPRESSIONS_PLAN, dense=_DENSE_SUPPRESSIONS_PLAN
-    )
-
-
-def suppressions_ranges(database: Database) -> AsyncIterator[bytes]:
-    """`GET /v1/suppressions` as CSV bytes, built by PostgreSQL."""
-    plan = suppressions_plan(database)
-    return stream_ranges(database, SUPPRESSIONS_HEADER, _suppressions_range, plan)
-
-
 def audience_ranges(
     database: Database, topic: Topic, rule: Reconsent | None = None
 ) -> AsyncIterator[bytes]:
     """`GET /v1/topics/{key}/audience` as CSV bytes, built by PostgreSQL."""
     return stream_ranges(
-        database, AUDIENCE_HEADER, _audience_range(topic, rule), fixed_plan(_RANGE_PLAN)
+        database, AUDIENCE_HEADER, _audience_range(topic, rule), fixed_plan(RANGE_PLAN)
     )
