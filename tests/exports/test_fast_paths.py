@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -206,3 +207,37 @@ class TestPostgresSuppressionsPlan:
             suppression_ranges._SPARSE_PLAN,
             suppression_ranges._DENSE_PLAN,
         ]
+
+
+class TestPostgresRangesInFlight:
+    def test_next_ranges_start_before_a_range_is_sent(
+        self, monkeypatch: pytest.MonkeyPatch, database: Database
+    ) -> None:
+        """When the first range's text is handed over, the two after it are already asked
+        for: the database works on them while the client reads it."""
+        _on_postgres(database)
+        monkeypatch.setattr(ranges, "EXPORT_RANGE", 2)
+        at = datetime(2026, 1, 2, tzinfo=UTC)
+        with database.transaction(write=True) as session:
+            for i in range(7):
+                make_contact(session, f"f{i}@example.com", now=at)
+                make_change(session, f"f{i}@example.com", "unsubscribed", now=at)
+        started: list[int] = []
+        read_range = ranges._range_in_thread
+
+        def recorded(*args: Any) -> Coroutine[Any, Any, tuple[bytes, int]]:
+            started.append(args[-1])  # as it is asked for, not once its task first runs
+            return read_range(*args)
+
+        monkeypatch.setattr(ranges, "_range_in_thread", recorded)
+
+        async def first_range() -> list[int]:
+            stream = suppression_ranges.suppressions_ranges(database)
+            assert isinstance(stream, AsyncGenerator)
+            await anext(stream)  # the header
+            await anext(stream)
+            seen = list(started)
+            await stream.aclose()
+            return seen
+
+        assert asyncio.run(first_range()) == [0, 2, 4]

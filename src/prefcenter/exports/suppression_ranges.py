@@ -40,8 +40,8 @@ _SETTINGS = "; SET LOCAL work_mem = '32MB'; SET LOCAL enable_hashjoin = off"
 # Few rows (suppressions are a few percent of contacts): walk them and probe `contact` by key.
 _SPARSE_PLAN = RANGE_PLAN + _SETTINGS + "; SET LOCAL enable_mergejoin = off"
 # Many rows: walk both key indexes in order and merge them, rather than probe `contact`'s
-# index for each row. PostgreSQL CPU, 5M contacts: ranges of 100,000 ids all suppressed, 1.4
-# against 2.2 µs a row; one in twenty suppressed, 30 against 25 ms a range. Not a bitmap scan
+# index for each row. PostgreSQL CPU, 5M contacts: ranges of 100,000 ids all suppressed, 1.6
+# against 2.5 µs a row; one in twenty suppressed, 25 against 19 ms a range. Not a bitmap scan
 # of the rows, which would then be sorted for the merge (measured 10% slower).
 _DENSE_PLAN = (
     RANGE_PLAN + _SETTINGS + "; SET LOCAL enable_nestloop = off"
