@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,7 +21,8 @@ from prefcenter.bounces.models import Bounce
 from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import spreadsheet_safe
 from prefcenter.db import Database
-from prefcenter.exports import chunks, ranges
+from prefcenter.driver import postgres_cursor
+from prefcenter.exports import chunks, ranges, suppression_ranges
 from prefcenter.exports.chunks import csv_timestamp
 from prefcenter.exports.schemas import SUPPRESSIONS_HEADER
 from tests.csv_cases import AWKWARD_CELLS, python_csv
@@ -58,6 +61,12 @@ class TestPostgresCsv:
             datetime(2026, 11, 25, 10, 0, 0, 1, tzinfo=UTC),
             datetime(2026, 1, 2, 3, 4, 5, 678900, tzinfo=UTC),
             datetime(2026, 1, 2, 3, 4, 5, 100000, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 120000, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 123400, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 123450, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
+            datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
         ],
     )
     def test_timestamp_sql_is_what_python_writes(
@@ -108,14 +117,18 @@ def _collected(stream: AsyncIterator[bytes]) -> bytes:
 
 
 class TestPostgresSuppressionsBytes:
+    @pytest.mark.parametrize("plan", ["_SPARSE_PLAN", "_DENSE_PLAN"])
     def test_are_the_python_writers_bytes(
-        self, monkeypatch: pytest.MonkeyPatch, database: Database
+        self, monkeypatch: pytest.MonkeyPatch, database: Database, plan: str
     ) -> None:
         """Every awkward address as a suppressed contact's display form, some bounced too,
         some only bounced, one erased; timestamps with and without a fraction; ranges of
-        three contact ids, some without a row."""
+        three contact ids, some without a row. Every range planned as `plan` (a probe into
+        `contact` for each row, or a merge of the key indexes)."""
         _on_postgres(database)
         monkeypatch.setattr(ranges, "EXPORT_RANGE", 3)
+        for settings in ("_SPARSE_PLAN", "_DENSE_PLAN"):
+            monkeypatch.setattr(suppression_ranges, settings, getattr(suppression_ranges, plan))
         base = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         with database.transaction(write=True) as session:
             for i, cell in enumerate(AWKWARD_CELLS):
@@ -150,7 +163,81 @@ class TestPostgresSuppressionsBytes:
         python = _collected(
             chunks.stream_csv(database, SUPPRESSIONS_HEADER, chunks.read_suppressions)
         )
-        built_by_postgres = _collected(ranges.suppressions_ranges(database))
+        built_by_postgres = _collected(suppression_ranges.suppressions_ranges(database))
         assert b"erased" in python
         assert b"bounced" in python
         assert built_by_postgres == python
+
+
+class TestPostgresSuppressionsPlan:
+    def test_ranges_with_many_rows_are_merged(
+        self, monkeypatch: pytest.MonkeyPatch, database: Database
+    ) -> None:
+        """Ranges of ten contact ids, dense from two rows: opt-outs and bounces both count."""
+        _on_postgres(database)
+        monkeypatch.setattr(ranges, "EXPORT_RANGE", 10)
+        at = datetime(2026, 1, 2, tzinfo=UTC)
+        with database.transaction(write=True) as session:
+            ids = []
+            for i in range(30):
+                contact = make_contact(session, f"d{i}@example.com", now=at)
+                assert contact.id is not None
+                ids.append(contact.id)
+            for i in (0, 1, 12):
+                make_change(session, f"d{i}@example.com", "unsubscribed", now=at)
+            for i in (20, 21):
+                session.add(
+                    Bounce(
+                        contact_id=ids[i],
+                        bounced=True,
+                        occurred_at=at,
+                        since=at,
+                        source="admin",
+                        event_id=f"bounce-{i}",
+                    )
+                )
+        plan = suppression_ranges.suppressions_plan(database)
+        with (
+            database.transaction(write=False) as session,
+            closing(postgres_cursor(session.connection())) as cursor,
+        ):
+            chosen = [plan(cursor, ids[first] - 1) for first in (0, 10, 20)]
+        assert chosen == [
+            suppression_ranges._DENSE_PLAN,
+            suppression_ranges._SPARSE_PLAN,
+            suppression_ranges._DENSE_PLAN,
+        ]
+
+
+class TestPostgresRangesInFlight:
+    def test_next_ranges_start_before_a_range_is_sent(
+        self, monkeypatch: pytest.MonkeyPatch, database: Database
+    ) -> None:
+        """When the first range's text is handed over, the two after it are already asked
+        for: the database works on them while the client reads it."""
+        _on_postgres(database)
+        monkeypatch.setattr(ranges, "EXPORT_RANGE", 2)
+        at = datetime(2026, 1, 2, tzinfo=UTC)
+        with database.transaction(write=True) as session:
+            for i in range(7):
+                make_contact(session, f"f{i}@example.com", now=at)
+                make_change(session, f"f{i}@example.com", "unsubscribed", now=at)
+        started: list[int] = []
+        read_range = ranges._range_in_thread
+
+        def recorded(*args: Any) -> Coroutine[Any, Any, tuple[bytes, int]]:
+            started.append(args[-1])  # as it is asked for, not once its task first runs
+            return read_range(*args)
+
+        monkeypatch.setattr(ranges, "_range_in_thread", recorded)
+
+        async def first_range() -> list[int]:
+            stream = suppression_ranges.suppressions_ranges(database)
+            assert isinstance(stream, AsyncGenerator)
+            await anext(stream)  # the header
+            await anext(stream)
+            seen = list(started)
+            await stream.aclose()
+            return seen
+
+        assert asyncio.run(first_range()) == [0, 2, 4]

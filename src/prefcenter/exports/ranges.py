@@ -1,7 +1,8 @@
 """Owns the exports' PostgreSQL path: the database writes each CSV row as one text value, one
 range of contact ids per query, so Python only fetches and joins strings (SQLite streams the
 keyset chunks of `chunks`). The suppressions' rows come joined already, one text value a
-range: a row fetched costs both the database and the driver more than its text does.
+range (`suppression_ranges`): a row fetched costs both the database and the driver more than
+its text does.
 
 Each range (`contact.id` in `(low, low + EXPORT_RANGE]`) is one query in a short read
 transaction of its own, in id order: memory is bounded by the range's width, no snapshot is
@@ -33,25 +34,20 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    false,
     func,
     literal,
     or_,
     select,
-    true,
-    union_all,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Mapped
 from sqlalchemy.sql import ClauseElement
 from sqlmodel import Session, col
 
-from prefcenter.bounces.models import Bounce
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
 from prefcenter.csv_cells import FORMULA_STARTS
 from prefcenter.db import Database
-from prefcenter.driver import postgres_cursor
+from prefcenter.driver import PostgresCursor, postgres_cursor
 from prefcenter.exports.chunks import csv_text
 from prefcenter.exports.conditions import (
     allowed_where,
@@ -60,7 +56,7 @@ from prefcenter.exports.conditions import (
     reconsent_where,
     topic_model,
 )
-from prefcenter.exports.schemas import AUDIENCE_HEADER, SUPPRESSIONS_HEADER, SuppressionReason
+from prefcenter.exports.schemas import AUDIENCE_HEADER
 from prefcenter.notices.rules import Reconsent
 from prefcenter.topics.models import Topic
 
@@ -80,18 +76,9 @@ _HIGH = bindparam("high", 0, type_=Integer)
 # parallel workers compete with the next range for the same cores. The statement's text is
 # the same for every range (its bounds are parameters), so the driver prepares it after a few
 # executions: it is still planned for each range's own bounds, not once for any bounds.
-_RANGE_PLAN = (
+RANGE_PLAN = (
     "SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0; "
     "SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL plan_cache_mode = force_custom_plan"
-)
-# Suppressions are a few percent of contacts: walk the range of `suppression` and probe
-# `contact` by key. The planner, misjudging the two range conditions as independent, prefers
-# reading every contact of the range into a hash join (measured: 3-4 times slower).
-# The range's rows are sorted for the aggregate's order (`_suppressions_range`): ~60 bytes of
-# text a row, past the default 4 MB for a range of suppressions only, which then spills to disk.
-_SUPPRESSIONS_PLAN = (
-    _RANGE_PLAN + "; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
-    "; SET LOCAL work_mem = '32MB'"
 )
 # A column as the models give it, or an expression over columns.
 Sql = ColumnElement[Any] | Mapped[Any]
@@ -101,8 +88,11 @@ def csv_cell_sql(value: Sql, *, may_need_quotes: bool = True) -> ColumnElement[s
     """SQL for `csv_cells.spreadsheet_safe(value)` written as one CSV cell, quoted where
     Python's csv module quotes (a delimiter, quote, CR or LF in it). `may_need_quotes=False`
     skips that check, for values whose alphabet has none of those characters."""
-    # The first character's code point: an integer comparison, far cheaper per row than text.
-    safe = case((func.ascii(value).in_(_FORMULA_CODES), literal("'") + value), else_=value)
+    # The first character's code point: an integer comparison, far cheaper per row than text;
+    # and most values start past every formula start, which one comparison says.
+    first = func.ascii(value)
+    formula = and_(first <= max(_FORMULA_CODES), first.in_(_FORMULA_CODES))
+    safe = case((formula, literal("'") + value), else_=value)
     if not may_need_quotes:
         return safe
     # Asked of the value, not of `safe` (the same answer: `'` is none of the four), so that
@@ -111,7 +101,7 @@ def csv_cell_sql(value: Sql, *, may_need_quotes: bool = True) -> ColumnElement[s
     return case((needs_quotes, '"' + func.replace(safe, '"', '""') + '"'), else_=safe)
 
 
-def _csv_line(*cells: ColumnElement[str]) -> ColumnElement[str]:
+def csv_line(*cells: ColumnElement[str]) -> ColumnElement[str]:
     line = cells[0]
     for cell in cells[1:]:
         line = line + "," + cell
@@ -120,93 +110,24 @@ def _csv_line(*cells: ColumnElement[str]) -> ColumnElement[str]:
 
 def timestamp_text(value: Sql) -> ColumnElement[str]:
     """A timestamp's text in UTC in the ISO date style (set for the transaction, see
-    `_RANGE_PLAN`): `2026-01-02 03:04:05.6789`, the fraction's trailing zeros cut."""
+    `RANGE_PLAN`): `2026-01-02 03:04:05.6789`, the fraction's trailing zeros cut."""
     return cast(func.timezone("UTC", value), Text)
 
 
 def rfc3339_sql(text: Sql) -> ColumnElement[str]:
     """SQL for `chunks.csv_timestamp` from `timestamp_text`: RFC 3339, microseconds only when
     not zero (Python writes all six digits: the cut zeros are put back)."""
-    iso = func.replace(text, " ", "T")
     whole_seconds = len("2026-01-01T00:00:00")
     with_micros = len("2026-01-01T00:00:00.000000")
-    return (
-        case(
-            (func.length(text) > whole_seconds, func.rpad(iso, with_micros, "0")),
-            else_=iso,
-        )
-        + "Z"
-    )
+    # Lengths in bytes (the text is ASCII): counting characters costs more, as does `rpad`.
+    length = func.octet_length(text)
+    zeros = func.repeat("0", with_micros - length)
+    return func.replace(text, " ", "T") + case((length > whole_seconds, zeros + "Z"), else_="Z")
 
 
 def timestamp_sql(value: Sql) -> ColumnElement[str]:
     """SQL for `chunks.csv_timestamp`: far cheaper per row than `to_char`."""
     return rfc3339_sql(timestamp_text(value))
-
-
-def _suppressions_range(low: ColumnElement[int], high: ColumnElement[int]) -> Select[str]:
-    """The range's opt-outs and bounces, a row each, in contact order (the opt-out first), as
-    one text value: a row a range for the driver to hand over, not a row a suppression.
-
-    Each branch reads its values in a subquery the planner keeps (`OFFSET 0`), and the CSV
-    line is written over that subquery's columns: inlined, the address and the timestamp's
-    text would be computed again for every test and branch of the line's expression."""
-    # An erased contact is counted without an address (`SuppressionReason.ERASED`).
-    erased = col(Contact.erased_at).is_not(None)
-    # contact_id, rank, erased, address, reason, since (`timestamp_text`)
-    opted_out: Select[int, int, bool, str, str, str] = (
-        select(
-            col(Suppression.contact_id).label("contact_id"),
-            literal(0).label("rank"),
-            erased.label("erased"),
-            contact_address().label("address"),
-            case(
-                (erased, literal(SuppressionReason.ERASED.value)),
-                else_=literal(SuppressionReason.UNSUBSCRIBED_ALL.value),
-            ).label("reason"),
-            # The erasure for an erased contact, the opt-out for the others.
-            timestamp_text(func.coalesce(col(Contact.erased_at), col(Suppression.since))).label(
-                "since"
-            ),
-        )
-        .select_from(Contact)
-        .join(Suppression, col(Suppression.contact_id) == col(Contact.id))
-        .where(
-            # The range on both sides of the join, so that each is read from its key index.
-            col(Suppression.contact_id) > low,
-            col(Suppression.contact_id) <= high,
-            col(Contact.id) > low,
-            col(Contact.id) <= high,
-            col(Suppression.suppressed) == true(),
-        )
-        .offset(0)
-    )
-    bounced: Select[int, int, bool, str, str, str] = (
-        select(
-            col(Bounce.contact_id).label("contact_id"),
-            literal(1).label("rank"),
-            false().label("erased"),
-            contact_address().label("address"),
-            literal(SuppressionReason.BOUNCED.value).label("reason"),
-            timestamp_text(col(Bounce.since)).label("since"),
-        )
-        .select_from(Contact)
-        .join(Bounce, col(Bounce.contact_id) == col(Contact.id))
-        .where(
-            col(Bounce.contact_id) > low,
-            col(Bounce.contact_id) <= high,
-            col(Contact.id) > low,
-            col(Contact.id) <= high,
-            col(Bounce.bounced) == true(),
-            col(Contact.erased_at).is_(None),
-        )
-        .offset(0)
-    )
-    both = union_all(opted_out, bounced).subquery()
-    email = case((both.c.erased, literal("")), else_=csv_cell_sql(both.c.address))
-    line = _csv_line(email, both.c.reason, rfc3339_sql(both.c.since))
-    in_order = aggregate_order_by(literal(""), both.c.contact_id, both.c.rank)
-    return select(func.coalesce(func.string_agg(line, in_order), ""))
 
 
 def _audience_range(topic: Topic, rule: Reconsent | None) -> RangeQuery:
@@ -238,7 +159,7 @@ def _audience_range(topic: Topic, rule: Reconsent | None) -> RangeQuery:
             col(Subscription.contact_id) <= high,
         )
         base = select(
-            _csv_line(
+            csv_line(
                 csv_cell_sql(contact_address()),
                 # token_urlsafe: letters, digits, `-` and `_`, never anything to quote.
                 csv_cell_sql(col(Contact.public_id), may_need_quotes=False),
@@ -262,7 +183,7 @@ def _audience_range(topic: Topic, rule: Reconsent | None) -> RangeQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class _RangeStatement:
+class RangeStatement:
     """A range query compiled once for a whole export: its text with the range's bounds as the
     parameters `low` and `high`, and its other parameters' values (constants of this module)."""
 
@@ -270,26 +191,40 @@ class _RangeStatement:
     params: dict[str, Any]
 
     @classmethod
-    def of(cls, database: Database, query: RangeQuery) -> _RangeStatement:
+    def of(cls, database: Database, query: RangeQuery) -> RangeStatement:
         # Compiling costs more than the driver's part of a range (~7 ms, every range alike).
         compiled = query(_LOW, _HIGH).compile(
             dialect=database.engine.dialect, compile_kwargs={"render_postcompile": True}
         )
         return cls(str(compiled), dict(compiled.params))
 
+    def run(self, cursor: PostgresCursor, low: int) -> list[tuple[Any, ...]]:
+        """The statement's rows for the range after `low`."""
+        return cursor.execute(
+            self.sql, {**self.params, "low": low, "high": low + EXPORT_RANGE}
+        ).fetchall()
+
+
+# The settings a range's transaction is planned with, given its cursor (to ask the database
+# about the range first) and the range's `low` bound.
+RangePlan = Callable[[PostgresCursor, int], str]
+
+
+def fixed_plan(settings: str) -> RangePlan:
+    """The same settings for every range."""
+    return lambda _cursor, _low: settings
+
 
 def _read_range(
-    database: Database, statement: _RangeStatement, plan: str, low: int
+    database: Database, statement: RangeStatement, plan: RangePlan, low: int
 ) -> tuple[bytes, int]:
     """One range's CSV rows, and the highest contact id there is (where the export ends)."""
     with database.transaction(write=False) as session:
         connection = session.connection()
         # To the driver as is: no row processing on the way back.
         with closing(postgres_cursor(connection)) as cursor:
-            cursor.execute(plan)
-            lines = cursor.execute(
-                statement.sql, {**statement.params, "low": low, "high": low + EXPORT_RANGE}
-            ).fetchall()
+            cursor.execute(plan(cursor, low))
+            lines = statement.run(cursor, low)
         last = _last_contact_id(session)
     return "".join([line for (line,) in lines]).encode(), last
 
@@ -299,32 +234,38 @@ def _last_contact_id(session: Session) -> int:
 
 
 async def _range_in_thread(
-    database: Database, statement: _RangeStatement, plan: str, low: int
+    database: Database, statement: RangeStatement, plan: RangePlan, low: int
 ) -> tuple[bytes, int]:
     async with database.session_slots:
         return await anyio.to_thread.run_sync(_read_range, database, statement, plan, low)
 
 
 async def stream_ranges(
-    database: Database, header: tuple[str, ...], query: RangeQuery, plan: str
+    database: Database, header: tuple[str, ...], query: RangeQuery, plan: RangePlan
 ) -> AsyncIterator[bytes]:
     """The header row, then range after range up to the highest contact id, read again after
     each range so that contacts created meanwhile are not cut off."""
     yield csv_text([header])
-    statement = _RangeStatement.of(database, query)
+    statement = RangeStatement.of(database, query)
     in_flight: deque[asyncio.Task[tuple[bytes, int]]] = deque()
     low = 0
     last = EXPORT_RANGE  # until the first range says
+
+    def start_ranges() -> None:
+        nonlocal low
+        while len(in_flight) < _IN_FLIGHT and low < last:
+            in_flight.append(
+                asyncio.ensure_future(_range_in_thread(database, statement, plan, low))
+            )
+            low += EXPORT_RANGE
+
     try:
-        while True:
-            while len(in_flight) < _IN_FLIGHT and low < last:
-                in_flight.append(
-                    asyncio.ensure_future(_range_in_thread(database, statement, plan, low))
-                )
-                low += EXPORT_RANGE
-            if not in_flight:
-                return
+        start_ranges()
+        while in_flight:
             text, last = await in_flight.popleft()
+            # Before this range is sent: the database works on the next ones while the
+            # client reads it.
+            start_ranges()
             if text:
                 yield text
     finally:
@@ -334,13 +275,10 @@ async def stream_ranges(
             task.cancel()
 
 
-def suppressions_ranges(database: Database) -> AsyncIterator[bytes]:
-    """`GET /v1/suppressions` as CSV bytes, built by PostgreSQL."""
-    return stream_ranges(database, SUPPRESSIONS_HEADER, _suppressions_range, _SUPPRESSIONS_PLAN)
-
-
 def audience_ranges(
     database: Database, topic: Topic, rule: Reconsent | None = None
 ) -> AsyncIterator[bytes]:
     """`GET /v1/topics/{key}/audience` as CSV bytes, built by PostgreSQL."""
-    return stream_ranges(database, AUDIENCE_HEADER, _audience_range(topic, rule), _RANGE_PLAN)
+    return stream_ranges(
+        database, AUDIENCE_HEADER, _audience_range(topic, rule), fixed_plan(RANGE_PLAN)
+    )

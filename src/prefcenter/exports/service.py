@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlmodel import Session
 
 from prefcenter.db import Database
-from prefcenter.exports import chunks, ranges
+from prefcenter.exports import chunks, ranges, suppression_ranges
 from prefcenter.exports.schemas import AUDIENCE_HEADER, SUPPRESSIONS_HEADER
 from prefcenter.notices.reconsent import reconsent_of
 from prefcenter.notices.rules import Reconsent
@@ -39,7 +39,7 @@ def _on_postgres(database: Database) -> bool:
 def suppressions_csv(database: Database) -> AsyncIterator[bytes]:
     """`GET /v1/suppressions` as CSV bytes."""
     if _on_postgres(database):
-        return ranges.suppressions_ranges(database)
+        return suppression_ranges.suppressions_ranges(database)
     return chunks.stream_csv(database, SUPPRESSIONS_HEADER, chunks.read_suppressions)
 
 
