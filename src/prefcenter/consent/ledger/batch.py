@@ -32,7 +32,9 @@ from prefcenter.consent.contact_creation import InsertedContacts, inserting_cont
 from prefcenter.consent.erased import AddressErased
 from prefcenter.consent.ledger.batch_events import BatchEvents
 from prefcenter.consent.ledger.batch_rows import (
+    BatchRows,
     LockedContact,
+    SentReads,
     StoredRows,
     lock_contacts,
     read_subscriptions,
@@ -50,6 +52,7 @@ from prefcenter.consent.ledger.changes import (
     suppression_change,
 )
 from prefcenter.consent.ledger.notices import bound_notice
+from prefcenter.consent.ledger.sql import postgres_session
 from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
 from prefcenter.consent.rules import CurrentState, Decision, Outcome, RequestedChange
 from prefcenter.contacts.addresses import Address
@@ -86,28 +89,53 @@ class BatchWritten:
     to_status: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchContacts:
     """A batch's addresses, each contact inserted unless it exists or was erased."""
 
     given: dict[str, str]  # each normalised address's form as first given
     address_hashes: dict[str, str]  # each normalised address's keyed hash, made once
     contacts: InsertedContacts
+    # On PostgreSQL, once the block is over: the contacts locked and their rows read, for
+    # the topics named (`inserting_batch_contacts`); None: `apply_changes` reads them.
+    rows: BatchRows | None = None
+    topic_ids: frozenset[int] = frozenset()
 
 
 @contextmanager
 def inserting_batch_contacts(
-    session: Session, keys: AuditKeys, addresses: Sequence[Address], *, now: datetime
+    session: Session,
+    keys: AuditKeys,
+    addresses: Sequence[Address],
+    *,
+    now: datetime,
+    topic_ids: set[int] | None = None,
 ) -> Iterator[BatchContacts]:
     """The contacts of a batch's addresses inserted, on PostgreSQL while the block runs (the
-    caller makes its changes meanwhile: contact_creation.inserting_contacts)."""
+    caller makes its changes meanwhile: contact_creation.inserting_contacts). Given
+    `topic_ids` (those of all the changes to come), PostgreSQL also locks the contacts and
+    reads their subscriptions to those topics and their contact-wide opt-outs meanwhile, in
+    the same pipeline (batch_rows.SentReads): one wait for the four statements, after the
+    block, instead of four round trips after it."""
     given: dict[str, str] = {}
     for address in addresses:
         given.setdefault(address.normalised, address.given)
     # Each address's keyed hash, made once: for the erased check and the events.
     address_hashes = {address: keys.address_hash(address) for address in given}
+    sent: SentReads | None = None
     with inserting_contacts(session, given, address_hashes=address_hashes, now=now) as contacts:
-        yield BatchContacts(given=given, address_hashes=address_hashes, contacts=contacts)
+        if topic_ids is not None and given and postgres_session(session):
+            sent = SentReads.send(session.connection(), sorted(given), topic_ids)
+        batch = BatchContacts(given=given, address_hashes=address_hashes, contacts=contacts)
+        try:
+            yield batch
+        except BaseException:
+            if sent is not None:
+                sent.close()
+            raise
+    if sent is not None and topic_ids is not None:
+        batch.rows = sent.rows(erased=contacts.erased, topic_ids=topic_ids)
+        batch.topic_ids = frozenset(topic_ids)
 
 
 def apply_changes(
@@ -132,12 +160,8 @@ def apply_changes(
     address_hashes = inserted.address_hashes
     if any(change.address.normalised not in given for change in changes):
         raise ValueError("a change's address was not among the contacts inserted")
-    erased = inserted.contacts.erased
-    contacts = lock_contacts(session, [a for a in given if a not in erased])
-    ids = [c.id for c in contacts.values()]
-    topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
-    subscriptions = read_subscriptions(session, ids, topic_ids)
-    suppressions = read_suppressions(session, ids)
+    rows = _batch_rows(session, inserted, changes)
+    contacts, subscriptions, suppressions = rows.contacts, rows.subscriptions, rows.suppressions
     # The notices the batch's topics are bound to, read once each (re-consent).
     topics = {c.topic.key: c.topic for c in changes if c.topic is not None}
     bound = {key: bound_notice(session, topic.notice_key) for key, topic in topics.items()}
@@ -176,6 +200,26 @@ def apply_changes(
     if changes:
         _queue_deliveries(session, answers, now=changes[0].at)
     return answers
+
+
+def _batch_rows(
+    session: Session, inserted: BatchContacts, changes: Sequence[BatchChange]
+) -> BatchRows:
+    """The batch's contacts locked and their rows as stored: those read while the contacts
+    were inserted, or read now."""
+    topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
+    if inserted.rows is not None:
+        if not topic_ids <= inserted.topic_ids:
+            raise ValueError("a change's topic was not among those read")
+        return inserted.rows
+    erased = inserted.contacts.erased
+    contacts = lock_contacts(session, [a for a in inserted.given if a not in erased])
+    ids = [c.id for c in contacts.values()]
+    return BatchRows(
+        contacts=contacts,
+        subscriptions=read_subscriptions(session, ids, topic_ids),
+        suppressions=read_suppressions(session, ids),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -15,9 +16,10 @@ from sqlalchemy import Integer, String, select
 from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, col
 
-from prefcenter.consent.ledger.sql import among, postgres_session
+from prefcenter.consent.ledger.sql import among, array_parameter, postgres_session
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
+from prefcenter.db import UtcDateTime
 from prefcenter.driver import PostgresCursor, postgres_cursor, postgres_pipeline
 
 _SUBSCRIPTION = Subscription.__table__  # type: ignore[attr-defined]
@@ -66,6 +68,113 @@ def writing_rows(
         _upsert_pg(cursor, _SUBSCRIPTION, subscriptions)
         _upsert_pg(cursor, _SUPPRESSION, suppressions)
         yield
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRows:
+    """A batch's contacts, locked, and their rows as stored."""
+
+    contacts: dict[str, LockedContact]  # by normalised address
+    subscriptions: StoredRows
+    suppressions: StoredRows
+
+
+class SentReads:
+    """`lock_contacts`, `read_subscriptions` and `read_suppressions` of a batch's addresses as
+    three statements sent at once in the connection's pipeline (PostgreSQL), after the
+    statement that inserts the contacts: the server inserts, locks and reads while Python
+    goes on, and their rows are read (`rows`) once the pipeline is synced. The reads name
+    the contacts by address, as the lock does, not by the ids it returns."""
+
+    def __init__(self, cursors: tuple[PostgresCursor, PostgresCursor, PostgresCursor]) -> None:
+        self._cursors = cursors
+
+    @classmethod
+    def send(cls, connection: Any, addresses: list[str], topic_ids: set[int]) -> SentReads | None:
+        """The reads sent (`connection`: SQLAlchemy's, in pipeline mode); None without
+        addresses. Each statement has its own cursor, which holds its result."""
+        if not addresses:
+            return None
+        cursors = tuple(postgres_cursor(connection) for _ in range(3))
+        given = {"addresses": array_parameter(addresses)}
+        cursors[0].execute(_LOCK_PG, given)
+        if topic_ids:
+            cursors[1].execute(_READ_PG[_SUBSCRIPTION.name], {**given, "topics": sorted(topic_ids)})
+        cursors[2].execute(_READ_PG[_SUPPRESSION.name], given)
+        return cls((cursors[0], cursors[1], cursors[2]))
+
+    def rows(self, *, erased: frozenset[str], topic_ids: set[int]) -> BatchRows:
+        """The rows, once the pipeline is synced; the contacts of `erased` addresses (which
+        the insert left out) are not among them."""
+        lock, subscriptions, suppressions = self._cursors
+        try:
+            contacts = {
+                address: LockedContact(id=row_id, public_id=public_id, address=address)
+                for row_id, public_id, address in lock.fetchall()
+                if address not in erased
+            }
+            ids = {contact.id for contact in contacts.values()}
+            return BatchRows(
+                contacts=contacts,
+                subscriptions=StoredRows(
+                    _rows_of(subscriptions, _SUBSCRIPTION, _SUBSCRIPTION_KEY, ids)
+                    if topic_ids
+                    else {}
+                ),
+                suppressions=StoredRows(
+                    _rows_of(suppressions, _SUPPRESSION, _SUPPRESSION_KEY, ids)
+                ),
+            )
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for cursor in self._cursors:
+            cursor.close()
+
+
+def _rows_of(
+    cursor: PostgresCursor, table: Any, key: tuple[str, ...], contact_ids: set[int]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """A read's rows by their key, as `_read` gives them (times in UTC, as `UtcDateTime`
+    reads them back)."""
+    names = [c.name for c in table.columns]
+    times = [c.name for c in table.columns if isinstance(c.type, UtcDateTime)]
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for values in cursor.fetchall():
+        row = dict(zip(names, values, strict=True))
+        if row["contact_id"] not in contact_ids:
+            continue
+        for name in times:
+            time: datetime | None = row[name]
+            if time is not None:
+                row[name] = time.astimezone(UTC)
+        rows[tuple(row[k] for k in key)] = row
+    return rows
+
+
+# The batch's contacts in id order (as lock_contacts takes them), and their rows; the
+# addresses as one array parameter (sql.array_parameter), cast as `among` casts it.
+_BATCH_CONTACTS = (
+    "SELECT id FROM contact WHERE address = ANY(CAST(%(addresses)s AS VARCHAR[])) "
+    "AND erased_at IS NULL"
+)
+_LOCK_PG = (
+    "SELECT id, public_id, address FROM contact "
+    "WHERE address = ANY(CAST(%(addresses)s AS VARCHAR[])) AND erased_at IS NULL "
+    "ORDER BY id FOR UPDATE"
+)
+_READ_PG = {
+    _SUBSCRIPTION.name: (
+        f"SELECT {', '.join(c.name for c in _SUBSCRIPTION.columns)} "  # noqa: S608  (the model's names)
+        f"FROM subscription WHERE contact_id IN ({_BATCH_CONTACTS}) "
+        "AND topic_id = ANY(%(topics)s)"
+    ),
+    _SUPPRESSION.name: (
+        f"SELECT {', '.join(c.name for c in _SUPPRESSION.columns)} "  # noqa: S608  (the model's names)
+        f"FROM suppression WHERE contact_id IN ({_BATCH_CONTACTS})"
+    ),
+}
 
 
 def lock_contacts(session: Session, addresses: list[str]) -> dict[str, LockedContact]:
