@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import closing
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session as OrmSession
@@ -87,7 +88,7 @@ def append_sqlite(session: OrmSession, prepared: list[PreparedEvent]) -> None:
 # From this many events on (an import's batch), PostgreSQL gets them by binary COPY: a few
 # µs per row where an executemany costs tens (psycopg pipelines one INSERT per row).
 COPY_FROM = 100
-_COPYEVENT_INSERT_COLUMNS = ("seq", "recorded_at", "canonical", "hash", *EVENT_INSERT_COLUMNS)
+_COPY_EVENT_COLUMNS = ("seq", "recorded_at", "canonical", "hash", *EVENT_INSERT_COLUMNS)
 _COPY_EVENT_TYPES = (
     "int8",
     "timestamptz",
@@ -97,26 +98,48 @@ _COPY_EVENT_TYPES = (
 )
 
 
-def copy_rows(
+def copy_chained(
     session: OrmSession,
-    events: list[dict[str, Any]],
-    documents: list[dict[str, Any]],
-    free_texts: list[dict[str, Any]],
-) -> None:
+    prepared: list[PreparedEvent],
+    *,
+    seq: int,
+    prev_hash: bytes,
+    recorded_at: datetime,
+) -> bytes:
+    """Chain `prepared` onto the head (`seq` and `prev_hash`: the head's before them; the head
+    row locked) and write them by binary COPY, each row written as soon as its hash is made:
+    psycopg sends the rows in chunks as they come, so the server inserts the first while
+    Python hashes the next, instead of after them all. Their evidence documents and free
+    text follow, by COPY too. Returns the new head hash."""
+    recorded_text = format_time(recorded_at)
+    sha256 = hashlib.sha256
+    documents: list[tuple[int, bytes]] = []
+    free_texts: list[tuple[Any, ...]] = []
     with closing(postgres_cursor(session.connection())) as cursor:
         with cursor.copy(
-            f"COPY audit_event ({', '.join(_COPYEVENT_INSERT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+            f"COPY audit_event ({', '.join(_COPY_EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.set_types(list(_COPY_EVENT_TYPES))
-            for row in events:
-                copy.write_row([row[name] for name in _COPYEVENT_INSERT_COLUMNS])
+            for item in prepared:
+                seq += 1
+                canonical = item.parts.join(recorded_text, seq)
+                prev_hash = sha256(prev_hash + canonical).digest()
+                row = item.row
+                copy.write_row(
+                    [seq, recorded_at, canonical, prev_hash.hex()]
+                    + [row[name] for name in EVENT_INSERT_COLUMNS]
+                )
+                if item.document is not None:
+                    documents.append((seq, item.document))
+                if item.free_text is not None:
+                    free_texts.append((seq, *item.free_text))
         if documents:
             with cursor.copy(
                 "COPY audit_evidence (seq, document) FROM STDIN (FORMAT BINARY)"
             ) as copy:
                 copy.set_types(["int8", "bytea"])
                 for document in documents:
-                    copy.write_row((document["seq"], document["document"]))
+                    copy.write_row(document)
         if free_texts:
             columns = ("seq", *FREE_TEXT_FIELDS)
             with cursor.copy(
@@ -124,4 +147,5 @@ def copy_rows(
             ) as copy:
                 copy.set_types(["int8", *["text"] * len(FREE_TEXT_FIELDS)])
                 for free_text in free_texts:
-                    copy.write_row([free_text[name] for name in columns])
+                    copy.write_row(free_text)
+    return prev_hash
