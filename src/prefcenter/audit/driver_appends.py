@@ -14,7 +14,7 @@ from prefcenter.audit.canonical import FREE_TEXT_FIELDS, format_time
 from prefcenter.audit.models import HEAD_ID
 from prefcenter.audit.prepared import EVENT_INSERT_COLUMNS, PreparedEvent
 from prefcenter.db import utcnow
-from prefcenter.driver import driver_cursor, postgres_cursor
+from prefcenter.driver import driver_cursor, postgres_cursor, postgres_pipeline
 
 # SQLite runs in-process, so its statements cost what the Python around them costs: the driver
 # directly, not SQLAlchemy's statement machinery (a third of the append's time otherwise).
@@ -105,17 +105,23 @@ def copy_chained(
     seq: int,
     prev_hash: bytes,
     recorded_at: datetime,
-) -> bytes:
+) -> None:
     """Chain `prepared` onto the head (`seq` and `prev_hash`: the head's before them; the head
-    row locked) and write them by binary COPY, each row written as soon as its hash is made:
-    psycopg sends the rows in chunks as they come, so the server inserts the first while
-    Python hashes the next, instead of after them all. Their evidence documents and free
-    text follow, by COPY too. Returns the new head hash."""
+    row locked) and write them, then the new head hash.
+
+    The events go by binary COPY, each row written as soon as its hash is made: psycopg sends
+    the rows in chunks as they come, so the server inserts the first while Python hashes the
+    next. Their free text follows by COPY. Their evidence documents go in one statement
+    beside the head's update, in one round trip (pipeline mode): a batch's events mostly
+    share one document (the request's context), so each run of consecutive events with the
+    same document is sent once, with the first and last seq it goes with
+    (`_INSERT_EVIDENCE_RUNS`), not once per event."""
     recorded_text = format_time(recorded_at)
     sha256 = hashlib.sha256
-    documents: list[tuple[int, bytes]] = []
+    runs: list[list[Any]] = []  # [first seq, last seq, document]
     free_texts: list[tuple[Any, ...]] = []
-    with closing(postgres_cursor(session.connection())) as cursor:
+    connection = session.connection()
+    with closing(postgres_cursor(connection)) as cursor:
         with cursor.copy(
             f"COPY audit_event ({', '.join(_COPY_EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
         ) as copy:
@@ -129,17 +135,15 @@ def copy_chained(
                     [seq, recorded_at, canonical, prev_hash.hex()]
                     + [row[name] for name in EVENT_INSERT_COLUMNS]
                 )
-                if item.document is not None:
-                    documents.append((seq, item.document))
+                document = item.document
+                if document is not None:
+                    last = runs[-1] if runs else None
+                    if last is not None and last[1] == seq - 1 and last[2] == document:
+                        last[1] = seq
+                    else:
+                        runs.append([seq, seq, document])
                 if item.free_text is not None:
                     free_texts.append((seq, *item.free_text))
-        if documents:
-            with cursor.copy(
-                "COPY audit_evidence (seq, document) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["int8", "bytea"])
-                for document in documents:
-                    copy.write_row(document)
         if free_texts:
             columns = ("seq", *FREE_TEXT_FIELDS)
             with cursor.copy(
@@ -148,4 +152,21 @@ def copy_chained(
                 copy.set_types(["int8", *["text"] * len(FREE_TEXT_FIELDS)])
                 for free_text in free_texts:
                     copy.write_row(free_text)
-    return prev_hash
+        with postgres_pipeline(connection):
+            if runs:
+                firsts, lasts, documents = zip(*runs, strict=True)
+                cursor.execute(
+                    _INSERT_EVIDENCE_RUNS,
+                    {"firsts": list(firsts), "lasts": list(lasts), "documents": list(documents)},
+                )
+            cursor.execute(_SET_HEAD_HASH, {"hash": prev_hash.hex()})
+
+
+# Each run's document once for each seq from its first to its last, in seq order.
+_INSERT_EVIDENCE_RUNS = """INSERT INTO audit_evidence (seq, document)
+SELECT seq, run.document
+FROM unnest(%(firsts)s::int8[], %(lasts)s::int8[], %(documents)s::bytea[])
+    AS run (first, last, document),
+    generate_series(run.first, run.last) AS seq
+ORDER BY seq"""
+_SET_HEAD_HASH = f"UPDATE audit_head SET hash = %(hash)s WHERE id = {HEAD_ID}"  # noqa: S608

@@ -185,7 +185,8 @@ def _write_pending(session: OrmSession) -> None:
     taken. Under the lock: one event on PostgreSQL is one statement (`_APPEND_ONE_PG`);
     several take `count` numbers in one statement, Python splices and hashes, the inserts
     follow (set-based: executemany; from 100 events a binary COPY, each row sent as it is
-    hashed: driver_appends.copy_chained), then the new head hash.
+    hashed, their evidence beside the head's update: driver_appends.copy_chained), then
+    the new head hash.
     SQLite goes through its driver (`driver_appends.append_sqlite`).
     """
     pending: list[NewEvent | PreparedEvent] = session.info.pop(_PENDING, [])
@@ -214,10 +215,7 @@ def _write_pending(session: OrmSession) -> None:
     seq = head[0] - len(prepared)
     prev_hash = bytes.fromhex(head[1])
     if postgres and len(prepared) >= COPY_FROM:
-        prev_hash = copy_chained(
-            session, prepared, seq=seq, prev_hash=prev_hash, recorded_at=recorded_at
-        )
-        session.execute(_SET_HEAD_HASH, {"head_hash": prev_hash.hex()})
+        copy_chained(session, prepared, seq=seq, prev_hash=prev_hash, recorded_at=recorded_at)
         return
     recorded_text = format_time(recorded_at)
     sha256 = hashlib.sha256
