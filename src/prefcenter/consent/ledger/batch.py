@@ -34,7 +34,7 @@ from prefcenter.consent.ledger.batch_events import BatchEvents
 from prefcenter.consent.ledger.batch_rows import (
     BatchRows,
     LockedContact,
-    SentReads,
+    SentLock,
     StoredRows,
     lock_contacts,
     read_subscriptions,
@@ -113,19 +113,19 @@ def inserting_batch_contacts(
 ) -> Iterator[BatchContacts]:
     """The contacts of a batch's addresses inserted, on PostgreSQL while the block runs (the
     caller makes its changes meanwhile: contact_creation.inserting_contacts). Given
-    `topic_ids` (those of all the changes to come), PostgreSQL also locks the contacts and
-    reads their subscriptions to those topics and their contact-wide opt-outs meanwhile, in
-    the same pipeline (batch_rows.SentReads): one wait for the four statements, after the
-    block, instead of four round trips after it."""
+    `topic_ids` (those of all the changes to come), PostgreSQL also locks the contacts
+    meanwhile, in the same pipeline, then reads their subscriptions to those topics and their
+    contact-wide opt-outs in one more round trip (batch_rows.SentLock): two waits after the
+    block where there were four round trips."""
     given: dict[str, str] = {}
     for address in addresses:
         given.setdefault(address.normalised, address.given)
     # Each address's keyed hash, made once: for the erased check and the events.
     address_hashes = {address: keys.address_hash(address) for address in given}
-    sent: SentReads | None = None
+    sent: SentLock | None = None
     with inserting_contacts(session, given, address_hashes=address_hashes, now=now) as contacts:
         if topic_ids is not None and given and postgres_session(session):
-            sent = SentReads.send(session.connection(), sorted(given), topic_ids)
+            sent = SentLock.send(session.connection(), sorted(given))
         batch = BatchContacts(given=given, address_hashes=address_hashes, contacts=contacts)
         try:
             yield batch
@@ -134,7 +134,7 @@ def inserting_batch_contacts(
                 sent.close()
             raise
     if sent is not None and topic_ids is not None:
-        batch.rows = sent.rows(erased=contacts.erased, topic_ids=topic_ids)
+        batch.rows = sent.rows(session.connection(), erased=contacts.erased, topic_ids=topic_ids)
         batch.topic_ids = frozenset(topic_ids)
 
 

@@ -79,62 +79,68 @@ class BatchRows:
     suppressions: StoredRows
 
 
-class SentReads:
-    """`lock_contacts`, `read_subscriptions` and `read_suppressions` of a batch's addresses as
-    three statements sent at once in the connection's pipeline (PostgreSQL), after the
-    statement that inserts the contacts: the server inserts, locks and reads while Python
-    goes on, and their rows are read (`rows`) once the pipeline is synced. The reads name
-    the contacts by address, as the lock does, not by the ids it returns."""
+class SentLock:
+    """`lock_contacts` of a batch's addresses sent in the connection's pipeline (PostgreSQL),
+    after the statement that inserts the contacts: the server inserts and locks while Python
+    goes on. Once the pipeline is synced, `rows` reads the locked contacts and then their
+    subscriptions and contact-wide opt-outs by id, as `read_subscriptions` and
+    `read_suppressions` do, both in one round trip (pipeline mode).
 
-    def __init__(self, cursors: tuple[PostgresCursor, PostgresCursor, PostgresCursor]) -> None:
-        self._cursors = cursors
+    The reads wait for the lock's ids: naming the contacts by address in them instead (a
+    sub-select) let the planner scan every subscription of the topic and every contact."""
+
+    def __init__(self, cursor: PostgresCursor) -> None:
+        self._cursor = cursor
 
     @classmethod
-    def send(cls, connection: Any, addresses: list[str], topic_ids: set[int]) -> SentReads | None:
-        """The reads sent (`connection`: SQLAlchemy's, in pipeline mode); None without
-        addresses. Each statement has its own cursor, which holds its result."""
+    def send(cls, connection: Any, addresses: list[str]) -> SentLock | None:
+        """The lock sent (`connection`: SQLAlchemy's, in pipeline mode); None without
+        addresses. Its cursor holds its result until `rows`."""
         if not addresses:
             return None
-        cursors = tuple(postgres_cursor(connection) for _ in range(3))
-        given = {"addresses": array_parameter(addresses)}
-        cursors[0].execute(_LOCK_PG, given)
-        if topic_ids:
-            cursors[1].execute(_READ_PG[_SUBSCRIPTION.name], {**given, "topics": sorted(topic_ids)})
-        cursors[2].execute(_READ_PG[_SUPPRESSION.name], given)
-        return cls((cursors[0], cursors[1], cursors[2]))
+        cursor = postgres_cursor(connection)
+        cursor.execute(_LOCK_PG, {"addresses": array_parameter(addresses)})
+        return cls(cursor)
 
-    def rows(self, *, erased: frozenset[str], topic_ids: set[int]) -> BatchRows:
-        """The rows, once the pipeline is synced; the contacts of `erased` addresses (which
-        the insert left out) are not among them."""
-        lock, subscriptions, suppressions = self._cursors
-        try:
+    def close(self) -> None:
+        self._cursor.close()
+
+    def rows(self, connection: Any, *, erased: frozenset[str], topic_ids: set[int]) -> BatchRows:
+        """The locked contacts, once the pipeline is synced, and their rows; the contacts of
+        `erased` addresses (which the insert left out) are not among them."""
+        with closing(self._cursor) as lock:
             contacts = {
                 address: LockedContact(id=row_id, public_id=public_id, address=address)
                 for row_id, public_id, address in lock.fetchall()
                 if address not in erased
             }
-            ids = {contact.id for contact in contacts.values()}
+        ids = sorted(contact.id for contact in contacts.values())
+        if not ids:
+            return BatchRows(
+                contacts=contacts, subscriptions=StoredRows({}), suppressions=StoredRows({})
+            )
+        given = {"ids": array_parameter(ids)}
+        with (
+            closing(postgres_cursor(connection)) as subscriptions,
+            closing(postgres_cursor(connection)) as suppressions,
+        ):
+            with postgres_pipeline(connection):
+                if topic_ids:
+                    subscriptions.execute(
+                        _READ_PG[_SUBSCRIPTION.name], {**given, "topics": sorted(topic_ids)}
+                    )
+                suppressions.execute(_READ_PG[_SUPPRESSION.name], given)
             return BatchRows(
                 contacts=contacts,
                 subscriptions=StoredRows(
-                    _rows_of(subscriptions, _SUBSCRIPTION, _SUBSCRIPTION_KEY, ids)
-                    if topic_ids
-                    else {}
+                    _rows_of(subscriptions, _SUBSCRIPTION, _SUBSCRIPTION_KEY) if topic_ids else {}
                 ),
-                suppressions=StoredRows(
-                    _rows_of(suppressions, _SUPPRESSION, _SUPPRESSION_KEY, ids)
-                ),
+                suppressions=StoredRows(_rows_of(suppressions, _SUPPRESSION, _SUPPRESSION_KEY)),
             )
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        for cursor in self._cursors:
-            cursor.close()
 
 
 def _rows_of(
-    cursor: PostgresCursor, table: Any, key: tuple[str, ...], contact_ids: set[int]
+    cursor: PostgresCursor, table: Any, key: tuple[str, ...]
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
     """A read's rows by their key, as `_read` gives them (times in UTC, as `UtcDateTime`
     reads them back)."""
@@ -143,8 +149,6 @@ def _rows_of(
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for values in cursor.fetchall():
         row = dict(zip(names, values, strict=True))
-        if row["contact_id"] not in contact_ids:
-            continue
         for name in times:
             time: datetime | None = row[name]
             if time is not None:
@@ -153,12 +157,8 @@ def _rows_of(
     return rows
 
 
-# The batch's contacts in id order (as lock_contacts takes them), and their rows; the
-# addresses as one array parameter (sql.array_parameter), cast as `among` casts it.
-_BATCH_CONTACTS = (
-    "SELECT id FROM contact WHERE address = ANY(CAST(%(addresses)s AS VARCHAR[])) "
-    "AND erased_at IS NULL"
-)
+# `lock_contacts`, `read_subscriptions` and `read_suppressions` on the driver: the same
+# statements, each array as one parameter (sql.array_parameter), cast as `among` casts it.
 _LOCK_PG = (
     "SELECT id, public_id, address FROM contact "
     "WHERE address = ANY(CAST(%(addresses)s AS VARCHAR[])) AND erased_at IS NULL "
@@ -167,12 +167,12 @@ _LOCK_PG = (
 _READ_PG = {
     _SUBSCRIPTION.name: (
         f"SELECT {', '.join(c.name for c in _SUBSCRIPTION.columns)} "  # noqa: S608  (the model's names)
-        f"FROM subscription WHERE contact_id IN ({_BATCH_CONTACTS}) "
+        "FROM subscription WHERE contact_id = ANY(CAST(%(ids)s AS INTEGER[])) "
         "AND topic_id = ANY(%(topics)s)"
     ),
     _SUPPRESSION.name: (
         f"SELECT {', '.join(c.name for c in _SUPPRESSION.columns)} "  # noqa: S608  (the model's names)
-        f"FROM suppression WHERE contact_id IN ({_BATCH_CONTACTS})"
+        "FROM suppression WHERE contact_id = ANY(CAST(%(ids)s AS INTEGER[]))"
     ),
 }
 
