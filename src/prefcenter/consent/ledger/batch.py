@@ -61,8 +61,8 @@ from prefcenter.problems import Problem
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
 from prefcenter.webhooks.queue import queue_change_deliveries
-from prefcenter.webhooks.queue_bulk import subscribed_any
-from prefcenter.webhooks.rules import types_of_event
+from prefcenter.webhooks.queue_bulk import SentQuestion, ask_subscribed_any, subscribed_any
+from prefcenter.webhooks.rules import EventType, types_of_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +181,10 @@ def apply_changes(
         results.append(decided)
     events: list[PreparedEvent] = []
     counted: Counter[tuple[str, str]] = Counter()
-    # The rows are written first; on PostgreSQL without waiting, while the events are made.
-    with writing_rows(session, subscriptions, suppressions):
+    question: SentQuestion | None = None
+    # The rows are written first; on PostgreSQL without waiting, while the events are made,
+    # and whether an endpoint wants their webhooks asked in the same pipeline.
+    with writing_rows(session, subscriptions, suppressions) as pipelined:
         if changes:
             builder = BatchEvents(keys, actor=changes[0].record.actor)
             for index, result in enumerate(results):
@@ -192,13 +194,21 @@ def apply_changes(
                 results[index] = written
                 events.append(event)
                 counted[counted_source(result.requested), written.decision.outcome.value] += 1
+        if pipelined:
+            question = ask_subscribed_any(session, _event_types(results))
     append_prepared(session, events)
     for (source, outcome), count in counted.items():
         count_consent_change(session, source=source, outcome=outcome, count=count)
     answers = [r for r in results if not isinstance(r, _Decided)]
     assert len(answers) == len(results)
     if changes:
-        _queue_deliveries(session, answers, now=changes[0].at)
+        wanted = (
+            question.answer()
+            if question is not None
+            else subscribed_any(session, _event_types(answers))
+        )
+        if wanted:
+            _queue_deliveries(answers, session=session, now=changes[0].at)
     return answers
 
 
@@ -339,22 +349,27 @@ def _suppression_state(row: dict[str, Any] | None) -> CurrentState | None:
     return stored_suppression_state(row["suppressed"], row["occurred_at"], row["by_recipient"])
 
 
-def _queue_deliveries(
-    session: Session, results: list[BatchWritten | Problem], *, now: datetime
-) -> None:
-    """The webhook deliveries of the batch's events, in order; none, after one query for all
-    their types, when no endpoint wants any of them (the usual case for a sync)."""
+def _event_types(results: Sequence[object]) -> set[EventType]:
+    """The webhook types of the batch's events; those of each kind of event once, not of each
+    event."""
     written = [r for r in results if isinstance(r, BatchWritten)]
-    # The types of each kind of event once, not of each event.
     kinds = {(r.event_kind, r.decision.outcome.value, r.to_status) for r in written}
-    types = {
+    return {
         t
         for kind, outcome, to_status in kinds
         for t in types_of_event(kind, outcome=outcome, to_status=to_status)
     }
-    if not subscribed_any(session, types):
-        return
-    for r in written:
+
+
+def _queue_deliveries(
+    results: list[BatchWritten | Problem], *, session: Session, now: datetime
+) -> None:
+    """The webhook deliveries of the batch's events, in order, once an endpoint wants one of
+    their types (one query for them all, `_event_types`; the usual case for a sync is
+    none)."""
+    for r in results:
+        if not isinstance(r, BatchWritten):
+            continue
         queue_change_deliveries(
             session,
             event_id=r.event_id,

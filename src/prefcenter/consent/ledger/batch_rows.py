@@ -51,23 +51,24 @@ class StoredRows:
 @contextmanager
 def writing_rows(
     session: Session, subscriptions: StoredRows, suppressions: StoredRows
-) -> Iterator[None]:
+) -> Iterator[bool]:
     """Write the rows the batch changed, as it leaves them; on PostgreSQL sent in pipeline
     mode when the block starts and awaited when it ends, so the server writes them while the
-    block runs."""
+    block runs. Yields whether the block runs in that pipeline (then a statement it sends
+    on a cursor of its own is awaited with them)."""
     if not postgres_session(session):
-        yield
+        yield False
         _upsert_sqlite(session, _SUBSCRIPTION, _SUBSCRIPTION_KEY, subscriptions)
         _upsert_sqlite(session, _SUPPRESSION, _SUPPRESSION_KEY, suppressions)
         return
     if not subscriptions.written and not suppressions.written:
-        yield
+        yield False
         return
     connection = session.connection()
     with closing(postgres_cursor(connection)) as cursor, postgres_pipeline(connection):
         _upsert_pg(cursor, _SUBSCRIPTION, subscriptions)
         _upsert_pg(cursor, _SUPPRESSION, suppressions)
-        yield
+        yield True
 
 
 @dataclass(frozen=True, slots=True)
