@@ -236,12 +236,13 @@ def _upsert_pg(cursor: PostgresCursor, table: Any, rows: StoredRows) -> None:
     array per column goes through the driver's pure-Python list dumper element by element."""
     if not rows.written:
         return
-    columns = [c.name for c in table.columns]
+    columns = {c.name for c in table.columns}
     ordered = [rows.by_key[k] for k in sorted(rows.written)]
-    cursor.execute(
-        _JSON_UPSERT[table.name],
-        {"rows": orjson.dumps([{c: row[c] for c in columns} for row in ordered]).decode()},
-    )
+    # Each row as it is: the server takes the table's columns from it by name (and would
+    # make a missing one null, so none may be).
+    if not all(columns <= row.keys() for row in ordered):
+        raise ValueError(f"a written {table.name} row lacks a column")
+    cursor.execute(_JSON_UPSERT[table.name], {"rows": orjson.dumps(ordered).decode()})
 
 
 def _upsert_sqlite(session: Session, table: Any, key: tuple[str, ...], rows: StoredRows) -> None:
