@@ -375,6 +375,51 @@ class TestAppend:
             head = session.exec(select(AuditHead)).one()
         assert (head.seq, head.recorded_at) == (8 + count, times[0])
 
+    def test_a_document_shared_by_consecutive_events_is_stored_for_each(self, chain: Chain) -> None:
+        """PostgreSQL sends a run of consecutive events' identical documents once
+        (driver_appends.copy_chained): each event still has its own row, the runs broken by
+        an event with another document or with none, and a document seen again after
+        another starts a new run."""
+        moment = utcnow().replace(year=2024)
+        shared = {"actor_kind": "admin"}
+
+        def context_and_evidence(i: int) -> tuple[dict[str, str], dict[str, int]]:
+            if i % 11 == 10:
+                return {}, {}  # no document
+            if i % 7 == 6:
+                return shared, {"line": i}  # its own
+            return shared, {}  # the run's
+
+        news = [
+            NewEvent(
+                kind=EventKind.CONSENT_CHANGE,
+                occurred_at=moment,
+                actor="test",
+                source="import",
+                outcome="applied",
+                contact_id=f"c{i}",
+                topic="news",
+                to_status="subscribed",
+                evidence=context_and_evidence(i)[1],
+                context=context_and_evidence(i)[0],
+                address=f"p{i}@example.com",
+            )
+            for i in range(250)
+        ]
+        with chain.database.transaction(write=True) as session:
+            for new in news:
+                append_event(session, new)
+        assert chain.verify() == VerifyResult(ok=True, checked=8 + len(news))
+        with chain.database.transaction(write=False) as session:
+            stored = read_events(session, col(AuditEvent.seq) > 8)
+            documents = session.execute(
+                text("SELECT count(*) FROM audit_evidence WHERE seq > 8")
+            ).scalar_one()
+        assert [(e.id, e.evidence, e.context) for e in stored] == [
+            (n.id, n.evidence, n.context) for n in news
+        ]
+        assert documents == len([n for n in news if n.context or n.evidence])
+
     def test_sqlite_writes_the_columns_as_the_canonical_bytes(self, chain: Chain) -> None:
         """Verification on SQLite trusts `json_object` to rebuild the canonical bytes from the
         columns (and looks again in Python where it does not): it must for awkward text."""

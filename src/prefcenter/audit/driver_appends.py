@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import closing
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session as OrmSession
@@ -13,7 +14,7 @@ from prefcenter.audit.canonical import FREE_TEXT_FIELDS, format_time
 from prefcenter.audit.models import HEAD_ID
 from prefcenter.audit.prepared import EVENT_INSERT_COLUMNS, PreparedEvent
 from prefcenter.db import utcnow
-from prefcenter.driver import driver_cursor, postgres_cursor
+from prefcenter.driver import driver_cursor, postgres_cursor, postgres_pipeline
 
 # SQLite runs in-process, so its statements cost what the Python around them costs: the driver
 # directly, not SQLAlchemy's statement machinery (a third of the append's time otherwise).
@@ -87,7 +88,7 @@ def append_sqlite(session: OrmSession, prepared: list[PreparedEvent]) -> None:
 # From this many events on (an import's batch), PostgreSQL gets them by binary COPY: a few
 # µs per row where an executemany costs tens (psycopg pipelines one INSERT per row).
 COPY_FROM = 100
-_COPYEVENT_INSERT_COLUMNS = ("seq", "recorded_at", "canonical", "hash", *EVENT_INSERT_COLUMNS)
+_COPY_EVENT_COLUMNS = ("seq", "recorded_at", "canonical", "hash", *EVENT_INSERT_COLUMNS)
 _COPY_EVENT_TYPES = (
     "int8",
     "timestamptz",
@@ -97,26 +98,52 @@ _COPY_EVENT_TYPES = (
 )
 
 
-def copy_rows(
+def copy_chained(
     session: OrmSession,
-    events: list[dict[str, Any]],
-    documents: list[dict[str, Any]],
-    free_texts: list[dict[str, Any]],
+    prepared: list[PreparedEvent],
+    *,
+    seq: int,
+    prev_hash: bytes,
+    recorded_at: datetime,
 ) -> None:
-    with closing(postgres_cursor(session.connection())) as cursor:
+    """Chain `prepared` onto the head (`seq` and `prev_hash`: the head's before them; the head
+    row locked) and write them, then the new head hash.
+
+    The events go by binary COPY, each row written as soon as its hash is made: psycopg sends
+    the rows in chunks as they come, so the server inserts the first while Python hashes the
+    next. Their free text follows by COPY. Their evidence documents go in one statement
+    beside the head's update, in one round trip (pipeline mode): a batch's events mostly
+    share one document (the request's context), so each run of consecutive events with the
+    same document is sent once, with the first and last seq it goes with
+    (`_INSERT_EVIDENCE_RUNS`), not once per event."""
+    recorded_text = format_time(recorded_at)
+    sha256 = hashlib.sha256
+    runs: list[list[Any]] = []  # [first seq, last seq, document]
+    free_texts: list[tuple[Any, ...]] = []
+    connection = session.connection()
+    with closing(postgres_cursor(connection)) as cursor:
         with cursor.copy(
-            f"COPY audit_event ({', '.join(_COPYEVENT_INSERT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+            f"COPY audit_event ({', '.join(_COPY_EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.set_types(list(_COPY_EVENT_TYPES))
-            for row in events:
-                copy.write_row([row[name] for name in _COPYEVENT_INSERT_COLUMNS])
-        if documents:
-            with cursor.copy(
-                "COPY audit_evidence (seq, document) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["int8", "bytea"])
-                for document in documents:
-                    copy.write_row((document["seq"], document["document"]))
+            for item in prepared:
+                seq += 1
+                canonical = item.parts.join(recorded_text, seq)
+                prev_hash = sha256(prev_hash + canonical).digest()
+                row = item.row
+                copy.write_row(
+                    [seq, recorded_at, canonical, prev_hash.hex()]
+                    + [row[name] for name in EVENT_INSERT_COLUMNS]
+                )
+                document = item.document
+                if document is not None:
+                    last = runs[-1] if runs else None
+                    if last is not None and last[1] == seq - 1 and last[2] == document:
+                        last[1] = seq
+                    else:
+                        runs.append([seq, seq, document])
+                if item.free_text is not None:
+                    free_texts.append((seq, *item.free_text))
         if free_texts:
             columns = ("seq", *FREE_TEXT_FIELDS)
             with cursor.copy(
@@ -124,4 +151,22 @@ def copy_rows(
             ) as copy:
                 copy.set_types(["int8", *["text"] * len(FREE_TEXT_FIELDS)])
                 for free_text in free_texts:
-                    copy.write_row([free_text[name] for name in columns])
+                    copy.write_row(free_text)
+        with postgres_pipeline(connection):
+            if runs:
+                firsts, lasts, documents = zip(*runs, strict=True)
+                cursor.execute(
+                    _INSERT_EVIDENCE_RUNS,
+                    {"firsts": list(firsts), "lasts": list(lasts), "documents": list(documents)},
+                )
+            cursor.execute(_SET_HEAD_HASH, {"hash": prev_hash.hex()})
+
+
+# Each run's document once for each seq from its first to its last, in seq order.
+_INSERT_EVIDENCE_RUNS = """INSERT INTO audit_evidence (seq, document)
+SELECT seq, run.document
+FROM unnest(%(firsts)s::int8[], %(lasts)s::int8[], %(documents)s::bytea[])
+    AS run (first, last, document),
+    generate_series(run.first, run.last) AS seq
+ORDER BY seq"""
+_SET_HEAD_HASH = f"UPDATE audit_head SET hash = %(hash)s WHERE id = {HEAD_ID}"  # noqa: S608

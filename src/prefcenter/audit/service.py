@@ -17,7 +17,7 @@ from prefcenter.audit.canonical import (
     FREE_TEXT_FIELDS,
     format_time,
 )
-from prefcenter.audit.driver_appends import COPY_FROM, append_sqlite, copy_rows
+from prefcenter.audit.driver_appends import COPY_FROM, append_sqlite, copy_chained
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import HEAD_ID, AuditEvent, AuditEvidence, AuditFreeText, AuditHead
 from prefcenter.audit.prepared import EVENT_INSERT_COLUMNS, PreparedEvent, prepare_event
@@ -184,7 +184,9 @@ def _write_pending(session: OrmSession) -> None:
     documents, the canonical bytes but for seq and time) is built before the head lock is
     taken. Under the lock: one event on PostgreSQL is one statement (`_APPEND_ONE_PG`);
     several take `count` numbers in one statement, Python splices and hashes, the inserts
-    follow (set-based: executemany, from 100 events a binary COPY), then the new head hash.
+    follow (set-based: executemany; from 100 events a binary COPY, each row sent as it is
+    hashed, their evidence beside the head's update: driver_appends.copy_chained), then
+    the new head hash.
     SQLite goes through its driver (`driver_appends.append_sqlite`).
     """
     pending: list[NewEvent | PreparedEvent] = session.info.pop(_PENDING, [])
@@ -210,9 +212,12 @@ def _write_pending(session: OrmSession) -> None:
         _take_seqs(len(prepared), postgres=postgres), {} if postgres else {"now": utcnow()}
     ).one()
     recorded_at: datetime = head[2]
-    recorded_text = format_time(recorded_at)
     seq = head[0] - len(prepared)
     prev_hash = bytes.fromhex(head[1])
+    if postgres and len(prepared) >= COPY_FROM:
+        copy_chained(session, prepared, seq=seq, prev_hash=prev_hash, recorded_at=recorded_at)
+        return
+    recorded_text = format_time(recorded_at)
     sha256 = hashlib.sha256
     events: list[dict[str, Any]] = []
     documents: list[dict[str, Any]] = []
@@ -231,14 +236,11 @@ def _write_pending(session: OrmSession) -> None:
             documents.append({"seq": seq, "document": item.document})
         if item.free_text is not None:
             free_texts.append(dict(zip(FREE_TEXT_FIELDS, item.free_text, strict=True), seq=seq))
-    if postgres and len(events) >= COPY_FROM:
-        copy_rows(session, events, documents, free_texts)
-    else:
-        session.execute(insert(_EVENTS), events)
-        if documents:
-            session.execute(insert(_EVIDENCE), documents)
-        if free_texts:
-            session.execute(insert(_FREE_TEXT), free_texts)
+    session.execute(insert(_EVENTS), events)
+    if documents:
+        session.execute(insert(_EVIDENCE), documents)
+    if free_texts:
+        session.execute(insert(_FREE_TEXT), free_texts)
     session.execute(_SET_HEAD_HASH, {"head_hash": prev_hash.hex()})
 
 

@@ -87,8 +87,9 @@ def record_changes(
     instants = [now + timedelta(microseconds=index) for index, _, _ in accepted]
     records = ApiRecords.of(caller=caller, request=request, settings=settings)
     # The contacts inserted while the changes are made (on PostgreSQL, without waiting).
+    topic_ids = {topic.id for _, _, topic in accepted if topic is not None and topic.id is not None}
     with inserting_batch_contacts(
-        session, keys, [change.email for _, change, _ in accepted], now=now
+        session, keys, [change.email for _, change, _ in accepted], now=now, topic_ids=topic_ids
     ) as inserted:
         changes = [
             BatchChange(

@@ -16,7 +16,7 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session
 
 from prefcenter.db import UtcDateTime
-from prefcenter.driver import postgres_cursor
+from prefcenter.driver import PostgresCursor, postgres_cursor
 from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
 from prefcenter.webhooks.models import WebhookEndpoint, WebhookEndpointEvent
 from prefcenter.webhooks.queue import DELIVERY_COLUMNS
@@ -41,6 +41,38 @@ def subscribed_any(session: Session, event_types: Iterable[EventType]) -> bool:
     if not wanted:
         return False
     return _any_endpoint(session, _SUBSCRIBED.c.event_type.in_([*wanted, EVERY_TYPE]))
+
+
+class SentQuestion:
+    """`subscribed_any` sent in the connection's pipeline (PostgreSQL), its answer read once
+    the pipeline is synced."""
+
+    def __init__(self, cursor: PostgresCursor | None) -> None:
+        self._cursor = cursor  # None: no type, so no endpoint wants any
+
+    def answer(self) -> bool:
+        if self._cursor is None:
+            return False
+        with closing(self._cursor) as cursor:
+            return cursor.fetchone() is not None
+
+
+def ask_subscribed_any(session: Session, event_types: Iterable[EventType]) -> SentQuestion:
+    """`subscribed_any`, sent without waiting, for a caller whose session's connection is in
+    pipeline mode (PostgreSQL): the same query, on a cursor of its own."""
+    wanted = sorted({t.value for t in event_types})
+    if not wanted:
+        return SentQuestion(None)
+    cursor = postgres_cursor(session.connection())
+    cursor.execute(_ANY_ENDPOINT_PG, {"types": [*wanted, EVERY_TYPE]})
+    return SentQuestion(cursor)
+
+
+_ANY_ENDPOINT_PG = (
+    "SELECT s.endpoint_id FROM webhook_endpoint_event AS s "
+    "JOIN webhook_endpoint AS e ON e.id = s.endpoint_id AND e.enabled "
+    "WHERE s.event_type = ANY(%(types)s) LIMIT 1"
+)
 
 
 def _any_endpoint(session: Session, condition: Any) -> bool:

@@ -32,7 +32,9 @@ from prefcenter.consent.contact_creation import InsertedContacts, inserting_cont
 from prefcenter.consent.erased import AddressErased
 from prefcenter.consent.ledger.batch_events import BatchEvents
 from prefcenter.consent.ledger.batch_rows import (
+    BatchRows,
     LockedContact,
+    SentLock,
     StoredRows,
     lock_contacts,
     read_subscriptions,
@@ -50,6 +52,7 @@ from prefcenter.consent.ledger.changes import (
     suppression_change,
 )
 from prefcenter.consent.ledger.notices import bound_notice
+from prefcenter.consent.ledger.sql import postgres_session
 from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
 from prefcenter.consent.rules import CurrentState, Decision, Outcome, RequestedChange
 from prefcenter.contacts.addresses import Address
@@ -58,8 +61,8 @@ from prefcenter.problems import Problem
 from prefcenter.topics.models import Topic
 from prefcenter.topics.schemas import TopicKind
 from prefcenter.webhooks.queue import queue_change_deliveries
-from prefcenter.webhooks.queue_bulk import subscribed_any
-from prefcenter.webhooks.rules import types_of_event
+from prefcenter.webhooks.queue_bulk import SentQuestion, ask_subscribed_any, subscribed_any
+from prefcenter.webhooks.rules import EventType, types_of_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,28 +89,53 @@ class BatchWritten:
     to_status: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchContacts:
     """A batch's addresses, each contact inserted unless it exists or was erased."""
 
     given: dict[str, str]  # each normalised address's form as first given
     address_hashes: dict[str, str]  # each normalised address's keyed hash, made once
     contacts: InsertedContacts
+    # On PostgreSQL, once the block is over: the contacts locked and their rows read, for
+    # the topics named (`inserting_batch_contacts`); None: `apply_changes` reads them.
+    rows: BatchRows | None = None
+    topic_ids: frozenset[int] = frozenset()
 
 
 @contextmanager
 def inserting_batch_contacts(
-    session: Session, keys: AuditKeys, addresses: Sequence[Address], *, now: datetime
+    session: Session,
+    keys: AuditKeys,
+    addresses: Sequence[Address],
+    *,
+    now: datetime,
+    topic_ids: set[int] | None = None,
 ) -> Iterator[BatchContacts]:
     """The contacts of a batch's addresses inserted, on PostgreSQL while the block runs (the
-    caller makes its changes meanwhile: contact_creation.inserting_contacts)."""
+    caller makes its changes meanwhile: contact_creation.inserting_contacts). Given
+    `topic_ids` (those of all the changes to come), PostgreSQL also locks the contacts
+    meanwhile, in the same pipeline, then reads their subscriptions to those topics and their
+    contact-wide opt-outs in one more round trip (batch_rows.SentLock): two waits after the
+    block where there were four round trips."""
     given: dict[str, str] = {}
     for address in addresses:
         given.setdefault(address.normalised, address.given)
     # Each address's keyed hash, made once: for the erased check and the events.
     address_hashes = {address: keys.address_hash(address) for address in given}
+    sent: SentLock | None = None
     with inserting_contacts(session, given, address_hashes=address_hashes, now=now) as contacts:
-        yield BatchContacts(given=given, address_hashes=address_hashes, contacts=contacts)
+        if topic_ids is not None and given and postgres_session(session):
+            sent = SentLock.send(session.connection(), sorted(given))
+        batch = BatchContacts(given=given, address_hashes=address_hashes, contacts=contacts)
+        try:
+            yield batch
+        except BaseException:
+            if sent is not None:
+                sent.close()
+            raise
+    if sent is not None and topic_ids is not None:
+        batch.rows = sent.rows(session.connection(), erased=contacts.erased, topic_ids=topic_ids)
+        batch.topic_ids = frozenset(topic_ids)
 
 
 def apply_changes(
@@ -132,12 +160,8 @@ def apply_changes(
     address_hashes = inserted.address_hashes
     if any(change.address.normalised not in given for change in changes):
         raise ValueError("a change's address was not among the contacts inserted")
-    erased = inserted.contacts.erased
-    contacts = lock_contacts(session, [a for a in given if a not in erased])
-    ids = [c.id for c in contacts.values()]
-    topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
-    subscriptions = read_subscriptions(session, ids, topic_ids)
-    suppressions = read_suppressions(session, ids)
+    rows = _batch_rows(session, inserted, changes)
+    contacts, subscriptions, suppressions = rows.contacts, rows.subscriptions, rows.suppressions
     # The notices the batch's topics are bound to, read once each (re-consent).
     topics = {c.topic.key: c.topic for c in changes if c.topic is not None}
     bound = {key: bound_notice(session, topic.notice_key) for key, topic in topics.items()}
@@ -157,8 +181,10 @@ def apply_changes(
         results.append(decided)
     events: list[PreparedEvent] = []
     counted: Counter[tuple[str, str]] = Counter()
-    # The rows are written first; on PostgreSQL without waiting, while the events are made.
-    with writing_rows(session, subscriptions, suppressions):
+    question: SentQuestion | None = None
+    # The rows are written first; on PostgreSQL without waiting, while the events are made,
+    # and whether an endpoint wants their webhooks asked in the same pipeline.
+    with writing_rows(session, subscriptions, suppressions) as pipelined:
         if changes:
             builder = BatchEvents(keys, actor=changes[0].record.actor)
             for index, result in enumerate(results):
@@ -168,14 +194,42 @@ def apply_changes(
                 results[index] = written
                 events.append(event)
                 counted[counted_source(result.requested), written.decision.outcome.value] += 1
+        if pipelined:
+            question = ask_subscribed_any(session, _event_types(results))
     append_prepared(session, events)
     for (source, outcome), count in counted.items():
         count_consent_change(session, source=source, outcome=outcome, count=count)
     answers = [r for r in results if not isinstance(r, _Decided)]
     assert len(answers) == len(results)
     if changes:
-        _queue_deliveries(session, answers, now=changes[0].at)
+        wanted = (
+            question.answer()
+            if question is not None
+            else subscribed_any(session, _event_types(answers))
+        )
+        if wanted:
+            _queue_deliveries(answers, session=session, now=changes[0].at)
     return answers
+
+
+def _batch_rows(
+    session: Session, inserted: BatchContacts, changes: Sequence[BatchChange]
+) -> BatchRows:
+    """The batch's contacts locked and their rows as stored: those read while the contacts
+    were inserted, or read now."""
+    topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
+    if inserted.rows is not None:
+        if not topic_ids <= inserted.topic_ids:
+            raise ValueError("a change's topic was not among those read")
+        return inserted.rows
+    erased = inserted.contacts.erased
+    contacts = lock_contacts(session, [a for a in inserted.given if a not in erased])
+    ids = [c.id for c in contacts.values()]
+    return BatchRows(
+        contacts=contacts,
+        subscriptions=read_subscriptions(session, ids, topic_ids),
+        suppressions=read_suppressions(session, ids),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,22 +349,27 @@ def _suppression_state(row: dict[str, Any] | None) -> CurrentState | None:
     return stored_suppression_state(row["suppressed"], row["occurred_at"], row["by_recipient"])
 
 
-def _queue_deliveries(
-    session: Session, results: list[BatchWritten | Problem], *, now: datetime
-) -> None:
-    """The webhook deliveries of the batch's events, in order; none, after one query for all
-    their types, when no endpoint wants any of them (the usual case for a sync)."""
+def _event_types(results: Sequence[object]) -> set[EventType]:
+    """The webhook types of the batch's events; those of each kind of event once, not of each
+    event."""
     written = [r for r in results if isinstance(r, BatchWritten)]
-    # The types of each kind of event once, not of each event.
     kinds = {(r.event_kind, r.decision.outcome.value, r.to_status) for r in written}
-    types = {
+    return {
         t
         for kind, outcome, to_status in kinds
         for t in types_of_event(kind, outcome=outcome, to_status=to_status)
     }
-    if not subscribed_any(session, types):
-        return
-    for r in written:
+
+
+def _queue_deliveries(
+    results: list[BatchWritten | Problem], *, session: Session, now: datetime
+) -> None:
+    """The webhook deliveries of the batch's events, in order, once an endpoint wants one of
+    their types (one query for them all, `_event_types`; the usual case for a sync is
+    none)."""
+    for r in results:
+        if not isinstance(r, BatchWritten):
+            continue
         queue_change_deliveries(
             session,
             event_id=r.event_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -15,9 +16,10 @@ from sqlalchemy import Integer, String, select
 from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, col
 
-from prefcenter.consent.ledger.sql import among, postgres_session
+from prefcenter.consent.ledger.sql import among, array_parameter, postgres_session
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
+from prefcenter.db import UtcDateTime
 from prefcenter.driver import PostgresCursor, postgres_cursor, postgres_pipeline
 
 _SUBSCRIPTION = Subscription.__table__  # type: ignore[attr-defined]
@@ -49,23 +51,131 @@ class StoredRows:
 @contextmanager
 def writing_rows(
     session: Session, subscriptions: StoredRows, suppressions: StoredRows
-) -> Iterator[None]:
+) -> Iterator[bool]:
     """Write the rows the batch changed, as it leaves them; on PostgreSQL sent in pipeline
     mode when the block starts and awaited when it ends, so the server writes them while the
-    block runs."""
+    block runs. Yields whether the block runs in that pipeline (then a statement it sends
+    on a cursor of its own is awaited with them)."""
     if not postgres_session(session):
-        yield
+        yield False
         _upsert_sqlite(session, _SUBSCRIPTION, _SUBSCRIPTION_KEY, subscriptions)
         _upsert_sqlite(session, _SUPPRESSION, _SUPPRESSION_KEY, suppressions)
         return
     if not subscriptions.written and not suppressions.written:
-        yield
+        yield False
         return
     connection = session.connection()
     with closing(postgres_cursor(connection)) as cursor, postgres_pipeline(connection):
         _upsert_pg(cursor, _SUBSCRIPTION, subscriptions)
         _upsert_pg(cursor, _SUPPRESSION, suppressions)
-        yield
+        yield True
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRows:
+    """A batch's contacts, locked, and their rows as stored."""
+
+    contacts: dict[str, LockedContact]  # by normalised address
+    subscriptions: StoredRows
+    suppressions: StoredRows
+
+
+class SentLock:
+    """`lock_contacts` of a batch's addresses sent in the connection's pipeline (PostgreSQL),
+    after the statement that inserts the contacts: the server inserts and locks while Python
+    goes on. Once the pipeline is synced, `rows` reads the locked contacts and then their
+    subscriptions and contact-wide opt-outs by id, as `read_subscriptions` and
+    `read_suppressions` do, both in one round trip (pipeline mode).
+
+    The reads wait for the lock's ids: naming the contacts by address in them instead (a
+    sub-select) let the planner scan every subscription of the topic and every contact."""
+
+    def __init__(self, cursor: PostgresCursor) -> None:
+        self._cursor = cursor
+
+    @classmethod
+    def send(cls, connection: Any, addresses: list[str]) -> SentLock | None:
+        """The lock sent (`connection`: SQLAlchemy's, in pipeline mode); None without
+        addresses. Its cursor holds its result until `rows`."""
+        if not addresses:
+            return None
+        cursor = postgres_cursor(connection)
+        cursor.execute(_LOCK_PG, {"addresses": array_parameter(addresses)})
+        return cls(cursor)
+
+    def close(self) -> None:
+        self._cursor.close()
+
+    def rows(self, connection: Any, *, erased: frozenset[str], topic_ids: set[int]) -> BatchRows:
+        """The locked contacts, once the pipeline is synced, and their rows; the contacts of
+        `erased` addresses (which the insert left out) are not among them."""
+        with closing(self._cursor) as lock:
+            contacts = {
+                address: LockedContact(id=row_id, public_id=public_id, address=address)
+                for row_id, public_id, address in lock.fetchall()
+                if address not in erased
+            }
+        ids = sorted(contact.id for contact in contacts.values())
+        if not ids:
+            return BatchRows(
+                contacts=contacts, subscriptions=StoredRows({}), suppressions=StoredRows({})
+            )
+        given = {"ids": array_parameter(ids)}
+        with (
+            closing(postgres_cursor(connection)) as subscriptions,
+            closing(postgres_cursor(connection)) as suppressions,
+        ):
+            with postgres_pipeline(connection):
+                if topic_ids:
+                    subscriptions.execute(
+                        _READ_PG[_SUBSCRIPTION.name], {**given, "topics": sorted(topic_ids)}
+                    )
+                suppressions.execute(_READ_PG[_SUPPRESSION.name], given)
+            return BatchRows(
+                contacts=contacts,
+                subscriptions=StoredRows(
+                    _rows_of(subscriptions, _SUBSCRIPTION, _SUBSCRIPTION_KEY) if topic_ids else {}
+                ),
+                suppressions=StoredRows(_rows_of(suppressions, _SUPPRESSION, _SUPPRESSION_KEY)),
+            )
+
+
+def _rows_of(
+    cursor: PostgresCursor, table: Any, key: tuple[str, ...]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """A read's rows by their key, as `_read` gives them (times in UTC, as `UtcDateTime`
+    reads them back)."""
+    names = [c.name for c in table.columns]
+    times = [c.name for c in table.columns if isinstance(c.type, UtcDateTime)]
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for values in cursor.fetchall():
+        row = dict(zip(names, values, strict=True))
+        for name in times:
+            time: datetime | None = row[name]
+            if time is not None:
+                row[name] = time.astimezone(UTC)
+        rows[tuple(row[k] for k in key)] = row
+    return rows
+
+
+# `lock_contacts`, `read_subscriptions` and `read_suppressions` on the driver: the same
+# statements, each array as one parameter (sql.array_parameter), cast as `among` casts it.
+_LOCK_PG = (
+    "SELECT id, public_id, address FROM contact "
+    "WHERE address = ANY(CAST(%(addresses)s AS VARCHAR[])) AND erased_at IS NULL "
+    "ORDER BY id FOR UPDATE"
+)
+_READ_PG = {
+    _SUBSCRIPTION.name: (
+        f"SELECT {', '.join(c.name for c in _SUBSCRIPTION.columns)} "  # noqa: S608  (the model's names)
+        "FROM subscription WHERE contact_id = ANY(CAST(%(ids)s AS INTEGER[])) "
+        "AND topic_id = ANY(%(topics)s)"
+    ),
+    _SUPPRESSION.name: (
+        f"SELECT {', '.join(c.name for c in _SUPPRESSION.columns)} "  # noqa: S608  (the model's names)
+        "FROM suppression WHERE contact_id = ANY(CAST(%(ids)s AS INTEGER[]))"
+    ),
+}
 
 
 def lock_contacts(session: Session, addresses: list[str]) -> dict[str, LockedContact]:
@@ -126,12 +236,13 @@ def _upsert_pg(cursor: PostgresCursor, table: Any, rows: StoredRows) -> None:
     array per column goes through the driver's pure-Python list dumper element by element."""
     if not rows.written:
         return
-    columns = [c.name for c in table.columns]
+    columns = {c.name for c in table.columns}
     ordered = [rows.by_key[k] for k in sorted(rows.written)]
-    cursor.execute(
-        _JSON_UPSERT[table.name],
-        {"rows": orjson.dumps([{c: row[c] for c in columns} for row in ordered]).decode()},
-    )
+    # Each row as it is: the server takes the table's columns from it by name (and would
+    # make a missing one null, so none may be).
+    if not all(columns <= row.keys() for row in ordered):
+        raise ValueError(f"a written {table.name} row lacks a column")
+    cursor.execute(_JSON_UPSERT[table.name], {"rows": orjson.dumps(ordered).decode()})
 
 
 def _upsert_sqlite(session: Session, table: Any, key: tuple[str, ...], rows: StoredRows) -> None:

@@ -29,9 +29,16 @@ def among(column: Any, values: Sequence[Any], item_type: Any, *, postgres: bool)
     value with another (a control character) goes as a list."""
     if not postgres:
         return column.in_(values)
+    array = array_parameter(values)
+    if isinstance(array, list):
+        return column == any_(bindparam(None, array, type_=ARRAY(item_type)))
+    return column == any_(cast(bindparam(None, array, type_=NullType()), ARRAY(item_type)))
+
+
+def array_parameter(values: Sequence[Any]) -> str | list[Any]:
+    """`values` as one PostgreSQL array parameter (`among`): its text, or the list itself
+    when a value holds a character that JSON escapes otherwise than the array text does."""
     encoded = orjson.dumps(list(values)).decode()
     if "\\" in encoded:
-        return column == any_(bindparam(None, list(values), type_=ARRAY(item_type)))
-    return column == any_(
-        cast(bindparam(None, "{" + encoded[1:-1] + "}", type_=NullType()), ARRAY(item_type))
-    )
+        return list(values)
+    return "{" + encoded[1:-1] + "}"
