@@ -35,13 +35,13 @@ from prefcenter.audit.context import IPNetwork, RequestContext, request_context
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import new_event_id
 from prefcenter.confirmations import confirm_link
-from prefcenter.consent.ledger.api_lane import (
-    AnswerToKeep,
+from prefcenter.consent.ledger.api_lane import AnswerToKeep, NewContact, write_api_change
+from prefcenter.consent.ledger.api_lane_sqlite import write_api_change_sqlite
+from prefcenter.consent.ledger.api_state import (
     ApiChangeState,
-    NewContact,
+    StateQuery,
     TopicRow,
     read_api_state,
-    write_api_change,
 )
 from prefcenter.consent.ledger.changes import (
     change_event,
@@ -101,7 +101,7 @@ class ChangeLane:
         self.audit_keys = audit_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not posted_to(scope, PATH) or self.settings.is_sqlite:
+        if not posted_to(scope, PATH):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -185,13 +185,22 @@ def record_on_cursor(
     the locking path). `secret_hash`: the hash of the caller's bearer secret."""
     address = change.email
     address_hash = keys.address_hash(address.normalised)
-    state = read_api_state(
-        cursor,
+    sqlite = settings.is_sqlite
+    query = StateQuery(
         topic_key=change.topic,
         address=address.normalised,
         address_hash=address_hash,
         secret_hash=secret_hash,
         idempotency_key=idempotency.key,
+    )
+    state = read_api_state(
+        cursor,
+        topic_key=query.topic_key,
+        address=query.address,
+        address_hash=address_hash,
+        secret_hash=secret_hash,
+        idempotency_key=query.idempotency_key,
+        sqlite=sqlite,
     )
     caller = state.caller
     if caller is None or not caller.allows(KeyScope.CONSENT_WRITE):
@@ -251,9 +260,10 @@ def record_on_cursor(
         event_id=event_id,
         confirm_url=link,
     )
-    kept = None
-    if idempotency.key is not None:
-        kept = AnswerToKeep(
+    kept = (
+        None
+        if idempotency.key is None
+        else AnswerToKeep(
             owner=caller.owner,
             key=idempotency.key,
             request_hash=idempotency.request_hash,
@@ -261,30 +271,48 @@ def record_on_cursor(
             body=answer.model_dump_json(),
             created_at=now,
         )
-    new_contact = None
-    if state.contact_row_id is None:
-        new_contact = NewContact(
+    )
+    new_contact = (
+        None
+        if state.contact_row_id is not None
+        else NewContact(
             public_id=public_id,
             address=address.normalised,
             address_display=address.given,
             address_hash=address_hash,
             created_at=now,
         )
-    if not write_api_change(
-        cursor,
-        state,
-        values=values,
-        new_contact=new_contact,
-        event=event,
-        keys=keys,
-        answer=kept,
-        now=now,
-        expected_suppression=topic is not None
-        and state.contact_row_id is not None
-        and needs_suppression(topic.kind, requested),
-    ):
+    )
+    if sqlite:
+        written = write_api_change_sqlite(
+            cursor,
+            state,
+            query=query,
+            settings=settings,
+            values=values,
+            new_contact=new_contact,
+            event=event,
+            keys=keys,
+            answer=kept,
+            now=now,
+        )
+    else:
+        written = write_api_change(
+            cursor,
+            state,
+            values=values,
+            new_contact=new_contact,
+            event=event,
+            keys=keys,
+            answer=kept,
+            now=now,
+            expected_suppression=topic is not None
+            and state.contact_row_id is not None
+            and needs_suppression(topic.kind, requested),
+        )
+    if not written:
         return None
-    # Committed already: one statement in autocommit.
+    # Committed already (PostgreSQL: one statement in autocommit).
     count_consent_change(None, source=counted_source(requested), outcome=decision.outcome.value)
     return answer
 
