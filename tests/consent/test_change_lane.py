@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +30,7 @@ from prefcenter.apikeys.service import find_caller, hash_secret, revoke_api_key
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent import change_lane, service
+from prefcenter.consent.ledger import api_lane_sqlite
 from prefcenter.consent.ledger.api_state import read_api_state
 from prefcenter.consent.ledger.changes import ChangeRecord
 from prefcenter.consent.ledger.orm import apply_change
@@ -574,6 +577,61 @@ def test_an_opt_out_committed_while_the_write_waits_for_the_contact_is_kept(
         lane.start()
         _wait_for_a_lock_wait(database)
         other.commit()
+    lane.join()
+    assert answers == [None]
+    assert audit_head_seq(database) == head
+    with database.transaction(write=False) as session:
+        subscribed = session.connection().execute(
+            text(
+                "SELECT count(*) FROM subscription s JOIN topic t ON t.id = s.topic_id"
+                " WHERE t.key = 'newsletter'"
+            )
+        )
+        assert subscribed.scalar_one() == 0
+
+
+def test_an_opt_out_committed_while_the_write_waits_for_its_turn_is_kept(
+    client: TestClient,
+    writer_headers: Headers,
+    writer: Writer,
+    database: Database,
+    topics: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLite's form of the same race: another writer holds the write turn and writes the
+    suppression; the lane reads (the suppression not committed yet), decides, and waits for
+    the turn; then the other commits. The lane's write, reading the state again in its turn,
+    finds the suppression and writes nothing."""
+    if not database.settings.is_sqlite:
+        pytest.skip("SQLite's write turn; PostgreSQL's row locks are the test above")
+    record_change(client, writer_headers, "ada@example.com", "subscribed", topic="orders")
+    head = audit_head_seq(database)
+    waiting = threading.Event()
+    real_turn = api_lane_sqlite.writer_turn
+
+    @contextmanager
+    def turn(settings: Settings) -> Iterator[None]:
+        waiting.set()
+        with real_turn(settings):
+            yield
+
+    monkeypatch.setattr(api_lane_sqlite, "writer_turn", turn)
+    answers: list[Any] = []
+    change = _change("ada@example.com", "subscribed", "newsletter")
+    lane = threading.Thread(
+        target=lambda: answers.append(_lane(database, change, writer, now=utcnow()))
+    )
+    with database.transaction(write=True) as session:
+        session.connection().execute(
+            text(
+                "INSERT INTO suppression (contact_id, suppressed, occurred_at, since, source,"
+                " by_recipient) SELECT id, true, :now, :now, 'one_click', true FROM contact"
+                " WHERE address = 'ada@example.com'"
+            ),
+            {"now": "2026-01-01 00:00:00.000000"},
+        )
+        lane.start()
+        assert waiting.wait(10), "the lane never asked for the write turn"
     lane.join()
     assert answers == [None]
     assert audit_head_seq(database) == head
