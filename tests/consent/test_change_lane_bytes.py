@@ -68,7 +68,7 @@ _QUERIES = {
     " ON e.seq = v.seq WHERE e.contact_id = %(contact)s ORDER BY v.seq",
     "audit_free_text": "SELECT f.* FROM audit_free_text AS f JOIN audit_event AS e"
     " ON e.seq = f.seq WHERE e.contact_id = %(contact)s ORDER BY f.seq",
-    "outbox_message": f"SELECT {', '.join(DELIVERY_COLUMNS)} FROM outbox_message"  # noqa: S608
+    "outbox_message": f"SELECT {', '.join(DELIVERY_COLUMNS)} FROM outbox_message"
     " WHERE cause_event_id IN (SELECT id FROM audit_event WHERE contact_id = %(contact)s)"
     " ORDER BY id",
     "idempotency_record": "SELECT * FROM idempotency_record WHERE key = %(key)s",
@@ -97,7 +97,7 @@ def _typed(name: str, value: Any) -> str:
     if isinstance(value, memoryview):
         value = bytes(value)
     kind = type(value).__name__
-    if name in _PLACE or name == "contact_id" and isinstance(value, int):
+    if name in _PLACE or (name == "contact_id" and isinstance(value, int)):
         return f"{kind}:<{name}>"
     text = value.decode() if isinstance(value, bytes) else str(value)
     return f"{kind}:{text}"
