@@ -44,6 +44,7 @@ from prefcenter.driver import DriverCursor
 from prefcenter.idempotency import IdempotentCall
 from prefcenter.metrics import instruments
 from prefcenter.settings import Settings, parse_signing_keys
+from prefcenter.sqlite_writers import writer_turn
 from prefcenter.topics.models import Topic
 from tests.notices.reconsent_helpers import bound_topic
 from tests.support.factories import (
@@ -607,12 +608,11 @@ def test_an_opt_out_committed_while_the_write_waits_for_its_turn_is_kept(
     record_change(client, writer_headers, "ada@example.com", "subscribed", topic="orders")
     head = audit_head_seq(database)
     waiting = threading.Event()
-    real_turn = api_lane_sqlite.writer_turn
 
     @contextmanager
     def turn(settings: Settings) -> Iterator[None]:
         waiting.set()
-        with real_turn(settings):
+        with writer_turn(settings):
             yield
 
     monkeypatch.setattr(api_lane_sqlite, "writer_turn", turn)
