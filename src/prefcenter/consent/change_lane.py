@@ -99,6 +99,8 @@ class ChangeLane:
         self.signing_keys = signing_keys
         self.trusted_proxies = trusted_proxies
         self.audit_keys = audit_keys
+        # The settings do not change: asked once, not per request (create_app has checked it).
+        self.mail_on = mail_config(settings) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not posted_to(scope, PATH):
@@ -145,6 +147,7 @@ class ChangeLane:
                     ring=self.signing_keys,
                     keys=self.audit_keys,
                     now=now,
+                    mail_on=self.mail_on,
                 )
             )
         except ServiceUnavailable:
@@ -178,11 +181,14 @@ def record_on_cursor(
     ring: tuple[SigningKey, ...],
     keys: AuditKeys,
     now: datetime,
+    mail_on: bool | None = None,
 ) -> ConsentChangeOut | StoredAnswer | None:
     """The change recorded and committed, with its answer (stored under the Idempotency-Key,
     if any); or the stored answer to a retry; or None, nothing written: the app answers (a
     key that is unknown, revoked or without `consent:write`, and whatever the lane leaves to
-    the locking path). `secret_hash`: the hash of the caller's bearer secret."""
+    the locking path). `secret_hash`: the hash of the caller's bearer secret; `mail_on`:
+    whether the service sends mail itself, if known (else read from `settings`)."""
+    mail_on = mail_config(settings) is not None if mail_on is None else mail_on
     address = change.email
     address_hash = keys.address_hash(address.normalised)
     sqlite = settings.is_sqlite
@@ -216,7 +222,9 @@ def record_on_cursor(
         # subscription is given under (consent.ledger.changes.given_under).
         return None
     topic = state.topic
-    record = api_change_record(change, caller=caller, request=request, settings=settings)
+    record = api_change_record(
+        change, caller=caller, request=request, settings=settings, mail_on=mail_on
+    )
     requested = replace(
         requested_change(change, topic, caller=caller, now=now),
         with_evidence=bool(record.evidence),
@@ -228,7 +236,7 @@ def record_on_cursor(
     if decision.outcome is Outcome.SUPERSEDED:
         return None
     pending = topic is not None and decision.status is Status.PENDING
-    if pending and mail_config(settings) is not None:
+    if pending and mail_on:
         return None  # the confirmation mail is queued through the session
     public_id = state.public_id or new_public_id()
     event_id = new_event_id()
