@@ -104,9 +104,11 @@ def _typed(name: str, value: Any) -> str:
 
 
 def _token_payload(match: re.Match[str]) -> str:
-    """The token's payload decoded (its identities are masked next), its signature not."""
+    """The token's payload decoded (its identities are masked next), its signature masked."""
     payload = match.group(2)
     decoded = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
+    # When it was issued, in seconds: two requests may fall in two seconds.
+    decoded = re.sub(r'"i":\d+', '"i":<issued>', decoded)
     return f"{match.group(1)}{decoded}.<signature>"
 
 
