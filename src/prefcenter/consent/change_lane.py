@@ -1,13 +1,15 @@
-"""Owns the lane of `POST /v1/consents` on PostgreSQL: an API client's change answered in
-front of the app (an ASGI middleware, as the unsubscribe lane is) in one read and one guarded
-statement on a pooled connection, in one worker-thread hand-off and without the framework's
-routing, dependency solving or ORM (consent.ledger.api_lane). The API key is checked in that
-read, on every request (a revoked key's next request is refused). The change is decided by the
-same rules and written with the same row values, audit event, webhook deliveries,
-Idempotency-Key record and metrics as consent.service's locking path.
+"""Owns the lane of `POST /v1/consents`: an API client's change answered in front of the app
+(an ASGI middleware, as the unsubscribe lane is) from one read on a pooled connection, in one
+worker-thread hand-off and without the framework's routing, dependency solving or ORM. The API
+key is checked in that read (consent.ledger.api_state), on every request (a revoked key's next
+request is refused). The change is decided by the same rules and written with the same row
+values, audit event, webhook deliveries, Idempotency-Key record and metrics as
+consent.service's locking path: on PostgreSQL in one guarded statement
+(consent.ledger.api_lane); on SQLite in the database's write turn, which reads the state again
+before a few plain statements (consent.ledger.api_lane_sqlite), everything else done before it.
 
 It answers the common case and hands everything else to the app, body and all, having written
-nothing, which answers it the ordinary way (its route, dependencies and locking path): SQLite; a
+nothing, which answers it the ordinary way (its route, dependencies and locking path): a
 body that is not a JSON object the model accepts, of a declared length the app would take; no
 bearer key, or one that is unknown, revoked or without `consent:write`; a malformed
 Idempotency-Key, or one stored with another request; a change that names a notice version, or of
