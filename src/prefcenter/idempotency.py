@@ -15,7 +15,8 @@ from pydantic import BaseModel
 from sqlalchemy import Text
 from sqlmodel import Field, Session, SQLModel, select
 
-from prefcenter.db import UtcDateTime, utcnow
+from prefcenter.db import UtcDateTime, sqlite_text, utcnow
+from prefcenter.driver import DriverCursor
 from prefcenter.problems import Unprocessable
 
 MAX_KEY_LENGTH = 255
@@ -194,6 +195,30 @@ def guarded_store_pg(
         "i_created_at": created_at,
     }
     return _STORE_PG.format(only_if=only_if), params
+
+
+_STORE_SQLITE = (
+    "INSERT INTO idempotency_record"
+    " (owner, key, request_hash, status_code, response_body, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def store_sqlite(
+    cursor: DriverCursor,
+    *,
+    owner: str,
+    key: str,
+    request_hash: str,
+    status_code: int,
+    body: str,
+    created_at: datetime,
+) -> None:
+    """Store a first answer on a sqlite3 cursor in the caller's write transaction, as `run`
+    stores it through the session. A key stored already raises the driver's IntegrityError."""
+    cursor.execute(
+        _STORE_SQLITE, (owner, key, request_hash, status_code, body, sqlite_text(created_at))
+    )
 
 
 async def _idempotent_call(

@@ -5,14 +5,17 @@ nothing that moved on between its read and its write is ever overwritten (a cont
 opt-out committed meanwhile included); and that its read of the API key refuses what the
 app's key check refuses.
 
-PostgreSQL has the lane; on SQLite every change takes the locking path, which the same
-comparisons check there (the lane's answer is the locking path's by construction).
+Both engines have the lane: on PostgreSQL its write is one guarded statement
+(consent.ledger.api_lane), on SQLite plain statements in the database's write turn, which
+first reads the state again (consent.ledger.api_lane_sqlite).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +30,8 @@ from prefcenter.apikeys.service import find_caller, hash_secret, revoke_api_key
 from prefcenter.audit.context import RequestContext
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent import change_lane, service
-from prefcenter.consent.ledger.api_lane import read_api_state
+from prefcenter.consent.ledger import api_lane_sqlite
+from prefcenter.consent.ledger.api_state import read_api_state
 from prefcenter.consent.ledger.changes import ChangeRecord
 from prefcenter.consent.ledger.orm import apply_change
 from prefcenter.consent.ledger.replay import verify_ledger
@@ -40,6 +44,7 @@ from prefcenter.driver import DriverCursor
 from prefcenter.idempotency import IdempotentCall
 from prefcenter.metrics import instruments
 from prefcenter.settings import Settings, parse_signing_keys
+from prefcenter.sqlite_writers import writer_turn
 from prefcenter.topics.models import Topic
 from tests.notices.reconsent_helpers import bound_topic
 from tests.support.factories import (
@@ -234,11 +239,8 @@ def test_the_lane_writes_what_the_locking_path_writes(
     hooks = len(deliveries(database))
     counted = instruments().consent_changes.labels("api_client", "applied")._value.get()
 
-    lane = case.lane and not database.settings.is_sqlite
-    if database.settings.is_sqlite:
-        fast_answer = None
-    else:
-        fast_answer = _lane(database, _change("Fast@Example.com", status, topic), writer, now=now)
+    lane = case.lane
+    fast_answer = _lane(database, _change("Fast@Example.com", status, topic), writer, now=now)
     if not lane:
         assert fast_answer is None
         assert audit_head_seq(database) == head  # nothing written: the locking path's turn
@@ -286,7 +288,7 @@ def test_the_lane_writes_what_the_locking_path_writes(
 
 def _postgres_only(database: Database) -> None:
     if database.settings.is_sqlite:
-        pytest.skip("SQLite takes the locking path; the guarded statement is PostgreSQL's")
+        pytest.skip("PostgreSQL's row locks; SQLite's write turn reads the state again")
 
 
 def _lane_asked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -300,20 +302,6 @@ def _lane_asked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(change_lane, "record_on_cursor", record)
     return asked
-
-
-def test_sqlite_takes_the_locking_path(
-    client: TestClient,
-    writer_headers: Headers,
-    database: Database,
-    topics: None,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    if not database.settings.is_sqlite:
-        pytest.skip("PostgreSQL has the lane")
-    asked = _lane_asked(monkeypatch)
-    record_change(client, writer_headers, "ada@example.com", "subscribed", topic="newsletter")
-    assert asked == []
 
 
 def test_a_change_naming_a_notice_version_takes_the_locking_path(
@@ -339,7 +327,6 @@ def test_a_change_of_a_topic_bound_to_a_notice_takes_the_locking_path(
 ) -> None:
     """The version a subscription is given under is consent.ledger.changes.given_under's to
     decide; the lane leaves the change to the path that decides it."""
-    _postgres_only(database)
     bound_topic(client, admin_headers, "bound")
     rows = row_counts(database)
     change = _change("ada@example.com", "subscribed", "bound")
@@ -359,6 +346,7 @@ def _read(
             address_hash=keys.address_hash(address),
             secret_hash=writer.secret_hash,
             idempotency_key=key,
+            sqlite=database.settings.is_sqlite,
         )
     )
 
@@ -373,7 +361,6 @@ def test_a_change_between_the_read_and_the_write_is_never_overwritten(
 ) -> None:
     """The lane's read, then an API change of the same row, then the lane's write: the write
     finds the row moved on and writes nothing."""
-    _postgres_only(database)
     record_change(client, writer_headers, "ada@example.com", "subscribed", topic="newsletter")
     stale = _read(database, writer, "ada@example.com", "newsletter")
     record_change(client, writer_headers, "ada@example.com", "unsubscribed", topic="newsletter")
@@ -401,7 +388,6 @@ def test_an_address_created_or_erased_meanwhile_is_not_written(
 ) -> None:
     """Read while the address is new; meanwhile another request creates it, and erases it:
     the lane neither creates a second contact nor stores the erased address again."""
-    _postgres_only(database)
     unread = _read(database, writer, "ada@example.com", "newsletter")
     assert unread.contact_row_id is None
     monkeypatch.setattr(change_lane, "read_api_state", lambda *_, **__: unread)
@@ -439,7 +425,6 @@ def test_an_idempotency_key_stored_meanwhile_writes_nothing_and_the_retry_gets_t
     topics: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _postgres_only(database)
     body = {"email": "ada@example.com", "status": "subscribed", "topic": "newsletter"}
     headers = {**writer_headers, "Idempotency-Key": "sync-42"}
     owner = client.get("/v1/topics", headers=writer_headers)  # warms the app
@@ -489,7 +474,6 @@ def test_when_the_lane_gives_way_the_locking_path_records_the_change(
     topics: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _postgres_only(database)
     gave_way: list[str] = []
 
     def moved_on(cursor: Any, state: Any, **fields: Any) -> bool:
@@ -497,6 +481,7 @@ def test_when_the_lane_gives_way_the_locking_path_records_the_change(
         return False
 
     monkeypatch.setattr(change_lane, "write_api_change", moved_on)
+    monkeypatch.setattr(change_lane, "write_api_change_sqlite", moved_on)
     answer = record_change(
         client, writer_headers, "ada@example.com", "unsubscribed", topic="newsletter"
     )
@@ -517,7 +502,6 @@ def test_an_opt_out_of_all_marketing_committed_between_the_read_and_the_write_is
     opt-out: read while there is none, then the person opts out of all marketing, then the
     lane's write: it finds the suppression and writes nothing; the locking path then refuses
     the subscription, as it would have had the opt-out come first."""
-    _postgres_only(database)
     record_change(client, writer_headers, "ada@example.com", "subscribed", topic="orders")
     stale = _read(database, writer, "ada@example.com", "newsletter")
     assert stale.contact_row_id is not None
@@ -549,7 +533,6 @@ def test_a_lifted_opt_out_made_again_between_the_read_and_the_write_is_kept(
 ) -> None:
     """The same with a suppression row that exists: read while lifted, opted out again by the
     person before the write."""
-    _postgres_only(database)
     record_change(client, writer_headers, "ada@example.com", "unsubscribed")
     record_change(client, writer_headers, "ada@example.com", "subscribed")
     stale = _read(database, writer, "ada@example.com", "newsletter")
@@ -595,6 +578,60 @@ def test_an_opt_out_committed_while_the_write_waits_for_the_contact_is_kept(
         lane.start()
         _wait_for_a_lock_wait(database)
         other.commit()
+    lane.join()
+    assert answers == [None]
+    assert audit_head_seq(database) == head
+    with database.transaction(write=False) as session:
+        subscribed = session.connection().execute(
+            text(
+                "SELECT count(*) FROM subscription s JOIN topic t ON t.id = s.topic_id"
+                " WHERE t.key = 'newsletter'"
+            )
+        )
+        assert subscribed.scalar_one() == 0
+
+
+def test_an_opt_out_committed_while_the_write_waits_for_its_turn_is_kept(
+    client: TestClient,
+    writer_headers: Headers,
+    writer: Writer,
+    database: Database,
+    topics: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLite's form of the same race: another writer holds the write turn and writes the
+    suppression; the lane reads (the suppression not committed yet), decides, and waits for
+    the turn; then the other commits. The lane's write, reading the state again in its turn,
+    finds the suppression and writes nothing."""
+    if not database.settings.is_sqlite:
+        pytest.skip("SQLite's write turn; PostgreSQL's row locks are the test above")
+    record_change(client, writer_headers, "ada@example.com", "subscribed", topic="orders")
+    head = audit_head_seq(database)
+    waiting = threading.Event()
+
+    @contextmanager
+    def turn(settings: Settings) -> Iterator[None]:
+        waiting.set()
+        with writer_turn(settings):
+            yield
+
+    monkeypatch.setattr(api_lane_sqlite, "writer_turn", turn)
+    answers: list[Any] = []
+    change = _change("ada@example.com", "subscribed", "newsletter")
+    lane = threading.Thread(
+        target=lambda: answers.append(_lane(database, change, writer, now=utcnow()))
+    )
+    with database.transaction(write=True) as session:
+        session.connection().execute(
+            text(
+                "INSERT INTO suppression (contact_id, suppressed, occurred_at, since, source,"
+                " by_recipient) SELECT id, true, :now, :now, 'one_click', true FROM contact"
+                " WHERE address = 'ada@example.com'"
+            ),
+            {"now": "2026-01-01 00:00:00.000000"},
+        )
+        lane.start()
+        assert waiting.wait(10), "the lane never asked for the write turn"
     lane.join()
     assert answers == [None]
     assert audit_head_seq(database) == head

@@ -14,7 +14,7 @@ from prefcenter.audit.canonical import FREE_TEXT_FIELDS, format_time
 from prefcenter.audit.models import HEAD_ID
 from prefcenter.audit.prepared import EVENT_INSERT_COLUMNS, PreparedEvent
 from prefcenter.db import utcnow
-from prefcenter.driver import driver_cursor, postgres_cursor, postgres_pipeline
+from prefcenter.driver import DriverCursor, driver_cursor, postgres_cursor, postgres_pipeline
 
 # SQLite runs in-process, so its statements cost what the Python around them costs: the driver
 # directly, not SQLAlchemy's statement machinery (a third of the append's time otherwise).
@@ -41,48 +41,54 @@ def append_sqlite(session: OrmSession, prepared: list[PreparedEvent]) -> None:
     """The writer holds SQLite's write lock since its BEGIN IMMEDIATE: read the head, chain
     the events onto it, insert them, move the head."""
     with closing(driver_cursor(session.connection())) as cursor:
-        head = cursor.execute(
-            f"SELECT seq, hash FROM audit_head WHERE id = {HEAD_ID}"  # noqa: S608
-        ).fetchone()
-        if head is None:
-            raise RuntimeError("the audit head row is missing: the migrations were not run")
-        seq, head_hash = head
-        recorded_text = format_time(utcnow())
-        recorded_at = sqlite_time(recorded_text)
-        prev_hash = bytes.fromhex(head_hash)
-        sha256 = hashlib.sha256
-        events: list[tuple[Any, ...]] = []
-        documents: list[tuple[int, bytes]] = []
-        free_texts: list[tuple[Any, ...]] = []
-        for item in prepared:
-            seq += 1
-            canonical = item.parts.join(recorded_text, seq)
-            prev_hash = sha256(prev_hash + canonical).digest()
-            row = item.row
-            events.append(
-                (
-                    seq,
-                    recorded_at,
-                    canonical,
-                    prev_hash.hex(),
-                    *[row[name] for name in EVENT_INSERT_COLUMNS[:_OCCURRED]],
-                    sqlite_time(item.occurred_text),
-                    *[row[name] for name in EVENT_INSERT_COLUMNS[_OCCURRED + 1 :]],
-                )
+        append_sqlite_on_cursor(cursor, prepared)
+
+
+def append_sqlite_on_cursor(cursor: DriverCursor, prepared: list[PreparedEvent]) -> None:
+    """`append_sqlite` on a sqlite3 cursor whose connection is in a write transaction (BEGIN
+    IMMEDIATE): consent.ledger.api_lane_sqlite's, besides the session's."""
+    head = cursor.execute(
+        f"SELECT seq, hash FROM audit_head WHERE id = {HEAD_ID}"  # noqa: S608
+    ).fetchone()
+    if head is None:
+        raise RuntimeError("the audit head row is missing: the migrations were not run")
+    seq, head_hash = head
+    recorded_text = format_time(utcnow())
+    recorded_at = sqlite_time(recorded_text)
+    prev_hash = bytes.fromhex(head_hash)
+    sha256 = hashlib.sha256
+    events: list[tuple[Any, ...]] = []
+    documents: list[tuple[int, bytes]] = []
+    free_texts: list[tuple[Any, ...]] = []
+    for item in prepared:
+        seq += 1
+        canonical = item.parts.join(recorded_text, seq)
+        prev_hash = sha256(prev_hash + canonical).digest()
+        row = item.row
+        events.append(
+            (
+                seq,
+                recorded_at,
+                canonical,
+                prev_hash.hex(),
+                *[row[name] for name in EVENT_INSERT_COLUMNS[:_OCCURRED]],
+                sqlite_time(item.occurred_text),
+                *[row[name] for name in EVENT_INSERT_COLUMNS[_OCCURRED + 1 :]],
             )
-            if item.document is not None:
-                documents.append((seq, item.document))
-            if item.free_text is not None:
-                free_texts.append((seq, *item.free_text))
-        cursor.executemany(_SQLITE_INSERT_EVENT, events)
-        if documents:
-            cursor.executemany(_SQLITE_INSERT_EVIDENCE, documents)
-        if free_texts:
-            cursor.executemany(_SQLITE_INSERT_FREE_TEXT, free_texts)
-        cursor.execute(
-            f"UPDATE audit_head SET seq = ?, hash = ?, recorded_at = ? WHERE id = {HEAD_ID}",  # noqa: S608
-            (seq, prev_hash.hex(), recorded_at),
         )
+        if item.document is not None:
+            documents.append((seq, item.document))
+        if item.free_text is not None:
+            free_texts.append((seq, *item.free_text))
+    cursor.executemany(_SQLITE_INSERT_EVENT, events)
+    if documents:
+        cursor.executemany(_SQLITE_INSERT_EVIDENCE, documents)
+    if free_texts:
+        cursor.executemany(_SQLITE_INSERT_FREE_TEXT, free_texts)
+    cursor.execute(
+        f"UPDATE audit_head SET seq = ?, hash = ?, recorded_at = ? WHERE id = {HEAD_ID}",  # noqa: S608
+        (seq, prev_hash.hex(), recorded_at),
+    )
 
 
 # From this many events on (an import's batch), PostgreSQL gets them by binary COPY: a few

@@ -1,13 +1,15 @@
-"""Owns the lane of `POST /v1/consents` on PostgreSQL: an API client's change answered in
-front of the app (an ASGI middleware, as the unsubscribe lane is) in one read and one guarded
-statement on a pooled connection, in one worker-thread hand-off and without the framework's
-routing, dependency solving or ORM (consent.ledger.api_lane). The API key is checked in that
-read, on every request (a revoked key's next request is refused). The change is decided by the
-same rules and written with the same row values, audit event, webhook deliveries,
-Idempotency-Key record and metrics as consent.service's locking path.
+"""Owns the lane of `POST /v1/consents`: an API client's change answered in front of the app
+(an ASGI middleware, as the unsubscribe lane is) from one read on a pooled connection, in one
+worker-thread hand-off and without the framework's routing, dependency solving or ORM. The API
+key is checked in that read (consent.ledger.api_state), on every request (a revoked key's next
+request is refused). The change is decided by the same rules and written with the same row
+values, audit event, webhook deliveries, Idempotency-Key record and metrics as
+consent.service's locking path: on PostgreSQL in one guarded statement
+(consent.ledger.api_lane); on SQLite in the database's write turn, which reads the state again
+before a few plain statements (consent.ledger.api_lane_sqlite), everything else done before it.
 
 It answers the common case and hands everything else to the app, body and all, having written
-nothing, which answers it the ordinary way (its route, dependencies and locking path): SQLite; a
+nothing, which answers it the ordinary way (its route, dependencies and locking path): a
 body that is not a JSON object the model accepts, of a declared length the app would take; no
 bearer key, or one that is unknown, revoked or without `consent:write`; a malformed
 Idempotency-Key, or one stored with another request; a change that names a notice version, or of
@@ -35,13 +37,13 @@ from prefcenter.audit.context import IPNetwork, RequestContext, request_context
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.schemas import new_event_id
 from prefcenter.confirmations import confirm_link
-from prefcenter.consent.ledger.api_lane import (
-    AnswerToKeep,
+from prefcenter.consent.ledger.api_lane import AnswerToKeep, NewContact, write_api_change
+from prefcenter.consent.ledger.api_lane_sqlite import write_api_change_sqlite
+from prefcenter.consent.ledger.api_state import (
     ApiChangeState,
-    NewContact,
+    StateQuery,
     TopicRow,
     read_api_state,
-    write_api_change,
 )
 from prefcenter.consent.ledger.changes import (
     change_event,
@@ -99,9 +101,11 @@ class ChangeLane:
         self.signing_keys = signing_keys
         self.trusted_proxies = trusted_proxies
         self.audit_keys = audit_keys
+        # The settings do not change: asked once, not per request (create_app has checked it).
+        self.mail_on = mail_config(settings) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not posted_to(scope, PATH) or self.settings.is_sqlite:
+        if not posted_to(scope, PATH):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -145,6 +149,7 @@ class ChangeLane:
                     ring=self.signing_keys,
                     keys=self.audit_keys,
                     now=now,
+                    mail_on=self.mail_on,
                 )
             )
         except ServiceUnavailable:
@@ -178,20 +183,32 @@ def record_on_cursor(
     ring: tuple[SigningKey, ...],
     keys: AuditKeys,
     now: datetime,
+    mail_on: bool | None = None,
 ) -> ConsentChangeOut | StoredAnswer | None:
     """The change recorded and committed, with its answer (stored under the Idempotency-Key,
     if any); or the stored answer to a retry; or None, nothing written: the app answers (a
     key that is unknown, revoked or without `consent:write`, and whatever the lane leaves to
-    the locking path). `secret_hash`: the hash of the caller's bearer secret."""
+    the locking path). `secret_hash`: the hash of the caller's bearer secret; `mail_on`:
+    whether the service sends mail itself, if known (else read from `settings`)."""
+    mail_on = mail_config(settings) is not None if mail_on is None else mail_on
     address = change.email
     address_hash = keys.address_hash(address.normalised)
-    state = read_api_state(
-        cursor,
+    sqlite = settings.is_sqlite
+    query = StateQuery(
         topic_key=change.topic,
         address=address.normalised,
         address_hash=address_hash,
         secret_hash=secret_hash,
         idempotency_key=idempotency.key,
+    )
+    state = read_api_state(
+        cursor,
+        topic_key=query.topic_key,
+        address=query.address,
+        address_hash=address_hash,
+        secret_hash=secret_hash,
+        idempotency_key=query.idempotency_key,
+        sqlite=sqlite,
     )
     caller = state.caller
     if caller is None or not caller.allows(KeyScope.CONSENT_WRITE):
@@ -207,7 +224,9 @@ def record_on_cursor(
         # subscription is given under (consent.ledger.changes.given_under).
         return None
     topic = state.topic
-    record = api_change_record(change, caller=caller, request=request, settings=settings)
+    record = api_change_record(
+        change, caller=caller, request=request, settings=settings, mail_on=mail_on
+    )
     requested = replace(
         requested_change(change, topic, caller=caller, now=now),
         with_evidence=bool(record.evidence),
@@ -219,7 +238,7 @@ def record_on_cursor(
     if decision.outcome is Outcome.SUPERSEDED:
         return None
     pending = topic is not None and decision.status is Status.PENDING
-    if pending and mail_config(settings) is not None:
+    if pending and mail_on:
         return None  # the confirmation mail is queued through the session
     public_id = state.public_id or new_public_id()
     event_id = new_event_id()
@@ -251,9 +270,10 @@ def record_on_cursor(
         event_id=event_id,
         confirm_url=link,
     )
-    kept = None
-    if idempotency.key is not None:
-        kept = AnswerToKeep(
+    kept = (
+        None
+        if idempotency.key is None
+        else AnswerToKeep(
             owner=caller.owner,
             key=idempotency.key,
             request_hash=idempotency.request_hash,
@@ -261,30 +281,48 @@ def record_on_cursor(
             body=answer.model_dump_json(),
             created_at=now,
         )
-    new_contact = None
-    if state.contact_row_id is None:
-        new_contact = NewContact(
+    )
+    new_contact = (
+        None
+        if state.contact_row_id is not None
+        else NewContact(
             public_id=public_id,
             address=address.normalised,
             address_display=address.given,
             address_hash=address_hash,
             created_at=now,
         )
-    if not write_api_change(
-        cursor,
-        state,
-        values=values,
-        new_contact=new_contact,
-        event=event,
-        keys=keys,
-        answer=kept,
-        now=now,
-        expected_suppression=topic is not None
-        and state.contact_row_id is not None
-        and needs_suppression(topic.kind, requested),
-    ):
+    )
+    if sqlite:
+        written = write_api_change_sqlite(
+            cursor,
+            state,
+            query=query,
+            settings=settings,
+            values=values,
+            new_contact=new_contact,
+            event=event,
+            keys=keys,
+            answer=kept,
+            now=now,
+        )
+    else:
+        written = write_api_change(
+            cursor,
+            state,
+            values=values,
+            new_contact=new_contact,
+            event=event,
+            keys=keys,
+            answer=kept,
+            now=now,
+            expected_suppression=topic is not None
+            and state.contact_row_id is not None
+            and needs_suppression(topic.kind, requested),
+        )
+    if not written:
         return None
-    # Committed already: one statement in autocommit.
+    # Committed already (PostgreSQL: one statement in autocommit).
     count_consent_change(None, source=counted_source(requested), outcome=decision.outcome.value)
     return answer
 

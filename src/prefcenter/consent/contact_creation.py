@@ -6,8 +6,9 @@ through `lock_new_contact` (one address, locked for the change that follows),
 `create_contacts` (many, set-based) or `insert_contacts` (many, for a caller that reads them
 back itself); address correction gives an existing contact its new
 address through `readdress_contact`; an import, whose batches stage their addresses in a TEMP
-table, through consent.ledger.bulk's insert from it, which carries the same erased check in its
-SQL. An erased address is never stored again: the single forms refuse it with
+table, through consent.ledger.bulk's insert from it, and `POST /v1/consents`'s lane through its
+own statements (consent.ledger.api_lane, api_lane_sqlite), which carry the same erased check in
+their SQL. An erased address is never stored again: the single forms refuse it with
 `address-erased`, the bulk forms leave it out and name it.
 """
 

@@ -120,10 +120,12 @@ def api_change_record(
     request: RequestContext,
     settings: Settings,
     notice: str | None = None,
+    mail_on: bool | None = None,
 ) -> ChangeRecord:
     """What an API client's change puts in its audit event; `notice`: the version it names,
-    checked (notices.service.NoticeChecks)."""
-    return ApiRecords.of(caller=caller, request=request, settings=settings).record(
+    checked (notices.service.NoticeChecks). `mail_on`: whether the service sends mail itself,
+    if the caller knows (`ApiRecords.of`)."""
+    return ApiRecords.of(caller=caller, request=request, settings=settings, mail_on=mail_on).record(
         change, notice=notice
     )
 
@@ -138,8 +140,18 @@ class ApiRecords:
     confirm_link_to: str
 
     @classmethod
-    def of(cls, *, caller: Caller, request: RequestContext, settings: Settings) -> ApiRecords:
-        mail_on = mail_config(settings) is not None
+    def of(
+        cls,
+        *,
+        caller: Caller,
+        request: RequestContext,
+        settings: Settings,
+        mail_on: bool | None = None,
+    ) -> ApiRecords:
+        """`mail_on`: whether the service sends mail itself (`mail_config`), when the caller
+        has it already (it costs some 50 µs to work out: consent.change_lane asks it once)."""
+        if mail_on is None:
+            mail_on = mail_config(settings) is not None
         return cls(
             actor=caller.actor,
             context=request.as_evidence(),

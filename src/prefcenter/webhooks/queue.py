@@ -13,20 +13,20 @@ writer of a contact's consent holds the contact's lock (or SQLite's one write lo
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, String, bindparam, cast, literal, text, union_all
+from sqlalchemy import JSON, String, cast, literal, union_all
 from sqlalchemy import insert as core_insert
 from sqlalchemy import select as core_select
-from sqlalchemy.sql.elements import TextClause
 from sqlmodel import Session
 
 from prefcenter.audit.canonical import format_time
-from prefcenter.db import UtcDateTime
+from prefcenter.db import UtcDateTime, sqlite_text
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
 from prefcenter.webhooks.models import WebhookEndpoint, WebhookEndpointEvent
@@ -126,14 +126,12 @@ def queue_event_deliveries(
         session.connection().exec_driver_sql(f"WITH {cte.removeprefix(', ')} SELECT 1", params)
         return
     if contact_id is not None:
-        # SQLite: one text statement per number of types, compiled once (the SQLAlchemy form
-        # below costs about a millisecond of CPU to build, key and compile each time).
-        bound: dict[str, Any] = {"event": event_id, "contact": contact_id, "now": now}
-        for n, event_type in enumerate(types):
-            bound[f"type{n}"] = event_type.value
-            bound[f"id{n}"] = webhook_id_of(event_id, event_type)
-            bound[f"payload{n}"] = {"type": event_type.value}
-        session.execute(_contact_deliveries(len(types)), bound)
+        # SQLite: on the driver, as consent.ledger.api_lane_sqlite queues them (the SQLAlchemy
+        # form below costs about a millisecond of CPU to build, key and compile each time).
+        statement, params = contact_deliveries_sqlite(
+            event_id=event_id, contact_id=contact_id, types=types, now=now
+        )
+        session.connection().exec_driver_sql(statement, params)
         return
     wanted = _wanted([(t, webhook_id_of(event_id, t), {"type": t.value}) for t in types])
     session.execute(
@@ -145,13 +143,12 @@ def queue_event_deliveries(
 
 
 @functools.cache
-def _contact_deliveries(count: int) -> TextClause:
+def _contact_deliveries_sqlite(count: int) -> str:
     """The INSERT of the deliveries of one contact's audit event as `count` types (the rows
-    `_rows_for` selects), for any engine: a `VALUES` list of the types joined to the enabled
-    endpoints that want each."""
+    `_rows_for` selects), in sqlite3's parameter style: a `VALUES` list of the types joined to
+    the enabled endpoints that want each."""
     values = ", ".join(f"({n}, :type{n}, :id{n}, :payload{n})" for n in range(count))
-    statement = text(
-        f"""WITH wanted (ord, type, webhook_id, payload) AS (VALUES {values})
+    return f"""WITH wanted (ord, type, webhook_id, payload) AS (VALUES {values})
 INSERT INTO outbox_message ({", ".join(DELIVERY_COLUMNS)})
 SELECT '{OutboxKind.WEBHOOK.value}', wanted.webhook_id || '@' || CAST(e.id AS VARCHAR), :event,
     wanted.payload, '{OutboxStatus.QUEUED.value}', :now, :now, 0,
@@ -160,11 +157,20 @@ FROM wanted
 JOIN webhook_endpoint_event AS s ON s.event_type IN (wanted.type, '{EVERY_TYPE}')
 JOIN webhook_endpoint AS e ON e.id = s.endpoint_id AND e.enabled
 ORDER BY wanted.ord, e.id"""  # noqa: S608  (this module's constants; values are bound)
-    )
-    return statement.bindparams(
-        bindparam("now", type_=UtcDateTime()),
-        *(bindparam(f"payload{n}", type_=JSON()) for n in range(count)),
-    )
+
+
+def contact_deliveries_sqlite(
+    *, event_id: str, contact_id: str, types: Sequence[EventType], now: datetime
+) -> tuple[str, dict[str, Any]]:
+    """The statement that queues the deliveries of a contact's audit event on SQLite, in
+    sqlite3's parameter style, with its parameters as SQLAlchemy would store them (the time as
+    `UtcDateTime`, the payload as its `JSON` type writes it: `json.dumps`)."""
+    params: dict[str, Any] = {"event": event_id, "contact": contact_id, "now": sqlite_text(now)}
+    for n, event_type in enumerate(types):
+        params[f"type{n}"] = event_type.value
+        params[f"id{n}"] = webhook_id_of(event_id, event_type)
+        params[f"payload{n}"] = json.dumps({"type": event_type.value})
+    return _contact_deliveries_sqlite(len(types)), params
 
 
 def queue_change_deliveries(

@@ -8,6 +8,9 @@ mail, imports) and the deep verify's replay of the events against the rows (`rep
 - `changes`: a requested change → its decision, row values and audit event (pure);
 - `orm`: one change through the session (locking path);
 - `lane`: the unsubscribe lane's guarded single statement (PostgreSQL);
+- `api_state`: the one read an API client's change is decided on (consent.change_lane);
+- `api_lane`: that change's guarded single statement (PostgreSQL);
+- `api_lane_sqlite`: that change in SQLite's write turn, everything else done before it;
 - `batch`: many changes, set-based, in one transaction;
 - `notices`: the notice a topic is bound to (re-consent: the version a change is given under);
 - `bulk`: an import batch's set-based statements (staging, contacts, state, subscriptions);
