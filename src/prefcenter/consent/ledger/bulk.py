@@ -26,13 +26,34 @@ from prefcenter.consent.ledger.sql import postgres_session
 from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
 from prefcenter.consent.models import Subscription
 from prefcenter.consent.rules import CurrentState
-from prefcenter.db import UtcDateTime
+from prefcenter.db import Database, UtcDateTime
 from prefcenter.driver import postgres_cursor
 
 # Any fixed number: held by each import batch until it commits, so that two imports never
 # interleave their contact locks (API writers lock one contact at a time and cannot
-# deadlock against a batch that locks in contact id order).
+# deadlock against a batch that locks in contact id order); or by an import that runs two
+# batches at once, for its whole run (`import_lock`).
 _IMPORT_LOCK_ID = 0x696D7074  # "impt"
+
+
+@contextmanager
+def import_lock(database: Database) -> Iterator[None]:
+    """Hold the import lock (PostgreSQL) on a connection of its own until the block ends, for
+    an import whose batches run on other connections and do not take it themselves: another
+    import's batches wait until this import is done. The connection is in autocommit, so
+    holding the lock holds no snapshot."""
+    with database.engine.connect() as pooled:
+        connection = pooled.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _IMPORT_LOCK_ID})
+        try:
+            yield
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _IMPORT_LOCK_ID})
+            except BaseException:
+                # A pooled connection must not go back still holding the lock.
+                connection.invalidate()
+                raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +88,19 @@ def stage_batch(
     topic_id: int,
     write: bool,
     now: datetime,
+    import_locked: bool = False,
 ) -> StagedBatch:
     """The batch's erased addresses, and its other addresses' contacts with their state;
     with `write`, the missing contacts are created and all are locked until the transaction
-    ends (a dry run writes nothing)."""
+    ends (a dry run writes nothing). `import_locked`: the import holds the import lock for
+    its whole run (`import_lock`), so the batch does not take it."""
     postgres = postgres_session(session)
     _stage(session, addresses, postgres=postgres)
     erased = frozenset(session.execute(_ERASED).scalars())
     created: dict[str, StoredContact] = {}
     if write and postgres:
-        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _IMPORT_LOCK_ID})
+        if not import_locked:
+            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _IMPORT_LOCK_ID})
         # The contacts made here have no state and no other writer sees them yet: they are
         # marked in the staging table and neither read again nor locked.
         for row_id, public_id, address in session.execute(_CREATE_CONTACTS_PG, {"now": now}):
