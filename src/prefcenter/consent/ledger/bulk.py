@@ -109,7 +109,7 @@ def stage_batch(
             )
     elif write:
         session.execute(_CREATE_CONTACTS, {"now": now})
-    contacts = _read_states(session, topic_id=topic_id, lock=write and postgres)
+    contacts = _read_states(session, topic_id=topic_id, postgres=postgres, lock=write)
     if not postgres:
         session.execute(text("DROP TABLE IF EXISTS temp.import_address"))
     return StagedBatch(erased=erased, contacts={**contacts, **created})
@@ -176,13 +176,27 @@ _CREATE_CONTACTS_PG = text(
     "SELECT id, public_id, address FROM created"
 ).bindparams(bindparam("now", type_=UtcDateTime()))
 
-_READ_STATES = (
+_STATE_SELECT = (
     "SELECT c.id, c.public_id, c.address, c.erased_at, "
     "s.status, s.occurred_at AS s_occurred_at, s.by_recipient AS s_by_recipient, "
     "p.suppressed, p.occurred_at AS p_occurred_at, p.by_recipient AS p_by_recipient "
     "FROM import_address a JOIN contact c ON c.address = a.address AND NOT a.created "
-    "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = :topic_id "
+)
+_READ_STATES = (
+    _STATE_SELECT + "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = :topic_id "
     "LEFT JOIN suppression p ON p.contact_id = c.id "
+    "ORDER BY c.id"
+)
+# Each contact's subscription and opt-out looked up by their keys, whatever the planner
+# believes of the tables' sizes: with stale statistics (or none, without autovacuum) it
+# otherwise joins by reading the whole subscription table, once a batch. Each key holds at
+# most one row.
+_READ_STATES_PG = (
+    _STATE_SELECT  # noqa: S608  (this module's constants)
+    + "LEFT JOIN LATERAL (SELECT status, occurred_at, by_recipient FROM subscription "
+    "WHERE contact_id = c.id AND topic_id = :topic_id LIMIT 1) s ON true "
+    "LEFT JOIN LATERAL (SELECT suppressed, occurred_at, by_recipient FROM suppression "
+    "WHERE contact_id = c.id LIMIT 1) p ON true "
     "ORDER BY c.id"
 )
 _STATE_COLUMNS: dict[str, Any] = {
@@ -199,11 +213,14 @@ _STATE_COLUMNS: dict[str, Any] = {
 }
 
 
-def _read_states(session: Session, *, topic_id: int, lock: bool) -> dict[str, StoredContact]:
+def _read_states(
+    session: Session, *, topic_id: int, postgres: bool, lock: bool
+) -> dict[str, StoredContact]:
     """The staged addresses' contacts with their subscription to the topic and their
     contact-wide opt-out, in one query; with `lock`, locked in id order until the transaction
     ends (PostgreSQL; SQLite's write transaction already excludes every other writer)."""
-    query = text(_READ_STATES + (" FOR UPDATE OF c" if lock else "")).columns(**_STATE_COLUMNS)
+    statement = _READ_STATES_PG + (" FOR UPDATE OF c" if lock else "") if postgres else _READ_STATES
+    query = text(statement).columns(**_STATE_COLUMNS)
     found: dict[str, StoredContact] = {}
     for (
         row_id,
