@@ -1,5 +1,6 @@
 """Owns running an import: read the file, apply it batch by batch (each all-or-nothing in a
-transaction of its own, imports.apply), and report what happened."""
+transaction of its own, imports.apply; on PostgreSQL two batches in flight at once,
+imports.pipeline), and report what happened."""
 
 from __future__ import annotations
 
@@ -93,8 +94,9 @@ def run_import(
     """Import a file into the topic, one transaction per `batch_size` rows.
 
     A batch is all-or-nothing. After a batch fails the import stops (rows after it are not
-    read), so a file never lands with a hole in the middle; the report says which batches
-    committed. Running the same file again changes nothing that already landed.
+    applied: a batch already in flight is rolled back), so a file never lands with a hole in
+    the middle; the report says which batches committed. Running the same file again changes
+    nothing that already landed.
     """
     topic = find_import_topic(database, request.topic)
     text = open_text(binary)
