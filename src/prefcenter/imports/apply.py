@@ -58,6 +58,9 @@ class BatchContext:
     context: dict[str, Any]
     started: datetime  # a row without a time is taken at the import's start
     dry_run: bool
+    # The import holds the import lock for its whole run (imports.pipeline): its batches
+    # do not take it.
+    import_locked: bool = False
 
 
 @dataclass(slots=True)
@@ -104,7 +107,12 @@ def apply_batch(session: Session, batch: PreparedBatch, shared: BatchContext, ta
         tally.invalid.add(broken.line, masked_cell(broken.email), broken.problem)
     hashes = batch.hashes
     staged = bulk.stage_batch(
-        session, batch.addresses, topic_id=topic.id, write=not shared.dry_run, now=now
+        session,
+        batch.addresses,
+        topic_id=topic.id,
+        write=not shared.dry_run,
+        now=now,
+        import_locked=shared.import_locked,
     )
     states: dict[str, ContactState] = {}
     writes: dict[int, dict[str, Any]] = {}

@@ -1,5 +1,6 @@
 """Owns running an import: read the file, apply it batch by batch (each all-or-nothing in a
-transaction of its own, imports.apply), and report what happened."""
+transaction of its own, imports.apply; on PostgreSQL two batches in flight at once,
+imports.pipeline), and report what happened."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from prefcenter.imports.apply import (
     batch_events,
 )
 from prefcenter.imports.formats import ImportFormat, Row, open_text, read_rows
+from prefcenter.imports.pipeline import InFlight, run_two_at_a_time
 from prefcenter.imports.prepare import PreparedBatch, ReadAhead, prepared_batches
 from prefcenter.imports.schemas import (
     SAMPLE_SIZE,
@@ -92,8 +94,9 @@ def run_import(
     """Import a file into the topic, one transaction per `batch_size` rows.
 
     A batch is all-or-nothing. After a batch fails the import stops (rows after it are not
-    read), so a file never lands with a hole in the middle; the report says which batches
-    committed. Running the same file again changes nothing that already landed.
+    applied: a batch already in flight is rolled back), so a file never lands with a hole in
+    the middle; the report says which batches committed. Running the same file again changes
+    nothing that already landed.
     """
     topic = find_import_topic(database, request.topic)
     text = open_text(binary)
@@ -145,9 +148,25 @@ def _run(
         rows, request.batch_size, keys=keys, events=batch_events(keys, shared)
     )
     with ReadAhead(prepared) as batches:
-        for number, batch in enumerate(batches, start=1):
-            if not _apply(database, request, report, shared, number, batch, on_batch):
-                break
+        if request.dry_run or database.settings.is_sqlite:
+            # SQLite's writers take turns; a dry run writes nothing to overlap.
+            for number, batch in enumerate(batches, start=1):
+                if not _apply(database, request, report, shared, number, batch, on_batch):
+                    break
+        else:
+
+            def record(flight: InFlight) -> bool:
+                return _record(
+                    request,
+                    report,
+                    flight.number,
+                    flight.batch,
+                    flight.tally,
+                    flight.error,
+                    on_batch,
+                )
+
+            run_two_at_a_time(database, batches, shared, record)
     if not request.dry_run:
         with database.transaction(write=True) as session:
             queue_inline_delivery(
@@ -171,13 +190,30 @@ def _apply(
     """Apply one batch in a transaction of its own and add it to the report; False when it
     failed (and the import stops)."""
     tally = Tally()
-    rows = batch.rows
-    report.rows += len(rows)
+    error: Problem | SQLAlchemyError | None = None
     try:
         with database.transaction(write=not request.dry_run) as session:
             apply_batch(session, batch, shared, tally)
     except (Problem, SQLAlchemyError) as exc:
-        result = _batch_report(number, rows, tally, BatchStatus.FAILED, error=_why(exc))
+        error = exc
+    return _record(request, report, number, batch, tally, error, on_batch)
+
+
+def _record(
+    request: ImportRequest,
+    report: ImportReport,
+    number: int,
+    batch: PreparedBatch,
+    tally: Tally,
+    error: Problem | SQLAlchemyError | None,
+    on_batch: Callable[[BatchReport], None] | None,
+) -> bool:
+    """Add a batch that committed (`error` None) or failed to the report; False when it
+    failed (and the import stops)."""
+    rows = batch.rows
+    report.rows += len(rows)
+    if error is not None:
+        result = _batch_report(number, rows, tally, BatchStatus.FAILED, error=_why(error))
         report.batches.append(result)
         # Broken rows are a fact of the file, whatever became of the batch.
         _merge_sample(report.invalid, tally.invalid)

@@ -26,13 +26,34 @@ from prefcenter.consent.ledger.sql import postgres_session
 from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
 from prefcenter.consent.models import Subscription
 from prefcenter.consent.rules import CurrentState
-from prefcenter.db import UtcDateTime
+from prefcenter.db import Database, UtcDateTime
 from prefcenter.driver import postgres_cursor
 
 # Any fixed number: held by each import batch until it commits, so that two imports never
 # interleave their contact locks (API writers lock one contact at a time and cannot
-# deadlock against a batch that locks in contact id order).
+# deadlock against a batch that locks in contact id order); or by an import that runs two
+# batches at once, for its whole run (`import_lock`).
 _IMPORT_LOCK_ID = 0x696D7074  # "impt"
+
+
+@contextmanager
+def import_lock(database: Database) -> Iterator[None]:
+    """Hold the import lock (PostgreSQL) on a connection of its own until the block ends, for
+    an import whose batches run on other connections and do not take it themselves: another
+    import's batches wait until this import is done. The connection is in autocommit, so
+    holding the lock holds no snapshot."""
+    with database.engine.connect() as pooled:
+        connection = pooled.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _IMPORT_LOCK_ID})
+        try:
+            yield
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _IMPORT_LOCK_ID})
+            except BaseException:
+                # A pooled connection must not go back still holding the lock.
+                connection.invalidate()
+                raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +88,24 @@ def stage_batch(
     topic_id: int,
     write: bool,
     now: datetime,
+    import_locked: bool = False,
 ) -> StagedBatch:
     """The batch's erased addresses, and its other addresses' contacts with their state;
     with `write`, the missing contacts are created and all are locked until the transaction
-    ends (a dry run writes nothing)."""
+    ends (a dry run writes nothing). `import_locked`: the import holds the import lock for
+    its whole run (`import_lock`), so the batch does not take it."""
     postgres = postgres_session(session)
+    if postgres:
+        # Until the batch ends. Its statements each take a fraction of a second: compiling
+        # them would cost more than it saves (the states read's estimate crosses
+        # `jit_above_cost` at a few thousand contacts, and compiling it took 30–50 ms a batch).
+        session.execute(text("SET LOCAL jit = off"))
     _stage(session, addresses, postgres=postgres)
     erased = frozenset(session.execute(_ERASED).scalars())
     created: dict[str, StoredContact] = {}
     if write and postgres:
-        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _IMPORT_LOCK_ID})
+        if not import_locked:
+            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _IMPORT_LOCK_ID})
         # The contacts made here have no state and no other writer sees them yet: they are
         # marked in the staging table and neither read again nor locked.
         for row_id, public_id, address in session.execute(_CREATE_CONTACTS_PG, {"now": now}):
@@ -85,7 +114,7 @@ def stage_batch(
             )
     elif write:
         session.execute(_CREATE_CONTACTS, {"now": now})
-    contacts = _read_states(session, topic_id=topic_id, lock=write and postgres)
+    contacts = _read_states(session, topic_id=topic_id, postgres=postgres, lock=write)
     if not postgres:
         session.execute(text("DROP TABLE IF EXISTS temp.import_address"))
     return StagedBatch(erased=erased, contacts={**contacts, **created})
@@ -152,13 +181,27 @@ _CREATE_CONTACTS_PG = text(
     "SELECT id, public_id, address FROM created"
 ).bindparams(bindparam("now", type_=UtcDateTime()))
 
-_READ_STATES = (
+_STATE_SELECT = (
     "SELECT c.id, c.public_id, c.address, c.erased_at, "
     "s.status, s.occurred_at AS s_occurred_at, s.by_recipient AS s_by_recipient, "
     "p.suppressed, p.occurred_at AS p_occurred_at, p.by_recipient AS p_by_recipient "
     "FROM import_address a JOIN contact c ON c.address = a.address AND NOT a.created "
-    "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = :topic_id "
+)
+_READ_STATES = (
+    _STATE_SELECT + "LEFT JOIN subscription s ON s.contact_id = c.id AND s.topic_id = :topic_id "
     "LEFT JOIN suppression p ON p.contact_id = c.id "
+    "ORDER BY c.id"
+)
+# Each contact's subscription and opt-out looked up by their keys, whatever the planner
+# believes of the tables' sizes: with stale statistics (or none, without autovacuum) it
+# otherwise joins by reading the whole subscription table, once a batch. Each key holds at
+# most one row.
+_READ_STATES_PG = (
+    _STATE_SELECT  # noqa: S608  (this module's constants)
+    + "LEFT JOIN LATERAL (SELECT status, occurred_at, by_recipient FROM subscription "
+    "WHERE contact_id = c.id AND topic_id = :topic_id LIMIT 1) s ON true "
+    "LEFT JOIN LATERAL (SELECT suppressed, occurred_at, by_recipient FROM suppression "
+    "WHERE contact_id = c.id LIMIT 1) p ON true "
     "ORDER BY c.id"
 )
 _STATE_COLUMNS: dict[str, Any] = {
@@ -175,11 +218,14 @@ _STATE_COLUMNS: dict[str, Any] = {
 }
 
 
-def _read_states(session: Session, *, topic_id: int, lock: bool) -> dict[str, StoredContact]:
+def _read_states(
+    session: Session, *, topic_id: int, postgres: bool, lock: bool
+) -> dict[str, StoredContact]:
     """The staged addresses' contacts with their subscription to the topic and their
     contact-wide opt-out, in one query; with `lock`, locked in id order until the transaction
     ends (PostgreSQL; SQLite's write transaction already excludes every other writer)."""
-    query = text(_READ_STATES + (" FOR UPDATE OF c" if lock else "")).columns(**_STATE_COLUMNS)
+    statement = _READ_STATES_PG + (" FOR UPDATE OF c" if lock else "") if postgres else _READ_STATES
+    query = text(statement).columns(**_STATE_COLUMNS)
     found: dict[str, StoredContact] = {}
     for (
         row_id,
