@@ -9,12 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import event as sa_event
+from sqlalchemy import text
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent
 from prefcenter.audit.verify import check_chain
+from prefcenter.consent.ledger import bulk
 from prefcenter.db import Database
 from prefcenter.imports import apply, pipeline
 from prefcenter.imports.apply import BatchContext, Tally
@@ -159,3 +161,31 @@ def test_two_imports_at_once_both_land_and_the_chain_holds(
     assert sum(r.unchanged + r.superseded.count for r in reports) == 20
     assert len(_events(database)) == 60
     assert check_chain(database, AuditKeys.from_settings(settings)).ok
+
+
+def test_an_import_waits_for_another_past_the_lock_timeout(
+    settings: Settings,
+    topic: str,  # noqa: F811
+) -> None:
+    # Another import holds the lock for longer than a request may wait for a row lock: this
+    # one waits its turn instead of failing on `lock_timeout`.
+    database = Database(settings.model_copy(update={"db_lock_timeout_s": 0.2}))
+    try:
+        reports: list[ImportReport] = []
+        with database.engine.connect() as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:id)"), {"id": bulk._IMPORT_LOCK_ID})
+            waiting = threading.Thread(
+                target=lambda: reports.append(
+                    run(database, csv_file("ada@example.com,subscribed"), batch_size=2)
+                )
+            )
+            waiting.start()
+            waiting.join(1.0)  # five times the lock timeout
+            assert waiting.is_alive()
+            assert reports == []
+            holder.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": bulk._IMPORT_LOCK_ID})
+            waiting.join(_NEVER)
+        assert [r.complete for r in reports] == [True]
+        assert reports[0].applied.subscribed == 1
+    finally:
+        database.dispose()

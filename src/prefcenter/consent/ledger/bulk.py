@@ -41,10 +41,21 @@ def import_lock(database: Database) -> Iterator[None]:
     """Hold the import lock (PostgreSQL) on a connection of its own until the block ends, for
     an import whose batches run on other connections and do not take it themselves: another
     import's batches wait until this import is done. The connection is in autocommit, so
-    holding the lock holds no snapshot."""
+    holding the lock holds no snapshot.
+
+    The wait is not bounded by `PREFCENTER_DB_LOCK_TIMEOUT_S`: that bound is for a request
+    behind a row lock, while an import waits for a whole other import (minutes), as its
+    batches used to wait for the other's batches in turn. Only this connection waits so."""
     with database.engine.connect() as pooled:
         connection = pooled.execution_options(isolation_level="AUTOCOMMIT")
-        connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _IMPORT_LOCK_ID})
+        try:
+            connection.execute(text("SET lock_timeout = 0"))
+            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _IMPORT_LOCK_ID})
+            # Back to the session's own setting (its connection options) for the pool.
+            connection.execute(text("RESET lock_timeout"))
+        except BaseException:
+            connection.invalidate()
+            raise
         try:
             yield
         finally:
