@@ -47,7 +47,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session as OrmSession
 
 from prefcenter import migrations
-from prefcenter.audit import driver_appends, service
+from prefcenter.audit import service
 from prefcenter.audit.canonical import (
     CANONICAL_KEYS,
     GENESIS_HASH,
@@ -61,6 +61,7 @@ from prefcenter.audit.schemas import EventKind, NewEvent
 from prefcenter.audit.verify import verify_chain
 from prefcenter.db import Database, utcnow
 from prefcenter.settings import Settings
+from prefcenter.sqlite_times import sqlite_time
 
 PG_ADMIN_URL = os.environ.get(
     "PREFCENTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -460,7 +461,7 @@ def _write_plain_sqlite(
             "UPDATE audit_head SET seq = seq + ? WHERE id = 1 RETURNING seq", (len(pending),)
         ).fetchone()
         seq -= len(pending)
-        now = driver_appends.sqlite_time(format_time(utcnow()))
+        now = sqlite_time(format_time(utcnow()))
         rows = []
         evidence = []
         for new, document in zip(pending, documents, strict=True):
@@ -471,7 +472,7 @@ def _write_plain_sqlite(
                     new.id,
                     new.kind.value,
                     now,
-                    driver_appends.sqlite_time(format_time(new.occurred_at)),
+                    sqlite_time(format_time(new.occurred_at)),
                     new.contact_id,
                     new.topic,
                     new.outcome,

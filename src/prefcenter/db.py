@@ -83,18 +83,6 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-def sqlite_text(value: datetime) -> str:
-    """A time as `UtcDateTime` stores it on SQLite (SQLAlchemy's text form of naive UTC), for
-    SQL written straight on sqlite3."""
-    text = value.astimezone(UTC).isoformat(timespec="microseconds")
-    return f"{text[:10]} {text[11:26]}"
-
-
-def from_sqlite_text(text: str) -> datetime:
-    """A time as sqlite3 returns a `UtcDateTime` column, read as `UtcDateTime` reads it."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
 class SessionSlots:
     """`async with` one of a process's session slots (a semaphore), counting the requests that
     had to wait for one: waits mean the pool is the bottleneck."""

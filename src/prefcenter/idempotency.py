@@ -15,9 +15,10 @@ from pydantic import BaseModel
 from sqlalchemy import Text
 from sqlmodel import Field, Session, SQLModel, select
 
-from prefcenter.db import UtcDateTime, sqlite_text, utcnow
+from prefcenter.db import UtcDateTime, utcnow
 from prefcenter.driver import DriverCursor
 from prefcenter.problems import Unprocessable
+from prefcenter.sqlite_times import sqlite_text
 
 MAX_KEY_LENGTH = 255
 REPLAY_HEADER = "Idempotent-Replayed"

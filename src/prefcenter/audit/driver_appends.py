@@ -15,6 +15,7 @@ from prefcenter.audit.models import HEAD_ID
 from prefcenter.audit.prepared import EVENT_INSERT_COLUMNS, PreparedEvent
 from prefcenter.db import utcnow
 from prefcenter.driver import DriverCursor, driver_cursor, postgres_cursor, postgres_pipeline
+from prefcenter.sqlite_times import sqlite_time
 
 # SQLite runs in-process, so its statements cost what the Python around them costs: the driver
 # directly, not SQLAlchemy's statement machinery (a third of the append's time otherwise).
@@ -30,11 +31,6 @@ _SQLITE_INSERT_FREE_TEXT = (
     f"VALUES ({', '.join(['?'] * (1 + len(FREE_TEXT_FIELDS)))})"
 )
 _OCCURRED = EVENT_INSERT_COLUMNS.index("occurred_at")
-
-
-def sqlite_time(text: str) -> str:
-    """`2026-11-25T15:20:03.123456Z` (format_time) as SQLAlchemy stores it on SQLite."""
-    return f"{text[:10]} {text[11:26]}"
 
 
 def append_sqlite(session: OrmSession, prepared: list[PreparedEvent]) -> None:

@@ -26,9 +26,10 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session
 
 from prefcenter.audit.canonical import format_time
-from prefcenter.db import UtcDateTime, sqlite_text
+from prefcenter.db import UtcDateTime
 from prefcenter.outbox.models import OutboxMessage
 from prefcenter.outbox.schemas import OutboxKind, OutboxStatus
+from prefcenter.sqlite_times import sqlite_text
 from prefcenter.webhooks.models import WebhookEndpoint, WebhookEndpointEvent
 from prefcenter.webhooks.rules import EVERY_TYPE, EventType, types_of_event, webhook_id_of
 

@@ -36,10 +36,10 @@ from prefcenter.audit.prepared import PreparedEvent, prepare_event
 from prefcenter.audit.schemas import NewEvent
 from prefcenter.consent.ledger.api_lane import AnswerToKeep, NewContact
 from prefcenter.consent.ledger.api_state import ApiChangeState, StateQuery, read_state
-from prefcenter.db import sqlite_text
 from prefcenter.driver import DriverCursor
 from prefcenter.idempotency import store_sqlite
 from prefcenter.settings import Settings
+from prefcenter.sqlite_times import sqlite_text
 from prefcenter.sqlite_writers import writer_turn
 from prefcenter.webhooks.queue import contact_deliveries_sqlite
 from prefcenter.webhooks.rules import EventType, types_of_event

@@ -15,9 +15,9 @@ from prefcenter.apikeys.schemas import Caller
 from prefcenter.apikeys.service import CALLER_COLUMNS, CALLER_MATCH, caller_of_row
 from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
 from prefcenter.consent.rules import CurrentState
-from prefcenter.db import from_sqlite_text
 from prefcenter.driver import driver_sql
 from prefcenter.idempotency import StoredAnswer
+from prefcenter.sqlite_times import from_sqlite_text
 
 
 @dataclass(frozen=True, slots=True)
