@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped
 from sqlalchemy.sql import ClauseElement
-from sqlmodel import Session, col
+from sqlmodel import col
 
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
@@ -229,20 +229,21 @@ class FixedRange:
         return self.statement.run(cursor, low)
 
 
+# Where the export ends (a statement of its own: a range's statements read no other rows).
+_LAST_CONTACT_ID = "SELECT coalesce(max(id), 0) FROM contact"
+
+
 def _read_range(database: Database, reader: RangeReader, low: int) -> tuple[bytes, int]:
     """One range's CSV rows, and the highest contact id there is (where the export ends).
     One snapshot: a reader may ask about the range before it reads it."""
-    with database.transaction(write=False, snapshot=True) as session:
-        connection = session.connection()
-        # To the driver as is: no row processing on the way back.
-        with closing(postgres_cursor(connection)) as cursor:
-            lines = reader(cursor, low)
-        last = _last_contact_id(session)
-    return "".join([line for (line,) in lines]).encode(), last
-
-
-def _last_contact_id(session: Session) -> int:
-    return int(session.execute(select(func.coalesce(func.max(col(Contact.id)), 0))).scalar_one())
+    # To the driver as is: no row processing on the way back.
+    with (
+        database.transaction(write=False, snapshot=True) as session,
+        closing(postgres_cursor(session.connection())) as cursor,
+    ):
+        lines = reader(cursor, low)
+        ((last,),) = cursor.execute(_LAST_CONTACT_ID).fetchall()
+    return "".join([line for (line,) in lines]).encode(), int(last)
 
 
 async def _range_in_thread(database: Database, reader: RangeReader, low: int) -> tuple[bytes, int]:
