@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -117,18 +117,32 @@ def _collected(stream: AsyncIterator[bytes]) -> bytes:
 
 
 class TestPostgresSuppressionsBytes:
+    @pytest.mark.parametrize("bounces_or_not", [True, False])
     @pytest.mark.parametrize("plan", ["_SPARSE_PLAN", "_DENSE_PLAN"])
     def test_are_the_python_writers_bytes(
-        self, monkeypatch: pytest.MonkeyPatch, database: Database, plan: str
+        self, monkeypatch: pytest.MonkeyPatch, database: Database, plan: str, bounces_or_not: bool
     ) -> None:
         """Every awkward address as a suppressed contact's display form, some bounced too,
         some only bounced, one erased; timestamps with and without a fraction; ranges of
         three contact ids, some without a row. Every range planned as `plan` (a probe into
-        `contact` for each row, or a merge of the key indexes)."""
+        `contact` for each row, or a merge of the key indexes), and read by the statement
+        for what it holds (`bounces_or_not`: the opt-outs' alone where it has no bounce) or
+        by the one for opt-outs and bounces throughout."""
         _on_postgres(database)
         monkeypatch.setattr(ranges, "EXPORT_RANGE", 3)
         for settings in ("_SPARSE_PLAN", "_DENSE_PLAN"):
             monkeypatch.setattr(suppression_ranges, settings, getattr(suppression_ranges, plan))
+        if not bounces_or_not:
+            both = suppression_ranges._suppressions_range
+            monkeypatch.setattr(suppression_ranges, "_opt_outs_range", both)
+        statements: set[str] = set()
+        run = ranges.RangeStatement.run
+
+        def recorded(statement: ranges.RangeStatement, *args: Any, **values: Any) -> Any:
+            statements.add(statement.sql)
+            return run(statement, *args, **values)
+
+        monkeypatch.setattr(ranges.RangeStatement, "run", recorded)
         base = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         with database.transaction(write=True) as session:
             for i, cell in enumerate(AWKWARD_CELLS):
@@ -163,29 +177,34 @@ class TestPostgresSuppressionsBytes:
         python = _collected(
             chunks.stream_csv(database, SUPPRESSIONS_HEADER, chunks.read_suppressions)
         )
+        reader = suppression_ranges.suppressions_range(database)
         built_by_postgres = _collected(suppression_ranges.suppressions_ranges(database))
         assert b"erased" in python
         assert b"bounced" in python
         assert built_by_postgres == python
+        # Each statement read the ranges it may read (the same one throughout, or not).
+        assert statements - {reader.rows.sql} == {reader.opt_outs.sql, reader.with_bounces.sql}
+        assert (reader.opt_outs.sql != reader.with_bounces.sql) is bounces_or_not
 
 
 class TestPostgresSuppressionsPlan:
-    def test_ranges_with_many_rows_are_merged(
+    def test_ranges_are_read_by_what_they_hold(
         self, monkeypatch: pytest.MonkeyPatch, database: Database
     ) -> None:
-        """Ranges of ten contact ids, dense from two rows: opt-outs and bounces both count."""
+        """Ranges of ten contact ids, dense from two rows: opt-outs and bounces both count; a
+        range without bounces is read by the opt-outs' statement alone."""
         _on_postgres(database)
         monkeypatch.setattr(ranges, "EXPORT_RANGE", 10)
         at = datetime(2026, 1, 2, tzinfo=UTC)
         with database.transaction(write=True) as session:
             ids = []
-            for i in range(30):
+            for i in range(40):
                 contact = make_contact(session, f"d{i}@example.com", now=at)
                 assert contact.id is not None
                 ids.append(contact.id)
             for i in (0, 1, 12):
                 make_change(session, f"d{i}@example.com", "unsubscribed", now=at)
-            for i in (20, 21):
+            for i in (20, 21, 35):
                 session.add(
                     Bounce(
                         contact_id=ids[i],
@@ -196,48 +215,64 @@ class TestPostgresSuppressionsPlan:
                         event_id=f"bounce-{i}",
                     )
                 )
-        plan = suppression_ranges.suppressions_plan(database)
+        reader = suppression_ranges.suppressions_range(database)
         with (
             database.transaction(write=False) as session,
             closing(postgres_cursor(session.connection())) as cursor,
         ):
-            chosen = [plan(cursor, ids[first] - 1) for first in (0, 10, 20)]
+            chosen = [reader.choose(cursor, ids[first] - 1) for first in (0, 10, 20, 30)]
         assert chosen == [
-            suppression_ranges._DENSE_PLAN,
-            suppression_ranges._SPARSE_PLAN,
-            suppression_ranges._DENSE_PLAN,
+            (suppression_ranges._DENSE_PLAN, reader.opt_outs),
+            (suppression_ranges._SPARSE_PLAN, reader.opt_outs),
+            (suppression_ranges._DENSE_PLAN, reader.with_bounces),
+            (suppression_ranges._SPARSE_PLAN, reader.with_bounces),
         ]
 
 
 class TestPostgresRangesInFlight:
-    def test_next_ranges_start_before_a_range_is_sent(
+    def test_a_range_starts_as_soon_as_one_is_read(
         self, monkeypatch: pytest.MonkeyPatch, database: Database
     ) -> None:
-        """When the first range's text is handed over, the two after it are already asked
-        for: the database works on them while the client reads it."""
+        """Two ranges are read at once from the start, and the next starts as soon as one is
+        read, not when the oldest is sent: the first range's read ends only once the third
+        range is read (the second read meanwhile). Never more than three held unsent: the
+        fourth waits for the first to be sent."""
         _on_postgres(database)
         monkeypatch.setattr(ranges, "EXPORT_RANGE", 2)
         at = datetime(2026, 1, 2, tzinfo=UTC)
         with database.transaction(write=True) as session:
-            for i in range(7):
+            for i in range(9):
                 make_contact(session, f"f{i}@example.com", now=at)
                 make_change(session, f"f{i}@example.com", "unsubscribed", now=at)
         started: list[int] = []
+        started_while_first_was_read: list[int] = []
+        third_read = asyncio.Event()
         read_range = ranges._range_in_thread
 
-        def recorded(*args: Any) -> Coroutine[Any, Any, tuple[bytes, int]]:
-            started.append(args[-1])  # as it is asked for, not once its task first runs
-            return read_range(*args)
+        async def recorded(*args: Any) -> tuple[bytes, int]:
+            low = args[-1]
+            started.append(low)
+            if low == 0:
+                # Fails (times out) unless the third range starts and is read meanwhile.
+                async with asyncio.timeout(30):
+                    await third_read.wait()
+                await asyncio.sleep(0.05)  # the third's end handled: a fourth would start
+                started_while_first_was_read.extend(started)
+            text = await read_range(*args)
+            if low == 4:
+                third_read.set()
+            return text
 
         monkeypatch.setattr(ranges, "_range_in_thread", recorded)
 
-        async def first_range() -> list[int]:
+        async def first_range() -> bytes:
             stream = suppression_ranges.suppressions_ranges(database)
             assert isinstance(stream, AsyncGenerator)
             await anext(stream)  # the header
-            await anext(stream)
-            seen = list(started)
+            text: bytes = await anext(stream)
             await stream.aclose()
-            return seen
+            return text
 
-        assert asyncio.run(first_range()) == [0, 2, 4]
+        first = asyncio.run(first_range())
+        assert first.startswith(b"f0@example.com,")
+        assert started_while_first_was_read == [0, 2, 4]

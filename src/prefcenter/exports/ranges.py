@@ -7,8 +7,8 @@ its text does.
 Each range (`contact.id` in `(low, low + EXPORT_RANGE]`) is one query in a short read
 transaction of its own, in id order: memory is bounded by the range's width, no snapshot is
 held for the length of a download, and (as on SQLite) the export as a whole is not one
-snapshot. Two ranges are in flight at once, so the database works on the next while the last
-is sent. The same bytes as `chunks.csv_text` writes: cells spreadsheet-safe (`csv_cells`)
+snapshot. Two ranges are read at once, on two connections, also while the last is sent
+(`stream_ranges`). The same bytes as `chunks.csv_text` writes: cells spreadsheet-safe (`csv_cells`)
 and quoted where Python's csv module quotes, rows ended by CRLF.
 
 Not `COPY … TO STDOUT`: the driver hands its output over a row at a time through a Python
@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped
 from sqlalchemy.sql import ClauseElement
-from sqlmodel import Session, col
+from sqlmodel import col
 
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.contacts.models import Contact
@@ -62,7 +62,10 @@ from prefcenter.topics.models import Topic
 
 # Contact ids per query: at ~60 bytes a row, a few megabytes of CSV text at most.
 EXPORT_RANGE = 100_000
-_IN_FLIGHT = 2
+# Ranges read at once, each on its own connection (one core's work each), and ranges held
+# at most: read or being read, and not sent yet (a few megabytes each).
+_CONNECTIONS = 2
+_HELD = 3
 _FORMULA_CODES = tuple(ord(start) for start in FORMULA_STARTS)
 
 # A range's query over the bounds given (`_LOW`, `_HIGH`: `contact.id` in `(low, high]`).
@@ -114,15 +117,18 @@ def timestamp_text(value: Sql) -> ColumnElement[str]:
     return cast(func.timezone("UTC", value), Text)
 
 
-def rfc3339_sql(text: Sql) -> ColumnElement[str]:
+def rfc3339_sql(text: Sql, *, end: str = "") -> ColumnElement[str]:
     """SQL for `chunks.csv_timestamp` from `timestamp_text`: RFC 3339, microseconds only when
-    not zero (Python writes all six digits: the cut zeros are put back)."""
+    not zero (Python writes all six digits: the cut zeros are put back); then `end` (one
+    concatenation less per row than after the call)."""
     whole_seconds = len("2026-01-01T00:00:00")
     with_micros = len("2026-01-01T00:00:00.000000")
     # Lengths in bytes (the text is ASCII): counting characters costs more, as does `rpad`.
     length = func.octet_length(text)
     zeros = func.repeat("0", with_micros - length)
-    return func.replace(text, " ", "T") + case((length > whole_seconds, zeros + "Z"), else_="Z")
+    return func.replace(text, " ", "T") + case(
+        (length > whole_seconds, zeros + ("Z" + end)), else_="Z" + end
+    )
 
 
 def timestamp_sql(value: Sql) -> ColumnElement[str]:
@@ -198,78 +204,107 @@ class RangeStatement:
         )
         return cls(str(compiled), dict(compiled.params))
 
-    def run(self, cursor: PostgresCursor, low: int) -> list[tuple[Any, ...]]:
-        """The statement's rows for the range after `low`."""
+    def run(self, cursor: PostgresCursor, low: int, **values: Any) -> list[tuple[Any, ...]]:
+        """The statement's rows for the range after `low` (`values`: parameters whose value
+        is not the compiled one)."""
         return cursor.execute(
-            self.sql, {**self.params, "low": low, "high": low + EXPORT_RANGE}
+            self.sql, {**self.params, **values, "low": low, "high": low + EXPORT_RANGE}
         ).fetchall()
 
 
-# The settings a range's transaction is planned with, given its cursor (to ask the database
-# about the range first) and the range's `low` bound.
-RangePlan = Callable[[PostgresCursor, int], str]
+# Reads a range in its transaction: sets what the range is planned with, runs its statement
+# on the cursor given and returns its rows (one text value each), for the range after `low`.
+RangeReader = Callable[[PostgresCursor, int], list[tuple[Any, ...]]]
 
 
-def fixed_plan(settings: str) -> RangePlan:
-    """The same settings for every range."""
-    return lambda _cursor, _low: settings
+@dataclass(frozen=True, slots=True)
+class FixedRange:
+    """The same statement and settings for every range."""
+
+    statement: RangeStatement
+    settings: str
+
+    def __call__(self, cursor: PostgresCursor, low: int) -> list[tuple[Any, ...]]:
+        cursor.execute(self.settings)
+        return self.statement.run(cursor, low)
 
 
-def _read_range(
-    database: Database, statement: RangeStatement, plan: RangePlan, low: int
-) -> tuple[bytes, int]:
-    """One range's CSV rows, and the highest contact id there is (where the export ends)."""
-    with database.transaction(write=False) as session:
-        connection = session.connection()
-        # To the driver as is: no row processing on the way back.
-        with closing(postgres_cursor(connection)) as cursor:
-            cursor.execute(plan(cursor, low))
-            lines = statement.run(cursor, low)
-        last = _last_contact_id(session)
-    return "".join([line for (line,) in lines]).encode(), last
+# Where the export ends (a statement of its own: a range's statements read no other rows).
+_LAST_CONTACT_ID = "SELECT coalesce(max(id), 0) FROM contact"
 
 
-def _last_contact_id(session: Session) -> int:
-    return int(session.execute(select(func.coalesce(func.max(col(Contact.id)), 0))).scalar_one())
+def _read_range(database: Database, reader: RangeReader, low: int) -> tuple[bytes, int]:
+    """One range's CSV rows, and the highest contact id there is (where the export ends).
+    One snapshot: a reader may ask about the range before it reads it."""
+    # To the driver as is: no row processing on the way back.
+    with (
+        database.transaction(write=False, snapshot=True) as session,
+        closing(postgres_cursor(session.connection())) as cursor,
+    ):
+        lines = reader(cursor, low)
+        ((last,),) = cursor.execute(_LAST_CONTACT_ID).fetchall()
+    return "".join([line for (line,) in lines]).encode(), int(last)
 
 
-async def _range_in_thread(
-    database: Database, statement: RangeStatement, plan: RangePlan, low: int
-) -> tuple[bytes, int]:
+async def _range_in_thread(database: Database, reader: RangeReader, low: int) -> tuple[bytes, int]:
     async with database.session_slots:
-        return await anyio.to_thread.run_sync(_read_range, database, statement, plan, low)
+        return await anyio.to_thread.run_sync(_read_range, database, reader, low)
 
 
 async def stream_ranges(
-    database: Database, header: tuple[str, ...], query: RangeQuery, plan: RangePlan
+    database: Database, header: tuple[str, ...], reader: RangeReader
 ) -> AsyncIterator[bytes]:
     """The header row, then range after range up to the highest contact id, read again after
-    each range so that contacts created meanwhile are not cut off."""
+    each range so that contacts created meanwhile are not cut off.
+
+    `_CONNECTIONS` ranges are read at once from the start (the first ones before the highest
+    id is known: one past it comes back empty), and a range is started as soon as one ends,
+    not when the oldest is sent: a connection waits only while `_HELD` ranges are read and
+    not sent yet."""
     yield csv_text([header])
-    statement = RangeStatement.of(database, query)
-    in_flight: deque[asyncio.Task[tuple[bytes, int]]] = deque()
+    # In range order, read or being read, not sent yet.
+    held: deque[asyncio.Task[tuple[bytes, int]]] = deque()
     low = 0
-    last = EXPORT_RANGE  # until the first range says
+    last: int | None = None  # the highest contact id, once a range says
+    reading = 0
+    closed = False
 
     def start_ranges() -> None:
-        nonlocal low
-        while len(in_flight) < _IN_FLIGHT and low < last:
-            in_flight.append(
-                asyncio.ensure_future(_range_in_thread(database, statement, plan, low))
-            )
+        nonlocal low, reading
+        while (
+            not closed
+            and reading < _CONNECTIONS
+            and len(held) < _HELD
+            and (last is None or low < last)
+        ):
+            task = asyncio.ensure_future(_range_in_thread(database, reader, low))
+            task.add_done_callback(range_read)
+            held.append(task)
+            reading += 1
             low += EXPORT_RANGE
+
+    def range_read(task: asyncio.Task[tuple[bytes, int]]) -> None:
+        nonlocal reading, last
+        reading -= 1
+        if task.cancelled() or task.exception() is not None:
+            return  # raised where the stream awaits it
+        last = max(last or 0, task.result()[1])
+        start_ranges()
 
     try:
         start_ranges()
-        while in_flight:
-            text, last = await in_flight.popleft()
+        while held:
+            # Held until read: it counts among the `_HELD` while it is awaited.
+            text, _ = await held[0]
+            held.popleft()
             # Before this range is sent: the database works on the next ones while the
             # client reads it.
             start_ranges()
             if text:
                 yield text
     finally:
-        for task in in_flight:
+        closed = True
+        for task in held:
             if task.done() and not task.cancelled():
                 task.exception()
             task.cancel()
@@ -279,6 +314,5 @@ def audience_ranges(
     database: Database, topic: Topic, rule: Reconsent | None = None
 ) -> AsyncIterator[bytes]:
     """`GET /v1/topics/{key}/audience` as CSV bytes, built by PostgreSQL."""
-    return stream_ranges(
-        database, AUDIENCE_HEADER, _audience_range(topic, rule), fixed_plan(RANGE_PLAN)
-    )
+    statement = RangeStatement.of(database, _audience_range(topic, rule))
+    return stream_ranges(database, AUDIENCE_HEADER, FixedRange(statement, RANGE_PLAN))
