@@ -106,7 +106,6 @@ def test_the_address_index_carries_the_contact_id_on_postgresql(empty_settings: 
     assert definition.endswith("(address)"), definition
 
 
-
 def test_a_first_answer_is_compressed_with_lz4_on_postgresql(empty_settings: Settings) -> None:
     """Migration 0020: the Idempotency-Key record's body (some 200 KB for a batch) is
     compressed with lz4 where the server has it; down to 0019 it is the server's default."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session, col, select
 
 from prefcenter.apikeys.schemas import Caller
@@ -27,9 +27,10 @@ from prefcenter.consent.ledger.batch import (
     apply_changes,
     inserting_batch_contacts,
 )
+from prefcenter.consent.ledger.changes import ChangeRecord
 from prefcenter.consent.rules import Status
 from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
-from prefcenter.consent.service import ApiRecords, pending_confirmation, requested_change
+from prefcenter.consent.service import ApiRecords, ApiRequests, pending_confirmation
 from prefcenter.notices.service import NoticeChecks
 from prefcenter.problems import Problem, problem_body
 from prefcenter.settings import Settings, SigningKey
@@ -57,14 +58,7 @@ def record_changes(
             f"A batch holds at most {MAX_CONSENT_BATCH:,} changes; this one has "
             f"{len(batch.changes):,}. Split it into several batches."
         )
-    results: list[ConsentChangeOut | ChangeProblem | None] = []
-    parsed: list[tuple[int, ConsentChangeIn]] = []
-    for index, body in enumerate(batch.changes):
-        try:
-            parsed.append((index, ConsentChangeIn.model_validate(body)))
-            results.append(None)
-        except ValidationError as invalid:
-            results.append(_invalid(index, invalid))
+    results, parsed = _parse(batch.changes)
     topics = _topics(session, {c.topic for _, c in parsed if c.topic is not None})
     accepted: list[tuple[int, ConsentChangeIn, Topic | None]] = []
     notices = NoticeChecks(session)
@@ -85,9 +79,13 @@ def record_changes(
         accepted.append((index, change, topic))
     # Each change at its own instant, a microsecond apart in request order (ledger.batch).
     instants = [now + timedelta(microseconds=index) for index, _, _ in accepted]
-    records = ApiRecords.of(caller=caller, request=request, settings=settings)
+    records = _Records(ApiRecords.of(caller=caller, request=request, settings=settings))
+    requests = ApiRequests.of(caller)
+    # Each topic's row read once (ORM attributes), not once a change.
+    named = {id(topic): topic for _, _, topic in accepted if topic is not None}
+    double_opt_in = {at: topic.double_opt_in for at, topic in named.items()}
+    topic_ids = {topic.id for topic in named.values() if topic.id is not None}
     # The contacts inserted while the changes are made (on PostgreSQL, without waiting).
-    topic_ids = {topic.id for _, _, topic in accepted if topic is not None and topic.id is not None}
     with inserting_batch_contacts(
         session, keys, [change.email for _, change, _ in accepted], now=now, topic_ids=topic_ids
     ) as inserted:
@@ -95,7 +93,11 @@ def record_changes(
             BatchChange(
                 address=change.email,
                 topic=topic,
-                requested=requested_change(change, topic, caller=caller, now=at),
+                requested=requests.requested(
+                    change,
+                    double_opt_in=topic is not None and double_opt_in[id(topic)],
+                    now=at,
+                ),
                 record=records.record(change, notice=checked.get(index)),
                 at=at,
             )
@@ -109,6 +111,52 @@ def record_changes(
         results[index] = _answer(session, settings, ring, change, topic, outcome, now=now)
     assert all(r is not None for r in results)
     return ConsentBatchOut(results=[r for r in results if r is not None])
+
+
+# A batch's changes validated in one call: a third faster than one `model_validate` each.
+_CHANGES = TypeAdapter(list[ConsentChangeIn])
+
+
+def _parse(
+    bodies: list[dict[str, Any]],
+) -> tuple[list[ConsentChangeOut | ChangeProblem | None], list[tuple[int, ConsentChangeIn]]]:
+    """Each change validated: a slot per change (its problem, or None to be filled), and the
+    valid ones by their index. The whole list is validated at once; only a batch with an
+    invalid change is validated again change by change, so that each gets its own problem."""
+    try:
+        valid = _CHANGES.validate_python(bodies)
+    except ValidationError:
+        pass
+    else:
+        return [None] * len(valid), list(enumerate(valid))
+    results: list[ConsentChangeOut | ChangeProblem | None] = []
+    parsed: list[tuple[int, ConsentChangeIn]] = []
+    for index, body in enumerate(bodies):
+        try:
+            parsed.append((index, ConsentChangeIn.model_validate(body)))
+            results.append(None)
+        except ValidationError as invalid:
+            results.append(_invalid(index, invalid))
+    return results, parsed
+
+
+class _Records:
+    """`ApiRecords.record` for a batch's changes, one record shared by the changes that give
+    the same values and no evidence (records are never changed in place): made once, and
+    their events' documents found by it (ledger.batch_events)."""
+
+    def __init__(self, records: ApiRecords) -> None:
+        self._records = records
+        self._shared: dict[tuple[str, str | None, str | None, str | None], ChangeRecord] = {}
+
+    def record(self, change: ConsentChangeIn, *, notice: str | None) -> ChangeRecord:
+        if change.evidence:
+            return self._records.record(change, notice=notice)
+        key = (change.source, change.campaign_id, change.reason, notice)
+        found = self._shared.get(key)
+        if found is None:
+            found = self._shared[key] = self._records.record(change, notice=notice)
+        return found
 
 
 def _answer(

@@ -165,6 +165,14 @@ def apply_changes(
     # The notices the batch's topics are bound to, read once each (re-consent).
     topics = {c.topic.key: c.topic for c in changes if c.topic is not None}
     bound = {key: bound_notice(session, topic.notice_key) for key, topic in topics.items()}
+    # Each topic's terms read once from its row (not once a change: ORM attributes).
+    named = {id(c.topic): c.topic for c in changes if c.topic is not None}
+    terms = {
+        at: _TopicTerms(
+            id=topic.id, key=topic.key, kind=TopicKind(topic.kind), bound=bound[topic.key]
+        )
+        for at, topic in named.items()
+    }
     results: list[BatchWritten | Problem | _Decided] = []
     for change, event_id in zip(changes, new_event_ids(len(changes)), strict=True):
         contact = contacts.get(change.address.normalised)
@@ -173,7 +181,13 @@ def apply_changes(
             continue
         try:
             decided = _decide_one(
-                event_id, contact, change, subscriptions, suppressions, bound=bound, now=change.at
+                event_id,
+                contact,
+                change,
+                None if change.topic is None else terms[id(change.topic)],
+                subscriptions,
+                suppressions,
+                now=change.at,
             )
         except Problem as refused:
             results.append(refused)
@@ -233,6 +247,16 @@ def _batch_rows(
 
 
 @dataclass(frozen=True, slots=True)
+class _TopicTerms:
+    """What deciding a change reads of its topic."""
+
+    id: int | None
+    key: str
+    kind: TopicKind
+    bound: BoundNotice | None  # the notice it is bound to, with its versions
+
+
+@dataclass(frozen=True, slots=True)
 class _Decided:
     """A change decided and its rows set, its event yet to be made."""
 
@@ -249,33 +273,36 @@ def _decide_one(
     event_id: str,
     contact: LockedContact,
     change: BatchChange,
+    topic: _TopicTerms | None,
     subscriptions: StoredRows,
     suppressions: StoredRows,
     *,
-    bound: dict[str, BoundNotice | None],
     now: datetime,
 ) -> _Decided:
     """One change against the batch's rows, as ledger.orm.apply_change does it against the
-    database's; raises the rules' problems before anything is changed."""
+    database's; raises the rules' problems before anything is changed. `topic`: the terms of
+    the change's topic (None: a contact-wide change)."""
     requested = change.requested
-    if requested.with_evidence != bool(change.record.evidence):
-        requested = replace(requested, with_evidence=bool(change.record.evidence))
-    suppression = suppressions.by_key.get((contact.id,))
-    subscription_event_id: str | None = None
     record = change.record
-    if change.topic is None:
+    if requested.with_evidence != bool(record.evidence):
+        requested = replace(requested, with_evidence=bool(record.evidence))
+    contact_id = contact.id
+    suppression = suppressions.by_key.get((contact_id,))
+    subscription_event_id: str | None = None
+    if topic is None:
         decision = decide_global_change(_suppression_state(suppression), requested, now=now)
         if decision.outcome is not Outcome.SUPERSEDED:
             was = None if suppression is None else suppression["suppressed"]
             values = suppression_change(decision, requested, now=now, was_suppressed=was)
-            suppressions.set((contact.id,), {**values, "contact_id": contact.id})
+            values["contact_id"] = contact_id
+            suppressions.set((contact_id,), values)
     else:
-        key = (contact.id, change.topic.id)
+        key = (contact_id, topic.id)
         row = subscriptions.by_key.get(key)
         decision = decide_topic_change(
             _subscription_state(row),
             _suppression_state(suppression),
-            topic_kind=TopicKind(change.topic.kind),
+            topic_kind=topic.kind,
             requested=requested,
             now=now,
         )
@@ -284,20 +311,20 @@ def _decide_one(
                 decision,
                 requested,
                 record,
-                bound=bound[change.topic.key],
+                bound=topic.bound,
                 stored=None if row is None else row["notice_version_id"],
             )
             decision, record = given.decision, given.record
             values = subscription_change(decision, requested, now=now, event_id=event_id)
-            row = subscriptions.set(
-                key,
-                {**values, **given.values, "contact_id": contact.id, "topic_id": change.topic.id},
-            )
+            values.update(given.values)
+            values["contact_id"] = contact_id
+            values["topic_id"] = topic.id
+            row = subscriptions.set(key, values)
         subscription_event_id = None if row is None else row["event_id"]
     return _Decided(
         event_id=event_id,
         contact=contact,
-        topic_key=change.topic.key if change.topic else None,
+        topic_key=None if topic is None else topic.key,
         requested=requested,
         record=record,
         decision=decision,
