@@ -14,6 +14,7 @@ from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
+from prefcenter.collector import collections_paused
 from prefcenter.consent import (
     address_correction,
     batch,
@@ -110,23 +111,25 @@ async def post_consent_batch(
     response: Response,
     keys: AuditKeysDep,
 ) -> Response:
-    answer = await _record_idempotently(
-        http_request,
-        caller,
-        idempotency,
-        response,
-        ConsentBatchOut,
-        lambda session, settings, ring: batch.record_changes(
-            session,
-            changes,
-            caller=caller,
-            request=context,
-            settings=settings,
-            ring=ring,
-            keys=keys,
-            now=utcnow(),
-        ),
-    )
+    # The batch's thousands of objects are not walked by the collector while it runs.
+    with collections_paused():
+        answer = await _record_idempotently(
+            http_request,
+            caller,
+            idempotency,
+            response,
+            ConsentBatchOut,
+            lambda session, settings, ring: batch.record_changes(
+                session,
+                changes,
+                caller=caller,
+                request=context,
+                settings=settings,
+                ring=ring,
+                keys=keys,
+                now=utcnow(),
+            ),
+        )
     return _json_answer(answer, response)
 
 
