@@ -67,6 +67,21 @@ class StoredAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class JsonAnswer:
+    """An answer written as JSON by its maker, byte for byte as its model's
+    `model_dump_json` writes it (a batch's thousand results, without a model each)."""
+
+    body: str
+
+
+AnswerT = TypeVar("AnswerT", bound=BaseModel | JsonAnswer)
+
+
+def _json_of(answer: BaseModel | JsonAnswer) -> str:
+    return answer.body if isinstance(answer, JsonAnswer) else answer.model_dump_json()
+
+
+@dataclass(frozen=True, slots=True)
 class IdempotentCall:
     """The request's Idempotency-Key (if any) and its fingerprint."""
 
@@ -89,7 +104,8 @@ class IdempotentCall:
         Must run inside a write transaction: on SQLite that serialises concurrent retries; on
         PostgreSQL a concurrent duplicate fails on the primary key and is told to retry (409).
         """
-        return self._run(session, owner, response, model, call, status_code)[0]
+        result, _ = self._run(session, owner, response, model, call, status_code)
+        return result
 
     def run_json(
         self,
@@ -98,12 +114,14 @@ class IdempotentCall:
         owner: str,
         response: Response,
         model: type[ModelT],
-        call: Callable[[], ModelT],
+        call: Callable[[], ModelT | JsonAnswer],
     ) -> str:
         """`run`, answering the answer's JSON: serialised once for the stored record and the
-        response alike (a batch's thousand results are not written twice)."""
+        response alike (a batch's thousand results are not written twice). `call` may answer
+        with its JSON already written (`JsonAnswer`); a replay writes the stored answer
+        through `model`, as for any answer."""
         result, body = self._run(session, owner, response, model, call, None)
-        return body if body is not None else result.model_dump_json()
+        return body if body is not None else _json_of(result)
 
     def _run(
         self,
@@ -111,9 +129,9 @@ class IdempotentCall:
         owner: str,
         response: Response,
         model: type[ModelT],
-        call: Callable[[], ModelT],
-        status_code: Callable[[ModelT], int] | None,
-    ) -> tuple[ModelT, str | None]:
+        call: Callable[[], AnswerT],
+        status_code: Callable[[AnswerT], int] | None,
+    ) -> tuple[AnswerT | ModelT, str | None]:
         """The answer, and its JSON as stored when this call stored it."""
         if self.key is None:
             result = call()
@@ -135,7 +153,7 @@ class IdempotentCall:
         result = call()
         code = status_code(result) if status_code is not None else (response.status_code or 200)
         response.status_code = code
-        body = result.model_dump_json()
+        body = _json_of(result)
         session.add(
             IdempotencyRecord(
                 owner=owner,

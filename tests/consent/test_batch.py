@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.consent import batch
-from prefcenter.consent.batch_schemas import ConsentBatchOut
 from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database
+from prefcenter.idempotency import JsonAnswer
 from tests.support.factories import (
     Headers,
     Json,
@@ -331,7 +331,7 @@ class TestBatchLimits:
         seen: list[bool] = []
         record_changes = batch.record_changes
 
-        def recording(*args: Any, **kwargs: Any) -> ConsentBatchOut:
+        def recording(*args: Any, **kwargs: Any) -> JsonAnswer:
             seen.append(gc.isenabled())
             return record_changes(*args, **kwargs)
 

@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from sqlmodel import Session
 
@@ -53,8 +52,8 @@ from prefcenter.consent.ledger.changes import (
 )
 from prefcenter.consent.ledger.notices import bound_notice
 from prefcenter.consent.ledger.sql import postgres_session
-from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
-from prefcenter.consent.rules import CurrentState, Decision, Outcome, RequestedChange
+from prefcenter.consent.ledger.state import subscription_row_state, suppression_row_state
+from prefcenter.consent.rules import Decision, Outcome, RequestedChange
 from prefcenter.contacts.addresses import Address
 from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem
@@ -290,7 +289,7 @@ def _decide_one(
     suppression = suppressions.by_key.get((contact_id,))
     subscription_event_id: str | None = None
     if topic is None:
-        decision = decide_global_change(_suppression_state(suppression), requested, now=now)
+        decision = decide_global_change(suppression_row_state(suppression), requested, now=now)
         if decision.outcome is not Outcome.SUPERSEDED:
             was = None if suppression is None else suppression["suppressed"]
             values = suppression_change(decision, requested, now=now, was_suppressed=was)
@@ -300,8 +299,8 @@ def _decide_one(
         key = (contact_id, topic.id)
         row = subscriptions.by_key.get(key)
         decision = decide_topic_change(
-            _subscription_state(row),
-            _suppression_state(suppression),
+            subscription_row_state(row),
+            suppression_row_state(suppression),
             topic_kind=topic.kind,
             requested=requested,
             now=now,
@@ -362,18 +361,6 @@ def _erased() -> AddressErased:
         "nothing was recorded.",
         errors=[{"field": "email", "detail": "was erased"}],
     )
-
-
-def _subscription_state(row: dict[str, Any] | None) -> CurrentState | None:
-    if row is None:
-        return None
-    return stored_subscription_state(row["status"], row["occurred_at"], row["by_recipient"])
-
-
-def _suppression_state(row: dict[str, Any] | None) -> CurrentState | None:
-    if row is None:
-        return None
-    return stored_suppression_state(row["suppressed"], row["occurred_at"], row["by_recipient"])
 
 
 def _event_types(results: Sequence[object]) -> set[EventType]:
