@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -43,11 +44,18 @@ class IdempotencyRecord(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime, index=True)
 
 
-def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+_NOT_PARSED: Any = object()
+
+
+def fingerprint(
+    method: str, path: str, query: str, body: bytes, *, parsed: Any = _NOT_PARSED
+) -> str:
     """Same method, path, query and JSON value → same fingerprint (key order and spacing of the
-    JSON do not matter)."""
+    JSON do not matter). `parsed`: the body's JSON value, when the caller has it already (a
+    batch's 100 KB is not parsed twice)."""
     try:
-        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+        value = json.loads(body) if parsed is _NOT_PARSED else parsed
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
     except ValueError:
         canonical = body
     digest = hashlib.sha256()
@@ -253,10 +261,19 @@ async def _idempotent_call(
         ),
     ] = None,
 ) -> IdempotentCall:
-    body = await request.body() if idempotency_key is not None else b""
+    body = b""
+    parsed = _NOT_PARSED
+    if idempotency_key is not None:
+        body = await request.body()
+        # As the route parsed it (Starlette keeps it): the same `json.loads`. Not JSON: the
+        # fingerprint is the bytes'.
+        with suppress(ValueError):
+            parsed = await request.json()
     return IdempotentCall(
         key=idempotency_key,
-        request_hash=fingerprint(request.method, request.url.path, request.url.query, body),
+        request_hash=fingerprint(
+            request.method, request.url.path, request.url.query, body, parsed=parsed
+        ),
     )
 
 
