@@ -61,3 +61,33 @@ def test_stays_paused_until_the_last_thread_is_out() -> None:
     leave.set()
     thread.join(5)
     assert gc.isenabled()
+
+
+def test_leaving_while_another_thread_is_inside_collects_the_young_generations() -> None:
+    gc.enable()
+    collected: list[int] = []
+
+    def record(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            collected.append(info["generation"])
+
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def other() -> None:
+        with collections_paused():
+            inside.set()
+            leave.wait(5)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert inside.wait(5)
+    gc.callbacks.append(record)
+    try:
+        with collections_paused():
+            pass
+    finally:
+        gc.callbacks.remove(record)
+        leave.set()
+        thread.join(5)
+    assert collected == [1]
