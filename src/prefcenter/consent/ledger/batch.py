@@ -159,13 +159,13 @@ def apply_changes(
     address_hashes = inserted.address_hashes
     if any(change.address.normalised not in given for change in changes):
         raise ValueError("a change's address was not among the contacts inserted")
-    rows = _batch_rows(session, inserted, changes)
+    # Each topic's row read once (ORM attributes), not once a change.
+    named = {id(c.topic): c.topic for c in changes if c.topic is not None}
+    rows = _batch_rows(session, inserted, {t.id for t in named.values() if t.id is not None})
     contacts, subscriptions, suppressions = rows.contacts, rows.subscriptions, rows.suppressions
     # The notices the batch's topics are bound to, read once each (re-consent).
-    topics = {c.topic.key: c.topic for c in changes if c.topic is not None}
+    topics = {topic.key: topic for topic in named.values()}
     bound = {key: bound_notice(session, topic.notice_key) for key, topic in topics.items()}
-    # Each topic's terms read once from its row (not once a change: ORM attributes).
-    named = {id(c.topic): c.topic for c in changes if c.topic is not None}
     terms = {
         at: _TopicTerms(
             id=topic.id, key=topic.key, kind=TopicKind(topic.kind), bound=bound[topic.key]
@@ -225,12 +225,9 @@ def apply_changes(
     return answers
 
 
-def _batch_rows(
-    session: Session, inserted: BatchContacts, changes: Sequence[BatchChange]
-) -> BatchRows:
-    """The batch's contacts locked and their rows as stored: those read while the contacts
-    were inserted, or read now."""
-    topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
+def _batch_rows(session: Session, inserted: BatchContacts, topic_ids: set[int]) -> BatchRows:
+    """The batch's contacts locked and their rows as stored (for the changes' `topic_ids`):
+    those read while the contacts were inserted, or read now."""
     if inserted.rows is not None:
         if not topic_ids <= inserted.topic_ids:
             raise ValueError("a change's topic was not among those read")
