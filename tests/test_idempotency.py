@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.db import Database
-from prefcenter.idempotency import REPLAY_HEADER, IdempotencyRecord
+from prefcenter.idempotency import REPLAY_HEADER, IdempotencyRecord, fingerprint
 from tests.support.factories import (
     Headers,
     Json,
@@ -245,3 +245,13 @@ class TestIdempotentTopics:
 
         assert_problem(response, 422, "idempotency-key-reused")
         assert row_counts(database) == before
+
+
+def test_a_body_parsed_already_has_the_fingerprint_of_its_bytes() -> None:
+    """The dependency hands over the body as the route parsed it: same fingerprint."""
+    body = b'{"changes": [{"status": "subscribed", "email": "\\u00fc@example.com", "n": 1.5}]}'
+    parsed = json.loads(body)
+
+    assert fingerprint("POST", "/v1/consents/batch", "", body, parsed=parsed) == fingerprint(
+        "POST", "/v1/consents/batch", "", body
+    )

@@ -106,6 +106,34 @@ def test_the_address_index_carries_the_contact_id_on_postgresql(empty_settings: 
     assert definition.endswith("(address)"), definition
 
 
+def test_a_first_answer_is_compressed_with_lz4_on_postgresql(empty_settings: Settings) -> None:
+    """Migration 0020: the Idempotency-Key record's body (some 200 KB for a batch) is
+    compressed with lz4 where the server has it; down to 0019 it is the server's default."""
+    if empty_settings.is_sqlite:
+        pytest.skip("SQLite does not compress values")
+
+    def compression() -> str:
+        engine = create_engine(empty_settings.database_url)
+        try:
+            with engine.connect() as connection:
+                return str(
+                    connection.execute(
+                        text(
+                            "SELECT attcompression FROM pg_attribute "
+                            "WHERE attrelid = 'idempotency_record'::regclass "
+                            "AND attname = 'response_body'"
+                        )
+                    ).scalar_one()
+                )
+        finally:
+            engine.dispose()
+
+    migrations.upgrade(empty_settings)
+    assert compression() == "l"
+    migrations.downgrade(empty_settings, "0019_outbox_order")
+    assert compression() == ""
+
+
 def test_audit_head_starts_at_zero(empty_settings: Settings) -> None:
     migrations.upgrade(empty_settings)
     engine = create_engine(empty_settings.database_url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -43,11 +44,18 @@ class IdempotencyRecord(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime, index=True)
 
 
-def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+_NOT_PARSED: Any = object()
+
+
+def fingerprint(
+    method: str, path: str, query: str, body: bytes, *, parsed: Any = _NOT_PARSED
+) -> str:
     """Same method, path, query and JSON value → same fingerprint (key order and spacing of the
-    JSON do not matter)."""
+    JSON do not matter). `parsed`: the body's JSON value, when the caller has it already (a
+    batch's 100 KB is not parsed twice)."""
     try:
-        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+        value = json.loads(body) if parsed is _NOT_PARSED else parsed
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
     except ValueError:
         canonical = body
     digest = hashlib.sha256()
@@ -64,6 +72,21 @@ class StoredAnswer:
     request_hash: str
     status_code: int
     body: str
+
+
+@dataclass(frozen=True, slots=True)
+class JsonAnswer:
+    """An answer written as JSON by its maker, byte for byte as its model's
+    `model_dump_json` writes it (a batch's thousand results, without a model each)."""
+
+    body: str
+
+
+AnswerT = TypeVar("AnswerT", bound=BaseModel | JsonAnswer)
+
+
+def _json_of(answer: BaseModel | JsonAnswer) -> str:
+    return answer.body if isinstance(answer, JsonAnswer) else answer.model_dump_json()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +112,8 @@ class IdempotentCall:
         Must run inside a write transaction: on SQLite that serialises concurrent retries; on
         PostgreSQL a concurrent duplicate fails on the primary key and is told to retry (409).
         """
-        return self._run(session, owner, response, model, call, status_code)[0]
+        result, _ = self._run(session, owner, response, model, call, status_code)
+        return result
 
     def run_json(
         self,
@@ -98,12 +122,14 @@ class IdempotentCall:
         owner: str,
         response: Response,
         model: type[ModelT],
-        call: Callable[[], ModelT],
+        call: Callable[[], ModelT | JsonAnswer],
     ) -> str:
         """`run`, answering the answer's JSON: serialised once for the stored record and the
-        response alike (a batch's thousand results are not written twice)."""
+        response alike (a batch's thousand results are not written twice). `call` may answer
+        with its JSON already written (`JsonAnswer`); a replay writes the stored answer
+        through `model`, as for any answer."""
         result, body = self._run(session, owner, response, model, call, None)
-        return body if body is not None else result.model_dump_json()
+        return body if body is not None else _json_of(result)
 
     def _run(
         self,
@@ -111,9 +137,9 @@ class IdempotentCall:
         owner: str,
         response: Response,
         model: type[ModelT],
-        call: Callable[[], ModelT],
-        status_code: Callable[[ModelT], int] | None,
-    ) -> tuple[ModelT, str | None]:
+        call: Callable[[], AnswerT],
+        status_code: Callable[[AnswerT], int] | None,
+    ) -> tuple[AnswerT | ModelT, str | None]:
         """The answer, and its JSON as stored when this call stored it."""
         if self.key is None:
             result = call()
@@ -135,7 +161,7 @@ class IdempotentCall:
         result = call()
         code = status_code(result) if status_code is not None else (response.status_code or 200)
         response.status_code = code
-        body = result.model_dump_json()
+        body = _json_of(result)
         session.add(
             IdempotencyRecord(
                 owner=owner,
@@ -235,10 +261,19 @@ async def _idempotent_call(
         ),
     ] = None,
 ) -> IdempotentCall:
-    body = await request.body() if idempotency_key is not None else b""
+    body = b""
+    parsed = _NOT_PARSED
+    if idempotency_key is not None:
+        body = await request.body()
+        # As the route parsed it (Starlette keeps it): the same `json.loads`. Not JSON: the
+        # fingerprint is the bytes'.
+        with suppress(ValueError):
+            parsed = await request.json()
     return IdempotentCall(
         key=idempotency_key,
-        request_hash=fingerprint(request.method, request.url.path, request.url.query, body),
+        request_hash=fingerprint(
+            request.method, request.url.path, request.url.query, body, parsed=parsed
+        ),
     )
 
 

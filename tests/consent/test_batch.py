@@ -4,6 +4,7 @@ events chained, the whole batch under one `Idempotency-Key`."""
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,8 +13,10 @@ from fastapi.testclient import TestClient
 
 from prefcenter.apikeys.schemas import Scope
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.consent import batch
 from prefcenter.consent.ledger.replay import verify_ledger
 from prefcenter.db import Database
+from prefcenter.idempotency import JsonAnswer
 from tests.support.factories import (
     Headers,
     Json,
@@ -317,6 +320,31 @@ class TestBatchLimits:
 
         assert len(results) == 1000
         assert {r["status"] for r in results} == {"subscribed"}
+
+    def test_the_collector_is_paused_while_a_batch_is_recorded(
+        self,
+        client: TestClient,
+        writer_headers: Headers,
+        newsletter: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        seen: list[bool] = []
+        record_changes = batch.record_changes
+
+        def recording(*args: Any, **kwargs: Any) -> JsonAnswer:
+            seen.append(gc.isenabled())
+            return record_changes(*args, **kwargs)
+
+        monkeypatch.setattr(batch, "record_changes", recording)
+        enabled = gc.isenabled()
+        gc.enable()
+        try:
+            post_batch(client, writer_headers, [consent_body(ADA, "subscribed", topic=newsletter)])
+            assert seen == [False]
+            assert gc.isenabled()
+        finally:
+            if not enabled:
+                gc.disable()
 
     def test_an_empty_batch_is_invalid(self, client: TestClient, writer_headers: Headers) -> None:
         response = client.post("/v1/consents/batch", headers=writer_headers, json={"changes": []})

@@ -138,6 +138,24 @@ def test_a_pending_subscription_names_who_was_handed_its_link() -> None:
         )
 
 
+def test_one_record_context_under_each_actor_kind_and_a_clamped_time() -> None:
+    """Documents found by the record's context (shared by a batch's records) still say who
+    acted and the time a clamped change claimed."""
+    record = ChangeRecord(actor=ACTOR, source="api", context=CONTEXT)
+    events = BatchEvents(KEYS, actor=ACTOR)
+    for actor, claimed in (
+        (ActorKind.API_CLIENT, NOW),
+        (ActorKind.ADMIN, NOW),
+        (ActorKind.API_CLIENT, NOW + timedelta(hours=1)),
+        (ActorKind.ADMIN, NOW),
+        (ActorKind.API_CLIENT, NOW),
+    ):
+        requested = RequestedChange(Status.SUBSCRIBED, claimed, actor, "api")
+        assert _fast(events, "t", record, None, requested, "e-1") == _slow(
+            "t", record, None, requested, "e-1"
+        )
+
+
 def test_documents_that_are_not_plain_are_written_the_reference_way() -> None:
     requested = RequestedChange(Status.SUBSCRIBED, NOW, ActorKind.API_CLIENT, "api")
     events = BatchEvents(KEYS, actor=ACTOR)

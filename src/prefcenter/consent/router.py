@@ -14,6 +14,7 @@ from prefcenter.apikeys.auth import Admin, ConsentReader, ConsentWriter
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
+from prefcenter.collector import collections_paused
 from prefcenter.consent import (
     address_correction,
     batch,
@@ -36,7 +37,7 @@ from prefcenter.consent.schemas import (
     SignedReceipt,
 )
 from prefcenter.db import ReadSession, WriteSession, database_of, read_database_of, utcnow
-from prefcenter.idempotency import Idempotency, IdempotentCall
+from prefcenter.idempotency import Idempotency, IdempotentCall, JsonAnswer
 from prefcenter.problems import problem_responses
 from prefcenter.settings import Settings, SigningKey, settings_of, signing_keys_of
 
@@ -97,7 +98,7 @@ async def post_consent(
     "in request order (a later change of the same contact sees the earlier) under the same "
     "rules and guard. Each gets its own answer or problem document, in request order; the "
     "valid ones commit together. `Idempotency-Key` covers the whole batch.",
-    # Written by pydantic once (_record_idempotently); the model documents it.
+    # Written once, by consent.batch (_record_idempotently); the model documents it.
     response_model=ConsentBatchOut,
     responses=problem_responses(400, 413, 422),
 )
@@ -110,23 +111,25 @@ async def post_consent_batch(
     response: Response,
     keys: AuditKeysDep,
 ) -> Response:
-    answer = await _record_idempotently(
-        http_request,
-        caller,
-        idempotency,
-        response,
-        ConsentBatchOut,
-        lambda session, settings, ring: batch.record_changes(
-            session,
-            changes,
-            caller=caller,
-            request=context,
-            settings=settings,
-            ring=ring,
-            keys=keys,
-            now=utcnow(),
-        ),
-    )
+    # The batch's thousands of objects are not walked by the collector while it runs.
+    with collections_paused():
+        answer = await _record_idempotently(
+            http_request,
+            caller,
+            idempotency,
+            response,
+            ConsentBatchOut,
+            lambda session, settings, ring: batch.record_changes(
+                session,
+                changes,
+                caller=caller,
+                request=context,
+                settings=settings,
+                ring=ring,
+                keys=keys,
+                now=utcnow(),
+            ),
+        )
     return _json_answer(answer, response)
 
 
@@ -139,7 +142,7 @@ async def _record_idempotently(
     idempotency: IdempotentCall,
     response: Response,
     model: type[AnswerT],
-    record: Callable[[Session, Settings, tuple[SigningKey, ...]], AnswerT],
+    record: Callable[[Session, Settings, tuple[SigningKey, ...]], AnswerT | JsonAnswer],
 ) -> str:
     """`record` under the request's Idempotency-Key, its whole transaction in one worker
     thread (db.Database.run_api_write); its answer as JSON, written by pydantic once (for the

@@ -17,7 +17,7 @@ from prefcenter.consent.contact_creation import lock_new_contact
 from prefcenter.consent.ledger.changes import ChangeRecord
 from prefcenter.consent.ledger.orm import apply_change
 from prefcenter.consent.rules import ActorKind, RequestedChange, Status
-from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut
+from prefcenter.consent.schemas import ConsentChangeIn, ConsentChangeOut, RequestedStatus
 from prefcenter.mail.config import mail_config
 from prefcenter.notices.service import NoticeChecks
 from prefcenter.settings import Settings, SigningKey
@@ -103,14 +103,37 @@ def requested_change(
     change: ConsentChangeIn, topic: TopicTerms | None, *, caller: Caller, now: datetime
 ) -> RequestedChange:
     """An API client's change in the rules' terms (an `admin` key acts as an admin)."""
-    return RequestedChange(
-        status=Status(change.status.value),
-        occurred_at=change.occurred_at or now,
-        actor=ActorKind.ADMIN if caller.is_admin else ActorKind.API_CLIENT,
-        source=change.source,
-        reason=change.reason,
-        double_opt_in=topic.double_opt_in if topic is not None else False,
+    return ApiRequests.of(caller).requested(
+        change, double_opt_in=topic.double_opt_in if topic is not None else False, now=now
     )
+
+
+_STATUS_OF = {requested: Status(requested.value) for requested in RequestedStatus}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRequests:
+    """`requested_change` for every change of one request: the caller's kind worked out once
+    (a batch's thousand changes share the caller)."""
+
+    actor: ActorKind
+
+    @classmethod
+    def of(cls, caller: Caller) -> ApiRequests:
+        return cls(ActorKind.ADMIN if caller.is_admin else ActorKind.API_CLIENT)
+
+    def requested(
+        self, change: ConsentChangeIn, *, double_opt_in: bool, now: datetime
+    ) -> RequestedChange:
+        """The change in the rules' terms; `double_opt_in`: its topic's (False for none)."""
+        return RequestedChange(
+            status=_STATUS_OF[change.status],
+            occurred_at=change.occurred_at or now,
+            actor=self.actor,
+            source=change.source,
+            reason=change.reason,
+            double_opt_in=double_opt_in,
+        )
 
 
 def api_change_record(

@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from sqlmodel import Session
 
@@ -53,8 +52,8 @@ from prefcenter.consent.ledger.changes import (
 )
 from prefcenter.consent.ledger.notices import bound_notice
 from prefcenter.consent.ledger.sql import postgres_session
-from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
-from prefcenter.consent.rules import CurrentState, Decision, Outcome, RequestedChange
+from prefcenter.consent.ledger.state import subscription_row_state, suppression_row_state
+from prefcenter.consent.rules import Decision, Outcome, RequestedChange
 from prefcenter.contacts.addresses import Address
 from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem
@@ -160,11 +159,19 @@ def apply_changes(
     address_hashes = inserted.address_hashes
     if any(change.address.normalised not in given for change in changes):
         raise ValueError("a change's address was not among the contacts inserted")
-    rows = _batch_rows(session, inserted, changes)
+    # Each topic's row read once (ORM attributes), not once a change.
+    named = {id(c.topic): c.topic for c in changes if c.topic is not None}
+    rows = _batch_rows(session, inserted, {t.id for t in named.values() if t.id is not None})
     contacts, subscriptions, suppressions = rows.contacts, rows.subscriptions, rows.suppressions
     # The notices the batch's topics are bound to, read once each (re-consent).
-    topics = {c.topic.key: c.topic for c in changes if c.topic is not None}
+    topics = {topic.key: topic for topic in named.values()}
     bound = {key: bound_notice(session, topic.notice_key) for key, topic in topics.items()}
+    terms = {
+        at: _TopicTerms(
+            id=topic.id, key=topic.key, kind=TopicKind(topic.kind), bound=bound[topic.key]
+        )
+        for at, topic in named.items()
+    }
     results: list[BatchWritten | Problem | _Decided] = []
     for change, event_id in zip(changes, new_event_ids(len(changes)), strict=True):
         contact = contacts.get(change.address.normalised)
@@ -173,7 +180,13 @@ def apply_changes(
             continue
         try:
             decided = _decide_one(
-                event_id, contact, change, subscriptions, suppressions, bound=bound, now=change.at
+                event_id,
+                contact,
+                change,
+                None if change.topic is None else terms[id(change.topic)],
+                subscriptions,
+                suppressions,
+                now=change.at,
             )
         except Problem as refused:
             results.append(refused)
@@ -212,12 +225,9 @@ def apply_changes(
     return answers
 
 
-def _batch_rows(
-    session: Session, inserted: BatchContacts, changes: Sequence[BatchChange]
-) -> BatchRows:
-    """The batch's contacts locked and their rows as stored: those read while the contacts
-    were inserted, or read now."""
-    topic_ids = {c.topic.id for c in changes if c.topic is not None and c.topic.id is not None}
+def _batch_rows(session: Session, inserted: BatchContacts, topic_ids: set[int]) -> BatchRows:
+    """The batch's contacts locked and their rows as stored (for the changes' `topic_ids`):
+    those read while the contacts were inserted, or read now."""
     if inserted.rows is not None:
         if not topic_ids <= inserted.topic_ids:
             raise ValueError("a change's topic was not among those read")
@@ -230,6 +240,16 @@ def _batch_rows(
         subscriptions=read_subscriptions(session, ids, topic_ids),
         suppressions=read_suppressions(session, ids),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _TopicTerms:
+    """What deciding a change reads of its topic."""
+
+    id: int | None
+    key: str
+    kind: TopicKind
+    bound: BoundNotice | None  # the notice it is bound to, with its versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,33 +269,36 @@ def _decide_one(
     event_id: str,
     contact: LockedContact,
     change: BatchChange,
+    topic: _TopicTerms | None,
     subscriptions: StoredRows,
     suppressions: StoredRows,
     *,
-    bound: dict[str, BoundNotice | None],
     now: datetime,
 ) -> _Decided:
     """One change against the batch's rows, as ledger.orm.apply_change does it against the
-    database's; raises the rules' problems before anything is changed."""
+    database's; raises the rules' problems before anything is changed. `topic`: the terms of
+    the change's topic (None: a contact-wide change)."""
     requested = change.requested
-    if requested.with_evidence != bool(change.record.evidence):
-        requested = replace(requested, with_evidence=bool(change.record.evidence))
-    suppression = suppressions.by_key.get((contact.id,))
-    subscription_event_id: str | None = None
     record = change.record
-    if change.topic is None:
-        decision = decide_global_change(_suppression_state(suppression), requested, now=now)
+    if requested.with_evidence != bool(record.evidence):
+        requested = replace(requested, with_evidence=bool(record.evidence))
+    contact_id = contact.id
+    suppression = suppressions.by_key.get((contact_id,))
+    subscription_event_id: str | None = None
+    if topic is None:
+        decision = decide_global_change(suppression_row_state(suppression), requested, now=now)
         if decision.outcome is not Outcome.SUPERSEDED:
             was = None if suppression is None else suppression["suppressed"]
             values = suppression_change(decision, requested, now=now, was_suppressed=was)
-            suppressions.set((contact.id,), {**values, "contact_id": contact.id})
+            values["contact_id"] = contact_id
+            suppressions.set((contact_id,), values)
     else:
-        key = (contact.id, change.topic.id)
+        key = (contact_id, topic.id)
         row = subscriptions.by_key.get(key)
         decision = decide_topic_change(
-            _subscription_state(row),
-            _suppression_state(suppression),
-            topic_kind=TopicKind(change.topic.kind),
+            subscription_row_state(row),
+            suppression_row_state(suppression),
+            topic_kind=topic.kind,
             requested=requested,
             now=now,
         )
@@ -284,20 +307,20 @@ def _decide_one(
                 decision,
                 requested,
                 record,
-                bound=bound[change.topic.key],
+                bound=topic.bound,
                 stored=None if row is None else row["notice_version_id"],
             )
             decision, record = given.decision, given.record
             values = subscription_change(decision, requested, now=now, event_id=event_id)
-            row = subscriptions.set(
-                key,
-                {**values, **given.values, "contact_id": contact.id, "topic_id": change.topic.id},
-            )
+            values.update(given.values)
+            values["contact_id"] = contact_id
+            values["topic_id"] = topic.id
+            row = subscriptions.set(key, values)
         subscription_event_id = None if row is None else row["event_id"]
     return _Decided(
         event_id=event_id,
         contact=contact,
-        topic_key=change.topic.key if change.topic else None,
+        topic_key=None if topic is None else topic.key,
         requested=requested,
         record=record,
         decision=decision,
@@ -335,18 +358,6 @@ def _erased() -> AddressErased:
         "nothing was recorded.",
         errors=[{"field": "email", "detail": "was erased"}],
     )
-
-
-def _subscription_state(row: dict[str, Any] | None) -> CurrentState | None:
-    if row is None:
-        return None
-    return stored_subscription_state(row["status"], row["occurred_at"], row["by_recipient"])
-
-
-def _suppression_state(row: dict[str, Any] | None) -> CurrentState | None:
-    if row is None:
-        return None
-    return stored_suppression_state(row["suppressed"], row["occurred_at"], row["by_recipient"])
 
 
 def _event_types(results: Sequence[object]) -> set[EventType]:

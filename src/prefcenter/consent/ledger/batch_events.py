@@ -18,7 +18,10 @@ from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.prepared import PreparedEvent
 from prefcenter.audit.schemas import EventKind
 from prefcenter.consent.ledger.changes import ChangeRecord, event_context
-from prefcenter.consent.rules import Decision, Outcome, RequestedChange
+from prefcenter.consent.rules import Decision, Outcome, RequestedChange, Status
+
+_TOPIC_KIND = EventKind.CONSENT_CHANGE.value
+_GLOBAL_KIND = EventKind.GLOBAL_CONSENT_CHANGE.value
 
 
 class BatchEvents:
@@ -30,6 +33,11 @@ class BatchEvents:
         # Documents made so far, by their context's items when every value is text and the
         # evidence is empty (the usual case: a sync's changes carry only the request's context).
         self._documents: dict[tuple[tuple[str, Any], ...], tuple[bytes, str]] = {}
+        # The same, by what makes the context from a record's (`event_context`) when that is
+        # all there is to it: the record's context (kept here, so that its id stays its own),
+        # the actor's kind, and who was handed the link. A batch's records share the request's
+        # context, so most events find their document without making their context.
+        self._by_record: dict[tuple[int, str, str | None], tuple[Any, bytes, str]] = {}
 
     def event(
         self,
@@ -46,58 +54,72 @@ class BatchEvents:
         keyed hash of the contact's normalised address."""
         if record.actor != self._actor:
             raise ValueError("a batch's events are all by its actor")
-        kind = (
-            EventKind.CONSENT_CHANGE if topic_key is not None else EventKind.GLOBAL_CONSENT_CHANGE
-        ).value
-        document, digest = self._document(event_context(requested, record, decision), record)
+        document, digest = self._document(requested, record, decision)
         occurred_at = decision.occurred_at
         occurred_text = format_time(occurred_at)
-        from_status = decision.from_status.value if decision.from_status else None
-        to_status = (
-            requested.status.value
-            if decision.outcome is Outcome.SUPERSEDED
-            else decision.status.value
-        )
-        outcome = decision.outcome.value
+        from_status = decision.from_status
+        outcome = decision.outcome
         keys = self._keys
+        campaign_id, reason = record.campaign_id, record.reason
         row: dict[str, Any] = {
             "id": event_id,
-            "kind": kind,
+            "kind": _TOPIC_KIND if topic_key is not None else _GLOBAL_KIND,
             "occurred_at": occurred_text,
             "contact_id": contact_id,
             "topic": topic_key,
-            "from_status": from_status,
-            "to_status": to_status,
-            "outcome": outcome,
+            "from_status": from_status.value if from_status else None,
+            "to_status": (
+                requested.status if outcome is Outcome.SUPERSEDED else decision.status
+            ).value,
+            "outcome": outcome.value,
             "actor": self._actor,
             "source": record.source,
-            "campaign_id_digest": keys.free_text_digest("campaign_id", record.campaign_id),
-            "reason_digest": keys.free_text_digest("reason", record.reason),
+            "campaign_id_digest": None
+            if campaign_id is None
+            else keys.free_text_digest("campaign_id", campaign_id),
+            "reason_digest": None if reason is None else keys.free_text_digest("reason", reason),
             "address_hash": address_hash,
             "evidence_digest": digest,
         }
         parts = event_parts(row)
         row["occurred_at"] = occurred_at
-        free_text = (record.campaign_id, record.reason)
         return PreparedEvent(
             row=row,
             parts=parts,
             document=document,
-            free_text=None if free_text == (None, None) else free_text,
+            free_text=None if campaign_id is None and reason is None else (campaign_id, reason),
             occurred_text=occurred_text,
         )
 
-    def _document(self, context: dict[str, Any], record: ChangeRecord) -> tuple[bytes, str]:
-        """The evidence document (`encode_document`'s) and its keyed digest."""
+    def _document(
+        self, requested: RequestedChange, record: ChangeRecord, decision: Decision
+    ) -> tuple[bytes, str]:
+        """The evidence document (`encode_document`'s of `event_context`) and its keyed
+        digest."""
+        by_record: tuple[int, str, str | None] | None = None
+        if not record.evidence and not decision.clamped:
+            # What `event_context` adds to the record's context, but for a clamped time.
+            link = (
+                record.confirm_link_to
+                if decision.outcome is Outcome.APPLIED and decision.status is Status.PENDING
+                else None
+            )
+            by_record = (id(record.context), requested.actor.value, link)
+            found = self._by_record.get(by_record)
+            if found is not None:
+                return found[1], found[2]
+        context = event_context(requested, record, decision)
         key: tuple[tuple[str, Any], ...] | None = None
+        made: tuple[bytes, str] | None = None
         if not record.evidence and all(type(v) is str for v in context.values()):
             key = tuple(context.items())
-            known = self._documents.get(key)
-            if known is not None:
-                return known
-        document = encode_document(context, record.evidence)
-        assert document is not None  # the context holds the actor's kind
-        made = (document, self._keys.evidence_digest(document))
-        if key is not None:
-            self._documents[key] = made
+            made = self._documents.get(key)
+        if made is None:
+            document = encode_document(context, record.evidence)
+            assert document is not None  # the context holds the actor's kind
+            made = (document, self._keys.evidence_digest(document))
+            if key is not None:
+                self._documents[key] = made
+        if by_record is not None:
+            self._by_record[by_record] = (record.context, *made)
         return made

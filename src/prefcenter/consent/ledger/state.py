@@ -4,6 +4,7 @@ driver tuples: the one mapping every writer decides on."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from prefcenter.consent.models import Subscription, Suppression
 from prefcenter.consent.rules import CurrentState, Status
@@ -51,3 +52,17 @@ def active_opt_out(suppression: CurrentState | None) -> CurrentState | None:
     if suppression is None or suppression.status is not Status.UNSUBSCRIBED:
         return None
     return suppression
+
+
+def subscription_row_state(row: dict[str, Any] | None) -> CurrentState | None:
+    """A subscription as a row of its columns by name (None: there is none)."""
+    if row is None:
+        return None
+    return stored_subscription_state(row["status"], row["occurred_at"], row["by_recipient"])
+
+
+def suppression_row_state(row: dict[str, Any] | None) -> CurrentState | None:
+    """A suppression as a row of its columns by name (None: there is none)."""
+    if row is None:
+        return None
+    return stored_suppression_state(row["suppressed"], row["occurred_at"], row["by_recipient"])
