@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from alembic.script import ScriptDirectory
 from sqlalchemy import make_url
 
 from prefcenter import migrations
-from prefcenter.migrations import alembic_config
 from prefcenter.db import Database
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
+from prefcenter.migrations import alembic_config
 from prefcenter.settings import Settings
 
 ADMIN_URL = os.environ.get(
@@ -228,14 +229,12 @@ def explain_statements(dsn: str, name: str) -> None:
             ("auto_explain.log_buffers", "on"),
             ("auto_explain.log_timing", "off"),
         ):
-            conn.execute(f'ALTER DATABASE "{name}" SET {setting} = \'{value}\'')
+            conn.execute(f"ALTER DATABASE \"{name}\" SET {setting} = '{value}'")
 
 
 def seed_template_name(contacts: int) -> str:
     """The seeded template's name: the contacts it holds and the migration it was made at
     (a template of another schema is never reused)."""
-    from alembic.script import ScriptDirectory
-
     head = ScriptDirectory.from_config(alembic_config(Settings(_env_file=None))).get_current_head()
     return f"prefcenter_bench_imports_seed_{contacts}_{(head or 'none').split('_')[0]}"
 
@@ -294,7 +293,9 @@ def main() -> None:
             print(f"seeded {args.contacts:,} contacts in {time.perf_counter() - started:.1f} s")
             if args.reuse_seed:
                 with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                    conn.execute(f'CREATE DATABASE "{template}" TEMPLATE "{name}" STRATEGY file_copy')
+                    conn.execute(
+                        f'CREATE DATABASE "{template}" TEMPLATE "{name}" STRATEGY file_copy'
+                    )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "import.csv"
             write_file(path, args.rows, args.contacts)
