@@ -1,7 +1,7 @@
 """Owns the import's statements on the ledger, set-based and engine-specific: stage a batch's
 addresses, create the missing contacts (never an erased address: the check is in the insert's
-own SQL), lock the contacts and read their state as every writer reads it (ledger.state), and
-write the decided subscriptions, whose values ledger.changes makes, in one statement.
+own SQL), lock the contacts and read their state as every writer reads it (ledger.state). The
+decided subscriptions are written by ledger.bulk_subscriptions.
 
 PostgreSQL fills TEMP tables with `COPY`, SQLite with `executemany`; everything after that is
 one statement per step, whatever the batch size. Each address comes with its keyed hash,
@@ -11,20 +11,16 @@ computed once by the caller: the erased check joins on it, and the events carry 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Boolean, Integer, String, bindparam, text
-from sqlalchemy.dialects import sqlite
 from sqlmodel import Session
 
-from prefcenter.consent.ledger.changes import SUBSCRIPTION_COLUMNS
 from prefcenter.consent.ledger.sql import postgres_session
 from prefcenter.consent.ledger.state import stored_subscription_state, stored_suppression_state
-from prefcenter.consent.models import Subscription
 from prefcenter.consent.rules import CurrentState
 from prefcenter.db import Database, UtcDateTime
 from prefcenter.driver import postgres_cursor
@@ -182,7 +178,7 @@ def _lock_or_create(
     return contacts
 
 
-def _copy(
+def copy_rows(
     session: Session, statement: str, types: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
     """Binary `COPY … FROM STDIN` of rows of these PostgreSQL types, on the session's own
@@ -213,7 +209,7 @@ def _stage(session: Session, addresses: Sequence[StagedAddress], *, postgres: bo
         # Not analysed (a twentieth of a batch's server time): the planner's estimate from
         # the table's size alone keeps to index lookups of the contacts, whose address is
         # unique (tests/consent/test_ledger_bulk.py holds it to it).
-        _copy(session, f"COPY import_address ({_STAGED_COLUMNS})", ["text"] * 4, rows)
+        copy_rows(session, f"COPY import_address ({_STAGED_COLUMNS})", ["text"] * 4, rows)
         return
     session.execute(text("DROP TABLE IF EXISTS temp.import_address"))
     session.execute(
@@ -356,70 +352,3 @@ def _read_states(session: Session, *, topic_id: int, postgres: bool) -> dict[str
             suppression=stored_suppression_state(suppressed, p_occurred_at, p_by_recipient),
         )
     return found
-
-
-# A subscription row as the batch writes it: its key, then ledger.changes' columns.
-WRITTEN_COLUMNS = ("contact_id", "topic_id", *SUBSCRIPTION_COLUMNS)
-_WRITTEN_TYPES = ("int4", "int4", "text", "timestamptz", "timestamptz", "text", "bool", "text")
-_MERGE_SUBSCRIPTIONS = (
-    f"INSERT INTO subscription ({', '.join(WRITTEN_COLUMNS)}) "  # noqa: S608  (constants)
-    # In key order, as the floor's merge: each index's pages and each contact's (the foreign
-    # key's check) are met in turn, not at random.
-    f"SELECT {', '.join(WRITTEN_COLUMNS)} FROM import_subscription ORDER BY contact_id "
-    "ON CONFLICT (contact_id, topic_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in SUBSCRIPTION_COLUMNS)
-)
-
-
-def write_subscriptions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert or overwrite each row (`WRITTEN_COLUMNS`, one per contact) in one statement."""
-    with subscriptions_written(session, rows):
-        pass
-
-
-@contextmanager
-def subscriptions_written(session: Session, rows: Sequence[dict[str, Any]]) -> Iterator[None]:
-    """Insert or overwrite each row (`WRITTEN_COLUMNS`, one per contact) in one statement, by
-    the end of the block.
-
-    On PostgreSQL the rows are sent first, then the merge runs on the server while the block
-    runs (the caller's Python work, which must not use the session meanwhile: the merge has
-    its connection), the block's end waiting for it. An import builds its events there, in the
-    time it would otherwise wait for the merge. The merge's error is raised as the session's
-    would be (`SQLAlchemyError`), the block's own first if both fail."""
-    if not rows:
-        yield
-        return
-    if not postgres_session(session):
-        insert = sqlite.insert(Subscription)
-        session.execute(
-            insert.on_conflict_do_update(
-                index_elements=["contact_id", "topic_id"],
-                set_={name: insert.excluded[name] for name in SUBSCRIPTION_COLUMNS},
-            ),
-            list(rows),
-        )
-        yield
-        return
-    session.execute(
-        text(
-            "CREATE TEMP TABLE import_subscription (contact_id integer, topic_id integer, "
-            "status text, occurred_at timestamptz, since timestamptz, source text, "
-            "by_recipient boolean, event_id text) ON COMMIT DROP"
-        )
-    )
-    _copy(
-        session,
-        f"COPY import_subscription ({', '.join(WRITTEN_COLUMNS)})",
-        _WRITTEN_TYPES,
-        [[row[c] for c in WRITTEN_COLUMNS] for row in rows],
-    )
-    connection = session.connection()
-    # The server's wait releases the GIL: the block runs in the meantime.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-merge") as pool:
-        merged = pool.submit(connection.exec_driver_sql, _MERGE_SUBSCRIPTIONS)
-        try:
-            yield
-        finally:
-            wait([merged])  # the connection is the caller's again only after the merge
-        merged.result()

@@ -83,8 +83,8 @@ class BulkEvents:
         if template is not None and claimed is None and len(added) == 1:
             line = added.get("line")
             if type(line) is int and -_LINE_MARK <= line <= _LINE_MARK:
-                document = template % line
-                return document, self._digest(document).hex()
+                lined = template % line
+                return lined, self._digest(lined).hex()
         context = self._context
         if claimed is not None:
             context = {**context, "claimed_occurred_at": claimed.isoformat()}
