@@ -9,8 +9,10 @@ it has (rolled back afterwards).
     .venv/bin/python bench/imports.py --contacts 1000000 --rows 100000
 
 Half the rows are known addresses, half new; 10% are opt-outs. Creates its own database
-`prefcenter_bench_imports_…` and drops it at the end (`--keep-db` keeps it). Goals: ≤ 20 s
-for 1M rows into 5M contacts, and ≤ 1.5× the floor.
+`prefcenter_bench_imports_…` and drops it at the end (`--keep-db` keeps it). `--reuse-seed`
+keeps the freshly seeded database as a template (`prefcenter_bench_imports_seed_<contacts>`,
+at the migrations' head) and, when it is there already, copies it instead of seeding again
+(`--drop-seed` drops it). Goals: ≤ 20 s for 1M rows into 5M contacts, and ≤ 1.5× the floor.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from alembic.script import ScriptDirectory
 from sqlalchemy import make_url
 
 from prefcenter import migrations
 from prefcenter.db import Database
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
+from prefcenter.migrations import alembic_config
 from prefcenter.settings import Settings
 
 ADMIN_URL = os.environ.get(
@@ -213,19 +217,66 @@ def settle(dsn: str) -> None:
         conn.execute("CHECKPOINT")
 
 
+def explain_statements(dsn: str, name: str) -> None:
+    """The connections opened from now on log every statement (its duration) and its plan,
+    with the rows and buffers each node saw."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for setting, value in (
+            ("session_preload_libraries", "auto_explain"),
+            ("log_min_duration_statement", "0"),
+            ("auto_explain.log_min_duration", "0"),
+            ("auto_explain.log_analyze", "on"),
+            ("auto_explain.log_buffers", "on"),
+            ("auto_explain.log_timing", "off"),
+        ):
+            conn.execute(f"ALTER DATABASE \"{name}\" SET {setting} = '{value}'")
+
+
+def seed_template_name(contacts: int) -> str:
+    """The seeded template's name: the contacts it holds and the migration it was made at
+    (a template of another schema is never reused)."""
+    head = ScriptDirectory.from_config(alembic_config(Settings(_env_file=None))).get_current_head()
+    return f"prefcenter_bench_imports_seed_{contacts}_{(head or 'none').split('_')[0]}"
+
+
+def database_exists(admin_dsn: str, name: str) -> bool:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+    return found is not None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=5_000_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument("--reuse-seed", action="store_true")
+    parser.add_argument("--drop-seed", action="store_true")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="log each of the import's statements with its duration and plan (auto_explain, "
+        "ANALYZE and BUFFERS, no timing) in the server's log",
+    )
     args = parser.parse_args()
 
     admin_url = make_url(ADMIN_URL)
     name = f"prefcenter_bench_imports_{uuid.uuid4().hex[:8]}"
     admin_dsn = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    template = seed_template_name(args.contacts)
+    if args.drop_seed:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{template}"')
+        return
+    seeded = args.reuse_seed and database_exists(admin_dsn, template)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if seeded:
+            started = time.perf_counter()
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY file_copy')
+            print(f"copied the seeded {template} in {time.perf_counter() - started:.1f} s")
+        else:
+            conn.execute(f'CREATE DATABASE "{name}"')
     url = admin_url.set(database=name)
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
     settings = Settings(
@@ -235,10 +286,16 @@ def main() -> None:
         audit_key="bench-audit-key-0123456789abcdefghijklmnop",
     )
     try:
-        migrations.upgrade(settings)
-        started = time.perf_counter()
-        seed(dsn, args.contacts)
-        print(f"seeded {args.contacts:,} contacts in {time.perf_counter() - started:.1f} s")
+        if not seeded:
+            migrations.upgrade(settings)
+            started = time.perf_counter()
+            seed(dsn, args.contacts)
+            print(f"seeded {args.contacts:,} contacts in {time.perf_counter() - started:.1f} s")
+            if args.reuse_seed:
+                with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                    conn.execute(
+                        f'CREATE DATABASE "{template}" TEMPLATE "{name}" STRATEGY file_copy'
+                    )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "import.csv"
             write_file(path, args.rows, args.contacts)
@@ -255,6 +312,8 @@ def main() -> None:
                 f"floor (COPY + 2 merges + COPY of {args.rows:,} events and documents, "
                 f"rolled back): {floor_s:.2f} s"
             )
+            if args.explain:
+                explain_statements(dsn, name)
             idle = set(database_backends(dsn))
             database = Database(settings)
             try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from prefcenter.audit.canonical import encode_document
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.prepared import PreparedEvent, prepare_event
 from prefcenter.consent.ledger.bulk_events import BulkEvents
@@ -132,3 +133,24 @@ def test_free_text_is_refused() -> None:
             record=ChangeRecord(actor="a", source="import", reason="a phone number"),
             actor_kind=ActorKind.ADMIN,
         )
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [BASE, {**BASE, "note": "100% 9007199254740991"}, {**BASE, "line": 1}, {}],
+    ids=["import", "marker-in-evidence", "own-line", "none"],
+)
+@pytest.mark.parametrize("line", [0, 2, 1_000_001, 2**53 - 1, -5])
+def test_a_document_of_a_line_alone_is_the_reference_document(
+    evidence: dict[str, Any], line: int
+) -> None:
+    # An import's documents add only their line: made from a template, they are the bytes
+    # (and digest) `encode_document` writes.
+    record = ChangeRecord(actor="cli:x", source="import", evidence=evidence, context={"ip": "1"})
+    events = BulkEvents(KEYS, topic_key="newsletter", record=record, actor_kind=ActorKind.ADMIN)
+
+    document, digest = events.document({"line": line})
+
+    reference = encode_document({"actor_kind": "admin", "ip": "1"}, {**evidence, "line": line})
+    assert reference is not None
+    assert (document, digest) == (reference, KEYS.evidence_digest(reference))

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from prefcenter.db import Database
 from prefcenter.imports.schemas import ImportReport
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
+from tests.imports.test_service import csv_file, run
 from tests.support.factories import Headers, lookup, make_topic, record_change, subscription_status
 
 ROWS = 3_000
@@ -52,3 +55,73 @@ def test_api_opt_outs_during_an_import_stay_in_force(
         assert {subscription_status(c, "newsletter") for c in contacts} == {"unsubscribed"}
     # Whatever came first, an opt-out was never reversed.
     assert report.applied.subscribed + report.refused_reversal.count == ROWS
+
+
+def _wait_for_a_lock_wait(database: Database, *, but: int) -> None:
+    """Until a backend other than `but` waits for a row lock (an import's batch)."""
+    deadline = time.monotonic() + 30.0
+    with database.engine.connect() as watcher:
+        while time.monotonic() < deadline:
+            waiting = watcher.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> :but"
+                ),
+                {"but": but},
+            ).scalar_one()
+            if waiting:
+                return
+            watcher.rollback()  # the server's view of its backends is kept for a transaction
+            time.sleep(0.01)
+    raise AssertionError("the import never waited for the contact's lock")
+
+
+def test_an_opt_out_committed_while_the_import_waits_for_its_lock_is_read(
+    database_url: str,
+    client: TestClient,
+    admin_headers: Headers,
+    database: Database,
+) -> None:
+    # A writer holds the contact's lock (as every API writer takes it first) when the import's
+    # batch comes to lock it; the writer stores an opt-out and commits; the batch then decides
+    # on that opt-out, not on the state from before its wait.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time: nothing runs concurrently there")
+    make_topic(client, admin_headers, "newsletter")
+    reports: list[ImportReport] = []
+    with database.engine.connect() as writer:
+        writer.execute(
+            text(
+                "INSERT INTO contact (public_id, address, address_display, created_at) "
+                "VALUES ('ada-public-id-001', 'ada@example.com', 'ada@example.com', now())"
+            )
+        )
+        writer.commit()
+        contact_id = writer.execute(
+            text("SELECT id FROM contact WHERE address = 'ada@example.com' FOR UPDATE")
+        ).scalar_one()
+        importing = threading.Thread(
+            target=lambda: reports.append(
+                run(database, csv_file("ada@example.com,subscribed"), topic="newsletter")
+            )
+        )
+        importing.start()
+        _wait_for_a_lock_wait(
+            database, but=writer.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        )
+        writer.execute(
+            text(
+                "INSERT INTO subscription (contact_id, topic_id, status, occurred_at, since, "
+                "source, by_recipient, event_id) SELECT :contact, id, 'unsubscribed', now(), "
+                "now(), 'api', true, 'the-opt-out' FROM topic WHERE key = 'newsletter'"
+            ),
+            {"contact": contact_id},
+        )
+        writer.commit()
+        importing.join(30.0)
+
+    (report,) = reports
+    assert report.complete
+    assert report.applied.subscribed == 0
+    (contact,) = lookup(client, admin_headers, "ada@example.com")
+    assert subscription_status(contact, "newsletter") == "unsubscribed"

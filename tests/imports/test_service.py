@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.models import AuditEvent
-from prefcenter.consent.ledger import bulk
+from prefcenter.consent.ledger import bulk_subscriptions
 from prefcenter.consent.models import ErasedAddress, Subscription
 from prefcenter.contacts.models import Contact
 from prefcenter.db import Database, utcnow
@@ -207,7 +207,7 @@ class TestBatches:
     def test_a_failing_batch_is_rolled_back_whole_and_the_import_stops(
         self, monkeypatch: pytest.MonkeyPatch, database: Database, topic: str
     ) -> None:
-        original = bulk.subscriptions_written
+        original = bulk_subscriptions.subscriptions_written
         calls: list[int] = []
 
         @contextmanager
@@ -218,7 +218,7 @@ class TestBatches:
             if len(calls) == 2:
                 session.execute(text("INSERT INTO no_such_table VALUES (1)"))
 
-        monkeypatch.setattr(bulk, "subscriptions_written", fail_on_second_batch)
+        monkeypatch.setattr(bulk_subscriptions, "subscriptions_written", fail_on_second_batch)
         rows = [f"p{i}@example.com,subscribed" for i in range(9)]
         before = len(audit_events(database))
 
@@ -245,11 +245,13 @@ class TestBatches:
         topic: str,
     ) -> None:
         # PostgreSQL merges the subscriptions in another thread while the events are made
-        # (ledger.bulk.subscriptions_written): its error still fails the batch, as one raised
-        # in the batch's own thread does, and nothing of the batch is written.
+        # (ledger.bulk_subscriptions.subscriptions_written): its error still fails the batch,
+        # as one raised in the batch's own thread does, and nothing of the batch is written.
         if not database_url.startswith("postgresql"):
             pytest.skip("SQLite merges in the batch's own thread")
-        monkeypatch.setattr(bulk, "_MERGE_SUBSCRIPTIONS", "INSERT INTO no_such_table VALUES (1)")
+        monkeypatch.setattr(
+            bulk_subscriptions, "_MERGE_SUBSCRIPTIONS", "INSERT INTO no_such_table VALUES (1)"
+        )
         before = len(audit_events(database))
 
         report = run(database, csv_file("p1@example.com,subscribed"), batch_size=3)

@@ -4,6 +4,7 @@ binary COPY of a large batch (audit.service decides which an append takes)."""
 from __future__ import annotations
 
 import hashlib
+import struct
 from contextlib import closing
 from datetime import datetime
 from typing import Any
@@ -14,7 +15,13 @@ from prefcenter.audit.canonical import FREE_TEXT_FIELDS, format_time
 from prefcenter.audit.models import HEAD_ID
 from prefcenter.audit.prepared import EVENT_INSERT_COLUMNS, PreparedEvent
 from prefcenter.db import utcnow
-from prefcenter.driver import DriverCursor, driver_cursor, postgres_cursor, postgres_pipeline
+from prefcenter.driver import (
+    DriverCursor,
+    PostgresCursor,
+    driver_cursor,
+    postgres_cursor,
+    postgres_pipeline,
+)
 from prefcenter.sqlite_times import sqlite_time
 
 # SQLite runs in-process, so its statements cost what the Python around them costs: the driver
@@ -154,6 +161,12 @@ def copy_chained(
                 copy.set_types(["int8", *["text"] * len(FREE_TEXT_FIELDS)])
                 for free_text in free_texts:
                     copy.write_row(free_text)
+        if runs and runs[-1][1] - runs[0][0] + 1 == len(runs):
+            # Each document is its event's own (an import's: each names its line): sent once
+            # each in any form, so as COPY rows, without the runs' arrays to encode and
+            # unnest.
+            _copy_evidence(cursor, runs)
+            runs = []
         with postgres_pipeline(connection):
             if runs:
                 firsts, lasts, documents = zip(*runs, strict=True)
@@ -162,6 +175,25 @@ def copy_chained(
                     {"firsts": list(firsts), "lasts": list(lasts), "documents": list(documents)},
                 )
             cursor.execute(_SET_HEAD_HASH, {"hash": prev_hash.hex()})
+
+
+_BINARY_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_BINARY_COPY_TRAILER = b"\xff\xff"
+# A row of two fields: an int8 (eight bytes), then the document's length.
+_EVIDENCE_ROW = struct.Struct("!hiqi")
+
+
+def _copy_evidence(cursor: PostgresCursor, runs: list[list[Any]]) -> None:
+    """The runs' documents (one seq each) by binary COPY, its rows packed here: a few hundred
+    nanoseconds a row, where the driver's row writer takes microseconds."""
+    pack = _EVIDENCE_ROW.pack
+    data = [_BINARY_COPY_HEADER]
+    for seq, _, document in runs:
+        data.append(pack(2, 8, seq, len(document)))
+        data.append(document)
+    data.append(_BINARY_COPY_TRAILER)
+    with cursor.copy("COPY audit_evidence (seq, document) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(b"".join(data))
 
 
 # Each run's document once for each seq from its first to its last, in seq order.

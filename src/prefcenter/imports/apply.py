@@ -14,7 +14,7 @@ from sqlmodel import Session
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.audit.prepared import PreparedEvent
 from prefcenter.audit.service import append_prepared
-from prefcenter.consent.ledger import bulk
+from prefcenter.consent.ledger import bulk, bulk_subscriptions
 from prefcenter.consent.ledger.bulk_events import BulkEvents
 from prefcenter.consent.ledger.changes import ChangeRecord, subscription_change
 from prefcenter.consent.rules import Decision, Outcome, RequestedChange, Status
@@ -152,7 +152,7 @@ def apply_batch(session: Session, batch: PreparedBatch, shared: BatchContext, ta
         return
     events = batch_events(keys, shared)
     # The events are made while the server merges the subscriptions.
-    with bulk.subscriptions_written(session, list(writes.values())):
+    with bulk_subscriptions.subscriptions_written(session, list(writes.values())):
         appended: list[PreparedEvent] = []
         for index, contact, requested, decision in applied:
             row = batch.good[index]

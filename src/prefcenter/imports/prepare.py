@@ -19,10 +19,10 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.audit.schemas import new_event_id
+from prefcenter.audit.schemas import new_event_ids
 from prefcenter.consent.ledger.bulk import StagedAddress
 from prefcenter.consent.ledger.bulk_events import BulkEvents
-from prefcenter.contacts.service import new_public_id
+from prefcenter.contacts.service import new_public_ids
 from prefcenter.imports.formats import BrokenRow, ImportRow, Row
 
 T = TypeVar("T")
@@ -62,16 +62,17 @@ def prepare_batch(rows: list[Row], *, keys: AuditKeys, events: BulkEvents) -> Pr
     for row in good:
         given.setdefault(row.address.normalised, row.address.given)
     hashes = {address: keys.address_hash(address) for address in given}
+    public_ids = new_public_ids(len(given))
     return PreparedBatch(
         rows=rows,
         good=good,
         broken=broken,
         addresses=[
-            StagedAddress(address, first, hashes[address], new_public_id())
-            for address, first in given.items()
+            StagedAddress(address, first, hashes[address], public_id)
+            for (address, first), public_id in zip(given.items(), public_ids, strict=True)
         ],
         hashes=hashes,
-        event_ids=[new_event_id() for _ in good],
+        event_ids=new_event_ids(len(good)),
         documents=[events.document(evidence_added(row)) for row in good],
     )
 

@@ -20,6 +20,7 @@ from prefcenter.imports.apply import (
     apply_batch,
     batch_events,
 )
+from prefcenter.imports.cycle_collection import spaced_collections
 from prefcenter.imports.formats import ImportFormat, Row, open_text, read_rows
 from prefcenter.imports.pipeline import InFlight, run_two_at_a_time
 from prefcenter.imports.prepare import PreparedBatch, ReadAhead, prepared_batches
@@ -101,7 +102,8 @@ def run_import(
     topic = find_import_topic(database, request.topic)
     text = open_text(binary)
     try:
-        return _run(database, text, request, topic, sha256=sha256, on_batch=on_batch)
+        with spaced_collections():
+            return _run(database, text, request, topic, sha256=sha256, on_batch=on_batch)
     finally:
         # The caller's file stays open: the text wrapper would close it when collected.
         text.detach()

@@ -36,6 +36,10 @@ _VARYING = (
 )
 
 
+# The largest integer RFC 8785 writes exactly (a double's): a line number stands where it is.
+_LINE_MARK = 2**53 - 1
+
+
 class BulkEvents:
     """The events of changes to `topic_key` recorded as `record` says (its evidence is each
     event's, with the event's own additions; no campaign id, reason or confirmation link), by
@@ -56,6 +60,7 @@ class BulkEvents:
         # Plain when its fixed part is: each event adds only integers of a line number's size
         # and strings (encode_document's own test).
         self._plain = is_plain_document({"context": self._context, "evidence": self._evidence})
+        self._line_template = self._template_of_a_line() if self._plain else None
         fixed: dict[str, Any] = {
             "kind": EventKind.CONSENT_CHANGE.value,
             "topic": topic_key,
@@ -74,6 +79,12 @@ class BulkEvents:
         """The evidence document of an event whose evidence adds `added` to the record's, and
         its keyed digest; `claimed`: the time a clamped change claimed. Depends on nothing
         decided, so an import makes it before the batch's state is read."""
+        template = self._line_template
+        if template is not None and claimed is None and len(added) == 1:
+            line = added.get("line")
+            if type(line) is int and -_LINE_MARK <= line <= _LINE_MARK:
+                lined = template % line
+                return lined, self._digest(lined).hex()
         context = self._context
         if claimed is not None:
             context = {**context, "claimed_occurred_at": claimed.isoformat()}
@@ -85,6 +96,22 @@ class BulkEvents:
         )
         assert document is not None  # the context holds the actor's kind
         return document, self._digest(document).hex()
+
+    def _template_of_a_line(self) -> bytes | None:
+        """The document of an event that adds only its line (an import's, mostly) as a `%d`
+        format: the sorted keys put the line where a marker number stands, and an integer
+        is written as its digits. None when the marker's digits are found elsewhere too, or
+        the record's evidence has a line of its own."""
+        if "line" in self._evidence:
+            return None
+        marked = orjson.dumps(
+            {"context": self._context, "evidence": {**self._evidence, "line": _LINE_MARK}},
+            option=orjson.OPT_SORT_KEYS,
+        )
+        digits = b"%d" % _LINE_MARK
+        if marked.count(digits) != 1:
+            return None
+        return marked.replace(b"%", b"%%").replace(digits, b"%d")
 
     def event(
         self,
