@@ -1,4 +1,4 @@
-"""imports.cycle_collection: while imports run, the cycle collector runs less often; the
+"""collector.spaced_collections: while imports run, the cycle collector runs less often; the
 process's own setting is back once the last of them is done."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import gc
 import io
 import threading
 
+from prefcenter.collector import IMPORT_THRESHOLD, spaced_collections
 from prefcenter.db import Database
-from prefcenter.imports.cycle_collection import IMPORT_THRESHOLD, spaced_collections
 from prefcenter.imports.schemas import BatchReport
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
 from tests.imports.test_service import csv_file, topic  # noqa: F401  (a fixture)

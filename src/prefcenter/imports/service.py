@@ -12,6 +12,7 @@ from typing import IO, Any, TextIO
 from sqlalchemy.exc import SQLAlchemyError
 
 from prefcenter.audit.keys import AuditKeys
+from prefcenter.collector import spaced_collections
 from prefcenter.db import Database, utcnow
 from prefcenter.imports.apply import (
     BatchContext,
@@ -20,7 +21,6 @@ from prefcenter.imports.apply import (
     apply_batch,
     batch_events,
 )
-from prefcenter.imports.cycle_collection import spaced_collections
 from prefcenter.imports.formats import ImportFormat, Row, open_text, read_rows
 from prefcenter.imports.pipeline import InFlight, run_two_at_a_time
 from prefcenter.imports.prepare import PreparedBatch, ReadAhead, prepared_batches
