@@ -21,8 +21,7 @@ depends_on: str | Sequence[str] | None = None
 
 # The server offers lz4 as a value of this setting only when it was built with it.
 _LZ4_BUILT_IN = sa.text(
-    "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
-    "AND 'lz4' = ANY(enumvals)"
+    "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
 )
 
 
