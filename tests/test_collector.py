@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -42,8 +43,9 @@ def test_enabled_again_when_the_block_fails() -> None:
     assert gc.isenabled()
 
 
-def test_stays_paused_until_the_last_thread_is_out() -> None:
-    gc.enable()
+@contextmanager
+def _another_thread_inside() -> Iterator[None]:
+    """Another thread stays inside `collections_paused` until the block ends."""
     inside = threading.Event()
     leave = threading.Event()
 
@@ -55,11 +57,19 @@ def test_stays_paused_until_the_last_thread_is_out() -> None:
     thread = threading.Thread(target=other)
     thread.start()
     assert inside.wait(5)
-    with collections_paused():
-        pass
-    assert not gc.isenabled()  # the other thread is still inside
-    leave.set()
-    thread.join(5)
+    try:
+        yield
+    finally:
+        leave.set()
+        thread.join(5)
+
+
+def test_stays_paused_until_the_last_thread_is_out() -> None:
+    gc.enable()
+    with _another_thread_inside():
+        with collections_paused():
+            pass
+        assert not gc.isenabled()  # the other thread is still inside
     assert gc.isenabled()
 
 
@@ -71,23 +81,11 @@ def test_leaving_while_another_thread_is_inside_collects_the_young_generations()
         if phase == "stop":
             collected.append(info["generation"])
 
-    inside = threading.Event()
-    leave = threading.Event()
-
-    def other() -> None:
-        with collections_paused():
-            inside.set()
-            leave.wait(5)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    assert inside.wait(5)
-    gc.callbacks.append(record)
-    try:
-        with collections_paused():
-            pass
-    finally:
-        gc.callbacks.remove(record)
-        leave.set()
-        thread.join(5)
+    with _another_thread_inside():
+        gc.callbacks.append(record)
+        try:
+            with collections_paused():
+                pass
+        finally:
+            gc.callbacks.remove(record)
     assert collected == [1]
