@@ -11,9 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from prefcenter.audit.keys import AuditKeys
 from prefcenter.db import Database
 from prefcenter.imports.schemas import ImportReport
 from prefcenter.imports.service import ImportRequest, file_sha256, run_import
+from prefcenter.settings import Settings
 from tests.imports.test_service import csv_file, run
 from tests.support.factories import Headers, lookup, make_topic, record_change, subscription_status
 
@@ -125,3 +127,58 @@ def test_an_opt_out_committed_while_the_import_waits_for_its_lock_is_read(
     assert report.applied.subscribed == 0
     (contact,) = lookup(client, admin_headers, "ada@example.com")
     assert subscription_status(contact, "newsletter") == "unsubscribed"
+
+
+def test_an_erasure_committed_while_the_import_waits_for_its_lock_is_kept(
+    database_url: str,
+    client: TestClient,
+    admin_headers: Headers,
+    writer_headers: Headers,
+    database: Database,
+    settings: Settings,
+) -> None:
+    # An erasure holds the contact's lock when the import's batch comes to lock it; it takes
+    # the address out of the contact and keeps its keyed hash, and commits. The batch must
+    # not store the address again as a new contact: the row is refused as erased.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time: nothing runs concurrently there")
+    make_topic(client, admin_headers, "newsletter")
+    record_change(client, writer_headers, "ada@example.com", "subscribed", topic="newsletter")
+    reports: list[ImportReport] = []
+    with database.engine.connect() as eraser:
+        contact_id = eraser.execute(
+            text("SELECT id FROM contact WHERE address = 'ada@example.com' FOR UPDATE")
+        ).scalar_one()
+        importing = threading.Thread(
+            target=lambda: reports.append(
+                run(database, csv_file("ada@example.com,subscribed"), topic="newsletter")
+            )
+        )
+        importing.start()
+        _wait_for_a_lock_wait(
+            database, but=eraser.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        )
+        # What consent.erasure writes of the contact and its address.
+        eraser.execute(
+            text(
+                "UPDATE contact SET address = NULL, address_display = NULL, erased_at = now() "
+                "WHERE id = :contact"
+            ),
+            {"contact": contact_id},
+        )
+        eraser.execute(
+            text("INSERT INTO erased_address (address_hash, erased_at) VALUES (:hash, now())"),
+            {"hash": AuditKeys.from_settings(settings).address_hash("ada@example.com")},
+        )
+        eraser.commit()
+        importing.join(30.0)
+
+    (report,) = reports
+    assert report.complete
+    assert report.refused_erased.count == 1
+    assert report.applied.subscribed == 0
+    with database.engine.connect() as reader:
+        stored = reader.execute(
+            text("SELECT count(*) FROM contact WHERE address = 'ada@example.com'")
+        ).scalar_one()
+    assert stored == 0

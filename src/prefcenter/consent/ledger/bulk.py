@@ -112,8 +112,7 @@ def stage_batch(
     if write and postgres:
         if not import_locked:
             session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _IMPORT_LOCK_ID})
-        contacts = _lock_or_create(session, addresses, erased, topic_id=topic_id, now=now)
-        return StagedBatch(erased=erased, contacts=contacts)
+        return _lock_or_create(session, addresses, topic_id=topic_id, now=now)
     if write:
         session.execute(_CREATE_CONTACTS, {"now": now})
     contacts = _read_states(session, topic_id=topic_id, postgres=postgres)
@@ -125,11 +124,10 @@ def stage_batch(
 def _lock_or_create(
     session: Session,
     addresses: Sequence[StagedAddress],
-    erased: frozenset[str],
     *,
     topic_id: int,
     now: datetime,
-) -> dict[str, StoredContact]:
+) -> StagedBatch:
     """PostgreSQL: lock the staged addresses' contacts and create the missing ones in one
     statement (each address looked up once), then read the state of those that existed.
 
@@ -139,8 +137,14 @@ def _lock_or_create(
     contacts made here have no state and no other writer sees them yet.
 
     An address that another writer created after the statement's snapshot is neither found
-    nor created (its insert does nothing): the statement runs again for it."""
-    wanted = {staged.address for staged in addresses} - erased
+    nor created (its insert does nothing): the statement runs again for it.
+
+    An erasure committed while the statement waited for a lock (or since the batch's erased
+    addresses were first read) takes the address out of its contact, and the statement's
+    erased check did not see it: the erased addresses are read again once every lock is held,
+    and a contact just made for one of them goes again before anyone could see it
+    (tests/imports/test_concurrency.py)."""
+    staged_addresses = {staged.address for staged in addresses}
     contacts: dict[str, StoredContact] = {}
     existing: dict[int, str] = {}  # the address of each contact that existed, by id
     for _ in range(_LOCK_ATTEMPTS):
@@ -152,10 +156,18 @@ def _lock_or_create(
             )
             if not created:
                 existing[row_id] = address
-        if wanted <= contacts.keys():
+        erased = frozenset(session.execute(_ERASED).scalars())
+        if staged_addresses - erased <= contacts.keys():
             break
     else:
         raise RuntimeError("contacts that other writers created could not be locked")
+    made_for_erased = [
+        address for address in erased & contacts.keys() if contacts[address].id not in existing
+    ]
+    if made_for_erased:
+        session.execute(
+            _DELETE_CONTACTS, {"ids": [contacts.pop(address).id for address in made_for_erased]}
+        )
     if existing:
         states = session.execute(
             _READ_STATES_BY_ID_PG, {"topic_id": topic_id, "ids": sorted(existing)}
@@ -175,7 +187,7 @@ def _lock_or_create(
                 subscription=stored_subscription_state(status, s_occurred_at, s_by_recipient),
                 suppression=stored_suppression_state(suppressed, p_occurred_at, p_by),
             )
-    return contacts
+    return StagedBatch(erased=erased, contacts=contacts)
 
 
 def copy_rows(
@@ -264,6 +276,8 @@ _LOCK_OR_CREATE_PG = (
         created=Boolean(),
     )
 )
+# Contacts this transaction made (for addresses erased meanwhile): no other writer saw them.
+_DELETE_CONTACTS = text("DELETE FROM contact WHERE id = ANY(CAST(:ids AS integer[]))")
 # Three runs are two writers creating the batch's addresses between them: not a race but a
 # fault.
 _LOCK_ATTEMPTS = 3
