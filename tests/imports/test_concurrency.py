@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from prefcenter.audit.keys import AuditKeys
 from prefcenter.db import Database
@@ -78,6 +80,33 @@ def _wait_for_a_lock_wait(database: Database, *, but: int) -> None:
     raise AssertionError("the import never waited for the contact's lock")
 
 
+@contextmanager
+def _import_waiting_for_the_lock(
+    holder: Connection, database: Database
+) -> Iterator[tuple[int, list[ImportReport]]]:
+    """The holder locks ada@example.com's contact, and an import of `ada@example.com,subscribed`
+    runs until its batch waits for that lock. The block gets the contact's id and the list the
+    report lands in; it writes on the holder and commits, and the import ends after it."""
+    contact_id = holder.execute(
+        text("SELECT id FROM contact WHERE address = 'ada@example.com' FOR UPDATE")
+    ).scalar_one()
+    reports: list[ImportReport] = []
+    importing = threading.Thread(
+        target=lambda: reports.append(
+            run(database, csv_file("ada@example.com,subscribed"), topic="newsletter")
+        )
+    )
+    importing.start()
+    try:
+        _wait_for_a_lock_wait(
+            database, but=holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        )
+        yield contact_id, reports
+    finally:
+        holder.rollback()  # nothing, once the block has committed; else the import goes on
+        importing.join(30.0)
+
+
 def test_an_opt_out_committed_while_the_import_waits_for_its_lock_is_read(
     database_url: str,
     client: TestClient,
@@ -90,7 +119,6 @@ def test_an_opt_out_committed_while_the_import_waits_for_its_lock_is_read(
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite runs one writer at a time: nothing runs concurrently there")
     make_topic(client, admin_headers, "newsletter")
-    reports: list[ImportReport] = []
     with database.engine.connect() as writer:
         writer.execute(
             text(
@@ -99,28 +127,16 @@ def test_an_opt_out_committed_while_the_import_waits_for_its_lock_is_read(
             )
         )
         writer.commit()
-        contact_id = writer.execute(
-            text("SELECT id FROM contact WHERE address = 'ada@example.com' FOR UPDATE")
-        ).scalar_one()
-        importing = threading.Thread(
-            target=lambda: reports.append(
-                run(database, csv_file("ada@example.com,subscribed"), topic="newsletter")
+        with _import_waiting_for_the_lock(writer, database) as (contact_id, reports):
+            writer.execute(
+                text(
+                    "INSERT INTO subscription (contact_id, topic_id, status, occurred_at, since, "
+                    "source, by_recipient, event_id) SELECT :contact, id, 'unsubscribed', now(), "
+                    "now(), 'api', true, 'the-opt-out' FROM topic WHERE key = 'newsletter'"
+                ),
+                {"contact": contact_id},
             )
-        )
-        importing.start()
-        _wait_for_a_lock_wait(
-            database, but=writer.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        )
-        writer.execute(
-            text(
-                "INSERT INTO subscription (contact_id, topic_id, status, occurred_at, since, "
-                "source, by_recipient, event_id) SELECT :contact, id, 'unsubscribed', now(), "
-                "now(), 'api', true, 'the-opt-out' FROM topic WHERE key = 'newsletter'"
-            ),
-            {"contact": contact_id},
-        )
-        writer.commit()
-        importing.join(30.0)
+            writer.commit()
 
     (report,) = reports
     assert report.complete
@@ -144,20 +160,10 @@ def test_an_erasure_committed_while_the_import_waits_for_its_lock_is_kept(
         pytest.skip("SQLite runs one writer at a time: nothing runs concurrently there")
     make_topic(client, admin_headers, "newsletter")
     record_change(client, writer_headers, "ada@example.com", "subscribed", topic="newsletter")
-    reports: list[ImportReport] = []
-    with database.engine.connect() as eraser:
-        contact_id = eraser.execute(
-            text("SELECT id FROM contact WHERE address = 'ada@example.com' FOR UPDATE")
-        ).scalar_one()
-        importing = threading.Thread(
-            target=lambda: reports.append(
-                run(database, csv_file("ada@example.com,subscribed"), topic="newsletter")
-            )
-        )
-        importing.start()
-        _wait_for_a_lock_wait(
-            database, but=eraser.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        )
+    with (
+        database.engine.connect() as eraser,
+        _import_waiting_for_the_lock(eraser, database) as (contact_id, reports),
+    ):
         # What consent.erasure writes of the contact and its address.
         eraser.execute(
             text(
@@ -171,7 +177,6 @@ def test_an_erasure_committed_while_the_import_waits_for_its_lock_is_kept(
             {"hash": AuditKeys.from_settings(settings).address_hash("ada@example.com")},
         )
         eraser.commit()
-        importing.join(30.0)
 
     (report,) = reports
     assert report.complete
