@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic_core import PydanticSerializationError
 
 from prefcenter.consent.batch import _batch_json
 from prefcenter.consent.batch_schemas import ChangeProblem, ConsentBatchOut
@@ -50,6 +52,31 @@ def test_answers_and_problems_are_written_as_the_model_writes_them() -> None:
         _batch_json(results)
         == ConsentBatchOut.model_validate({"results": results}).model_dump_json()
     )
+
+
+def test_answers_without_problems_are_written_as_the_model_writes_them() -> None:
+    results: list[dict[str, Any] | ChangeProblem] = [
+        _answer(text, topic="news", link=None) for text in AWKWARD
+    ]
+
+    assert (
+        _batch_json(results)
+        == ConsentBatchOut.model_validate({"results": results}).model_dump_json()
+    )
+
+
+def test_text_that_is_not_utf8_fails_as_the_model_fails() -> None:
+    results: list[dict[str, Any] | ChangeProblem] = [
+        _answer("fine", topic=None, link=None),
+        ChangeProblem(problem={"type": "x", "status": 422}),
+        _answer("lone \udc80 surrogate", topic=None, link=None),
+    ]
+
+    with pytest.raises(PydanticSerializationError) as ours:
+        _batch_json(results)
+    with pytest.raises(PydanticSerializationError) as models:
+        ConsentBatchOut.model_validate({"results": results}).model_dump_json()
+    assert str(ours.value) == str(models.value)
 
 
 def test_the_answer_is_the_models_json(

@@ -36,7 +36,7 @@ from prefcenter.consent.ledger.sql import among, postgres_session
 from prefcenter.consent.models import ErasedAddress
 from prefcenter.contacts.addresses import Address
 from prefcenter.contacts.models import Contact
-from prefcenter.contacts.service import lock_contact, new_public_id
+from prefcenter.contacts.service import lock_contact, new_public_id, new_public_ids
 from prefcenter.db import UtcDateTime
 from prefcenter.driver import postgres_cursor, postgres_pipeline
 
@@ -190,12 +190,12 @@ def create_contacts(
         if missing:
             new_rows = [
                 {
-                    "public_id": new_public_id(),
+                    "public_id": public_id,
                     "address": a,
                     "address_display": given_by_address[a],
                     "created_at": now,
                 }
-                for a in missing
+                for a, public_id in zip(missing, new_public_ids(len(missing)), strict=True)
             ]
             if dialect == "postgresql":
                 # One statement: an executemany is a round trip a row.
@@ -235,14 +235,15 @@ def insert_contacts(
     erased = erased_of_hashes(
         session, {address_hashes[address]: address for address in given_by_address}
     )
+    kept = sorted(a for a in given_by_address if a not in erased)
     new_rows = [
         {
-            "public_id": new_public_id(),
+            "public_id": public_id,
             "address": address,
             "address_display": given_by_address[address],
             "created_at": now,
         }
-        for address in sorted(a for a in given_by_address if a not in erased)
+        for address, public_id in zip(kept, new_public_ids(len(kept)), strict=True)
     ]
     # SQLite: its write transaction, open since BEGIN IMMEDIATE, keeps an erasure from
     # coming between the check and the insert.
@@ -279,15 +280,17 @@ def inserting_contacts(
             )
         yield inserted
         return
+    # The ids from one read of the system's randomness, not one a contact.
+    addresses = sorted(given_by_address)
     rows = [
         {
-            "public_id": new_public_id(),
+            "public_id": public_id,
             "address": address,
             "address_display": given_by_address[address],
             "created_at": now,
             "address_hash": address_hashes[address],
         }
-        for address in sorted(given_by_address)
+        for address, public_id in zip(addresses, new_public_ids(len(addresses)), strict=True)
     ]
     connection = session.connection()
     with closing(postgres_cursor(connection)) as cursor:
