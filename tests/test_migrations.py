@@ -10,6 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy.exc import DBAPIError
 
 from prefcenter import migrations
 from prefcenter.settings import Settings
@@ -132,6 +133,69 @@ def test_a_first_answer_is_compressed_with_lz4_on_postgresql(empty_settings: Set
     assert compression() == "l"
     migrations.downgrade(empty_settings, "0019_outbox_order")
     assert compression() == ""
+
+
+def test_evidence_and_free_text_lose_their_foreign_keys_and_keep_rows_and_triggers(
+    empty_settings: Settings,
+) -> None:
+    """Migration 0021: no key from `audit_evidence` and `audit_free_text` to the events; their
+    rows stay and updates are still refused (SQLite copies each table to drop its key); down
+    to 0020 the keys are back, as they were."""
+    parts = ("audit_evidence", "audit_free_text")
+
+    def foreign_keys() -> dict[str, list[str | None]]:
+        engine = create_engine(empty_settings.database_url)
+        try:
+            inspector = inspect(engine)
+            return {t: [k["name"] for k in inspector.get_foreign_keys(t)] for t in parts}
+        finally:
+            engine.dispose()
+
+    def rows_and_refusals() -> tuple[list[object], list[str]]:
+        engine = create_engine(empty_settings.database_url)
+        refusals: list[str] = []
+        try:
+            with engine.connect() as connection:
+                rows = [connection.execute(text(f"SELECT * FROM {t}")).one() for t in parts]
+            for table, column in zip(parts, ("document", "reason"), strict=True):
+                try:
+                    with engine.begin() as connection:
+                        connection.execute(text(f"UPDATE {table} SET {column} = {column}"))
+                except DBAPIError as refused:
+                    refusals.append(table if "append-only" in str(refused) else str(refused))
+        finally:
+            engine.dispose()
+        return rows, refusals
+
+    migrations.upgrade(empty_settings, "0020_idempotency_lz4")
+    engine = create_engine(empty_settings.database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO audit_event (seq, id, kind, recorded_at, occurred_at, outcome, "
+                    "actor, source, canonical, hash) VALUES (1, 'e1', 'consent_change', "
+                    ":at, :at, 'applied', 'api:test', 'api', :canonical, :hash)"
+                ),
+                {"at": "2026-12-07 00:00:00", "canonical": b"{}", "hash": "0" * 64},
+            )
+            connection.execute(text("INSERT INTO audit_evidence VALUES (1, :d)"), {"d": b"{}"})
+            connection.execute(text("INSERT INTO audit_free_text VALUES (1, NULL, 'why')"))
+    finally:
+        engine.dispose()
+    before = rows_and_refusals()
+    assert foreign_keys() == {
+        "audit_evidence": ["fk_audit_evidence_seq_audit_event"],
+        "audit_free_text": ["fk_audit_free_text_seq_audit_event"],
+    }
+
+    migrations.upgrade(empty_settings)
+    assert foreign_keys() == {"audit_evidence": [], "audit_free_text": []}
+    assert rows_and_refusals() == before == ([(1, b"{}"), (1, None, "why")], list(parts))
+
+    migrations.downgrade(empty_settings, "0020_idempotency_lz4")
+    assert foreign_keys()["audit_evidence"] == ["fk_audit_evidence_seq_audit_event"]
+    assert rows_and_refusals() == before
 
 
 def test_audit_head_starts_at_zero(empty_settings: Settings) -> None:

@@ -4,7 +4,7 @@ personal part, which erasure may delete) and `audit_head` (the one row that hand
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, LargeBinary
+from sqlalchemy import BigInteger, Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
 from prefcenter.db import UtcDateTime
@@ -87,11 +87,8 @@ class AuditFreeText(SQLModel, table=True):
 
     __tablename__ = "audit_free_text"
 
-    seq: int = Field(
-        sa_column=Column(
-            BigInteger, ForeignKey("audit_event.seq"), primary_key=True, autoincrement=False
-        )
-    )
+    # The seq of its event, without a foreign key, as `AuditEvidence.seq` (migration 0021).
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     campaign_id: str | None = Field(default=None, max_length=200)
     reason: str | None = Field(default=None, max_length=2000)
 
