@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -151,12 +152,12 @@ def test_evidence_and_free_text_lose_their_foreign_keys_and_keep_rows_and_trigge
         finally:
             engine.dispose()
 
-    def rows_and_refusals() -> tuple[list[object], list[str]]:
+    def rows_and_refusals() -> tuple[list[tuple[Any, ...]], list[str]]:
         engine = create_engine(empty_settings.database_url)
         refusals: list[str] = []
         try:
             with engine.connect() as connection:
-                rows = [connection.execute(text(f"SELECT * FROM {t}")).one() for t in parts]
+                rows = [tuple(connection.execute(text(f"SELECT * FROM {t}")).one()) for t in parts]
             for table, column in zip(parts, ("document", "reason"), strict=True):
                 try:
                     with engine.begin() as connection:
