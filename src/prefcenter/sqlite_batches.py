@@ -212,14 +212,8 @@ def _fail(batch: list[_Queued[Any]], error: BaseException) -> None:
 
 
 def _answer(batch: list[_Queued[Any]]) -> None:
-    """Each write's result or error to its future, in one call per event loop; then what
-    each committed write runs after its commit."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Queued[Any]]] = {}
-    for queued in batch:
-        by_loop.setdefault(queued.loop, []).append(queued)
-    for loop, settled in by_loop.items():
-        with suppress(RuntimeError):  # a loop closed meanwhile: nobody waits any more
-            loop.call_soon_threadsafe(_settle, settled)
+    """What each committed write runs after its commit, then each write's result or error to
+    its future, in one call per event loop."""
     for queued in batch:
         if queued.error is None:
             for hook in queued.after_commit:
@@ -227,6 +221,12 @@ def _answer(batch: list[_Queued[Any]]) -> None:
                     hook()
                 except Exception:
                     logger.exception("after the commit of a SQLite batch")
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Queued[Any]]] = {}
+    for queued in batch:
+        by_loop.setdefault(queued.loop, []).append(queued)
+    for loop, settled in by_loop.items():
+        with suppress(RuntimeError):  # a loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(_settle, settled)
 
 
 def _settle(batch: list[_Queued[Any]]) -> None:
