@@ -11,6 +11,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,9 @@ def test_a_write_answered_is_committed(database: Database) -> None:
 
     async def write_then_read() -> list[str]:
         await _batches(database).run(_add_topic("a"))
-        with sqlite3.connect(database.settings.sqlite_path()) as other:
+        path = database.settings.sqlite_path()
+        assert path is not None
+        with closing(sqlite3.connect(path)) as other:
             return [key for (key,) in other.execute("SELECT key FROM topic")]
 
     assert asyncio.run(write_then_read()) == ["a"]
