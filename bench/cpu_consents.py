@@ -4,7 +4,7 @@ moves with what else the machine is doing (unlike requests/s on a shared machine
 
     .venv/bin/python bench/cpu_consents.py                  # PostgreSQL, 2,000 of each kind
     .venv/bin/python bench/cpu_consents.py --profile 30     # plus cProfile's top 30
-    .venv/bin/python bench/cpu_consents.py --sqlite         # SQLite (the ORM route, no lane)
+    .venv/bin/python bench/cpu_consents.py --sqlite         # SQLite (the lane's batches)
 
 Three kinds of change, each sent one after another straight into the ASGI app with a bearer
 key (as uvicorn would, minus the socket):
@@ -12,7 +12,10 @@ key (as uvicorn would, minus the socket):
   - known, marketing: a contact that exists (subscribed to another topic) subscribes to the
     marketing topic, which reads its contact-wide opt-out;
   - known, opt-out: the same contacts unsubscribe from the marketing topic.
-Printed per request: process CPU time (user + system), wall time, SQL statements.
+Printed per request: process CPU time (user + system), wall time, SQL statements. One
+request at a time: on SQLite each is a batch of one (sqlite_batches), so what batching saves
+under load (one COMMIT and one hand-off for the changes queued together) is not in these
+figures; bench/api.py --sqlite measures it.
 """
 
 from __future__ import annotations

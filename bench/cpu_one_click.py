@@ -205,6 +205,16 @@ def count_statements(app: Any) -> list[int]:
         return direct(lambda cursor: work(_CountingCursor(cursor, counter)))
 
     database.on_connection = counted
+    batches = getattr(database, "sqlite_batches", None)
+    if batches is not None:
+        # SQLite's batched writes (sqlite_batches: `POST /v1/consents`): each write's own
+        # statements; the batch's BEGIN, savepoints and COMMIT are shared and not counted.
+        batched = batches.run
+
+        def counted_batch(work: Any) -> Any:
+            return batched(lambda cursor, after: work(_CountingCursor(cursor, counter), after))
+
+        batches.run = counted_batch
     return counter
 
 

@@ -28,6 +28,7 @@ from prefcenter.engines import WRITE_OPTION
 from prefcenter.problems import Conflict, ServiceUnavailable
 from prefcenter.replica import ReadPosition, Replica
 from prefcenter.settings import Settings
+from prefcenter.sqlite_batches import BatchedWrites
 from prefcenter.sqlite_writers import writer_turn
 from prefcenter.storage_errors import ConnectionLost, StorageFull, is_disk_full
 
@@ -122,6 +123,8 @@ class Database:
         # the reads waiting too.
         self.write_slots = anyio.Semaphore(max(1, slots - max(1, slots // 4)))
         self.replica = Replica.from_settings(settings, self.engine)
+        # SQLite: the writer thread of the hot write paths (sqlite_batches).
+        self.sqlite_batches = BatchedWrites(settings, self.engine) if settings.is_sqlite else None
         # Set on the copies `reads` hands out: where their read transactions go.
         self._read_position: ReadPosition | None = None
 
@@ -300,6 +303,8 @@ class Database:
         return result
 
     def dispose(self) -> None:
+        if self.sqlite_batches is not None:
+            self.sqlite_batches.stop()
         self.engine.dispose()
         if self.replica is not None:
             self.replica.dispose()

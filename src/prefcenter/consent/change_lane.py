@@ -1,12 +1,14 @@
 """Owns the lane of `POST /v1/consents`: an API client's change answered in front of the app
-(an ASGI middleware, as the unsubscribe lane is) from one read on a pooled connection, in one
-worker-thread hand-off and without the framework's routing, dependency solving or ORM. The API
-key is checked in that read (consent.ledger.api_state), on every request (a revoked key's next
-request is refused). The change is decided by the same rules and written with the same row
-values, audit event, webhook deliveries, Idempotency-Key record and metrics as
-consent.service's locking path: on PostgreSQL in one guarded statement
-(consent.ledger.api_lane); on SQLite in the database's write turn, which reads the state again
-before a few plain statements (consent.ledger.api_lane_sqlite), everything else done before it.
+(an ASGI middleware, as the unsubscribe lane is) from one read, without the framework's
+routing, dependency solving or ORM. The API key is checked in that read
+(consent.ledger.api_state), on every request (a revoked key's next request is refused). The
+change is decided by the same rules and written with the same row values, audit event, webhook
+deliveries, Idempotency-Key record and metrics as consent.service's locking path: on
+PostgreSQL on a pooled connection in one worker-thread hand-off, in one guarded statement
+(consent.ledger.api_lane); on SQLite by the database's writer thread (sqlite_batches), which
+reads, decides and writes (consent.ledger.api_lane_sqlite) inside its write transaction, with
+the other changes queued at that moment, each in its own savepoint, and answers them all once
+their one COMMIT has returned.
 
 It answers the common case and hands everything else to the app, body and all, having written
 nothing, which answers it the ordinary way (its route, dependencies and locking path): a
@@ -23,6 +25,7 @@ caller's Idempotency-Key is answered from the read, as idempotency.IdempotentCal
 from __future__ import annotations
 
 import re
+import sqlite3
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -73,12 +76,15 @@ from prefcenter.mail.config import mail_config
 from prefcenter.metrics import count_consent_change
 from prefcenter.problems import Problem, ServiceUnavailable
 from prefcenter.settings import Settings, SigningKey
+from prefcenter.sqlite_batches import AfterCommit
 from prefcenter.topics.schemas import TopicKind
 
 PATH = "/v1/consents"
 # What the route's `Idempotency-Key` header accepts (idempotency._idempotent_call).
 _IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 _ROUTE = LaneRoute(PATH)
+# What the lane's work gives: see record_on_cursor.
+Recorded = ConsentChangeOut | StoredAnswer | None
 
 
 class ChangeLane:
@@ -103,6 +109,9 @@ class ChangeLane:
         self.audit_keys = audit_keys
         # The settings do not change: asked once, not per request (create_app has checked it).
         self.mail_on = mail_config(settings) is not None
+        # SQLite: the writes are batched in the database's writer thread (sqlite_batches),
+        # each read inside the write transaction.
+        self.batches = database.sqlite_batches
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not posted_to(scope, PATH):
@@ -137,23 +146,32 @@ class ChangeLane:
         )
         context = request_context(client[0] if client else None, headers, self.trusted_proxies)
         now = utcnow()
-        try:
-            answer = await self.database.run_write_on_connection(
-                lambda cursor: record_on_cursor(
-                    cursor,
-                    change,
-                    secret_hash=hash_secret(secret),
-                    idempotency=idempotency,
-                    request=context,
-                    settings=self.settings,
-                    ring=self.signing_keys,
-                    keys=self.audit_keys,
-                    now=now,
-                    mail_on=self.mail_on,
-                )
+        secret_hash = hash_secret(secret)
+
+        def record(cursor: DriverCursor, after_commit: AfterCommit | None = None) -> Recorded:
+            return record_on_cursor(
+                cursor,
+                change,
+                secret_hash=secret_hash,
+                idempotency=idempotency,
+                request=context,
+                settings=self.settings,
+                ring=self.signing_keys,
+                keys=self.audit_keys,
+                now=now,
+                mail_on=self.mail_on,
+                after_commit=after_commit,
             )
-        except ServiceUnavailable:
-            answer = None  # the app's path retries on a fresh connection, or answers 503
+
+        try:
+            if self.batches is not None:
+                answer = await self.batches.run(record)
+            else:
+                answer = await self.database.run_write_on_connection(record)
+        except (ServiceUnavailable, sqlite3.IntegrityError):
+            # The app's path retries on a fresh connection, or answers 503; or decides afresh
+            # a change that met a unique row the read could not see (a public id drawn twice).
+            answer = None
         if isinstance(answer, StoredAnswer):
             if answer.request_hash != idempotency.request_hash:
                 answer = None  # the app refuses the reused key (422)
@@ -184,12 +202,17 @@ def record_on_cursor(
     keys: AuditKeys,
     now: datetime,
     mail_on: bool | None = None,
-) -> ConsentChangeOut | StoredAnswer | None:
+    after_commit: AfterCommit | None = None,
+) -> Recorded:
     """The change recorded and committed, with its answer (stored under the Idempotency-Key,
     if any); or the stored answer to a retry; or None, nothing written: the app answers (a
     key that is unknown, revoked or without `consent:write`, and whatever the lane leaves to
     the locking path). `secret_hash`: the hash of the caller's bearer secret; `mail_on`:
-    whether the service sends mail itself, if known (else read from `settings`)."""
+    whether the service sends mail itself, if known (else read from `settings`).
+
+    `after_commit`: run in a SQLite batch (sqlite_batches), whose transaction `cursor` is in
+    and which commits it: the state is read in that transaction and not again, and what
+    follows the commit (the metrics) is appended here instead of done."""
     mail_on = mail_config(settings) is not None if mail_on is None else mail_on
     address = change.email
     address_hash = keys.address_hash(address.normalised)
@@ -305,6 +328,7 @@ def record_on_cursor(
             keys=keys,
             answer=kept,
             now=now,
+            in_turn=after_commit is not None,
         )
     else:
         written = write_api_change(
@@ -322,9 +346,17 @@ def record_on_cursor(
         )
     if not written:
         return None
-    # Committed already (PostgreSQL: one statement in autocommit).
-    count_consent_change(None, source=counted_source(requested), outcome=decision.outcome.value)
+    _count(counted_source(requested), decision.outcome.value, after_commit)
     return answer
+
+
+def _count(source: str, outcome: str, after_commit: AfterCommit | None) -> None:
+    """The change counted in the metrics once committed: now (PostgreSQL's one statement in
+    autocommit, SQLite's own turn), or after its batch's commit."""
+    if after_commit is None:
+        count_consent_change(None, source=source, outcome=outcome)
+    else:
+        after_commit.append(lambda: count_consent_change(None, source=source, outcome=outcome))
 
 
 def _confirm_link(

@@ -20,6 +20,10 @@ no writer): the decision, the row values, the audit event made ready for the cha
 
 They are the rows, values and bytes the ORM path writes (tests/consent/test_change_lane.py
 compares them), and all commit together or not at all.
+
+The lane itself (consent.change_lane) runs on SQLite in a batch of sqlite_batches instead:
+the turn and the transaction are the batch's, the state is read inside it, so step 1 has
+nothing to compare and only step 2 runs here (`in_turn`), in the change's savepoint.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ def write_api_change_sqlite(
     keys: AuditKeys,
     answer: AnswerToKeep | None,
     now: datetime,
+    in_turn: bool = False,
 ) -> bool:
     """Write the change decided on `state` (read by `query`), in the database's write turn:
     `values`, the columns it sets on the subscription of `state.topic` (or, without a topic,
@@ -92,10 +97,19 @@ def write_api_change_sqlite(
     written: the read of `query` again, in the turn, found the state moved on (or the
     contact's insert met an erased address); the caller then hands the request to the locking
     path. Raises what the turn raises (a 503 to retry) and the driver's errors, nothing
-    written."""
+    written.
+
+    `in_turn`: `state` was read inside the write transaction this runs in (a batch of
+    sqlite_batches, which owns the turn, the transaction and its savepoints): nothing is read
+    again, and the driver's errors (a unique row) are raised for the batch to undo the
+    write."""
     assert event.contact_id is not None
     prepared = prepare_event(keys, event)  # the keyed hashes and the document, before the turn
     hooks = types_of_event(event.kind.value, outcome=event.outcome, to_status=event.to_status)
+    if in_turn:
+        return _write(
+            cursor, state, values, new_contact, prepared, event.contact_id, hooks, answer, now
+        )
     with writer_turn(settings):
         cursor.execute("BEGIN IMMEDIATE")
         try:
