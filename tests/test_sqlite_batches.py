@@ -162,3 +162,40 @@ def test_writes_after_stop_start_the_thread_again(database: Database) -> None:
     _batches(database).stop()
     asyncio.run(_batches(database).run(_add_topic("b")))
     assert _topics(database) == ["a", "b"]
+
+
+class _StopDuringPut:
+    """The writer's queue, whose first `put` is held until a `stop` from another thread has
+    ended (or for a second): the stop then lands between a write's look at the thread and its
+    put, where a thread stopped without seeing the write would leave it unanswered."""
+
+    def __init__(self, batches: BatchedWrites) -> None:
+        self.batches = batches
+        self.queue = batches._queue
+        self.held = False
+
+    def put(self, item: Any) -> None:
+        if not self.held:
+            self.held = True
+            stopper = threading.Thread(target=self.batches.stop)
+            stopper.start()
+            stopper.join(timeout=1)
+        self.queue.put(item)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
+
+
+def test_a_write_queued_while_the_thread_stops_is_answered(database: Database) -> None:
+    batches = _batches(database)
+    asyncio.run(batches.run(_add_topic("a")))  # the thread runs
+    batches._queue = _StopDuringPut(batches)  # type: ignore[assignment]
+
+    async def write_during_stop() -> Any:
+        try:
+            return await asyncio.wait_for(batches.run(_add_topic("b")), timeout=10)
+        except ServiceUnavailable as refused:
+            return refused  # refused by the stopping thread: answered too
+
+    result = asyncio.run(write_during_stop())
+    assert result == "b" or isinstance(result, ServiceUnavailable)

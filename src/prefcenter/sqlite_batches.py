@@ -79,12 +79,9 @@ class BatchedWrites:
         transaction failed (nothing of it stored)."""
         loop = asyncio.get_running_loop()
         queued: _Queued[T] = _Queued(work, loop, loop.create_future())
-        if self._thread is None or not self._thread.is_alive():
-            self._start()
-        self._queue.put(queued)
-        return await queued.future
-
-    def _start(self) -> None:
+        # The check and the put under the guard `stop` takes too: a write is queued either
+        # before the stop (the thread runs it or refuses it) or after it, for a new thread;
+        # never after a stopped thread's last look at the queue, where nobody would answer it.
         with self._guard:
             if self._thread is None or not self._thread.is_alive():
                 thread = threading.Thread(
@@ -92,14 +89,17 @@ class BatchedWrites:
                 )
                 thread.start()
                 self._thread = thread
+            self._queue.put(queued)
+        return await queued.future
 
     def stop(self) -> None:
         """Let the thread finish the batch it runs, then end (writes queued after it are
         answered 503)."""
         with self._guard:
             thread, self._thread = self._thread, None
+            if thread is not None:
+                self._queue.put(_STOP)
         if thread is not None:
-            self._queue.put(_STOP)
             thread.join(timeout=self.settings.sqlite_busy_timeout_s + 5)
 
     def _serve(self) -> None:
