@@ -199,6 +199,44 @@ def test_evidence_and_free_text_lose_their_foreign_keys_and_keep_rows_and_trigge
     assert rows_and_refusals() == before
 
 
+def test_subscriptions_by_topic_are_found_through_the_longer_index(
+    empty_settings: Settings,
+) -> None:
+    """Migration 0022: `subscription` keeps `(topic_id, contact_id, status)` and loses the index
+    of `topic_id` alone, which it begins with; a lookup by topic still goes through an index
+    (the longer one) on both engines; down to 0021 the short index is back."""
+
+    def indexes() -> list[str | None]:
+        engine = create_engine(empty_settings.database_url)
+        try:
+            return sorted(i["name"] for i in inspect(engine).get_indexes("subscription"))
+        finally:
+            engine.dispose()
+
+    def plan_of_a_topic_lookup() -> str:
+        query = "SELECT contact_id FROM subscription WHERE topic_id = 7"
+        engine = create_engine(empty_settings.database_url)
+        try:
+            with engine.begin() as connection:
+                if empty_settings.is_sqlite:
+                    rows = connection.execute(text(f"EXPLAIN QUERY PLAN {query}")).all()
+                    return " ".join(str(row[-1]) for row in rows)
+                connection.execute(text("SET LOCAL enable_seqscan = off"))
+                return " ".join(connection.execute(text(f"EXPLAIN {query}")).scalars())
+        finally:
+            engine.dispose()
+
+    migrations.upgrade(empty_settings, "0021_audit_parts_without_fk")
+    assert "ix_subscription_topic_id" in indexes()
+
+    migrations.upgrade(empty_settings)
+    assert indexes() == ["ix_subscription_topic_id_contact_id_status"]
+    assert "ix_subscription_topic_id_contact_id_status" in plan_of_a_topic_lookup()
+
+    migrations.downgrade(empty_settings, "0021_audit_parts_without_fk")
+    assert "ix_subscription_topic_id" in indexes()
+
+
 def test_audit_head_starts_at_zero(empty_settings: Settings) -> None:
     migrations.upgrade(empty_settings)
     engine = create_engine(empty_settings.database_url)

@@ -22,7 +22,8 @@ class Subscription(SQLModel, table=True):
     )
 
     contact_id: int = Field(foreign_key="contact.id", primary_key=True)
-    topic_id: int = Field(foreign_key="topic.id", primary_key=True, index=True)
+    # Looked up by topic through ix_subscription_topic_id_contact_id_status (migration 0022).
+    topic_id: int = Field(foreign_key="topic.id", primary_key=True)
     status: str = Field(max_length=20)  # consent.rules.Status
     # When the change that set this state happened (claimed by the caller, clamped to now):
     # the ordering rule compares against it.
