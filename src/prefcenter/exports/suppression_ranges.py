@@ -22,7 +22,6 @@ from sqlalchemy import (
     true,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlmodel import col
 
 from prefcenter.bounces.models import Bounce
@@ -129,25 +128,29 @@ def _bounced(
     )
 
 
-def _range_text(rows: Subquery, *order: ColumnElement[Any]) -> Select[str]:
-    """The rows' CSV lines in `order` as one text value: a row a range for the driver to hand
-    over, not a row a suppression."""
+def _range_text(rows: Subquery) -> Select[str]:
+    """The rows' CSV lines as one text value, in the order the rows come in (`rows` is sorted
+    and fenced by `OFFSET 0`, and the aggregate reads it alone: no join to reorder it): a row a
+    range for the driver to hand over, not a row a suppression. Not `string_agg(… ORDER BY
+    …)`, which sorts the lines again even when the join hands them over in order already
+    (PostgreSQL 15: about a tenth of a dense range's time)."""
     email = case((rows.c.erased, literal("")), else_=csv_cell_sql(rows.c.address))
     line = email + rows.c.reason + rfc3339_sql(rows.c.since, end="\r\n")
-    return select(func.coalesce(func.string_agg(line, aggregate_order_by(literal(""), *order)), ""))
+    return select(func.coalesce(func.string_agg(line, literal("")), ""))
 
 
 def _suppressions_range(low: ColumnElement[int], high: ColumnElement[int]) -> Select[str]:
     """The range's opt-outs and bounces, a row each, in contact order (the opt-out first)."""
-    both = union_all(_opted_out(low, high, ranked=True), _bounced(low, high)).subquery()
-    return _range_text(both, both.c.contact_id, both.c.rank)
+    both = union_all(_opted_out(low, high, ranked=True), _bounced(low, high))
+    rows = both.order_by("contact_id", "rank").offset(0).subquery()
+    return _range_text(rows)
 
 
 def _opt_outs_range(low: ColumnElement[int], high: ColumnElement[int]) -> Select[str]:
     """`_suppressions_range` for a range without bounces: its opt-outs alone, one join and
     one sort key (a third less of the database's time a row than both)."""
-    rows = _opted_out(low, high, ranked=False).subquery()
-    return _range_text(rows, rows.c.contact_id)
+    rows = _opted_out(low, high, ranked=False)
+    return _range_text(rows.order_by(col(Suppression.contact_id)).subquery())
 
 
 def _dense_rows() -> int:
