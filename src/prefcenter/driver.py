@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol, Self
 
+from psycopg.adapt import AdaptersMap
 from sqlalchemy.engine import Connection
 
 
@@ -47,10 +48,12 @@ class PostgresConnection(Protocol):
 
 class PostgresCursor(DriverCursor, Protocol):
     """psycopg's cursor: results in binary on request, streamed rows, `COPY`, statements
-    prepared on request, and its connection."""
+    prepared on request, its connection, and its own loaders of values (`adapters`)."""
 
     @property
     def connection(self) -> PostgresConnection: ...
+    @property
+    def adapters(self) -> AdaptersMap: ...
     def execute(
         self,
         sql: str,

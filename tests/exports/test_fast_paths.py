@@ -183,8 +183,11 @@ class TestPostgresSuppressionsBytes:
         assert b"bounced" in python
         assert built_by_postgres == python
         # Each statement read the ranges it may read (the same one throughout, or not).
-        assert statements - {reader.rows.sql} == {reader.opt_outs.sql, reader.with_bounces.sql}
+        assert statements - {reader.plan.sql} == {reader.opt_outs.sql, reader.with_bounces.sql}
         assert (reader.opt_outs.sql != reader.with_bounces.sql) is bounces_or_not
+
+
+_JOINS = "SELECT current_setting('enable_nestloop'), current_setting('enable_mergejoin')"
 
 
 class TestPostgresSuppressionsPlan:
@@ -192,7 +195,8 @@ class TestPostgresSuppressionsPlan:
         self, monkeypatch: pytest.MonkeyPatch, database: Database
     ) -> None:
         """Ranges of ten contact ids, dense from two rows: opt-outs and bounces both count; a
-        range without bounces is read by the opt-outs' statement alone."""
+        range without bounces is read by the opt-outs' statement alone; the query that asks
+        sets the range's plan and says the highest contact id."""
         _on_postgres(database)
         monkeypatch.setattr(ranges, "EXPORT_RANGE", 10)
         at = datetime(2026, 1, 2, tzinfo=UTC)
@@ -220,13 +224,20 @@ class TestPostgresSuppressionsPlan:
             database.transaction(write=False) as session,
             closing(postgres_cursor(session.connection())) as cursor,
         ):
-            chosen = [reader.choose(cursor, ids[first] - 1) for first in (0, 10, 20, 30)]
-        assert chosen == [
-            (suppression_ranges._DENSE_PLAN, reader.opt_outs),
-            (suppression_ranges._SPARSE_PLAN, reader.opt_outs),
-            (suppression_ranges._DENSE_PLAN, reader.with_bounces),
-            (suppression_ranges._SPARSE_PLAN, reader.with_bounces),
+            choices, joins = [], []
+            for first in (0, 10, 20, 30):
+                choices.append(reader.choose(cursor, ids[first] - 1))
+                # What the range's statement is then planned with.
+                ((nestloop, mergejoin),) = cursor.execute(_JOINS).fetchall()
+                joins.append((nestloop, mergejoin))
+        assert [(choice.dense, choice.statement) for choice in choices] == [
+            (True, reader.opt_outs),
+            (False, reader.opt_outs),
+            (True, reader.with_bounces),
+            (False, reader.with_bounces),
         ]
+        assert joins == [("off", "on"), ("on", "off"), ("off", "on"), ("on", "off")]
+        assert {choice.last for choice in choices} == {ids[-1]}
 
 
 class TestPostgresRangesInFlight:

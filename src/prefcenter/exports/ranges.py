@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +38,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    true,
 )
 from sqlalchemy.orm import Mapped
 from sqlalchemy.sql import ClauseElement
@@ -75,16 +76,31 @@ RangeQuery = Callable[[ColumnElement[int], ColumnElement[int]], ClauseElement]
 _LOW = bindparam("low", 0, type_=Integer)
 _HIGH = bindparam("high", 0, type_=Integer)
 
-# Per range transaction. JIT compilation costs more than running the query on one range, and
-# parallel workers compete with the next range for the same cores. The statement's text is
-# the same for every range (its bounds are parameters), so the driver prepares it after a few
-# executions: it is still planned for each range's own bounds, not once for any bounds.
-RANGE_PLAN = (
-    "SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0; "
-    "SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL plan_cache_mode = force_custom_plan"
-)
+# Per range transaction (`SET LOCAL`, `set_locally`). JIT compilation costs more than running
+# the query on one range, and parallel workers compete with the next range for the same cores.
+# The statement's text is the same for every range (its bounds are parameters), so the driver
+# prepares it after a few executions: it is still planned for each range's own bounds, not
+# once for any bounds.
+RANGE_PLAN: Mapping[str, str] = {
+    "jit": "off",
+    "max_parallel_workers_per_gather": "0",
+    "DateStyle": "ISO, MDY",
+    "plan_cache_mode": "force_custom_plan",
+}
 # A column as the models give it, or an expression over columns.
 Sql = ColumnElement[Any] | Mapped[Any]
+
+
+def set_locally(name: str, value: str | ColumnElement[str]) -> ColumnElement[str]:
+    """`SET LOCAL name = value` as a column of a query, so that a range's settings come with
+    the query that asks about it rather than in a round trip of their own: the statements
+    after it in the transaction are planned with them."""
+    return func.set_config(name, value, true())
+
+
+def last_contact_id() -> ColumnElement[int]:
+    """The highest contact id there is (where the export ends), as a column."""
+    return select(func.coalesce(func.max(col(Contact.id)), 0)).scalar_subquery()
 
 
 def csv_cell_sql(value: Sql, *, may_need_quotes: bool = True) -> ColumnElement[str]:
@@ -212,41 +228,49 @@ class RangeStatement:
         ).fetchall()
 
 
-# Reads a range in its transaction: sets what the range is planned with, runs its statement
-# on the cursor given and returns its rows (one text value each), for the range after `low`.
-RangeReader = Callable[[PostgresCursor, int], list[tuple[Any, ...]]]
+# A range's CSV text, and the highest contact id there is (where the export ends).
+RangeText = tuple[bytes, int]
+# Reads the range after `low` on the cursor given, in its transaction: a first query sets what
+# the range is planned with and says the highest contact id, then the range's statement.
+RangeReader = Callable[[PostgresCursor, int], RangeText]
 
 
 @dataclass(frozen=True, slots=True)
 class FixedRange:
-    """The same statement and settings for every range."""
+    """The same statement and settings for every range (`plan`: sets them, says the highest
+    contact id)."""
 
+    plan: RangeStatement
     statement: RangeStatement
-    settings: str
 
-    def __call__(self, cursor: PostgresCursor, low: int) -> list[tuple[Any, ...]]:
-        cursor.execute(self.settings)
-        return self.statement.run(cursor, low)
+    @classmethod
+    def of(cls, database: Database, query: RangeQuery, settings: Mapping[str, str]) -> FixedRange:
+        def plan(low: ColumnElement[int], high: ColumnElement[int]) -> Select[Any]:
+            columns: list[ColumnElement[Any]] = [last_contact_id()]
+            columns += (set_locally(*setting) for setting in settings.items())
+            return select(*columns)
+
+        return cls(RangeStatement.of(database, plan), RangeStatement.of(database, query))
+
+    def __call__(self, cursor: PostgresCursor, low: int) -> RangeText:
+        ((last, *_),) = self.plan.run(cursor, low)
+        lines = self.statement.run(cursor, low)
+        return "".join([line for (line,) in lines]).encode(), int(last)
 
 
-# Where the export ends (a statement of its own: a range's statements read no other rows).
-_LAST_CONTACT_ID = "SELECT coalesce(max(id), 0) FROM contact"
-
-
-def _read_range(database: Database, reader: RangeReader, low: int) -> tuple[bytes, int]:
-    """One range's CSV rows, and the highest contact id there is (where the export ends).
-    One snapshot: a reader may ask about the range before it reads it."""
-    # To the driver as is: no row processing on the way back.
+def _read_range(database: Database, reader: RangeReader, low: int) -> RangeText:
+    """One range's CSV text, and the highest contact id there is. One snapshot: a reader may
+    ask about the range before it reads it. Its statements go down a pipeline: the
+    transaction's `BEGIN` with the first, not in a round trip of its own."""
     with (
         database.transaction(write=False, snapshot=True) as session,
         closing(postgres_cursor(session.connection())) as cursor,
+        cursor.connection.pipeline(),
     ):
-        lines = reader(cursor, low)
-        ((last,),) = cursor.execute(_LAST_CONTACT_ID).fetchall()
-    return "".join([line for (line,) in lines]).encode(), int(last)
+        return reader(cursor, low)
 
 
-async def _range_in_thread(database: Database, reader: RangeReader, low: int) -> tuple[bytes, int]:
+async def _range_in_thread(database: Database, reader: RangeReader, low: int) -> RangeText:
     async with database.session_slots:
         return await anyio.to_thread.run_sync(_read_range, database, reader, low)
 
@@ -263,7 +287,7 @@ async def stream_ranges(
     not sent yet."""
     yield csv_text([header])
     # In range order, read or being read, not sent yet.
-    held: deque[asyncio.Task[tuple[bytes, int]]] = deque()
+    held: deque[asyncio.Task[RangeText]] = deque()
     low = 0
     last: int | None = None  # the highest contact id, once a range says
     reading = 0
@@ -283,7 +307,7 @@ async def stream_ranges(
             reading += 1
             low += EXPORT_RANGE
 
-    def range_read(task: asyncio.Task[tuple[bytes, int]]) -> None:
+    def range_read(task: asyncio.Task[RangeText]) -> None:
         nonlocal reading, last
         reading -= 1
         if task.cancelled() or task.exception() is not None:
@@ -314,5 +338,5 @@ def audience_ranges(
     database: Database, topic: Topic, rule: Reconsent | None = None
 ) -> AsyncIterator[bytes]:
     """`GET /v1/topics/{key}/audience` as CSV bytes, built by PostgreSQL."""
-    statement = RangeStatement.of(database, _audience_range(topic, rule))
-    return stream_ranges(database, AUDIENCE_HEADER, FixedRange(statement, RANGE_PLAN))
+    reader = FixedRange.of(database, _audience_range(topic, rule), RANGE_PLAN)
+    return stream_ranges(database, AUDIENCE_HEADER, reader)

@@ -4,10 +4,12 @@ planned, chosen for each range by how many rows of each it holds."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import Loader
 from sqlalchemy import (
     ColumnElement,
     Integer,
@@ -34,8 +36,11 @@ from prefcenter.exports.conditions import contact_address
 from prefcenter.exports.ranges import (
     RANGE_PLAN,
     RangeStatement,
+    RangeText,
     csv_cell_sql,
+    last_contact_id,
     rfc3339_sql,
+    set_locally,
     stream_ranges,
     timestamp_text,
 )
@@ -47,17 +52,27 @@ from prefcenter.exports.schemas import SUPPRESSIONS_HEADER, SuppressionReason
 # range into a hash table (measured: 3-4 times slower). It misjudges the two range conditions
 # on each join as independent and expects a fiftieth of the rows there are, so which join is
 # chosen here, by how many rows the range holds (`SuppressionsRange`).
-_SETTINGS = "; SET LOCAL work_mem = '32MB'; SET LOCAL enable_hashjoin = off"
+# Both plans name the same settings: each range's transaction sets them all.
+_SETTINGS = {**RANGE_PLAN, "work_mem": "32MB", "enable_hashjoin": "off"}
 # Few rows (suppressions are a few percent of contacts): walk them and probe `contact` by key.
-_SPARSE_PLAN = RANGE_PLAN + _SETTINGS + "; SET LOCAL enable_mergejoin = off"
+_SPARSE_PLAN: Mapping[str, str] = {
+    **_SETTINGS,
+    "enable_mergejoin": "off",
+    "enable_nestloop": "on",
+    "enable_bitmapscan": "on",
+    "enable_sort": "on",
+}
 # Many rows: walk both key indexes in order and merge them, rather than probe `contact`'s
 # index for each row. PostgreSQL CPU, 5M contacts: ranges of 100,000 ids all suppressed, 1.6
 # against 2.5 µs a row; one in twenty suppressed, 25 against 19 ms a range. Not a bitmap scan
 # of the rows, which would then be sorted for the merge (measured 10% slower).
-_DENSE_PLAN = (
-    RANGE_PLAN + _SETTINGS + "; SET LOCAL enable_nestloop = off"
-    "; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off"
-)
+_DENSE_PLAN: Mapping[str, str] = {
+    **_SETTINGS,
+    "enable_mergejoin": "on",
+    "enable_nestloop": "off",
+    "enable_bitmapscan": "off",
+    "enable_sort": "off",
+}
 # A range is dense from one row (opt-out or bounce) for every `_DENSE_SHARE` contact ids on,
 # about where the two plans cost the same by the figures above.
 _DENSE_SHARE = 10
@@ -141,8 +156,9 @@ def _range_text(rows: Subquery) -> Select[str]:
 
 def _suppressions_range(low: ColumnElement[int], high: ColumnElement[int]) -> Select[str]:
     """The range's opt-outs and bounces, a row each, in contact order (the opt-out first)."""
-    both = union_all(_opted_out(low, high, ranked=True), _bounced(low, high))
-    rows = both.order_by("contact_id", "rank").offset(0).subquery()
+    both = union_all(_opted_out(low, high, ranked=True), _bounced(low, high)).subquery()
+    # Sorted apart from its two parts, whose rows are fenced (`OFFSET 0`) each.
+    rows = select(both).order_by(both.c.contact_id, both.c.rank).offset(0).subquery()
     return _range_text(rows)
 
 
@@ -158,11 +174,21 @@ def _dense_rows() -> int:
     return ranges.EXPORT_RANGE // _DENSE_SHARE + 1
 
 
-def _suppressions_rows(low: ColumnElement[int], high: ColumnElement[int]) -> Select[Any]:
-    """How many opt-outs and how many bounces, in force or not, the range has, each counted up
-    to the parameter `enough` (from their key indexes alone)."""
+def _plan_setting(name: str, dense: ColumnElement[bool]) -> ColumnElement[str]:
+    """The value of the setting `name` for the range: `_DENSE_PLAN`'s where `dense`, else
+    `_SPARSE_PLAN`'s."""
+    in_dense, in_sparse = _DENSE_PLAN[name], _SPARSE_PLAN[name]
+    if in_dense == in_sparse:
+        return literal(in_dense)
+    return case((dense, in_dense), else_=in_sparse)
+
+
+def _range_plan(low: ColumnElement[int], high: ColumnElement[int]) -> Select[Any]:
+    """The range's first query: whether it is dense (`_DENSE_SHARE`: its opt-outs and bounces,
+    in force or not, counted from their key indexes up to the parameter `enough`), whether it
+    has bounces, and the highest contact id; it sets the range's plan (`set_locally`)."""
     enough = bindparam("enough", 0, type_=Integer)
-    counts = [
+    counted = [
         select(func.count())
         .select_from(select(literal(1)).where(key > low, key <= high).limit(enough).subquery())
         .scalar_subquery()
@@ -172,41 +198,70 @@ def _suppressions_rows(low: ColumnElement[int], high: ColumnElement[int]) -> Sel
             (col(Bounce.contact_id), "bounces"),
         )
     ]
-    return select(*counts)
+    # Fenced: each count is taken once, not again for every setting that asks about it.
+    counts = select(*counted).offset(0).subquery()
+    dense = counts.c.opt_outs + counts.c.bounces >= enough
+    columns: list[ColumnElement[Any]] = [
+        dense.label("dense"),
+        (counts.c.bounces > 0).label("bounced"),
+        last_contact_id().label("last"),
+        *(set_locally(name, _plan_setting(name, dense)) for name in _DENSE_PLAN),
+    ]
+    return select(*columns).select_from(counts)
+
+
+class _TextAsBytes(Loader):
+    """A `text` value as the bytes the server sent when they are UTF-8 already: a range's CSV
+    (megabytes) is sent on as it came, not decoded and encoded again."""
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        self._encoding = self.connection.info.encoding if self.connection else "utf-8"
+
+    def load(self, data: Buffer) -> bytes:
+        if self._encoding == "utf-8":
+            return bytes(data)
+        return str(data, self._encoding).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RangeChoice:
+    """What a range is read with: planned `dense` or not, its statement, and the highest
+    contact id there is."""
+
+    dense: bool
+    statement: RangeStatement
+    last: int
 
 
 @dataclass(frozen=True, slots=True)
 class SuppressionsRange:
-    """Reads a range (`ranges.RangeReader`): asks how many rows it holds, then runs the
-    statement for what it holds (`with_bounces` or `opt_outs`), planned `dense` from
-    `_dense_rows` rows on and `sparse` below."""
+    """Reads a range (`ranges.RangeReader`): asks how many rows it holds (`plan`, which sets
+    how it is planned), then runs the statement for what it holds (`with_bounces` or
+    `opt_outs`)."""
 
-    rows: RangeStatement
+    plan: RangeStatement
     opt_outs: RangeStatement
     with_bounces: RangeStatement
-    sparse: str
-    dense: str
 
-    def choose(self, cursor: PostgresCursor, low: int) -> tuple[str, RangeStatement]:
-        """The settings and the statement for the range after `low`."""
-        enough = _dense_rows()
-        ((opt_outs, bounces),) = self.rows.run(cursor, low, enough=enough)
-        settings = self.dense if opt_outs + bounces >= enough else self.sparse
-        return settings, self.with_bounces if bounces else self.opt_outs
+    def choose(self, cursor: PostgresCursor, low: int) -> RangeChoice:
+        """The plan and the statement for the range after `low`."""
+        ((dense, bounced, last, *_),) = self.plan.run(cursor, low, enough=_dense_rows())
+        statement = self.with_bounces if bounced else self.opt_outs
+        return RangeChoice(bool(dense), statement, int(last))
 
-    def __call__(self, cursor: PostgresCursor, low: int) -> list[tuple[Any, ...]]:
-        settings, statement = self.choose(cursor, low)
-        cursor.execute(settings)
-        return statement.run(cursor, low)
+    def __call__(self, cursor: PostgresCursor, low: int) -> RangeText:
+        cursor.adapters.register_loader("text", _TextAsBytes)
+        choice = self.choose(cursor, low)
+        ((text,),) = choice.statement.run(cursor, low)
+        return text, choice.last
 
 
 def suppressions_range(database: Database) -> SuppressionsRange:
     return SuppressionsRange(
-        RangeStatement.of(database, _suppressions_rows),
+        RangeStatement.of(database, _range_plan),
         RangeStatement.of(database, _opt_outs_range),
         RangeStatement.of(database, _suppressions_range),
-        sparse=_SPARSE_PLAN,
-        dense=_DENSE_PLAN,
     )
 
 
