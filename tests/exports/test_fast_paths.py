@@ -127,7 +127,8 @@ class TestPostgresSuppressionsBytes:
         three contact ids, some without a row. Every range planned as `plan` (a probe into
         `contact` for each row, or a merge of the key indexes), and read by the statement
         for what it holds (`bounces_or_not`: the opt-outs' alone where it has no bounce) or
-        by the one for opt-outs and bounces throughout."""
+        by the one for opt-outs and bounces throughout; unquoted first, and again quoted
+        where an address needs quotes."""
         _on_postgres(database)
         monkeypatch.setattr(ranges, "EXPORT_RANGE", 3)
         for settings in ("_SPARSE_PLAN", "_DENSE_PLAN"):
@@ -183,8 +184,13 @@ class TestPostgresSuppressionsBytes:
         assert b"bounced" in python
         assert built_by_postgres == python
         # Each statement read the ranges it may read (the same one throughout, or not).
-        assert statements - {reader.plan.sql} == {reader.opt_outs.sql, reader.with_bounces.sql}
-        assert (reader.opt_outs.sql != reader.with_bounces.sql) is bounces_or_not
+        # Ranges with an address to quote were read again quoted, the others were not.
+        assert statements - {reader.plan.sql} == {
+            lines.sql
+            for statements_ in (reader.opt_outs, reader.with_bounces)
+            for lines in (statements_.unquoted, statements_.quoted)
+        }
+        assert (reader.opt_outs != reader.with_bounces) is bounces_or_not
 
 
 _JOINS = "SELECT current_setting('enable_nestloop'), current_setting('enable_mergejoin')"
@@ -230,7 +236,7 @@ class TestPostgresSuppressionsPlan:
                 # What the range's statement is then planned with.
                 ((nestloop, mergejoin),) = cursor.execute(_JOINS).fetchall()
                 joins.append((nestloop, mergejoin))
-        assert [(choice.dense, choice.statement) for choice in choices] == [
+        assert [(choice.dense, choice.lines) for choice in choices] == [
             (True, reader.opt_outs),
             (False, reader.opt_outs),
             (True, reader.with_bounces),

@@ -116,8 +116,12 @@ def csv_cell_sql(value: Sql, *, may_need_quotes: bool = True) -> ColumnElement[s
         return safe
     # Asked of the value, not of `safe` (the same answer: `'` is none of the four), so that
     # the expression above is written out once per branch rather than once per check.
-    needs_quotes = or_(*(func.strpos(value, special) > 0 for special in (",", '"', "\r", "\n")))
-    return case((needs_quotes, '"' + func.replace(safe, '"', '""') + '"'), else_=safe)
+    return case((needs_quotes_sql(value), '"' + func.replace(safe, '"', '""') + '"'), else_=safe)
+
+
+def needs_quotes_sql(value: Sql) -> ColumnElement[bool]:
+    """Whether Python's csv module quotes the text `value` (a delimiter, quote, CR or LF)."""
+    return or_(*(func.strpos(value, special) > 0 for special in (",", '"', "\r", "\n")))
 
 
 def csv_line(*cells: ColumnElement[str]) -> ColumnElement[str]:

@@ -4,8 +4,9 @@ planned, chosen for each range by how many rows of each it holds."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from psycopg.abc import AdaptContext, Buffer
@@ -39,6 +40,7 @@ from prefcenter.exports.ranges import (
     RangeText,
     csv_cell_sql,
     last_contact_id,
+    needs_quotes_sql,
     rfc3339_sql,
     set_locally,
     stream_ranges,
@@ -143,30 +145,44 @@ def _bounced(
     )
 
 
-def _range_text(rows: Subquery) -> Select[str]:
+def _range_text(rows: Subquery, *, quoted: bool) -> Select[Any]:
     """The rows' CSV lines as one text value, in the order the rows come in (`rows` is sorted
     and fenced by `OFFSET 0`, and the aggregate reads it alone: no join to reorder it): a row a
     range for the driver to hand over, not a row a suppression. Not `string_agg(… ORDER BY
     …)`, which sorts the lines again even when the join hands them over in order already
-    (PostgreSQL 15: about a tenth of a dense range's time)."""
-    email = case((rows.c.erased, literal("")), else_=csv_cell_sql(rows.c.address))
+    (PostgreSQL 15: about a tenth of a dense range's time).
+
+    `quoted=False`: the addresses as they are (no quoting), and beside the text whether any
+    of them would have needed quotes (`needs_quotes_sql`), asked once of all of them together
+    rather than of each (a tenth of a dense range's time again); only a range where one would
+    is read again `quoted` (`SuppressionsRange`)."""
+    address = csv_cell_sql(rows.c.address, may_need_quotes=quoted)
+    email = case((rows.c.erased, literal("")), else_=address)
     line = email + rows.c.reason + rfc3339_sql(rows.c.since, end="\r\n")
-    return select(func.coalesce(func.string_agg(line, literal("")), ""))
+    columns: list[ColumnElement[Any]] = [func.coalesce(func.string_agg(line, literal("")), "")]
+    if not quoted:
+        # The same aggregate each time: PostgreSQL computes it once.
+        columns.append(needs_quotes_sql(func.string_agg(rows.c.address, literal(""))))
+    return select(*columns)
 
 
-def _suppressions_range(low: ColumnElement[int], high: ColumnElement[int]) -> Select[str]:
+def _suppressions_range(
+    low: ColumnElement[int], high: ColumnElement[int], *, quoted: bool
+) -> Select[Any]:
     """The range's opt-outs and bounces, a row each, in contact order (the opt-out first)."""
     both = union_all(_opted_out(low, high, ranked=True), _bounced(low, high)).subquery()
     # Sorted apart from its two parts, whose rows are fenced (`OFFSET 0`) each.
     rows = select(both).order_by(both.c.contact_id, both.c.rank).offset(0).subquery()
-    return _range_text(rows)
+    return _range_text(rows, quoted=quoted)
 
 
-def _opt_outs_range(low: ColumnElement[int], high: ColumnElement[int]) -> Select[str]:
+def _opt_outs_range(
+    low: ColumnElement[int], high: ColumnElement[int], *, quoted: bool
+) -> Select[Any]:
     """`_suppressions_range` for a range without bounces: its opt-outs alone, one join and
     one sort key (a third less of the database's time a row than both)."""
     rows = _opted_out(low, high, ranked=False)
-    return _range_text(rows.order_by(col(Suppression.contact_id)).subquery())
+    return _range_text(rows.order_by(col(Suppression.contact_id)).subquery(), quoted=quoted)
 
 
 def _dense_rows() -> int:
@@ -225,43 +241,64 @@ class _TextAsBytes(Loader):
 
 
 @dataclass(frozen=True, slots=True)
+class RangeLines:
+    """A range's statement (`_range_text`): `unquoted` first, `quoted` where it has to be."""
+
+    unquoted: RangeStatement
+    quoted: RangeStatement
+
+    @classmethod
+    def of(cls, database: Database, query: Callable[..., Select[Any]]) -> RangeLines:
+        return cls(
+            RangeStatement.of(database, partial(query, quoted=False)),
+            RangeStatement.of(database, partial(query, quoted=True)),
+        )
+
+    def read(self, cursor: PostgresCursor, low: int) -> bytes:
+        ((text, needs_quotes),) = self.unquoted.run(cursor, low)
+        if needs_quotes:
+            # In the same transaction: the same rows.
+            ((text,),) = self.quoted.run(cursor, low)
+        return bytes(text)
+
+
+@dataclass(frozen=True, slots=True)
 class RangeChoice:
-    """What a range is read with: planned `dense` or not, its statement, and the highest
+    """What a range is read with: planned `dense` or not, its statements, and the highest
     contact id there is."""
 
     dense: bool
-    statement: RangeStatement
+    lines: RangeLines
     last: int
 
 
 @dataclass(frozen=True, slots=True)
 class SuppressionsRange:
     """Reads a range (`ranges.RangeReader`): asks how many rows it holds (`plan`, which sets
-    how it is planned), then runs the statement for what it holds (`with_bounces` or
+    how it is planned), then runs the statements for what it holds (`with_bounces` or
     `opt_outs`)."""
 
     plan: RangeStatement
-    opt_outs: RangeStatement
-    with_bounces: RangeStatement
+    opt_outs: RangeLines
+    with_bounces: RangeLines
 
     def choose(self, cursor: PostgresCursor, low: int) -> RangeChoice:
-        """The plan and the statement for the range after `low`."""
+        """The plan and the statements for the range after `low`."""
         ((dense, bounced, last, *_),) = self.plan.run(cursor, low, enough=_dense_rows())
-        statement = self.with_bounces if bounced else self.opt_outs
-        return RangeChoice(bool(dense), statement, int(last))
+        lines = self.with_bounces if bounced else self.opt_outs
+        return RangeChoice(bool(dense), lines, int(last))
 
     def __call__(self, cursor: PostgresCursor, low: int) -> RangeText:
         cursor.adapters.register_loader("text", _TextAsBytes)
         choice = self.choose(cursor, low)
-        ((text,),) = choice.statement.run(cursor, low)
-        return text, choice.last
+        return choice.lines.read(cursor, low), choice.last
 
 
 def suppressions_range(database: Database) -> SuppressionsRange:
     return SuppressionsRange(
         RangeStatement.of(database, _range_plan),
-        RangeStatement.of(database, _opt_outs_range),
-        RangeStatement.of(database, _suppressions_range),
+        RangeLines.of(database, _opt_outs_range),
+        RangeLines.of(database, _suppressions_range),
     )
 
 
