@@ -146,9 +146,12 @@ def rfc3339_sql(text: Sql, *, end: str = "") -> ColumnElement[str]:
     # Lengths in bytes (the text is ASCII): counting characters costs more, as does `rpad`.
     length = func.octet_length(text)
     zeros = func.repeat("0", with_micros - length)
-    return func.replace(text, " ", "T") + case(
-        (length > whole_seconds, zeros + ("Z" + end)), else_="Z" + end
-    )
+    computed = case((length > whole_seconds, zeros + ("Z" + end)), else_="Z" + end)
+    # The end for each length a timestamp of years 1-9999 has, most frequent first: a
+    # constant, not `repeat` and a concatenation a row (the formula above for any other).
+    ends = {with_micros: "Z" + end, whole_seconds: "Z" + end}
+    ends |= {with_micros - cut: "0" * cut + "Z" + end for cut in range(1, 6)}
+    return func.replace(text, " ", "T") + case(ends, value=length, else_=computed)
 
 
 def timestamp_sql(value: Sql) -> ColumnElement[str]:
