@@ -244,6 +244,8 @@ class TestPostgresSuppressionsPlan:
         ]
         assert joins == [("off", "on"), ("on", "off"), ("off", "on"), ("on", "off")]
         assert {choice.last for choice in choices} == {ids[-1]}
+        # Compiled once for the engine.
+        assert suppression_ranges.suppressions_range(database) is reader
 
 
 class TestPostgresRangesInFlight:
