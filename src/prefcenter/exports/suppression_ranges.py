@@ -149,8 +149,9 @@ def _bounced(
 
 def _range_text(rows: Subquery, *, quoted: bool) -> Select[Any]:
     """The rows' CSV lines as one text value, in the order the rows come in (`rows` is sorted
-    and fenced by `OFFSET 0`, and the aggregate reads it alone: no join to reorder it): a row a
-    range for the driver to hand over, not a row a suppression. Not `string_agg(… ORDER BY
+    and fenced by `OFFSET 0`, and the aggregate reads it alone: no join to reorder it, and no
+    parallel workers, `RANGE_PLAN`, whose rows a gather would interleave): a row a range for
+    the driver to hand over, not a row a suppression. Not `string_agg(… ORDER BY
     …)`, which sorts the lines again even when the join hands them over in order already
     (PostgreSQL 15: about a tenth of a dense range's time).
 
