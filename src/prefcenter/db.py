@@ -14,11 +14,10 @@ from typing import Annotated, Any, TypeVar
 import anyio
 from fastapi import Depends, Request
 from fastapi.concurrency import contextmanager_in_threadpool
-from sqlalchemy import Connection, DateTime, Engine, create_engine, text
+from sqlalchemy import DateTime, Engine
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel
 
@@ -373,29 +372,3 @@ WriteSession = Annotated[Session, Depends(_write_session, scope="function")]
 # A read transaction on the read replica when there is one, once it has caught up with the
 # primary as of the request's start (see Database.reads): for the heavy reads only.
 ReplicaSession = Annotated[Session, Depends(_replica_session, scope="function")]
-
-
-# Any fixed number: held while migrating, so that hosts starting together migrate one at a time.
-_MIGRATION_LOCK_ID = 0x70726566  # "pref"
-
-
-@contextmanager
-def migration_connection(settings: Settings) -> Iterator[Connection]:
-    """A PostgreSQL connection holding the migration advisory lock; what the block did is
-    committed when it ends, and the lock released either way."""
-    engine = create_engine(settings.database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-            connection.commit()
-            try:
-                yield connection
-                connection.commit()
-            finally:
-                connection.rollback()
-                connection.execute(
-                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
-                )
-                connection.commit()
-    finally:
-        engine.dispose()
