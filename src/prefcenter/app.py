@@ -24,7 +24,7 @@ from prefcenter.consent.change_lane import ChangeLane
 from prefcenter.consent.ledger.replay import first_contact_off_its_events
 from prefcenter.consent.lookup_lane import LookupLane
 from prefcenter.consent.router import router as consent_router
-from prefcenter.db import Database, ReadSession
+from prefcenter.db import Database
 from prefcenter.draining import Drain, drain_on_sigterm
 from prefcenter.eligibility.router import router as eligibility_router
 from prefcenter.exports.router import router as exports_router
@@ -47,6 +47,7 @@ from prefcenter.problems import (
     problem_responses,
 )
 from prefcenter.request_log import ObservedFastAPI
+from prefcenter.request_sessions import ReadSession
 from prefcenter.settings import Settings
 from prefcenter.templating import RecipientPageHeaders
 from prefcenter.topics.router import router as topics_router

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
-from fastapi import Depends, Request
-from fastapi.concurrency import contextmanager_in_threadpool
-from sqlalchemy import DateTime, Engine
+from sqlalchemy import Connection, DateTime, Engine, create_engine, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel
 
@@ -39,7 +38,7 @@ T = TypeVar("T")
 # (the audit chain needs its key there).
 _SETTINGS_INFO = "prefcenter.settings"
 # Request transactions open at once per process: below the 40 worker threads that FastAPI
-# runs sync code in (anyio's default), see _request_transaction.
+# runs sync code in (anyio's default), see request_sessions._request_transaction.
 _MAX_SESSIONS = 32
 
 # Constraint names fixed by convention, identical on both engines, so later migrations can
@@ -317,58 +316,27 @@ def settings_of_session(session: OrmSession) -> Settings:
     return settings
 
 
-def database_of(request: Request) -> Database:
-    database: Database = request.app.state.database
-    return database
+# Any fixed number: held while migrating, so that hosts starting together migrate one at a time.
+_MIGRATION_LOCK_ID = 0x70726566  # "pref"
 
 
-def read_database_of(request: Request) -> Database:
-    """The database for this request's heavy reads: its read replica when there is one (see
-    Database.reads)."""
-    return database_of(request).reads()
-
-
-@asynccontextmanager
-async def _request_transaction(
-    request: Request, *, write: bool, replica: bool = False
-) -> AsyncIterator[Session]:
-    """The request's transaction, entered and left in worker threads like any sync dependency,
-    but only once one of the process's session slots is free.
-
-    The slot is awaited in the event loop, holding neither a thread nor a connection. Without
-    it a burst of requests fills every worker thread with waits for a pooled connection or, on
-    SQLite, for the write lock, while the requests that hold those need a thread again to run
-    their handler and validate their answer: nothing moves until the pool and busy timeouts
-    turn the burst into 500s and 503s.
-    """
-    database = read_database_of(request) if replica else database_of(request)
-    async with (
-        database.write_slots if write else nullcontext(),
-        database.session_slots,
-        contextmanager_in_threadpool(database.transaction(write=write)) as session,
-    ):
-        yield session
-
-
-async def _read_session(request: Request) -> AsyncIterator[Session]:
-    async with _request_transaction(request, write=False) as session:
-        yield session
-
-
-async def _replica_session(request: Request) -> AsyncIterator[Session]:
-    async with _request_transaction(request, write=False, replica=True) as session:
-        yield session
-
-
-async def _write_session(request: Request) -> AsyncIterator[Session]:
-    async with _request_transaction(request, write=True) as session:
-        yield session
-
-
-# scope="function": the transaction commits when the handler returns, before the response is
-# sent, so a 2xx is only ever sent for a committed change.
-ReadSession = Annotated[Session, Depends(_read_session, scope="function")]
-WriteSession = Annotated[Session, Depends(_write_session, scope="function")]
-# A read transaction on the read replica when there is one, once it has caught up with the
-# primary as of the request's start (see Database.reads): for the heavy reads only.
-ReplicaSession = Annotated[Session, Depends(_replica_session, scope="function")]
+@contextmanager
+def migration_connection(settings: Settings) -> Iterator[Connection]:
+    """A PostgreSQL connection holding the migration advisory lock; what the block did is
+    committed when it ends, and the lock released either way."""
+    engine = create_engine(settings.database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            connection.commit()
+            try:
+                yield connection
+                connection.commit()
+            finally:
+                connection.rollback()
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                )
+                connection.commit()
+    finally:
+        engine.dispose()

@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, create_engine, make_url, text
+from sqlalchemy import Connection, make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
 
+from prefcenter.db import migration_connection
 from prefcenter.engines import create_private_sqlite_file
 from prefcenter.settings import Settings
 
@@ -30,32 +29,6 @@ _FAILED = (
 )
 # How often that is logged again while it waits.
 _LOG_EVERY_S = 10.0
-
-
-# Any fixed number: held while migrating, so that hosts starting together migrate one at a time.
-_MIGRATION_LOCK_ID = 0x70726566  # "pref"
-
-
-@contextmanager
-def migration_connection(settings: Settings) -> Iterator[Connection]:
-    """A PostgreSQL connection holding the migration advisory lock; what the block did is
-    committed when it ends, and the lock released either way."""
-    engine = create_engine(settings.database_url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-            connection.commit()
-            try:
-                yield connection
-                connection.commit()
-            finally:
-                connection.rollback()
-                connection.execute(
-                    text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID}
-                )
-                connection.commit()
-    finally:
-        engine.dispose()
 
 
 def _script_location() -> Path:

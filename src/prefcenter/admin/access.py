@@ -17,7 +17,8 @@ from prefcenter.admin.devices import DEVICE_MAX_AGE, Device, device_cookie, read
 from prefcenter.admin.errors import CsrfRejected, NotSignedIn
 from prefcenter.admin.sessions import ActiveSession, find_session, touch_session
 from prefcenter.audit.context import IPNetwork
-from prefcenter.db import database_of, utcnow
+from prefcenter.db import utcnow
+from prefcenter.request_sessions import database_of
 from prefcenter.settings import settings_of, signing_keys_of
 
 SESSION_COOKIE = "prefcenter_admin"

@@ -10,9 +10,9 @@ from fastapi.responses import HTMLResponse
 from prefcenter.admin.access import SignedIn
 from prefcenter.admin.mail import mail_page, maildir_mail
 from prefcenter.admin.pages import AdminRoute, render
-from prefcenter.db import ReadSession
 from prefcenter.mail.config import MailConfig
 from prefcenter.mail.maildir import MAX_KEY_LENGTH
+from prefcenter.request_sessions import ReadSession
 
 router = APIRouter(route_class=AdminRoute)
 

@@ -8,8 +8,8 @@ from fastapi.responses import HTMLResponse
 
 from prefcenter.admin.access import SignedIn
 from prefcenter.admin.pages import AdminRoute, render
-from prefcenter.db import ReadSession
 from prefcenter.notices import service
+from prefcenter.request_sessions import ReadSession
 
 router = APIRouter(route_class=AdminRoute)
 

@@ -39,7 +39,8 @@ from prefcenter.admin.webhooks_router import router as webhooks_router
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.bounces.service import lift_bounce as lift_bounce_of
-from prefcenter.db import ReadSession, WriteSession, utcnow
+from prefcenter.db import utcnow
+from prefcenter.request_sessions import ReadSession, WriteSession
 
 router = APIRouter(prefix="/admin", route_class=AdminRoute, include_in_schema=False)
 router.include_router(trail_router)

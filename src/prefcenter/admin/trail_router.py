@@ -19,9 +19,10 @@ from prefcenter.audit import export
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
 from prefcenter.audit.query_schemas import ExportFormat
 from prefcenter.consent.ledger.replay import verify_ledger
-from prefcenter.db import ReadSession, database_of, read_database_of, utcnow
+from prefcenter.db import utcnow
 from prefcenter.exports import service as exports
 from prefcenter.problems import Unprocessable
+from prefcenter.request_sessions import ReadSession, database_of, read_database_of
 from prefcenter.topics.schemas import TopicKey
 from prefcenter.topics.service import list_topics
 

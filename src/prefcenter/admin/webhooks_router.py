@@ -11,8 +11,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from prefcenter.admin.access import Form, SignedIn, SignedInPost, form_text
 from prefcenter.admin.pages import AdminRoute, render, see_other
-from prefcenter.db import ReadSession, WriteSession, utcnow
+from prefcenter.db import utcnow
 from prefcenter.problems import Unprocessable
+from prefcenter.request_sessions import ReadSession, WriteSession
 from prefcenter.webhooks import deliveries, replays, service
 from prefcenter.webhooks.schemas import ENDPOINT_ID_PATTERN
 

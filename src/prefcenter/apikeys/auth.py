@@ -11,8 +11,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.apikeys.service import find_caller, find_caller_on_cursor
-from prefcenter.db import database_of
 from prefcenter.problems import Problem
+from prefcenter.request_sessions import database_of
 from prefcenter.storage_errors import ConnectionLost
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `prefcenter api-keys create`.")

@@ -19,8 +19,8 @@ from prefcenter.audit.query_schemas import AuditEventsOut, ChangesOut, ExportFor
 from prefcenter.audit.schemas import VerifyOut
 from prefcenter.audit.verify import StateReplay, VerifyResult, verify_chain
 from prefcenter.contacts.addresses import MAX_ADDRESS_OCTETS, InvalidAddress, parse_address
-from prefcenter.db import ReadSession, ReplicaSession, database_of, read_database_of
 from prefcenter.problems import Unprocessable, problem_responses
+from prefcenter.request_sessions import ReadSession, ReplicaSession, database_of, read_database_of
 from prefcenter.timestamps import Rfc3339Bound
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses(401, 403, 503))

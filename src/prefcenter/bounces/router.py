@@ -10,9 +10,10 @@ from prefcenter.apikeys.auth import Admin
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.bounces import service
 from prefcenter.bounces.schemas import BounceLiftIn, BounceLiftOut, LiftReason
-from prefcenter.db import WriteSession, utcnow
+from prefcenter.db import utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.problems import Unprocessable, problem_responses
+from prefcenter.request_sessions import WriteSession
 
 router = APIRouter(prefix="/v1", tags=["bounces"], responses=problem_responses(401, 403, 503))
 

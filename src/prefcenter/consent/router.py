@@ -36,9 +36,10 @@ from prefcenter.consent.schemas import (
     LookupOut,
     SignedReceipt,
 )
-from prefcenter.db import ReadSession, WriteSession, database_of, read_database_of, utcnow
+from prefcenter.db import utcnow
 from prefcenter.idempotency import Idempotency, IdempotentCall, JsonAnswer
 from prefcenter.problems import problem_responses
+from prefcenter.request_sessions import ReadSession, WriteSession, database_of, read_database_of
 from prefcenter.settings import Settings, SigningKey, settings_of, signing_keys_of
 
 router = APIRouter(prefix="/v1", tags=["consent"], responses=problem_responses(401, 403, 503))

@@ -12,11 +12,12 @@ from starlette.types import Scope as AsgiScope
 from prefcenter.apikeys.auth import requires
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
-from prefcenter.db import ReplicaSession, read_database_of, utcnow
+from prefcenter.db import utcnow
 from prefcenter.eligibility import service, stream
 from prefcenter.eligibility.schemas import EligibilityIn, EligibilityOut
 from prefcenter.metrics import count_eligibility_addresses
 from prefcenter.problems import PROBLEM_MEDIA_TYPE, PROBLEM_SCHEMA_NAME, problem_responses
+from prefcenter.request_sessions import ReplicaSession, read_database_of
 from prefcenter.topics.schemas import TopicKey
 
 router = APIRouter(prefix="/v1", tags=["eligibility"], responses=problem_responses(401, 403, 503))

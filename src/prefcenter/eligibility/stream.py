@@ -214,7 +214,8 @@ def answer_chunk(database: Database, answers: _Answers, texts: list[str]) -> byt
 
 
 async def _answer_in_thread(database: Database, answers: _Answers, texts: list[str]) -> bytes:
-    # A session slot, as every request transaction takes one (see db._request_transaction).
+    # A session slot, as every request transaction takes one
+    # (see request_sessions._request_transaction).
     async with database.session_slots:
         answered = await anyio.to_thread.run_sync(answer_chunk, database, answers, texts)
     count_eligibility_addresses("stream", len(texts))

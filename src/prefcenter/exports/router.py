@@ -9,9 +9,10 @@ from fastapi.responses import StreamingResponse
 
 from prefcenter.apikeys.auth import ConsentReader, requires
 from prefcenter.apikeys.schemas import Caller, Scope
-from prefcenter.db import read_database_of, utcnow
+from prefcenter.db import utcnow
 from prefcenter.exports import service
 from prefcenter.problems import problem_responses
+from prefcenter.request_sessions import read_database_of
 from prefcenter.topics.schemas import TopicKey
 
 router = APIRouter(prefix="/v1", tags=["eligibility"], responses=problem_responses(401, 403, 503))

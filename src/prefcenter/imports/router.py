@@ -12,7 +12,6 @@ from fastapi import APIRouter, Query, Request
 from prefcenter.apikeys.auth import Admin
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.consent.schemas import SourceName
-from prefcenter.db import database_of
 from prefcenter.imports.errors import UnsupportedImportMediaType
 from prefcenter.imports.formats import ImportFormat
 from prefcenter.imports.schemas import ImportReport
@@ -23,6 +22,7 @@ from prefcenter.imports.service import (
     run_import,
 )
 from prefcenter.problems import PayloadTooLarge, problem_responses
+from prefcenter.request_sessions import database_of
 from prefcenter.topics.schemas import TopicKey
 
 router = APIRouter(prefix="/v1", tags=["imports"], responses=problem_responses(401, 403, 503))

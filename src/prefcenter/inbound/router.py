@@ -20,12 +20,13 @@ from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.apikeys.service import find_caller
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import AuditKeys
-from prefcenter.db import Database, database_of, utcnow
+from prefcenter.db import Database, utcnow
 from prefcenter.inbound import receive, sendgrid, sns
 from prefcenter.inbound.errors import PayloadInvalid, UnsupportedMessage
 from prefcenter.inbound.receive import InboundState
 from prefcenter.inbound.schemas import InboundReport, MailReport
 from prefcenter.problems import problem_responses
+from prefcenter.request_sessions import database_of
 from prefcenter.settings import Settings, signing_keys_of
 
 router = APIRouter(prefix="/v1/inbound", tags=["inbound"], responses=problem_responses(503))
@@ -59,7 +60,7 @@ def _keys(request: Request) -> AuditKeys:
 
 async def _in_thread(database: Database, work: partial[T]) -> T:
     """Signature checks and the transaction in a worker thread, once a session slot is free
-    (as every request transaction waits for one: db._request_transaction)."""
+    (as every request transaction waits for one: request_sessions._request_transaction)."""
     async with database.session_slots:
         return await anyio.to_thread.run_sync(work)
 

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from prefcenter.apikeys.auth import requires
 from prefcenter.apikeys.schemas import Caller, Scope
 from prefcenter.audit.keys import AuditKeys, audit_keys_of
-from prefcenter.db import WriteSession, utcnow
+from prefcenter.db import utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.links import service
 from prefcenter.links.schemas import LinkBatchIn, LinkBatchOut, LinkRequest, LinkSet
 from prefcenter.problems import problem_responses
+from prefcenter.request_sessions import WriteSession
 from prefcenter.settings import settings_of, signing_keys_of
 
 router = APIRouter(prefix="/v1/links", tags=["links"])

@@ -9,9 +9,9 @@ from fastapi import Depends, FastAPI, Request, Response
 from prefcenter import metrics
 from prefcenter.apikeys.auth import requires
 from prefcenter.apikeys.schemas import Caller, Scope
-from prefcenter.db import database_of
 from prefcenter.monitoring.state import DatabaseState
 from prefcenter.problems import problem_responses
+from prefcenter.request_sessions import database_of
 from prefcenter.settings import Settings
 
 MetricsReader = Annotated[Caller, Depends(requires(Scope.METRICS))]

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from prefcenter.apikeys.auth import Admin
 from prefcenter.apikeys.schemas import Caller
-from prefcenter.db import ReadSession, WriteSession, database_of, utcnow
+from prefcenter.db import utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.notices import service, team_service
 from prefcenter.notices.run_export import stream_run
@@ -29,6 +29,7 @@ from prefcenter.notices.schemas import (
     NotificationOut,
 )
 from prefcenter.problems import problem_responses
+from prefcenter.request_sessions import ReadSession, WriteSession, database_of
 from prefcenter.settings import settings_of, signing_keys_of
 from prefcenter.timestamps import Rfc3339DateTime
 

@@ -16,13 +16,14 @@ from starlette.datastructures import FormData
 from prefcenter.audit.context import RequestContextDep
 from prefcenter.audit.keys import audit_keys_of
 from prefcenter.contacts.addresses import InvalidAddress, parse_address
-from prefcenter.db import database_of, utcnow
+from prefcenter.db import utcnow
 from prefcenter.links.service import manage_token
 from prefcenter.preference_center import choices, confirmation, service
 from prefcenter.preference_center.mail_requests import request_preferences_link
 from prefcenter.preference_center.policy_in_force import PolicyVersions, policy_texts
 from prefcenter.preference_center.resubscribe import LINK_LIFETIME
 from prefcenter.preference_center.schemas import LinkView, PreferencesView
+from prefcenter.request_sessions import database_of
 from prefcenter.settings import Settings, settings_of, signing_keys_of
 from prefcenter.templating import RECIPIENT_PAGE_HEADERS, Pages, keep_language, language_of
 from prefcenter.tokens import (

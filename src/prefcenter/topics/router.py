@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from prefcenter.apikeys.auth import Admin, AnyCaller
-from prefcenter.db import ReadSession, WriteSession, utcnow
+from prefcenter.db import utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.problems import problem_responses
+from prefcenter.request_sessions import ReadSession, WriteSession
 from prefcenter.topics import service
 from prefcenter.topics.schemas import TOPIC_KEY_PATTERN, TopicIn, TopicList, TopicOut, TopicPut
 

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from prefcenter.apikeys.auth import Admin
 from prefcenter.apikeys.schemas import Caller
-from prefcenter.db import ReadSession, WriteSession, utcnow
+from prefcenter.db import utcnow
 from prefcenter.idempotency import Idempotency
 from prefcenter.problems import Unprocessable, problem_responses
+from prefcenter.request_sessions import ReadSession, WriteSession
 from prefcenter.settings import Settings, settings_of
 from prefcenter.webhooks import deliveries, replays, service
 from prefcenter.webhooks.addresses import Resolve, system_resolve
